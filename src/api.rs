@@ -1,0 +1,543 @@
+//! The HTTP client for the Claude API, and the pure classification of its answers.
+//!
+//! [`classify`] turns a status, headers and body into an [`Outcome`] the real-time lane acts on; it
+//! does no I/O so it is unit-tested on its own. The key is held in [`ApiKey`], which never prints.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::ApiSettings;
+
+/// The API key. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> ApiKey {
+        ApiKey(key.into())
+    }
+
+    /// From `api.api_key_file`, else the systemd credential `anthropic-api-key`, else
+    /// `ANTHROPIC_API_KEY`. The error names what to set.
+    pub fn load(settings: &ApiSettings) -> anyhow::Result<ApiKey> {
+        if let Some(path) = &settings.api_key_file {
+            return read_key_file(path);
+        }
+        if let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY") {
+            let path = Path::new(&dir).join("anthropic-api-key");
+            if path.is_file() {
+                return read_key_file(&path);
+            }
+        }
+        match std::env::var("ANTHROPIC_API_KEY") {
+            Ok(key) if !key.trim().is_empty() => Ok(ApiKey(key.trim().to_owned())),
+            _ => anyhow::bail!(
+                "no API key: set ANTHROPIC_API_KEY, or `api.api_key_file` in the config, \
+                 or give systemd the credential `anthropic-api-key`"
+            ),
+        }
+    }
+
+    /// The last four characters, to tell keys apart in diagnostics without revealing them.
+    pub fn fingerprint(&self) -> String {
+        let tail: String = self
+            .0
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+
+    /// The raw key, for tests that check it leaks nowhere.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+fn read_key_file(path: &Path) -> anyhow::Result<ApiKey> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the API key file {} (`api.api_key_file`): {e}",
+            path.display()
+        )
+    })?;
+    let key = text.trim();
+    anyhow::ensure!(
+        !key.is_empty(),
+        "the API key file {} is empty",
+        path.display()
+    );
+    Ok(ApiKey(key.to_owned()))
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+/// Token usage of a call, as the API reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+}
+
+impl Usage {
+    /// What counts toward the input-tokens-per-minute limit.
+    pub fn rate_limited_input(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens.unwrap_or(0)
+    }
+}
+
+/// The `anthropic-ratelimit-*` headers of an answer (any may be missing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimitHeaders {
+    pub requests_limit: Option<u64>,
+    pub requests_remaining: Option<u64>,
+    pub input_limit: Option<u64>,
+    pub input_remaining: Option<u64>,
+    pub output_limit: Option<u64>,
+    pub output_remaining: Option<u64>,
+}
+
+impl RateLimitHeaders {
+    pub fn parse(headers: &HeaderMap) -> RateLimitHeaders {
+        let num =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        RateLimitHeaders {
+            requests_limit: num("anthropic-ratelimit-requests-limit"),
+            requests_remaining: num("anthropic-ratelimit-requests-remaining"),
+            input_limit: num("anthropic-ratelimit-input-tokens-limit"),
+            input_remaining: num("anthropic-ratelimit-input-tokens-remaining"),
+            output_limit: num("anthropic-ratelimit-output-tokens-limit"),
+            output_remaining: num("anthropic-ratelimit-output-tokens-remaining"),
+        }
+    }
+}
+
+/// What one call came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// 200 with a message. `message` is the body as received.
+    Succeeded {
+        message: String,
+        usage: Usage,
+        request_id: Option<String>,
+        limits: RateLimitHeaders,
+    },
+    /// A rate-limit 429: wait `retry_after` (or back off) and send again; not a failure.
+    RateLimited {
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+        message: String,
+        limits: RateLimitHeaders,
+    },
+    /// Sending again cannot help until a person acts: the spend cap (429 without `retry-after`,
+    /// `enforced_spend_limit_reached`) or a self-set usage limit (400 "reached your specified API
+    /// usage limits"). The item waits; it is not failed.
+    Blocked {
+        status: u16,
+        request_id: Option<String>,
+        message: String,
+    },
+    /// Worth sending again after a backoff: 5xx, 529, 408, 409, or a connection that failed before
+    /// the request was sent (`status` None).
+    Retryable {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+        message: String,
+    },
+    /// The request itself is wrong (other 4xx): the item ends `errored` with the API's error body.
+    Fatal {
+        status: u16,
+        request_id: Option<String>,
+        body: Value,
+    },
+    /// Sent, but no usable answer came back (connection dropped, timeout, unreadable body): the API
+    /// may have run it. Sending again may run it twice; that is recorded.
+    Unknown { message: String },
+}
+
+impl Outcome {
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Outcome::Succeeded { request_id, .. }
+            | Outcome::RateLimited { request_id, .. }
+            | Outcome::Blocked { request_id, .. }
+            | Outcome::Retryable { request_id, .. }
+            | Outcome::Fatal { request_id, .. } => request_id.as_deref(),
+            Outcome::Unknown { .. } => None,
+        }
+    }
+}
+
+/// `retry-after-ms` (what the SDKs read first), else `retry-after` as seconds or an HTTP date.
+/// Garbage, negative or absurd values (over a day) are ignored.
+pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    const MAX: Duration = Duration::from_secs(86_400);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+        && ms <= MAX.as_millis() as f64
+    {
+        return Some(Duration::from_micros((ms * 1000.0) as u64));
+    }
+    let value = text("retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 && secs <= MAX.as_secs_f64() {
+            return Some(Duration::from_millis((secs * 1000.0) as u64));
+        }
+        return None;
+    }
+    // An HTTP date, e.g. "Wed, 21 Oct 2026 07:28:00 GMT".
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at.as_millisecond().max(0) as u64);
+    let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+    (wait <= MAX).then_some(wait)
+}
+
+#[derive(Deserialize)]
+struct MessageHead {
+    #[serde(rename = "type")]
+    kind: String,
+    usage: Usage,
+}
+
+/// Classifies an answer. Pure: the lane's decisions are tested through it.
+pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Outcome {
+    let request_id = headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let retry_after = parse_retry_after(headers, now);
+    let limits = RateLimitHeaders::parse(headers);
+    if status == 200 {
+        return match std::str::from_utf8(body) {
+            Ok(text) => match serde_json::from_str::<MessageHead>(text) {
+                Ok(head) if head.kind == "message" => Outcome::Succeeded {
+                    message: text.to_owned(),
+                    usage: head.usage,
+                    request_id,
+                    limits,
+                },
+                _ => Outcome::Unknown {
+                    message: format!("200 answer is not a message (request-id {request_id:?})"),
+                },
+            },
+            Err(_) => Outcome::Unknown {
+                message: "200 answer is not UTF-8".into(),
+            },
+        };
+    }
+    let body_json: Value = serde_json::from_slice(body).unwrap_or_else(|_| {
+        // Proxies and load balancers answer with HTML or nothing; keep it readable.
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.chars().take(300).collect();
+        json!({"type": "error", "error": {"type": "api_error", "message": format!("HTTP {status}: {text}")}})
+    });
+    let message = body_json["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let error_code = body_json["error"]["details"]["error_code"]
+        .as_str()
+        .unwrap_or_default();
+    let should_retry = headers.get("x-should-retry").and_then(|v| v.to_str().ok());
+    match status {
+        429 if error_code == "enforced_spend_limit_reached" => Outcome::Blocked {
+            status,
+            request_id,
+            message,
+        },
+        429 => Outcome::RateLimited {
+            retry_after,
+            request_id,
+            message,
+            limits,
+        },
+        400 if message.contains("reached your specified") && message.contains("usage limits") => {
+            Outcome::Blocked {
+                status,
+                request_id,
+                message,
+            }
+        }
+        _ if should_retry == Some("false") => Outcome::Fatal {
+            status,
+            request_id,
+            body: body_json,
+        },
+        408 | 409 | 500..=599 => Outcome::Retryable {
+            status: Some(status),
+            retry_after,
+            request_id,
+            message,
+        },
+        _ if should_retry == Some("true") => Outcome::Retryable {
+            status: Some(status),
+            retry_after,
+            request_id,
+            message,
+        },
+        _ => Outcome::Fatal {
+            status,
+            request_id,
+            body: body_json,
+        },
+    }
+}
+
+/// Sends Messages requests.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    messages_url: String,
+    version: HeaderValue,
+    key: HeaderValue,
+}
+
+impl ApiClient {
+    pub fn new(settings: &ApiSettings, key: &ApiKey) -> anyhow::Result<ApiClient> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(1024)
+            .user_agent(concat!("nightshift/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut key = HeaderValue::from_str(&key.0).map_err(|_| {
+            anyhow::anyhow!("the API key contains characters not allowed in a header")
+        })?;
+        key.set_sensitive(true);
+        Ok(ApiClient {
+            http,
+            messages_url: format!("{}/v1/messages", settings.base_url),
+            version: HeaderValue::from_str(&settings.anthropic_version)?,
+            key,
+        })
+    }
+
+    /// Sends one Messages request (`params` as written in the job file) and classifies the answer.
+    pub async fn send_message(&self, params: &str) -> Outcome {
+        let body = without_stream(params);
+        let response = self
+            .http
+            .post(&self.messages_url)
+            .header("x-api-key", self.key.clone())
+            .header("anthropic-version", self.version.clone())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return Outcome::Retryable {
+                    status: None,
+                    retry_after: None,
+                    request_id: None,
+                    message: format!("could not connect: {}", error_chain(&e)),
+                };
+            }
+            Err(e) => {
+                return Outcome::Unknown {
+                    message: format!("no answer after sending: {}", error_chain(&e)),
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        match response.bytes().await {
+            Ok(body) => classify(status, &headers, &body, SystemTime::now()),
+            Err(e) if status == 200 => Outcome::Unknown {
+                message: format!("answer cut off while reading: {}", error_chain(&e)),
+            },
+            // The status alone tells what happened when the error body is lost.
+            Err(_) => classify(status, &headers, b"", SystemTime::now()),
+        }
+    }
+}
+
+/// nightshift collects whole messages, so a `stream: true` in the job file is dropped before
+/// sending (the results format holds complete messages).
+fn without_stream(params: &str) -> String {
+    if !params.contains("\"stream\"") {
+        return params.to_owned();
+    }
+    match serde_json::from_str::<serde_json::Map<String, Value>>(params) {
+        Ok(mut map) => {
+            map.remove("stream");
+            Value::Object(map).to_string()
+        }
+        Err(_) => params.to_owned(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        h
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    #[test]
+    fn success_carries_usage_and_request_id() {
+        let body = br#"{"id":"msg_1","type":"message","content":[],"usage":{"input_tokens":12,"output_tokens":7,"cache_creation_input_tokens":3}}"#;
+        let out = classify(200, &headers(&[("request-id", "req_1")]), body, NOW);
+        let Outcome::Succeeded {
+            usage, request_id, ..
+        } = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(usage.input_tokens, 12);
+        assert_eq!(usage.rate_limited_input(), 15);
+        assert_eq!(request_id.as_deref(), Some("req_1"));
+    }
+
+    #[test]
+    fn the_three_kinds_of_429_and_529() {
+        let rl = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        let out = classify(429, &headers(&[("retry-after", "7")]), rl, NOW);
+        assert!(
+            matches!(out, Outcome::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(7))
+        );
+
+        let cap = br#"{"type":"error","error":{"type":"rate_limit_error","message":"cap","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        assert!(matches!(
+            classify(429, &headers(&[]), cap, NOW),
+            Outcome::Blocked { status: 429, .. }
+        ));
+
+        let own = br#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits. You will regain access on 2026-12-01"}}"#;
+        assert!(matches!(
+            classify(400, &headers(&[]), own, NOW),
+            Outcome::Blocked { status: 400, .. }
+        ));
+
+        let over =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert!(matches!(
+            classify(529, &headers(&[]), over, NOW),
+            Outcome::Retryable {
+                status: Some(529),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn other_4xx_are_fatal_with_the_api_body() {
+        let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"},"request_id":"req_9"}"#;
+        let Outcome::Fatal { status, body, .. } = classify(400, &headers(&[]), bad, NOW) else {
+            panic!()
+        };
+        assert_eq!(status, 400);
+        assert_eq!(body["error"]["message"], "max_tokens: too big");
+        assert!(matches!(
+            classify(500, &headers(&[]), b"<html>", NOW),
+            Outcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(404, &headers(&[]), b"<html>not found</html>", NOW),
+            Outcome::Fatal { status: 404, .. }
+        ));
+        assert!(matches!(
+            classify(400, &headers(&[("x-should-retry", "true")]), b"{}", NOW),
+            Outcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            classify(503, &headers(&[("x-should-retry", "false")]), b"{}", NOW),
+            Outcome::Fatal { .. }
+        ));
+    }
+
+    #[test]
+    fn a_garbled_200_is_an_unknown_outcome() {
+        assert!(matches!(
+            classify(200, &headers(&[]), b"{\"ty", NOW),
+            Outcome::Unknown { .. }
+        ));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let at = |pairs: &[(&'static str, &str)]| parse_retry_after(&headers(pairs), NOW);
+        assert_eq!(at(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        assert_eq!(
+            at(&[("retry-after", "0.5")]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            at(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(at(&[("retry-after", "-1")]), None);
+        assert_eq!(at(&[("retry-after", "soon")]), None);
+        assert_eq!(at(&[("retry-after", "1e300")]), None);
+        assert_eq!(at(&[("retry-after", "NaN")]), None);
+        assert_eq!(
+            parse_retry_after(
+                &headers(&[("retry-after", "Thu, 01 Jan 1970 00:00:10 GMT")]),
+                NOW
+            ),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn stream_is_dropped_before_sending() {
+        let p = r#"{"model":"m","stream":true,"max_tokens":5}"#;
+        let v: Value = serde_json::from_str(&without_stream(p)).expect("json");
+        assert!(v.get("stream").is_none());
+        assert_eq!(v["max_tokens"], 5);
+        assert_eq!(without_stream(r#"{"model":"m"}"#), r#"{"model":"m"}"#);
+    }
+
+    #[test]
+    fn the_key_never_prints() {
+        let key = ApiKey::new("sk-ant-secret-1234");
+        assert_eq!(format!("{key:?}"), "ApiKey([redacted])");
+        assert_eq!(key.fingerprint(), "…1234");
+    }
+}

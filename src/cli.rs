@@ -1,0 +1,117 @@
+//! The command line: clap types only. `main.rs` dispatches them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nightshift",
+    version,
+    about = "Runs large Claude API workloads under rate limits"
+)]
+pub struct Cli {
+    /// The config file. Default: ./nightshift.toml if present, else /etc/nightshift/nightshift.toml
+    /// if present, else built-in defaults (state in /var/lib/nightshift).
+    #[arg(long, global = true, env = "NIGHTSHIFT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM.
+    Run,
+    /// Show every job with its progress and counts.
+    Status(JsonFlag),
+    /// Show one job in detail, with its errored lines and why.
+    Job {
+        /// The job's name (its file's stem).
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
+    Submit {
+        /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.
+        file: PathBuf,
+        /// The job's name, if not the file's stem.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Serve the built-in fake Claude API on 127.0.0.1.
+    FakeApi(FakeApiArgs),
+    /// Run the demo: the fake API and the daemon on jobs/example.jsonl, with progress and a summary.
+    Demo {
+        /// Where the demo keeps its config, jobs and results (made afresh).
+        #[arg(long, default_value = "target/nightshift-demo")]
+        dir: PathBuf,
+    },
+    /// Measure: intake throughput and memory, or the real-time lane's own overhead.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON (a documented, stable shape) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FakeApiArgs {
+    /// Port on 127.0.0.1 (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8787)]
+    pub port: u16,
+    /// Requests per minute per model class (rate limits are off unless all three are given).
+    #[arg(long)]
+    pub rpm: Option<u64>,
+    /// Input tokens per minute per model class.
+    #[arg(long)]
+    pub itpm: Option<u64>,
+    /// Output tokens per minute per model class.
+    #[arg(long)]
+    pub otpm: Option<u64>,
+    /// Seconds of refill each bucket holds.
+    #[arg(long, default_value_t = 10.0)]
+    pub burst_secs: f64,
+    /// Latency added to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fraction of requests answered 529 overloaded_error.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_529: f64,
+    /// Fraction of requests answered 500 api_error.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_500: f64,
+    /// Fraction of requests processed and then left unanswered (connection dropped).
+    #[arg(long, default_value_t = 0.0)]
+    pub drop: f64,
+    /// Seconds a batch takes to end.
+    #[arg(long, default_value_t = 2.0)]
+    pub batch_secs: f64,
+    /// Seed of every random draw.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Intake of a generated job file: lines/s and peak memory.
+    Ingest {
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: u64,
+    },
+    /// The real-time lane against the fake API with no limits and no latency: items/s.
+    Realtime {
+        #[arg(long, default_value_t = 20_000)]
+        items: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+}

@@ -1,0 +1,369 @@
+//! The daemon's configuration: a TOML file, checked strictly at start.
+//!
+//! Unknown keys are an error (a typo must not silently fall back to a default), and every error names
+//! the setting and the file. Relative paths in the file are taken relative to the file's folder, so a
+//! config works the same whatever the working directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the config is looked for when `--config` is not given (and `NIGHTSHIFT_CONFIG` is unset).
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["nightshift.toml", "/etc/nightshift/nightshift.toml"];
+/// Where state goes when the config does not say: the systemd `StateDirectory=nightshift`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/nightshift";
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+const KNOWN_VERSIONS: [&str; 2] = ["2023-06-01", "2026-10-21"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: setting `{key}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+/// The file as written. Every table denies unknown fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    jobs_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    realtime: RawRealtime,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    limits: BTreeMap<String, ModelLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    base_url: Option<String>,
+    anthropic_version: Option<String>,
+    api_key_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealtime {
+    concurrency: Option<usize>,
+    max_attempts: Option<u32>,
+    backoff_min_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    scan_interval_ms: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+/// Per-model limits, per minute, as the API's rate-limit tables give them. A dimension left out is
+/// not paced locally (the API's own 429s and headers still are honoured).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    pub rpm: Option<u64>,
+    pub itpm: Option<u64>,
+    pub otpm: Option<u64>,
+}
+
+/// The checked configuration the rest of the program uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (for messages).
+    pub source: Option<PathBuf>,
+    pub jobs_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub api: ApiSettings,
+    pub realtime: RealtimeSettings,
+    pub daemon: DaemonSettings,
+    /// Keyed by model id; the key `default` applies to models without their own entry.
+    pub limits: BTreeMap<String, ModelLimits>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub base_url: String,
+    pub anthropic_version: String,
+    /// A file holding the API key (e.g. a systemd credential); `ANTHROPIC_API_KEY` is used otherwise.
+    pub api_key_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RealtimeSettings {
+    /// Most calls in flight at once, over all models.
+    pub concurrency: usize,
+    /// Most failed attempts (5xx, 529, connection errors, unknown outcomes) before an item ends
+    /// `errored`. Waiting out a rate-limit 429 does not count.
+    pub max_attempts: u32,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    pub scan_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Finds and loads the config: `explicit` (from `--config` or `NIGHTSHIFT_CONFIG`) must exist;
+    /// otherwise the first of [`DEFAULT_CONFIG_PATHS`] that exists; otherwise built-in defaults.
+    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::load(path);
+        }
+        for candidate in DEFAULT_CONFIG_PATHS {
+            let path = Path::new(candidate);
+            if path.is_file() {
+                return Config::load(path);
+            }
+        }
+        Config::from_raw(RawConfig::default(), None, Path::new("/"))
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text as if read from `path` (relative paths resolve against its folder).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::from_raw(raw, Some(path.to_owned()), base)
+    }
+
+    fn from_raw(
+        raw: RawConfig,
+        source: Option<PathBuf>,
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: source
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("(built-in defaults)")),
+            key: key.to_owned(),
+            problem,
+        };
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let data_dir = resolve(
+            raw.data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+        );
+        let jobs_dir = resolve(raw.jobs_dir.unwrap_or_else(|| data_dir.join("jobs")));
+
+        // As in the official SDKs: an explicit setting wins, then ANTHROPIC_BASE_URL, then the default.
+        let base_url = raw
+            .api
+            .base_url
+            .or_else(|| {
+                std::env::var("ANTHROPIC_BASE_URL")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+            return Err(invalid(
+                "api.base_url",
+                format!(
+                    "is {base_url:?}; it must start with https:// (or http:// for a local fake)"
+                ),
+            ));
+        }
+        let anthropic_version = raw
+            .api
+            .anthropic_version
+            .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_owned());
+        if !KNOWN_VERSIONS.contains(&anthropic_version.as_str()) {
+            return Err(invalid(
+                "api.anthropic_version",
+                format!(
+                    "is {anthropic_version:?}; known versions are {}",
+                    KNOWN_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        let timeout_secs = raw.api.timeout_secs.unwrap_or(600);
+        if timeout_secs == 0 {
+            return Err(invalid("api.timeout_secs", "must be at least 1".into()));
+        }
+
+        let concurrency = raw.realtime.concurrency.unwrap_or(32);
+        if !(1..=10_000).contains(&concurrency) {
+            return Err(invalid(
+                "realtime.concurrency",
+                format!("is {concurrency}; it must be between 1 and 10000"),
+            ));
+        }
+        let max_attempts = raw.realtime.max_attempts.unwrap_or(8);
+        if max_attempts == 0 {
+            return Err(invalid(
+                "realtime.max_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        let backoff_min = Duration::from_millis(raw.realtime.backoff_min_ms.unwrap_or(500));
+        let backoff_max = Duration::from_millis(raw.realtime.backoff_max_ms.unwrap_or(60_000));
+        if backoff_min.is_zero() || backoff_max < backoff_min {
+            return Err(invalid(
+                "realtime.backoff_min_ms",
+                "must be at least 1 and not above realtime.backoff_max_ms".into(),
+            ));
+        }
+
+        for (model, limits) in &raw.limits {
+            for (dim, value) in [
+                ("rpm", limits.rpm),
+                ("itpm", limits.itpm),
+                ("otpm", limits.otpm),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(
+                        &format!("limits.\"{model}\".{dim}"),
+                        "is 0; leave it out to not pace that dimension".into(),
+                    ));
+                }
+            }
+        }
+
+        Ok(Config {
+            source,
+            jobs_dir,
+            data_dir,
+            api: ApiSettings {
+                base_url,
+                anthropic_version,
+                api_key_file: raw.api.api_key_file.map(resolve),
+                timeout: Duration::from_secs(timeout_secs),
+            },
+            realtime: RealtimeSettings {
+                concurrency,
+                max_attempts,
+                backoff_min,
+                backoff_max,
+            },
+            daemon: DaemonSettings {
+                scan_interval: Duration::from_millis(
+                    raw.daemon.scan_interval_ms.unwrap_or(1000).max(10),
+                ),
+                shutdown_grace: Duration::from_secs(raw.daemon.shutdown_grace_secs.unwrap_or(30)),
+            },
+            limits: raw.limits,
+        })
+    }
+
+    /// The limits that apply to `model`: its own entry, else `default`, else none.
+    pub fn limits_for(&self, model: &str) -> ModelLimits {
+        self.limits
+            .get(model)
+            .or_else(|| self.limits.get("default"))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("nightshift.db")
+    }
+
+    pub fn results_dir(&self) -> PathBuf {
+        self.data_dir.join("results")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/ns/nightshift.toml"))
+    }
+
+    #[test]
+    fn full_config_parses_and_resolves_relative_paths() {
+        let config = parse(
+            r#"
+            jobs_dir = "jobs"
+            data_dir = "/srv/ns"
+            [api]
+            base_url = "http://127.0.0.1:9999/"
+            anthropic_version = "2026-10-21"
+            [realtime]
+            concurrency = 4
+            [limits."claude-sonnet-5-5"]
+            rpm = 50
+            itpm = 30000
+            otpm = 8000
+            [limits.default]
+            rpm = 10
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(config.jobs_dir, PathBuf::from("/etc/ns/jobs"));
+        assert_eq!(config.data_dir, PathBuf::from("/srv/ns"));
+        assert_eq!(config.api.base_url, "http://127.0.0.1:9999");
+        assert_eq!(config.api.anthropic_version, "2026-10-21");
+        assert_eq!(config.realtime.concurrency, 4);
+        assert_eq!(config.limits_for("claude-sonnet-5-5").itpm, Some(30000));
+        assert_eq!(config.limits_for("claude-haiku-5-5").rpm, Some(10));
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let config = parse("").expect("empty config is valid");
+        assert_eq!(config.api.anthropic_version, "2023-06-01");
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            config.jobs_dir,
+            PathBuf::from(DEFAULT_DATA_DIR).join("jobs")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = parse("jobs_dri = \"x\"").expect_err("typo must fail");
+        assert!(err.to_string().contains("jobs_dri"), "{err}");
+        let err = parse("[limits.m]\nrpm = 5\ntpm = 3").expect_err("unknown limit key");
+        assert!(err.to_string().contains("tpm"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse("[api]\nanthropic_version = \"2024-01-01\"").expect_err("unknown version");
+        assert!(err.to_string().contains("api.anthropic_version"), "{err}");
+        let err = parse("[limits.m]\nrpm = 0").expect_err("zero limit");
+        assert!(err.to_string().contains("limits.\"m\".rpm"), "{err}");
+        let err = parse("[api]\nbase_url = \"ftp://x\"").expect_err("bad url");
+        assert!(err.to_string().contains("api.base_url"), "{err}");
+    }
+}

@@ -1,0 +1,449 @@
+//! Token buckets behind the fake's rate limits.
+//!
+//! Everything here is pure: the current time is always passed in (`now: Instant`), so the
+//! logic can be unit-tested without sleeping.
+
+use std::time::Instant;
+
+use super::{FakeLimits, OtpmRule};
+
+/// A continuously refilled token bucket.
+///
+/// The level can go negative (output tokens taken after the fact under the 2026 OTPM rule);
+/// it never goes above `capacity`.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenBucket {
+    /// The per-minute limit this bucket enforces (reported in `*-limit` headers).
+    limit_per_minute: u64,
+    capacity: f64,
+    refill_per_second: f64,
+    level: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for `limit_per_minute`, holding `burst_seconds` worth of refill
+    /// (at least 1 unit).
+    pub(crate) fn new(limit_per_minute: u64, burst_seconds: f64, now: Instant) -> TokenBucket {
+        let capacity = (limit_per_minute as f64 * burst_seconds / 60.0).max(1.0);
+        TokenBucket {
+            limit_per_minute,
+            capacity,
+            refill_per_second: limit_per_minute as f64 / 60.0,
+            level: capacity,
+            updated: now,
+        }
+    }
+
+    /// Adds the refill accumulated since the last update.
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.refill_per_second).min(self.capacity);
+        self.updated = self.updated.max(now);
+    }
+
+    /// The current level (may be negative).
+    pub(crate) fn level(&mut self, now: Instant) -> f64 {
+        self.refill(now);
+        self.level
+    }
+
+    pub(crate) fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
+    pub(crate) fn limit_per_minute(&self) -> u64 {
+        self.limit_per_minute
+    }
+
+    /// Removes `amount` (the level may go negative).
+    pub(crate) fn take(&mut self, amount: f64, now: Instant) {
+        self.refill(now);
+        self.level -= amount;
+    }
+
+    /// Returns `amount` to the bucket (capped at capacity).
+    pub(crate) fn give_back(&mut self, amount: f64, now: Instant) {
+        self.refill(now);
+        self.level = (self.level + amount).min(self.capacity);
+    }
+
+    /// Seconds until the level reaches `target` (0 when it already has).
+    pub(crate) fn seconds_until(&mut self, target: f64, now: Instant) -> f64 {
+        let level = self.level(now);
+        if level >= target || self.refill_per_second <= 0.0 {
+            0.0
+        } else {
+            (target - level) / self.refill_per_second
+        }
+    }
+
+    /// Seconds until the bucket is full again.
+    pub(crate) fn seconds_until_full(&mut self, now: Instant) -> f64 {
+        let capacity = self.capacity;
+        self.seconds_until(capacity, now)
+    }
+
+    /// Whole units left, never negative.
+    pub(crate) fn remaining(&mut self, now: Instant) -> u64 {
+        self.level(now).max(0.0).floor() as u64
+    }
+}
+
+/// Which of the three Messages limits turned a request away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dimension {
+    Requests,
+    InputTokens,
+    OutputTokens,
+}
+
+/// A refused admission: which limit, and how long to wait (whole seconds, at least 1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub dimension: Dimension,
+    pub limit_per_minute: u64,
+    pub retry_after_secs: u64,
+}
+
+/// What an admitted request holds until it completes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ticket {
+    /// Output tokens reserved at admission (the `MaxTokens` rule), to settle at completion.
+    reserved_output: u64,
+}
+
+/// Rounds a wait up to whole seconds, at least 1.
+pub(crate) fn retry_after_secs(seconds: f64) -> u64 {
+    (seconds.ceil() as u64).max(1)
+}
+
+/// The three buckets of one model class.
+#[derive(Clone, Debug)]
+pub(crate) struct ClassLimits {
+    requests: TokenBucket,
+    input: TokenBucket,
+    output: TokenBucket,
+}
+
+impl ClassLimits {
+    pub(crate) fn new(limits: &FakeLimits, now: Instant) -> ClassLimits {
+        ClassLimits {
+            requests: TokenBucket::new(limits.rpm, limits.burst_seconds, now),
+            input: TokenBucket::new(limits.itpm, limits.burst_seconds, now),
+            output: TokenBucket::new(limits.otpm, limits.burst_seconds, now),
+        }
+    }
+
+    /// Admits a request or says which limit it would exceed.
+    ///
+    /// A request needing more than a bucket's capacity is admitted once the bucket is full
+    /// (otherwise it could never run); the level then goes negative.
+    pub(crate) fn admit(
+        &mut self,
+        input_tokens: u64,
+        max_tokens: u64,
+        rule: OtpmRule,
+        now: Instant,
+    ) -> Result<Ticket, Refusal> {
+        let input_need = (input_tokens as f64).min(self.input.capacity());
+        let waits = [
+            (Dimension::Requests, self.requests.seconds_until(1.0, now)),
+            (
+                Dimension::InputTokens,
+                self.input.seconds_until(input_need, now),
+            ),
+            (
+                Dimension::OutputTokens,
+                self.output_wait(max_tokens, rule, now),
+            ),
+        ];
+        let (dimension, wait) = waits
+            .into_iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("the array is not empty");
+        if wait > 0.0 {
+            let limit_per_minute = match dimension {
+                Dimension::Requests => self.requests.limit_per_minute(),
+                Dimension::InputTokens => self.input.limit_per_minute(),
+                Dimension::OutputTokens => self.output.limit_per_minute(),
+            };
+            return Err(Refusal {
+                dimension,
+                limit_per_minute,
+                retry_after_secs: retry_after_secs(wait),
+            });
+        }
+        self.requests.take(1.0, now);
+        self.input.take(input_tokens as f64, now);
+        let mut ticket = Ticket::default();
+        if rule == OtpmRule::MaxTokens {
+            self.output.take(max_tokens as f64, now);
+            ticket.reserved_output = max_tokens;
+        }
+        Ok(ticket)
+    }
+
+    /// Seconds until the output bucket allows a request in.
+    fn output_wait(&mut self, max_tokens: u64, rule: OtpmRule, now: Instant) -> f64 {
+        match rule {
+            // 2026 rule: any positive level lets a request start.
+            OtpmRule::Generated => {
+                let level = self.output.level(now);
+                if level > 0.0 {
+                    0.0
+                } else {
+                    // Strictly above zero: wait a hair longer than the exact refill time.
+                    self.output.seconds_until(level.max(0.0) + 1e-6, now)
+                }
+            }
+            OtpmRule::MaxTokens => {
+                let need = (max_tokens as f64).min(self.output.capacity());
+                self.output.seconds_until(need, now)
+            }
+        }
+    }
+
+    /// Charges the real output of a finished request (settling any reservation).
+    pub(crate) fn complete(&mut self, ticket: Ticket, output_tokens: u64, now: Instant) {
+        if ticket.reserved_output > 0 {
+            self.output.give_back(ticket.reserved_output as f64, now);
+        }
+        self.output.take(output_tokens as f64, now);
+    }
+
+    /// The `anthropic-ratelimit-*` headers. `wall_now` is the wall-clock time matching `now`.
+    pub(crate) fn headers(
+        &mut self,
+        now: Instant,
+        wall_now: jiff::Timestamp,
+    ) -> Vec<(&'static str, String)> {
+        let reset = |seconds: f64| rfc3339_after(wall_now, seconds);
+        let requests_reset = self.requests.seconds_until_full(now);
+        let input_reset = self.input.seconds_until_full(now);
+        let output_reset = self.output.seconds_until_full(now);
+        let input_remaining = self.input.remaining(now);
+        let output_remaining = self.output.remaining(now);
+        vec![
+            (
+                "anthropic-ratelimit-requests-limit",
+                self.requests.limit_per_minute().to_string(),
+            ),
+            (
+                "anthropic-ratelimit-requests-remaining",
+                self.requests.remaining(now).to_string(),
+            ),
+            ("anthropic-ratelimit-requests-reset", reset(requests_reset)),
+            (
+                "anthropic-ratelimit-input-tokens-limit",
+                self.input.limit_per_minute().to_string(),
+            ),
+            (
+                "anthropic-ratelimit-input-tokens-remaining",
+                round_thousands(input_remaining).to_string(),
+            ),
+            ("anthropic-ratelimit-input-tokens-reset", reset(input_reset)),
+            (
+                "anthropic-ratelimit-output-tokens-limit",
+                self.output.limit_per_minute().to_string(),
+            ),
+            (
+                "anthropic-ratelimit-output-tokens-remaining",
+                round_thousands(output_remaining).to_string(),
+            ),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                reset(output_reset),
+            ),
+            (
+                "anthropic-ratelimit-tokens-limit",
+                (self.input.limit_per_minute() + self.output.limit_per_minute()).to_string(),
+            ),
+            (
+                "anthropic-ratelimit-tokens-remaining",
+                round_thousands(input_remaining + output_remaining).to_string(),
+            ),
+            (
+                "anthropic-ratelimit-tokens-reset",
+                reset(input_reset.max(output_reset)),
+            ),
+        ]
+    }
+}
+
+/// Token counts in headers are rounded down to thousands once they reach 1000.
+pub(crate) fn round_thousands(value: u64) -> u64 {
+    if value >= 1000 {
+        value / 1000 * 1000
+    } else {
+        value
+    }
+}
+
+/// `wall_now + seconds`, rounded up to a whole second, as RFC 3339 UTC.
+pub(crate) fn rfc3339_after(wall_now: jiff::Timestamp, seconds: f64) -> String {
+    let nanos = (seconds.max(0.0) * 1e9).min(1e18) as i64;
+    let at = wall_now
+        .checked_add(jiff::SignedDuration::from_nanos(nanos))
+        .unwrap_or(wall_now);
+    let whole = if at.subsec_nanosecond() > 0 {
+        at.as_second() + 1
+    } else {
+        at.as_second()
+    };
+    jiff::Timestamp::from_second(whole)
+        .unwrap_or(at)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(rpm: u64, itpm: u64, otpm: u64, burst_seconds: f64) -> FakeLimits {
+        FakeLimits {
+            rpm,
+            itpm,
+            otpm,
+            burst_seconds,
+        }
+    }
+
+    #[test]
+    fn bucket_starts_full_and_refills_continuously() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(60, 10.0, t0);
+        assert_eq!(bucket.capacity(), 10.0);
+        bucket.take(10.0, t0);
+        assert_eq!(bucket.remaining(t0), 0);
+        // 60 per minute = 1 per second.
+        assert_eq!(bucket.remaining(t0 + Duration::from_secs(3)), 3);
+        assert_eq!(bucket.remaining(t0 + Duration::from_secs(100)), 10);
+    }
+
+    #[test]
+    fn bucket_capacity_is_at_least_one() {
+        let t0 = Instant::now();
+        let bucket = TokenBucket::new(1, 1.0, t0);
+        assert_eq!(bucket.capacity(), 1.0);
+    }
+
+    #[test]
+    fn bucket_can_go_negative_and_reports_wait() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(600, 6.0, t0); // capacity 60, 10/s
+        bucket.take(80.0, t0);
+        assert_eq!(bucket.remaining(t0), 0);
+        assert!((bucket.seconds_until(0.0, t0) - 2.0).abs() < 1e-9);
+        assert!((bucket.seconds_until_full(t0) - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn requests_limit_refuses_third_call_with_retry_after() {
+        let t0 = Instant::now();
+        let mut class = ClassLimits::new(&limits(2, 1_000_000, 1_000_000, 60.0), t0);
+        for _ in 0..2 {
+            let ticket = class
+                .admit(10, 100, OtpmRule::Generated, t0)
+                .expect("admitted");
+            class.complete(ticket, 50, t0);
+        }
+        let refusal = class
+            .admit(10, 100, OtpmRule::Generated, t0)
+            .expect_err("refused");
+        assert_eq!(refusal.dimension, Dimension::Requests);
+        assert_eq!(refusal.limit_per_minute, 2);
+        assert_eq!(refusal.retry_after_secs, 30); // 1 request at 2/min
+        // After 30 s one request is back.
+        assert!(
+            class
+                .admit(10, 100, OtpmRule::Generated, t0 + Duration::from_secs(30))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn input_tokens_limit_names_input_dimension() {
+        let t0 = Instant::now();
+        let mut class = ClassLimits::new(&limits(1000, 6000, 6000, 60.0), t0);
+        let ticket = class
+            .admit(5000, 10, OtpmRule::Generated, t0)
+            .expect("admitted");
+        class.complete(ticket, 10, t0);
+        let refusal = class
+            .admit(2000, 10, OtpmRule::Generated, t0)
+            .expect_err("refused");
+        assert_eq!(refusal.dimension, Dimension::InputTokens);
+        // Needs 1000 more tokens at 100/s.
+        assert_eq!(refusal.retry_after_secs, 10);
+    }
+
+    #[test]
+    fn generated_rule_takes_output_at_completion() {
+        let t0 = Instant::now();
+        let mut class = ClassLimits::new(&limits(1000, 1_000_000, 600, 60.0), t0);
+        // A huge max_tokens costs nothing at admission.
+        let ticket = class
+            .admit(1, 100_000, OtpmRule::Generated, t0)
+            .expect("admitted");
+        class.complete(ticket, 900, t0); // level 600 - 900 = -300
+        let refusal = class
+            .admit(1, 1, OtpmRule::Generated, t0)
+            .expect_err("refused");
+        assert_eq!(refusal.dimension, Dimension::OutputTokens);
+        assert_eq!(refusal.retry_after_secs, 31); // just over 300 tokens at 10/s
+    }
+
+    #[test]
+    fn max_tokens_rule_reserves_then_settles() {
+        let t0 = Instant::now();
+        let mut class = ClassLimits::new(&limits(1000, 1_000_000, 1000, 60.0), t0);
+        let first = class
+            .admit(1, 800, OtpmRule::MaxTokens, t0)
+            .expect("admitted");
+        // Only 200 left while the first is in flight.
+        let refusal = class
+            .admit(1, 800, OtpmRule::MaxTokens, t0)
+            .expect_err("refused");
+        assert_eq!(refusal.dimension, Dimension::OutputTokens);
+        class.complete(first, 100, t0); // settles to 900 left
+        assert!(class.admit(1, 800, OtpmRule::MaxTokens, t0).is_ok());
+    }
+
+    #[test]
+    fn headers_round_down_to_thousands_and_never_go_negative() {
+        let t0 = Instant::now();
+        let wall = jiff::Timestamp::from_second(1_800_000_000).expect("valid time");
+        let mut class = ClassLimits::new(&limits(100, 50_000, 10_000, 60.0), t0);
+        let ticket = class
+            .admit(1_234, 10, OtpmRule::Generated, t0)
+            .expect("admitted");
+        class.complete(ticket, 20_000, t0);
+        let headers = class.headers(t0, wall);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .expect("header present")
+        };
+        assert_eq!(get("anthropic-ratelimit-requests-remaining"), "99");
+        assert_eq!(get("anthropic-ratelimit-input-tokens-remaining"), "48000");
+        assert_eq!(get("anthropic-ratelimit-output-tokens-remaining"), "0");
+        assert_eq!(get("anthropic-ratelimit-tokens-limit"), "60000");
+        assert_eq!(get("anthropic-ratelimit-tokens-remaining"), "48000");
+        // Output at -10000 refills at 10000/min: full after 120 s.
+        assert_eq!(
+            get("anthropic-ratelimit-output-tokens-reset"),
+            "2027-01-15T08:02:00Z"
+        );
+    }
+
+    #[test]
+    fn round_thousands_only_above_one_thousand() {
+        assert_eq!(round_thousands(999), 999);
+        assert_eq!(round_thousands(1000), 1000);
+        assert_eq!(round_thousands(45_678), 45_000);
+    }
+}

@@ -1,0 +1,419 @@
+//! The Messages endpoint's pure parts: model ids, request validation, token counting and
+//! the generated answer.
+
+use serde_json::{Value, json};
+
+/// Model ids the fake knows (fact sheet §0), each with its rate-limit class.
+///
+/// Opus 4.x models share one bucket, Sonnet 4.x models share one; every other model has its
+/// own bucket (its class is its own id).
+const MODELS: &[(&str, &str)] = &[
+    ("claude-fable-5-2", "claude-fable-5-2"),
+    ("claude-mythos-5-2", "claude-mythos-5-2"),
+    ("claude-haiku-5-5", "claude-haiku-5-5"),
+    ("claude-sonnet-5-5", "claude-sonnet-5-5"),
+    ("claude-fable-5-1", "claude-fable-5-1"),
+    ("claude-opus-5-5", "claude-opus-5-5"),
+    ("claude-mythos-5-1", "claude-mythos-5-1"),
+    ("claude-sonnet-5", "claude-sonnet-5"),
+    ("claude-fable-5", "claude-fable-5"),
+    ("claude-mythos-5", "claude-mythos-5"),
+    ("claude-opus-5", "claude-opus-5"),
+    ("claude-opus-4-8", "claude-opus-4.x"),
+    ("claude-opus-4-7", "claude-opus-4.x"),
+    ("claude-opus-4-6", "claude-opus-4.x"),
+    ("claude-opus-4-5", "claude-opus-4.x"),
+    ("claude-sonnet-4-6", "claude-sonnet-4.x"),
+    ("claude-sonnet-4-5", "claude-sonnet-4.x"),
+    ("claude-haiku-4-5", "claude-haiku-4-5"),
+];
+
+/// The rate-limit class of a model id (dated forms like `claude-opus-4-8-20260101` included),
+/// or `None` when the model is unknown or retired.
+pub fn model_class(model: &str) -> Option<&'static str> {
+    let base = strip_date_suffix(model);
+    MODELS
+        .iter()
+        .find(|(id, _)| *id == base)
+        .map(|(_, class)| *class)
+}
+
+/// `claude-x-1-20260101` -> `claude-x-1`; anything else unchanged.
+fn strip_date_suffix(model: &str) -> &str {
+    match model.rsplit_once('-') {
+        Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => model,
+    }
+}
+
+/// The API versions the fake accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApiVersion {
+    V2023_06_01,
+    V2026_10_21,
+}
+
+impl ApiVersion {
+    pub(crate) fn parse(value: &str) -> Option<ApiVersion> {
+        match value {
+            "2023-06-01" => Some(ApiVersion::V2023_06_01),
+            "2026-10-21" => Some(ApiVersion::V2026_10_21),
+            _ => None,
+        }
+    }
+}
+
+/// Why a Messages body was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ParamsError {
+    /// 400 `invalid_request_error`.
+    Invalid(String),
+    /// 404 `not_found_error` (unknown or retired model).
+    UnknownModel(String),
+}
+
+impl ParamsError {
+    pub(crate) fn status_and_type(&self) -> (u16, &'static str) {
+        match self {
+            ParamsError::Invalid(_) => (400, "invalid_request_error"),
+            ParamsError::UnknownModel(_) => (404, "not_found_error"),
+        }
+    }
+
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            ParamsError::Invalid(m) | ParamsError::UnknownModel(m) => m,
+        }
+    }
+}
+
+/// What the fake needs from a valid Messages body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ValidParams {
+    pub model: String,
+    pub class: &'static str,
+    pub max_tokens: u64,
+    pub input_tokens: u64,
+}
+
+fn invalid(message: impl Into<String>) -> ParamsError {
+    ParamsError::Invalid(message.into())
+}
+
+/// Checks a Messages body the way the real API does (field-named messages).
+pub(crate) fn validate_params(
+    params: &Value,
+    version: ApiVersion,
+) -> Result<ValidParams, ParamsError> {
+    let Some(object) = params.as_object() else {
+        return Err(invalid("Input should be a valid dictionary"));
+    };
+    let model = match object.get("model") {
+        None => return Err(invalid("model: Field required")),
+        Some(Value::String(model)) => model.clone(),
+        Some(_) => return Err(invalid("model: Input should be a valid string")),
+    };
+    let max_tokens = match object.get("max_tokens") {
+        None => return Err(invalid("max_tokens: Field required")),
+        Some(value) => match value.as_i64() {
+            None => return Err(invalid("max_tokens: Input should be a valid integer")),
+            Some(n) if n < 1 => {
+                return Err(invalid(
+                    "max_tokens: Input should be greater than or equal to 1",
+                ));
+            }
+            Some(n) => n as u64,
+        },
+    };
+    validate_messages(object.get("messages"))?;
+    validate_system(object.get("system"))?;
+    if version == ApiVersion::V2026_10_21 {
+        for field in ["temperature", "top_p", "top_k"] {
+            if object.contains_key(field) {
+                return Err(invalid(format!(
+                    "{field}: Extra inputs are not permitted on anthropic-version 2026-10-21"
+                )));
+            }
+        }
+    }
+    if object.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Err(invalid("stream: the built-in fake does not stream"));
+    }
+    let Some(class) = model_class(&model) else {
+        return Err(ParamsError::UnknownModel(format!("model: {model}")));
+    };
+    Ok(ValidParams {
+        model,
+        class,
+        max_tokens,
+        input_tokens: count_input_tokens(params),
+    })
+}
+
+fn validate_messages(messages: Option<&Value>) -> Result<(), ParamsError> {
+    let messages = match messages {
+        None => return Err(invalid("messages: Field required")),
+        Some(Value::Array(messages)) => messages,
+        Some(_) => return Err(invalid("messages: Input should be a valid list")),
+    };
+    if messages.is_empty() {
+        return Err(invalid(
+            "messages: List should have at least 1 item after validation, not 0",
+        ));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let Some(message) = message.as_object() else {
+            return Err(invalid(format!(
+                "messages.{i}: Input should be a valid dictionary"
+            )));
+        };
+        match message.get("role") {
+            None => return Err(invalid(format!("messages.{i}.role: Field required"))),
+            Some(Value::String(role)) if role == "user" || role == "assistant" => {}
+            Some(_) => {
+                return Err(invalid(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                )));
+            }
+        }
+        match message.get("content") {
+            None => return Err(invalid(format!("messages.{i}.content: Field required"))),
+            Some(Value::String(_)) => {}
+            Some(Value::Array(blocks)) => {
+                for (j, block) in blocks.iter().enumerate() {
+                    if !block.get("type").is_some_and(Value::is_string) {
+                        return Err(invalid(format!(
+                            "messages.{i}.content.{j}.type: Field required"
+                        )));
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(invalid(format!(
+                    "messages.{i}.content: Input should be a valid string or list"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_system(system: Option<&Value>) -> Result<(), ParamsError> {
+    match system {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(blocks)) => {
+            for (j, block) in blocks.iter().enumerate() {
+                if block.get("type").and_then(Value::as_str) != Some("text") {
+                    return Err(invalid(format!("system.{j}.type: Input should be 'text'")));
+                }
+                if !block.get("text").is_some_and(Value::is_string) {
+                    return Err(invalid(format!("system.{j}.text: Field required")));
+                }
+            }
+            Ok(())
+        }
+        Some(_) => Err(invalid("system: Input should be a valid string or list")),
+    }
+}
+
+/// Deterministic input-token estimate: ceil(chars / 4) over the text in `system` and the
+/// message contents (non-text blocks count their JSON length), plus 3 per message, plus 7.
+pub fn count_input_tokens(params: &Value) -> u64 {
+    let mut chars = 0u64;
+    if let Some(system) = params.get("system") {
+        chars += content_chars(system);
+    }
+    let mut message_count = 0u64;
+    if let Some(messages) = params.get("messages").and_then(Value::as_array) {
+        for message in messages {
+            message_count += 1;
+            if let Some(content) = message.get("content") {
+                chars += content_chars(content);
+            }
+        }
+    }
+    chars.div_ceil(4) + 3 * message_count + 7
+}
+
+/// Characters of a string or of an array of blocks.
+fn content_chars(content: &Value) -> u64 {
+    match content {
+        Value::String(text) => text.chars().count() as u64,
+        Value::Array(blocks) => blocks.iter().map(block_chars).sum(),
+        other => other.to_string().len() as u64,
+    }
+}
+
+fn block_chars(block: &Value) -> u64 {
+    let is_text = block.get("type").and_then(Value::as_str) == Some("text");
+    match block.get("text") {
+        Some(Value::String(text)) if is_text => text.chars().count() as u64,
+        _ => block.to_string().len() as u64,
+    }
+}
+
+/// FNV-1a, used to derive deterministic answers from a request.
+pub(crate) fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The answer's length and stop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub output_tokens: u64,
+    pub clipped: bool,
+}
+
+/// Between 5 and 300 tokens picked by `hash`, clipped by `max_tokens`.
+pub(crate) fn plan_generation(hash: u64, max_tokens: u64) -> Generation {
+    let natural = 5 + hash % 296;
+    Generation {
+        output_tokens: natural.min(max_tokens),
+        clipped: natural > max_tokens,
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the", "cat", "sat", "on", "a", "warm", "mat", "while", "night", "shift", "ran", "its", "jobs",
+    "and", "every", "queue", "moved", "along", "slowly", "but", "surely", "toward", "dawn", "with",
+    "tokens", "to", "spare", "so", "all", "was", "well",
+];
+
+/// Plausible text of about 4 characters per token.
+pub(crate) fn generate_text(hash: u64, tokens: u64) -> String {
+    let target = (tokens * 4) as usize;
+    let mut rng = fastrand::Rng::with_seed(hash);
+    let mut text = String::with_capacity(target + 8);
+    while text.len() + 1 < target {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(WORDS[rng.usize(..WORDS.len())]);
+    }
+    if !text.is_empty() {
+        text.push('.');
+    }
+    text
+}
+
+/// A Messages response object.
+pub(crate) fn message_json(
+    id: &str,
+    model: &str,
+    input_tokens: u64,
+    hash: u64,
+    generation: Generation,
+    service_tier: &str,
+) -> Value {
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": generate_text(hash, generation.output_tokens)}],
+        "stop_reason": if generation.clipped { "max_tokens" } else { "end_turn" },
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": generation.output_tokens,
+            "service_tier": service_tier,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> Value {
+        json!({
+            "model": "claude-haiku-4-5",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Hello there!"}]
+        })
+    }
+
+    #[test]
+    fn model_classes() {
+        assert_eq!(model_class("claude-opus-4-8"), Some("claude-opus-4.x"));
+        assert_eq!(
+            model_class("claude-opus-4-5-20251101"),
+            Some("claude-opus-4.x")
+        );
+        assert_eq!(model_class("claude-sonnet-4-6"), Some("claude-sonnet-4.x"));
+        assert_eq!(model_class("claude-opus-5"), Some("claude-opus-5"));
+        assert_eq!(model_class("claude-3-5-haiku-20241022"), None);
+        assert_eq!(model_class("claude-opus-5-2026"), None);
+    }
+
+    #[test]
+    fn counts_tokens() {
+        // "Hello there!" = 12 chars -> 3, + 3 per message + 7.
+        assert_eq!(count_input_tokens(&body()), 13);
+        let with_system = json!({
+            "system": [{"type": "text", "text": "abcd"}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "abcde"}]},
+                {"role": "assistant", "content": "x"}
+            ]
+        });
+        // 4 + 5 + 1 = 10 chars -> 3, + 6 + 7.
+        assert_eq!(count_input_tokens(&with_system), 16);
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let v = ApiVersion::V2023_06_01;
+        let mut b = body();
+        b.as_object_mut().expect("object").remove("max_tokens");
+        assert_eq!(
+            validate_params(&b, v),
+            Err(ParamsError::Invalid("max_tokens: Field required".into()))
+        );
+        let mut b = body();
+        b["messages"][0]["role"] = json!("system");
+        assert_eq!(
+            validate_params(&b, v),
+            Err(ParamsError::Invalid(
+                "messages.0.role: Input should be 'user' or 'assistant'".into()
+            ))
+        );
+        let mut b = body();
+        b["temperature"] = json!(0.5);
+        assert!(validate_params(&b, v).is_ok());
+        assert!(matches!(
+            validate_params(&b, ApiVersion::V2026_10_21),
+            Err(ParamsError::Invalid(m)) if m.starts_with("temperature:")
+        ));
+        let mut b = body();
+        b["model"] = json!("claude-2");
+        assert_eq!(
+            validate_params(&b, v),
+            Err(ParamsError::UnknownModel("model: claude-2".into()))
+        );
+        let ok = validate_params(&body(), v).expect("valid");
+        assert_eq!(ok.class, "claude-haiku-4-5");
+        assert_eq!(ok.input_tokens, 13);
+    }
+
+    #[test]
+    fn generation_is_bounded() {
+        for h in 0..1000u64 {
+            let g = plan_generation(hash_bytes(1, &h.to_le_bytes()), 100);
+            assert!((5..=100).contains(&g.output_tokens));
+            assert_eq!(g.clipped, g.output_tokens == 100 && g.clipped);
+        }
+        let g = plan_generation(0, 3);
+        assert_eq!(g.output_tokens, 3);
+        assert!(g.clipped);
+        let text = generate_text(7, 50);
+        assert!((190..=205).contains(&text.len()), "{}", text.len());
+    }
+}

@@ -1,0 +1,143 @@
+//! The built-in fake Claude API.
+//!
+//! An HTTP server on 127.0.0.1 that behaves like the Anthropic API closely enough for
+//! nightshift's tests, demo and benchmarks: the Messages endpoint (with per-model-class token
+//! bucket rate limits and injectable faults) and the Message Batches endpoints (time-driven
+//! lifecycle). See `/work/shared/anthropic-api.md` for the facts it follows.
+//!
+//! Layout:
+//! - `server`: the hyper server, routing, auth and HTTP answers ([`FakeApi`]).
+//! - `messages`: models, validation, token counting and generated answers.
+//! - `limits`: the token buckets (pure, time passed in).
+//! - `batches`: the batch store (pure, time passed in).
+//!
+//! Randomness (fault draws, ids, expiries, result order) comes from RNGs seeded with
+//! [`FakeConfig::seed`]; answer lengths come from a hash of the request.
+
+mod batches;
+mod limits;
+mod messages;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+pub use messages::{count_input_tokens, model_class};
+pub use server::FakeApi;
+
+/// How the fake behaves.
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    /// `Some(k)`: `x-api-key` must equal `k`. `None`: any non-empty key is accepted.
+    /// A missing key is always a 401.
+    pub api_key: Option<String>,
+    /// Messages rate limits per model class (and the batch RPM); `None` = no rate limits.
+    pub limits: Option<FakeLimits>,
+    /// Base latency added to every Messages answer.
+    pub latency: Duration,
+    pub faults: Faults,
+    pub batch: BatchSettings,
+    pub otpm_rule: OtpmRule,
+    /// Seed of every random draw, so runs are reproducible.
+    pub seed: u64,
+}
+
+impl Default for FakeConfig {
+    fn default() -> FakeConfig {
+        FakeConfig {
+            api_key: None,
+            limits: None,
+            latency: Duration::ZERO,
+            faults: Faults::default(),
+            batch: BatchSettings::default(),
+            otpm_rule: OtpmRule::default(),
+            seed: 1,
+        }
+    }
+}
+
+/// Per-model-class limits. Each bucket holds `limit * burst_seconds / 60` (at least 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FakeLimits {
+    pub rpm: u64,
+    pub itpm: u64,
+    pub otpm: u64,
+    pub burst_seconds: f64,
+}
+
+/// How output tokens are charged against OTPM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OtpmRule {
+    /// 2026 rule: output tokens are taken from the bucket when generated.
+    #[default]
+    Generated,
+    /// 2025/Bedrock rule: `max_tokens` is reserved at admission and settled with real usage.
+    MaxTokens,
+}
+
+/// Injected faults, each a probability in 0..=1.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// 529 `overloaded_error`.
+    pub overloaded_529: f64,
+    /// 500 `api_error`.
+    pub server_error_500: f64,
+    /// 429 `rate_limit_error` with `retry-after: 1`, independent of the buckets.
+    pub rate_limited_429: f64,
+    /// The request is fully processed and counted, then the connection is closed unanswered.
+    pub drop_after_processing: f64,
+    /// Probability of adding `slow_latency` to an answer.
+    pub slow: f64,
+    pub slow_latency: Duration,
+}
+
+/// Message Batches behaviour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchSettings {
+    /// Time from creation until a batch ends.
+    pub processing_time: Duration,
+    /// Probability that a valid request ends `expired`.
+    pub expire_fraction: f64,
+    /// RPM shared by all batch endpoints (enforced when `FakeConfig::limits` is set).
+    pub rpm: u64,
+    /// Most batch requests in processing at once.
+    pub queue_cap: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> BatchSettings {
+        BatchSettings {
+            processing_time: Duration::from_secs(2),
+            expire_fraction: 0.0,
+            rpm: 1000,
+            queue_cap: 200_000,
+        }
+    }
+}
+
+/// Counters of what the fake has done (also served as JSON on `GET /_fake/stats`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FakeStats {
+    /// Messages requests processed and answered 200.
+    pub messages_accepted: u64,
+    /// Messages requests processed (tokens counted) whose connection was then dropped.
+    pub messages_dropped: u64,
+    /// All 429s (buckets, injected, batch RPM and queue cap).
+    pub rate_limited_429: u64,
+    pub overloaded_529: u64,
+    pub server_error_500: u64,
+    /// 400/401/404/413 answers.
+    pub invalid_4xx: u64,
+    /// Over processed Messages requests (accepted + dropped).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub batches_created: u64,
+    pub batch_requests: u64,
+    pub batch_succeeded: u64,
+    pub batch_errored: u64,
+    pub batch_expired: u64,
+    pub batch_canceled: u64,
+    pub batch_input_tokens: u64,
+    pub batch_output_tokens: u64,
+}

@@ -1,0 +1,618 @@
+//! End-to-end tests: start the fake on a free port and call it over HTTP.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+async fn start(config: FakeConfig) -> FakeApi {
+    FakeApi::start(config, "127.0.0.1:0".parse().expect("valid address"))
+        .await
+        .expect("fake starts")
+}
+
+fn message_body() -> Value {
+    json!({
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": "Write a haiku about the night shift."}]
+    })
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    body: &Value,
+) -> Result<reqwest::Response, reqwest::Error> {
+    client
+        .post(url)
+        .header("x-api-key", "sk-test")
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+}
+
+async fn get(client: &reqwest::Client, url: String) -> reqwest::Response {
+    client
+        .get(url)
+        .header("x-api-key", "sk-test")
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .expect("request sent")
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_string()
+}
+
+fn with_limits(rpm: u64) -> FakeConfig {
+    FakeConfig {
+        limits: Some(FakeLimits {
+            rpm,
+            itpm: 1_000_000,
+            otpm: 200_000,
+            burst_seconds: 60.0,
+        }),
+        ..FakeConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn valid_message_gets_200_with_usage_and_headers() {
+    let fake = start(with_limits(100)).await;
+    let client = reqwest::Client::new();
+    let response = post(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        &message_body(),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "request-id").starts_with("req_"));
+    assert!(!header(&response, "anthropic-organization-id").is_empty());
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-limit"),
+        "100"
+    );
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-remaining"),
+        "99"
+    );
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-tokens-limit"),
+        "1200000"
+    );
+    let reset = header(&response, "anthropic-ratelimit-input-tokens-reset");
+    assert!(reset.parse::<jiff::Timestamp>().is_ok(), "{reset}");
+    let body: Value = response.json().await.expect("json");
+    assert!(body["id"].as_str().expect("id").starts_with("msg_"));
+    assert_eq!(body["id"].as_str().expect("id").len(), 28);
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["model"], "claude-sonnet-4-6");
+    assert_eq!(body["usage"]["service_tier"], "standard");
+    let input = body["usage"]["input_tokens"].as_u64().expect("input");
+    let output = body["usage"]["output_tokens"].as_u64().expect("output");
+    assert_eq!(input, count_input_tokens(&message_body()));
+    assert!((5..=200).contains(&output));
+    assert!(
+        !body["content"][0]["text"]
+            .as_str()
+            .expect("text")
+            .is_empty()
+    );
+
+    // The same body gets the same length (deterministic).
+    let again: Value = post(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        &message_body(),
+    )
+    .await
+    .expect("answered")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(again["usage"]["output_tokens"], output);
+
+    let stats = fake.stats();
+    assert_eq!(stats.messages_accepted, 2);
+    assert_eq!(stats.input_tokens, 2 * input);
+    assert_eq!(stats.output_tokens, 2 * output);
+
+    // The stats endpoint needs no auth.
+    let remote: Value = reqwest::get(format!("{}/_fake/stats", fake.base_url()))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(remote["messages_accepted"], 2);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_version_and_validation_errors() {
+    let fake = start(FakeConfig {
+        api_key: Some("sk-test".into()),
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+
+    // Missing key.
+    let response = client
+        .post(&url)
+        .header("anthropic-version", "2023-06-01")
+        .json(&message_body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert!(body["request_id"].as_str().expect("id").starts_with("req_"));
+
+    // Wrong key, then Bearer with the right key.
+    let response = client
+        .post(&url)
+        .header("x-api-key", "sk-wrong")
+        .header("anthropic-version", "2023-06-01")
+        .json(&message_body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 401);
+    let response = client
+        .post(&url)
+        .header("authorization", "Bearer sk-test")
+        .header("anthropic-version", "2026-10-21")
+        .json(&message_body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+
+    // Missing version.
+    let response = client
+        .post(&url)
+        .header("x-api-key", "sk-test")
+        .json(&message_body())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["error"]["message"],
+        "anthropic-version: header is required"
+    );
+
+    // Unknown model.
+    let mut unknown = message_body();
+    unknown["model"] = json!("claude-3-opus-20240229");
+    let response = post(&client, url.clone(), &unknown)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "not_found_error");
+    assert_eq!(body["error"]["message"], "model: claude-3-opus-20240229");
+
+    // Bad field.
+    let mut bad = message_body();
+    bad["max_tokens"] = json!(0);
+    let response = post(&client, url.clone(), &bad).await.expect("answered");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("max_tokens:")
+    );
+
+    // Not JSON.
+    let response = client
+        .post(&url)
+        .header("x-api-key", "sk-test")
+        .header("anthropic-version", "2023-06-01")
+        .body("{nope")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400);
+
+    // Unknown path.
+    let response = get(&client, format!("{}/v1/nothing", fake.base_url())).await;
+    assert_eq!(response.status(), 404);
+
+    let stats = fake.stats();
+    assert_eq!(stats.messages_accepted, 1);
+    assert_eq!(stats.invalid_4xx, 7);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn third_quick_call_is_rate_limited() {
+    let fake = start(with_limits(2)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    for _ in 0..2 {
+        let response = post(&client, url.clone(), &message_body())
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = header(&response, "retry-after").parse().expect("number");
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-remaining"),
+        "0"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rate limit of 2 requests per minute")
+    );
+    // Another model class has its own buckets.
+    let mut opus = message_body();
+    opus["model"] = json!("claude-opus-4-7");
+    let response = post(&client, url, &opus).await.expect("answered");
+    assert_eq!(response.status(), 200);
+
+    let stats = fake.stats();
+    assert_eq!(stats.messages_accepted, 3);
+    assert_eq!(stats.rate_limited_429, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_overload_counts_nothing_accepted() {
+    let fake = start(FakeConfig {
+        faults: Faults {
+            overloaded_529: 1.0,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 529);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "overloaded_error");
+    let stats = fake.stats();
+    assert_eq!(stats.messages_accepted, 0);
+    assert_eq!(stats.overloaded_529, 1);
+    assert_eq!(stats.input_tokens, 0);
+
+    // Faults can change at run time.
+    fake.set_faults(Faults {
+        rate_limited_429: 1.0,
+        ..Faults::default()
+    });
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "1");
+    fake.set_faults(Faults::default());
+    let response = post(&client, url, &message_body()).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropped_after_processing_gives_client_error() {
+    let fake = start(FakeConfig {
+        faults: Faults {
+            drop_after_processing: 1.0,
+            ..Faults::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let result = post(&client, url, &message_body()).await;
+    assert!(result.is_err(), "expected a connection error");
+    let stats = fake.stats();
+    assert_eq!(stats.messages_dropped, 1);
+    assert_eq!(stats.messages_accepted, 0);
+    assert!(stats.output_tokens > 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_is_applied() {
+    let fake = start(FakeConfig {
+        latency: Duration::from_millis(150),
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let response = post(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        &message_body(),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    fake.shutdown().await;
+}
+
+fn batch_body(n: usize) -> Value {
+    let requests: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut params = message_body();
+            params["messages"][0]["content"] = json!(format!("Question number {i}"));
+            if i == 0 {
+                params["model"] = json!("not-a-model");
+            }
+            json!({"custom_id": format!("req-{i}"), "params": params})
+        })
+        .collect();
+    json!({ "requests": requests })
+}
+
+#[tokio::test]
+async fn batch_goes_from_in_progress_to_ended() {
+    let fake = start(FakeConfig {
+        batch: BatchSettings {
+            processing_time: Duration::from_millis(200),
+            ..BatchSettings::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let response = post(
+        &client,
+        format!("{base}/v1/messages/batches"),
+        &batch_body(10),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(response.status(), 200);
+    let batch: Value = response.json().await.expect("json");
+    let id = batch["id"].as_str().expect("id").to_string();
+    assert!(id.starts_with("msgbatch_"));
+    assert_eq!(batch["type"], "message_batch");
+    assert_eq!(batch["processing_status"], "in_progress");
+    assert_eq!(batch["request_counts"]["processing"], 10);
+    assert!(batch["results_url"].is_null());
+
+    // Results and delete are refused while processing.
+    let response = get(&client, format!("{base}/v1/messages/batches/{id}/results")).await;
+    assert_eq!(response.status(), 400);
+
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let batch: Value = get(&client, format!("{base}/v1/messages/batches/{id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(batch["processing_status"], "ended");
+    let counts = &batch["request_counts"];
+    let sum: u64 = ["processing", "succeeded", "errored", "canceled", "expired"]
+        .iter()
+        .map(|k| counts[k].as_u64().expect("count"))
+        .sum();
+    assert_eq!(sum, 10);
+    assert_eq!(counts["errored"], 1);
+    assert_eq!(counts["succeeded"], 9);
+    let results_url = batch["results_url"].as_str().expect("url").to_string();
+    assert_eq!(
+        results_url,
+        format!("{base}/v1/messages/batches/{id}/results")
+    );
+
+    let jsonl = get(&client, results_url).await.text().await.expect("text");
+    let mut ids: Vec<String> = jsonl
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).expect("json line");
+            line["custom_id"].as_str().expect("custom_id").to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..10).map(|i| format!("req-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    let stats = fake.stats();
+    assert_eq!(stats.batches_created, 1);
+    assert_eq!(stats.batch_requests, 10);
+    assert_eq!(stats.batch_succeeded, 9);
+    assert_eq!(stats.batch_errored, 1);
+    assert!(stats.batch_output_tokens > 0);
+    assert_eq!(stats.messages_accepted, 0);
+
+    let response = client
+        .delete(format!("{base}/v1/messages/batches/{id}"))
+        .header("x-api-key", "sk-test")
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let response = get(&client, format!("{base}/v1/messages/batches/{id}")).await;
+    assert_eq!(response.status(), 404);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn batch_cancel_and_validation() {
+    let fake = start(FakeConfig {
+        batch: BatchSettings {
+            processing_time: Duration::from_secs(60),
+            queue_cap: 15,
+            ..BatchSettings::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let url = format!("{base}/v1/messages/batches");
+
+    let duplicate = json!({"requests": [
+        {"custom_id": "a", "params": message_body()},
+        {"custom_id": "a", "params": message_body()}
+    ]});
+    let response = post(&client, url.clone(), &duplicate)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("requests.1.custom_id")
+    );
+
+    let batch: Value = post(&client, url.clone(), &batch_body(10))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    let id = batch["id"].as_str().expect("id").to_string();
+
+    // The queue cap (15) leaves no room for 10 more.
+    let response = post(&client, url.clone(), &batch_body(10))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 429);
+    assert!(
+        header(&response, "retry-after")
+            .parse::<u64>()
+            .expect("number")
+            >= 1
+    );
+
+    let canceling: Value = post(&client, format!("{url}/{id}/cancel"), &json!({}))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(canceling["processing_status"], "canceling");
+    assert!(canceling["cancel_initiated_at"].is_string());
+    let ended: Value = get(&client, format!("{url}/{id}"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ended["processing_status"], "ended");
+    assert_eq!(ended["request_counts"]["canceled"], 10);
+    let jsonl = get(&client, format!("{url}/{id}/results"))
+        .await
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(jsonl.lines().count(), 10);
+    assert!(jsonl.lines().all(|l| l.contains("\"canceled\"")));
+    assert_eq!(fake.stats().batch_canceled, 10);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn batch_list_paginates_newest_first() {
+    let fake = start(FakeConfig::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages/batches", fake.base_url());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let batch: Value = post(&client, url.clone(), &batch_body(1))
+            .await
+            .expect("answered")
+            .json()
+            .await
+            .expect("json");
+        ids.push(batch["id"].as_str().expect("id").to_string());
+    }
+    ids.reverse(); // newest first
+
+    let page: Value = get(&client, format!("{url}?limit=2"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 2);
+    assert_eq!(page["data"][0]["id"], ids[0]);
+    assert_eq!(page["first_id"], ids[0]);
+    assert_eq!(page["last_id"], ids[1]);
+    assert_eq!(page["has_more"], true);
+
+    let page: Value = get(&client, format!("{url}?limit=2&after_id={}", ids[1]))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["first_id"], ids[2]);
+    assert_eq!(page["last_id"], ids[3]);
+    assert_eq!(page["has_more"], true);
+
+    let page: Value = get(&client, format!("{url}?limit=2&after_id={}", ids[3]))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 1);
+    assert_eq!(page["has_more"], false);
+
+    let page: Value = get(&client, url.clone()).await.json().await.expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 5);
+
+    let response = get(&client, format!("{url}?limit=0")).await;
+    assert_eq!(response.status(), 400);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = start(FakeConfig::default()).await;
+    let mut stream = tokio::net::TcpStream::connect(fake.addr())
+        .await
+        .expect("connects");
+    let head = "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: k\r\n\
+                anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n\
+                content-length: 40000000\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.expect("written");
+    let mut buffer = vec![0u8; 4096];
+    let n = stream.read(&mut buffer).await.expect("read");
+    let answer = String::from_utf8_lossy(&buffer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+    assert_eq!(fake.stats().invalid_4xx, 1);
+    fake.shutdown().await;
+}

@@ -1,0 +1,139 @@
+//! The `nightshift` binary: parse the command line, set up logging, dispatch. Nothing else.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use nightshift::cli::{BenchCommand, Cli, Command};
+use nightshift::config::{Config, ConfigError};
+use nightshift::store::StoreError;
+use nightshift::{api, bench, daemon, demo, fake_api, intake, report, store};
+
+/// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 69 no database yet,
+/// 78 bad configuration (sysexits' EX_CONFIG).
+const EXIT_NOT_FOUND: u8 = 3;
+const EXIT_UNAVAILABLE: u8 = 69;
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::Missing { .. })
+            ) {
+                ExitCode::from(EXIT_UNAVAILABLE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nightshift=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let key = api::ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
+                path: config.source.clone().unwrap_or_default(),
+                key: "ANTHROPIC_API_KEY".into(),
+                problem: format!("is missing: {e}"),
+            })?;
+            runtime()?.block_on(daemon::run(config, key, shutdown_signal()))?;
+        }
+        Command::Status(flags) => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let conn = store::open_read_only(&config.db_path())?;
+            let status = report::status(&conn, &config.results_dir())?;
+            if flags.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.to_text());
+            }
+        }
+        Command::Job { name, json } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let conn = store::open_read_only(&config.db_path())?;
+            let Some(job) = report::job(&conn, &config.results_dir(), &name)? else {
+                eprintln!("error: no job named {name:?} (see `nightshift status`)");
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            };
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", job.to_text());
+            }
+        }
+        Command::Submit { file, name } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let target = intake::submit(&config, &file, name.as_deref())?;
+            println!("submitted {} as {}", file.display(), target.display());
+        }
+        Command::FakeApi(args) => {
+            let fake_config = demo::fake_config_from_args(&args);
+            runtime()?.block_on(async move {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+                let fake = fake_api::FakeApi::start(fake_config, addr)
+                    .await
+                    .with_context(|| format!("starting the fake API on {addr}"))?;
+                println!("fake Claude API listening on {}", fake.base_url());
+                println!(
+                    "use it with: ANTHROPIC_BASE_URL={} ANTHROPIC_API_KEY=any",
+                    fake.base_url()
+                );
+                shutdown_signal().await;
+                fake.shutdown().await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Demo { dir } => runtime()?.block_on(demo::run(&dir))?,
+        Command::Bench { what } => match what {
+            BenchCommand::Ingest { lines } => runtime()?.block_on(bench::ingest(lines))?,
+            BenchCommand::Realtime { items, concurrency } => {
+                runtime()?.block_on(bench::realtime(items, concurrency))?
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops nightshift");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

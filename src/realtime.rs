@@ -1,0 +1,536 @@
+//! The real-time lane: takes ready items highest priority first, admits them under the quota and a
+//! concurrency cap, marks them in flight (committed before anything is sent), sends, and records
+//! each outcome in one transaction. What to do with an answer is decided by the pure [`decide`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::api::{ApiClient, Outcome};
+use crate::config::RealtimeSettings;
+use crate::job::{ItemState, Lane};
+use crate::quota::{Quota, Ticket};
+use crate::results;
+use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate};
+use crate::store::{Store, now_ms};
+
+/// How long an item waits when the account is blocked (spend cap, usage limit) before trying again.
+const BLOCKED_WAIT: Duration = Duration::from_secs(300);
+
+/// Everything the lane needs; cheap to clone into each call's task.
+#[derive(Clone)]
+pub struct RealtimeLane {
+    pub store: Store,
+    pub client: ApiClient,
+    pub quota: Arc<Mutex<Quota>>,
+    pub settings: RealtimeSettings,
+    /// Poked when work may have become ready (intake, a finished call).
+    pub wake: Arc<Notify>,
+    /// Poked when a result line is waiting to be written.
+    pub results_wake: Arc<Notify>,
+}
+
+impl RealtimeLane {
+    /// Sends until `shutdown`; then stops admitting and waits up to `grace` for calls in flight.
+    /// Calls still running after that are abandoned: their items stay in flight in the database
+    /// and are sent again (recorded as unknown outcomes) at the next start.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        while !shutdown.is_cancelled() {
+            let next = self.dispatch_round(&permits, &tracker).await?;
+            let sleep = next.unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        tracker.close();
+        let in_flight = self.settings.concurrency - permits.available_permits();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                grace_secs = grace.as_secs(),
+                "waiting for calls in flight"
+            );
+        }
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                "calls still in flight after the grace period; they will be sent again at the next start"
+            );
+        }
+        Ok(())
+    }
+
+    /// Admits what the quota and the free permits allow. Returns how long until it is worth looking
+    /// again when nothing more can go now (None: when woken).
+    async fn dispatch_round(
+        &self,
+        permits: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<Option<Duration>> {
+        let free = permits.available_permits();
+        if free == 0 {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let limit = (free * 4).clamp(64, 2048) as i64;
+        let ready = self
+            .store
+            .call(move |c| items::ready_realtime(c, now, limit))
+            .await?;
+        if ready.is_empty() {
+            let next = self
+                .store
+                .call(move |c| items::next_ready_at(c, now))
+                .await?;
+            return Ok(next.map(|at| Duration::from_millis((at - now).max(1) as u64)));
+        }
+
+        let mut admitted: Vec<(i64, Ticket, OwnedSemaphorePermit)> = Vec::new();
+        let mut blocked: HashSet<&str> = HashSet::new();
+        let mut next_try: Option<Instant> = None;
+        {
+            let mut quota = self.quota.lock().expect("quota lock");
+            let now = Instant::now();
+            for item in &ready {
+                if blocked.contains(item.model.as_str()) {
+                    continue;
+                }
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                match quota.try_admit(&item.model, item.input_estimate, item.max_tokens, now) {
+                    Ok(ticket) => admitted.push((item.id, ticket, permit)),
+                    Err(at) => {
+                        blocked.insert(&item.model);
+                        next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
+                    }
+                }
+            }
+        }
+        if admitted.is_empty() {
+            return Ok(Some(next_try.map_or(Duration::from_secs(1), |at| {
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            })));
+        }
+
+        let ids: Vec<i64> = admitted.iter().map(|(id, _, _)| *id).collect();
+        let dispatches = self
+            .store
+            .call(move |c| {
+                let now = now_ms();
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    out.push(items::mark_in_flight(c, id, Lane::Realtime, now)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        for ((_, ticket, permit), dispatch) in admitted.into_iter().zip(dispatches) {
+            let Some(dispatch) = dispatch else {
+                // No longer pending (canceled meanwhile): give the quota back.
+                self.quota
+                    .lock()
+                    .expect("quota lock")
+                    .settle(&ticket, None, Instant::now());
+                continue;
+            };
+            let lane = self.clone();
+            let span = tracing::info_span!("item", job = %dispatch.job_name, custom_id = %dispatch.custom_id, attempt = dispatch.attempt);
+            tracker.spawn(lane.call(dispatch, ticket, permit).instrument(span));
+        }
+        // More may be admissible right away (permits, quota): look again at once.
+        Ok(Some(Duration::ZERO))
+    }
+
+    /// One call: send, settle the quota, record the outcome.
+    async fn call(self, dispatch: Dispatch, ticket: Ticket, permit: OwnedSemaphorePermit) {
+        if dispatch.unknown_before > 0 {
+            tracing::warn!(
+                unknown_before = dispatch.unknown_before,
+                "sending again after an unknown outcome: the API may run this request twice"
+            );
+        }
+        let outcome = self.client.send_message(&dispatch.params).await;
+        let now = Instant::now();
+        {
+            let mut quota = self.quota.lock().expect("quota lock");
+            match &outcome {
+                Outcome::Succeeded { usage, limits, .. } => {
+                    quota.settle(&ticket, Some(usage), now);
+                    quota.observe(&ticket.model, limits, now);
+                }
+                Outcome::RateLimited {
+                    retry_after,
+                    limits,
+                    ..
+                } => {
+                    quota.settle(&ticket, None, now);
+                    quota.observe(&ticket.model, limits, now);
+                    if let Some(wait) = retry_after {
+                        quota.pause(&ticket.model, now + *wait, now);
+                    }
+                }
+                // An unknown outcome may have consumed quota: keep the reservation.
+                Outcome::Unknown { .. } => {}
+                _ => quota.settle(&ticket, None, now),
+            }
+        }
+        let backoff = backoff_delay(&self.settings, dispatch.failures as u32);
+        let (record, update) = decide(&dispatch, &outcome, &self.settings, backoff, now_ms());
+        log_outcome(&record, &update);
+        drop(permit);
+        let (item_id, attempt_id) = (dispatch.item_id, dispatch.attempt_id);
+        let stored = self
+            .store
+            .call(move |c| {
+                items::record_outcome(c, item_id, attempt_id, &record, &update, now_ms())
+            })
+            .await;
+        if let Err(e) = stored {
+            // The item stays in flight in the database and is sent again at the next start.
+            tracing::error!(error = %e, "could not record an outcome");
+        }
+        self.results_wake.notify_one();
+        self.wake.notify_one();
+    }
+}
+
+/// The delay before retry number `failures + 1`: exponential from `backoff_min`, capped at
+/// `backoff_max`, with jitter (backon's: up to one more step at random).
+pub fn backoff_delay(settings: &RealtimeSettings, failures: u32) -> Duration {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(settings.backoff_min)
+        .with_max_delay(settings.backoff_max)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(failures as usize + 1)
+        .build()
+        .nth(failures as usize)
+        .unwrap_or(settings.backoff_max)
+        .min(settings.backoff_max)
+}
+
+/// Decides what an outcome means for the item. Pure: `backoff` and `now` (Unix ms) are given.
+pub fn decide(
+    dispatch: &Dispatch,
+    outcome: &Outcome,
+    settings: &RealtimeSettings,
+    backoff: Duration,
+    now: i64,
+) -> (AttemptRecord, ItemUpdate) {
+    let ms = |d: Duration| d.as_millis() as i64;
+    let custom_id = dispatch.custom_id.as_str();
+    let mut record = AttemptRecord {
+        request_id: outcome.request_id().map(str::to_owned),
+        ..Default::default()
+    };
+    // A failure that counts toward the cap: retry after the backoff (or retry-after, if longer),
+    // unless this was the last attempt allowed.
+    let failed = |record: &mut AttemptRecord,
+                  status: Option<u16>,
+                  retry_after: Option<Duration>,
+                  why: &str| {
+        let failures = dispatch.failures + 1;
+        if failures >= i64::from(settings.max_attempts) {
+            let message = format!("gave up after {failures} failed attempts; the last: {why}");
+            let update = ItemUpdate::Final {
+                state: ItemState::Errored,
+                result_line: results::errored_line(
+                    Some(custom_id),
+                    error_type(status),
+                    &message,
+                    None,
+                ),
+                error: Some(message),
+            };
+            return update;
+        }
+        record.retry_after_ms = retry_after.map(ms);
+        let wait = retry_after.map_or(backoff, |r| r.max(backoff));
+        ItemUpdate::Retry {
+            not_before: now + ms(wait),
+            failed: true,
+        }
+    };
+    let update = match outcome {
+        Outcome::Succeeded { message, usage, .. } => {
+            record.outcome = "succeeded";
+            record.http_status = Some(200);
+            record.input_tokens = Some(usage.input_tokens);
+            record.output_tokens = Some(usage.output_tokens);
+            ItemUpdate::Final {
+                state: ItemState::Succeeded,
+                result_line: results::succeeded_line(custom_id, message),
+                error: None,
+            }
+        }
+        Outcome::RateLimited {
+            retry_after,
+            message,
+            ..
+        } => {
+            record.outcome = "rate_limited";
+            record.http_status = Some(429);
+            record.retry_after_ms = retry_after.map(ms);
+            record.error = Some(message.clone());
+            // Waiting out a rate limit is not a failure: it does not use up attempts.
+            ItemUpdate::Retry {
+                not_before: now + ms(retry_after.unwrap_or(backoff)),
+                failed: false,
+            }
+        }
+        Outcome::Blocked {
+            status, message, ..
+        } => {
+            record.outcome = "blocked";
+            record.http_status = Some(*status);
+            record.error = Some(message.clone());
+            ItemUpdate::Retry {
+                not_before: now + ms(BLOCKED_WAIT),
+                failed: false,
+            }
+        }
+        Outcome::Retryable {
+            status,
+            retry_after,
+            message,
+            ..
+        } => {
+            record.outcome = if status.is_some() {
+                "retryable"
+            } else {
+                "not_sent"
+            };
+            record.http_status = *status;
+            record.error = Some(message.clone());
+            failed(&mut record, *status, *retry_after, message)
+        }
+        Outcome::Unknown { message } => {
+            record.outcome = "unknown";
+            record.error = Some(message.clone());
+            failed(&mut record, None, None, message)
+        }
+        Outcome::Fatal { status, body, .. } => {
+            record.outcome = "fatal";
+            record.http_status = Some(*status);
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request rejected")
+                .to_owned();
+            record.error = Some(message.clone());
+            ItemUpdate::Final {
+                state: ItemState::Errored,
+                result_line: results::api_errored_line(Some(custom_id), body),
+                error: Some(format!("HTTP {status}: {message}")),
+            }
+        }
+    };
+    (record, update)
+}
+
+fn error_type(status: Option<u16>) -> &'static str {
+    match status {
+        Some(529) => "overloaded_error",
+        Some(504) => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+fn log_outcome(record: &AttemptRecord, update: &ItemUpdate) {
+    match (record.outcome, update) {
+        ("succeeded", _) => tracing::debug!(request_id = ?record.request_id, "succeeded"),
+        (outcome, ItemUpdate::Retry { not_before, .. }) => tracing::warn!(
+            outcome,
+            status = ?record.http_status,
+            request_id = ?record.request_id,
+            retry_in_ms = not_before - now_ms(),
+            error = record.error.as_deref().unwrap_or_default(),
+            "call failed; will retry"
+        ),
+        (outcome, ItemUpdate::Final { error, .. }) => tracing::warn!(
+            outcome,
+            status = ?record.http_status,
+            request_id = ?record.request_id,
+            error = error.as_deref().unwrap_or_default(),
+            "item errored"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Usage;
+    use serde_json::json;
+
+    fn settings() -> RealtimeSettings {
+        RealtimeSettings {
+            concurrency: 4,
+            max_attempts: 3,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+
+    fn dispatch(failures: i64) -> Dispatch {
+        Dispatch {
+            item_id: 1,
+            attempt_id: 1,
+            attempt: failures + 1,
+            failures,
+            job_name: "j".into(),
+            custom_id: "c-1".into(),
+            params: "{}".into(),
+            unknown_before: 0,
+        }
+    }
+
+    const BACKOFF: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn success_is_final_with_the_message() {
+        let out = Outcome::Succeeded {
+            message: r#"{"type":"message","id":"msg_1"}"#.into(),
+            usage: Usage {
+                input_tokens: 5,
+                output_tokens: 6,
+                ..Default::default()
+            },
+            request_id: Some("req_1".into()),
+            limits: Default::default(),
+        };
+        let (record, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 1000);
+        assert_eq!(record.outcome, "succeeded");
+        assert_eq!(record.output_tokens, Some(6));
+        let ItemUpdate::Final {
+            state, result_line, ..
+        } = update
+        else {
+            panic!()
+        };
+        assert_eq!(state, ItemState::Succeeded);
+        assert!(result_line.contains("\"custom_id\":\"c-1\""));
+    }
+
+    #[test]
+    fn rate_limits_wait_retry_after_without_using_attempts() {
+        let out = Outcome::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            request_id: None,
+            message: "slow".into(),
+            limits: Default::default(),
+        };
+        let (record, update) = decide(&dispatch(2), &out, &settings(), BACKOFF, 1000);
+        assert_eq!(record.retry_after_ms, Some(7000));
+        assert_eq!(
+            update,
+            ItemUpdate::Retry {
+                not_before: 8000,
+                failed: false
+            }
+        );
+    }
+
+    #[test]
+    fn server_errors_back_off_and_give_up_at_the_cap() {
+        let out = Outcome::Retryable {
+            status: Some(529),
+            retry_after: None,
+            request_id: None,
+            message: "Overloaded".into(),
+        };
+        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 1000);
+        assert_eq!(
+            update,
+            ItemUpdate::Retry {
+                not_before: 3000,
+                failed: true
+            }
+        );
+        let (_, update) = decide(&dispatch(2), &out, &settings(), BACKOFF, 1000);
+        let ItemUpdate::Final {
+            state,
+            result_line,
+            error,
+        } = update
+        else {
+            panic!()
+        };
+        assert_eq!(state, ItemState::Errored);
+        assert!(result_line.contains("overloaded_error"));
+        assert!(error.expect("message").contains("gave up after 3"));
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_over_the_backoff() {
+        let out = Outcome::Retryable {
+            status: Some(503),
+            retry_after: Some(Duration::from_secs(10)),
+            request_id: None,
+            message: "down".into(),
+        };
+        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
+        assert_eq!(
+            update,
+            ItemUpdate::Retry {
+                not_before: 10_000,
+                failed: true
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_outcomes_are_recorded_and_retried() {
+        let out = Outcome::Unknown {
+            message: "connection closed".into(),
+        };
+        let (record, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
+        assert_eq!(record.outcome, "unknown");
+        assert!(matches!(update, ItemUpdate::Retry { failed: true, .. }));
+    }
+
+    #[test]
+    fn fatal_errors_keep_the_api_body() {
+        let body = json!({"type":"error","error":{"type":"not_found_error","message":"model: x"},"request_id":"req_2"});
+        let out = Outcome::Fatal {
+            status: 404,
+            request_id: Some("req_2".into()),
+            body,
+        };
+        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
+        let ItemUpdate::Final {
+            result_line, error, ..
+        } = update
+        else {
+            panic!()
+        };
+        assert!(result_line.contains("not_found_error"));
+        assert_eq!(error.as_deref(), Some("HTTP 404: model: x"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let s = settings();
+        let first = backoff_delay(&s, 0);
+        assert!(
+            first >= Duration::from_millis(500) && first <= Duration::from_millis(1000),
+            "{first:?}"
+        );
+        let fourth = backoff_delay(&s, 3);
+        assert!(
+            fourth >= Duration::from_secs(4) && fourth <= Duration::from_secs(8),
+            "{fourth:?}"
+        );
+        assert_eq!(backoff_delay(&s, 30), Duration::from_secs(60));
+    }
+}

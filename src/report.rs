@@ -1,0 +1,375 @@
+//! What `nightshift status` and `nightshift job` show: read queries into documented serde
+//! structs, printed as JSON (`--json`, a stable shape) or as aligned text.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::results::results_path;
+use crate::store::attempts::{self, AttemptSummary};
+use crate::store::items::{self, Counts};
+use crate::store::jobs::{self, JobRow};
+
+/// `nightshift status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub jobs: Vec<JobStatus>,
+    /// Files intake could not take as jobs (newest first).
+    pub rejected_files: Vec<RejectedFile>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    /// `queued` (nothing sent yet), `running`, or `done` (every item final, results file complete).
+    pub state: &'static str,
+    pub counts: Counts,
+    pub results_file: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectedFile {
+    pub file: String,
+    pub reason: String,
+    pub at: String,
+}
+
+/// `nightshift job NAME --json`.
+#[derive(Debug, Serialize)]
+pub struct JobReport {
+    #[serde(flatten)]
+    pub status: JobStatus,
+    pub source: String,
+    pub tenant: String,
+    pub priority: &'static str,
+    pub mode: &'static str,
+    pub deadline: Option<String>,
+    pub created_at: String,
+    pub ingested_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub note: Option<String>,
+    pub results_lines_written: i64,
+    pub calls: AttemptSummary,
+    pub errored_lines: Vec<ErroredLine>,
+    /// Calls whose outcome was unknown; their items were sent again.
+    pub unknown_outcomes: Vec<UnknownOutcome>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErroredLine {
+    pub line: i64,
+    pub custom_id: Option<String>,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnknownOutcome {
+    pub custom_id: String,
+    pub attempt: i64,
+    pub error: String,
+}
+
+fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> rusqlite::Result<&'static str> {
+    if job.finished_at.is_some() {
+        return Ok("done");
+    }
+    if counts.in_flight > 0 || counts.succeeded > 0 {
+        return Ok("running");
+    }
+    let sent: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1)",
+        [job.id],
+        |r| r.get(0),
+    )?;
+    Ok(if sent { "running" } else { "queued" })
+}
+
+fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Result<JobStatus> {
+    let counts = items::counts(conn, job.id)?;
+    Ok(JobStatus {
+        name: job.name.clone(),
+        state: job_state(conn, job, &counts)?,
+        counts,
+        results_file: results_path(results_dir, &job.name).display().to_string(),
+    })
+}
+
+pub fn status(conn: &Connection, results_dir: &Path) -> anyhow::Result<StatusReport> {
+    let mut report = StatusReport {
+        jobs: Vec::new(),
+        rejected_files: Vec::new(),
+    };
+    for job in jobs::list(conn)? {
+        report.jobs.push(job_status(conn, &job, results_dir)?);
+    }
+    for (file, reason, at) in jobs::rejections(conn, 20)? {
+        report.rejected_files.push(RejectedFile {
+            file,
+            reason,
+            at: format_time(at),
+        });
+    }
+    Ok(report)
+}
+
+/// Errored lines shown at most.
+const ERRORED_SHOWN: i64 = 200;
+
+pub fn job(conn: &Connection, results_dir: &Path, name: &str) -> anyhow::Result<Option<JobReport>> {
+    let Some(job) = jobs::find_by_name(conn, name)? else {
+        return Ok(None);
+    };
+    let status = job_status(conn, &job, results_dir)?;
+    let errored_lines = items::errored(conn, job.id, ERRORED_SHOWN)?
+        .into_iter()
+        .map(|(line, custom_id, error)| ErroredLine {
+            line,
+            custom_id,
+            error,
+        })
+        .collect();
+    let unknown_outcomes = attempts::unknown_outcomes(conn, job.id, ERRORED_SHOWN)?
+        .into_iter()
+        .map(|(custom_id, attempt, error)| UnknownOutcome {
+            custom_id,
+            attempt,
+            error,
+        })
+        .collect();
+    Ok(Some(JobReport {
+        status,
+        source: job.source_path.clone(),
+        tenant: job.defaults.tenant.clone(),
+        priority: job.defaults.priority.as_str(),
+        mode: job.defaults.mode.as_str(),
+        deadline: job.defaults.deadline.as_ref().map(|(text, _)| text.clone()),
+        created_at: format_time(job.created_at),
+        ingested_at: job.ingested_at.map(format_time),
+        finished_at: job.finished_at.map(format_time),
+        note: job.note.clone(),
+        results_lines_written: job.results_lines,
+        calls: attempts::summary(conn, job.id)?,
+        errored_lines,
+        unknown_outcomes,
+    }))
+}
+
+/// RFC 3339, UTC, to the second.
+pub fn format_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// A progress bar of `width` cells for `done` of `total`.
+pub fn progress_bar(done: u64, total: u64, width: usize) -> String {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
+    let filled = ((fraction * width as f64).round() as usize).min(width);
+    format!(
+        "[{}{}] {:>3}%",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        (fraction * 100.0).floor() as u64
+    )
+}
+
+/// Lays out rows as columns separated by two spaces; the first row is the header.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let pad = widths[c] - cell.chars().count();
+            // Numbers align right, words left.
+            if c > 0 && cell.chars().all(|ch| ch.is_ascii_digit()) && !cell.is_empty() {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn finished(c: &Counts) -> u64 {
+    c.succeeded + c.errored + c.expired + c.canceled
+}
+
+impl StatusReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        if self.jobs.is_empty() {
+            out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
+        } else {
+            let mut rows = vec![
+                [
+                    "JOB",
+                    "STATE",
+                    "PROGRESS",
+                    "TOTAL",
+                    "PENDING",
+                    "IN FLIGHT",
+                    "SUCCEEDED",
+                    "ERRORED",
+                    "EXPIRED",
+                    "CANCELED",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for job in &self.jobs {
+                let c = &job.counts;
+                rows.push(vec![
+                    job.name.clone(),
+                    job.state.to_owned(),
+                    progress_bar(finished(c), c.total, 20),
+                    c.total.to_string(),
+                    c.pending.to_string(),
+                    c.in_flight.to_string(),
+                    c.succeeded.to_string(),
+                    c.errored.to_string(),
+                    c.expired.to_string(),
+                    c.canceled.to_string(),
+                ]);
+            }
+            out.push_str(&table(&rows));
+        }
+        if !self.rejected_files.is_empty() {
+            out.push_str("\nrejected files (moved to the jobs folder's rejected/):\n");
+            for r in &self.rejected_files {
+                let _ = writeln!(out, "  {}  {}: {}", r.at, r.file, r.reason);
+            }
+        }
+        out
+    }
+}
+
+impl JobReport {
+    pub fn to_text(&self) -> String {
+        let s = &self.status;
+        let c = &s.counts;
+        let mut out = String::new();
+        let _ = writeln!(out, "job        {}", s.name);
+        let _ = writeln!(
+            out,
+            "state      {}  {}",
+            s.state,
+            progress_bar(finished(c), c.total, 30)
+        );
+        let _ = writeln!(out, "source     {}", self.source);
+        let _ = writeln!(
+            out,
+            "defaults   tenant {}, priority {}, mode {}, deadline {}",
+            self.tenant,
+            self.priority,
+            self.mode,
+            self.deadline.as_deref().unwrap_or("none")
+        );
+        let _ = writeln!(
+            out,
+            "times      created {}, taken in {}, done {}",
+            self.created_at,
+            self.ingested_at.as_deref().unwrap_or("(reading)"),
+            self.finished_at.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(
+            out,
+            "results    {} ({} lines written)",
+            s.results_file, self.results_lines_written
+        );
+        let _ = writeln!(
+            out,
+            "items      {} total: {} pending, {} in flight, {} succeeded, {} errored, {} expired, {} canceled",
+            c.total, c.pending, c.in_flight, c.succeeded, c.errored, c.expired, c.canceled
+        );
+        let k = &self.calls;
+        let _ = writeln!(
+            out,
+            "calls      {} sent: {} rate-limited (429), {} failed and retried, {} unknown outcome; tokens {} in, {} out",
+            k.calls, k.rate_limited, k.retryable, k.unknown, k.input_tokens, k.output_tokens
+        );
+        if let Some(note) = &self.note {
+            let _ = writeln!(out, "note       {note}");
+        }
+        if !self.errored_lines.is_empty() {
+            let _ = writeln!(out, "\nerrored lines:");
+            for e in &self.errored_lines {
+                let _ = writeln!(
+                    out,
+                    "  line {:>6}  {:<20}  {}",
+                    e.line,
+                    e.custom_id.as_deref().unwrap_or("(no custom_id)"),
+                    e.error
+                );
+            }
+            if c.errored > self.errored_lines.len() as u64 {
+                let _ = writeln!(
+                    out,
+                    "  … and {} more (see the results file)",
+                    c.errored - self.errored_lines.len() as u64
+                );
+            }
+        }
+        if !self.unknown_outcomes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ncalls with an unknown outcome (sent again; the API may have run them twice):"
+            );
+            for u in &self.unknown_outcomes {
+                let _ = writeln!(
+                    out,
+                    "  {:<20}  attempt {}  {}",
+                    u.custom_id, u.attempt, u.error
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_words_left_and_numbers_right() {
+        let rows = vec![
+            vec!["JOB".to_string(), "TOTAL".to_string()],
+            vec!["a".to_string(), "5".to_string()],
+            vec!["long-name".to_string(), "1234".to_string()],
+        ];
+        assert_eq!(
+            table(&rows),
+            "JOB        TOTAL\na              5\nlong-name   1234\n"
+        );
+    }
+
+    #[test]
+    fn progress_bar_fills_by_fraction() {
+        assert_eq!(progress_bar(1, 4, 4), "[#...]  25%");
+        assert_eq!(progress_bar(0, 0, 2), "[##] 100%");
+    }
+}

@@ -1,0 +1,213 @@
+//! Results files: `<data_dir>/results/<job>.jsonl`, one line per input line in the Message Batches
+//! results format, appended as outcomes arrive.
+//!
+//! Each final outcome's line is stored with the item (same transaction as the state change). The
+//! [`ResultsWriter`] appends lines not yet written, syncs the file, and only then records the new
+//! committed length in the job row. At start, anything past that length (appended just before a
+//! crash, not yet recorded) is cut off and written again, so no line is ever in a file twice.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Store, items, jobs, now_ms};
+
+/// `{"custom_id": ..., "result": {"type": "succeeded", "message": ...}}`; `message` is raw JSON.
+pub fn succeeded_line(custom_id: &str, message_json: &str) -> String {
+    format!(
+        "{{\"custom_id\":{},\"result\":{{\"type\":\"succeeded\",\"message\":{}}}}}",
+        Value::String(custom_id.to_owned()),
+        message_json.trim()
+    )
+}
+
+/// An `errored` line carrying the API's own error body (`{"type":"error","error":{...},...}`).
+pub fn api_errored_line(custom_id: Option<&str>, error_body: &Value) -> String {
+    json!({"custom_id": custom_id, "result": {"type": "errored", "error": error_body}}).to_string()
+}
+
+/// An `errored` line for an error nightshift found itself (invalid input, attempts exhausted).
+/// `details` says more for programs (file, line, field).
+pub fn errored_line(
+    custom_id: Option<&str>,
+    error_type: &str,
+    message: &str,
+    details: Option<Value>,
+) -> String {
+    let mut inner = json!({"type": error_type, "message": message});
+    if let Some(details) = details {
+        inner["details"] = details;
+    }
+    api_errored_line(custom_id, &json!({"type": "error", "error": inner}))
+}
+
+pub fn results_path(results_dir: &Path, job_name: &str) -> PathBuf {
+    results_dir.join(format!("{job_name}.jsonl"))
+}
+
+/// Appends written outcomes to the results files.
+pub struct ResultsWriter {
+    pub store: Store,
+    pub results_dir: PathBuf,
+    /// Poked whenever an outcome is recorded.
+    pub wake: Arc<Notify>,
+}
+
+/// Lines fetched per round.
+const ROUND_LINES: i64 = 5_000;
+
+impl ResultsWriter {
+    /// Brings every unfinished job's results file to its committed length. Call before anything
+    /// else writes results.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&self.results_dir)
+            .with_context(|| format!("creating {}", self.results_dir.display()))?;
+        for job in self.store.call(jobs::unfinished).await? {
+            let path = results_path(&self.results_dir, &job.name);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let recorded = job.results_bytes as u64;
+            if len < recorded {
+                tracing::warn!(job = %job.name, file_bytes = len, recorded_bytes = recorded,
+                    "results file is shorter than recorded; writing it again from the database");
+                let id = job.id;
+                self.store.call(move |c| jobs::reset_results(c, id)).await?;
+                truncate(&path, 0)?;
+            } else if len > recorded {
+                tracing::info!(job = %job.name, cut_bytes = len - recorded,
+                    "cutting results appended before a crash; they will be written again");
+                truncate(&path, recorded)?;
+            } else if !path.exists() {
+                truncate(&path, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes until `shutdown`, then writes what is left and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let wrote = self.write_round().await?;
+            if wrote == 0 {
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                // Let a burst of outcomes gather into one write.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many.
+    pub async fn write_round(&self) -> anyhow::Result<usize> {
+        let lines = self
+            .store
+            .call(|c| items::unwritten_results(c, ROUND_LINES))
+            .await?;
+        let count = lines.len();
+        let mut by_job: BTreeMap<(i64, String), Vec<(i64, String)>> = BTreeMap::new();
+        for line in lines {
+            by_job
+                .entry((line.job_id, line.job_name))
+                .or_default()
+                .push((line.item_id, line.line));
+        }
+        for ((job_id, job_name), lines) in by_job {
+            let path = results_path(&self.results_dir, &job_name);
+            let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
+            let bytes = tokio::task::spawn_blocking(move || append_lines(&path, &lines)).await??;
+            let n = ids.len() as i64;
+            self.store
+                .call(move |c| {
+                    items::mark_written(c, &ids)?;
+                    jobs::advance_results(c, job_id, bytes as i64, n)?;
+                    if jobs::finish_if_complete(c, job_id, now_ms())? {
+                        tracing::info!(job = %job_name, "job done: every result is written");
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        if count == 0 {
+            // Jobs with nothing left to write may still need marking done (e.g. an empty file).
+            self.store
+                .call(|c| {
+                    for job in jobs::unfinished(c)? {
+                        if jobs::finish_if_complete(c, job.id, now_ms())? {
+                            tracing::info!(job = %job.name, "job done: every result is written");
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(count)
+    }
+}
+
+/// Appends the lines and syncs the file before returning the bytes written.
+fn append_lines(path: &Path, lines: &[(i64, String)]) -> std::io::Result<u64> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+    for (_, line) in lines {
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(&buf)?;
+    file.sync_data()?;
+    Ok(buf.len() as u64)
+}
+
+fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_have_the_batch_results_shape() {
+        let line = succeeded_line("a-1", r#"{"id":"msg_1","type":"message"}"#);
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["custom_id"], "a-1");
+        assert_eq!(v["result"]["type"], "succeeded");
+        assert_eq!(v["result"]["message"]["id"], "msg_1");
+
+        let line = errored_line(
+            None,
+            "invalid_request_error",
+            "x.jsonl line 3: bad",
+            Some(json!({"line": 3})),
+        );
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert!(v["custom_id"].is_null());
+        assert_eq!(v["result"]["type"], "errored");
+        assert_eq!(v["result"]["error"]["type"], "error");
+        assert_eq!(
+            v["result"]["error"]["error"]["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(v["result"]["error"]["error"]["details"]["line"], 3);
+    }
+}

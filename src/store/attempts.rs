@@ -1,0 +1,61 @@
+//! Read queries over the `attempts` table (one row per call sent).
+
+use rusqlite::Connection;
+
+use super::Result;
+
+/// What the calls of one job came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AttemptSummary {
+    /// Calls sent (or about to be).
+    pub calls: u64,
+    /// Answers 429 (rate limited).
+    pub rate_limited: u64,
+    /// Answers 5xx/529 and connection errors before sending.
+    pub retryable: u64,
+    /// Calls whose outcome was unknown (no answer after sending; a crash mid-call). Their items were
+    /// sent again, so the API may have run them twice.
+    pub unknown: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+pub fn summary(conn: &Connection, job_id: i64) -> Result<AttemptSummary> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*),
+                COALESCE(SUM(a.outcome = 'rate_limited'), 0),
+                COALESCE(SUM(a.outcome IN ('retryable', 'not_sent')), 0),
+                COALESCE(SUM(a.outcome = 'unknown'), 0),
+                COALESCE(SUM(a.input_tokens), 0),
+                COALESCE(SUM(a.output_tokens), 0)
+         FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1",
+        [job_id],
+        |r| {
+            Ok(AttemptSummary {
+                calls: r.get::<_, i64>(0)? as u64,
+                rate_limited: r.get::<_, i64>(1)? as u64,
+                retryable: r.get::<_, i64>(2)? as u64,
+                unknown: r.get::<_, i64>(3)? as u64,
+                input_tokens: r.get::<_, i64>(4)? as u64,
+                output_tokens: r.get::<_, i64>(5)? as u64,
+            })
+        },
+    )?)
+}
+
+/// Calls of a job whose outcome was unknown: (custom_id, attempt, error).
+pub fn unknown_outcomes(
+    conn: &Connection,
+    job_id: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(i.custom_id, ''), a.attempt, COALESCE(a.error, '')
+         FROM attempts a JOIN items i ON i.id = a.item_id
+         WHERE i.job_id = ?1 AND a.outcome = 'unknown' ORDER BY a.id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![job_id, limit], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

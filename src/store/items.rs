@@ -1,0 +1,525 @@
+//! SQL for items: intake, the real-time lane's transitions, results bookkeeping, counts.
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::json;
+
+use super::Result;
+use crate::intake::ParsedLine;
+use crate::job::{ItemState, Lane};
+use crate::results;
+
+/// Inserts one chunk of parsed lines. A custom_id seen earlier in the job makes the line an errored
+/// item with no custom_id, naming the line it repeats.
+pub fn insert_chunk(
+    conn: &Connection,
+    job_id: i64,
+    file: &str,
+    lines: &[(u64, ParsedLine)],
+    now: i64,
+) -> Result<()> {
+    let mut insert_valid = conn.prepare_cached(
+        "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
+                            tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14)",
+    )?;
+    let mut insert_errored = conn.prepare_cached(
+        "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, result, updated_at)
+         VALUES (?1, ?2, ?3, 'default', 3, 'auto', 'errored', ?4, ?5, ?6)",
+    )?;
+    let mut first_line =
+        conn.prepare_cached("SELECT line_no FROM items WHERE job_id = ?1 AND custom_id = ?2")?;
+    for (line_no, parsed) in lines {
+        let line_no = *line_no as i64;
+        let (custom_id, error) = match parsed {
+            ParsedLine::Valid(v) => {
+                let inserted = insert_valid.execute(params![
+                    job_id,
+                    line_no,
+                    v.custom_id,
+                    v.params,
+                    v.model,
+                    v.max_tokens as i64,
+                    v.input_estimate as i64,
+                    v.tenant,
+                    v.priority.rank(),
+                    v.mode.as_str(),
+                    v.deadline_at,
+                    Lane::Realtime.as_str(),
+                    "real-time lane: the batch lane is not available in this version",
+                    now,
+                ]);
+                match inserted {
+                    Ok(_) => continue,
+                    Err(e) if is_unique_violation(&e) => (Some(v.custom_id.as_str()), None),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            ParsedLine::Invalid { custom_id, error } => (custom_id.as_deref(), Some(error)),
+        };
+        // An invalid line, or a valid one whose custom_id repeats an earlier line.
+        let repeats: Option<i64> = match custom_id {
+            Some(id) => first_line
+                .query_row(params![job_id, id], |r| r.get(0))
+                .optional()?,
+            None => None,
+        };
+        let (field, reason, kept_id) = match (repeats, error) {
+            (Some(first), _) => (
+                Some("custom_id".to_owned()),
+                format!(
+                    "{:?} repeats line {first}; custom_ids must be unique in a job",
+                    custom_id.unwrap_or_default()
+                ),
+                None,
+            ),
+            (None, Some(error)) => (error.field.clone(), error.reason.clone(), custom_id),
+            (None, None) => unreachable!("a valid line is only here when its custom_id repeats"),
+        };
+        let message = match &field {
+            Some(f) => format!("{file} line {line_no}: field `{f}`: {reason}"),
+            None => format!("{file} line {line_no}: {reason}"),
+        };
+        let result = results::errored_line(
+            kept_id,
+            "invalid_request_error",
+            &message,
+            Some(json!({"file": file, "line": line_no, "field": field})),
+        );
+        insert_errored.execute(params![job_id, line_no, kept_id, message, result, now])?;
+    }
+    Ok(())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+/// An item waiting for the real-time lane (without its body, which is read when it is sent).
+#[derive(Debug, Clone)]
+pub struct ReadyItem {
+    pub id: i64,
+    pub model: String,
+    pub max_tokens: u64,
+    pub input_estimate: u64,
+    pub priority: i64,
+}
+
+/// Pending real-time items whose backoff has passed, highest priority first, then in line order.
+pub fn ready_realtime(conn: &Connection, now: i64, limit: i64) -> Result<Vec<ReadyItem>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, model, max_tokens, input_estimate, priority FROM items
+         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1
+         ORDER BY priority, id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now, limit], |r| {
+        Ok(ReadyItem {
+            id: r.get(0)?,
+            model: r.get(1)?,
+            max_tokens: r.get::<_, i64>(2)? as u64,
+            input_estimate: r.get::<_, i64>(3)? as u64,
+            priority: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The earliest `not_before` among pending real-time items still backing off.
+pub fn next_ready_at(conn: &Connection, now: i64) -> Result<Option<i64>> {
+    Ok(conn.query_row(
+        "SELECT MIN(not_before) FROM items WHERE state = 'pending' AND lane = 'realtime' AND not_before > ?1",
+        [now],
+        |r| r.get(0),
+    )?)
+}
+
+/// What the lane needs to send an item it has marked in flight.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    pub item_id: i64,
+    pub attempt_id: i64,
+    pub attempt: i64,
+    pub failures: i64,
+    pub job_name: String,
+    pub custom_id: String,
+    pub params: String,
+    /// Calls of this item whose outcome is unknown: sending again may run it twice.
+    pub unknown_before: i64,
+}
+
+/// Marks a pending item in flight and opens its attempt row, before anything is sent.
+/// Returns `None` if the item is no longer pending.
+pub fn mark_in_flight(
+    conn: &Connection,
+    item_id: i64,
+    lane: Lane,
+    now: i64,
+) -> Result<Option<Dispatch>> {
+    let changed = conn.execute(
+        "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2
+         WHERE id = ?1 AND state = 'pending'",
+        params![item_id, now],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let (attempt, failures, job_name, custom_id, params, model): (
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        String,
+    ) = conn.query_row(
+        "SELECT i.attempts, i.failures, j.name, i.custom_id, i.params, i.model
+             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
+        [item_id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        },
+    )?;
+    conn.execute(
+        "INSERT INTO attempts (item_id, attempt, lane, model, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![item_id, attempt, lane.as_str(), model, now],
+    )?;
+    let attempt_id = conn.last_insert_rowid();
+    let unknown_before: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE item_id = ?1 AND outcome = 'unknown'",
+        [item_id],
+        |r| r.get(0),
+    )?;
+    Ok(Some(Dispatch {
+        item_id,
+        attempt_id,
+        attempt,
+        failures,
+        job_name,
+        custom_id,
+        params,
+        unknown_before,
+    }))
+}
+
+/// What a finished attempt did to its item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemUpdate {
+    /// The item is done: its final state, results line, and error message for people.
+    Final {
+        state: ItemState,
+        result_line: String,
+        error: Option<String>,
+    },
+    /// Send again, not before `not_before`; `failed` counts it toward the attempt cap.
+    Retry { not_before: i64, failed: bool },
+}
+
+/// The facts of one finished attempt, for the `attempts` table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptRecord {
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub request_id: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub error: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+}
+
+/// Closes an attempt and moves its item on, in one transaction.
+pub fn record_outcome(
+    conn: &Connection,
+    item_id: i64,
+    attempt_id: i64,
+    record: &AttemptRecord,
+    update: &ItemUpdate,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE attempts SET finished_at = ?2, outcome = ?3, http_status = ?4, request_id = ?5,
+                retry_after_ms = ?6, error = ?7, input_tokens = ?8, output_tokens = ?9
+         WHERE id = ?1",
+        params![
+            attempt_id,
+            now,
+            record.outcome,
+            record.http_status,
+            record.request_id,
+            record.retry_after_ms,
+            record.error,
+            record.input_tokens.map(|n| n as i64),
+            record.output_tokens.map(|n| n as i64),
+        ],
+    )?;
+    match update {
+        ItemUpdate::Final {
+            state,
+            result_line,
+            error,
+        } => {
+            conn.execute(
+                "UPDATE items SET state = ?2, result = ?3, error = ?4, updated_at = ?5
+                 WHERE id = ?1 AND state = 'in_flight'",
+                params![item_id, state.as_str(), result_line, error, now],
+            )?;
+        }
+        ItemUpdate::Retry { not_before, failed } => {
+            conn.execute(
+                "UPDATE items SET state = 'pending', not_before = ?2, failures = failures + ?3, updated_at = ?4
+                 WHERE id = ?1 AND state = 'in_flight'",
+                params![item_id, not_before, i64::from(*failed), now],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// At start: items left in flight by a crash go back to pending, and their open attempts are
+/// recorded as `unknown` (the request may have reached the API). Returns how many.
+pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
+    conn.execute(
+        "UPDATE attempts SET outcome = 'unknown', finished_at = ?1,
+                error = 'nightshift stopped while this call was in flight; its outcome is unknown, so the item is sent again'
+         WHERE outcome IS NULL",
+        [now],
+    )?;
+    let n = conn.execute(
+        "UPDATE items SET state = 'pending', updated_at = ?1 WHERE state = 'in_flight'",
+        [now],
+    )?;
+    Ok(n)
+}
+
+/// A results line waiting to be appended.
+#[derive(Debug, Clone)]
+pub struct UnwrittenResult {
+    pub job_id: i64,
+    pub job_name: String,
+    pub item_id: i64,
+    pub line: String,
+}
+
+pub fn unwritten_results(conn: &Connection, limit: i64) -> Result<Vec<UnwrittenResult>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.job_id, j.name, i.id, i.result FROM items i JOIN jobs j ON j.id = i.job_id
+         WHERE i.result IS NOT NULL AND i.result_written = 0
+         ORDER BY i.job_id, i.id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok(UnwrittenResult {
+            job_id: r.get(0)?,
+            job_name: r.get(1)?,
+            item_id: r.get(2)?,
+            line: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn mark_written(conn: &Connection, item_ids: &[i64]) -> Result<()> {
+    let mut stmt = conn.prepare_cached("UPDATE items SET result_written = 1 WHERE id = ?1")?;
+    for id in item_ids {
+        stmt.execute([id])?;
+    }
+    Ok(())
+}
+
+/// Items of a job by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub total: u64,
+    pub pending: u64,
+    pub in_flight: u64,
+    pub succeeded: u64,
+    pub errored: u64,
+    pub expired: u64,
+    pub canceled: u64,
+}
+
+pub fn counts(conn: &Connection, job_id: i64) -> Result<Counts> {
+    let mut stmt =
+        conn.prepare_cached("SELECT state, COUNT(*) FROM items WHERE job_id = ?1 GROUP BY state")?;
+    let mut counts = Counts::default();
+    let rows = stmt.query_map([job_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    for row in rows {
+        let (state, n) = row?;
+        counts.total += n;
+        match state.parse::<ItemState>() {
+            Ok(ItemState::Pending) => counts.pending += n,
+            Ok(ItemState::InFlight) => counts.in_flight += n,
+            Ok(ItemState::Succeeded) => counts.succeeded += n,
+            Ok(ItemState::Errored) => counts.errored += n,
+            Ok(ItemState::Expired) => counts.expired += n,
+            Ok(ItemState::Canceled) => counts.canceled += n,
+            Err(_) => {}
+        }
+    }
+    Ok(counts)
+}
+
+/// Errored items of a job, in line order: (line, custom_id, error).
+pub fn errored(
+    conn: &Connection,
+    job_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Option<String>, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT line_no, custom_id, COALESCE(error, '') FROM items
+         WHERE job_id = ?1 AND state = 'errored' ORDER BY line_no LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![job_id, limit], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::parse_line;
+    use crate::job::JobDefaults;
+    use crate::store::{jobs, test_connection};
+
+    fn job(conn: &Connection) -> i64 {
+        jobs::create(
+            conn,
+            &jobs::NewJob {
+                name: "j".into(),
+                source_path: "j.jsonl".into(),
+                defaults: JobDefaults::default(),
+                created_at: 0,
+            },
+        )
+        .expect("job")
+        .id
+    }
+
+    fn line(id: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","params":{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"q"}}]}}}}"#
+        )
+    }
+
+    fn parsed(lines: &[String]) -> Vec<(u64, ParsedLine)> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let n = i as u64 + 1;
+                (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn duplicates_become_errored_items_without_custom_id() {
+        let conn = test_connection();
+        let job_id = job(&conn);
+        insert_chunk(
+            &conn,
+            job_id,
+            "j.jsonl",
+            &parsed(&[line("a"), line("b"), line("a"), "{".into()]),
+            1,
+        )
+        .expect("insert");
+        let c = counts(&conn, job_id).expect("counts");
+        assert_eq!((c.total, c.pending, c.errored), (4, 2, 2));
+        let errors = errored(&conn, job_id, 10).expect("errored");
+        assert_eq!(errors[0].0, 3);
+        assert_eq!(errors[0].1, None);
+        assert!(errors[0].2.contains("repeats line 1"), "{}", errors[0].2);
+        assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
+        let unwritten = unwritten_results(&conn, 10).expect("unwritten");
+        assert_eq!(unwritten.len(), 2);
+        assert!(unwritten[0].line.contains("\"custom_id\":null"));
+    }
+
+    #[test]
+    fn in_flight_then_retry_then_final() {
+        let conn = test_connection();
+        let job_id = job(&conn);
+        insert_chunk(&conn, job_id, "j.jsonl", &parsed(&[line("a")]), 1).expect("insert");
+        let ready = ready_realtime(&conn, 10, 10).expect("ready");
+        assert_eq!(ready.len(), 1);
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10)
+            .expect("mark")
+            .expect("pending");
+        assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
+        assert!(
+            mark_in_flight(&conn, d.item_id, Lane::Realtime, 10)
+                .expect("mark")
+                .is_none()
+        );
+        let record = AttemptRecord {
+            outcome: "retryable",
+            http_status: Some(529),
+            ..Default::default()
+        };
+        record_outcome(
+            &conn,
+            d.item_id,
+            d.attempt_id,
+            &record,
+            &ItemUpdate::Retry {
+                not_before: 50,
+                failed: true,
+            },
+            11,
+        )
+        .expect("record");
+        assert!(ready_realtime(&conn, 20, 10).expect("ready").is_empty());
+        assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
+        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, 60)
+            .expect("mark")
+            .expect("pending");
+        assert_eq!((d.attempt, d.failures), (2, 1));
+        let update = ItemUpdate::Final {
+            state: ItemState::Succeeded,
+            result_line: "{}".into(),
+            error: None,
+        };
+        record_outcome(
+            &conn,
+            d.item_id,
+            d.attempt_id,
+            &AttemptRecord {
+                outcome: "succeeded",
+                ..Default::default()
+            },
+            &update,
+            61,
+        )
+        .expect("record");
+        assert_eq!(counts(&conn, job_id).expect("counts").succeeded, 1);
+    }
+
+    #[test]
+    fn requeue_records_unknown_outcomes() {
+        let conn = test_connection();
+        let job_id = job(&conn);
+        insert_chunk(
+            &conn,
+            job_id,
+            "j.jsonl",
+            &parsed(&[line("a"), line("b")]),
+            1,
+        )
+        .expect("insert");
+        let ready = ready_realtime(&conn, 10, 10).expect("ready");
+        mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10).expect("mark");
+        assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 30)
+            .expect("mark")
+            .expect("pending");
+        assert_eq!(d.unknown_before, 1);
+        assert_eq!(d.attempt, 2);
+    }
+}

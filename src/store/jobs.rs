@@ -1,0 +1,195 @@
+//! SQL for jobs: creation, intake progress, results progress, listing.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::Result;
+use crate::job::{Deadline, JobDefaults};
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub name: String,
+    pub source_path: String,
+    pub defaults: JobDefaults,
+    pub created_at: i64,
+    pub ingest_lines: i64,
+    pub ingested_at: Option<i64>,
+    pub content_hash: Option<String>,
+    pub note: Option<String>,
+    pub results_bytes: i64,
+    pub results_lines: i64,
+    pub finished_at: Option<i64>,
+}
+
+pub struct NewJob {
+    pub name: String,
+    pub source_path: String,
+    pub defaults: JobDefaults,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, name, source_path, tenant, priority, mode, deadline, created_at, ingest_lines, \
+     ingested_at, content_hash, note, results_bytes, results_lines, finished_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let priority: String = row.get(4)?;
+    let mode: String = row.get(5)?;
+    let deadline: Option<String> = row.get(6)?;
+    Ok(JobRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        source_path: row.get(2)?,
+        defaults: JobDefaults {
+            tenant: row.get(3)?,
+            priority: priority.parse().unwrap_or(crate::job::Priority::Nightly),
+            mode: mode.parse().unwrap_or(crate::job::Mode::Auto),
+            deadline: deadline.and_then(|text| {
+                let parsed: Deadline = text.parse().ok()?;
+                Some((text, parsed))
+            }),
+        },
+        created_at: row.get(7)?,
+        ingest_lines: row.get(8)?,
+        ingested_at: row.get(9)?,
+        content_hash: row.get(10)?,
+        note: row.get(11)?,
+        results_bytes: row.get(12)?,
+        results_lines: row.get(13)?,
+        finished_at: row.get(14)?,
+    })
+}
+
+pub fn create(conn: &Connection, job: &NewJob) -> Result<JobRow> {
+    conn.execute(
+        "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            job.name,
+            job.source_path,
+            job.defaults.tenant,
+            job.defaults.priority.as_str(),
+            job.defaults.mode.as_str(),
+            job.defaults
+                .deadline
+                .as_ref()
+                .map(|(text, _)| text.as_str()),
+            job.created_at,
+        ],
+    )?;
+    let id = conn.last_insert_rowid();
+    Ok(get(conn, id)?.expect("the job row was just inserted"))
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<JobRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?)
+}
+
+pub fn find_by_name(conn: &Connection, name: &str) -> Result<Option<JobRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM jobs WHERE name = ?1"),
+            [name],
+            from_row,
+        )
+        .optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY id"))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Jobs whose results file is not complete yet.
+pub fn unfinished(conn: &Connection) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE finished_at IS NULL ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn record_intake_progress(
+    conn: &Connection,
+    job_id: i64,
+    lines: i64,
+    offset: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET ingest_lines = ?2, ingest_offset = ?3 WHERE id = ?1",
+        params![job_id, lines, offset],
+    )?;
+    Ok(())
+}
+
+pub fn finish_intake(
+    conn: &Connection,
+    job_id: i64,
+    lines: i64,
+    hash: &str,
+    note: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET ingest_lines = ?2, ingested_at = ?3, content_hash = ?4, note = ?5 WHERE id = ?1",
+        params![job_id, lines, now, hash, note],
+    )?;
+    Ok(())
+}
+
+pub fn record_rejection(conn: &Connection, file: &str, reason: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO rejected_files (file_name, reason, at) VALUES (?1, ?2, ?3)",
+        params![file, reason, now],
+    )?;
+    Ok(())
+}
+
+/// Files rejected by intake, newest first: (file name, reason, time).
+pub fn rejections(conn: &Connection, limit: i64) -> Result<Vec<(String, String, i64)>> {
+    let mut stmt =
+        conn.prepare("SELECT file_name, reason, at FROM rejected_files ORDER BY id DESC LIMIT ?1")?;
+    let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Records that `lines` more lines, `bytes` more bytes, are committed in the job's results file.
+pub fn advance_results(conn: &Connection, job_id: i64, bytes: i64, lines: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET results_bytes = results_bytes + ?2, results_lines = results_lines + ?3 WHERE id = ?1",
+        params![job_id, bytes, lines],
+    )?;
+    Ok(())
+}
+
+/// After a crash left the results file short of what was recorded: start the file over.
+pub fn reset_results(conn: &Connection, job_id: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET results_bytes = 0, results_lines = 0 WHERE id = ?1",
+        [job_id],
+    )?;
+    conn.execute(
+        "UPDATE items SET result_written = 0 WHERE job_id = ?1 AND result IS NOT NULL",
+        [job_id],
+    )?;
+    Ok(())
+}
+
+/// Marks the job finished if it is fully taken in, every item is final and every result written.
+pub fn finish_if_complete(conn: &Connection, job_id: i64, now: i64) -> Result<bool> {
+    let changed = conn.execute(
+        "UPDATE jobs SET finished_at = ?2
+         WHERE id = ?1 AND finished_at IS NULL AND ingested_at IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND state IN ('pending', 'in_flight'))
+           AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND result IS NOT NULL AND result_written = 0)",
+        params![job_id, now],
+    )?;
+    Ok(changed > 0)
+}

@@ -1,0 +1,333 @@
+//! SQLite, the single source of truth.
+//!
+//! One thread owns the only read-write connection. Async code hands it closures with
+//! [`Store::call`]; the thread runs whatever is queued in one transaction (each closure inside its
+//! own savepoint, so a failing one rolls back alone), commits, and only then answers each caller.
+//! A caller that got `Ok` knows its change is committed. The SQL itself lives in plain synchronous
+//! functions over `&Connection` in the submodules, testable on an in-memory database.
+//!
+//! The CLI opens the same file read-only ([`open_read_only`]); WAL lets it read while the daemon writes.
+
+pub mod attempts;
+pub mod items;
+pub mod jobs;
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+use tokio::sync::{mpsc, oneshot};
+
+/// The schema, one file per change; never edit a shipped one.
+static MIGRATIONS: LazyLock<Migrations<'static>> =
+    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))]));
+
+/// The schema version this build writes and understands.
+pub fn schema_version() -> usize {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot migrate the database schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error(
+        "the database at {path} does not exist yet: start the daemon (`nightshift run`) with this config first"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "the database at {path} has schema version {found}, newer than this nightshift knows ({known}): upgrade nightshift"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error("the database writer has stopped")]
+    Closed,
+    #[error("committing to the database failed: {0}")]
+    Commit(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What the writer thread does with an op after the commit: answer its caller.
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+/// An op: runs on the writer thread inside a savepoint; says whether it succeeded.
+type Op = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// Most ops run in one transaction before the writer commits and answers.
+const MAX_OPS_PER_COMMIT: usize = 256;
+
+/// The handle async code uses; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    ops: mpsc::UnboundedSender<Op>,
+    writer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies migrations, and starts the writer.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = open_read_write(path)?;
+        let (ops, rx) = mpsc::unbounded_channel();
+        let writer = std::thread::Builder::new()
+            .name("nightshift-store".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Invalid(format!("cannot start the database writer: {e}")))?;
+        Ok(Store {
+            ops,
+            writer: std::sync::Arc::new(std::sync::Mutex::new(Some(writer))),
+        })
+    }
+
+    /// Runs `f` in a transaction on the writer thread; answers after the commit.
+    pub async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.submit(f).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `f` for the writer thread and returns at once; the receiver gets the answer after
+    /// the commit. For blocking code (intake) that keeps one chunk committing while it parses the next.
+    pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op: Op = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let answer = match commit_error {
+                    Some(message) => Err(StoreError::Commit(message.to_owned())),
+                    None => result,
+                };
+                let _ = tx.send(answer);
+            });
+            (ok, reply)
+        });
+        // If the writer is gone the op (and its sender) is dropped: the receiver then sees Closed.
+        let _ = self.ops.send(op);
+        rx
+    }
+
+    /// Stops the writer once every queued op is done, and waits for it.
+    pub async fn close(self) {
+        let writer = self.writer.lock().expect("writer handle lock").take();
+        drop(self.ops);
+        if let Some(handle) = writer {
+            // Other clones may still hold senders; the thread ends when the last one is dropped.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Op>) {
+    let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_OPS_PER_COMMIT {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let commit_error = match conn.transaction() {
+            Ok(mut tx) => {
+                for op in batch.drain(..) {
+                    let reply = match tx.savepoint() {
+                        Ok(sp) => {
+                            let (ok, reply) = op(&sp);
+                            if ok {
+                                if let Err(e) = sp.commit() {
+                                    tracing::error!(error = %e, "releasing a savepoint failed");
+                                }
+                            } // dropping an uncommitted savepoint rolls it back
+                            reply
+                        }
+                        Err(e) => {
+                            let message = e.to_string();
+                            Box::new(move |_: Option<&str>| {
+                                tracing::error!(error = %message, "opening a savepoint failed");
+                            }) as Reply
+                        }
+                    };
+                    replies.push(reply);
+                }
+                tx.commit().err().map(|e| e.to_string())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for op in batch.drain(..) {
+                    // Run nothing; answer each caller with the error.
+                    drop(op);
+                }
+                Some(message)
+            }
+        };
+        if let Some(message) = &commit_error {
+            tracing::error!(error = %message, "database commit failed");
+        }
+        for reply in replies {
+            reply(commit_error.as_deref());
+        }
+    }
+}
+
+/// Opens the database for writing, sets the pragmas (read back, not assumed) and migrates.
+pub fn open_read_write(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    check_not_newer(&conn, path)?;
+    MIGRATIONS.to_latest(&mut conn)?;
+    Ok(conn)
+}
+
+/// Opens the database for reading only; says plainly when there is none yet.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    check_not_newer(&conn, path)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 0 {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Invalid(format!(
+            "the database would not switch to WAL mode (it is in {mode} mode); is it on a network file system?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn check_not_newer(conn: &Connection, path: &Path) -> Result<()> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let found = found.max(0) as usize;
+    if found > schema_version() {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: schema_version(),
+        });
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch; the unit of every time column.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An in-memory database with the schema, for unit tests of the SQL functions.
+#[cfg(test)]
+pub fn test_connection() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("in-memory database");
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .expect("pragma");
+    MIGRATIONS.to_latest(&mut conn).expect("migrations apply");
+    conn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().expect("migrations validate");
+        let conn = test_connection();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version as usize, schema_version());
+    }
+
+    #[test]
+    fn file_database_is_in_wal_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = open_read_write(&dir.path().join("x.db")).expect("open");
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode.to_lowercase(), "wal");
+    }
+
+    #[test]
+    fn read_only_open_of_a_missing_database_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = open_read_only(&dir.path().join("none.db")).expect_err("missing");
+        assert!(err.to_string().contains("nightshift run"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_call_rolls_back_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let bad = store.call(|conn| {
+            conn.execute(
+                "INSERT INTO rejected_files (file_name, reason, at) VALUES ('a', 'r', 1)",
+                [],
+            )?;
+            Err::<(), _>(StoreError::Invalid("boom".into()))
+        });
+        let good = store.call(|conn| {
+            conn.execute(
+                "INSERT INTO rejected_files (file_name, reason, at) VALUES ('b', 'r', 1)",
+                [],
+            )?;
+            Ok(())
+        });
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(bad.is_err());
+        good.expect("good call commits");
+        let names: Vec<String> = store
+            .call(|conn| {
+                let mut stmt = conn.prepare("SELECT file_name FROM rejected_files")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await
+            .expect("query");
+        assert_eq!(names, vec!["b".to_string()]);
+        store.close().await;
+    }
+}
