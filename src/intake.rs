@@ -189,45 +189,21 @@ pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i6
         );
     }
 
-    let string_field = |name: &str| -> Result<Option<String>, ParsedLine> {
-        match fields.get(name) {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<String>(raw.get())
-                .map(Some)
-                .map_err(|_| fail(name, "must be a string".into())),
-        }
+    let tenant = match optional(&fields, "tenant", check_tenant) {
+        Ok(t) => t.unwrap_or_else(|| defaults.tenant.clone()),
+        Err((field, reason)) => return fail(field, reason),
     };
-    let tenant = match string_field("tenant") {
-        Ok(Some(t)) => match check_tenant(&t) {
-            Ok(t) => t,
-            Err(e) => return fail("tenant", e),
-        },
-        Ok(None) => defaults.tenant.clone(),
-        Err(e) => return e,
+    let priority = match optional(&fields, "priority", str::parse::<Priority>) {
+        Ok(p) => p.unwrap_or(defaults.priority),
+        Err((field, reason)) => return fail(field, reason),
     };
-    let priority = match string_field("priority") {
-        Ok(Some(p)) => match p.parse::<Priority>() {
-            Ok(p) => p,
-            Err(e) => return fail("priority", e),
-        },
-        Ok(None) => defaults.priority,
-        Err(e) => return e,
+    let mode = match optional(&fields, "mode", str::parse::<Mode>) {
+        Ok(m) => m.unwrap_or(defaults.mode),
+        Err((field, reason)) => return fail(field, reason),
     };
-    let mode = match string_field("mode") {
-        Ok(Some(m)) => match m.parse::<Mode>() {
-            Ok(m) => m,
-            Err(e) => return fail("mode", e),
-        },
-        Ok(None) => defaults.mode,
-        Err(e) => return e,
-    };
-    let deadline = match string_field("deadline") {
-        Ok(Some(d)) => match d.parse::<Deadline>() {
-            Ok(d) => Some(d),
-            Err(e) => return fail("deadline", e),
-        },
-        Ok(None) => defaults.deadline.as_ref().map(|(_, d)| *d),
-        Err(e) => return e,
+    let deadline = match optional(&fields, "deadline", str::parse::<Deadline>) {
+        Ok(d) => d.or(defaults.deadline.as_ref().map(|(_, d)| *d)),
+        Err((field, reason)) => return fail(field, reason),
     };
 
     let Some(params_raw) = fields.get("params") else {
@@ -285,6 +261,20 @@ pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i6
         mode,
         deadline_at: deadline.map(|d| d.resolve(intake_ms)),
     })
+}
+
+/// An optional string field of a line, parsed by `parse`; the error is (field, reason).
+fn optional<'f, T>(
+    fields: &HashMap<String, &RawValue>,
+    name: &'f str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, (&'f str, String)> {
+    let Some(raw) = fields.get(name) else {
+        return Ok(None);
+    };
+    let text: String =
+        serde_json::from_str(raw.get()).map_err(|_| (name, "must be a string".to_owned()))?;
+    parse(&text).map(Some).map_err(|reason| (name, reason))
 }
 
 fn describe_json_error(e: &serde_json::Error) -> String {

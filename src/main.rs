@@ -19,7 +19,12 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo draws its own progress; its log shows only what needs a person.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "nightshift=error",
+        _ => "nightshift=info",
+    };
+    init_tracing(default_filter);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -38,9 +43,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("nightshift=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -140,17 +140,26 @@ impl ResultsWriter {
                 .await?;
         }
         if count == 0 {
-            // Jobs with nothing left to write may still need marking done (e.g. an empty file).
-            self.store
-                .call(|c| {
-                    for job in jobs::unfinished(c)? {
-                        if jobs::finish_if_complete(c, job.id, now_ms())? {
-                            tracing::info!(job = %job.name, "job done: every result is written");
+            // Jobs with nothing left to write may still need marking done (e.g. an empty file);
+            // their results file exists, if empty, before they are.
+            for job in self.store.call(jobs::unfinished).await? {
+                if job.ingested_at.is_none() {
+                    continue;
+                }
+                let path = results_path(&self.results_dir, &job.name);
+                if !path.exists() {
+                    tokio::task::spawn_blocking(move || append_lines(&path, &[])).await??;
+                }
+                let (id, name) = (job.id, job.name);
+                self.store
+                    .call(move |c| {
+                        if jobs::finish_if_complete(c, id, now_ms())? {
+                            tracing::info!(job = %name, "job done: every result is written");
                         }
-                    }
-                    Ok(())
-                })
-                .await?;
+                        Ok(())
+                    })
+                    .await?;
+            }
         }
         Ok(count)
     }

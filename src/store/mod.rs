@@ -148,11 +148,10 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Op>) {
                     let reply = match tx.savepoint() {
                         Ok(sp) => {
                             let (ok, reply) = op(&sp);
-                            if ok {
-                                if let Err(e) = sp.commit() {
-                                    tracing::error!(error = %e, "releasing a savepoint failed");
-                                }
-                            } // dropping an uncommitted savepoint rolls it back
+                            // Dropping an uncommitted savepoint rolls it back.
+                            if ok && let Err(e) = sp.commit() {
+                                tracing::error!(error = %e, "releasing a savepoint failed");
+                            }
                             reply
                         }
                         Err(e) => {
