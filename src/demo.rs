@@ -142,7 +142,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         rpm: 1200,
         itpm: 400_000,
         otpm: 100_000,
-        burst_seconds: 5.0,
+        burst_seconds: 10.0,
     };
     let fake = FakeApi::start(
         FakeConfig {

@@ -64,10 +64,17 @@ type Op = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 /// Most ops run in one transaction before the writer commits and answers.
 const MAX_OPS_PER_COMMIT: usize = 256;
 
+/// What the writer thread receives.
+enum Msg {
+    Op(Op),
+    /// Finish what was sent before, then stop; later calls get [`StoreError::Closed`].
+    Close,
+}
+
 /// The handle async code uses; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    ops: mpsc::UnboundedSender<Op>,
+    ops: mpsc::UnboundedSender<Msg>,
     writer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -116,28 +123,36 @@ impl Store {
             (ok, reply)
         });
         // If the writer is gone the op (and its sender) is dropped: the receiver then sees Closed.
-        let _ = self.ops.send(op);
+        let _ = self.ops.send(Msg::Op(op));
         rx
     }
 
-    /// Stops the writer once every queued op is done, and waits for it.
+    /// Stops the writer once every op sent before is done, and waits for it. Clones that outlive
+    /// this (a task abandoned at shutdown) get [`StoreError::Closed`].
     pub async fn close(self) {
         let writer = self.writer.lock().expect("writer handle lock").take();
-        drop(self.ops);
+        let _ = self.ops.send(Msg::Close);
         if let Some(handle) = writer {
-            // Other clones may still hold senders; the thread ends when the last one is dropped.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Op>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
+    let mut closing = false;
+    while !closing {
+        match rx.blocking_recv() {
+            Some(Msg::Op(op)) => batch.push(op),
+            Some(Msg::Close) | None => break,
+        }
         while batch.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Close) => {
+                    closing = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -295,6 +310,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = open_read_only(&dir.path().join("none.db")).expect_err("missing");
         assert!(err.to_string().contains("nightshift run"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn close_does_not_wait_for_clones_and_they_then_get_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let clone = store.clone();
+        store.close().await;
+        let err = clone.call(|_| Ok(())).await.expect_err("closed");
+        assert!(matches!(err, StoreError::Closed), "{err}");
     }
 
     #[tokio::test]
