@@ -74,6 +74,7 @@ pub async fn run(
     let intake_task = tokio::spawn(intake_loop(intake, scan_interval, stop_intake.clone()));
     let lane_task = tokio::spawn(lane.run(stop_lane.clone(), config.daemon.shutdown_grace));
     let results_task = tokio::spawn(writer.run(stop_results.clone()));
+    let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     tracing::info!(
         jobs_dir = %config.jobs_dir.display(),
@@ -93,6 +94,7 @@ pub async fn run(
     }
     stop_intake.cancel();
     stop_lane.cancel();
+    let _ = progress_task.await;
     let intake_result = intake_task.await;
     let lane_result = lane_task.await;
     stop_results.cancel();
@@ -125,6 +127,32 @@ async fn wait_failed(task: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyh
             return anyhow::anyhow!("a daemon task stopped unexpectedly");
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// How often running jobs' progress goes to the log.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Logs each unfinished job's progress now and then, so the journal shows long work moving.
+async fn progress_loop(store: Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let jobs = store
+            .call(|c| {
+                let mut out = Vec::new();
+                for job in crate::store::jobs::unfinished(c)? {
+                    out.push((job.name, items::counts(c, job.id)?));
+                }
+                Ok(out)
+            })
+            .await;
+        for (job, c) in jobs.unwrap_or_default() {
+            let done = c.succeeded + c.errored + c.expired + c.canceled;
+            tracing::info!(job = %job, done, total = c.total, in_flight = c.in_flight, succeeded = c.succeeded, errored = c.errored, "progress");
+        }
     }
 }
 

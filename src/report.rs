@@ -308,7 +308,7 @@ impl JobReport {
         let k = &self.calls;
         let _ = writeln!(
             out,
-            "calls      {} sent: {} rate-limited (429), {} failed and retried, {} unknown outcome; tokens {} in, {} out",
+            "calls      {} sent: {} rate-limited (429), {} failed and retried, {} unknown outcomes; tokens {} in, {} out",
             k.calls, k.rate_limited, k.retryable, k.unknown, k.input_tokens, k.output_tokens
         );
         if let Some(note) = &self.note {
