@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiKey;
@@ -107,14 +107,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     let file = dir.path().join("bench.jsonl");
     write_job_file(&file, items)?;
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(daemon::run(
-        config.clone(),
-        ApiKey::new("sk-bench"),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench"));
     let started = Instant::now();
     std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
     let job = demo::wait_until_done(
@@ -126,8 +119,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     )
     .await?;
     let elapsed = started.elapsed();
-    let _ = stop_tx.send(());
-    daemon.await??;
+    daemon.stop().await?;
     let stats = fake.stats();
     fake.shutdown().await;
     println!(

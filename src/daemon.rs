@@ -17,6 +17,28 @@ use crate::realtime::RealtimeLane;
 use crate::results::ResultsWriter;
 use crate::store::{Store, items, now_ms};
 
+/// A daemon running inside this process (the demo, the benchmarks, the tests).
+pub struct Handle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the daemon as a task of this process; [`Handle::stop`] shuts it down in order.
+pub fn spawn(config: Config, key: ApiKey) -> Handle {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(run(config, key, async move { token.cancelled().await }));
+    Handle { stop, task }
+}
+
+impl Handle {
+    /// Stops the daemon as SIGTERM would, and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("the daemon task")?
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves; returns once everything has stopped.
 pub async fn run(
     config: Config,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::oneshot;
 
 use crate::api::ApiKey;
 use crate::cli::FakeApiArgs;
@@ -185,14 +184,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         config.jobs_dir.display()
     );
 
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(daemon::run(
-        config.clone(),
-        ApiKey::new("sk-ant-demo-key-not-real"),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-ant-demo-key-not-real"));
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
@@ -225,8 +217,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         println!();
     }
     let elapsed = started.elapsed();
-    let _ = stop_tx.send(());
-    daemon.await.context("the daemon task")??;
+    daemon.stop().await?;
     let stats = fake.stats();
     fake.shutdown().await;
     let Some(_) = outcome? else {

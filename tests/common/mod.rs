@@ -12,8 +12,6 @@ use nightshift::config::Config;
 use nightshift::fake_api::{FakeApi, FakeConfig};
 use nightshift::report::JobStatus;
 use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
 
@@ -81,14 +79,10 @@ impl TestEnv {
 
     /// Runs the daemon in this process until the returned handle is stopped.
     pub fn start_daemon(&self) -> InProcessDaemon {
-        let token = CancellationToken::new();
-        let stop = token.clone();
-        let handle = tokio::spawn(nightshift::daemon::run(
+        InProcessDaemon(nightshift::daemon::spawn(
             self.config(),
             ApiKey::new("sk-test-key"),
-            async move { stop.cancelled().await },
-        ));
-        InProcessDaemon { token, handle }
+        ))
     }
 
     /// Starts the real binary's daemon (`nightshift run`), logs to files in the temp dir.
@@ -178,18 +172,11 @@ impl TestEnv {
     }
 }
 
-pub struct InProcessDaemon {
-    token: CancellationToken,
-    handle: JoinHandle<anyhow::Result<()>>,
-}
+pub struct InProcessDaemon(nightshift::daemon::Handle);
 
 impl InProcessDaemon {
     pub async fn stop(self) {
-        self.token.cancel();
-        self.handle
-            .await
-            .expect("daemon task")
-            .expect("daemon stops cleanly");
+        self.0.stop().await.expect("daemon stops cleanly");
     }
 }
 
