@@ -19,13 +19,13 @@ use crate::intake::{Intake, IntakeOutcome};
 use crate::store::Store;
 use crate::{daemon, demo};
 
-/// Writes an `n`-line job file of realistic requests (about 300 bytes a line).
-pub fn write_job_file(path: &Path, n: u64) -> std::io::Result<u64> {
+/// Writes an `n`-line job file of realistic requests (about 300 bytes a line), for `mode`.
+pub fn write_job_file(path: &Path, n: u64, mode: &str) -> std::io::Result<u64> {
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     for i in 0..n {
         writeln!(
             out,
-            r#"{{"custom_id":"req-{i:08}","params":{{"model":"claude-haiku-5-5","max_tokens":128,"system":"Classify the ticket as billing, shipping, account, bug or other.","messages":[{{"role":"user","content":"Ticket {i}: my order arrived late and the box was damaged; please advise what to do next."}}]}}}}"#
+            r#"{{"custom_id":"req-{i:08}","mode":"{mode}","params":{{"model":"claude-haiku-5-5","max_tokens":128,"system":"Classify the ticket as billing, shipping, account, bug or other.","messages":[{{"role":"user","content":"Ticket {i}: my order arrived late and the box was damaged; please advise what to do next."}}]}}}}"#
         )?;
     }
     out.flush()?;
@@ -46,7 +46,7 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(&jobs_dir)?;
     let file = dir.path().join("bench.jsonl");
     println!("writing a {lines}-line job file ...");
-    let bytes = write_job_file(&file, lines)?;
+    let bytes = write_job_file(&file, lines, "auto")?;
     std::fs::rename(&file, jobs_dir.join("bench.jsonl"))?;
     let rss_before = peak_rss_bytes();
 
@@ -55,8 +55,10 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
     let intake = Intake {
         store: store.clone(),
         jobs_dir,
-        wake: Arc::new(Notify::new()),
+        wakes: vec![Arc::new(Notify::new())],
         cancel: CancellationToken::new(),
+        rpm_for: Arc::new(|_| None),
+        failures: Default::default(),
     };
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;
@@ -105,7 +107,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     std::fs::create_dir_all(&config.jobs_dir)?;
     let file = dir.path().join("bench.jsonl");
-    write_job_file(&file, items)?;
+    write_job_file(&file, items, "realtime")?;
 
     let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench"));
     let started = Instant::now();

@@ -33,6 +33,12 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Cancel a job: its pending items end canceled, its batches are canceled at the API. Calls
+    /// already in flight finish.
+    Cancel {
+        /// The job's name.
+        name: String,
+    },
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.

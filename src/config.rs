@@ -48,6 +48,8 @@ struct RawConfig {
     #[serde(default)]
     daemon: RawDaemon,
     #[serde(default)]
+    batch: RawBatch,
+    #[serde(default)]
     limits: BTreeMap<String, ModelLimits>,
 }
 
@@ -67,6 +69,17 @@ struct RawRealtime {
     max_attempts: Option<u32>,
     backoff_min_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_requests: Option<u64>,
+    max_bytes_mb: Option<u64>,
+    max_wait_secs: Option<u64>,
+    poll_min_ms: Option<u64>,
+    poll_max_ms: Option<u64>,
+    rpm: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +109,7 @@ pub struct Config {
     pub api: ApiSettings,
     pub realtime: RealtimeSettings,
     pub daemon: DaemonSettings,
+    pub batch: BatchSettings,
     /// Keyed by model id; the key `default` applies to models without their own entry.
     pub limits: BTreeMap<String, ModelLimits>,
 }
@@ -118,6 +132,23 @@ pub struct RealtimeSettings {
     pub max_attempts: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+}
+
+/// The Message Batches lane.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Most requests per batch (the API allows 100,000).
+    pub max_requests: u64,
+    /// Most bytes of request bodies per batch (the API allows 256 MB); the body is built in memory.
+    pub max_bytes: u64,
+    /// Items wait at most this long to be packed when their job is still being read.
+    pub max_wait: Duration,
+    /// The first poll of a batch comes this long after creation; each next one 1.5 times later…
+    pub poll_min: Duration,
+    /// … up to this.
+    pub poll_max: Duration,
+    /// Calls per minute to the batch endpoints (all of them share one limit at the API).
+    pub rpm: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +185,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: toml_error(&e, text),
         })?;
         let base = path
             .parent()
@@ -257,8 +288,40 @@ impl Config {
             }
         }
 
+        let max_requests = raw.batch.max_requests.unwrap_or(50_000);
+        if !(1..=100_000).contains(&max_requests) {
+            return Err(invalid(
+                "batch.max_requests",
+                format!("is {max_requests}; the API takes 1 to 100000 requests per batch"),
+            ));
+        }
+        let max_bytes_mb = raw.batch.max_bytes_mb.unwrap_or(64);
+        if !(1..=256).contains(&max_bytes_mb) {
+            return Err(invalid(
+                "batch.max_bytes_mb",
+                format!("is {max_bytes_mb}; the API takes batches of up to 256 MB"),
+            ));
+        }
+        let poll_min = Duration::from_millis(raw.batch.poll_min_ms.unwrap_or(5_000).max(10));
+        let poll_max = Duration::from_millis(raw.batch.poll_max_ms.unwrap_or(300_000));
+        if poll_max < poll_min {
+            return Err(invalid(
+                "batch.poll_max_ms",
+                "must not be below batch.poll_min_ms".into(),
+            ));
+        }
+        let batch = BatchSettings {
+            max_requests,
+            max_bytes: max_bytes_mb << 20,
+            max_wait: Duration::from_secs(raw.batch.max_wait_secs.unwrap_or(60)),
+            poll_min,
+            poll_max,
+            rpm: raw.batch.rpm.unwrap_or(100).max(1),
+        };
+
         Ok(Config {
             source,
+            batch,
             jobs_dir,
             data_dir,
             api: ApiSettings {
@@ -298,6 +361,21 @@ impl Config {
 
     pub fn results_dir(&self) -> PathBuf {
         self.data_dir.join("results")
+    }
+}
+
+/// A TOML error as "line L, column C: message", without quoting the line: a misplaced secret
+/// (say, `api_key = "sk-…"`) must not reach the log.
+pub fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_owned(),
     }
 }
 
@@ -355,6 +433,13 @@ mod tests {
         assert!(err.to_string().contains("jobs_dri"), "{err}");
         let err = parse("[limits.m]\nrpm = 5\ntpm = 3").expect_err("unknown limit key");
         assert!(err.to_string().contains("tpm"), "{err}");
+        assert!(err.to_string().contains("line 3"), "{err}");
+        let err = parse("[api]\napi_key = \"sk-ant-secret\"").expect_err("no such key");
+        assert!(err.to_string().contains("api_key"), "{err}");
+        assert!(
+            !err.to_string().contains("sk-ant-secret"),
+            "the value is not quoted: {err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiKey};
+use crate::batch::BatchLane;
 use crate::config::Config;
 use crate::intake::Intake;
 use crate::quota::Quota;
@@ -48,6 +49,17 @@ pub async fn run(
     for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // One daemon per data directory: a second one would send the first one's calls again.
+    let lock_path = config.data_dir.join("nightshift.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another nightshift daemon is running on {} (it holds {}); stop it first",
+            config.data_dir.display(),
+            lock_path.display()
+        );
+    }
     let db_path = config.db_path();
     let store = Store::open(&db_path)
         .with_context(|| format!("opening the database {}", db_path.display()))?;
@@ -71,6 +83,20 @@ pub async fn run(
     writer.recover().await?;
 
     let client = ApiClient::new(&config.api, &key)?;
+    let limits_for_rpm = config.clone();
+    let rpm_for: crate::planner::RpmFor =
+        Arc::new(move |model: &str| limits_for_rpm.limits_for(model).rpm);
+    let batch_wake = Arc::new(Notify::new());
+    let batch_lane = BatchLane {
+        store: store.clone(),
+        client: client.clone(),
+        settings: config.batch.clone(),
+        max_attempts: config.realtime.max_attempts,
+        rpm_for: rpm_for.clone(),
+        wake: batch_wake.clone(),
+        realtime_wake: work_wake.clone(),
+        results_wake: results_wake.clone(),
+    };
     let limits_config = config.clone();
     let lane = RealtimeLane {
         store: store.clone(),
@@ -81,6 +107,7 @@ pub async fn run(
         settings: config.realtime.clone(),
         wake: work_wake.clone(),
         results_wake: results_wake.clone(),
+        paused: Default::default(),
     };
 
     let stop_intake = CancellationToken::new();
@@ -89,13 +116,16 @@ pub async fn run(
     let intake = Intake {
         store: store.clone(),
         jobs_dir: config.jobs_dir.clone(),
-        wake: work_wake.clone(),
+        wakes: vec![work_wake.clone(), batch_wake.clone()],
         cancel: stop_intake.clone(),
+        rpm_for,
+        failures: Default::default(),
     };
     let scan_interval = config.daemon.scan_interval;
     let intake_task = tokio::spawn(intake_loop(intake, scan_interval, stop_intake.clone()));
     let lane_task = tokio::spawn(lane.run(stop_lane.clone(), config.daemon.shutdown_grace));
     let results_task = tokio::spawn(writer.run(stop_results.clone()));
+    let batch_task = tokio::spawn(batch_lane.run(stop_lane.clone()));
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     tracing::info!(
@@ -111,7 +141,9 @@ pub async fn run(
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => tracing::info!("stopping: no new work is admitted"),
+        r = wait_failed(&intake_task) => failure = Some(r),
         r = wait_failed(&lane_task) => failure = Some(r),
+        r = wait_failed(&batch_task) => failure = Some(r),
         r = wait_failed(&results_task) => failure = Some(r),
     }
     stop_intake.cancel();
@@ -119,12 +151,14 @@ pub async fn run(
     let _ = progress_task.await;
     let intake_result = intake_task.await;
     let lane_result = lane_task.await;
+    let batch_result = batch_task.await;
     stop_results.cancel();
     let results_result = results_task.await;
     store.close().await;
     for (what, result) in [
         ("intake", intake_result),
         ("real-time lane", lane_result),
+        ("batch lane", batch_result),
         ("results writer", results_result),
     ] {
         match result {
@@ -133,6 +167,7 @@ pub async fn run(
             Err(e) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
         }
     }
+    drop(lock);
     match failure {
         Some(e) => Err(e),
         None => {

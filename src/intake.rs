@@ -21,8 +21,12 @@ use sha2::{Digest, Sha256};
 use crate::job::{Deadline, JobDefaults, Mode, Priority, check_tenant};
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
-/// Lines per intake transaction.
+/// Lines per intake transaction, at most.
 const CHUNK_LINES: usize = 2_000;
+/// Bytes of lines per intake transaction, at most (long prompts make fewer lines per chunk).
+const CHUNK_BYTES: usize = 8 << 20;
+/// Longer lines are not read into memory: no request that large is accepted by the API (32 MB).
+const MAX_LINE_BYTES: usize = 32 << 20;
 /// The fields a line may carry.
 const LINE_FIELDS: [&str; 6] = [
     "custom_id",
@@ -348,13 +352,26 @@ pub enum IntakeOutcome {
 pub struct Intake {
     pub store: Store,
     pub jobs_dir: PathBuf,
-    /// Poked after each committed chunk: there is new work.
-    pub wake: Arc<Notify>,
+    /// Poked after each committed chunk: there is new work (for each lane).
+    pub wakes: Vec<Arc<Notify>>,
     /// Intake stops after the chunk in hand when this is cancelled; it resumes at the next start.
     pub cancel: CancellationToken,
+    /// The real-time lane's requests per minute for a model, if known (for the planner).
+    pub rpm_for: crate::planner::RpmFor,
+    /// Failed attempts per file, to give up on a file that keeps failing.
+    pub failures: Arc<std::sync::Mutex<HashMap<PathBuf, u32>>>,
 }
 
+/// Attempts at a file that keeps failing (unreadable, vanishing) before it is rejected.
+const MAX_FILE_FAILURES: u32 = 3;
+
 impl Intake {
+    fn wake(&self) {
+        for w in &self.wakes {
+            w.notify_one();
+        }
+    }
+
     /// Takes in every waiting file, in name order.
     pub fn scan(&self) -> anyhow::Result<Vec<IntakeOutcome>> {
         use anyhow::Context;
@@ -365,7 +382,16 @@ impl Intake {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let outcome = ingest_file(self, &path)?;
+            let outcome = match ingest_file(self, &path) {
+                Ok(outcome) => {
+                    self.failures.lock().expect("failures lock").remove(&path);
+                    outcome
+                }
+                Err(e) => match self.give_up_on(&path, &e)? {
+                    Some(outcome) => outcome,
+                    None => continue,
+                },
+            };
             match &outcome {
                 IntakeOutcome::Ingested { job, lines } => {
                     tracing::info!(job = %job, lines, "job taken in")
@@ -377,7 +403,71 @@ impl Intake {
             }
             outcomes.push(outcome);
         }
+        self.close_vanished()?;
         Ok(outcomes)
+    }
+
+    /// Counts a failure of `path`; after [`MAX_FILE_FAILURES`] (or at once when the file changed
+    /// during intake) rejects it. None: try again at the next scan.
+    fn give_up_on(
+        &self,
+        path: &Path,
+        error: &anyhow::Error,
+    ) -> anyhow::Result<Option<IntakeOutcome>> {
+        let changed = error.downcast_ref::<IntakeError>().is_some();
+        let failures = {
+            let mut map = self.failures.lock().expect("failures lock");
+            let n = map.entry(path.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if !changed && failures < MAX_FILE_FAILURES {
+            tracing::warn!(file = %path.display(), error = format!("{error:#}"), failures, "taking a job file in failed; trying again at the next scan");
+            return Ok(None);
+        }
+        self.failures.lock().expect("failures lock").remove(path);
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = file_name.trim_end_matches(".jsonl").to_owned();
+        if changed {
+            // What was taken in stays a job of its own; the rest of the file is not taken.
+            let note = error.to_string();
+            block_on_store(&self.store, move |c| {
+                jobs::close_partial_intake(c, &stem, &note, now_ms())
+            })?;
+        }
+        let reason = format!("{error:#}");
+        reject(
+            &self.store,
+            &self.jobs_dir,
+            path,
+            &path.with_extension("toml"),
+            &file_name,
+            reason,
+        )
+        .map(Some)
+    }
+
+    /// Jobs whose intake was interrupted and whose file is gone: keep what was taken in, and say so.
+    fn close_vanished(&self) -> anyhow::Result<()> {
+        let open = block_on_store(&self.store, jobs::ingesting)?;
+        for job in open {
+            if Path::new(&job.source_path).exists() {
+                continue;
+            }
+            let note = format!(
+                "the job file disappeared after {} lines were taken in; only those lines are part of the job",
+                job.ingest_lines
+            );
+            tracing::warn!(job = %job.name, "{note}");
+            let name = job.name.clone();
+            block_on_store(&self.store, move |c| {
+                jobs::close_partial_intake(c, &name, &note, now_ms())
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -451,17 +541,50 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
     Ok(IntakeOutcome::Ingested { job: name, lines })
 }
 
+/// Reads one line (up to and without its `\n`) into `buf`, keeping at most `cap` bytes of it;
+/// every byte read goes into `hasher`. Returns the bytes read (0 at the end) and whether the line
+/// was longer than `cap`.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    cap: usize,
+    hasher: &mut Sha256,
+) -> std::io::Result<(usize, bool)> {
+    let (mut read, mut too_long) = (0, false);
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok((read, too_long));
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        let keep = take.min(cap.saturating_sub(buf.len()));
+        buf.extend_from_slice(&available[..keep]);
+        too_long |= keep < take;
+        hasher.update(&available[..take]);
+        reader.consume(take);
+        read += take;
+        if done {
+            return Ok((read, too_long));
+        }
+    }
+}
+
 /// Streams the file into the store in chunks; returns the number of lines, or None when stopped
 /// by the cancel token (what is committed stays; the next start resumes after it).
 fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Result<Option<u64>> {
     let store = &intake.store;
     let file = std::fs::File::open(path)?;
+    let file_len = file.metadata()?.len().max(1);
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut line_no: u64 = 0;
     let mut offset: u64 = 0;
     let mut chunk: Vec<(u64, ParsedLine)> = Vec::with_capacity(CHUNK_LINES);
+    let mut chunk_bytes = 0usize;
     // One chunk may be committing while the next is parsed.
     let mut pending: Option<tokio::sync::oneshot::Receiver<store::Result<()>>> = None;
     let display = path
@@ -469,17 +592,27 @@ fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Res
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let defaults = job.defaults.clone();
+    let resume_after = job.ingest_lines as u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf)?;
+        let (n, too_long) = read_line_capped(&mut reader, &mut buf, MAX_LINE_BYTES, &mut hasher)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf);
         offset += n as u64;
         line_no += 1;
-        if line_no <= job.ingest_lines as u64 {
-            continue; // committed by an earlier, interrupted intake
+        if line_no <= resume_after {
+            // Committed by an earlier, interrupted intake: check it is still the same file.
+            if line_no == resume_after
+                && job.ingest_prefix_hash.as_deref()
+                    != Some(hex(&hasher.clone().finalize()).as_str())
+            {
+                return Err(IntakeError::ChangedDuringIntake {
+                    lines: resume_after,
+                }
+                .into());
+            }
+            continue;
         }
         let mut line: &[u8] = &buf;
         if let Some(rest) = line.strip_suffix(b"\n") {
@@ -488,31 +621,55 @@ fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Res
         if let Some(rest) = line.strip_suffix(b"\r") {
             line = rest;
         }
-        chunk.push((
-            line_no,
-            parse_line(line, line_no, &defaults, job.created_at),
-        ));
-        if chunk.len() >= CHUNK_LINES {
+        let parsed = if too_long {
+            ParsedLine::Invalid {
+                custom_id: None,
+                error: LineError::new(
+                    line_no,
+                    None,
+                    format!(
+                        "is longer than {} MiB, the API's request size limit",
+                        MAX_LINE_BYTES >> 20
+                    ),
+                ),
+            }
+        } else {
+            parse_line(line, line_no, &defaults, job.created_at)
+        };
+        chunk_bytes += line.len();
+        chunk.push((line_no, parsed));
+        if chunk.len() >= CHUNK_LINES || chunk_bytes >= CHUNK_BYTES {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
+            chunk_bytes = 0;
             if let Some(rx) = pending.take() {
                 wait(rx)?;
-                intake.wake.notify_one();
+                intake.wake();
             }
             if intake.cancel.is_cancelled() {
                 return Ok(None);
             }
-            pending = Some(submit_chunk(store, job.id, &display, full, line_no, offset));
+            let progress = Progress {
+                lines: line_no,
+                offset,
+                prefix_hash: hex(&hasher.clone().finalize()),
+                items_estimate: line_no.saturating_mul(file_len) / offset.max(1),
+            };
+            pending = Some(submit_chunk(intake, job.id, &display, full, progress));
         }
     }
     if let Some(rx) = pending.take() {
         wait(rx)?;
     }
-    if !chunk.is_empty() {
-        wait(submit_chunk(
-            store, job.id, &display, chunk, line_no, offset,
-        ))?;
-    }
     let hash = hex(&hasher.finalize());
+    if !chunk.is_empty() {
+        let progress = Progress {
+            lines: line_no,
+            offset,
+            prefix_hash: hash.clone(),
+            items_estimate: line_no,
+        };
+        wait(submit_chunk(intake, job.id, &display, chunk, progress))?;
+    }
     let job_id = job.id;
     let note = (line_no == 0).then(|| "the file is empty: there is nothing to run".to_owned());
     block_on_store(store, move |conn| {
@@ -525,23 +682,53 @@ fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Res
             now_ms(),
         )
     })?;
-    intake.wake.notify_one();
+    intake.wake();
     Ok(Some(line_no))
 }
 
+/// How far intake has got, committed with each chunk.
+struct Progress {
+    lines: u64,
+    offset: u64,
+    /// sha256 of the file up to `offset`: a resumed intake checks the file is still the same.
+    prefix_hash: String,
+    /// The job's size as far as can be told yet, for the planner.
+    items_estimate: u64,
+}
+
 fn submit_chunk(
-    store: &Store,
+    intake: &Intake,
     job_id: i64,
     file: &str,
     chunk: Vec<(u64, ParsedLine)>,
-    lines: u64,
-    offset: u64,
+    progress: Progress,
 ) -> tokio::sync::oneshot::Receiver<store::Result<()>> {
     let file = file.to_owned();
-    store.submit(move |conn| {
-        store::items::insert_chunk(conn, job_id, &file, &chunk, now_ms())?;
-        jobs::record_intake_progress(conn, job_id, lines as i64, offset as i64)
+    let rpm_for = intake.rpm_for.clone();
+    intake.store.submit(move |conn| {
+        let plan = store::items::PlanContext {
+            now: now_ms(),
+            job_items: progress.items_estimate,
+            rpm_for: &*rpm_for,
+        };
+        store::items::insert_chunk(conn, job_id, &file, &chunk, &plan)?;
+        jobs::record_intake_progress(
+            conn,
+            job_id,
+            progress.lines as i64,
+            progress.offset as i64,
+            &progress.prefix_hash,
+        )
     })
+}
+
+/// Why a file could not be taken in.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(
+        "the file changed after its first {lines} lines were taken in; those lines stay as they were, the rest of this file is not taken"
+    )]
+    ChangedDuringIntake { lines: u64 },
 }
 
 fn wait<T>(rx: tokio::sync::oneshot::Receiver<store::Result<T>>) -> Result<T, StoreError> {
@@ -581,8 +768,8 @@ fn move_aside(jobs_dir: &Path, folder: &str, path: &Path, sidecar: &Path) -> any
     use anyhow::Context;
     let dir = jobs_dir.join(folder);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The sidecar first: a restart that sees the .jsonl again must still find it.
-    for source in [sidecar, path] {
+    // The job file first: once it is gone nothing takes it again, whatever happens to the sidecar.
+    for source in [path, sidecar] {
         if !source.exists() {
             continue;
         }

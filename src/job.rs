@@ -182,7 +182,7 @@ impl JobDefaults {
     /// Parses a sidecar manifest. Errors name the setting.
     pub fn from_sidecar(text: &str) -> Result<JobDefaults, String> {
         let raw: RawSidecar =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text))?;
         let mut defaults = JobDefaults::default();
         if let Some(tenant) = raw.tenant {
             defaults.tenant = check_tenant(&tenant).map_err(|e| format!("`tenant` {e}"))?;

@@ -93,6 +93,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", job.to_text());
             }
         }
+        Command::Cancel { name } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            if !store::request_cancel(&config.db_path(), &name)? {
+                eprintln!("error: no job named {name:?} (see `nightshift status`)");
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            }
+            println!(
+                "cancel of {name} requested; the daemon carries it out within a second or two (see `nightshift job {name}`)"
+            );
+        }
         Command::Submit { file, name } => {
             let config = Config::locate(cli.config.as_deref())?;
             let target = intake::submit(&config, &file, name.as_deref())?;

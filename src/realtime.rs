@@ -2,7 +2,6 @@
 //! concurrency cap, marks them in flight (committed before anything is sent), sends, and records
 //! each outcome in one transaction. What to do with an answer is decided by the pure [`decide`].
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use crate::results;
 use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate};
 use crate::store::{Store, now_ms};
 
-/// How long an item waits when the account is blocked (spend cap, usage limit) before trying again.
+/// How long the lane pauses when the account is blocked (spend cap, usage limit, key refused).
 const BLOCKED_WAIT: Duration = Duration::from_secs(300);
 
 /// Everything the lane needs; cheap to clone into each call's task.
@@ -34,6 +33,8 @@ pub struct RealtimeLane {
     pub wake: Arc<Notify>,
     /// Poked when a result line is waiting to be written.
     pub results_wake: Arc<Notify>,
+    /// Set when the account is blocked (spend cap, usage limit, key refused): no calls until then.
+    pub paused: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RealtimeLane {
@@ -80,40 +81,54 @@ impl RealtimeLane {
         if free == 0 {
             return Ok(None);
         }
-        let now = now_ms();
-        let limit = (free * 4).clamp(64, 2048) as i64;
-        let ready = self
-            .store
-            .call(move |c| items::ready_realtime(c, now, limit))
-            .await?;
-        if ready.is_empty() {
-            let next = self
-                .store
-                .call(move |c| items::next_ready_at(c, now))
-                .await?;
-            return Ok(next.map(|at| Duration::from_millis((at - now).max(1) as u64)));
+        if let Some(until) = self.paused_until() {
+            return Ok(Some(until.saturating_duration_since(Instant::now())));
         }
-
+        let limit = (free * 4).clamp(64, 2048) as i64;
         let mut admitted: Vec<(i64, Ticket, OwnedSemaphorePermit)> = Vec::new();
-        let mut blocked: HashSet<&str> = HashSet::new();
+        // Models the quota holds back are left out of the next look, so they cannot starve others.
+        let mut held: Vec<String> = Vec::new();
         let mut next_try: Option<Instant> = None;
-        {
-            let mut quota = self.quota.lock().expect("quota lock");
-            let now = Instant::now();
-            for item in &ready {
-                if blocked.contains(item.model.as_str()) {
-                    continue;
+        for _ in 0..8 {
+            let now = now_ms();
+            let skip = held.clone();
+            let ready = self
+                .store
+                .call(move |c| items::ready_realtime(c, now, limit, &skip))
+                .await?;
+            if ready.is_empty() {
+                if admitted.is_empty() && held.is_empty() {
+                    let next = self
+                        .store
+                        .call(move |c| items::next_ready_at(c, now))
+                        .await?;
+                    return Ok(next.map(|at| Duration::from_millis((at - now).max(1) as u64)));
                 }
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    break;
-                };
-                match quota.try_admit(&item.model, item.input_estimate, item.max_tokens, now) {
-                    Ok(ticket) => admitted.push((item.id, ticket, permit)),
-                    Err(at) => {
-                        blocked.insert(&item.model);
-                        next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
+                break;
+            }
+            let held_before = held.len();
+            {
+                let mut quota = self.quota.lock().expect("quota lock");
+                let now = Instant::now();
+                for item in &ready {
+                    if held.contains(&item.model) {
+                        continue;
+                    }
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    match quota.try_admit(&item.model, item.input_estimate, item.max_tokens, now) {
+                        Ok(ticket) => admitted.push((item.id, ticket, permit)),
+                        Err(at) => {
+                            held.push(item.model.clone());
+                            next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
+                        }
                     }
                 }
+            }
+            // Look again only if a model was newly held back and there are permits to use.
+            if held.len() == held_before || permits.available_permits() == 0 {
+                break;
             }
         }
         if admitted.is_empty() {
@@ -150,6 +165,24 @@ impl RealtimeLane {
         }
         // More may be admissible right away (permits, quota): look again at once.
         Ok(Some(Duration::ZERO))
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        let mut paused = self.paused.lock().expect("pause lock");
+        match *paused {
+            Some(until) if until > Instant::now() => Some(until),
+            _ => {
+                *paused = None;
+                None
+            }
+        }
+    }
+
+    /// Holds every call for [`BLOCKED_WAIT`]: sending more cannot succeed until a person acts.
+    fn pause(&self, reason: String) {
+        let until = Instant::now() + BLOCKED_WAIT;
+        *self.paused.lock().expect("pause lock") = Some(until);
+        tracing::error!(%reason, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's calls; the real-time lane pauses");
     }
 
     /// One call: send, settle the quota, record the outcome.
@@ -190,15 +223,32 @@ impl RealtimeLane {
         log_outcome(&record, &update);
         drop(permit);
         let (item_id, attempt_id) = (dispatch.item_id, dispatch.attempt_id);
-        let stored = self
-            .store
-            .call(move |c| {
-                items::record_outcome(c, item_id, attempt_id, &record, &update, now_ms())
-            })
-            .await;
-        if let Err(e) = stored {
-            // The item stays in flight in the database and is sent again at the next start.
-            tracing::error!(error = %e, "could not record an outcome");
+        if let Outcome::Blocked {
+            status, message, ..
+        } = &outcome
+        {
+            self.pause(format!("HTTP {status}: {message}"));
+        }
+        // Recording must not be lost to a passing problem (a busy disk): try for a while.
+        for attempt in 1..=10u32 {
+            let (record, update) = (record.clone(), update.clone());
+            let stored = self
+                .store
+                .call(move |c| {
+                    items::record_outcome(c, item_id, attempt_id, &record, &update, now_ms())
+                })
+                .await;
+            match stored {
+                Ok(()) => break,
+                Err(e) if attempt == 10 || matches!(e, crate::store::StoreError::Closed) => {
+                    // The item stays in flight in the database and is sent again at the next start.
+                    tracing::error!(error = %e, "could not record an outcome; the item is retried at the next start");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "recording an outcome failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                }
+            }
         }
         self.results_wake.notify_one();
         self.wake.notify_one();

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
+use crate::store::batches::{self, BatchCounts};
 use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};
 
@@ -26,7 +27,28 @@ pub struct JobStatus {
     /// `queued` (nothing sent yet), `running`, or `done` (every item final, results file complete).
     pub state: &'static str,
     pub counts: Counts,
+    /// Items by the lane that produced their final outcome or is working on them now.
+    pub lanes: Lanes,
+    pub batches: Vec<BatchStatus>,
     pub results_file: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Lanes {
+    pub batch: i64,
+    pub realtime: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchStatus {
+    /// The API's id (`msgbatch_…`), or null while it is being created.
+    pub id: Option<String>,
+    /// The API's `processing_status`, `submitting` before the id is known, or `failed`.
+    pub state: String,
+    /// The API's `request_counts`.
+    pub counts: BatchCounts,
+    /// Seconds since the batch was packed.
+    pub age_secs: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,10 +110,33 @@ fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> rusqlite::Resu
 
 fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Result<JobStatus> {
     let counts = items::counts(conn, job.id)?;
+    let (batch, realtime) = batches::lanes(conn, job.id)?;
+    let now = crate::store::now_ms();
+    let batches = batches::by_job(conn, job.id)?
+        .into_iter()
+        .map(|b| {
+            let counts = if b.state == "submitting" {
+                BatchCounts {
+                    processing: b.request_count,
+                    ..Default::default()
+                }
+            } else {
+                b.counts
+            };
+            BatchStatus {
+                id: b.api_id,
+                state: b.state,
+                counts,
+                age_secs: (now - b.intent_at) / 1000,
+            }
+        })
+        .collect();
     Ok(JobStatus {
         name: job.name.clone(),
         state: job_state(conn, job, &counts)?,
         counts,
+        lanes: Lanes { batch, realtime },
+        batches,
         results_file: results_path(results_dir, &job.name).display().to_string(),
     })
 }
@@ -163,6 +208,15 @@ pub fn format_time(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// "42s", "7m", "3h".
+pub fn format_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
 /// A progress bar of `width` cells for `done` of `total`.
 pub fn progress_bar(done: u64, total: u64, width: usize) -> String {
     let fraction = if total == 0 {
@@ -214,6 +268,22 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// "2 (1 in_progress, 1 ended)" or "-".
+fn batch_summary(batches: &[BatchStatus]) -> String {
+    if batches.is_empty() {
+        return "-".into();
+    }
+    let mut by_state: Vec<(&str, usize)> = Vec::new();
+    for b in batches {
+        match by_state.iter_mut().find(|(s, _)| *s == b.state) {
+            Some((_, n)) => *n += 1,
+            None => by_state.push((&b.state, 1)),
+        }
+    }
+    let parts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} ({})", batches.len(), parts.join(", "))
+}
+
 fn finished(c: &Counts) -> u64 {
     c.succeeded + c.errored + c.expired + c.canceled
 }
@@ -253,6 +323,8 @@ impl StatusReport {
                     c.errored.to_string(),
                     c.expired.to_string(),
                     c.canceled.to_string(),
+                    format!("{}b/{}rt", job.lanes.batch, job.lanes.realtime),
+                    batch_summary(&job.batches),
                 ]);
             }
             out.push_str(&table(&rows));
@@ -305,11 +377,56 @@ impl JobReport {
             "items      {} total: {} pending, {} in flight, {} succeeded, {} errored, {} expired, {} canceled",
             c.total, c.pending, c.in_flight, c.succeeded, c.errored, c.expired, c.canceled
         );
+        let _ = writeln!(
+            out,
+            "lanes      {} items by batch, {} real time",
+            s.lanes.batch, s.lanes.realtime
+        );
+        if !s.batches.is_empty() {
+            let mut rows = vec![
+                [
+                    "BATCH",
+                    "STATE",
+                    "REQUESTS",
+                    "PROCESSING",
+                    "SUCCEEDED",
+                    "ERRORED",
+                    "EXPIRED",
+                    "CANCELED",
+                    "AGE",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for b in &s.batches {
+                rows.push(vec![
+                    b.id.clone().unwrap_or_else(|| "(creating)".into()),
+                    b.state.clone(),
+                    b.counts.total().to_string(),
+                    b.counts.processing.to_string(),
+                    b.counts.succeeded.to_string(),
+                    b.counts.errored.to_string(),
+                    b.counts.expired.to_string(),
+                    b.counts.canceled.to_string(),
+                    format_age(b.age_secs),
+                ]);
+            }
+            for line in table(&rows).lines() {
+                let _ = writeln!(out, "           {line}");
+            }
+        }
         let k = &self.calls;
         let _ = writeln!(
             out,
-            "calls      {} sent: {} rate-limited (429), {} failed and retried, {} unknown outcomes; tokens {} in, {} out",
-            k.calls, k.rate_limited, k.retryable, k.unknown, k.input_tokens, k.output_tokens
+            "calls      {} sent: {} rate-limited (429), {} failed and retried, {} unknown outcomes, {} blocked, {} expired in a batch; tokens {} in, {} out",
+            k.calls,
+            k.rate_limited,
+            k.retryable,
+            k.unknown,
+            k.blocked,
+            k.expired,
+            k.input_tokens,
+            k.output_tokens
         );
         if let Some(note) = &self.note {
             let _ = writeln!(out, "note       {note}");

@@ -18,13 +18,34 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, items, jobs, now_ms};
 
-/// `{"custom_id": ..., "result": {"type": "succeeded", "message": ...}}`; `message` is raw JSON.
+/// `{"custom_id": ..., "result": {"type": "succeeded", "message": ...}}`; `message` is raw JSON
+/// (made compact first if it spans lines, as a proxy's pretty-printing would).
 pub fn succeeded_line(custom_id: &str, message_json: &str) -> String {
+    let message = message_json.trim();
+    let compact;
+    let message = if message.contains('\n') {
+        compact = serde_json::from_str::<Value>(message)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| message.replace(['\n', '\r'], " "));
+        compact.as_str()
+    } else {
+        message
+    };
     format!(
         "{{\"custom_id\":{},\"result\":{{\"type\":\"succeeded\",\"message\":{}}}}}",
         Value::String(custom_id.to_owned()),
-        message_json.trim()
+        message
     )
+}
+
+/// `{"custom_id": ..., "result": {"type": "canceled"}}`.
+pub fn canceled_line(custom_id: Option<&str>) -> String {
+    json!({"custom_id": custom_id, "result": {"type": "canceled"}}).to_string()
+}
+
+/// `{"custom_id": ..., "result": {"type": "expired"}}`.
+pub fn expired_line(custom_id: Option<&str>) -> String {
+    json!({"custom_id": custom_id, "result": {"type": "expired"}}).to_string()
 }
 
 /// An `errored` line carrying the API's own error body (`{"type":"error","error":{...},...}`).
@@ -59,8 +80,10 @@ pub struct ResultsWriter {
     pub wake: Arc<Notify>,
 }
 
-/// Lines fetched per round.
+/// Lines fetched per round, at most.
 const ROUND_LINES: i64 = 5_000;
+/// Bytes of lines per round, at most (long answers make fewer lines per round).
+const ROUND_BYTES: usize = 8 << 20;
 
 impl ResultsWriter {
     /// Brings every unfinished job's results file to its committed length. Call before anything
@@ -113,7 +136,7 @@ impl ResultsWriter {
     pub async fn write_round(&self) -> anyhow::Result<usize> {
         let lines = self
             .store
-            .call(|c| items::unwritten_results(c, ROUND_LINES))
+            .call(|c| items::unwritten_results(c, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
         let mut by_job: BTreeMap<(i64, String), Vec<(i64, String)>> = BTreeMap::new();

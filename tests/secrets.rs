@@ -47,15 +47,39 @@ async fn the_key_leaks_nowhere() {
     assert_each_once(&env.results("secret"), &ids);
     assert_eq!(env.fake.stats().messages_accepted, 20);
 
-    // A second job run with a wrong key: the 401s are reported, the key still nowhere.
+    // A second job run with a wrong key: the 401 pauses the lane (it would fail every item
+    // alike), the items wait; the key is still nowhere.
     let wrong = "sk-ant-api03-WRONGkeyAlsoSecret987654321";
     let (_, body) = job_of("rejected", 3);
     env.write_job("rejected", &body);
     let mut daemon = env.spawn_binary_daemon(wrong, "daemon2.log");
-    let job = env.wait_done("rejected", Duration::from_secs(60)).await;
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(conn) = nightshift::store::open_read_only(&env.config().db_path())
+            && let Ok(Some(job)) =
+                nightshift::report::job(&conn, &env.config().results_dir(), "rejected")
+            && job.calls.blocked >= 1
+        {
+            assert_eq!(
+                job.status.counts.errored, 0,
+                "a refused key does not fail the items"
+            );
+            assert_eq!(job.status.counts.pending, 3);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no blocked call recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     assert!(daemon.wait().expect("reaped").success());
-    assert_eq!(job.counts.errored, 3, "401 is not retried");
+    let log2 = std::fs::read_to_string(env.dir.path().join("daemon2.log")).expect("log");
+    assert!(
+        log2.contains("real-time lane pauses"),
+        "the pause is logged"
+    );
 
     let mut outputs = Vec::new();
     for args in [
@@ -86,11 +110,13 @@ async fn the_key_leaks_nowhere() {
         "the log is really there"
     );
     let report = env.job_json("rejected");
+    // Only the calls already under way when the first 401 came; then the lane paused.
+    assert_eq!(
+        report["calls"]["blocked"], report["calls"]["calls"],
+        "{report}"
+    );
     assert!(
-        report["errored_lines"][0]["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("401"),
+        report["calls"]["calls"].as_u64().unwrap_or(0) <= 3,
         "{report}"
     );
 }

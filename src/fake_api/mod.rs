@@ -103,6 +103,8 @@ pub struct BatchSettings {
     pub rpm: u64,
     /// Most batch requests in processing at once.
     pub queue_cap: u64,
+    /// Delay between creating a batch and answering the create call.
+    pub create_latency: Duration,
 }
 
 impl Default for BatchSettings {
@@ -112,6 +114,7 @@ impl Default for BatchSettings {
             expire_fraction: 0.0,
             rpm: 1000,
             queue_cap: 200_000,
+            create_latency: Duration::ZERO,
         }
     }
 }

@@ -693,24 +693,32 @@ async fn create_batch(
     let body = parse_json(&body)?;
     let requests = batches::parse_create_body(&body).map_err(ApiError::invalid)?;
     let count = requests.len() as u64;
-    let mut state = shared.lock();
-    let state = &mut *state;
-    let now = Instant::now();
-    state.batches.refresh(now, &mut state.stats);
-    if let Some(wait) = state.batches.queue_wait(count, shared.batch.queue_cap, now) {
-        return Err(ApiError::rate_limited(
-            format!(
-                "This batch would exceed your organization's limit of {} batch requests in the processing queue. Please try again later.",
-                shared.batch.queue_cap
-            ),
-            retry_after_secs(wait),
-        ));
+    let batch = {
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        state.batches.refresh(now, &mut state.stats);
+        if let Some(wait) = state.batches.queue_wait(count, shared.batch.queue_cap, now) {
+            return Err(ApiError::rate_limited(
+                format!(
+                    "This batch would exceed your organization's limit of {} batch requests in the processing queue. Please try again later.",
+                    shared.batch.queue_cap
+                ),
+                retry_after_secs(wait),
+            ));
+        }
+        let batch =
+            state
+                .batches
+                .create(requests, version, now, Timestamp::now(), &shared.base_url);
+        state.stats.batches_created += 1;
+        state.stats.batch_requests += count;
+        batch
+    };
+    // Created: a client that dies while waiting here never learns the id (the crash tests).
+    if !shared.batch.create_latency.is_zero() {
+        tokio::time::sleep(shared.batch.create_latency).await;
     }
-    let batch = state
-        .batches
-        .create(requests, version, now, Timestamp::now(), &shared.base_url);
-    state.stats.batches_created += 1;
-    state.stats.batch_requests += count;
     Ok(json_reply(StatusCode::OK, request_id, &batch))
 }
 

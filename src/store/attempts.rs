@@ -16,6 +16,10 @@ pub struct AttemptSummary {
     /// Calls whose outcome was unknown (no answer after sending; a crash mid-call). Their items were
     /// sent again, so the API may have run them twice.
     pub unknown: u64,
+    /// Calls refused because the account is blocked (key refused, spend cap, usage limit).
+    pub blocked: u64,
+    /// Batch items that came back expired.
+    pub expired: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
 }
@@ -26,6 +30,8 @@ pub fn summary(conn: &Connection, job_id: i64) -> Result<AttemptSummary> {
                 COALESCE(SUM(a.outcome = 'rate_limited'), 0),
                 COALESCE(SUM(a.outcome IN ('retryable', 'not_sent')), 0),
                 COALESCE(SUM(a.outcome = 'unknown'), 0),
+                COALESCE(SUM(a.outcome = 'blocked'), 0),
+                COALESCE(SUM(a.outcome = 'expired'), 0),
                 COALESCE(SUM(a.input_tokens), 0),
                 COALESCE(SUM(a.output_tokens), 0)
          FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1",
@@ -36,8 +42,10 @@ pub fn summary(conn: &Connection, job_id: i64) -> Result<AttemptSummary> {
                 rate_limited: r.get::<_, i64>(1)? as u64,
                 retryable: r.get::<_, i64>(2)? as u64,
                 unknown: r.get::<_, i64>(3)? as u64,
-                input_tokens: r.get::<_, i64>(4)? as u64,
-                output_tokens: r.get::<_, i64>(5)? as u64,
+                blocked: r.get::<_, i64>(4)? as u64,
+                expired: r.get::<_, i64>(5)? as u64,
+                input_tokens: r.get::<_, i64>(6)? as u64,
+                output_tokens: r.get::<_, i64>(7)? as u64,
             })
         },
     )?)

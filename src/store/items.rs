@@ -6,17 +6,39 @@ use serde_json::json;
 use super::Result;
 use crate::intake::ParsedLine;
 use crate::job::{ItemState, Lane};
+use crate::planner;
 use crate::results;
 
-/// Inserts one chunk of parsed lines. A custom_id seen earlier in the job makes the line an errored
-/// item with no custom_id, naming the line it repeats.
+/// What the planner needs while intake inserts items.
+pub struct PlanContext<'a> {
+    pub now: i64,
+    /// The job's size as far as can be told yet.
+    pub job_items: u64,
+    /// The real-time lane's requests per minute for a model, if known.
+    pub rpm_for: &'a (dyn Fn(&str) -> Option<u64> + Send + Sync),
+}
+
+/// Inserts one chunk of parsed lines, each valid one with the lane the planner chose. A custom_id
+/// seen earlier in the job makes the line an errored item with no custom_id, naming the line it
+/// repeats.
 pub fn insert_chunk(
     conn: &Connection,
     job_id: i64,
     file: &str,
     lines: &[(u64, ParsedLine)],
-    now: i64,
+    plan: &PlanContext<'_>,
 ) -> Result<()> {
+    let now = plan.now;
+    let turnaround = super::batches::turnaround_ms(conn)?;
+    let (tenant, priority, canceled): (String, String, bool) = conn.query_row(
+        "SELECT tenant, priority, canceled_at IS NOT NULL FROM jobs WHERE id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let default_rank = priority
+        .parse::<crate::job::Priority>()
+        .map(|p| p.rank())
+        .unwrap_or(3);
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
                             tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at)
@@ -24,7 +46,7 @@ pub fn insert_chunk(
     )?;
     let mut insert_errored = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, result, updated_at)
-         VALUES (?1, ?2, ?3, 'default', 3, 'auto', 'errored', ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, ?4, ?5, 'auto', 'errored', ?6, ?7, ?8)",
     )?;
     let mut first_line =
         conn.prepare_cached("SELECT line_no FROM items WHERE job_id = ?1 AND custom_id = ?2")?;
@@ -32,6 +54,20 @@ pub fn insert_chunk(
         let line_no = *line_no as i64;
         let (custom_id, error) = match parsed {
             ParsedLine::Valid(v) => {
+                let lane = planner::decide(
+                    &planner::ItemFacts {
+                        mode: v.mode,
+                        priority: v.priority,
+                        deadline_at: v.deadline_at,
+                        params: &v.params,
+                    },
+                    &planner::LaneFacts {
+                        now,
+                        batch_turnaround_ms: turnaround,
+                        job_items: plan.job_items,
+                        realtime_rpm: (plan.rpm_for)(&v.model),
+                    },
+                );
                 let inserted = insert_valid.execute(params![
                     job_id,
                     line_no,
@@ -44,8 +80,8 @@ pub fn insert_chunk(
                     v.priority.rank(),
                     v.mode.as_str(),
                     v.deadline_at,
-                    Lane::Realtime.as_str(),
-                    "real-time lane: the batch lane is not available in this version",
+                    lane.lane.as_str(),
+                    lane.reason,
                     now,
                 ]);
                 match inserted {
@@ -85,9 +121,44 @@ pub fn insert_chunk(
             &message,
             Some(json!({"file": file, "line": line_no, "field": field})),
         );
-        insert_errored.execute(params![job_id, line_no, kept_id, message, result, now])?;
+        insert_errored.execute(params![
+            job_id,
+            line_no,
+            kept_id,
+            tenant,
+            default_rank,
+            message,
+            result,
+            now
+        ])?;
+    }
+    if canceled {
+        // `nightshift cancel` came while the file was still being read.
+        cancel_pending(conn, job_id, now)?;
     }
     Ok(())
+}
+
+/// Ends every pending item of a job `canceled` (with its results line). Returns how many.
+pub fn cancel_pending(conn: &Connection, job_id: i64, now: i64) -> Result<usize> {
+    let mut select = conn.prepare_cached(
+        "SELECT id, custom_id FROM items WHERE job_id = ?1 AND state = 'pending'",
+    )?;
+    let ids: Vec<(i64, Option<String>)> = select
+        .query_map([job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare_cached(
+        "UPDATE items SET state = 'canceled', result = ?2, error = 'canceled by nightshift cancel', updated_at = ?3
+         WHERE id = ?1 AND state = 'pending'",
+    )?;
+    for (id, custom_id) in &ids {
+        update.execute(params![
+            id,
+            results::canceled_line(custom_id.as_deref()),
+            now
+        ])?;
+    }
+    Ok(ids.len())
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -104,14 +175,32 @@ pub struct ReadyItem {
     pub priority: i64,
 }
 
-/// Pending real-time items whose backoff has passed, highest priority first, then in line order.
-pub fn ready_realtime(conn: &Connection, now: i64, limit: i64) -> Result<Vec<ReadyItem>> {
-    let mut stmt = conn.prepare_cached(
+/// Pending real-time items whose backoff has passed, highest priority first, then in line order,
+/// leaving out models in `skip` (held by the quota), so they cannot starve the others.
+pub fn ready_realtime(
+    conn: &Connection,
+    now: i64,
+    limit: i64,
+    skip: &[String],
+) -> Result<Vec<ReadyItem>> {
+    let placeholders = (0..skip.len())
+        .map(|i| format!("?{}", i + 3))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority FROM items
-         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1
+         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1 {}
          ORDER BY priority, id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![now, limit], |r| {
+        if skip.is_empty() {
+            String::new()
+        } else {
+            format!("AND model NOT IN ({placeholders})")
+        }
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+    values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
+    let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
             id: r.get(0)?,
             model: r.get(1)?,
@@ -279,17 +368,20 @@ pub fn record_outcome(
     Ok(())
 }
 
-/// At start: items left in flight by a crash go back to pending, and their open attempts are
-/// recorded as `unknown` (the request may have reached the API). Returns how many.
+/// At start: real-time items left in flight by a crash go back to pending, and their open attempts
+/// are recorded as `unknown` (the request may have reached the API); like any unknown outcome this
+/// counts toward `max_attempts`. Batch items stay in flight: their batch is polled again.
+/// Returns how many items.
 pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
     conn.execute(
         "UPDATE attempts SET outcome = 'unknown', finished_at = ?1,
                 error = 'nightshift stopped while this call was in flight; its outcome is unknown, so the item is sent again'
-         WHERE outcome IS NULL",
+         WHERE outcome IS NULL AND lane = 'realtime'",
         [now],
     )?;
     let n = conn.execute(
-        "UPDATE items SET state = 'pending', updated_at = ?1 WHERE state = 'in_flight'",
+        "UPDATE items SET state = 'pending', failures = failures + 1, updated_at = ?1
+         WHERE state = 'in_flight' AND batch_id IS NULL",
         [now],
     )?;
     Ok(n)
@@ -304,21 +396,45 @@ pub struct UnwrittenResult {
     pub line: String,
 }
 
-pub fn unwritten_results(conn: &Connection, limit: i64) -> Result<Vec<UnwrittenResult>> {
+/// Results lines waiting to be appended, in job and item order: at most `max_lines`, and no more
+/// than `max_bytes` of them (but always at least one).
+pub fn unwritten_results(
+    conn: &Connection,
+    max_lines: i64,
+    max_bytes: usize,
+) -> Result<Vec<UnwrittenResult>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT i.job_id, j.name, i.id, i.result FROM items i JOIN jobs j ON j.id = i.job_id
+        "SELECT i.job_id, j.name, i.id, length(i.result) FROM items i JOIN jobs j ON j.id = i.job_id
          WHERE i.result IS NOT NULL AND i.result_written = 0
          ORDER BY i.job_id, i.id LIMIT ?1",
     )?;
-    let rows = stmt.query_map([limit], |r| {
-        Ok(UnwrittenResult {
-            job_id: r.get(0)?,
-            job_name: r.get(1)?,
-            item_id: r.get(2)?,
-            line: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let heads = stmt
+        .query_map([max_lines], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut line_of = conn.prepare_cached("SELECT result FROM items WHERE id = ?1")?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for (job_id, job_name, item_id, len) in heads {
+        if !out.is_empty() && bytes + len as usize > max_bytes {
+            break;
+        }
+        bytes += len as usize;
+        let line: String = line_of.query_row([item_id], |r| r.get(0))?;
+        out.push(UnwrittenResult {
+            job_id,
+            job_name,
+            item_id,
+            line,
+        });
+    }
+    Ok(out)
 }
 
 pub fn mark_written(conn: &Connection, item_ids: &[i64]) -> Result<()> {
@@ -403,8 +519,17 @@ mod tests {
 
     fn line(id: &str) -> String {
         format!(
-            r#"{{"custom_id":"{id}","params":{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"q"}}]}}}}"#
+            r#"{{"custom_id":"{id}","mode":"realtime","params":{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"q"}}]}}}}"#
         )
+    }
+
+    fn insert(conn: &Connection, job_id: i64, lines: &[String]) {
+        let plan = PlanContext {
+            now: 1,
+            job_items: lines.len() as u64,
+            rpm_for: &|_| None,
+        };
+        insert_chunk(conn, job_id, "j.jsonl", &parsed(lines), &plan).expect("insert");
     }
 
     fn parsed(lines: &[String]) -> Vec<(u64, ParsedLine)> {
@@ -422,14 +547,11 @@ mod tests {
     fn duplicates_become_errored_items_without_custom_id() {
         let conn = test_connection();
         let job_id = job(&conn);
-        insert_chunk(
+        insert(
             &conn,
             job_id,
-            "j.jsonl",
-            &parsed(&[line("a"), line("b"), line("a"), "{".into()]),
-            1,
-        )
-        .expect("insert");
+            &[line("a"), line("b"), line("a"), "{".into()],
+        );
         let c = counts(&conn, job_id).expect("counts");
         assert_eq!((c.total, c.pending, c.errored), (4, 2, 2));
         let errors = errored(&conn, job_id, 10).expect("errored");
@@ -437,7 +559,7 @@ mod tests {
         assert_eq!(errors[0].1, None);
         assert!(errors[0].2.contains("repeats line 1"), "{}", errors[0].2);
         assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
-        let unwritten = unwritten_results(&conn, 10).expect("unwritten");
+        let unwritten = unwritten_results(&conn, 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 2);
         assert!(unwritten[0].line.contains("\"custom_id\":null"));
     }
@@ -446,8 +568,8 @@ mod tests {
     fn in_flight_then_retry_then_final() {
         let conn = test_connection();
         let job_id = job(&conn);
-        insert_chunk(&conn, job_id, "j.jsonl", &parsed(&[line("a")]), 1).expect("insert");
-        let ready = ready_realtime(&conn, 10, 10).expect("ready");
+        insert(&conn, job_id, &[line("a")]);
+        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
         assert_eq!(ready.len(), 1);
         let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10)
             .expect("mark")
@@ -475,7 +597,11 @@ mod tests {
             11,
         )
         .expect("record");
-        assert!(ready_realtime(&conn, 20, 10).expect("ready").is_empty());
+        assert!(
+            ready_realtime(&conn, 20, 10, &[])
+                .expect("ready")
+                .is_empty()
+        );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
         let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, 60)
             .expect("mark")
@@ -505,15 +631,8 @@ mod tests {
     fn requeue_records_unknown_outcomes() {
         let conn = test_connection();
         let job_id = job(&conn);
-        insert_chunk(
-            &conn,
-            job_id,
-            "j.jsonl",
-            &parsed(&[line("a"), line("b")]),
-            1,
-        )
-        .expect("insert");
-        let ready = ready_realtime(&conn, 10, 10).expect("ready");
+        insert(&conn, job_id, &[line("a"), line("b")]);
+        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
         mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10).expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
         let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 30)

@@ -20,6 +20,8 @@ pub struct JobRow {
     pub results_bytes: i64,
     pub results_lines: i64,
     pub finished_at: Option<i64>,
+    pub ingest_prefix_hash: Option<String>,
+    pub canceled_at: Option<i64>,
 }
 
 pub struct NewJob {
@@ -30,7 +32,7 @@ pub struct NewJob {
 }
 
 const COLUMNS: &str = "id, name, source_path, tenant, priority, mode, deadline, created_at, ingest_lines, \
-     ingested_at, content_hash, note, results_bytes, results_lines, finished_at";
+     ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     let priority: String = row.get(4)?;
@@ -57,6 +59,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         results_bytes: row.get(12)?,
         results_lines: row.get(13)?,
         finished_at: row.get(14)?,
+        ingest_prefix_hash: row.get(15)?,
+        canceled_at: row.get(16)?,
     })
 }
 
@@ -121,10 +125,29 @@ pub fn record_intake_progress(
     job_id: i64,
     lines: i64,
     offset: i64,
+    prefix_hash: &str,
 ) -> Result<()> {
     conn.execute(
-        "UPDATE jobs SET ingest_lines = ?2, ingest_offset = ?3 WHERE id = ?1",
-        params![job_id, lines, offset],
+        "UPDATE jobs SET ingest_lines = ?2, ingest_offset = ?3, ingest_prefix_hash = ?4 WHERE id = ?1",
+        params![job_id, lines, offset, prefix_hash],
+    )?;
+    Ok(())
+}
+
+/// Jobs whose intake has not finished.
+pub fn ingesting(conn: &Connection) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE ingested_at IS NULL ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Ends an intake that cannot go on (the file vanished or changed): the lines taken in are the job.
+pub fn close_partial_intake(conn: &Connection, name: &str, note: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET ingested_at = ?2, note = ?3 WHERE name = ?1 AND ingested_at IS NULL",
+        params![name, now, note],
     )?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! The CLI opens the same file read-only ([`open_read_only`]); WAL lets it read while the daemon writes.
 
 pub mod attempts;
+pub mod batches;
 pub mod items;
 pub mod jobs;
 
@@ -20,12 +21,16 @@ use rusqlite_migration::{M, Migrations};
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema, one file per change; never edit a shipped one.
-static MIGRATIONS: LazyLock<Migrations<'static>> =
-    LazyLock::new(|| Migrations::new(vec![M::up(include_str!("../../migrations/0001_init.sql"))]));
+static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
+    Migrations::new(vec![
+        M::up(include_str!("../../migrations/0001_init.sql")),
+        M::up(include_str!("../../migrations/0002_batches.sql")),
+    ])
+});
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    1
+    2
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,44 +161,45 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 Err(_) => break,
             }
         }
-        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        // Each reply, with the error of its own op's savepoint if that failed.
+        let mut replies: Vec<(Reply, Option<String>)> = Vec::with_capacity(batch.len());
         let commit_error = match conn.transaction() {
             Ok(mut tx) => {
                 for op in batch.drain(..) {
-                    let reply = match tx.savepoint() {
-                        Ok(sp) => {
-                            let (ok, reply) = op(&sp);
-                            // Dropping an uncommitted savepoint rolls it back.
-                            if ok && let Err(e) = sp.commit() {
-                                tracing::error!(error = %e, "releasing a savepoint failed");
-                            }
-                            reply
-                        }
+                    let sp = match tx.savepoint() {
+                        Ok(sp) => sp,
                         Err(e) => {
-                            let message = e.to_string();
-                            Box::new(move |_: Option<&str>| {
-                                tracing::error!(error = %message, "opening a savepoint failed");
-                            }) as Reply
+                            // The op (and its caller's channel) is dropped: the caller sees Closed.
+                            tracing::error!(error = %e, "opening a savepoint failed");
+                            continue;
                         }
                     };
-                    replies.push(reply);
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&sp)));
+                    match ran {
+                        // Dropping an uncommitted savepoint rolls it back.
+                        Ok((true, reply)) => {
+                            let own_error = sp.commit().err().map(|e| e.to_string());
+                            replies.push((reply, own_error));
+                        }
+                        Ok((false, reply)) => replies.push((reply, None)),
+                        Err(_) => {
+                            tracing::error!("a database operation panicked; it was rolled back")
+                        }
+                    }
                 }
                 tx.commit().err().map(|e| e.to_string())
             }
             Err(e) => {
-                let message = e.to_string();
-                for op in batch.drain(..) {
-                    // Run nothing; answer each caller with the error.
-                    drop(op);
-                }
-                Some(message)
+                // Run nothing: dropping the ops answers each caller with Closed.
+                batch.clear();
+                Some(e.to_string())
             }
         };
         if let Some(message) = &commit_error {
             tracing::error!(error = %message, "database commit failed");
         }
-        for reply in replies {
-            reply(commit_error.as_deref());
+        for (reply, own_error) in replies {
+            reply(commit_error.as_deref().or(own_error.as_deref()));
         }
     }
 }
@@ -237,6 +243,36 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Asks the daemon to cancel a job (`nightshift cancel`): the CLI's one write, a row the daemon
+/// carries out. Returns false if there is no such job.
+pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
+    let conn = open_read_only(path)?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version as usize != schema_version() {
+        return Err(StoreError::Invalid(format!(
+            "the database has schema version {version}; start the daemon of this version once first"
+        )));
+    }
+    drop(conn);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM jobs WHERE name = ?1)",
+        [job],
+        |r| r.get(0),
+    )?;
+    if exists {
+        conn.execute(
+            "INSERT INTO cancel_requests (job_name, at) VALUES (?1, ?2)",
+            rusqlite::params![job, now_ms()],
+        )?;
+    }
+    Ok(exists)
+}
+
 fn configure(conn: &Connection) -> Result<()> {
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -244,7 +280,9 @@ fn configure(conn: &Connection) -> Result<()> {
             "the database would not switch to WAL mode (it is in {mode} mode); is it on a network file system?"
         )));
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: a commit survives power loss too, not only a crash. The writer groups many ops into
+    // one commit, so the extra sync is paid once per group.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())

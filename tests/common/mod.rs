@@ -190,10 +190,18 @@ pub fn read_results(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// A valid request line.
+/// A valid request line for the real-time lane.
 pub fn request(custom_id: &str, text: &str) -> String {
     format!(
-        r#"{{"custom_id":"{custom_id}","params":{{"model":"claude-haiku-5-5","max_tokens":64,"messages":[{{"role":"user","content":"{text}"}}]}}}}"#
+        r#"{{"custom_id":"{custom_id}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":64,"messages":[{{"role":"user","content":"{text}"}}]}}}}"#
+    )
+}
+
+/// A valid request line with extra top-level fields (e.g. `"priority":"nightly"`); the planner
+/// decides its lane.
+pub fn planned_request(custom_id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{custom_id}",{extra}"params":{{"model":"claude-haiku-5-5","max_tokens":64,"messages":[{{"role":"user","content":"Classify ticket {custom_id}: my parcel is late."}}]}}}}"#
     )
 }
 

@@ -1,0 +1,697 @@
+//! SQL for the batch lane: packing, the create intent and its id, polling, applying results.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::Result;
+use super::items::AttemptRecord;
+use crate::job::{ItemState, Mode, Priority};
+use crate::planner;
+use crate::results;
+
+/// Batch turnarounds (creation to end, ms) of the most recent ended batches.
+pub fn turnaround_ms(conn: &Connection) -> Result<i64> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ended_at - api_created_at FROM batches
+         WHERE ended_at IS NOT NULL AND api_created_at IS NOT NULL AND cancel_requested = 0
+         ORDER BY id DESC LIMIT 100",
+    )?;
+    let samples = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(planner::turnaround_p95(samples))
+}
+
+/// A job with items waiting to be packed into a batch.
+#[derive(Debug, Clone)]
+pub struct WaitingJob {
+    pub job_id: i64,
+    pub name: String,
+    /// Its file is fully read: no more items will come.
+    pub ingested: bool,
+    pub waiting: i64,
+    /// When the longest-waiting item became ready (ms).
+    pub oldest_at: i64,
+}
+
+pub fn waiting_jobs(conn: &Connection) -> Result<Vec<WaitingJob>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
+         FROM items i JOIN jobs j ON j.id = i.job_id
+         WHERE i.state = 'pending' AND i.lane = 'batch'
+         GROUP BY i.job_id ORDER BY i.job_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(WaitingJob {
+            job_id: r.get(0)?,
+            name: r.get(1)?,
+            ingested: r.get(2)?,
+            waiting: r.get(3)?,
+            oldest_at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
+/// bodies) into a new batch in state `submitting`: the intent, recorded before the create call.
+/// The items go in flight, each with an open attempt. Returns the batch's local id.
+pub fn pack(
+    conn: &Connection,
+    job_id: i64,
+    max_requests: i64,
+    max_bytes: i64,
+    now: i64,
+) -> Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, length(params) + length(custom_id) + 40 FROM items
+         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' ORDER BY id LIMIT ?2",
+    )?;
+    let candidates = stmt
+        .query_map(params![job_id, max_requests], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut chosen = Vec::new();
+    let mut bytes = 0i64;
+    for (id, size) in candidates {
+        if !chosen.is_empty() && bytes + size > max_bytes {
+            break;
+        }
+        bytes += size;
+        chosen.push(id);
+    }
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    conn.execute(
+        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at)
+         VALUES (?1, 'submitting', ?2, ?3, ?4, ?4)",
+        params![job_id, chosen.len() as i64, bytes, now],
+    )?;
+    let batch_id = conn.last_insert_rowid();
+    let mut mark = conn.prepare_cached(
+        "UPDATE items SET state = 'in_flight', batch_id = ?2, attempts = attempts + 1, updated_at = ?3
+         WHERE id = ?1",
+    )?;
+    let mut attempt = conn.prepare_cached(
+        "INSERT INTO attempts (item_id, attempt, lane, model, started_at)
+         SELECT id, attempts, 'batch', model, ?2 FROM items WHERE id = ?1",
+    )?;
+    for id in &chosen {
+        mark.execute(params![id, batch_id, now])?;
+        attempt.execute(params![id, now])?;
+    }
+    Ok(Some(batch_id))
+}
+
+/// The requests of a batch, for the create call: (custom_id, params).
+pub fn requests(conn: &Connection, batch_id: i64) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT custom_id, params FROM items WHERE batch_id = ?1 AND state = 'in_flight' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub job_name: String,
+    pub api_id: Option<String>,
+    pub state: String,
+    pub request_count: i64,
+    pub intent_at: i64,
+    pub api_created_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub counts: BatchCounts,
+    pub create_unknown: bool,
+    pub next_action_at: i64,
+    pub poll_interval_ms: i64,
+    pub results_applied_at: Option<i64>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+}
+
+/// The API's `request_counts`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchCounts {
+    pub processing: i64,
+    pub succeeded: i64,
+    pub errored: i64,
+    pub canceled: i64,
+    pub expired: i64,
+}
+
+impl BatchCounts {
+    pub fn total(&self) -> i64 {
+        self.processing + self.succeeded + self.errored + self.canceled + self.expired
+    }
+}
+
+const COLUMNS: &str = "b.id, b.job_id, j.name, b.api_id, b.state, b.request_count, b.intent_at, b.api_created_at, \
+     b.ended_at, b.processing, b.succeeded, b.errored, b.canceled, b.expired, b.create_unknown, \
+     b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
+    Ok(BatchRow {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        job_name: r.get(2)?,
+        api_id: r.get(3)?,
+        state: r.get(4)?,
+        request_count: r.get(5)?,
+        intent_at: r.get(6)?,
+        api_created_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        counts: BatchCounts {
+            processing: r.get(9)?,
+            succeeded: r.get(10)?,
+            errored: r.get(11)?,
+            canceled: r.get(12)?,
+            expired: r.get(13)?,
+        },
+        create_unknown: r.get(14)?,
+        next_action_at: r.get(15)?,
+        poll_interval_ms: r.get(16)?,
+        results_applied_at: r.get(17)?,
+        cancel_requested: r.get(18)?,
+        error: r.get(19)?,
+    })
+}
+
+/// Batches with something to do (create, reconcile, poll, apply results).
+pub fn open(conn: &Connection) -> Result<Vec<BatchRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id
+         WHERE b.results_applied_at IS NULL AND b.state <> 'failed' ORDER BY b.next_action_at, b.id"
+    ))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn by_job(conn: &Connection, job_id: i64) -> Result<Vec<BatchRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 ORDER BY b.id"
+    ))?;
+    let rows = stmt.query_map([job_id], from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// API ids already recorded, so reconciliation never adopts one batch twice.
+pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare_cached("SELECT api_id FROM batches WHERE api_id IS NOT NULL")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// What the API said of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiState {
+    pub api_id: String,
+    pub status: String,
+    pub counts: BatchCounts,
+    pub created_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// Records the API's id (right after the create call, or found by reconciliation) and state.
+pub fn record_created(
+    conn: &Connection,
+    batch_id: i64,
+    api: &ApiState,
+    now: i64,
+    next_poll_at: i64,
+    interval_ms: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET api_id = ?2, state = ?3, submitted_at = ?4, api_created_at = ?5,
+                processing = ?6, create_unknown = 0, next_action_at = ?7, poll_interval_ms = ?8, error = NULL
+         WHERE id = ?1",
+        params![batch_id, api.api_id, api.status, now, api.created_at, api.counts.processing, next_poll_at, interval_ms],
+    )?;
+    conn.execute(
+        "UPDATE attempts SET request_id = ?2 WHERE outcome IS NULL AND item_id IN (SELECT id FROM items WHERE batch_id = ?1)",
+        params![batch_id, api.api_id],
+    )?;
+    Ok(())
+}
+
+/// The create call is to be tried (again) at `next_at`. `unknown`: a call may have reached the API
+/// (it is set before each create call and cleared when an answer says nothing was created), so
+/// the list endpoint is searched before another is sent.
+pub fn record_create_retry(
+    conn: &Connection,
+    batch_id: i64,
+    next_at: i64,
+    unknown: bool,
+    error: &str,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET next_action_at = ?2, create_unknown = ?3, error = ?4 WHERE id = ?1",
+        params![batch_id, next_at, unknown, error],
+    )?;
+    Ok(())
+}
+
+pub fn record_poll(
+    conn: &Connection,
+    batch_id: i64,
+    api: &ApiState,
+    next_at: i64,
+    interval_ms: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET state = ?2, processing = ?3, succeeded = ?4, errored = ?5, canceled = ?6, expired = ?7,
+                ended_at = ?8, next_action_at = ?9, poll_interval_ms = ?10, error = NULL
+         WHERE id = ?1",
+        params![
+            batch_id,
+            api.status,
+            api.counts.processing,
+            api.counts.succeeded,
+            api.counts.errored,
+            api.counts.canceled,
+            api.counts.expired,
+            api.ended_at,
+            next_at,
+            interval_ms
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn set_next_action(
+    conn: &Connection,
+    batch_id: i64,
+    next_at: i64,
+    error: Option<&str>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET next_action_at = ?2, error = ?3 WHERE id = ?1",
+        params![batch_id, next_at, error],
+    )?;
+    Ok(())
+}
+
+/// What sending an item back to the planner needs.
+pub struct Replan<'a> {
+    pub now: i64,
+    pub max_attempts: i64,
+    pub rpm_for: &'a (dyn Fn(&str) -> Option<u64> + Send + Sync),
+}
+
+/// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
+/// batch, a refused create call): the planner decides its lane again, unless it has used up its
+/// attempts, in which case it ends `expired` (if it expired) or `errored`.
+fn send_back(
+    conn: &Connection,
+    item_id: i64,
+    outcome: &'static str,
+    why: &str,
+    replan: &Replan<'_>,
+) -> Result<()> {
+    let (custom_id, mode, priority, deadline_at, params, failures, model, job_canceled): (
+        String,
+        String,
+        i64,
+        Option<i64>,
+        String,
+        i64,
+        String,
+        bool,
+    ) = conn.query_row(
+        "SELECT i.custom_id, i.mode, i.priority, i.deadline_at, i.params, i.failures, i.model, j.canceled_at IS NOT NULL
+         FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
+        [item_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+    )?;
+    let record = AttemptRecord {
+        outcome,
+        error: Some(why.to_owned()),
+        ..Default::default()
+    };
+    close_attempt(conn, item_id, &record, replan.now)?;
+    if job_canceled {
+        return finish(
+            conn,
+            item_id,
+            ItemState::Canceled,
+            &results::canceled_line(Some(&custom_id)),
+            Some("canceled by nightshift cancel"),
+            replan.now,
+        );
+    }
+    if failures + 1 >= replan.max_attempts {
+        let message = format!(
+            "gave up after {} attempts; the last came back from a batch: {why}",
+            failures + 1
+        );
+        return if outcome == "expired" {
+            finish(
+                conn,
+                item_id,
+                ItemState::Expired,
+                &results::expired_line(Some(&custom_id)),
+                Some(&message),
+                replan.now,
+            )
+        } else {
+            let line = results::errored_line(Some(&custom_id), "api_error", &message, None);
+            finish(
+                conn,
+                item_id,
+                ItemState::Errored,
+                &line,
+                Some(&message),
+                replan.now,
+            )
+        };
+    }
+    let facts = planner::ItemFacts {
+        mode: mode.parse().unwrap_or(Mode::Auto),
+        priority: Priority::from_rank(priority),
+        deadline_at,
+        params: &params,
+    };
+    let lanes = planner::LaneFacts {
+        now: replan.now,
+        batch_turnaround_ms: turnaround_ms(conn)?,
+        job_items: 1,
+        realtime_rpm: (replan.rpm_for)(&model),
+    };
+    let plan = planner::decide(&facts, &lanes);
+    conn.execute(
+        "UPDATE items SET state = 'pending', batch_id = NULL, failures = failures + 1, not_before = 0,
+                lane = ?2, lane_reason = ?3, updated_at = ?4
+         WHERE id = ?1",
+        params![item_id, plan.lane.as_str(), format!("back from a batch ({why}); {}", plan.reason), replan.now],
+    )?;
+    Ok(())
+}
+
+fn close_attempt(conn: &Connection, item_id: i64, record: &AttemptRecord, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE attempts SET finished_at = ?2, outcome = ?3, error = ?4, input_tokens = ?5, output_tokens = ?6
+         WHERE item_id = ?1 AND outcome IS NULL AND lane = 'batch'",
+        params![
+            item_id,
+            now,
+            record.outcome,
+            record.error,
+            record.input_tokens.map(|n| n as i64),
+            record.output_tokens.map(|n| n as i64)
+        ],
+    )?;
+    Ok(())
+}
+
+fn finish(
+    conn: &Connection,
+    item_id: i64,
+    state: ItemState,
+    line: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE items SET state = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+        params![item_id, state.as_str(), line, error, now],
+    )?;
+    Ok(())
+}
+
+/// The API refused the batch (a 4xx other than 429): its items go back to the planner.
+pub fn record_create_refused(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    replan: &Replan<'_>,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3 WHERE id = ?1",
+        params![batch_id, error, replan.now],
+    )?;
+    for item_id in in_flight_items(conn, batch_id)? {
+        send_back(
+            conn,
+            item_id,
+            "fatal",
+            &format!("the batch was refused: {error}"),
+            replan,
+        )?;
+    }
+    Ok(())
+}
+
+fn in_flight_items(conn: &Connection, batch_id: i64) -> Result<Vec<i64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM items WHERE batch_id = ?1 AND state = 'in_flight'")?;
+    let rows = stmt.query_map([batch_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+}
+
+#[derive(serde::Deserialize)]
+struct ResultLine<'a> {
+    custom_id: String,
+    #[serde(borrow)]
+    result: &'a serde_json::value::RawValue,
+}
+
+#[derive(serde::Deserialize)]
+struct ResultHead {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: Option<MessageUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageUsage {
+    usage: crate::api::Usage,
+}
+
+/// Applies result lines of a batch. Idempotent: a line whose item is no longer in flight in this
+/// batch (applied before a crash, say) changes nothing. Returns how many lines changed an item.
+pub fn apply_results(
+    conn: &Connection,
+    batch_id: i64,
+    api_id: &str,
+    lines: &[String],
+    replan: &Replan<'_>,
+) -> Result<usize> {
+    let mut find = conn.prepare_cached(
+        "SELECT id FROM items WHERE batch_id = ?1 AND custom_id = ?2 AND state = 'in_flight'",
+    )?;
+    let mut applied = 0;
+    for line in lines {
+        let Ok(parsed) = serde_json::from_str::<ResultLine<'_>>(line) else {
+            tracing::warn!(
+                batch = api_id,
+                "a results line that is not a result; skipped"
+            );
+            continue;
+        };
+        let Some(item_id) = find
+            .query_row(params![batch_id, parsed.custom_id], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            continue;
+        };
+        let head: ResultHead = match serde_json::from_str(parsed.result.get()) {
+            Ok(head) => head,
+            Err(_) => {
+                send_back(
+                    conn,
+                    item_id,
+                    "unknown",
+                    "its result line could not be read",
+                    replan,
+                )?;
+                applied += 1;
+                continue;
+            }
+        };
+        match head.kind.as_str() {
+            "succeeded" => {
+                let usage = head.message.map(|m| m.usage).unwrap_or_default();
+                let record = AttemptRecord {
+                    outcome: "succeeded",
+                    request_id: Some(api_id.to_owned()),
+                    input_tokens: Some(usage.input_tokens),
+                    output_tokens: Some(usage.output_tokens),
+                    ..Default::default()
+                };
+                close_attempt(conn, item_id, &record, replan.now)?;
+                // The batch's line is already in the results format, with the job's custom_id.
+                let line = compact_line(line);
+                finish(conn, item_id, ItemState::Succeeded, &line, None, replan.now)?;
+            }
+            "errored" => {
+                let error = head.error.unwrap_or_default();
+                let kind = error["error"]["type"]
+                    .as_str()
+                    .unwrap_or("api_error")
+                    .to_owned();
+                let message = error["error"]["message"]
+                    .as_str()
+                    .unwrap_or("errored in the batch")
+                    .to_owned();
+                if kind == "invalid_request_error" {
+                    let record = AttemptRecord {
+                        outcome: "fatal",
+                        request_id: Some(api_id.to_owned()),
+                        error: Some(message.clone()),
+                        ..Default::default()
+                    };
+                    close_attempt(conn, item_id, &record, replan.now)?;
+                    let line = results::api_errored_line(Some(&parsed.custom_id), &error);
+                    finish(
+                        conn,
+                        item_id,
+                        ItemState::Errored,
+                        &line,
+                        Some(&format!("{kind}: {message}")),
+                        replan.now,
+                    )?;
+                } else {
+                    send_back(
+                        conn,
+                        item_id,
+                        "retryable",
+                        &format!("{kind}: {message}"),
+                        replan,
+                    )?;
+                }
+            }
+            "expired" => send_back(
+                conn,
+                item_id,
+                "expired",
+                "expired before the batch processed it",
+                replan,
+            )?,
+            "canceled" => send_back(conn, item_id, "canceled", "its batch was canceled", replan)?,
+            other => send_back(
+                conn,
+                item_id,
+                "unknown",
+                &format!("unknown result type {other:?}"),
+                replan,
+            )?,
+        }
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+fn compact_line(line: &str) -> String {
+    if line.contains('\n') {
+        serde_json::from_str::<serde_json::Value>(line)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| line.replace('\n', " "))
+    } else {
+        line.trim().to_owned()
+    }
+}
+
+/// After all result lines are applied: items of the batch still in flight had no line (which the
+/// API should never do) and go back to the planner; the batch is done.
+pub fn finish_results(conn: &Connection, batch_id: i64, replan: &Replan<'_>) -> Result<usize> {
+    let leftovers = in_flight_items(conn, batch_id)?;
+    for item_id in &leftovers {
+        send_back(
+            conn,
+            *item_id,
+            "unknown",
+            "its batch ended without a result for it",
+            replan,
+        )?;
+    }
+    conn.execute(
+        "UPDATE batches SET results_applied_at = ?2 WHERE id = ?1",
+        params![batch_id, replan.now],
+    )?;
+    Ok(leftovers.len())
+}
+
+/// Takes pending cancel requests: marks their jobs canceled, ends their pending items canceled,
+/// and flags their open batches for cancellation. Returns the names of the jobs canceled.
+pub fn take_cancel_requests(conn: &Connection, now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, job_name FROM cancel_requests WHERE done_at IS NULL ORDER BY id",
+    )?;
+    let requests = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut canceled = Vec::new();
+    for (request_id, name) in requests {
+        conn.execute(
+            "UPDATE cancel_requests SET done_at = ?2 WHERE id = ?1",
+            params![request_id, now],
+        )?;
+        let Some(job_id) = conn
+            .query_row("SELECT id FROM jobs WHERE name = ?1", [&name], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        conn.execute(
+            "UPDATE jobs SET canceled_at = COALESCE(canceled_at, ?2) WHERE id = ?1",
+            params![job_id, now],
+        )?;
+        super::items::cancel_pending(conn, job_id, now)?;
+        conn.execute(
+            "UPDATE batches SET cancel_requested = 1, next_action_at = ?2
+             WHERE job_id = ?1 AND results_applied_at IS NULL AND state <> 'failed'",
+            params![job_id, now],
+        )?;
+        canceled.push(name);
+    }
+    Ok(canceled)
+}
+
+/// A batch that was never created (no id, and no unknown create call) is simply dropped on
+/// cancel: its items end canceled.
+pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET state = 'failed', error = 'canceled before it was sent', results_applied_at = ?2 WHERE id = ?1",
+        params![batch_id, now],
+    )?;
+    for item_id in in_flight_items(conn, batch_id)? {
+        let custom_id: String = conn.query_row(
+            "SELECT custom_id FROM items WHERE id = ?1",
+            [item_id],
+            |r| r.get(0),
+        )?;
+        let record = AttemptRecord {
+            outcome: "canceled",
+            error: Some("canceled before the batch was sent".into()),
+            ..Default::default()
+        };
+        close_attempt(conn, item_id, &record, now)?;
+        finish(
+            conn,
+            item_id,
+            ItemState::Canceled,
+            &results::canceled_line(Some(&custom_id)),
+            Some("canceled by nightshift cancel"),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// Items of a job by the lane that produced their final outcome or is working on them.
+pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(SUM(lane = 'batch'), 0), COALESCE(SUM(lane = 'realtime'), 0) FROM items WHERE job_id = ?1",
+        [job_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
