@@ -101,6 +101,11 @@ backoff_max_ms = 5000
 scan_interval_ms = 200
 shutdown_grace_secs = 10
 
+[batch]
+poll_min_ms = 500
+poll_max_ms = 5000
+rpm = 1000
+
 [limits.default]
 rpm = {rpm}
 itpm = {itpm}
@@ -231,16 +236,33 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
 fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> String {
     let c = &job.counts;
     let done = c.succeeded + c.errored + c.expired + c.canceled;
+    let batches: Vec<String> = job
+        .batches
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}/{}",
+                b.state,
+                b.counts.succeeded + b.counts.errored + b.counts.expired + b.counts.canceled,
+                b.counts.total()
+            )
+        })
+        .collect();
     format!(
-        "{:>5.1}s  {} {}  {}/{} done: {} succeeded, {} errored, {} in flight  | API answered 429 x{}, 529 x{}, 500 x{}",
+        "{:>5.1}s  {} {}  {}/{} done, {} in flight  | lanes: {} batch, {} real time  | batches: {}  | API: 429 x{}, 529 x{}, 500 x{}",
         elapsed.as_secs_f64(),
         job.name,
         report::progress_bar(done, c.total, 24),
         done,
         c.total,
-        c.succeeded,
-        c.errored,
         c.in_flight,
+        job.lanes.batch,
+        job.lanes.realtime,
+        if batches.is_empty() {
+            "-".to_owned()
+        } else {
+            batches.join(", ")
+        },
         stats.rate_limited_429,
         stats.overloaded_529,
         stats.server_error_500,
@@ -250,6 +272,9 @@ fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> Strin
 fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyhow::Result<()> {
     let conn = store::open_read_only(&config.db_path())?;
     let job = report::job(&conn, &config.results_dir(), "example")?.context("the example job")?;
+    let job_id = crate::store::jobs::find_by_name(&conn, "example")?
+        .context("the example job")?
+        .id;
     let c = &job.status.counts;
     let calls = &job.calls;
     println!(
@@ -268,13 +293,28 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
         calls.unknown
     );
     println!(
-        "  tokens: {} in, {} out (the fake API counted {} in, {} out over {} accepted calls)",
+        "  lanes: {} items through {} batch(es), {} real time",
+        job.status.lanes.batch,
+        job.status.batches.len(),
+        job.status.lanes.realtime
+    );
+    println!(
+        "  tokens: {} in, {} out (the fake API counted {} in, {} out: {} real-time calls, {} batch requests)",
         calls.input_tokens,
         calls.output_tokens,
-        stats.input_tokens,
-        stats.output_tokens,
-        stats.messages_accepted
+        stats.input_tokens + stats.batch_input_tokens,
+        stats.output_tokens + stats.batch_output_tokens,
+        stats.messages_accepted,
+        stats.batch_succeeded
     );
+    let (actual, realtime, _) = crate::store::attempts::cost(&conn, job_id)?;
+    if realtime > 0.0 {
+        println!(
+            "  cost: ${actual:.4} as run, ${realtime:.4} had it all gone real time: {:.0}% saved (list prices of {})",
+            (1.0 - actual / realtime) * 100.0,
+            crate::prices::PRICES_AS_OF
+        );
+    }
     if !job.errored_lines.is_empty() {
         println!("\nerrored lines (bad input is reported, the rest of the job runs):");
         for e in &job.errored_lines {

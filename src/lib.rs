@@ -18,6 +18,7 @@ pub mod fake_api;
 pub mod intake;
 pub mod job;
 pub mod planner;
+pub mod prices;
 pub mod quota;
 pub mod realtime;
 pub mod report;

@@ -67,3 +67,38 @@ pub fn unknown_outcomes(
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// Cost of a job's billed calls in USD: (as run, had every call gone real time, unpriced calls).
+/// Batch results are billed at half price; errored, expired and canceled batch items not at all.
+pub fn cost(conn: &Connection, job_id: i64) -> Result<(f64, f64, u64)> {
+    let mut stmt = conn.prepare(
+        "SELECT a.model, a.lane, COALESCE(a.input_tokens, 0), COALESCE(a.output_tokens, 0)
+         FROM attempts a JOIN items i ON i.id = a.item_id
+         WHERE i.job_id = ?1 AND a.outcome = 'succeeded'",
+    )?;
+    let rows = stmt.query_map([job_id], |r| {
+        Ok((
+            r.get::<_, Option<String>>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let (mut actual, mut realtime, mut unpriced) = (0.0, 0.0, 0u64);
+    for row in rows {
+        let (model, lane, input, output) = row?;
+        let model = model.unwrap_or_default();
+        let (input, output) = (input as u64, output as u64);
+        match (
+            crate::prices::cost(&model, input, output, lane == "batch"),
+            crate::prices::cost(&model, input, output, false),
+        ) {
+            (Some(a), Some(r)) => {
+                actual += a;
+                realtime += r;
+            }
+            _ => unpriced += 1,
+        }
+    }
+    Ok((actual, realtime, unpriced))
+}
