@@ -115,6 +115,7 @@ pub(crate) enum BatchError {
 pub(crate) struct ResolveSettings {
     pub processing_time: Duration,
     pub expire_fraction: f64,
+    pub error_fraction: f64,
     pub seed: u64,
 }
 
@@ -429,6 +430,17 @@ impl BatchStore {
         if self.rng.f64() < self.settings.expire_fraction {
             return json!({"type": "expired"});
         }
+        if self.rng.f64() < self.settings.error_fraction {
+            // A server-side failure: worth retrying as it is, unlike invalid_request_error.
+            return json!({
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "error": {"type": "api_error", "message": "Internal server error"},
+                    "request_id": random_id(&mut self.rng, "req_"),
+                }
+            });
+        }
         let body = serde_json::to_vec(&request.params).unwrap_or_default();
         let hash = hash_bytes(self.settings.seed, &body);
         let generation = plan_generation(hash, valid.max_tokens);
@@ -462,6 +474,7 @@ mod tests {
         ResolveSettings {
             processing_time: Duration::from_secs(10),
             expire_fraction,
+            error_fraction: 0.0,
             seed: 7,
         }
     }

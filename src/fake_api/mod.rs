@@ -99,6 +99,8 @@ pub struct BatchSettings {
     pub processing_time: Duration,
     /// Probability that a valid request ends `expired`.
     pub expire_fraction: f64,
+    /// Probability that a valid request ends `errored` with a retryable `api_error`.
+    pub error_fraction: f64,
     /// RPM shared by all batch endpoints (enforced when `FakeConfig::limits` is set).
     pub rpm: u64,
     /// Most batch requests in processing at once.
@@ -112,6 +114,7 @@ impl Default for BatchSettings {
         BatchSettings {
             processing_time: Duration::from_secs(2),
             expire_fraction: 0.0,
+            error_fraction: 0.0,
             rpm: 1000,
             queue_cap: 200_000,
             create_latency: Duration::ZERO,

@@ -139,6 +139,7 @@ impl Shared {
         let batches = BatchStore::new(ResolveSettings {
             processing_time: config.batch.processing_time,
             expire_fraction: config.batch.expire_fraction,
+            error_fraction: config.batch.error_fraction,
             seed: config.seed,
         });
         Shared {

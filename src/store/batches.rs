@@ -540,7 +540,15 @@ pub fn apply_results(
                     .as_str()
                     .unwrap_or("errored in the batch")
                     .to_owned();
-                if kind == "invalid_request_error" {
+                // The request itself is at fault: sending it again as it is cannot help.
+                if matches!(
+                    kind.as_str(),
+                    "invalid_request_error"
+                        | "not_found_error"
+                        | "permission_error"
+                        | "authentication_error"
+                        | "billing_error"
+                ) {
                     let record = AttemptRecord {
                         outcome: "fatal",
                         request_id: Some(api_id.to_owned()),

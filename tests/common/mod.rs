@@ -111,6 +111,12 @@ impl TestEnv {
             .expect("nightshift runs")
     }
 
+    /// `status --json`, or Null while the daemon has not created its database yet.
+    pub fn try_status_json(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
     pub fn status_json(&self) -> Value {
         let out = self.cli(&["status", "--json"]);
         assert!(
