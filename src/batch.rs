@@ -22,6 +22,8 @@ use crate::store::{Store, now_ms};
 const RECONCILE_WINDOW_MS: i64 = 10 * 60_000;
 /// Result lines per transaction.
 const APPLY_LINES: usize = 1_000;
+/// How often items are re-routed between the lanes as deadlines near.
+const REROUTE_EVERY: Duration = Duration::from_secs(10);
 /// Pages of the batch list searched at most when reconciling.
 const MAX_LIST_PAGES: u32 = 50;
 
@@ -65,6 +67,7 @@ impl BatchLane {
             interval: Duration::from_secs_f64(60.0 / self.settings.rpm as f64),
             next: Instant::now(),
         };
+        let mut last_reroute = Instant::now();
         while !shutdown.is_cancelled() {
             let canceled = self
                 .store
@@ -73,6 +76,15 @@ impl BatchLane {
             for job in canceled {
                 tracing::info!(job = %job, "job canceled: pending items end canceled, its batches are being canceled");
                 self.results_wake.notify_one();
+            }
+            if last_reroute.elapsed() >= REROUTE_EVERY {
+                last_reroute = Instant::now();
+                let (to_realtime, to_batch) =
+                    self.store.call(|c| batches::reroute(c, now_ms())).await?;
+                if to_realtime > 0 || to_batch > 0 {
+                    tracing::info!(to_realtime, to_batch, "items re-routed between the lanes");
+                    self.realtime_wake.notify_one();
+                }
             }
             let next_pack = self.pack_ready().await?;
             let next_batch = self.work_batches(&mut pacer, &shutdown).await?;

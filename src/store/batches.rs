@@ -695,6 +695,34 @@ pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> Result<()> 
     Ok(())
 }
 
+/// Moves items between the lanes as time passes: batch items still waiting to be packed whose
+/// deadline a batch can no longer meet go real time; nightly real-time items held back by a
+/// throttled lane (waiting on a `retry-after` or backoff) go to the next batch when their deadline
+/// allows it. Returns (to real time, to batch).
+pub fn reroute(conn: &Connection, now: i64) -> Result<(usize, usize)> {
+    let turnaround = turnaround_ms(conn)?;
+    let horizon = now + turnaround + turnaround / 4;
+    let hours = turnaround as f64 / 3_600_000.0;
+    let to_realtime = conn.execute(
+        "UPDATE items SET lane = 'realtime', not_before = 0, updated_at = ?2,
+                lane_reason = printf('re-routed: the deadline came nearer than the batch turnaround (%.1f h)', ?3)
+         WHERE state = 'pending' AND lane = 'batch' AND mode = 'auto'
+           AND deadline_at IS NOT NULL AND deadline_at < ?1",
+        params![horizon, now, hours],
+    )?;
+    let to_batch = conn.execute(
+        "UPDATE items SET lane = 'batch', updated_at = ?2,
+                lane_reason = 're-routed: nightly work held back by a throttled real-time lane goes to the next batch'
+         WHERE id IN (SELECT id FROM items
+                      WHERE state = 'pending' AND lane = 'realtime' AND mode = 'auto' AND priority = 3
+                        AND not_before > ?2 + 30000
+                        AND (deadline_at IS NULL OR deadline_at >= ?1)
+                      LIMIT 10000)",
+        params![horizon, now],
+    )?;
+    Ok((to_realtime, to_batch))
+}
+
 /// Items of a job by the lane that produced their final outcome or is working on them.
 pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
     Ok(conn.query_row(
@@ -702,4 +730,114 @@ pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::parse_line;
+    use crate::job::JobDefaults;
+    use crate::store::{items, jobs, test_connection};
+
+    fn job_with(conn: &Connection, lines: &[&str]) -> i64 {
+        let job = jobs::create(
+            conn,
+            &jobs::NewJob {
+                name: "j".into(),
+                source_path: "j.jsonl".into(),
+                defaults: JobDefaults::default(),
+                created_at: 0,
+            },
+        )
+        .expect("job");
+        let parsed: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    i as u64 + 1,
+                    parse_line(l.as_bytes(), i as u64 + 1, &JobDefaults::default(), 0),
+                )
+            })
+            .collect();
+        let plan = items::PlanContext {
+            now: 0,
+            job_items: 1_000_000,
+            rpm_for: &|_| Some(50),
+        };
+        items::insert_chunk(conn, job.id, "j.jsonl", &parsed, &plan).expect("insert");
+        job.id
+    }
+
+    const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
+
+    #[test]
+    fn packing_records_the_intent_and_puts_items_in_flight() {
+        let conn = test_connection();
+        let job_id = job_with(&conn, &[BATCH_LINE]);
+        assert_eq!(waiting_jobs(&conn).expect("waiting")[0].waiting, 1);
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, 5)
+            .expect("pack")
+            .expect("a batch");
+        let open = open(&conn).expect("open");
+        assert_eq!(open.len(), 1);
+        assert_eq!(
+            (open[0].id, open[0].state.as_str(), open[0].request_count),
+            (batch_id, "submitting", 1)
+        );
+        assert!(open[0].api_id.is_none());
+        assert_eq!(requests(&conn, batch_id).expect("requests").len(), 1);
+        assert!(
+            pack(&conn, job_id, 100, 1 << 20, 5)
+                .expect("pack")
+                .is_none(),
+            "nothing left"
+        );
+    }
+
+    #[test]
+    fn results_apply_once_and_expired_items_go_back_to_the_planner() {
+        let conn = test_connection();
+        let job_id = job_with(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, 5)
+            .expect("pack")
+            .expect("a batch");
+        let replan = Replan {
+            now: 10,
+            max_attempts: 8,
+            rpm_for: &|_| None,
+        };
+        let lines = vec![
+            r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned(),
+            r#"{"custom_id":"b","result":{"type":"expired"}}"#.to_owned(),
+        ];
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("apply"),
+            2
+        );
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("again"),
+            0,
+            "idempotent"
+        );
+        let c = items::counts(&conn, job_id).expect("counts");
+        assert_eq!((c.succeeded, c.pending, c.in_flight), (1, 1, 0));
+        assert_eq!(finish_results(&conn, batch_id, &replan).expect("finish"), 0);
+    }
+
+    #[test]
+    fn items_whose_deadline_nears_are_pulled_to_real_time() {
+        let conn = test_connection();
+        let job_id = job_with(&conn, &[BATCH_LINE]);
+        assert_eq!(
+            lanes(&conn, job_id).expect("lanes"),
+            (1, 0),
+            "a day away: batch"
+        );
+        // Six hours before the deadline, with 24 h assumed for a batch: real time.
+        let (to_realtime, to_batch) =
+            reroute(&conn, 1_795_500_000_000 - 6 * 3_600_000).expect("reroute");
+        assert_eq!((to_realtime, to_batch), (1, 0));
+        assert_eq!(lanes(&conn, job_id).expect("lanes"), (0, 1));
+    }
 }
