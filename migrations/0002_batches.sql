@@ -23,6 +23,8 @@ CREATE TABLE batches (
     -- 1 when a create call may have reached the API without its answer reaching us: the list
     -- endpoint is searched for it before anything is sent again
     create_unknown      INTEGER NOT NULL DEFAULT 0,
+    create_sent_at      INTEGER,                      -- when the last create call went out
+    refusals            INTEGER NOT NULL DEFAULT 0,   -- polls or downloads the API refused in a row
     next_action_at      INTEGER NOT NULL DEFAULT 0,   -- next create attempt or poll
     poll_interval_ms    INTEGER NOT NULL DEFAULT 0,
     results_applied_at  INTEGER,
@@ -49,5 +51,8 @@ CREATE TABLE cancel_requests (
 
 -- Set by `nightshift cancel`: pending items end canceled, the job's batches are canceled.
 ALTER TABLE jobs ADD COLUMN canceled_at INTEGER;
+-- 0 when the request uses a field the batch endpoint does not serve: it never goes to a batch.
+ALTER TABLE items ADD COLUMN batch_ok INTEGER NOT NULL DEFAULT 1;
+
 -- sha256 of the job file up to ingest_offset: a resumed intake checks the file did not change.
 ALTER TABLE jobs ADD COLUMN ingest_prefix_hash TEXT;

@@ -43,17 +43,14 @@ impl ApiKey {
         }
     }
 
-    /// The last four characters, to tell keys apart in diagnostics without revealing them.
+    /// The last four characters, to tell keys apart in diagnostics without revealing them (nothing
+    /// at all of a key too short to spare four).
     pub fn fingerprint(&self) -> String {
-        let tail: String = self
-            .0
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let chars: Vec<char> = self.0.chars().collect();
+        if chars.len() < 16 {
+            return "(short key)".to_owned();
+        }
+        let tail: String = chars[chars.len() - 4..].iter().collect();
         format!("…{tail}")
     }
 
@@ -729,5 +726,6 @@ mod tests {
         let key = ApiKey::new("sk-ant-secret-1234");
         assert_eq!(format!("{key:?}"), "ApiKey([redacted])");
         assert_eq!(key.fingerprint(), "…1234");
+        assert_eq!(ApiKey::new("abcd").fingerprint(), "(short key)");
     }
 }

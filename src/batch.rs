@@ -2,10 +2,12 @@
 //! create call and the id right after, polls with growing intervals, streams the results and
 //! applies each line idempotently. Expired items and retryable errors go back to the planner.
 //!
-//! Crash safety: before each create call the batch is flagged `create_unknown`; only an answer
-//! that says nothing was created clears it. A batch still flagged (a crash mid-call, a lost
-//! answer) is looked up in the list endpoint (creation time and request count) before anything is
-//! sent again, so a crash between the call and recording the id never makes a second batch.
+//! Crash safety: just before each create call the batch is flagged `create_unknown` with the time
+//! of the call; only an answer that says nothing was created clears it. A batch still flagged (a
+//! crash mid-call, a lost answer) is looked up in the list endpoint (creation time near the call,
+//! same request count) before anything is sent again, so a crash between the call and recording
+//! the id never makes a second batch. While one batch is unresolved no other create call goes out,
+//! so a match can only be that batch's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,19 +15,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiClient, BatchCall, without_stream};
+use crate::api::{ApiBatch, ApiClient, BatchCall, without_stream};
 use crate::config::BatchSettings;
 use crate::store::batches::{self, BatchRow, Replan};
 use crate::store::{Store, now_ms};
 
-/// How far from the intent a found batch's creation time may be (clocks differ, calls queue).
+/// How far from the create call a found batch's creation time may be (clocks differ, calls queue).
 const RECONCILE_WINDOW_MS: i64 = 10 * 60_000;
 /// Result lines per transaction.
 const APPLY_LINES: usize = 1_000;
-/// How often items are re-routed between the lanes as deadlines near.
-const REROUTE_EVERY: Duration = Duration::from_secs(10);
 /// Pages of the batch list searched at most when reconciling.
 const MAX_LIST_PAGES: u32 = 50;
+/// How often items are re-routed between the lanes as deadlines near.
+const REROUTE_EVERY: Duration = Duration::from_secs(10);
+/// Refused polls or downloads in a row before a batch is given up and its items re-planned.
+const MAX_REFUSALS: i64 = 5;
+/// How long the lane pauses when the API refuses the account (key, spend cap, usage limit).
+const BLOCKED_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct BatchLane {
@@ -54,6 +60,15 @@ impl Pacer {
     }
 }
 
+/// The lane's state between rounds.
+struct Lane {
+    pacer: Pacer,
+    /// Set when the API refuses the account: no create calls until then.
+    paused_until: Option<Instant>,
+    /// Lowered when the API answers 413 to a batch of this size.
+    max_bytes: i64,
+}
+
 /// What the last action on a batch asks of the loop.
 enum Next {
     At(i64),
@@ -63,9 +78,13 @@ enum Next {
 impl BatchLane {
     /// Runs until `shutdown`. Batches under way stay recorded; the next start polls them again.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut pacer = Pacer {
-            interval: Duration::from_secs_f64(60.0 / self.settings.rpm as f64),
-            next: Instant::now(),
+        let mut lane = Lane {
+            pacer: Pacer {
+                interval: Duration::from_secs_f64(60.0 / self.settings.rpm as f64),
+                next: Instant::now(),
+            },
+            paused_until: None,
+            max_bytes: self.settings.max_bytes as i64,
         };
         let mut last_reroute = Instant::now();
         while !shutdown.is_cancelled() {
@@ -86,8 +105,8 @@ impl BatchLane {
                     self.realtime_wake.notify_one();
                 }
             }
-            let next_pack = self.pack_ready().await?;
-            let next_batch = self.work_batches(&mut pacer, &shutdown).await?;
+            let next_pack = self.pack_ready(&lane).await?;
+            let next_batch = self.work_batches(&mut lane, &shutdown).await?;
             let next = [next_pack, next_batch].into_iter().flatten().min();
             let sleep = next.map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
@@ -101,25 +120,37 @@ impl BatchLane {
         Ok(())
     }
 
+    /// Runs an API call unless shutdown comes first (None then). A create call cut off this way
+    /// stays flagged unknown and is reconciled at the next start.
+    async fn call<T>(
+        &self,
+        shutdown: &CancellationToken,
+        call: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            value = call => Some(value),
+            _ = shutdown.cancelled() => None,
+        }
+    }
+
     fn replan(&self) -> (i64, crate::planner::RpmFor) {
         (i64::from(self.max_attempts), self.rpm_for.clone())
     }
 
     /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full
     /// batch is waiting, or the oldest item waited `max_wait`. Returns when to look again.
-    async fn pack_ready(&self) -> anyhow::Result<Option<i64>> {
+    async fn pack_ready(&self, lane: &Lane) -> anyhow::Result<Option<i64>> {
         let waiting = self.store.call(batches::waiting_jobs).await?;
         let max_requests = self.settings.max_requests as i64;
-        let max_bytes = self.settings.max_bytes as i64;
+        let max_bytes = lane.max_bytes;
         let max_wait = self.settings.max_wait.as_millis() as i64;
         let mut next: Option<i64> = None;
         for job in waiting {
             let now = now_ms();
             let all = job.ingested || now - job.oldest_at >= max_wait;
             if !all && job.waiting < max_requests {
-                next = Some(next.map_or(job.oldest_at + max_wait, |n| {
-                    n.min(job.oldest_at + max_wait)
-                }));
+                let at = job.oldest_at + max_wait;
+                next = Some(next.map_or(at, |n| n.min(at)));
                 continue;
             }
             loop {
@@ -141,10 +172,12 @@ impl BatchLane {
     /// Acts on every batch that is due. Returns when the next one is.
     async fn work_batches(
         &self,
-        pacer: &mut Pacer,
+        lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<i64>> {
         let open = self.store.call(batches::open).await?;
+        // While a create call's outcome is unknown, no other create goes out (see the module doc).
+        let unresolved = open.iter().any(|b| b.api_id.is_none() && b.create_unknown);
         let mut next: Option<i64> = None;
         for batch in open {
             if shutdown.is_cancelled() {
@@ -165,23 +198,34 @@ impl BatchLane {
                     self.results_wake.notify_one();
                     Next::Now
                 }
-                (None, _) if batch.create_unknown => self.reconcile(&batch, pacer).await?,
-                (None, _) => self.create(&batch, pacer).await?,
+                (None, _) if batch.create_unknown => self.reconcile(&batch, lane, shutdown).await?,
+                (None, _) if unresolved => Next::At(now_ms() + 1000),
+                (None, _) => match lane.paused_until {
+                    Some(until) if until > Instant::now() => {
+                        Next::At(now_ms() + until.duration_since(Instant::now()).as_millis() as i64)
+                    }
+                    _ => self.create(&batch, lane, shutdown).await?,
+                },
                 (Some(api_id), "ended") => {
-                    self.apply_results(&batch, api_id, pacer, shutdown).await?
+                    self.apply_results(&batch, api_id, lane, shutdown).await?
                 }
-                (Some(api_id), _) => self.poll(&batch, api_id, pacer, shutdown).await?,
+                (Some(api_id), _) => self.poll(&batch, api_id, lane, shutdown).await?,
             };
-            if let Next::At(at) = outcome {
-                next = Some(next.map_or(at, |n| n.min(at)));
-            } else {
-                next = Some(now_ms());
-            }
+            let at = match outcome {
+                Next::At(at) => at,
+                Next::Now => now_ms(),
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
         Ok(next)
     }
 
-    async fn create(&self, batch: &BatchRow, pacer: &mut Pacer) -> anyhow::Result<Next> {
+    async fn create(
+        &self,
+        batch: &BatchRow,
+        lane: &mut Lane,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Next> {
         let id = batch.id;
         let requests = self.store.call(move |c| batches::requests(c, id)).await?;
         let mut body = String::with_capacity(
@@ -204,13 +248,15 @@ impl BatchLane {
         }
         body.push_str("]}");
         drop(requests);
-        // The marker goes in before the call: a crash from here on leads to a search, not a resend.
-        let now = now_ms();
+        lane.pacer.ready().await;
+        // The flag goes in before the call: from here on a crash leads to a search, not a resend.
+        let sent_at = now_ms();
         self.store
-            .call(move |c| batches::record_create_retry(c, id, now, true, "create call under way"))
+            .call(move |c| batches::record_create_sending(c, id, sent_at))
             .await?;
-        pacer.ready().await;
-        let answer = self.client.create_batch(body).await;
+        let Some(answer) = self.call(shutdown, self.client.create_batch(body)).await else {
+            return Ok(Next::Now);
+        };
         let now = now_ms();
         let poll_min = self.settings.poll_min.as_millis() as i64;
         match answer {
@@ -229,7 +275,7 @@ impl BatchLane {
                 message,
             } => {
                 let at = now + retry_after.map_or(10_000, |d| d.as_millis() as i64);
-                tracing::warn!(%message, "batch create call rate-limited; waiting");
+                tracing::warn!(%message, "batch create call rate-limited (batch RPM or queue full); waiting");
                 self.store
                     .call(move |c| batches::record_create_retry(c, id, at, false, &message))
                     .await?;
@@ -247,94 +293,164 @@ impl BatchLane {
                 Ok(Next::At(at))
             }
             BatchCall::Refused { status, message } => {
-                tracing::error!(status, %message, "the API refused the batch; its items go back to the planner");
-                let (max_attempts, rpm_for) = self.replan();
-                let error = format!("HTTP {status}: {message}");
-                self.store
-                    .call(move |c| {
-                        let replan = Replan {
-                            now: now_ms(),
-                            max_attempts,
-                            rpm_for: &*rpm_for,
-                        };
-                        batches::record_create_refused(c, id, &error, &replan)
-                    })
-                    .await?;
-                self.wake_all();
-                Ok(Next::Now)
+                self.create_refused(batch, lane, status, message).await
             }
         }
     }
 
+    /// A 4xx other than 429 to a create call.
+    async fn create_refused(
+        &self,
+        batch: &BatchRow,
+        lane: &mut Lane,
+        status: u16,
+        message: String,
+    ) -> anyhow::Result<Next> {
+        let id = batch.id;
+        let error = format!("HTTP {status}: {message}");
+        let account_blocked = (401..=403).contains(&status)
+            || (status == 400
+                && message.contains("reached your specified")
+                && message.contains("usage limits"));
+        if account_blocked {
+            // Every batch would be refused alike: pause, keep the batch, fail nothing.
+            tracing::error!(%error, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's batches; the batch lane pauses");
+            lane.paused_until = Some(Instant::now() + BLOCKED_WAIT);
+            let at = now_ms() + BLOCKED_WAIT.as_millis() as i64;
+            self.store
+                .call(move |c| batches::record_create_retry(c, id, at, false, &error))
+                .await?;
+            return Ok(Next::At(at));
+        }
+        let too_large = status == 413;
+        if too_large {
+            lane.max_bytes = (lane.max_bytes / 2).max(1 << 20);
+            tracing::warn!(
+                max_bytes = lane.max_bytes,
+                "the batch was too large; packing smaller ones"
+            );
+        } else {
+            tracing::error!(%error, "the API refused the batch; its items go back to the planner");
+        }
+        let (max_attempts, rpm_for) = self.replan();
+        self.store
+            .call(move |c| {
+                let replan = Replan {
+                    now: now_ms(),
+                    max_attempts,
+                    rpm_for: &*rpm_for,
+                };
+                batches::record_create_refused(c, id, &error, !too_large, &replan)
+            })
+            .await?;
+        self.wake_all();
+        Ok(Next::Now)
+    }
+
     /// A create call may have reached the API: look for the batch it made before sending again.
-    async fn reconcile(&self, batch: &BatchRow, pacer: &mut Pacer) -> anyhow::Result<Next> {
+    async fn reconcile(
+        &self,
+        batch: &BatchRow,
+        lane: &mut Lane,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Next> {
         let known = self.store.call(batches::known_api_ids).await?;
-        let (from, to) = (
-            batch.intent_at - RECONCILE_WINDOW_MS,
-            batch.intent_at + RECONCILE_WINDOW_MS,
-        );
+        let sent_at = batch.create_sent_at.unwrap_or(batch.intent_at);
+        let (from, to) = (sent_at - RECONCILE_WINDOW_MS, sent_at + RECONCILE_WINDOW_MS);
         let mut after: Option<String> = None;
-        let mut found: Option<crate::api::ApiBatch> = None;
-        'pages: for _ in 0..MAX_LIST_PAGES {
-            pacer.ready().await;
-            let page = match self.client.list_batches(after.as_deref(), 100).await {
+        let mut matches: Vec<ApiBatch> = Vec::new();
+        let mut searched_all = false;
+        for _ in 0..MAX_LIST_PAGES {
+            lane.pacer.ready().await;
+            let Some(answer) = self
+                .call(shutdown, self.client.list_batches(after.as_deref(), 100))
+                .await
+            else {
+                return Ok(Next::Now);
+            };
+            let page = match answer {
                 BatchCall::Done(page) => page,
-                BatchCall::Wait { retry_after, .. } => {
-                    return Ok(Next::At(
-                        now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64),
-                    ));
+                BatchCall::Wait {
+                    retry_after,
+                    message,
+                } => {
+                    let at = now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64);
+                    return self.later(batch.id, at, Some(message)).await;
                 }
                 BatchCall::Retry { message, .. } | BatchCall::Refused { message, .. } => {
                     tracing::warn!(%message, "listing batches to reconcile failed; will retry");
                     let at = now_ms() + self.settings.poll_min.as_millis() as i64;
-                    let id = batch.id;
-                    self.store
-                        .call(move |c| batches::set_next_action(c, id, at, Some(&message)))
-                        .await?;
-                    return Ok(Next::At(at));
+                    return self.later(batch.id, at, Some(message)).await;
                 }
             };
+            let mut older_than_window = false;
             for candidate in &page.data {
                 let state = candidate.state();
                 let Some(created) = state.created_at else {
                     continue;
                 };
                 if created < from {
-                    break 'pages; // newest first: nothing older can match
+                    older_than_window = true; // newest first: nothing further can match
+                    break;
                 }
                 if created <= to
                     && state.counts.total() == batch.request_count
                     && !known.contains(&candidate.id)
-                    && found.as_ref().is_none_or(|f| {
-                        (f.state().created_at.unwrap_or(0) - batch.intent_at).abs()
-                            > (created - batch.intent_at).abs()
-                    })
                 {
-                    found = Some(candidate.clone());
+                    matches.push(candidate.clone());
                 }
             }
-            if !page.has_more {
+            if older_than_window || !page.has_more {
+                searched_all = true;
                 break;
             }
             after = page.last_id.clone();
         }
         let id = batch.id;
         let now = now_ms();
-        match found {
-            Some(api) => {
+        if !searched_all {
+            // Not sure it is not there: never create on a partial search.
+            tracing::warn!("the batch list is too long to search in one go; will search again");
+            return self
+                .later(
+                    id,
+                    now + self.settings.poll_max.as_millis() as i64,
+                    Some("reconcile incomplete".into()),
+                )
+                .await;
+        }
+        match matches.as_slice() {
+            [api] => {
                 tracing::warn!(api_id = %api.id, "the earlier create call had gone through: adopting its batch, nothing is sent again");
                 let state = api.state();
                 self.store
                     .call(move |c| batches::record_created(c, id, &state, now, now, 0))
                     .await?;
             }
-            None => {
+            [] => {
                 tracing::info!("no batch of the earlier create call exists: sending it now");
                 self.store
                     .call(move |c| {
                         batches::record_create_retry(c, id, now, false, "reconciled: not created")
                     })
                     .await?;
+            }
+            many => {
+                let ids: Vec<&str> = many.iter().map(|b| b.id.as_str()).collect();
+                let error = format!(
+                    "{} batches of {} requests were created near the lost create call ({}); which is ours cannot be told: cancel the extra one at the API, or delete this job",
+                    many.len(),
+                    batch.request_count,
+                    ids.join(", ")
+                );
+                tracing::error!(%error, "cannot reconcile the batch");
+                return self
+                    .later(
+                        id,
+                        now + self.settings.poll_max.as_millis() as i64,
+                        Some(error),
+                    )
+                    .await;
             }
         }
         Ok(Next::Now)
@@ -344,32 +460,47 @@ impl BatchLane {
         &self,
         batch: &BatchRow,
         api_id: &str,
-        pacer: &mut Pacer,
+        lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
         let id = batch.id;
+        let poll_min = self.settings.poll_min.as_millis() as i64;
+        let poll_max = self.settings.poll_max.as_millis() as i64;
         if batch.cancel_requested && batch.state == "in_progress" {
-            pacer.ready().await;
-            match self.client.cancel_batch(api_id).await {
+            lane.pacer.ready().await;
+            let Some(answer) = self.call(shutdown, self.client.cancel_batch(api_id)).await else {
+                return Ok(Next::Now);
+            };
+            match answer {
                 BatchCall::Done(api) => {
-                    tracing::info!(status = %api.processing_status, "batch cancel requested")
+                    tracing::info!(status = %api.processing_status, "batch cancel requested");
+                    let state = api.state();
+                    let at = now_ms();
+                    self.store
+                        .call(move |c| batches::record_poll(c, id, &state, at, poll_min))
+                        .await?;
                 }
+                // Refused (already ended, say): carry on polling; its results say what happened.
                 BatchCall::Refused { message, .. } => {
                     tracing::warn!(%message, "batch cancel refused")
                 }
-                BatchCall::Wait { message, .. } | BatchCall::Retry { message, .. } => {
-                    tracing::warn!(%message, "batch cancel call failed; will retry");
-                    return Ok(Next::At(
-                        now_ms() + self.settings.poll_min.as_millis() as i64,
-                    ));
+                BatchCall::Wait {
+                    retry_after,
+                    message,
+                } => {
+                    let at = now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64);
+                    return self.later(id, at, Some(message)).await;
+                }
+                BatchCall::Retry { message, .. } => {
+                    return self.later(id, now_ms() + poll_min, Some(message)).await;
                 }
             }
         }
-        pacer.ready().await;
-        let answer = self.client.get_batch(api_id).await;
+        lane.pacer.ready().await;
+        let Some(answer) = self.call(shutdown, self.client.get_batch(api_id)).await else {
+            return Ok(Next::Now);
+        };
         let now = now_ms();
-        let poll_min = self.settings.poll_min.as_millis() as i64;
-        let poll_max = self.settings.poll_max.as_millis() as i64;
         match answer {
             BatchCall::Done(api) => {
                 let state = api.state();
@@ -385,37 +516,28 @@ impl BatchLane {
                     .await?;
                 if ended {
                     tracing::info!(counts = ?api.request_counts, "batch ended");
-                    let mut ended_batch = batch.clone();
-                    ended_batch.state = "ended".into();
-                    return self
-                        .apply_results(&ended_batch, api_id, pacer, shutdown)
-                        .await;
+                    return self.apply_results(batch, api_id, lane, shutdown).await;
                 }
                 Ok(Next::At(at))
             }
-            BatchCall::Wait { retry_after, .. } => Ok(self
-                .later(
+            BatchCall::Wait { retry_after, .. } => {
+                self.later(
                     id,
                     now + retry_after.map_or(10_000, |d| d.as_millis() as i64),
                     None,
                 )
-                .await?),
-            BatchCall::Retry { message, .. } => Ok(self
-                .later(
+                .await
+            }
+            BatchCall::Retry { message, .. } => {
+                self.later(
                     id,
                     now + poll_min.max(batch.poll_interval_ms),
                     Some(message),
                 )
-                .await?),
+                .await
+            }
             BatchCall::Refused { status, message } => {
-                tracing::error!(status, %message, "polling the batch was refused; trying again later");
-                Ok(self
-                    .later(
-                        id,
-                        now + poll_max,
-                        Some(format!("HTTP {status}: {message}")),
-                    )
-                    .await?)
+                self.refused(id, format!("HTTP {status}: {message}")).await
             }
         }
     }
@@ -427,17 +549,50 @@ impl BatchLane {
         Ok(Next::At(at))
     }
 
+    /// The API refused to show a batch or its results (404: deleted; results gone after 29 days).
+    /// After [`MAX_REFUSALS`] in a row, its items go back to the planner.
+    async fn refused(&self, id: i64, error: String) -> anyhow::Result<Next> {
+        let at = now_ms() + self.settings.poll_max.as_millis() as i64;
+        let why = error.clone();
+        let refusals = self
+            .store
+            .call(move |c| batches::record_refusal(c, id, at, &why))
+            .await?;
+        if refusals < MAX_REFUSALS {
+            tracing::warn!(%error, refusals, "the API refused to show the batch; trying again later");
+            return Ok(Next::At(at));
+        }
+        tracing::error!(%error, "the API keeps refusing to show the batch; its items go back to the planner");
+        let (max_attempts, rpm_for) = self.replan();
+        self.store
+            .call(move |c| {
+                let replan = Replan {
+                    now: now_ms(),
+                    max_attempts,
+                    rpm_for: &*rpm_for,
+                };
+                batches::abandon(c, id, &error, &replan)
+            })
+            .await?;
+        self.wake_all();
+        Ok(Next::Now)
+    }
+
     /// Streams the results of an ended batch and applies them, a transaction per chunk of lines.
     async fn apply_results(
         &self,
         batch: &BatchRow,
         api_id: &str,
-        pacer: &mut Pacer,
+        lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
         let id = batch.id;
-        pacer.ready().await;
-        let mut response = match self.client.batch_results(api_id).await {
+        let poll_min = self.settings.poll_min.as_millis() as i64;
+        lane.pacer.ready().await;
+        let Some(answer) = self.call(shutdown, self.client.batch_results(api_id)).await else {
+            return Ok(Next::Now);
+        };
+        let mut response = match answer {
             BatchCall::Done(r) => r,
             BatchCall::Wait { retry_after, .. } => {
                 return self
@@ -448,32 +603,28 @@ impl BatchLane {
                     )
                     .await;
             }
-            BatchCall::Retry { message, .. } | BatchCall::Refused { message, .. } => {
+            BatchCall::Retry { message, .. } => {
                 tracing::warn!(%message, "downloading batch results failed; will retry");
-                return self
-                    .later(
-                        id,
-                        now_ms() + self.settings.poll_min.as_millis() as i64,
-                        Some(message),
-                    )
-                    .await;
+                return self.later(id, now_ms() + poll_min, Some(message)).await;
+            }
+            BatchCall::Refused { status, message } => {
+                return self.refused(id, format!("HTTP {status}: {message}")).await;
             }
         };
         let mut pending: Vec<u8> = Vec::new();
         let mut lines: Vec<String> = Vec::with_capacity(APPLY_LINES);
         let mut applied = 0usize;
         loop {
-            let chunk = match response.chunk().await {
+            let Some(chunk) = self.call(shutdown, response.chunk()).await else {
+                return Ok(Next::Now); // applied so far stays; the rest at the next start
+            };
+            let chunk = match chunk {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "batch results cut off; applying again later (it is idempotent)");
                     return self
-                        .later(
-                            id,
-                            now_ms() + self.settings.poll_min.as_millis() as i64,
-                            Some(e.to_string()),
-                        )
+                        .later(id, now_ms() + poll_min, Some(e.to_string()))
                         .await;
                 }
             };
@@ -489,9 +640,6 @@ impl BatchLane {
                 applied += self
                     .apply_chunk(id, api_id, std::mem::take(&mut lines))
                     .await?;
-                if shutdown.is_cancelled() {
-                    return Ok(Next::Now); // resumed at the next start
-                }
             }
         }
         let rest = String::from_utf8_lossy(&pending).trim().to_owned();

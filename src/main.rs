@@ -65,8 +65,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::locate(cli.config.as_deref())?;
             let key = api::ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
                 path: config.source.clone().unwrap_or_default(),
-                key: "ANTHROPIC_API_KEY".into(),
-                problem: format!("is missing: {e}"),
+                key: if config.api.api_key_file.is_some() {
+                    "api.api_key_file".into()
+                } else {
+                    "ANTHROPIC_API_KEY".into()
+                },
+                problem: format!("gives no key: {e}"),
             })?;
             runtime()?.block_on(daemon::run(config, key, shutdown_signal()))?;
         }

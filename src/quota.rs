@@ -20,6 +20,27 @@ use crate::config::ModelLimits;
 /// capacity; a few seconds' worth keeps bursts small and pacing close to the refill rate.
 const ASSUMED_BURST_SECS: f64 = 6.0;
 
+/// The rate-limit class of a model: models that share one limit at the API share it here too
+/// ("Opus 4.x" covers Opus 4.5–4.8, "Sonnet 4.x" covers Sonnet 4.5 and 4.6; §2.1 of the fact
+/// sheet). A date suffix (`-20250929`) is dropped; every other model is its own class.
+pub fn limit_class(model: &str) -> String {
+    let base = match model.rsplit_once('-') {
+        Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => model,
+    };
+    for (family, class) in [
+        ("claude-opus-4-", "claude-opus-4.x"),
+        ("claude-sonnet-4-", "claude-sonnet-4.x"),
+    ] {
+        if let Some(minor) = base.strip_prefix(family)
+            && minor.parse::<u32>().is_ok_and(|m| m >= 5)
+        {
+            return class.to_owned();
+        }
+    }
+    base.to_owned()
+}
+
 /// One continuously refilled bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {
@@ -127,13 +148,15 @@ impl Quota {
         }
     }
 
+    /// The buckets of the model's limit class (models sharing a limit share buckets).
     fn model(&mut self, model: &str, now: Instant) -> &mut ModelQuota {
-        if !self.models.contains_key(model) {
+        let class = limit_class(model);
+        if !self.models.contains_key(&class) {
             let limits = (self.configured)(model);
             self.models
-                .insert(model.to_owned(), ModelQuota::new(limits, now));
+                .insert(class.clone(), ModelQuota::new(limits, now));
         }
-        self.models.get_mut(model).expect("inserted above")
+        self.models.get_mut(&class).expect("inserted above")
     }
 
     /// Admits a call now, or says when to ask again.
@@ -228,7 +251,7 @@ impl Quota {
 
     /// The per-minute limits in force for a model (None: not paced).
     pub fn limits(&self, model: &str) -> Option<[Option<f64>; 3]> {
-        let q = self.models.get(model)?;
+        let q = self.models.get(&limit_class(model))?;
         Some([&q.requests, &q.input, &q.output].map(|b| b.as_ref().map(|b| b.limit)))
     }
 }
@@ -321,6 +344,33 @@ mod tests {
             q.try_admit("free", 1_000_000, 1_000_000, t0)
                 .expect("no limits, no pacing");
         }
+    }
+
+    #[test]
+    fn models_sharing_a_limit_share_buckets() {
+        assert_eq!(limit_class("claude-sonnet-4-5"), "claude-sonnet-4.x");
+        assert_eq!(
+            limit_class("claude-sonnet-4-6-20260101"),
+            "claude-sonnet-4.x"
+        );
+        assert_eq!(limit_class("claude-opus-4-8"), "claude-opus-4.x");
+        assert_eq!(limit_class("claude-sonnet-5-5"), "claude-sonnet-5-5");
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(60, 1_000_000, 1_000_000)); // 6 requests of burst
+        for i in 0..6 {
+            let model = if i % 2 == 0 {
+                "claude-sonnet-4-5"
+            } else {
+                "claude-sonnet-4-6"
+            };
+            q.try_admit(model, 1, 1, t0).expect("burst");
+        }
+        assert!(
+            q.try_admit("claude-sonnet-4-6", 1, 1, t0).is_err(),
+            "one bucket for both"
+        );
+        q.try_admit("claude-haiku-4-5", 1, 1, t0)
+            .expect("another class has its own");
     }
 
     #[test]

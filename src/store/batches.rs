@@ -37,7 +37,7 @@ pub fn waiting_jobs(conn: &Connection) -> Result<Vec<WaitingJob>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
          FROM items i JOIN jobs j ON j.id = i.job_id
-         WHERE i.state = 'pending' AND i.lane = 'batch'
+         WHERE i.state = 'pending' AND i.lane = 'batch' AND j.canceled_at IS NULL
          GROUP BY i.job_id ORDER BY i.job_id",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -63,7 +63,7 @@ pub fn pack(
     now: i64,
 ) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, length(params) + length(custom_id) + 40 FROM items
+        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
          WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' ORDER BY id LIMIT ?2",
     )?;
     let candidates = stmt
@@ -127,6 +127,8 @@ pub struct BatchRow {
     pub ended_at: Option<i64>,
     pub counts: BatchCounts,
     pub create_unknown: bool,
+    pub create_sent_at: Option<i64>,
+    pub refusals: i64,
     pub next_action_at: i64,
     pub poll_interval_ms: i64,
     pub results_applied_at: Option<i64>,
@@ -152,7 +154,8 @@ impl BatchCounts {
 
 const COLUMNS: &str = "b.id, b.job_id, j.name, b.api_id, b.state, b.request_count, b.intent_at, b.api_created_at, \
      b.ended_at, b.processing, b.succeeded, b.errored, b.canceled, b.expired, b.create_unknown, \
-     b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error";
+     b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error, \
+     b.create_sent_at, b.refusals";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
     Ok(BatchRow {
@@ -178,6 +181,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
         results_applied_at: r.get(17)?,
         cancel_requested: r.get(18)?,
         error: r.get(19)?,
+        create_sent_at: r.get(20)?,
+        refusals: r.get(21)?,
     })
 }
 
@@ -226,14 +231,24 @@ pub fn record_created(
     interval_ms: i64,
 ) -> Result<()> {
     conn.execute(
-        "UPDATE batches SET api_id = ?2, state = ?3, submitted_at = ?4, api_created_at = ?5,
-                processing = ?6, create_unknown = 0, next_action_at = ?7, poll_interval_ms = ?8, error = NULL
+        "UPDATE batches SET api_id = ?2, submitted_at = ?3, api_created_at = ?4, create_unknown = 0
          WHERE id = ?1",
-        params![batch_id, api.api_id, api.status, now, api.created_at, api.counts.processing, next_poll_at, interval_ms],
+        params![batch_id, api.api_id, now, api.created_at],
     )?;
+    record_poll(conn, batch_id, api, next_poll_at, interval_ms)?;
     conn.execute(
         "UPDATE attempts SET request_id = ?2 WHERE outcome IS NULL AND item_id IN (SELECT id FROM items WHERE batch_id = ?1)",
         params![batch_id, api.api_id],
+    )?;
+    Ok(())
+}
+
+/// Just before a create call: from here on the call may reach the API, so a crash or a lost answer
+/// leads to a search (around `now`) rather than a second call.
+pub fn record_create_sending(conn: &Connection, batch_id: i64, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET create_unknown = 1, create_sent_at = ?2, next_action_at = ?2 WHERE id = ?1",
+        params![batch_id, now],
     )?;
     Ok(())
 }
@@ -264,7 +279,7 @@ pub fn record_poll(
 ) -> Result<()> {
     conn.execute(
         "UPDATE batches SET state = ?2, processing = ?3, succeeded = ?4, errored = ?5, canceled = ?6, expired = ?7,
-                ended_at = ?8, next_action_at = ?9, poll_interval_ms = ?10, error = NULL
+                ended_at = ?8, next_action_at = ?9, poll_interval_ms = ?10, error = NULL, refusals = 0
          WHERE id = ?1",
         params![
             batch_id,
@@ -295,6 +310,38 @@ pub fn set_next_action(
     Ok(())
 }
 
+/// The API refused a poll or a download (say, 404 for a deleted batch). Returns the refusals in a row.
+pub fn record_refusal(conn: &Connection, batch_id: i64, next_at: i64, error: &str) -> Result<i64> {
+    conn.execute(
+        "UPDATE batches SET refusals = refusals + 1, next_action_at = ?2, error = ?3 WHERE id = ?1",
+        params![batch_id, next_at, error],
+    )?;
+    Ok(conn.query_row(
+        "SELECT refusals FROM batches WHERE id = ?1",
+        [batch_id],
+        |r| r.get(0),
+    )?)
+}
+
+/// Gives up on a batch the API keeps refusing to show: its items go back to the planner.
+pub fn abandon(conn: &Connection, batch_id: i64, error: &str, replan: &Replan<'_>) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3 WHERE id = ?1",
+        params![batch_id, error, replan.now],
+    )?;
+    for item_id in in_flight_items(conn, batch_id)? {
+        send_back(
+            conn,
+            item_id,
+            "unknown",
+            &format!("its batch could not be read: {error}"),
+            replan,
+            true,
+        )?;
+    }
+    Ok(())
+}
+
 /// What sending an item back to the planner needs.
 pub struct Replan<'a> {
     pub now: i64,
@@ -305,14 +352,17 @@ pub struct Replan<'a> {
 /// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
 /// batch, a refused create call): the planner decides its lane again, unless it has used up its
 /// attempts, in which case it ends `expired` (if it expired) or `errored`.
+/// `counts`: whether this uses up one of the item's attempts (not when the whole batch was refused
+/// for its size, say).
 fn send_back(
     conn: &Connection,
     item_id: i64,
     outcome: &'static str,
     why: &str,
     replan: &Replan<'_>,
+    counts: bool,
 ) -> Result<()> {
-    let (custom_id, mode, priority, deadline_at, params, failures, model, job_canceled): (
+    type Facts = (
         String,
         String,
         i64,
@@ -321,12 +371,29 @@ fn send_back(
         i64,
         String,
         bool,
-    ) = conn.query_row(
-        "SELECT i.custom_id, i.mode, i.priority, i.deadline_at, i.params, i.failures, i.model, j.canceled_at IS NOT NULL
-         FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
-        [item_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
-    )?;
+        i64,
+    );
+    let (custom_id, mode, priority, deadline_at, params, failures, model, job_canceled, job_items): Facts =
+        conn.query_row(
+            "SELECT i.custom_id, i.mode, i.priority, i.deadline_at, i.params, i.failures, i.model,
+                    j.canceled_at IS NOT NULL, j.ingest_lines
+             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
+            [item_id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            },
+        )?;
+    let failures = if counts { failures } else { failures - 1 };
     let record = AttemptRecord {
         outcome,
         error: Some(why.to_owned()),
@@ -378,15 +445,21 @@ fn send_back(
     let lanes = planner::LaneFacts {
         now: replan.now,
         batch_turnaround_ms: turnaround_ms(conn)?,
-        job_items: 1,
+        job_items: job_items.max(1) as u64,
         realtime_rpm: (replan.rpm_for)(&model),
     };
     let plan = planner::decide(&facts, &lanes);
     conn.execute(
-        "UPDATE items SET state = 'pending', batch_id = NULL, failures = failures + 1, not_before = 0,
+        "UPDATE items SET state = 'pending', batch_id = NULL, failures = failures + ?5, not_before = 0,
                 lane = ?2, lane_reason = ?3, updated_at = ?4
          WHERE id = ?1",
-        params![item_id, plan.lane.as_str(), format!("back from a batch ({why}); {}", plan.reason), replan.now],
+        params![
+            item_id,
+            plan.lane.as_str(),
+            format!("back from a batch ({why}); {}", plan.reason),
+            replan.now,
+            i64::from(counts)
+        ],
     )?;
     Ok(())
 }
@@ -422,15 +495,17 @@ fn finish(
     Ok(())
 }
 
-/// The API refused the batch (a 4xx other than 429): its items go back to the planner.
+/// The API refused the batch (a 4xx other than 429): its items go back to the planner. `counts`:
+/// whether that uses up an attempt of each (not when the batch was too large).
 pub fn record_create_refused(
     conn: &Connection,
     batch_id: i64,
     error: &str,
+    counts: bool,
     replan: &Replan<'_>,
 ) -> Result<()> {
     conn.execute(
-        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3 WHERE id = ?1",
+        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3, create_unknown = 0 WHERE id = ?1",
         params![batch_id, error, replan.now],
     )?;
     for item_id in in_flight_items(conn, batch_id)? {
@@ -440,6 +515,7 @@ pub fn record_create_refused(
             "fatal",
             &format!("the batch was refused: {error}"),
             replan,
+            counts,
         )?;
     }
     Ok(())
@@ -510,6 +586,7 @@ pub fn apply_results(
                     "unknown",
                     "its result line could not be read",
                     replan,
+                    true,
                 )?;
                 applied += 1;
                 continue;
@@ -572,6 +649,7 @@ pub fn apply_results(
                         "retryable",
                         &format!("{kind}: {message}"),
                         replan,
+                        true,
                     )?;
                 }
             }
@@ -581,14 +659,23 @@ pub fn apply_results(
                 "expired",
                 "expired before the batch processed it",
                 replan,
+                true,
             )?,
-            "canceled" => send_back(conn, item_id, "canceled", "its batch was canceled", replan)?,
+            "canceled" => send_back(
+                conn,
+                item_id,
+                "canceled",
+                "its batch was canceled",
+                replan,
+                true,
+            )?,
             other => send_back(
                 conn,
                 item_id,
                 "unknown",
                 &format!("unknown result type {other:?}"),
                 replan,
+                true,
             )?,
         }
         applied += 1;
@@ -617,6 +704,7 @@ pub fn finish_results(conn: &Connection, batch_id: i64, replan: &Replan<'_>) -> 
             "unknown",
             "its batch ended without a result for it",
             replan,
+            true,
         )?;
     }
     conn.execute(
@@ -715,7 +803,7 @@ pub fn reroute(conn: &Connection, now: i64) -> Result<(usize, usize)> {
                 lane_reason = 're-routed: nightly work held back by a throttled real-time lane goes to the next batch'
          WHERE id IN (SELECT id FROM items
                       WHERE state = 'pending' AND lane = 'realtime' AND mode = 'auto' AND priority = 3
-                        AND not_before > ?2 + 30000
+                        AND batch_ok = 1 AND not_before > ?2 + 30000
                         AND (deadline_at IS NULL OR deadline_at >= ?1)
                       LIMIT 10000)",
         params![horizon, now],

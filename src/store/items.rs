@@ -41,8 +41,8 @@ pub fn insert_chunk(
         .unwrap_or(3);
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
-                            tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14)",
+                            tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15)",
     )?;
     let mut insert_errored = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, result, updated_at)
@@ -83,6 +83,7 @@ pub fn insert_chunk(
                     lane.lane.as_str(),
                     lane.reason,
                     now,
+                    planner::batch_unsupported_field(&v.params).is_none(),
                 ]);
                 match inserted {
                     Ok(_) => continue,
@@ -363,6 +364,19 @@ pub fn record_outcome(
                  WHERE id = ?1 AND state = 'in_flight'",
                 params![item_id, not_before, i64::from(*failed), now],
             )?;
+            // A job canceled while the call was out: no retry, the item ends canceled.
+            let job_id: i64 = conn
+                .query_row(
+                    "SELECT i.job_id FROM items i JOIN jobs j ON j.id = i.job_id
+                 WHERE i.id = ?1 AND j.canceled_at IS NOT NULL",
+                    [item_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            if job_id != 0 {
+                cancel_pending(conn, job_id, now)?;
+            }
         }
     }
     Ok(())
@@ -384,6 +398,15 @@ pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
          WHERE state = 'in_flight' AND batch_id IS NULL",
         [now],
     )?;
+    // Jobs canceled before the crash: what went back to pending ends canceled.
+    let mut canceled =
+        conn.prepare("SELECT id FROM jobs WHERE canceled_at IS NOT NULL AND finished_at IS NULL")?;
+    let jobs = canceled
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for job_id in jobs {
+        cancel_pending(conn, job_id, now)?;
+    }
     Ok(n)
 }
 
