@@ -112,3 +112,48 @@ async fn pacing_keeps_a_small_rpm_limit_without_429s() {
         "paced under the limit: no 429"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_holds_for_real_time_items_being_retried() {
+    // Every call fails with 529, so items keep coming back for another attempt.
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(20),
+            faults: Faults { overloaded_529: 1.0, ..Faults::default() },
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 4\nmax_attempts = 1000\nbackoff_min_ms = 10\nbackoff_max_ms = 50\n",
+    )
+    .await;
+    let (ids, body) = job_of("doomed", 20);
+    env.write_job("doomed", &body);
+    let daemon = env.start_daemon();
+    let started = std::time::Instant::now();
+    while env.fake.stats().overloaded_529 < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "calls are being made"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = env.cli(&["cancel", "doomed"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = env.wait_done("doomed", Duration::from_secs(30)).await;
+    let calls_at_done = env.fake.stats().overloaded_529;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.stop().await;
+
+    assert_eq!(job.counts.canceled, 20, "{:?}", job.counts);
+    let results = env.results("doomed");
+    let by_id = assert_each_once(&results, &ids);
+    assert!(by_id.values().all(|r| r["result"]["type"] == "canceled"));
+    assert_eq!(
+        env.fake.stats().overloaded_529,
+        calls_at_done,
+        "nothing is sent after the job is done"
+    );
+}

@@ -30,6 +30,20 @@ async fn sigkill_mid_job_then_restart_completes_each_item_once() {
     first.wait().expect("reaped");
 
     let mut second = env.spawn_binary_daemon("sk-test", "run2.log");
+    // One daemon per data directory: a second one is refused while this one runs.
+    env.wait_succeeded("crash", 70, Duration::from_secs(60))
+        .await;
+    let mut third = env.spawn_binary_daemon("sk-test", "run3.log");
+    let refused = third.wait().expect("reaped");
+    assert!(
+        !refused.success(),
+        "a second daemon on the same data dir must not run"
+    );
+    let log3 = std::fs::read_to_string(env.dir.path().join("run3.log")).expect("log");
+    assert!(
+        log3.contains("another nightshift daemon is running"),
+        "{log3}"
+    );
     let job = env.wait_done("crash", Duration::from_secs(120)).await;
     // SIGTERM: stop admitting, finish, exit 0.
     let pid = second.id() as i32;
