@@ -103,27 +103,46 @@ impl Usage {
 }
 
 /// The `anthropic-ratelimit-*` headers of an answer (any may be missing).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct RateLimitHeaders {
-    pub requests_limit: Option<u64>,
-    pub requests_remaining: Option<u64>,
-    pub input_limit: Option<u64>,
-    pub input_remaining: Option<u64>,
-    pub output_limit: Option<u64>,
-    pub output_remaining: Option<u64>,
+    /// Requests, input tokens, output tokens (in that order, as [`crate::quota::Dim`]).
+    pub dims: [DimHeaders; 3],
+}
+
+/// `-limit`, `-remaining` and `-reset` of one dimension. Each is None when missing or malformed;
+/// values past any plausible limit are treated as malformed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DimHeaders {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    /// Seconds from the answer until the bucket is full again (0 if the time has passed).
+    pub reset_in: Option<f64>,
 }
 
 impl RateLimitHeaders {
-    pub fn parse(headers: &HeaderMap) -> RateLimitHeaders {
-        let num =
-            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    pub fn parse(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
+        const PLAUSIBLE: u64 = 1_000_000_000_000;
+        let text = |name: String| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let num = |name: String| text(name)?.parse::<u64>().ok().filter(|n| *n < PLAUSIBLE);
+        let reset = |name: String| -> Option<f64> {
+            let at: jiff::Timestamp = text(name)?.parse().ok()?;
+            let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as i64;
+            let secs = (at.as_millisecond() - now_ms) as f64 / 1000.0;
+            // A reset more than a day out is not a per-minute bucket's: ignore it.
+            (secs <= 86_400.0).then_some(secs.max(0.0))
+        };
+        let dim = |prefix: &str| DimHeaders {
+            limit: num(format!("anthropic-ratelimit-{prefix}-limit")),
+            remaining: num(format!("anthropic-ratelimit-{prefix}-remaining")),
+            reset_in: reset(format!("anthropic-ratelimit-{prefix}-reset")),
+        };
         RateLimitHeaders {
-            requests_limit: num("anthropic-ratelimit-requests-limit"),
-            requests_remaining: num("anthropic-ratelimit-requests-remaining"),
-            input_limit: num("anthropic-ratelimit-input-tokens-limit"),
-            input_remaining: num("anthropic-ratelimit-input-tokens-remaining"),
-            output_limit: num("anthropic-ratelimit-output-tokens-limit"),
-            output_remaining: num("anthropic-ratelimit-output-tokens-remaining"),
+            dims: [dim("requests"), dim("input-tokens"), dim("output-tokens")],
         }
     }
 }
@@ -230,7 +249,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let retry_after = parse_retry_after(headers, now);
-    let limits = RateLimitHeaders::parse(headers);
+    let limits = RateLimitHeaders::parse(headers, now);
     if status == 200 {
         return match std::str::from_utf8(body) {
             Ok(text) => match serde_json::from_str::<MessageHead>(text) {
@@ -677,6 +696,56 @@ mod tests {
             classify(503, &headers(&[("x-should-retry", "false")]), b"{}", NOW),
             Outcome::Fatal { .. }
         ));
+    }
+
+    #[test]
+    fn rate_limit_headers_parse_and_survive_garbage() {
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "49"),
+            ("anthropic-ratelimit-requests-reset", "1970-01-01T00:00:02Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "30000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "-5"),
+            ("anthropic-ratelimit-input-tokens-reset", "soon"),
+            (
+                "anthropic-ratelimit-output-tokens-limit",
+                "99999999999999999999",
+            ),
+            ("anthropic-ratelimit-output-tokens-remaining", "8000"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "1969-12-31T23:59:00Z",
+            ),
+        ]);
+        let r = RateLimitHeaders::parse(&h, NOW);
+        assert_eq!(
+            r.dims[0],
+            DimHeaders {
+                limit: Some(50),
+                remaining: Some(49),
+                reset_in: Some(2.0)
+            }
+        );
+        assert_eq!(
+            r.dims[1],
+            DimHeaders {
+                limit: Some(30000),
+                remaining: None,
+                reset_in: None
+            }
+        );
+        assert_eq!(
+            r.dims[2],
+            DimHeaders {
+                limit: None,
+                remaining: Some(8000),
+                reset_in: Some(0.0)
+            }
+        );
+        assert_eq!(
+            RateLimitHeaders::parse(&headers(&[]), NOW),
+            RateLimitHeaders::default()
+        );
     }
 
     #[test]

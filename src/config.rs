@@ -50,6 +50,8 @@ struct RawConfig {
     #[serde(default)]
     batch: RawBatch,
     #[serde(default)]
+    quota: RawQuota,
+    #[serde(default)]
     limits: BTreeMap<String, ModelLimits>,
 }
 
@@ -69,6 +71,14 @@ struct RawRealtime {
     max_attempts: Option<u32>,
     backoff_min_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    reserve: Option<f64>,
+    tier: Option<String>,
+    output_reservation: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +120,7 @@ pub struct Config {
     pub realtime: RealtimeSettings,
     pub daemon: DaemonSettings,
     pub batch: BatchSettings,
+    pub quota: QuotaConfig,
     /// Keyed by model id; the key `default` applies to models without their own entry.
     pub limits: BTreeMap<String, ModelLimits>,
 }
@@ -132,6 +143,17 @@ pub struct RealtimeSettings {
     pub max_attempts: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+}
+
+/// The quota controller's settings.
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// Fraction of each bucket's capacity left to `interactive` work (default 0.2).
+    pub reserve: f64,
+    /// A tier preset for models without their own `[limits]` entry (`start`, `build`, `scale`,
+    /// `tier1`..`tier4`).
+    pub tier: Option<String>,
+    pub output_reservation: crate::quota::OutputReservation,
 }
 
 /// The Message Batches lane.
@@ -319,9 +341,44 @@ impl Config {
             rpm: raw.batch.rpm.unwrap_or(100).max(1),
         };
 
+        let reserve = raw.quota.reserve.unwrap_or(0.2);
+        if !(0.0..0.9).contains(&reserve) {
+            return Err(invalid(
+                "quota.reserve",
+                format!("is {reserve}; it must be at least 0 and below 0.9"),
+            ));
+        }
+        if let Some(tier) = &raw.quota.tier
+            && !crate::quota::TIERS.contains(&tier.as_str())
+        {
+            return Err(invalid(
+                "quota.tier",
+                format!(
+                    "is {tier:?}; known tiers are {}",
+                    crate::quota::TIERS.join(", ")
+                ),
+            ));
+        }
+        let output_reservation = match raw.quota.output_reservation.as_deref() {
+            None | Some("max_tokens") => crate::quota::OutputReservation::MaxTokens,
+            Some("learned") => crate::quota::OutputReservation::Learned,
+            Some(other) => {
+                return Err(invalid(
+                    "quota.output_reservation",
+                    format!("is {other:?}; it must be \"max_tokens\" or \"learned\""),
+                ));
+            }
+        };
+        let quota = QuotaConfig {
+            reserve,
+            tier: raw.quota.tier,
+            output_reservation,
+        };
+
         Ok(Config {
             source,
             batch,
+            quota,
             jobs_dir,
             data_dir,
             api: ApiSettings {
@@ -346,12 +403,21 @@ impl Config {
         })
     }
 
-    /// The limits that apply to `model`: its own entry, else `default`, else none.
+    /// The limits that apply to `model`: its own entry (by model id or limit class), else the
+    /// tier preset, else `default`, else none (learned from the API's headers).
     pub fn limits_for(&self, model: &str) -> ModelLimits {
+        let class = crate::quota::limit_class(model);
         self.limits
             .get(model)
-            .or_else(|| self.limits.get("default"))
+            .or_else(|| self.limits.get(&class))
             .copied()
+            .or_else(|| {
+                self.quota
+                    .tier
+                    .as_deref()
+                    .and_then(|t| crate::quota::tier_limits(t, model))
+            })
+            .or_else(|| self.limits.get("default").copied())
             .unwrap_or_default()
     }
 

@@ -13,7 +13,7 @@ use crate::api::{ApiClient, ApiKey};
 use crate::batch::BatchLane;
 use crate::config::Config;
 use crate::intake::Intake;
-use crate::quota::Quota;
+use crate::quota::{Quota, QuotaSettings};
 use crate::realtime::RealtimeLane;
 use crate::results::ResultsWriter;
 use crate::store::{Store, items, now_ms};
@@ -98,16 +98,24 @@ pub async fn run(
         results_wake: results_wake.clone(),
     };
     let limits_config = config.clone();
+    let quota_settings = QuotaSettings {
+        reserve: config.quota.reserve,
+        output_reservation: config.quota.output_reservation,
+        max_concurrency: config.realtime.concurrency,
+        initial_concurrency: config.realtime.concurrency.min(4),
+    };
     let lane = RealtimeLane {
         store: store.clone(),
         client,
-        quota: Arc::new(Mutex::new(Quota::new(move |model| {
-            limits_config.limits_for(model)
-        }))),
+        quota: Arc::new(Mutex::new(Quota::new(
+            move |model| limits_config.limits_for(model),
+            quota_settings,
+        ))),
         settings: config.realtime.clone(),
         wake: work_wake.clone(),
         results_wake: results_wake.clone(),
         paused: Default::default(),
+        key_id: key.fingerprint(),
     };
 
     let stop_intake = CancellationToken::new();
@@ -123,6 +131,7 @@ pub async fn run(
     };
     let scan_interval = config.daemon.scan_interval;
     let intake_task = tokio::spawn(intake_loop(intake, scan_interval, stop_intake.clone()));
+    let publish_task = tokio::spawn(lane.clone().publish_quota(stop_lane.clone()));
     let lane_task = tokio::spawn(lane.run(stop_lane.clone(), config.daemon.shutdown_grace));
     let results_task = tokio::spawn(writer.run(stop_results.clone()));
     let batch_task = tokio::spawn(batch_lane.run(stop_lane.clone()));
@@ -149,6 +158,7 @@ pub async fn run(
     stop_intake.cancel();
     stop_lane.cancel();
     let _ = progress_task.await;
+    let _ = publish_task.await;
     let intake_result = intake_task.await;
     let lane_result = lane_task.await;
     let batch_result = batch_task.await;

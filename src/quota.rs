@@ -1,24 +1,514 @@
-//! Local pacing under the API's per-model limits: three continuously refilled token buckets
-//! (requests, input tokens, output tokens) per model, the algorithm the API itself enforces.
+//! The quota controller: the API's own algorithm, run locally, per limit class (models sharing a
+//! limit share one controller).
 //!
-//! Pure logic: every function takes `now` as an argument, nothing reads the clock, so it is tested
-//! without a server or sleeps. Limits come from the config and are lowered to what the API's
-//! `anthropic-ratelimit-*-limit` headers say; a dimension with neither is not paced locally (the
-//! API's 429s still are honoured by the lane).
+//! Each class has three continuously refilled token buckets — requests, input tokens, output
+//! tokens — as the API enforces them. What we know of each is kept as:
+//! - the **limit** (per minute): from the config (or a tier preset), then what the answers'
+//!   `-limit` headers say (a configured limit is never exceeded);
+//! - the **capacity** (the burst the bucket holds, which the API does not publish): learned from
+//!   every answer as `remaining + seconds-to-reset × rate`, kept as the recent upper end;
+//! - the **level**, pessimistic: every answer resets it to what the API said remains, less the
+//!   cost of our calls the answer may not have counted yet (for requests and input tokens, calls
+//!   sent after the answered one; for output tokens, every other call in flight). So consumption
+//!   by anyone else on the org — interactive apps that never pass through nightshift — is seen.
 //!
-//! Output tokens are reserved at `max_tokens` when a call is admitted and settled with the real
-//! usage when it ends: safe both where output is charged as generated and where `max_tokens` is
-//! charged up front.
+//! Admission: a call may take from every bucket when the level stays above the class's floor.
+//! Only `interactive` work may use the last `reserve` fraction of each bucket's capacity; the
+//! other classes stop at it, so interactive traffic always finds room, while alone they still run
+//! at the full refill rate (the reserve is headroom, not a cut in throughput).
+//!
+//! Output tokens are reserved at admission (`max_tokens`, or a learned estimate) and settled with
+//! the real usage: safe where output is charged as generated (the 2026 rule) and where `max_tokens`
+//! is charged up front (the 2025 rule, Bedrock). Input tokens are estimated from the body and the
+//! estimator is calibrated per class from each answer's `usage`.
+//!
+//! Everything here is pure: `now` is passed in, nothing reads the clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::api::{RateLimitHeaders, Usage};
 use crate::config::ModelLimits;
+use crate::job::Priority;
 
-/// How many seconds of refill a bucket is assumed to hold. The API does not publish its bucket
-/// capacity; a few seconds' worth keeps bursts small and pacing close to the refill rate.
-const ASSUMED_BURST_SECS: f64 = 6.0;
+/// The three dimensions, in header order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dim {
+    Requests = 0,
+    Input = 1,
+    Output = 2,
+}
+
+pub const DIMS: [Dim; 3] = [Dim::Requests, Dim::Input, Dim::Output];
+
+impl Dim {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Requests => "requests",
+            Dim::Input => "input_tokens",
+            Dim::Output => "output_tokens",
+        }
+    }
+
+    /// The short name of its per-minute limit, as in the config.
+    pub fn limit_name(self) -> &'static str {
+        match self {
+            Dim::Requests => "rpm",
+            Dim::Input => "itpm",
+            Dim::Output => "otpm",
+        }
+    }
+}
+
+/// How output tokens are reserved at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputReservation {
+    /// `max_tokens`: always safe.
+    MaxTokens,
+    /// Learned from the class's observed outputs (about p90 of recent answers), capped at
+    /// `max_tokens`: more concurrency where outputs are far below `max_tokens`, but under the
+    /// older rule (`max_tokens` charged up front) it can overshoot.
+    Learned,
+}
+
+/// Settings of the controller.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaSettings {
+    /// Fraction of each bucket's capacity only `interactive` work may use.
+    pub reserve: f64,
+    pub output_reservation: OutputReservation,
+    /// Most calls in flight per class (adaptive concurrency grows up to this).
+    pub max_concurrency: usize,
+    /// Calls in flight per class at the start, before concurrency has grown.
+    pub initial_concurrency: usize,
+}
+
+/// Before any answer: assume this much of each limit's refill is in the bucket.
+const PROBE_SECS: f64 = 1.0;
+/// Capacity estimates kept per dimension.
+const CAPACITY_WINDOW: usize = 32;
+
+/// What is known of one bucket.
+#[derive(Debug, Clone)]
+struct Bucket {
+    /// Per-minute limit in force; None: unknown, not paced locally.
+    limit: Option<f64>,
+    /// The configured limit, never exceeded by what headers say.
+    configured: Option<f64>,
+    /// Recent capacity estimates; the upper end sizes the reserve.
+    capacity_seen: VecDeque<f64>,
+    /// Capacity assumed until an answer says more.
+    capacity_assumed: f64,
+    level: f64,
+    updated: Instant,
+    /// The last `remaining` an answer gave, and when.
+    last_remaining: Option<(u64, Instant)>,
+}
+
+impl Bucket {
+    fn new(configured: Option<u64>, now: Instant) -> Bucket {
+        let limit = configured.map(|l| l as f64);
+        let probe = limit.map_or(0.0, |l| (l * PROBE_SECS / 60.0).max(1.0));
+        Bucket {
+            limit,
+            configured: limit,
+            capacity_seen: VecDeque::new(),
+            capacity_assumed: probe,
+            level: probe,
+            updated: now,
+            last_remaining: None,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.limit.unwrap_or(0.0) / 60.0
+    }
+
+    /// The burst the bucket holds, as far as known (upper end of recent estimates).
+    fn capacity(&self) -> f64 {
+        self.capacity_seen
+            .iter()
+            .copied()
+            .fold(self.capacity_assumed, f64::max)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.rate()).min(self.capacity());
+        self.updated = self.updated.max(now);
+    }
+
+    /// What must be in the bucket to take `cost` above `floor`: all of it, or the whole usable
+    /// part for a call larger than that (the level then goes below the floor and refills).
+    fn needed(&self, cost: f64, floor: f64) -> f64 {
+        floor + cost.min((self.capacity() - floor).max(0.0))
+    }
+
+    fn wait_for(&self, cost: f64, floor: f64) -> Duration {
+        let missing = self.needed(cost, floor) - self.level;
+        if missing <= 0.0 || self.rate() <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((missing / self.rate()).min(3600.0))
+    }
+
+    /// Applies what an answer said: the limit, a capacity estimate, and the level less `uncounted`
+    /// (our calls the answer may not include). Never panics on odd values.
+    fn correct(&mut self, header: &crate::api::DimHeaders, uncounted: f64, now: Instant) {
+        if let Some(limit) = header.limit.filter(|l| *l > 0) {
+            let limit = limit as f64;
+            let effective = self.configured.map_or(limit, |c| c.min(limit));
+            if self.limit != Some(effective) {
+                self.limit = Some(effective);
+                // A new limit makes old capacity estimates stale.
+                self.capacity_seen.clear();
+                self.capacity_assumed = (effective * PROBE_SECS / 60.0).max(1.0);
+            }
+        }
+        self.refill(now);
+        let Some(remaining) = header.remaining else {
+            return;
+        };
+        self.last_remaining = Some((remaining, now));
+        let remaining = remaining as f64;
+        if let (Some(reset_in), Some(_)) = (header.reset_in, self.limit) {
+            let estimate = remaining + reset_in * self.rate();
+            if self.capacity_seen.len() == CAPACITY_WINDOW {
+                self.capacity_seen.pop_front();
+            }
+            self.capacity_seen.push_back(estimate.max(remaining));
+        } else if remaining > self.capacity_assumed {
+            self.capacity_assumed = remaining;
+        }
+        self.level = (remaining - uncounted).min(self.capacity());
+    }
+}
+
+/// The controller of one limit class.
+#[derive(Debug, Clone)]
+struct Controller {
+    buckets: [Bucket; 3],
+    paused_until: Option<Instant>,
+    /// Calls in flight: admission order → what each reserved.
+    in_flight: BTreeMap<u64, [f64; 3]>,
+    concurrency: usize,
+    /// Calibration of the input estimate: actual / estimated, smoothed.
+    input_ratio: f64,
+    /// Relative errors of recent input estimates (after calibration), for diagnosis.
+    input_errors: VecDeque<f64>,
+    /// Recent output token counts, for the learned reservation.
+    outputs: VecDeque<u64>,
+    last_throttle: Option<Instant>,
+}
+
+impl Controller {
+    fn new(limits: ModelLimits, settings: &QuotaSettings, now: Instant) -> Controller {
+        Controller {
+            buckets: [
+                Bucket::new(limits.rpm, now),
+                Bucket::new(limits.itpm, now),
+                Bucket::new(limits.otpm, now),
+            ],
+            paused_until: None,
+            in_flight: BTreeMap::new(),
+            // Start small and grow.
+            concurrency: settings
+                .initial_concurrency
+                .clamp(1, settings.max_concurrency.max(1)),
+            input_ratio: 1.0,
+            input_errors: VecDeque::new(),
+            outputs: VecDeque::new(),
+            last_throttle: None,
+        }
+    }
+
+    fn floor(&self, dim: Dim, priority: Priority, reserve: f64) -> f64 {
+        if priority == Priority::Interactive {
+            return 0.0;
+        }
+        let b = &self.buckets[dim as usize];
+        // At least one request's worth for the request bucket, so the reserve never rounds away.
+        let floor = reserve * b.capacity();
+        if dim == Dim::Requests && reserve > 0.0 {
+            floor.max(1.0)
+        } else {
+            floor
+        }
+    }
+
+    fn output_reservation(&self, max_tokens: u64, mode: OutputReservation) -> f64 {
+        match mode {
+            OutputReservation::MaxTokens => max_tokens as f64,
+            OutputReservation::Learned if self.outputs.len() >= 10 => {
+                let mut sorted: Vec<u64> = self.outputs.iter().copied().collect();
+                sorted.sort_unstable();
+                let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
+                ((p90 as f64) * 1.2 + 16.0).min(max_tokens as f64)
+            }
+            OutputReservation::Learned => max_tokens as f64,
+        }
+    }
+}
+
+/// What the lane asks to send.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub model: &'a str,
+    pub priority: Priority,
+    /// The uncalibrated input estimate (a token per four bytes of body).
+    pub input_estimate: u64,
+    pub max_tokens: u64,
+}
+
+/// What an admitted call holds until it is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    pub class: String,
+    pub seq: u64,
+    /// Reserved: requests (1), input tokens (calibrated estimate), output tokens.
+    pub reserved: [f64; 3],
+    pub raw_input_estimate: u64,
+    /// The class's concurrency when it was admitted.
+    pub concurrency: usize,
+}
+
+/// How an answer went, for the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The API ran it (usage known).
+    Ran,
+    /// 429 rate limit.
+    RateLimited,
+    /// 529 overloaded: not a quota signal.
+    Overloaded,
+    /// Refused or failed without consuming anything (4xx, 5xx).
+    Refused,
+    /// Sent, no answer: it may have consumed quota.
+    Unknown,
+}
+
+/// The state of one class, for `nightshift limits` and the benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassSnapshot {
+    pub class: String,
+    pub concurrency: usize,
+    pub in_flight: usize,
+    pub paused_for_secs: Option<f64>,
+    pub input_ratio: f64,
+    /// Mean absolute relative error of recent calibrated input estimates.
+    pub input_error: Option<f64>,
+    pub dims: Vec<DimSnapshot>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DimSnapshot {
+    pub dim: &'static str,
+    pub limit_per_minute: Option<f64>,
+    pub capacity: f64,
+    pub level: f64,
+    pub last_remaining: Option<u64>,
+}
+
+/// The controllers of every class.
+pub struct Quota {
+    configured: Box<dyn Fn(&str) -> ModelLimits + Send>,
+    settings: QuotaSettings,
+    classes: HashMap<String, Controller>,
+    next_seq: u64,
+}
+
+impl Quota {
+    /// `configured` gives the configured (or tier) limits of a model.
+    pub fn new(
+        configured: impl Fn(&str) -> ModelLimits + Send + 'static,
+        settings: QuotaSettings,
+    ) -> Quota {
+        Quota {
+            configured: Box::new(configured),
+            settings,
+            classes: HashMap::new(),
+            next_seq: 0,
+        }
+    }
+
+    fn class(&mut self, model: &str, now: Instant) -> (String, &mut Controller) {
+        let class = limit_class(model);
+        if !self.classes.contains_key(&class) {
+            let limits = (self.configured)(model);
+            let controller = Controller::new(limits, &self.settings, now);
+            self.classes.insert(class.clone(), controller);
+        }
+        let controller = self.classes.get_mut(&class).expect("inserted above");
+        (class, controller)
+    }
+
+    /// Admits a call now, or says when to ask again (a call finishing may allow one sooner).
+    pub fn try_admit(&mut self, request: &Request<'_>, now: Instant) -> Result<Ticket, Instant> {
+        let settings = self.settings;
+        let seq = self.next_seq;
+        let (class, c) = self.class(request.model, now);
+        if let Some(until) = c.paused_until {
+            if now < until {
+                return Err(until);
+            }
+            c.paused_until = None;
+        }
+        if c.in_flight.len() >= c.concurrency {
+            return Err(now + Duration::from_secs(1));
+        }
+        let input = (request.input_estimate as f64 * c.input_ratio).max(1.0);
+        let output = c.output_reservation(request.max_tokens, settings.output_reservation);
+        let costs = [1.0, input, output];
+        let mut wait = Duration::ZERO;
+        for dim in DIMS {
+            let floor = c.floor(dim, request.priority, settings.reserve);
+            let b = &mut c.buckets[dim as usize];
+            if b.limit.is_none() {
+                continue;
+            }
+            b.refill(now);
+            wait = wait.max(b.wait_for(costs[dim as usize], floor));
+        }
+        if !wait.is_zero() {
+            return Err(now + wait.max(Duration::from_millis(1)));
+        }
+        for dim in DIMS {
+            c.buckets[dim as usize].level -= costs[dim as usize];
+        }
+        c.in_flight.insert(seq, costs);
+        let concurrency = c.concurrency;
+        self.next_seq += 1;
+        Ok(Ticket {
+            class,
+            seq,
+            reserved: costs,
+            raw_input_estimate: request.input_estimate,
+            concurrency,
+        })
+    }
+
+    /// Settles a call: learns from its headers and usage, gives back what it did not use, and
+    /// adapts the class's concurrency.
+    pub fn settle(
+        &mut self,
+        ticket: &Ticket,
+        answer: Answer,
+        usage: Option<&Usage>,
+        headers: &RateLimitHeaders,
+        now: Instant,
+    ) {
+        let max_concurrency = self.settings.max_concurrency.max(1);
+        let Some(c) = self.classes.get_mut(&ticket.class) else {
+            return;
+        };
+        c.in_flight.remove(&ticket.seq);
+        // Our calls this answer may not count: sent after it (requests, input), or still
+        // generating (output).
+        let mut uncounted = [0.0; 3];
+        for (seq, costs) in &c.in_flight {
+            if *seq > ticket.seq {
+                uncounted[0] += costs[0];
+                uncounted[1] += costs[1];
+            }
+            uncounted[2] += costs[2];
+        }
+        let used = match (answer, usage) {
+            (Answer::Ran, Some(u)) => {
+                Some([1.0, u.rate_limited_input() as f64, u.output_tokens as f64])
+            }
+            (Answer::Unknown, _) => None, // may have run: keep the reservation
+            _ => Some([0.0; 3]),          // consumed nothing: give everything back
+        };
+        for dim in DIMS {
+            let i = dim as usize;
+            let header = &headers.dims[i];
+            let b = &mut c.buckets[i];
+            if header.remaining.is_some() || header.limit.is_some() {
+                b.correct(header, uncounted[i], now);
+                if header.remaining.is_some() {
+                    continue; // the answer's word replaces our books
+                }
+            }
+            if let Some(used) = used {
+                b.refill(now);
+                b.level = (b.level + ticket.reserved[i] - used[i]).min(b.capacity());
+            }
+        }
+        if let (Answer::Ran, Some(u)) = (answer, usage) {
+            let actual = u.rate_limited_input() as f64;
+            let raw = ticket.raw_input_estimate.max(1) as f64;
+            let error = (ticket.reserved[1] - actual).abs() / actual.max(1.0);
+            c.input_ratio = (0.9 * c.input_ratio + 0.1 * (actual / raw)).clamp(0.05, 20.0);
+            push_bounded(&mut c.input_errors, error, 100);
+            push_bounded(&mut c.outputs, u.output_tokens, 200);
+        }
+        // Adaptive concurrency: grow while calls go through, halve on 429 and 529.
+        match answer {
+            Answer::RateLimited | Answer::Overloaded => {
+                c.concurrency = (c.concurrency / 2).max(1);
+                c.last_throttle = Some(now);
+            }
+            Answer::Ran if c.in_flight.len() + 1 >= c.concurrency => {
+                c.concurrency = (c.concurrency + 1).min(max_concurrency);
+            }
+            _ => {}
+        }
+    }
+
+    /// Holds every call of the model's class until `until` (`retry-after`).
+    pub fn pause(&mut self, model: &str, until: Instant, now: Instant) {
+        let (_, c) = self.class(model, now);
+        c.paused_until = Some(c.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// The state of every class.
+    pub fn snapshot(&mut self, now: Instant) -> Vec<ClassSnapshot> {
+        let mut out: Vec<ClassSnapshot> = self
+            .classes
+            .iter_mut()
+            .map(|(class, c)| ClassSnapshot {
+                class: class.clone(),
+                concurrency: c.concurrency,
+                in_flight: c.in_flight.len(),
+                paused_for_secs: c
+                    .paused_until
+                    .filter(|u| *u > now)
+                    .map(|u| (u - now).as_secs_f64()),
+                input_ratio: c.input_ratio,
+                input_error: (!c.input_errors.is_empty())
+                    .then(|| c.input_errors.iter().sum::<f64>() / c.input_errors.len() as f64),
+                dims: DIMS
+                    .iter()
+                    .map(|d| {
+                        let b = &mut c.buckets[*d as usize];
+                        b.refill(now);
+                        DimSnapshot {
+                            dim: d.name(),
+                            limit_per_minute: b.limit,
+                            capacity: b.capacity(),
+                            level: b.level,
+                            last_remaining: b.last_remaining.map(|(r, _)| r),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.class.cmp(&b.class));
+        out
+    }
+
+    /// The concurrency of the model's class now.
+    pub fn concurrency(&mut self, model: &str, now: Instant) -> usize {
+        self.class(model, now).1.concurrency
+    }
+}
+
+fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, max: usize) {
+    if queue.len() == max {
+        queue.pop_front();
+    }
+    queue.push_back(value);
+}
 
 /// The rate-limit class of a model: models that share one limit at the API share it here too
 /// ("Opus 4.x" covers Opus 4.5–4.8, "Sonnet 4.x" covers Sonnet 4.5 and 4.6; §2.1 of the fact
@@ -41,224 +531,51 @@ pub fn limit_class(model: &str) -> String {
     base.to_owned()
 }
 
-/// One continuously refilled bucket.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bucket {
-    /// The per-minute limit.
-    pub limit: f64,
-    pub capacity: f64,
-    /// May go below zero after an oversized take; it refills from there.
-    pub level: f64,
-    updated: Instant,
+/// Rate-limit tiers from the public tables (`../shared/anthropic-api.md` §2.4–2.5, read
+/// 2026-09-01): (rpm, itpm, otpm) for a model under a tier, if the table gives it.
+pub const TIER_TABLES_AS_OF: &str = "2026-09-01";
+
+pub fn tier_limits(tier: &str, model: &str) -> Option<ModelLimits> {
+    let class = limit_class(model);
+    let fable = class.starts_with("claude-fable-5");
+    let haiku35 = class.starts_with("claude-3-5-haiku");
+    let (rpm, itpm, otpm) = match tier {
+        // Current scheme.
+        "start" if fable => (1_000, 500_000, 100_000),
+        "build" if fable => (2_000, 1_500_000, 300_000),
+        "scale" if fable => (4_000, 4_000_000, 800_000),
+        "start" if haiku35 => (1_000, 100_000, 20_000),
+        "build" if haiku35 => (2_000, 200_000, 40_000),
+        "scale" if haiku35 => (4_000, 400_000, 80_000),
+        "start" => (1_000, 2_000_000, 400_000),
+        "build" => (5_000, 5_000_000, 1_000_000),
+        "scale" => (10_000, 10_000_000, 2_000_000),
+        // The older scheme (2025), Opus/Sonnet 4.x and by default.
+        "tier1" if class == "claude-haiku-4-5" => (50, 50_000, 10_000),
+        "tier3" if class == "claude-haiku-4-5" => (2_000, 1_000_000, 200_000),
+        "tier4" if class == "claude-haiku-4-5" => (4_000, 4_000_000, 800_000),
+        "tier1" => (50, 30_000, 8_000),
+        "tier2" => (1_000, 450_000, 90_000),
+        "tier3" => (2_000, 800_000, 160_000),
+        "tier4" => (4_000, 2_000_000, 400_000),
+        _ => return None,
+    };
+    Some(ModelLimits {
+        rpm: Some(rpm),
+        itpm: Some(itpm),
+        otpm: Some(otpm),
+    })
 }
 
-impl Bucket {
-    pub fn new(per_minute: u64, now: Instant) -> Bucket {
-        let limit = per_minute as f64;
-        let capacity = (limit * ASSUMED_BURST_SECS / 60.0).max(1.0);
-        Bucket {
-            limit,
-            capacity,
-            level: capacity,
-            updated: now,
-        }
-    }
-
-    fn rate_per_sec(&self) -> f64 {
-        self.limit / 60.0
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.level = (self.level + elapsed * self.rate_per_sec()).min(self.capacity);
-        self.updated = self.updated.max(now);
-    }
-
-    /// What must be in the bucket to take `amount`: all of it, or a full bucket for a request
-    /// larger than the bucket (it then goes below zero and refills from there).
-    fn needed(&self, amount: f64) -> f64 {
-        amount.min(self.capacity)
-    }
-
-    /// How long until `amount` can be taken (zero if now).
-    fn wait_for(&self, amount: f64) -> Duration {
-        let missing = self.needed(amount) - self.level;
-        if missing <= 0.0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64((missing / self.rate_per_sec()).min(3600.0))
-    }
-
-    fn set_limit(&mut self, per_minute: u64) {
-        let ratio = self.level / self.capacity;
-        self.limit = per_minute as f64;
-        self.capacity = (self.limit * ASSUMED_BURST_SECS / 60.0).max(1.0);
-        self.level = self.level.min(ratio * self.capacity);
-    }
-}
-
-/// The three buckets of one model, and a pause (after a `retry-after`).
-#[derive(Debug, Clone)]
-struct ModelQuota {
-    requests: Option<Bucket>,
-    input: Option<Bucket>,
-    output: Option<Bucket>,
-    paused_until: Option<Instant>,
-}
-
-impl ModelQuota {
-    fn new(limits: ModelLimits, now: Instant) -> ModelQuota {
-        ModelQuota {
-            requests: limits.rpm.map(|l| Bucket::new(l, now)),
-            input: limits.itpm.map(|l| Bucket::new(l, now)),
-            output: limits.otpm.map(|l| Bucket::new(l, now)),
-            paused_until: None,
-        }
-    }
-
-    fn buckets(&mut self) -> [(&mut Option<Bucket>, u8); 3] {
-        [
-            (&mut self.requests, 0),
-            (&mut self.input, 1),
-            (&mut self.output, 2),
-        ]
-    }
-}
-
-/// What an admitted call holds until it is settled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ticket {
-    pub model: String,
-    pub input_reserved: u64,
-    pub output_reserved: u64,
-}
-
-/// The pacer for every model.
-pub struct Quota {
-    configured: Box<dyn Fn(&str) -> ModelLimits + Send>,
-    models: HashMap<String, ModelQuota>,
-}
-
-impl Quota {
-    /// `configured` gives the configured limits of a model.
-    pub fn new(configured: impl Fn(&str) -> ModelLimits + Send + 'static) -> Quota {
-        Quota {
-            configured: Box::new(configured),
-            models: HashMap::new(),
-        }
-    }
-
-    /// The buckets of the model's limit class (models sharing a limit share buckets).
-    fn model(&mut self, model: &str, now: Instant) -> &mut ModelQuota {
-        let class = limit_class(model);
-        if !self.models.contains_key(&class) {
-            let limits = (self.configured)(model);
-            self.models
-                .insert(class.clone(), ModelQuota::new(limits, now));
-        }
-        self.models.get_mut(&class).expect("inserted above")
-    }
-
-    /// Admits a call now, or says when to ask again.
-    pub fn try_admit(
-        &mut self,
-        model: &str,
-        input_estimate: u64,
-        max_tokens: u64,
-        now: Instant,
-    ) -> Result<Ticket, Instant> {
-        let quota = self.model(model, now);
-        if let Some(until) = quota.paused_until {
-            if now < until {
-                return Err(until);
-            }
-            quota.paused_until = None;
-        }
-        let amounts = [1.0, input_estimate as f64, max_tokens as f64];
-        let mut wait = Duration::ZERO;
-        for (bucket, i) in quota.buckets() {
-            if let Some(b) = bucket {
-                b.refill(now);
-                wait = wait.max(b.wait_for(amounts[i as usize]));
-            }
-        }
-        if !wait.is_zero() {
-            return Err(now + wait);
-        }
-        for (bucket, i) in quota.buckets() {
-            if let Some(b) = bucket {
-                b.level -= amounts[i as usize];
-            }
-        }
-        Ok(Ticket {
-            model: model.to_owned(),
-            input_reserved: input_estimate,
-            output_reserved: max_tokens,
-        })
-    }
-
-    /// Settles an admitted call: with the real usage if the API ran it, or gives everything back
-    /// (a 429, 529 or other error consumed nothing).
-    pub fn settle(&mut self, ticket: &Ticket, usage: Option<&Usage>, now: Instant) {
-        let quota = self.model(&ticket.model, now);
-        let (req_back, in_back, out_back) = match usage {
-            Some(u) => (
-                0.0,
-                ticket.input_reserved as f64 - u.rate_limited_input() as f64,
-                ticket.output_reserved as f64 - u.output_tokens as f64,
-            ),
-            None => (
-                1.0,
-                ticket.input_reserved as f64,
-                ticket.output_reserved as f64,
-            ),
-        };
-        let back = [req_back, in_back, out_back];
-        for (bucket, i) in quota.buckets() {
-            if let Some(b) = bucket {
-                b.refill(now);
-                b.level = (b.level + back[i as usize]).min(b.capacity);
-            }
-        }
-    }
-
-    /// Holds every call of `model` until `until` (the API said `retry-after`).
-    pub fn pause(&mut self, model: &str, until: Instant, now: Instant) {
-        let quota = self.model(model, now);
-        quota.paused_until = Some(quota.paused_until.map_or(until, |u| u.max(until)));
-    }
-
-    /// Learns limits from an answer's headers: a dimension not configured gets the API's limit; a
-    /// configured one is lowered to it when the API says less.
-    pub fn observe(&mut self, model: &str, headers: &RateLimitHeaders, now: Instant) {
-        let quota = self.model(model, now);
-        let learned = [
-            headers.requests_limit,
-            headers.input_limit,
-            headers.output_limit,
-        ];
-        for (bucket, i) in quota.buckets() {
-            let Some(limit) = learned[i as usize].filter(|l| *l > 0) else {
-                continue;
-            };
-            match bucket {
-                None => *bucket = Some(Bucket::new(limit, now)),
-                Some(b) if (limit as f64) < b.limit => b.set_limit(limit),
-                Some(_) => {}
-            }
-        }
-    }
-
-    /// The per-minute limits in force for a model (None: not paced).
-    pub fn limits(&self, model: &str) -> Option<[Option<f64>; 3]> {
-        let q = self.models.get(&limit_class(model))?;
-        Some([&q.requests, &q.input, &q.output].map(|b| b.as_ref().map(|b| b.limit)))
-    }
-}
+/// The tier names [`tier_limits`] knows.
+pub const TIERS: [&str; 7] = [
+    "start", "build", "scale", "tier1", "tier2", "tier3", "tier4",
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::DimHeaders;
 
     fn limits(rpm: u64, itpm: u64, otpm: u64) -> ModelLimits {
         ModelLimits {
@@ -268,86 +585,312 @@ mod tests {
         }
     }
 
-    #[test]
-    fn admits_a_burst_then_paces_at_the_refill_rate() {
-        let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 1_000_000, 1_000_000));
-        // 60 RPM with 6 s of burst: 6 calls at once, then one per second.
-        for _ in 0..6 {
-            q.try_admit("m", 10, 10, t0).expect("burst");
+    fn settings(reserve: f64) -> QuotaSettings {
+        QuotaSettings {
+            reserve,
+            output_reservation: OutputReservation::MaxTokens,
+            max_concurrency: 64,
+            initial_concurrency: 64,
         }
-        let next = q.try_admit("m", 10, 10, t0).expect_err("bucket empty");
-        assert_eq!(next.duration_since(t0).as_millis(), 1000);
-        q.try_admit("m", 10, 10, t0 + Duration::from_secs(1))
+    }
+
+    fn req(priority: Priority, input: u64, max_tokens: u64) -> Request<'static> {
+        Request {
+            model: "m",
+            priority,
+            input_estimate: input,
+            max_tokens,
+        }
+    }
+
+    fn headers(dims: [(u64, u64, f64); 3]) -> RateLimitHeaders {
+        RateLimitHeaders {
+            dims: dims.map(|(limit, remaining, reset_in)| DimHeaders {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                reset_in: Some(reset_in),
+            }),
+        }
+    }
+
+    fn ran(input: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn before_any_answer_one_probe_then_an_answer_opens_the_burst() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(60, 60_000, 60_000), settings(0.0));
+        let probe = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("the probe");
+        assert!(
+            q.try_admit(&req(Priority::Nightly, 10, 10), t0).is_err(),
+            "one second of 60 RPM is one request"
+        );
+        // The answer: 59 requests remain, the bucket is full again in 1 s (so it holds 60).
+        q.settle(
+            &probe,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &headers([(60, 59, 1.0), (60_000, 59_000, 1.0), (60_000, 59_000, 1.0)]),
+            t0,
+        );
+        for _ in 0..4 {
+            q.try_admit(&req(Priority::Nightly, 10, 10), t0)
+                .expect("the burst follows the answer");
+        }
+    }
+
+    #[test]
+    fn pacing_follows_the_refill_rate_of_the_binding_dimension() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(6000, 6_000, 1_000_000), settings(0.0));
+        // ITPM 6000 = 100 tokens/s; the probe bucket holds one second: 100 tokens.
+        q.try_admit(&req(Priority::Nightly, 100, 1), t0)
+            .expect("first");
+        let next = q
+            .try_admit(&req(Priority::Nightly, 50, 1), t0)
+            .expect_err("input bucket empty");
+        assert_eq!(next.duration_since(t0).as_millis(), 500);
+        q.try_admit(&req(Priority::Nightly, 50, 1), next)
             .expect("refilled");
     }
 
     #[test]
-    fn the_binding_dimension_decides_the_wait() {
+    fn lower_classes_leave_the_reserve_and_interactive_may_use_it() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(1000, 6_000, 1_000_000));
-        // ITPM 6000: 100 tokens/s, bucket 600. A 600-token call empties it.
-        q.try_admit("m", 600, 1, t0).expect("first");
-        let next = q
-            .try_admit("m", 300, 1, t0)
-            .expect_err("input bucket empty");
-        assert_eq!(next.duration_since(t0).as_secs(), 3);
-    }
-
-    #[test]
-    fn oversized_calls_wait_for_a_full_bucket_then_go_negative() {
-        let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(1000, 600, 1_000_000)); // 10/s, bucket 60
-        q.try_admit("m", 120, 1, t0)
-            .expect("full bucket admits an oversized call");
-        let next = q.try_admit("m", 120, 1, t0).expect_err("now in debt");
-        // From -60 back to a full 60 at 10/s: 12 s.
-        assert_eq!(next.duration_since(t0).as_secs(), 12);
-    }
-
-    #[test]
-    fn settle_returns_unused_output_and_failed_calls_give_everything_back() {
-        let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 600, 600)); // buckets: 6 req, 60 in, 60 out
-        let t = q.try_admit("m", 60, 60, t0).expect("admit");
-        assert!(q.try_admit("m", 1, 1, t0).is_err());
-        let usage = Usage {
-            input_tokens: 30,
-            output_tokens: 10,
-            ..Default::default()
-        };
-        q.settle(&t, Some(&usage), t0);
-        let t2 = q.try_admit("m", 30, 50, t0).expect("room came back");
-        q.settle(&t2, None, t0);
-        q.try_admit("m", 30, 50, t0)
-            .expect("a failed call consumed nothing");
-    }
-
-    #[test]
-    fn pause_holds_the_model_and_unpaced_models_pass() {
-        let t0 = Instant::now();
-        let mut q = Quota::new(|m| {
-            if m == "paced" {
-                limits(60, 600, 600)
-            } else {
-                ModelLimits::default()
-            }
-        });
-        q.pause("paced", t0 + Duration::from_secs(5), t0);
-        assert_eq!(
-            q.try_admit("paced", 1, 1, t0),
-            Err(t0 + Duration::from_secs(5))
+        let mut q = Quota::new(|_| limits(600, 1_000_000, 1_000_000), settings(0.2));
+        let probe = q
+            .try_admit(&req(Priority::Interactive, 1, 1), t0)
+            .expect("probe");
+        // The API: bucket of 10 requests (full in 1 s at 10/s), 9 left.
+        q.settle(
+            &probe,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (600, 9, 0.1),
+                (1_000_000, 999_000, 0.1),
+                (1_000_000, 999_000, 0.1),
+            ]),
+            t0,
         );
-        q.try_admit("paced", 1, 1, t0 + Duration::from_secs(5))
-            .expect("after the pause");
-        for _ in 0..1000 {
-            q.try_admit("free", 1_000_000, 1_000_000, t0)
-                .expect("no limits, no pacing");
+        let mut nightly = 0;
+        while q.try_admit(&req(Priority::Nightly, 1, 1), t0).is_ok() {
+            nightly += 1;
         }
+        assert_eq!(nightly, 7, "9 left, 2 (20% of 10) kept back");
+        q.try_admit(&req(Priority::Interactive, 1, 1), t0)
+            .expect("interactive uses the reserve");
+        q.try_admit(&req(Priority::Interactive, 1, 1), t0)
+            .expect("all of it");
+        assert!(q.try_admit(&req(Priority::Interactive, 1, 1), t0).is_err());
     }
 
     #[test]
-    fn models_sharing_a_limit_share_buckets() {
+    fn foreign_consumption_seen_in_remaining_makes_nightly_yield() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(600, 1_000_000, 1_000_000), settings(0.2));
+        let a = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        q.settle(
+            &a,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (600, 9, 0.1),
+                (1_000_000, 999_000, 0.1),
+                (1_000_000, 999_000, 0.1),
+            ]),
+            t0,
+        );
+        let b = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("room");
+        // Someone else took 6 requests meanwhile: the answer says 2 remain (= the reserve).
+        q.settle(
+            &b,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (600, 2, 0.8),
+                (1_000_000, 999_000, 0.1),
+                (1_000_000, 999_000, 0.1),
+            ]),
+            t0,
+        );
+        let wait = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect_err("nightly yields");
+        assert_eq!(
+            wait.duration_since(t0).as_millis(),
+            100,
+            "until one request refills above the reserve"
+        );
+        q.try_admit(&req(Priority::Interactive, 1, 1), t0)
+            .expect("interactive still finds room");
+    }
+
+    #[test]
+    fn calls_in_flight_are_taken_off_an_answer() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(600, 1_000_000, 6_000), settings(0.0));
+        let first = q
+            .try_admit(&req(Priority::Nightly, 1, 10), t0)
+            .expect("probe");
+        q.settle(
+            &first,
+            Answer::Ran,
+            Some(&ran(1, 10)),
+            &headers([(600, 9, 0.1), (1_000_000, 999_000, 0.1), (6_000, 990, 0.1)]),
+            t0,
+        );
+        let a = q.try_admit(&req(Priority::Nightly, 1, 400), t0).expect("a");
+        let _b = q.try_admit(&req(Priority::Nightly, 1, 400), t0).expect("b");
+        // a's answer does not count b's output (still generating): 990 - 400 remain for us.
+        q.settle(
+            &a,
+            Answer::Ran,
+            Some(&ran(1, 0)),
+            &headers([(600, 8, 0.2), (1_000_000, 999_000, 0.1), (6_000, 990, 0.0)]),
+            t0,
+        );
+        let snap = q.snapshot(t0);
+        assert_eq!(snap[0].dims[2].level, 590.0);
+    }
+
+    #[test]
+    fn settle_gives_back_what_was_not_used_without_headers() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(60, 600, 600), settings(0.0));
+        let t = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("admit");
+        let before = q.snapshot(t0)[0].dims[2].level;
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(10, 4)),
+            &RateLimitHeaders::default(),
+            t0,
+        );
+        assert_eq!(q.snapshot(t0)[0].dims[2].level, before + 6.0);
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0 + Duration::from_secs(1))
+            .expect("admit");
+        let before = q.snapshot(t0 + Duration::from_secs(1))[0].dims[0].level;
+        q.settle(
+            &t,
+            Answer::Refused,
+            None,
+            &RateLimitHeaders::default(),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(
+            q.snapshot(t0 + Duration::from_secs(1))[0].dims[0].level,
+            before + 1.0,
+            "a refused call took nothing"
+        );
+    }
+
+    #[test]
+    fn lowered_limits_are_followed_and_configured_ones_never_exceeded() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(600, 100_000, 100_000), settings(0.0));
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (60, 50, 1.0),
+                (200_000, 190_000, 1.0),
+                (100_000, 99_000, 1.0),
+            ]),
+            t0,
+        );
+        let snap = q.snapshot(t0);
+        assert_eq!(
+            snap[0].dims[0].limit_per_minute,
+            Some(60.0),
+            "lowered to what the API says"
+        );
+        assert_eq!(
+            snap[0].dims[1].limit_per_minute,
+            Some(100_000.0),
+            "never above the config"
+        );
+    }
+
+    #[test]
+    fn overloaded_halves_concurrency_but_keeps_the_limits() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| limits(6000, 1_000_000, 1_000_000), settings(0.0));
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (6000, 99, 1.0),
+                (1_000_000, 999_000, 1.0),
+                (1_000_000, 999_000, 1.0),
+            ]),
+            t0,
+        );
+        let c = q.concurrency("m", t0);
+        assert!(c > 1);
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("admit");
+        q.settle(
+            &t,
+            Answer::Overloaded,
+            None,
+            &RateLimitHeaders::default(),
+            t0,
+        );
+        assert_eq!(q.concurrency("m", t0), (c / 2).max(1));
+        assert_eq!(q.snapshot(t0)[0].dims[0].limit_per_minute, Some(6000.0));
+    }
+
+    #[test]
+    fn the_input_estimator_calibrates() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(|_| ModelLimits::default(), settings(0.0));
+        for _ in 0..100 {
+            let t = q
+                .try_admit(&req(Priority::Nightly, 100, 1), t0)
+                .expect("unpaced");
+            q.settle(
+                &t,
+                Answer::Ran,
+                Some(&ran(50, 1)),
+                &RateLimitHeaders::default(),
+                t0,
+            );
+        }
+        let snap = q.snapshot(t0);
+        assert!(
+            (snap[0].input_ratio - 0.5).abs() < 0.01,
+            "{}",
+            snap[0].input_ratio
+        );
+        assert!(snap[0].input_error.expect("errors") < 0.2);
+    }
+
+    #[test]
+    fn models_sharing_a_limit_share_a_controller() {
         assert_eq!(limit_class("claude-sonnet-4-5"), "claude-sonnet-4.x");
         assert_eq!(
             limit_class("claude-sonnet-4-6-20260101"),
@@ -356,49 +899,50 @@ mod tests {
         assert_eq!(limit_class("claude-opus-4-8"), "claude-opus-4.x");
         assert_eq!(limit_class("claude-sonnet-5-5"), "claude-sonnet-5-5");
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 1_000_000, 1_000_000)); // 6 requests of burst
-        for i in 0..6 {
-            let model = if i % 2 == 0 {
-                "claude-sonnet-4-5"
-            } else {
-                "claude-sonnet-4-6"
-            };
-            q.try_admit(model, 1, 1, t0).expect("burst");
-        }
+        let mut q = Quota::new(|_| limits(60, 1_000_000, 1_000_000), settings(0.0));
+        q.try_admit(
+            &Request {
+                model: "claude-sonnet-4-5",
+                ..req(Priority::Nightly, 1, 1)
+            },
+            t0,
+        )
+        .expect("probe");
         assert!(
-            q.try_admit("claude-sonnet-4-6", 1, 1, t0).is_err(),
-            "one bucket for both"
+            q.try_admit(
+                &Request {
+                    model: "claude-sonnet-4-6",
+                    ..req(Priority::Nightly, 1, 1)
+                },
+                t0
+            )
+            .is_err(),
+            "one bucket"
         );
-        q.try_admit("claude-haiku-4-5", 1, 1, t0)
-            .expect("another class has its own");
+        q.try_admit(
+            &Request {
+                model: "claude-haiku-4-5",
+                ..req(Priority::Nightly, 1, 1)
+            },
+            t0,
+        )
+        .expect("own class");
     }
 
     #[test]
-    fn headers_teach_missing_limits_and_lower_configured_ones() {
-        let t0 = Instant::now();
-        let mut q = Quota::new(|_| ModelLimits {
-            rpm: Some(600),
-            ..Default::default()
-        });
-        let headers = RateLimitHeaders {
-            requests_limit: Some(60),
-            input_limit: Some(30_000),
-            ..Default::default()
-        };
-        q.observe("m", &headers, t0);
-        assert_eq!(q.limits("m"), Some([Some(60.0), Some(30_000.0), None]));
-        q.observe(
-            "m",
-            &RateLimitHeaders {
-                requests_limit: Some(5000),
-                ..Default::default()
-            },
-            t0,
+    fn tiers_come_from_the_public_tables() {
+        assert_eq!(
+            tier_limits("tier1", "claude-sonnet-4-5"),
+            Some(limits(50, 30_000, 8_000))
         );
         assert_eq!(
-            q.limits("m").expect("known")[0],
-            Some(60.0),
-            "never raised past the config"
+            tier_limits("build", "claude-opus-5"),
+            Some(limits(5_000, 5_000_000, 1_000_000))
         );
+        assert_eq!(
+            tier_limits("start", "claude-fable-5-1"),
+            Some(limits(1_000, 500_000, 100_000))
+        );
+        assert_eq!(tier_limits("gold", "claude-opus-5"), None);
     }
 }

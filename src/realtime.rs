@@ -13,10 +13,11 @@ use tracing::Instrument;
 
 use crate::api::{ApiClient, Outcome};
 use crate::config::RealtimeSettings;
-use crate::job::{ItemState, Lane};
-use crate::quota::{Quota, Ticket};
+use crate::job::{ItemState, Lane, Priority};
+use crate::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::results;
 use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate};
+use crate::store::quota::ThrottleEvent;
 use crate::store::{Store, now_ms};
 
 /// How long the lane pauses when the account is blocked (spend cap, usage limit, key refused).
@@ -35,6 +36,8 @@ pub struct RealtimeLane {
     pub results_wake: Arc<Notify>,
     /// Set when the account is blocked (spend cap, usage limit, key refused): no calls until then.
     pub paused: Arc<Mutex<Option<Instant>>>,
+    /// The key's fingerprint, for diagnosis (never the key).
+    pub key_id: String,
 }
 
 impl RealtimeLane {
@@ -117,7 +120,13 @@ impl RealtimeLane {
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         break;
                     };
-                    match quota.try_admit(&item.model, item.input_estimate, item.max_tokens, now) {
+                    let request = QuotaRequest {
+                        model: &item.model,
+                        priority: Priority::from_rank(item.priority),
+                        input_estimate: item.input_estimate,
+                        max_tokens: item.max_tokens,
+                    };
+                    match quota.try_admit(&request, now) {
                         Ok(ticket) => admitted.push((item.id, ticket, permit)),
                         Err(at) => {
                             held.push(item.model.clone());
@@ -138,14 +147,23 @@ impl RealtimeLane {
             })));
         }
 
-        let ids: Vec<i64> = admitted.iter().map(|(id, _, _)| *id).collect();
+        let sends: Vec<(i64, (i64, i64))> = admitted
+            .iter()
+            .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
+            .collect();
         let dispatches = self
             .store
             .call(move |c| {
                 let now = now_ms();
-                let mut out = Vec::with_capacity(ids.len());
-                for id in ids {
-                    out.push(items::mark_in_flight(c, id, Lane::Realtime, now)?);
+                let mut out = Vec::with_capacity(sends.len());
+                for (id, sent_with) in sends {
+                    out.push(items::mark_in_flight(
+                        c,
+                        id,
+                        Lane::Realtime,
+                        sent_with,
+                        now,
+                    )?);
                 }
                 Ok(out)
             })
@@ -153,10 +171,13 @@ impl RealtimeLane {
         for ((_, ticket, permit), dispatch) in admitted.into_iter().zip(dispatches) {
             let Some(dispatch) = dispatch else {
                 // No longer pending (canceled meanwhile): give the quota back.
-                self.quota
-                    .lock()
-                    .expect("quota lock")
-                    .settle(&ticket, None, Instant::now());
+                self.quota.lock().expect("quota lock").settle(
+                    &ticket,
+                    Answer::Refused,
+                    None,
+                    &Default::default(),
+                    Instant::now(),
+                );
                 continue;
             };
             let lane = self.clone();
@@ -179,10 +200,98 @@ impl RealtimeLane {
     }
 
     /// Holds every call for [`BLOCKED_WAIT`]: sending more cannot succeed until a person acts.
-    fn pause(&self, reason: String) {
+    /// The reason is recorded for `nightshift status`.
+    async fn pause(&self, reason: String) {
         let until = Instant::now() + BLOCKED_WAIT;
         *self.paused.lock().expect("pause lock") = Some(until);
         tracing::error!(%reason, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's calls; the real-time lane pauses");
+        let now = now_ms();
+        let until_ms = now + BLOCKED_WAIT.as_millis() as i64;
+        if let Err(e) = self
+            .store
+            .call(move |c| crate::store::quota::set_pause(c, "realtime", &reason, now, until_ms))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the pause");
+        }
+    }
+
+    /// Records a 429 or 529 with what a support ticket needs.
+    async fn record_throttle(&self, dispatch: &Dispatch, ticket: &Ticket, outcome: &Outcome) {
+        let (status, retry_after, message, headers) = match outcome {
+            Outcome::RateLimited {
+                retry_after,
+                message,
+                limits,
+                ..
+            } => (429, *retry_after, message.clone(), limits.clone()),
+            Outcome::Retryable {
+                status: Some(529),
+                retry_after,
+                message,
+                ..
+            } => (529, *retry_after, message.clone(), Default::default()),
+            _ => return,
+        };
+        let event = ThrottleEvent {
+            at: now_ms(),
+            endpoint: "POST /v1/messages".into(),
+            key_id: self.key_id.clone(),
+            model: dispatch.model.clone(),
+            class: ticket.class.clone(),
+            http_status: status,
+            error_type: Some(
+                if status == 429 {
+                    "rate_limit_error"
+                } else {
+                    "overloaded_error"
+                }
+                .into(),
+            ),
+            message: Some(message),
+            request_id: outcome.request_id().map(str::to_owned),
+            retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
+            headers: serde_json::to_string(&headers).unwrap_or_default(),
+            input_estimate: Some(ticket.reserved[1] as i64),
+            max_tokens: Some(dispatch.max_tokens),
+            concurrency: Some(ticket.concurrency as i64),
+        };
+        if let Err(e) = self
+            .store
+            .call(move |c| crate::store::quota::record_throttle(c, &event))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record a throttle event");
+        }
+    }
+
+    /// Writes the controller's view of each class for `nightshift limits`, every few seconds.
+    pub async fn publish_quota(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let snapshot = self
+                .quota
+                .lock()
+                .expect("quota lock")
+                .snapshot(Instant::now());
+            let key_id = self.key_id.clone();
+            let saved = self
+                .store
+                .call(move |c| {
+                    for class in &snapshot {
+                        let json = serde_json::to_string(class).unwrap_or_default();
+                        crate::store::quota::save_state(c, &class.class, &json, &key_id, now_ms())?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = saved {
+                tracing::debug!(error = %e, "could not publish the quota state");
+            }
+        }
     }
 
     /// One call: send, settle the quota, record the outcome.
@@ -196,28 +305,35 @@ impl RealtimeLane {
         let outcome = self.client.send_message(&dispatch.params).await;
         let now = Instant::now();
         {
+            let no_headers = Default::default();
             let mut quota = self.quota.lock().expect("quota lock");
             match &outcome {
                 Outcome::Succeeded { usage, limits, .. } => {
-                    quota.settle(&ticket, Some(usage), now);
-                    quota.observe(&ticket.model, limits, now);
+                    quota.settle(&ticket, Answer::Ran, Some(usage), limits, now);
                 }
                 Outcome::RateLimited {
                     retry_after,
                     limits,
                     ..
                 } => {
-                    quota.settle(&ticket, None, now);
-                    quota.observe(&ticket.model, limits, now);
-                    if let Some(wait) = retry_after {
-                        quota.pause(&ticket.model, now + *wait, now);
-                    }
+                    quota.settle(&ticket, Answer::RateLimited, None, limits, now);
+                    // retry-after holds the whole class, not just this item.
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                    quota.pause(&dispatch.model, now + wait, now);
                 }
-                // An unknown outcome may have consumed quota: keep the reservation.
-                Outcome::Unknown { .. } => {}
-                _ => quota.settle(&ticket, None, now),
+                // 529 is the API's load, not our quota: back off without learning limits from it.
+                Outcome::Retryable {
+                    status: Some(529), ..
+                } => {
+                    quota.settle(&ticket, Answer::Overloaded, None, &no_headers, now);
+                }
+                Outcome::Unknown { .. } => {
+                    quota.settle(&ticket, Answer::Unknown, None, &no_headers, now)
+                }
+                _ => quota.settle(&ticket, Answer::Refused, None, &no_headers, now),
             }
         }
+        self.record_throttle(&dispatch, &ticket, &outcome).await;
         let backoff = backoff_delay(&self.settings, dispatch.failures as u32);
         let (record, update) = decide(&dispatch, &outcome, &self.settings, backoff, now_ms());
         log_outcome(&record, &update);
@@ -227,7 +343,7 @@ impl RealtimeLane {
             status, message, ..
         } = &outcome
         {
-            self.pause(format!("HTTP {status}: {message}"));
+            self.pause(format!("HTTP {status}: {message}")).await;
         }
         // Recording must not be lost to a passing problem (a busy disk): try for a while.
         for attempt in 1..=10u32 {
@@ -442,6 +558,8 @@ mod tests {
             custom_id: "c-1".into(),
             params: "{}".into(),
             unknown_before: 0,
+            model: "m".into(),
+            max_tokens: 64,
         }
     }
 

@@ -35,6 +35,17 @@ impl TokenBucket {
         }
     }
 
+    /// Switches to a new per-minute limit and burst from `now` on. The refill so far is
+    /// credited at the old rate; the level is then clamped to the new capacity (never raised).
+    pub(crate) fn set_limit(&mut self, limit_per_minute: u64, burst_seconds: f64, now: Instant) {
+        self.refill(now);
+        let fresh = TokenBucket::new(limit_per_minute, burst_seconds, now);
+        self.limit_per_minute = fresh.limit_per_minute;
+        self.capacity = fresh.capacity;
+        self.refill_per_second = fresh.refill_per_second;
+        self.level = self.level.min(self.capacity);
+    }
+
     /// Adds the refill accumulated since the last update.
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
@@ -133,6 +144,15 @@ impl ClassLimits {
             input: TokenBucket::new(limits.itpm, limits.burst_seconds, now),
             output: TokenBucket::new(limits.otpm, limits.burst_seconds, now),
         }
+    }
+
+    /// Switches all three buckets to `limits` (see [`TokenBucket::set_limit`]).
+    pub(crate) fn set_limits(&mut self, limits: &FakeLimits, now: Instant) {
+        self.requests
+            .set_limit(limits.rpm, limits.burst_seconds, now);
+        self.input.set_limit(limits.itpm, limits.burst_seconds, now);
+        self.output
+            .set_limit(limits.otpm, limits.burst_seconds, now);
     }
 
     /// Admits a request or says which limit it would exceed.
@@ -337,6 +357,54 @@ mod tests {
         assert_eq!(bucket.remaining(t0), 0);
         assert!((bucket.seconds_until(0.0, t0) - 2.0).abs() < 1e-9);
         assert!((bucket.seconds_until_full(t0) - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn set_limit_clamps_the_level_but_never_raises_it() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(600, 6.0, t0); // capacity 60, 10/s
+        bucket.take(20.0, t0); // level 40
+        bucket.set_limit(60, 6.0, t0); // capacity 6, 1/s
+        assert_eq!(bucket.limit_per_minute(), 60);
+        assert_eq!(bucket.capacity(), 6.0);
+        assert_eq!(bucket.remaining(t0), 6);
+        bucket.take(6.0, t0);
+        assert_eq!(bucket.remaining(t0 + Duration::from_secs(2)), 2);
+
+        // Raising the limit keeps the level where it was; the new rate refills it.
+        let t1 = t0 + Duration::from_secs(2);
+        bucket.set_limit(6000, 6.0, t1); // capacity 600, 100/s
+        assert_eq!(bucket.remaining(t1), 2);
+        assert_eq!(bucket.remaining(t1 + Duration::from_secs(1)), 102);
+    }
+
+    #[test]
+    fn set_limit_credits_refill_at_the_old_rate_first() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(60, 60.0, t0); // capacity 60, 1/s
+        bucket.take(60.0, t0);
+        let t1 = t0 + Duration::from_secs(5);
+        bucket.set_limit(600, 60.0, t1); // 5 earned at 1/s before the switch
+        assert_eq!(bucket.remaining(t1), 5);
+    }
+
+    #[test]
+    fn class_set_limits_changes_refusals_and_headers() {
+        let t0 = Instant::now();
+        let wall = jiff::Timestamp::from_second(1_800_000_000).expect("valid time");
+        let mut class = ClassLimits::new(&limits(100, 1_000_000, 1_000_000, 60.0), t0);
+        assert!(class.admit(10, 10, OtpmRule::Generated, t0).is_ok());
+        class.set_limits(&limits(1, 1_000_000, 1_000_000, 60.0), t0);
+        let headers = class.headers(t0, wall);
+        assert!(headers.contains(&("anthropic-ratelimit-requests-limit", "1".to_string())));
+        // Clamped to the new capacity of 1: one more request, then a refusal.
+        assert!(class.admit(10, 10, OtpmRule::Generated, t0).is_ok());
+        let refusal = class
+            .admit(10, 10, OtpmRule::Generated, t0)
+            .expect_err("refused");
+        assert_eq!(refusal.dimension, Dimension::Requests);
+        assert_eq!(refusal.limit_per_minute, 1);
+        assert_eq!(refusal.retry_after_secs, 60);
     }
 
     #[test]

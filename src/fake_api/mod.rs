@@ -10,12 +10,15 @@
 //! - `messages`: models, validation, token counting and generated answers.
 //! - `limits`: the token buckets (pure, time passed in).
 //! - `batches`: the batch store (pure, time passed in).
+//! - `load`: a load generator playing interactive traffic against a Messages endpoint
+//!   ([`run_load`]).
 //!
 //! Randomness (fault draws, ids, expiries, result order) comes from RNGs seeded with
 //! [`FakeConfig::seed`]; answer lengths come from a hash of the request.
 
 mod batches;
 mod limits;
+mod load;
 mod messages;
 mod server;
 #[cfg(test)]
@@ -23,6 +26,7 @@ mod tests;
 
 use std::time::Duration;
 
+pub use load::{LoadReport, LoadSpec, run_load};
 pub use messages::{count_input_tokens, model_class};
 pub use server::FakeApi;
 
@@ -33,6 +37,7 @@ pub struct FakeConfig {
     /// A missing key is always a 401.
     pub api_key: Option<String>,
     /// Messages rate limits per model class (and the batch RPM); `None` = no rate limits.
+    /// Changeable at run time with [`FakeApi::set_limits`].
     pub limits: Option<FakeLimits>,
     /// Base latency added to every Messages answer.
     pub latency: Duration,

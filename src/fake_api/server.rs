@@ -81,6 +81,43 @@ impl FakeApi {
         self.shared.stats_snapshot()
     }
 
+    /// The current Messages rate limits (`None`: no limits).
+    pub fn limits(&self) -> Option<FakeLimits> {
+        self.shared.lock().limits
+    }
+
+    /// Replaces the rate limits from now on, for every model class.
+    ///
+    /// Existing buckets keep their level, clamped to the new capacity (never raised), and
+    /// refill at the new rate; the `anthropic-ratelimit-*-limit` headers of later answers
+    /// report the new limits. `None` removes the limits (and the batch RPM with them, as in
+    /// [`FakeConfig::limits`]); limits set again later start from full buckets.
+    pub fn set_limits(&self, limits: Option<FakeLimits>) {
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        state.limits = limits;
+        match limits {
+            None => {
+                state.classes.clear();
+                state.batch_rpm = None;
+            }
+            Some(limits) => {
+                for class in state.classes.values_mut() {
+                    class.set_limits(&limits, now);
+                }
+                let batch_rpm = self.shared.batch.rpm;
+                match state.batch_rpm.as_mut() {
+                    Some(bucket) => bucket.set_limit(batch_rpm, limits.burst_seconds, now),
+                    None => {
+                        state.batch_rpm =
+                            Some(TokenBucket::new(batch_rpm, limits.burst_seconds, now));
+                    }
+                }
+            }
+        }
+    }
+
     /// Replaces the injected faults from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().faults = faults;
@@ -107,7 +144,6 @@ impl Drop for FakeApi {
 /// Configuration plus the mutable state behind one lock.
 struct Shared {
     api_key: Option<String>,
-    limits: Option<FakeLimits>,
     latency: Duration,
     otpm_rule: OtpmRule,
     seed: u64,
@@ -117,6 +153,8 @@ struct Shared {
 }
 
 struct State {
+    /// Messages rate limits per model class (changed by [`FakeApi::set_limits`]).
+    limits: Option<FakeLimits>,
     faults: Faults,
     stats: FakeStats,
     /// Request and message ids.
@@ -144,13 +182,13 @@ impl Shared {
         });
         Shared {
             api_key: config.api_key,
-            limits: config.limits,
             latency: config.latency,
             otpm_rule: config.otpm_rule,
             seed: config.seed,
             batch: config.batch,
             base_url,
             state: Mutex::new(State {
+                limits: config.limits,
                 faults: config.faults,
                 stats: FakeStats::default(),
                 ids: fastrand::Rng::with_seed(config.seed),
@@ -526,7 +564,7 @@ async fn messages(
         let now = Instant::now();
         if let Some(mut error) = draw_fault(&state.faults, &mut state.draws) {
             if error.status == StatusCode::TOO_MANY_REQUESTS
-                && let Some(class) = class_limits(shared, state, valid.class, now)
+                && let Some(class) = class_limits(state, valid.class, now)
             {
                 error.headers.extend(class.headers(now, Timestamp::now()));
             }
@@ -540,7 +578,7 @@ async fn messages(
             Duration::ZERO
         };
         let otpm_rule = shared.otpm_rule;
-        let ticket = match class_limits(shared, state, valid.class, now) {
+        let ticket = match class_limits(state, valid.class, now) {
             None => None,
             Some(class) => {
                 match class.admit(valid.input_tokens, valid.max_tokens, otpm_rule, now) {
@@ -580,7 +618,7 @@ async fn messages(
         let now = Instant::now();
         let mut headers = Vec::new();
         if let Some(ticket) = ticket
-            && let Some(class) = class_limits(shared, state, valid.class, now)
+            && let Some(class) = class_limits(state, valid.class, now)
         {
             class.complete(ticket, generation.output_tokens, now);
             headers = class.headers(now, Timestamp::now());
@@ -620,17 +658,16 @@ async fn messages(
 
 /// The buckets of `class` (created full on first use), or `None` without limits.
 fn class_limits<'a>(
-    shared: &Shared,
     state: &'a mut State,
     class: &'static str,
     now: Instant,
 ) -> Option<&'a mut ClassLimits> {
-    let limits = shared.limits.as_ref()?;
+    let limits = state.limits?;
     Some(
         state
             .classes
             .entry(class)
-            .or_insert_with(|| ClassLimits::new(limits, now)),
+            .or_insert_with(|| ClassLimits::new(&limits, now)),
     )
 }
 

@@ -286,6 +286,79 @@ async fn third_quick_call_is_rate_limited() {
 }
 
 #[tokio::test]
+async fn set_limits_changes_headers_and_429s_at_run_time() {
+    let fake = start(with_limits(100)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-limit"),
+        "100"
+    );
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-remaining"),
+        "99"
+    );
+
+    // Lower the RPM to 2: the bucket (99 left) is clamped to its new capacity of 2.
+    let lowered = FakeLimits {
+        rpm: 2,
+        ..fake.limits().expect("limits set")
+    };
+    fake.set_limits(Some(lowered));
+    assert_eq!(fake.limits(), Some(lowered));
+    for remaining in ["1", "0"] {
+        let response = post(&client, url.clone(), &message_body())
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "2");
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-remaining"),
+            remaining
+        );
+    }
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "2");
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rate limit of 2 requests per minute")
+    );
+    // A class first used after the change starts with the new limits too.
+    let mut opus = message_body();
+    opus["model"] = json!("claude-opus-4-7");
+    let response = post(&client, url.clone(), &opus).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "2");
+
+    // Without limits: no 429 and no rate limit headers.
+    fake.set_limits(None);
+    assert_eq!(fake.limits(), None);
+    let response = post(&client, url, &message_body()).await.expect("answered");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .get("anthropic-ratelimit-requests-limit")
+            .is_none()
+    );
+
+    let stats = fake.stats();
+    assert_eq!(stats.messages_accepted, 5);
+    assert_eq!(stats.rate_limited_429, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn injected_overload_counts_nothing_accepted() {
     let fake = start(FakeConfig {
         faults: Faults {

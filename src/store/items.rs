@@ -234,14 +234,18 @@ pub struct Dispatch {
     pub params: String,
     /// Calls of this item whose outcome is unknown: sending again may run it twice.
     pub unknown_before: i64,
+    pub model: String,
+    pub max_tokens: i64,
 }
 
 /// Marks a pending item in flight and opens its attempt row, before anything is sent.
 /// Returns `None` if the item is no longer pending.
+/// `sent_with`: the class's concurrency and the input estimate at admission, kept for diagnosis.
 pub fn mark_in_flight(
     conn: &Connection,
     item_id: i64,
     lane: Lane,
+    sent_with: (i64, i64),
     now: i64,
 ) -> Result<Option<Dispatch>> {
     let changed = conn.execute(
@@ -252,15 +256,9 @@ pub fn mark_in_flight(
     if changed == 0 {
         return Ok(None);
     }
-    let (attempt, failures, job_name, custom_id, params, model): (
-        i64,
-        i64,
-        String,
-        String,
-        String,
-        String,
-    ) = conn.query_row(
-        "SELECT i.attempts, i.failures, j.name, i.custom_id, i.params, i.model
+    type Row = (i64, i64, String, String, String, String, i64);
+    let (attempt, failures, job_name, custom_id, params, model, max_tokens): Row = conn.query_row(
+        "SELECT i.attempts, i.failures, j.name, i.custom_id, i.params, i.model, i.max_tokens
              FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
         [item_id],
         |r| {
@@ -271,12 +269,14 @@ pub fn mark_in_flight(
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get(6)?,
             ))
         },
     )?;
     conn.execute(
-        "INSERT INTO attempts (item_id, attempt, lane, model, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![item_id, attempt, lane.as_str(), model, now],
+        "INSERT INTO attempts (item_id, attempt, lane, model, started_at, concurrency, input_estimate)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![item_id, attempt, lane.as_str(), model, now, sent_with.0, sent_with.1],
     )?;
     let attempt_id = conn.last_insert_rowid();
     let unknown_before: i64 = conn.query_row(
@@ -293,6 +293,8 @@ pub fn mark_in_flight(
         custom_id,
         params,
         unknown_before,
+        model,
+        max_tokens,
     }))
 }
 
@@ -594,12 +596,12 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10)
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10)
             .expect("mark")
             .expect("pending");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
         assert!(
-            mark_in_flight(&conn, d.item_id, Lane::Realtime, 10)
+            mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 10)
                 .expect("mark")
                 .is_none()
         );
@@ -626,7 +628,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, 60)
+        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 60)
             .expect("mark")
             .expect("pending");
         assert_eq!((d.attempt, d.failures), (2, 1));
@@ -656,9 +658,9 @@ mod tests {
         let job_id = job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
-        mark_in_flight(&conn, ready[0].id, Lane::Realtime, 10).expect("mark");
+        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, 30)
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 30)
             .expect("mark")
             .expect("pending");
         assert_eq!(d.unknown_before, 1);

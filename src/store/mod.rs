@@ -12,6 +12,7 @@ pub mod attempts;
 pub mod batches;
 pub mod items;
 pub mod jobs;
+pub mod quota;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -25,12 +26,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
     Migrations::new(vec![
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_batches.sql")),
+        M::up(include_str!("../../migrations/0003_quota.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    2
+    3
 }
 
 #[derive(Debug, thiserror::Error)]

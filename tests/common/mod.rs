@@ -140,15 +140,21 @@ impl TestEnv {
     /// Waits until the job is done (every item final, results complete).
     pub async fn wait_done(&self, job: &str, timeout: Duration) -> JobStatus {
         let config = self.config();
-        nightshift::demo::wait_until_done(
+        let waited = nightshift::demo::wait_until_done(
             &config.db_path(),
             &config.results_dir(),
             job,
             timeout,
             |_| {},
         )
-        .await
-        .expect("job completes in time")
+        .await;
+        match waited {
+            Ok(status) => status,
+            Err(e) => {
+                let details = self.cli(&["job", job, "--json"]);
+                panic!("{e}: {}", String::from_utf8_lossy(&details.stdout));
+            }
+        }
     }
 
     /// Waits until at least `n` items of the job have succeeded.

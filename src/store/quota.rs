@@ -1,0 +1,222 @@
+//! SQL for the quota controller's evidence (429/529 events), its state as the CLI sees it, and
+//! lane pauses.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+
+/// One 429 or 529, with what a support ticket needs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ThrottleEvent {
+    pub at: i64,
+    pub endpoint: String,
+    pub key_id: String,
+    pub model: String,
+    pub class: String,
+    pub http_status: u16,
+    pub error_type: Option<String>,
+    pub message: Option<String>,
+    pub request_id: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    /// The `anthropic-ratelimit-*` headers as JSON.
+    pub headers: String,
+    pub input_estimate: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub concurrency: Option<i64>,
+}
+
+pub fn record_throttle(conn: &Connection, e: &ThrottleEvent) -> Result<()> {
+    conn.execute(
+        "INSERT INTO throttle_events (at, endpoint, key_id, model, class, http_status, error_type, message,
+                request_id, retry_after_ms, headers, input_estimate, max_tokens, concurrency)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            e.at,
+            e.endpoint,
+            e.key_id,
+            e.model,
+            e.class,
+            e.http_status,
+            e.error_type,
+            e.message,
+            e.request_id,
+            e.retry_after_ms,
+            e.headers,
+            e.input_estimate,
+            e.max_tokens,
+            e.concurrency
+        ],
+    )?;
+    Ok(())
+}
+
+const EVENT_COLUMNS: &str = "at, endpoint, key_id, model, class, http_status, error_type, message, request_id, \
+     retry_after_ms, headers, input_estimate, max_tokens, concurrency";
+
+fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThrottleEvent> {
+    Ok(ThrottleEvent {
+        at: r.get(0)?,
+        endpoint: r.get(1)?,
+        key_id: r.get(2)?,
+        model: r.get(3)?,
+        class: r.get(4)?,
+        http_status: r.get(5)?,
+        error_type: r.get(6)?,
+        message: r.get(7)?,
+        request_id: r.get(8)?,
+        retry_after_ms: r.get(9)?,
+        headers: r.get(10)?,
+        input_estimate: r.get(11)?,
+        max_tokens: r.get(12)?,
+        concurrency: r.get(13)?,
+    })
+}
+
+/// The first (`first`) or latest throttle event of a model.
+pub fn throttle_event(
+    conn: &Connection,
+    model: &str,
+    first: bool,
+) -> Result<Option<ThrottleEvent>> {
+    let order = if first { "ASC" } else { "DESC" };
+    Ok(conn
+        .query_row(
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE model = ?1 ORDER BY id {order} LIMIT 1"),
+            [model],
+            event,
+        )
+        .optional()?)
+}
+
+/// The latest throttle event of a class.
+pub fn last_throttle_of_class(conn: &Connection, class: &str) -> Result<Option<ThrottleEvent>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE class = ?1 ORDER BY id DESC LIMIT 1"),
+            [class],
+            event,
+        )
+        .optional()?)
+}
+
+/// Models that were called or throttled, for `diagnose`.
+pub fn models_seen(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'
+         UNION SELECT model FROM throttle_events ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
+/// The last successful real-time call of a model: (at, request_id, input tokens, max_tokens,
+/// concurrency, input estimate).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Success {
+    pub at: i64,
+    pub request_id: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub input_estimate: Option<i64>,
+    pub max_tokens: Option<i64>,
+    pub concurrency: Option<i64>,
+}
+
+pub fn last_success(conn: &Connection, model: &str) -> Result<Option<Success>> {
+    Ok(conn
+        .query_row(
+            "SELECT a.finished_at, a.request_id, a.input_tokens, a.input_estimate, i.max_tokens, a.concurrency
+             FROM attempts a JOIN items i ON i.id = a.item_id
+             WHERE a.model = ?1 AND a.lane = 'realtime' AND a.outcome = 'succeeded'
+             ORDER BY a.id DESC LIMIT 1",
+            [model],
+            |r| {
+                Ok(Success {
+                    at: r.get(0)?,
+                    request_id: r.get(1)?,
+                    input_tokens: r.get(2)?,
+                    input_estimate: r.get(3)?,
+                    max_tokens: r.get(4)?,
+                    concurrency: r.get(5)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Usage of a class over the minute before `now`: (requests, input tokens, output tokens) of the
+/// real-time calls that finished in it.
+pub fn last_minute_usage(conn: &Connection, models: &[String], now: i64) -> Result<[i64; 3]> {
+    let mut total = [0i64; 3];
+    let mut stmt = conn.prepare_cached(
+        "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM attempts
+         WHERE model = ?1 AND lane = 'realtime' AND outcome = 'succeeded' AND finished_at > ?2",
+    )?;
+    for model in models {
+        let row: (i64, i64, i64) = stmt.query_row(params![model, now - 60_000], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        total[0] += row.0;
+        total[1] += row.1;
+        total[2] += row.2;
+    }
+    Ok(total)
+}
+
+/// Models seen per class (from attempts).
+pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let all = rows.collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(all
+        .into_iter()
+        .filter(|m| crate::quota::limit_class(m) == class)
+        .collect())
+}
+
+pub fn save_state(
+    conn: &Connection,
+    class: &str,
+    snapshot_json: &str,
+    key_id: &str,
+    now: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO quota_state (class, snapshot, key_id, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(class) DO UPDATE SET snapshot = ?2, key_id = ?3, updated_at = ?4",
+        params![class, snapshot_json, key_id, now],
+    )?;
+    Ok(())
+}
+
+/// (class, snapshot JSON, key id, updated at).
+pub fn states(conn: &Connection) -> Result<Vec<(String, String, String, i64)>> {
+    let mut stmt =
+        conn.prepare("SELECT class, snapshot, key_id, updated_at FROM quota_state ORDER BY class")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+pub fn set_pause(
+    conn: &Connection,
+    lane: &str,
+    reason: &str,
+    since: i64,
+    until: i64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO lane_pauses (lane, reason, since, until) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(lane) DO UPDATE SET reason = ?2, since = ?3, until = ?4",
+        params![lane, reason, since, until],
+    )?;
+    Ok(())
+}
+
+/// Pauses still in force: (lane, reason, until).
+pub fn pauses(conn: &Connection, now: i64) -> Result<Vec<(String, String, i64)>> {
+    let mut stmt =
+        conn.prepare("SELECT lane, reason, until FROM lane_pauses WHERE until > ?1 ORDER BY lane")?;
+    let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
