@@ -88,26 +88,17 @@ impl BatchLane {
         };
         let mut last_reroute = Instant::now();
         while !shutdown.is_cancelled() {
-            let canceled = self
-                .store
-                .call(|c| batches::take_cancel_requests(c, now_ms()))
-                .await?;
-            for job in canceled {
-                tracing::info!(job = %job, "job canceled: pending items end canceled, its batches are being canceled");
-                self.results_wake.notify_one();
-            }
-            if last_reroute.elapsed() >= REROUTE_EVERY {
-                last_reroute = Instant::now();
-                let (to_realtime, to_batch) =
-                    self.store.call(|c| batches::reroute(c, now_ms())).await?;
-                if to_realtime > 0 || to_batch > 0 {
-                    tracing::info!(to_realtime, to_batch, "items re-routed between the lanes");
-                    self.realtime_wake.notify_one();
+            let next = match self.round(&mut lane, &mut last_reroute, &shutdown).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // A passing problem (a busy database, say) must not stop the lane: try again.
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "batch lane round failed; trying again in a second"
+                    );
+                    Some(now_ms() + 1000)
                 }
-            }
-            let next_pack = self.pack_ready(&lane).await?;
-            let next_batch = self.work_batches(&mut lane, &shutdown).await?;
-            let next = [next_pack, next_batch].into_iter().flatten().min();
+            };
             let sleep = next.map_or(Duration::from_secs(1), |at| {
                 Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
             });
@@ -118,6 +109,36 @@ impl BatchLane {
             }
         }
         Ok(())
+    }
+
+    /// One round: cancel requests, re-routing, packing, and every batch that is due. Returns when
+    /// the next thing is due.
+    async fn round(
+        &self,
+        lane: &mut Lane,
+        last_reroute: &mut Instant,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<i64>> {
+        let canceled = self
+            .store
+            .call(|c| batches::take_cancel_requests(c, now_ms()))
+            .await?;
+        for job in canceled {
+            tracing::info!(job = %job, "job canceled: pending items end canceled, its batches are being canceled");
+            self.results_wake.notify_one();
+        }
+        if last_reroute.elapsed() >= REROUTE_EVERY {
+            *last_reroute = Instant::now();
+            let (to_realtime, to_batch) =
+                self.store.call(|c| batches::reroute(c, now_ms())).await?;
+            if to_realtime > 0 || to_batch > 0 {
+                tracing::info!(to_realtime, to_batch, "items re-routed between the lanes");
+                self.realtime_wake.notify_one();
+            }
+        }
+        let next_pack = self.pack_ready(lane).await?;
+        let next_batch = self.work_batches(lane, shutdown).await?;
+        Ok([next_pack, next_batch].into_iter().flatten().min())
     }
 
     /// Runs an API call unless shutdown comes first (None then). A create call cut off this way

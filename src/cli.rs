@@ -39,6 +39,12 @@ pub enum Command {
         /// The job's name.
         name: String,
     },
+    /// Per model class: the known limits, what remains, utilisation over the last minute, and the
+    /// last throttling event.
+    Limits(JsonFlag),
+    /// Per endpoint and model: the last success, the first failure and the latest failure side by
+    /// side, which is what a support ticket needs.
+    Diagnose(JsonFlag),
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.
@@ -119,5 +125,18 @@ pub enum BenchCommand {
         items: u64,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+    },
+    /// The quota controller against tier-like limits, alone and beside interactive traffic:
+    /// throughput on the binding dimension as a % of the limit, 429s on both sides.
+    Quota {
+        /// `tier1` (50 RPM / 30,000 ITPM / 8,000 OTPM) or `fast`; both when left out.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Seconds each run lasts (the reserve's cost shrinks over minutes).
+        #[arg(long, default_value_t = 120)]
+        secs: u64,
+        /// Also run under the 2025 rule (the fake charges `max_tokens` up front).
+        #[arg(long)]
+        both_rules: bool,
     },
 }

@@ -97,6 +97,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", job.to_text());
             }
         }
+        Command::Limits(flags) => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let conn = store::open_read_only(&config.db_path())?;
+            let report = report::limits(&conn, store::now_ms())?;
+            if flags.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Command::Diagnose(flags) => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let conn = store::open_read_only(&config.db_path())?;
+            let report = report::diagnose(&conn)?;
+            if flags.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
         Command::Cancel { name } => {
             let config = Config::locate(cli.config.as_deref())?;
             if !store::request_cancel(&config.db_path(), &name)? {
@@ -132,6 +152,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { dir } => runtime()?.block_on(demo::run(&dir))?,
         Command::Bench { what } => match what {
             BenchCommand::Ingest { lines } => runtime()?.block_on(bench::ingest(lines))?,
+            BenchCommand::Quota { profile, secs, both_rules } => runtime()?.block_on(async move {
+                let profiles: Vec<bench::Profile> = bench::PROFILES
+                    .into_iter()
+                    .filter(|p| profile.as_deref().is_none_or(|want| want == p.name))
+                    .collect();
+                anyhow::ensure!(!profiles.is_empty(), "unknown profile; use tier1 or fast");
+                let rules: &[bool] = if both_rules { &[false, true] } else { &[false] };
+                for p in profiles {
+                    for &rule in rules {
+                        for interactive in [false, true] {
+                            let run = bench::quota(p, secs, interactive, rule).await?;
+                            println!("{}", run.to_text());
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?,
             BenchCommand::Realtime { items, concurrency } => {
                 runtime()?.block_on(bench::realtime(items, concurrency))?
             }

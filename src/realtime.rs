@@ -48,7 +48,17 @@ impl RealtimeLane {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         while !shutdown.is_cancelled() {
-            let next = self.dispatch_round(&permits, &tracker).await?;
+            let next = match self.dispatch_round(&permits, &tracker).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // A passing problem (a busy database, say) must not stop the lane: try again.
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "real-time dispatch failed; trying again in a second"
+                    );
+                    Some(Duration::from_secs(1))
+                }
+            };
             let sleep = next.unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 _ = self.wake.notified() => {}

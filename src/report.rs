@@ -19,6 +19,8 @@ pub struct StatusReport {
     pub jobs: Vec<JobStatus>,
     /// Files intake could not take as jobs (newest first).
     pub rejected_files: Vec<RejectedFile>,
+    /// Lanes paused because the API refuses the account (key, spend cap, usage limit).
+    pub paused: Vec<Pause>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,9 +144,18 @@ fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Re
 }
 
 pub fn status(conn: &Connection, results_dir: &Path) -> anyhow::Result<StatusReport> {
+    let paused = crate::store::quota::pauses(conn, crate::store::now_ms())?
+        .into_iter()
+        .map(|(lane, reason, until)| Pause {
+            lane,
+            reason,
+            until: format_time(until),
+        })
+        .collect();
     let mut report = StatusReport {
         jobs: Vec::new(),
         rejected_files: Vec::new(),
+        paused,
     };
     for job in jobs::list(conn)? {
         report.jobs.push(job_status(conn, &job, results_dir)?);
@@ -291,6 +302,9 @@ fn finished(c: &Counts) -> u64 {
 impl StatusReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        for p in &self.paused {
+            let _ = writeln!(out, "PAUSED: the {} lane until {}: {}\n", p.lane, p.until, p.reason);
+        }
         if self.jobs.is_empty() {
             out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
         } else {
@@ -488,5 +502,270 @@ mod tests {
     fn progress_bar_fills_by_fraction() {
         assert_eq!(progress_bar(1, 4, 4), "[#...]  25%");
         assert_eq!(progress_bar(0, 0, 2), "[##] 100%");
+    }
+}
+
+/// `nightshift limits --json`.
+#[derive(Debug, Serialize)]
+pub struct LimitsReport {
+    pub classes: Vec<ClassLimits>,
+    /// Lanes paused because the API refuses the account: (lane, reason, until).
+    pub pauses: Vec<Pause>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Pause {
+    pub lane: String,
+    pub reason: String,
+    pub until: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassLimits {
+    pub class: String,
+    /// What the daemon last published (every 2 s while it runs).
+    pub updated_at: String,
+    pub concurrency: u64,
+    pub in_flight: u64,
+    /// The input estimate's calibration (actual / estimated) and its recent mean error.
+    pub input_ratio: f64,
+    pub input_error: Option<f64>,
+    pub dims: Vec<DimLimits>,
+    pub last_throttle: Option<crate::store::quota::ThrottleEvent>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DimLimits {
+    pub dim: String,
+    pub limit_per_minute: Option<f64>,
+    pub capacity: f64,
+    pub level: f64,
+    pub last_remaining: Option<u64>,
+    pub used_last_minute: i64,
+    /// `used_last_minute` as a fraction of the limit.
+    pub utilisation: Option<f64>,
+}
+
+pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
+    use crate::store::quota;
+    let mut classes = Vec::new();
+    for (class, snapshot, _key_id, updated_at) in quota::states(conn)? {
+        let snap: serde_json::Value = serde_json::from_str(&snapshot).unwrap_or_default();
+        let models = quota::models_of_class(conn, &class)?;
+        let used = quota::last_minute_usage(conn, &models, now)?;
+        let dims = snap["dims"]
+            .as_array()
+            .map(|dims| {
+                dims.iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let limit = d["limit_per_minute"].as_f64();
+                        let used = used.get(i).copied().unwrap_or(0);
+                        DimLimits {
+                            dim: d["dim"].as_str().unwrap_or_default().to_owned(),
+                            limit_per_minute: limit,
+                            capacity: d["capacity"].as_f64().unwrap_or(0.0),
+                            level: d["level"].as_f64().unwrap_or(0.0),
+                            last_remaining: d["last_remaining"].as_u64(),
+                            used_last_minute: used,
+                            utilisation: limit.filter(|l| *l > 0.0).map(|l| used as f64 / l),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        classes.push(ClassLimits {
+            last_throttle: quota::last_throttle_of_class(conn, &class)?,
+            class,
+            updated_at: format_time(updated_at),
+            concurrency: snap["concurrency"].as_u64().unwrap_or(0),
+            in_flight: snap["in_flight"].as_u64().unwrap_or(0),
+            input_ratio: snap["input_ratio"].as_f64().unwrap_or(1.0),
+            input_error: snap["input_error"].as_f64(),
+            dims,
+        });
+    }
+    let pauses = quota::pauses(conn, now)?
+        .into_iter()
+        .map(|(lane, reason, until)| Pause {
+            lane,
+            reason,
+            until: format_time(until),
+        })
+        .collect();
+    Ok(LimitsReport { classes, pauses })
+}
+
+impl LimitsReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for p in &self.pauses {
+            let _ = writeln!(out, "PAUSED: the {} lane until {}: {}", p.lane, p.until, p.reason);
+        }
+        if self.classes.is_empty() {
+            out.push_str("no limits known yet: the daemon publishes them once it has sent calls\n");
+            return out;
+        }
+        let mut rows = vec![
+            ["CLASS", "DIMENSION", "LIMIT/MIN", "CAPACITY", "LEVEL", "REMAINING", "USED LAST MIN", "UTILISATION"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for c in &self.classes {
+            for (i, d) in c.dims.iter().enumerate() {
+                rows.push(vec![
+                    if i == 0 { c.class.clone() } else { String::new() },
+                    d.dim.clone(),
+                    d.limit_per_minute.map_or("-".into(), |l| format!("{l:.0}")),
+                    format!("{:.0}", d.capacity),
+                    format!("{:.0}", d.level),
+                    d.last_remaining.map_or("-".into(), |r| r.to_string()),
+                    d.used_last_minute.to_string(),
+                    d.utilisation.map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+                ]);
+            }
+        }
+        out.push_str(&table(&rows));
+        for c in &self.classes {
+            let _ = write!(
+                out,
+                "\n{}: concurrency {} ({} in flight); input estimate x{:.2}",
+                c.class, c.concurrency, c.in_flight, c.input_ratio
+            );
+            if let Some(e) = c.input_error {
+                let _ = write!(out, " (mean error {:.0}%)", e * 100.0);
+            }
+            let _ = writeln!(out, "; published {}", c.updated_at);
+            match &c.last_throttle {
+                Some(t) => {
+                    let _ = writeln!(
+                        out,
+                        "  last throttled {}: HTTP {} {} (request-id {}, retry-after {})",
+                        format_time(t.at),
+                        t.http_status,
+                        t.message.as_deref().unwrap_or(""),
+                        t.request_id.as_deref().unwrap_or("-"),
+                        t.retry_after_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+                    );
+                }
+                None => out.push_str("  never throttled\n"),
+            }
+        }
+        out
+    }
+}
+
+/// `nightshift diagnose --json`: per endpoint and model, the last success, the first failure and
+/// the latest failure side by side.
+#[derive(Debug, Serialize)]
+pub struct DiagnoseReport {
+    pub rows: Vec<Diagnosis>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Diagnosis {
+    pub endpoint: String,
+    pub model: String,
+    pub last_success: Option<CallFacts>,
+    pub first_failure: Option<CallFacts>,
+    pub latest_failure: Option<CallFacts>,
+}
+
+/// What a support ticket needs about one call.
+#[derive(Debug, Serialize)]
+pub struct CallFacts {
+    pub at: String,
+    pub route: String,
+    pub key_id: String,
+    pub model: String,
+    pub status: Option<u16>,
+    pub input_size: Option<i64>,
+    pub output_limit: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub retry_after_ms: Option<i64>,
+    pub request_id: Option<String>,
+    pub error: Option<String>,
+    /// The `anthropic-ratelimit-*` headers of a failure.
+    pub headers: Option<serde_json::Value>,
+}
+
+pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
+    use crate::store::quota;
+    let key_id = quota::states(conn)?.first().map(|s| s.2.clone()).unwrap_or_else(|| "-".into());
+    let endpoint = "POST /v1/messages".to_owned();
+    let failure = |e: quota::ThrottleEvent| CallFacts {
+        at: format_time(e.at),
+        route: e.endpoint,
+        key_id: e.key_id,
+        model: e.model,
+        status: Some(e.http_status),
+        input_size: e.input_estimate,
+        output_limit: e.max_tokens,
+        concurrency: e.concurrency,
+        retry_after_ms: e.retry_after_ms,
+        request_id: e.request_id,
+        error: e.message,
+        headers: serde_json::from_str(&e.headers).ok(),
+    };
+    let mut rows = Vec::new();
+    for model in quota::models_seen(conn)? {
+        let last_success = quota::last_success(conn, &model)?.map(|s| CallFacts {
+            at: format_time(s.at),
+            route: endpoint.clone(),
+            key_id: key_id.clone(),
+            model: model.clone(),
+            status: Some(200),
+            input_size: s.input_tokens.or(s.input_estimate),
+            output_limit: s.max_tokens,
+            concurrency: s.concurrency,
+            retry_after_ms: None,
+            request_id: s.request_id,
+            error: None,
+            headers: None,
+        });
+        rows.push(Diagnosis {
+            endpoint: endpoint.clone(),
+            model: model.clone(),
+            last_success,
+            first_failure: quota::throttle_event(conn, &model, true)?.map(failure),
+            latest_failure: quota::throttle_event(conn, &model, false)?.map(failure),
+        });
+    }
+    Ok(DiagnoseReport { rows })
+}
+
+impl DiagnoseReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        if self.rows.is_empty() {
+            out.push_str("no real-time calls on record yet\n");
+        }
+        for d in &self.rows {
+            let _ = writeln!(out, "{} — {}", d.endpoint, d.model);
+            let cols = [&d.last_success, &d.first_failure, &d.latest_failure];
+            let cell = |c: &Option<CallFacts>, f: &dyn Fn(&CallFacts) -> String| c.as_ref().map_or("-".to_owned(), f);
+            let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+            let lines: [(&str, &dyn Fn(&CallFacts) -> String); 10] = [
+                ("time", &|c| c.at.clone()),
+                ("route", &|c| c.route.clone()),
+                ("key id", &|c| c.key_id.clone()),
+                ("status", &|c| c.status.map_or("-".into(), |s| s.to_string())),
+                ("input size", &|c| opt(c.input_size)),
+                ("output limit", &|c| opt(c.output_limit)),
+                ("concurrency", &|c| opt(c.concurrency)),
+                ("retry-after", &|c| c.retry_after_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))),
+                ("request-id", &|c| c.request_id.clone().unwrap_or_else(|| "-".into())),
+                ("error", &|c| c.error.clone().unwrap_or_else(|| "-".into())),
+            ];
+            let mut rows = vec![vec!["".to_owned(), "LAST SUCCESS".into(), "FIRST FAILURE".into(), "LATEST FAILURE".into()]];
+            for (name, f) in lines {
+                rows.push(vec![name.to_owned(), cell(cols[0], f), cell(cols[1], f), cell(cols[2], f)]);
+            }
+            for line in table(&rows).lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+            out.push('\n');
+        }
+        out
     }
 }

@@ -116,7 +116,19 @@ impl ResultsWriter {
     /// Writes until `shutdown`, then writes what is left and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
-            let wrote = self.write_round().await?;
+            let wrote = match self.write_round().await {
+                Ok(wrote) => wrote,
+                Err(e) => {
+                    // A full disk or a busy database: nothing is lost (the lines wait in the
+                    // database); try again.
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "writing results failed; trying again in a second"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    0
+                }
+            };
             if wrote == 0 {
                 if shutdown.is_cancelled() {
                     return Ok(());
