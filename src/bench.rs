@@ -189,7 +189,12 @@ pub struct QuotaRun {
 
 /// `nightshift bench quota`: a real-time job against the fake API with tier-like limits, alone
 /// and beside a steady interactive load at 20 % of the RPM on the same org.
-pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_rule: bool) -> anyhow::Result<QuotaRun> {
+pub async fn quota(
+    profile: Profile,
+    secs: u64,
+    interactive: bool,
+    max_tokens_rule: bool,
+) -> anyhow::Result<QuotaRun> {
     use crate::fake_api::{FakeLimits, LoadSpec, OtpmRule, run_load};
     let dir = tempfile::tempdir()?;
     let limits = FakeLimits {
@@ -202,7 +207,11 @@ pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_ru
         FakeConfig {
             limits: Some(limits),
             latency: profile.latency,
-            otpm_rule: if max_tokens_rule { OtpmRule::MaxTokens } else { OtpmRule::Generated },
+            otpm_rule: if max_tokens_rule {
+                OtpmRule::MaxTokens
+            } else {
+                OtpmRule::Generated
+            },
             ..FakeConfig::default()
         },
         ([127, 0, 0, 1], 0).into(),
@@ -239,7 +248,11 @@ pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_ru
     let started = Instant::now();
     let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench-quota-key"));
     std::fs::rename(&file, config.jobs_dir.join("quota.jsonl"))?;
-    let interactive_rpm = if interactive { profile.rpm as f64 * 0.2 } else { 0.0 };
+    let interactive_rpm = if interactive {
+        profile.rpm as f64 * 0.2
+    } else {
+        0.0
+    };
     let load = interactive.then(|| {
         tokio::spawn(run_load(
             LoadSpec {
@@ -263,9 +276,9 @@ pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_ru
     };
     let stats = fake.stats();
     fake.shutdown().await;
-    let (i_ok, i_429, i_in, i_out) = interactive_report
-        .as_ref()
-        .map_or((0, 0, 0, 0), |r| (r.ok, r.rate_limited_429, r.input_tokens, r.output_tokens));
+    let (i_ok, i_429, i_in, i_out) = interactive_report.as_ref().map_or((0, 0, 0, 0), |r| {
+        (r.ok, r.rate_limited_429, r.input_tokens, r.output_tokens)
+    });
     let used = [
         stats.messages_accepted.saturating_sub(i_ok),
         stats.input_tokens.saturating_sub(i_in),
@@ -274,9 +287,13 @@ pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_ru
     let interactive_used = [i_ok, i_in, i_out];
     let mut dims = Vec::new();
     let (mut binding, mut binding_percent) = (String::new(), 0.0);
-    for (i, (name, limit)) in [("requests", profile.rpm), ("input_tokens", profile.itpm), ("output_tokens", profile.otpm)]
-        .into_iter()
-        .enumerate()
+    for (i, (name, limit)) in [
+        ("requests", profile.rpm),
+        ("input_tokens", profile.itpm),
+        ("output_tokens", profile.otpm),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let capacity = (limit as f64 * profile.burst_secs / 60.0).max(1.0);
         let allowed = capacity + limit as f64 / 60.0 * elapsed - interactive_used[i] as f64;
@@ -289,7 +306,11 @@ pub async fn quota(profile: Profile, secs: u64, interactive: bool, max_tokens_ru
     }
     Ok(QuotaRun {
         profile: profile.name,
-        otpm_rule: if max_tokens_rule { "max_tokens (2025)" } else { "generated (2026)" },
+        otpm_rule: if max_tokens_rule {
+            "max_tokens (2025)"
+        } else {
+            "generated (2026)"
+        },
         interactive_rpm,
         seconds: elapsed,
         dims,

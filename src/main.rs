@@ -152,7 +152,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo { dir } => runtime()?.block_on(demo::run(&dir))?,
         Command::Bench { what } => match what {
             BenchCommand::Ingest { lines } => runtime()?.block_on(bench::ingest(lines))?,
-            BenchCommand::Quota { profile, secs, both_rules } => runtime()?.block_on(async move {
+            BenchCommand::Quota {
+                profile,
+                secs,
+                both_rules,
+            } => runtime()?.block_on(async move {
                 let profiles: Vec<bench::Profile> = bench::PROFILES
                     .into_iter()
                     .filter(|p| profile.as_deref().is_none_or(|want| want == p.name))

@@ -303,7 +303,11 @@ impl StatusReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for p in &self.paused {
-            let _ = writeln!(out, "PAUSED: the {} lane until {}: {}\n", p.lane, p.until, p.reason);
+            let _ = writeln!(
+                out,
+                "PAUSED: the {} lane until {}: {}\n",
+                p.lane, p.until, p.reason
+            );
         }
         if self.jobs.is_empty() {
             out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
@@ -600,28 +604,46 @@ impl LimitsReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for p in &self.pauses {
-            let _ = writeln!(out, "PAUSED: the {} lane until {}: {}", p.lane, p.until, p.reason);
+            let _ = writeln!(
+                out,
+                "PAUSED: the {} lane until {}: {}",
+                p.lane, p.until, p.reason
+            );
         }
         if self.classes.is_empty() {
             out.push_str("no limits known yet: the daemon publishes them once it has sent calls\n");
             return out;
         }
         let mut rows = vec![
-            ["CLASS", "DIMENSION", "LIMIT/MIN", "CAPACITY", "LEVEL", "REMAINING", "USED LAST MIN", "UTILISATION"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "CLASS",
+                "DIMENSION",
+                "LIMIT/MIN",
+                "CAPACITY",
+                "LEVEL",
+                "REMAINING",
+                "USED LAST MIN",
+                "UTILISATION",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
         for c in &self.classes {
             for (i, d) in c.dims.iter().enumerate() {
                 rows.push(vec![
-                    if i == 0 { c.class.clone() } else { String::new() },
+                    if i == 0 {
+                        c.class.clone()
+                    } else {
+                        String::new()
+                    },
                     d.dim.clone(),
                     d.limit_per_minute.map_or("-".into(), |l| format!("{l:.0}")),
                     format!("{:.0}", d.capacity),
                     format!("{:.0}", d.level),
                     d.last_remaining.map_or("-".into(), |r| r.to_string()),
                     d.used_last_minute.to_string(),
-                    d.utilisation.map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+                    d.utilisation
+                        .map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
                 ]);
             }
         }
@@ -645,7 +667,8 @@ impl LimitsReport {
                         t.http_status,
                         t.message.as_deref().unwrap_or(""),
                         t.request_id.as_deref().unwrap_or("-"),
-                        t.retry_after_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+                        t.retry_after_ms
+                            .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
                     );
                 }
                 None => out.push_str("  never throttled\n"),
@@ -691,7 +714,10 @@ pub struct CallFacts {
 
 pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
     use crate::store::quota;
-    let key_id = quota::states(conn)?.first().map(|s| s.2.clone()).unwrap_or_else(|| "-".into());
+    let key_id = quota::states(conn)?
+        .first()
+        .map(|s| s.2.clone())
+        .unwrap_or_else(|| "-".into());
     let endpoint = "POST /v1/messages".to_owned();
     let failure = |e: quota::ThrottleEvent| CallFacts {
         at: format_time(e.at),
@@ -743,23 +769,42 @@ impl DiagnoseReport {
         for d in &self.rows {
             let _ = writeln!(out, "{} — {}", d.endpoint, d.model);
             let cols = [&d.last_success, &d.first_failure, &d.latest_failure];
-            let cell = |c: &Option<CallFacts>, f: &dyn Fn(&CallFacts) -> String| c.as_ref().map_or("-".to_owned(), f);
+            let cell = |c: &Option<CallFacts>, f: &dyn Fn(&CallFacts) -> String| {
+                c.as_ref().map_or("-".to_owned(), f)
+            };
             let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
             let lines: [(&str, &dyn Fn(&CallFacts) -> String); 10] = [
                 ("time", &|c| c.at.clone()),
                 ("route", &|c| c.route.clone()),
                 ("key id", &|c| c.key_id.clone()),
-                ("status", &|c| c.status.map_or("-".into(), |s| s.to_string())),
+                ("status", &|c| {
+                    c.status.map_or("-".into(), |s| s.to_string())
+                }),
                 ("input size", &|c| opt(c.input_size)),
                 ("output limit", &|c| opt(c.output_limit)),
                 ("concurrency", &|c| opt(c.concurrency)),
-                ("retry-after", &|c| c.retry_after_ms.map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))),
-                ("request-id", &|c| c.request_id.clone().unwrap_or_else(|| "-".into())),
+                ("retry-after", &|c| {
+                    c.retry_after_ms
+                        .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+                }),
+                ("request-id", &|c| {
+                    c.request_id.clone().unwrap_or_else(|| "-".into())
+                }),
                 ("error", &|c| c.error.clone().unwrap_or_else(|| "-".into())),
             ];
-            let mut rows = vec![vec!["".to_owned(), "LAST SUCCESS".into(), "FIRST FAILURE".into(), "LATEST FAILURE".into()]];
+            let mut rows = vec![vec![
+                "".to_owned(),
+                "LAST SUCCESS".into(),
+                "FIRST FAILURE".into(),
+                "LATEST FAILURE".into(),
+            ]];
             for (name, f) in lines {
-                rows.push(vec![name.to_owned(), cell(cols[0], f), cell(cols[1], f), cell(cols[2], f)]);
+                rows.push(vec![
+                    name.to_owned(),
+                    cell(cols[0], f),
+                    cell(cols[1], f),
+                    cell(cols[2], f),
+                ]);
             }
             for line in table(&rows).lines() {
                 let _ = writeln!(out, "  {line}");

@@ -653,6 +653,32 @@ mod tests {
     }
 
     #[test]
+    fn higher_classes_are_admitted_first() {
+        let conn = test_connection();
+        let job_id = job(&conn);
+        let with = |id: &str, priority: &str| {
+            line(id).replace("\"mode\"", &format!("\"priority\":\"{priority}\",\"mode\""))
+        };
+        insert(
+            &conn,
+            job_id,
+            &[
+                with("n", "nightly"),
+                with("o", "normal"),
+                with("i", "interactive"),
+                with("h", "high"),
+            ],
+        );
+        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
+        let order: Vec<i64> = ready.iter().map(|r| r.priority).collect();
+        assert_eq!(
+            order,
+            vec![0, 1, 2, 3],
+            "interactive, high, normal, nightly"
+        );
+    }
+
+    #[test]
     fn requeue_records_unknown_outcomes() {
         let conn = test_connection();
         let job_id = job(&conn);
