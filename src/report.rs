@@ -760,6 +760,27 @@ pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
     Ok(DiagnoseReport { rows })
 }
 
+/// The cells of one call's column in `diagnose`, in the order of its rows.
+fn facts_cells(c: Option<&CallFacts>) -> [String; 10] {
+    let Some(c) = c else {
+        return std::array::from_fn(|_| "-".to_owned());
+    };
+    let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
+    [
+        c.at.clone(),
+        c.route.clone(),
+        c.key_id.clone(),
+        c.status.map_or("-".into(), |s| s.to_string()),
+        opt(c.input_size),
+        opt(c.output_limit),
+        opt(c.concurrency),
+        c.retry_after_ms
+            .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+        c.request_id.clone().unwrap_or_else(|| "-".into()),
+        c.error.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
 impl DiagnoseReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -768,42 +789,32 @@ impl DiagnoseReport {
         }
         for d in &self.rows {
             let _ = writeln!(out, "{} — {}", d.endpoint, d.model);
-            let cols = [&d.last_success, &d.first_failure, &d.latest_failure];
-            let cell = |c: &Option<CallFacts>, f: &dyn Fn(&CallFacts) -> String| {
-                c.as_ref().map_or("-".to_owned(), f)
-            };
-            let opt = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
-            let lines: [(&str, &dyn Fn(&CallFacts) -> String); 10] = [
-                ("time", &|c| c.at.clone()),
-                ("route", &|c| c.route.clone()),
-                ("key id", &|c| c.key_id.clone()),
-                ("status", &|c| {
-                    c.status.map_or("-".into(), |s| s.to_string())
-                }),
-                ("input size", &|c| opt(c.input_size)),
-                ("output limit", &|c| opt(c.output_limit)),
-                ("concurrency", &|c| opt(c.concurrency)),
-                ("retry-after", &|c| {
-                    c.retry_after_ms
-                        .map_or("-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
-                }),
-                ("request-id", &|c| {
-                    c.request_id.clone().unwrap_or_else(|| "-".into())
-                }),
-                ("error", &|c| c.error.clone().unwrap_or_else(|| "-".into())),
+            const NAMES: [&str; 10] = [
+                "time",
+                "route",
+                "key id",
+                "status",
+                "input size",
+                "output limit",
+                "concurrency",
+                "retry-after",
+                "request-id",
+                "error",
             ];
+            let columns = [&d.last_success, &d.first_failure, &d.latest_failure]
+                .map(|c| facts_cells(c.as_ref()));
             let mut rows = vec![vec![
                 "".to_owned(),
                 "LAST SUCCESS".into(),
                 "FIRST FAILURE".into(),
                 "LATEST FAILURE".into(),
             ]];
-            for (name, f) in lines {
+            for (i, name) in NAMES.iter().enumerate() {
                 rows.push(vec![
-                    name.to_owned(),
-                    cell(cols[0], f),
-                    cell(cols[1], f),
-                    cell(cols[2], f),
+                    (*name).to_owned(),
+                    columns[0][i].clone(),
+                    columns[1][i].clone(),
+                    columns[2][i].clone(),
                 ]);
             }
             for line in table(&rows).lines() {
