@@ -75,4 +75,40 @@ async fn the_job_survives_every_kind_of_fault() {
             .unwrap_or_default()
             .contains("no answer")
     }));
+
+    // The evidence a support ticket needs: last success beside the first and latest failure.
+    let out = env.cli(&["diagnose", "--json"]);
+    assert!(out.status.success());
+    let diagnosis: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("diagnose --json");
+    let row = &diagnosis["rows"][0];
+    assert_eq!(row["model"], "claude-haiku-5-5");
+    assert_eq!(row["last_success"]["status"], 200);
+    assert!(
+        row["last_success"]["request_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("req_"),
+        "{row}"
+    );
+    for failure in ["first_failure", "latest_failure"] {
+        assert_eq!(row[failure]["status"], 529, "{row}");
+        assert!(
+            row[failure]["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("req_"),
+            "{row}"
+        );
+        assert!(
+            row[failure]["concurrency"].as_i64().unwrap_or(0) >= 1,
+            "{row}"
+        );
+        assert_eq!(row[failure]["output_limit"], 64);
+    }
+    let text = String::from_utf8_lossy(&env.cli(&["diagnose"]).stdout).into_owned();
+    assert!(
+        text.contains("LAST SUCCESS") && text.contains("LATEST FAILURE"),
+        "{text}"
+    );
 }
