@@ -236,16 +236,21 @@ impl Controller {
         }
     }
 
+    /// About the p90 of recent outputs (with a margin), once ten have been seen.
+    fn usual_output(&self) -> Option<f64> {
+        if self.outputs.len() < 10 {
+            return None;
+        }
+        let mut sorted: Vec<u64> = self.outputs.iter().copied().collect();
+        sorted.sort_unstable();
+        let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
+        Some(p90 as f64 * 1.2 + 16.0)
+    }
+
     fn output_reservation(&self, max_tokens: u64, mode: OutputReservation) -> f64 {
-        match mode {
-            OutputReservation::MaxTokens => max_tokens as f64,
-            OutputReservation::Learned if self.outputs.len() >= 10 => {
-                let mut sorted: Vec<u64> = self.outputs.iter().copied().collect();
-                sorted.sort_unstable();
-                let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
-                ((p90 as f64) * 1.2 + 16.0).min(max_tokens as f64)
-            }
-            OutputReservation::Learned => max_tokens as f64,
+        match (mode, self.usual_output()) {
+            (OutputReservation::Learned, Some(usual)) => usual.min(max_tokens as f64),
+            _ => max_tokens as f64,
         }
     }
 }
@@ -402,15 +407,21 @@ impl Quota {
             return;
         };
         c.in_flight.remove(&ticket.seq);
-        // Our calls this answer may not count: sent after it (requests, input), or still
-        // generating (output).
+        // Our calls this answer may not count: those sent after it (all three dimensions), and
+        // for output tokens also those sent before it and still generating (where output is
+        // charged as generated). Those cannot produce more than they reserved; once outputs have
+        // been seen, not much more than a usual answer (p90), which keeps the level from being
+        // needlessly low where `max_tokens` is far above real outputs.
+        let usual_output = c.usual_output();
         let mut uncounted = [0.0; 3];
         for (seq, costs) in &c.in_flight {
             if *seq > ticket.seq {
                 uncounted[0] += costs[0];
                 uncounted[1] += costs[1];
+                uncounted[2] += costs[2];
+            } else {
+                uncounted[2] += usual_output.map_or(costs[2], |usual| usual.min(costs[2]));
             }
-            uncounted[2] += costs[2];
         }
         let used = match (answer, usage) {
             (Answer::Ran, Some(u)) => {
