@@ -124,7 +124,9 @@ impl Bucket {
         self.limit.unwrap_or(0.0) / 60.0
     }
 
-    /// The burst the bucket holds, as far as known (upper end of recent estimates).
+    /// The burst the bucket holds, upper end of recent estimates: sizes the reserve, so the
+    /// reserve is never too small. (`-reset` is given to the second, so estimates run up to a
+    /// second's refill high.)
     fn capacity(&self) -> f64 {
         self.capacity_seen
             .iter()
@@ -132,16 +134,30 @@ impl Bucket {
             .fold(self.capacity_assumed, f64::max)
     }
 
+    /// The lower end of recent estimates: the level is never assumed above it, so a burst after
+    /// an idle spell cannot overshoot the real bucket.
+    fn capacity_low(&self) -> f64 {
+        self.capacity_seen
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .unwrap_or(self.capacity_assumed)
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.level = (self.level + elapsed * self.rate()).min(self.capacity());
+        self.level = (self.level + elapsed * self.rate()).min(self.capacity_low());
         self.updated = self.updated.max(now);
     }
 
     /// What must be in the bucket to take `cost` above `floor`: all of it, or the whole usable
     /// part for a call larger than that (the level then goes below the floor and refills).
     fn needed(&self, cost: f64, floor: f64) -> f64 {
-        floor + cost.min((self.capacity() - floor).max(0.0))
+        // The floor never takes more than half of what the bucket surely holds, so a lower class
+        // is never shut out for good by a capacity estimate's spread.
+        let low = self.capacity_low();
+        let floor = floor.min(low / 2.0);
+        floor + cost.min((low - floor).max(0.0))
     }
 
     fn wait_for(&self, cost: f64, floor: f64) -> Duration {
@@ -180,7 +196,7 @@ impl Bucket {
         } else if remaining > self.capacity_assumed {
             self.capacity_assumed = remaining;
         }
-        self.level = (remaining - uncounted).min(self.capacity());
+        self.level = (remaining - uncounted).min(self.capacity_low());
     }
 }
 
@@ -442,7 +458,7 @@ impl Quota {
             }
             if let Some(used) = used {
                 b.refill(now);
-                b.level = (b.level + ticket.reserved[i] - used[i]).min(b.capacity());
+                b.level = (b.level + ticket.reserved[i] - used[i]).min(b.capacity_low());
             }
         }
         if let (Answer::Ran, Some(u)) = (answer, usage) {
