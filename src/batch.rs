@@ -154,8 +154,23 @@ impl BatchLane {
         }
     }
 
-    fn replan(&self) -> (i64, crate::planner::RpmFor) {
-        (i64::from(self.max_attempts), self.rpm_for.clone())
+    /// Runs `f` on the writer thread with what sending items back to the planner needs.
+    async fn replanning<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
+        Ok(self
+            .store
+            .call(move |c| {
+                let replan = Replan {
+                    now: now_ms(),
+                    max_attempts,
+                    rpm_for: &*rpm_for,
+                };
+                f(c, &replan)
+            })
+            .await?)
     }
 
     /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full
@@ -353,17 +368,10 @@ impl BatchLane {
         } else {
             tracing::error!(%error, "the API refused the batch; its items go back to the planner");
         }
-        let (max_attempts, rpm_for) = self.replan();
-        self.store
-            .call(move |c| {
-                let replan = Replan {
-                    now: now_ms(),
-                    max_attempts,
-                    rpm_for: &*rpm_for,
-                };
-                batches::record_create_refused(c, id, &error, !too_large, &replan)
-            })
-            .await?;
+        self.replanning(move |c, replan| {
+            batches::record_create_refused(c, id, &error, !too_large, replan)
+        })
+        .await?;
         self.wake_all();
         Ok(Next::Now)
     }
@@ -584,16 +592,7 @@ impl BatchLane {
             return Ok(Next::At(at));
         }
         tracing::error!(%error, "the API keeps refusing to show the batch; its items go back to the planner");
-        let (max_attempts, rpm_for) = self.replan();
-        self.store
-            .call(move |c| {
-                let replan = Replan {
-                    now: now_ms(),
-                    max_attempts,
-                    rpm_for: &*rpm_for,
-                };
-                batches::abandon(c, id, &error, &replan)
-            })
+        self.replanning(move |c, replan| batches::abandon(c, id, &error, replan))
             .await?;
         self.wake_all();
         Ok(Next::Now)
@@ -668,17 +667,8 @@ impl BatchLane {
             lines.push(rest);
         }
         applied += self.apply_chunk(id, api_id, lines).await?;
-        let (max_attempts, rpm_for) = self.replan();
         let leftovers = self
-            .store
-            .call(move |c| {
-                let replan = Replan {
-                    now: now_ms(),
-                    max_attempts,
-                    rpm_for: &*rpm_for,
-                };
-                batches::finish_results(c, id, &replan)
-            })
+            .replanning(move |c, replan| batches::finish_results(c, id, replan))
             .await?;
         if leftovers > 0 {
             tracing::warn!(
@@ -700,18 +690,9 @@ impl BatchLane {
         if lines.is_empty() {
             return Ok(0);
         }
-        let (max_attempts, rpm_for) = self.replan();
         let api_id = api_id.to_owned();
         let n = self
-            .store
-            .call(move |c| {
-                let replan = Replan {
-                    now: now_ms(),
-                    max_attempts,
-                    rpm_for: &*rpm_for,
-                };
-                batches::apply_results(c, id, &api_id, &lines, &replan)
-            })
+            .replanning(move |c, replan| batches::apply_results(c, id, &api_id, &lines, replan))
             .await?;
         self.results_wake.notify_one();
         Ok(n)

@@ -144,14 +144,7 @@ fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Re
 }
 
 pub fn status(conn: &Connection, results_dir: &Path) -> anyhow::Result<StatusReport> {
-    let paused = crate::store::quota::pauses(conn, crate::store::now_ms())?
-        .into_iter()
-        .map(|(lane, reason, until)| Pause {
-            lane,
-            reason,
-            until: format_time(until),
-        })
-        .collect();
+    let paused = pauses(conn)?;
     let mut report = StatusReport {
         jobs: Vec::new(),
         rejected_files: Vec::new(),
@@ -302,12 +295,9 @@ fn finished(c: &Counts) -> u64 {
 impl StatusReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        for p in &self.paused {
-            let _ = writeln!(
-                out,
-                "PAUSED: the {} lane until {}: {}\n",
-                p.lane, p.until, p.reason
-            );
+        out.push_str(&pauses_text(&self.paused));
+        if !self.paused.is_empty() {
+            out.push('\n');
         }
         if self.jobs.is_empty() {
             out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
@@ -550,6 +540,31 @@ pub struct DimLimits {
     pub utilisation: Option<f64>,
 }
 
+/// Lanes paused now because the API refuses the account.
+fn pauses(conn: &Connection) -> anyhow::Result<Vec<Pause>> {
+    Ok(crate::store::quota::pauses(conn, crate::store::now_ms())?
+        .into_iter()
+        .map(|(lane, reason, until)| Pause {
+            lane,
+            reason,
+            until: format_time(until),
+        })
+        .collect())
+}
+
+/// The lines saying which lanes are paused and why.
+fn pauses_text(pauses: &[Pause]) -> String {
+    pauses
+        .iter()
+        .map(|p| {
+            format!(
+                "PAUSED: the {} lane until {}: {}\n",
+                p.lane, p.until, p.reason
+            )
+        })
+        .collect()
+}
+
 pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
     use crate::store::quota;
     let mut classes = Vec::new();
@@ -589,27 +604,16 @@ pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
             dims,
         });
     }
-    let pauses = quota::pauses(conn, now)?
-        .into_iter()
-        .map(|(lane, reason, until)| Pause {
-            lane,
-            reason,
-            until: format_time(until),
-        })
-        .collect();
-    Ok(LimitsReport { classes, pauses })
+    Ok(LimitsReport {
+        classes,
+        pauses: pauses(conn)?,
+    })
 }
 
 impl LimitsReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        for p in &self.pauses {
-            let _ = writeln!(
-                out,
-                "PAUSED: the {} lane until {}: {}",
-                p.lane, p.until, p.reason
-            );
-        }
+        out.push_str(&pauses_text(&self.pauses));
         if self.classes.is_empty() {
             out.push_str("no limits known yet: the daemon publishes them once it has sent calls\n");
             return out;
