@@ -406,18 +406,28 @@ impl Config {
     /// The limits that apply to `model`: its own entry (by model id or limit class), else the
     /// tier preset, else `default`, else none (learned from the API's headers).
     pub fn limits_for(&self, model: &str) -> ModelLimits {
+        self.class_limits(model).limits
+    }
+
+    /// [`Config::limits_for`], saying whether they are explicit numbers (a ceiling the API's
+    /// headers cannot raise) or a tier preset (a first guess the headers replace).
+    pub fn class_limits(&self, model: &str) -> crate::quota::ClassLimits {
+        use crate::quota::ClassLimits;
         let class = crate::quota::limit_class(model);
+        let explicit = self.limits.get(model).or_else(|| self.limits.get(&class));
+        if let Some(limits) = explicit {
+            return ClassLimits::ceiling(*limits);
+        }
+        let tier = self.quota.tier.as_deref();
+        if let Some(limits) = tier.and_then(|t| crate::quota::tier_limits(t, model)) {
+            return ClassLimits {
+                limits,
+                is_ceiling: false,
+            };
+        }
         self.limits
-            .get(model)
-            .or_else(|| self.limits.get(&class))
-            .copied()
-            .or_else(|| {
-                self.quota
-                    .tier
-                    .as_deref()
-                    .and_then(|t| crate::quota::tier_limits(t, model))
-            })
-            .or_else(|| self.limits.get("default").copied())
+            .get("default")
+            .map(|l| ClassLimits::ceiling(*l))
             .unwrap_or_default()
     }
 

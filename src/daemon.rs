@@ -108,7 +108,7 @@ pub async fn run(
         store: store.clone(),
         client,
         quota: Arc::new(Mutex::new(Quota::new(
-            move |model| limits_config.limits_for(model),
+            move |model| limits_config.class_limits(model),
             quota_settings,
         ))),
         settings: config.realtime.clone(),

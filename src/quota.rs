@@ -106,12 +106,14 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(configured: Option<u64>, now: Instant) -> Bucket {
-        let limit = configured.map(|l| l as f64);
+    /// `start`: the limit to start from; `cap`: whether it is a ceiling the headers may not
+    /// raise (explicit numbers in the config) or only a first guess (a tier preset).
+    fn new(start: Option<u64>, cap: bool, now: Instant) -> Bucket {
+        let limit = start.map(|l| l as f64);
         let probe = limit.map_or(0.0, |l| (l * PROBE_SECS / 60.0).max(1.0));
         Bucket {
             limit,
-            configured: limit,
+            configured: if cap { limit } else { None },
             capacity_seen: VecDeque::new(),
             capacity_assumed: probe,
             level: probe,
@@ -137,11 +139,14 @@ impl Bucket {
     /// The lower end of recent estimates: the level is never assumed above it, so a burst after
     /// an idle spell cannot overshoot the real bucket.
     fn capacity_low(&self) -> f64 {
-        self.capacity_seen
-            .iter()
-            .copied()
-            .reduce(f64::min)
-            .unwrap_or(self.capacity_assumed)
+        if self.capacity_seen.is_empty() {
+            return self.capacity_assumed;
+        }
+        // A low quantile, not the minimum: one estimate spoilt by a clock off by a second must not
+        // shrink the bucket for the next 32 answers.
+        let mut sorted: Vec<f64> = self.capacity_seen.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 4]
     }
 
     fn refill(&mut self, now: Instant) {
@@ -153,11 +158,10 @@ impl Bucket {
     /// What must be in the bucket to take `cost` above `floor`: all of it, or the whole usable
     /// part for a call larger than that (the level then goes below the floor and refills).
     fn needed(&self, cost: f64, floor: f64) -> f64 {
-        // The floor never takes more than half of what the bucket surely holds, so a lower class
-        // is never shut out for good by a capacity estimate's spread.
+        // Never more than the bucket surely holds: a bucket too small for its reserve admits a
+        // lower class only when full, instead of never.
         let low = self.capacity_low();
-        let floor = floor.min(low / 2.0);
-        floor + cost.min((low - floor).max(0.0))
+        (floor + cost.min((low - floor).max(0.0))).min(low)
     }
 
     fn wait_for(&self, cost: f64, floor: f64) -> Duration {
@@ -170,9 +174,16 @@ impl Bucket {
 
     /// Applies what an answer said: the limit, a capacity estimate, and the level less `uncounted`
     /// (our calls the answer may not include). Never panics on odd values.
-    fn correct(&mut self, header: &crate::api::DimHeaders, uncounted: f64, now: Instant) {
-        if let Some(limit) = header.limit.filter(|l| *l > 0) {
-            let limit = limit as f64;
+    /// `tokens`: the dimension counts tokens, whose `remaining` the API rounds to thousands.
+    fn correct(
+        &mut self,
+        header: &crate::api::DimHeaders,
+        uncounted: f64,
+        tokens: bool,
+        now: Instant,
+    ) {
+        let api_limit = header.limit.filter(|l| *l > 0).map(|l| l as f64);
+        if let Some(limit) = api_limit {
             let effective = self.configured.map_or(limit, |c| c.min(limit));
             if self.limit != Some(effective) {
                 self.limit = Some(effective);
@@ -186,17 +197,36 @@ impl Bucket {
             return;
         };
         self.last_remaining = Some((remaining, now));
-        let remaining = remaining as f64;
-        if let (Some(reset_in), Some(_)) = (header.reset_in, self.limit) {
-            let estimate = remaining + reset_in * self.rate();
-            if self.capacity_seen.len() == CAPACITY_WINDOW {
-                self.capacity_seen.pop_front();
+        // Token counts are rounded to the nearest thousand: the truth may be 500 lower.
+        let remaining = if tokens && remaining >= 1000 && remaining % 1000 == 0 {
+            remaining as f64 - 500.0
+        } else {
+            remaining as f64
+        };
+        // The API's own bucket refills at the API's limit, which may be above ours.
+        let api_rate = api_limit.or(self.limit).unwrap_or(0.0) / 60.0;
+        let plausible = api_limit.is_none_or(|l| remaining <= l);
+        match header.reset_in {
+            // A per-minute bucket is full again within a minute; anything else is not trusted.
+            Some(reset_in) if reset_in > 0.0 && reset_in <= 60.0 && api_rate > 0.0 && plausible => {
+                if self.capacity_seen.len() == CAPACITY_WINDOW {
+                    self.capacity_seen.pop_front();
+                }
+                self.capacity_seen
+                    .push_back(remaining + reset_in * api_rate);
             }
-            self.capacity_seen.push_back(estimate.max(remaining));
-        } else if remaining > self.capacity_assumed {
-            self.capacity_assumed = remaining;
+            _ if plausible => self.capacity_assumed = self.capacity_assumed.max(remaining),
+            _ => {}
         }
-        self.level = (remaining - uncounted).min(self.capacity_low());
+        let from_answer = (remaining - uncounted).min(self.capacity_low());
+        let self_capped = matches!((self.configured, api_limit), (Some(c), Some(a)) if c < a);
+        // Under our own, lower limit the API's bucket holds more than we may use: keep our books
+        // and let the answer only lower them (someone else took from the bucket).
+        self.level = if self_capped {
+            self.level.min(from_answer)
+        } else {
+            from_answer
+        };
     }
 }
 
@@ -205,25 +235,27 @@ impl Bucket {
 struct Controller {
     buckets: [Bucket; 3],
     paused_until: Option<Instant>,
-    /// Calls in flight: admission order → what each reserved.
-    in_flight: BTreeMap<u64, [f64; 3]>,
+    /// Calls in flight: admission order → what each reserved, and its `max_tokens`.
+    in_flight: BTreeMap<u64, ([f64; 3], u64)>,
     concurrency: usize,
     /// Calibration of the input estimate: actual / estimated, smoothed.
     input_ratio: f64,
     /// Relative errors of recent input estimates (after calibration), for diagnosis.
     input_errors: VecDeque<f64>,
-    /// Recent output token counts, for the learned reservation.
-    outputs: VecDeque<u64>,
+    /// Recent (max_tokens, output tokens) of answers, for the usual output of similar calls.
+    outputs: VecDeque<(u64, u64)>,
     last_throttle: Option<Instant>,
 }
 
 impl Controller {
-    fn new(limits: ModelLimits, settings: &QuotaSettings, now: Instant) -> Controller {
+    fn new(limits: ClassLimits, settings: &QuotaSettings, now: Instant) -> Controller {
+        let cap = limits.is_ceiling;
+        let l = limits.limits;
         Controller {
             buckets: [
-                Bucket::new(limits.rpm, now),
-                Bucket::new(limits.itpm, now),
-                Bucket::new(limits.otpm, now),
+                Bucket::new(l.rpm, cap, now),
+                Bucket::new(l.itpm, cap, now),
+                Bucket::new(l.otpm, cap, now),
             ],
             paused_until: None,
             in_flight: BTreeMap::new(),
@@ -252,21 +284,45 @@ impl Controller {
         }
     }
 
-    /// About the p90 of recent outputs (with a margin), once ten have been seen.
-    fn usual_output(&self) -> Option<f64> {
-        if self.outputs.len() < 10 {
+    /// About the p90 (with a margin) of recent outputs of calls with the same `max_tokens`, once
+    /// ten have been seen: calls of one job are alike, calls of another may not be.
+    fn usual_output(&self, max_tokens: u64) -> Option<f64> {
+        let mut sorted: Vec<u64> = self
+            .outputs
+            .iter()
+            .filter(|(m, _)| *m == max_tokens)
+            .map(|(_, out)| *out)
+            .collect();
+        if sorted.len() < 10 {
             return None;
         }
-        let mut sorted: Vec<u64> = self.outputs.iter().copied().collect();
         sorted.sort_unstable();
         let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
-        Some(p90 as f64 * 1.2 + 16.0)
+        Some((p90 as f64 * 1.2 + 16.0).min(max_tokens as f64))
     }
 
     fn output_reservation(&self, max_tokens: u64, mode: OutputReservation) -> f64 {
-        match (mode, self.usual_output()) {
-            (OutputReservation::Learned, Some(usual)) => usual.min(max_tokens as f64),
+        match (mode, self.usual_output(max_tokens)) {
+            (OutputReservation::Learned, Some(usual)) => usual,
             _ => max_tokens as f64,
+        }
+    }
+}
+
+/// The limits a class starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClassLimits {
+    pub limits: ModelLimits,
+    /// Explicit numbers from the config are a ceiling the API's headers cannot raise; a tier
+    /// preset is only a first guess, replaced by what the headers say.
+    pub is_ceiling: bool,
+}
+
+impl ClassLimits {
+    pub fn ceiling(limits: ModelLimits) -> ClassLimits {
+        ClassLimits {
+            limits,
+            is_ceiling: true,
         }
     }
 }
@@ -289,6 +345,7 @@ pub struct Ticket {
     /// Reserved: requests (1), input tokens (calibrated estimate), output tokens.
     pub reserved: [f64; 3],
     pub raw_input_estimate: u64,
+    pub max_tokens: u64,
     /// The class's concurrency when it was admitted.
     pub concurrency: usize,
 }
@@ -332,7 +389,7 @@ pub struct DimSnapshot {
 
 /// The controllers of every class.
 pub struct Quota {
-    configured: Box<dyn Fn(&str) -> ModelLimits + Send>,
+    configured: Box<dyn Fn(&str) -> ClassLimits + Send>,
     settings: QuotaSettings,
     classes: HashMap<String, Controller>,
     next_seq: u64,
@@ -341,7 +398,7 @@ pub struct Quota {
 impl Quota {
     /// `configured` gives the configured (or tier) limits of a model.
     pub fn new(
-        configured: impl Fn(&str) -> ModelLimits + Send + 'static,
+        configured: impl Fn(&str) -> ClassLimits + Send + 'static,
         settings: QuotaSettings,
     ) -> Quota {
         Quota {
@@ -396,7 +453,7 @@ impl Quota {
         for dim in DIMS {
             c.buckets[dim as usize].level -= costs[dim as usize];
         }
-        c.in_flight.insert(seq, costs);
+        c.in_flight.insert(seq, (costs, request.max_tokens));
         let concurrency = c.concurrency;
         self.next_seq += 1;
         Ok(Ticket {
@@ -404,6 +461,7 @@ impl Quota {
             seq,
             reserved: costs,
             raw_input_estimate: request.input_estimate,
+            max_tokens: request.max_tokens,
             concurrency,
         })
     }
@@ -428,15 +486,15 @@ impl Quota {
         // charged as generated). Those cannot produce more than they reserved; once outputs have
         // been seen, not much more than a usual answer (p90), which keeps the level from being
         // needlessly low where `max_tokens` is far above real outputs.
-        let usual_output = c.usual_output();
         let mut uncounted = [0.0; 3];
-        for (seq, costs) in &c.in_flight {
+        for (seq, (costs, max_tokens)) in &c.in_flight {
             if *seq > ticket.seq {
                 uncounted[0] += costs[0];
                 uncounted[1] += costs[1];
                 uncounted[2] += costs[2];
             } else {
-                uncounted[2] += usual_output.map_or(costs[2], |usual| usual.min(costs[2]));
+                let usual = c.usual_output(*max_tokens);
+                uncounted[2] += usual.map_or(costs[2], |usual| usual.min(costs[2]));
             }
         }
         let used = match (answer, usage) {
@@ -451,7 +509,7 @@ impl Quota {
             let header = &headers.dims[i];
             let b = &mut c.buckets[i];
             if header.remaining.is_some() || header.limit.is_some() {
-                b.correct(header, uncounted[i], now);
+                b.correct(header, uncounted[i], dim != Dim::Requests, now);
                 if header.remaining.is_some() {
                     continue; // the answer's word replaces our books
                 }
@@ -467,7 +525,7 @@ impl Quota {
             let error = (ticket.reserved[1] - actual).abs() / actual.max(1.0);
             c.input_ratio = (0.9 * c.input_ratio + 0.1 * (actual / raw)).clamp(0.05, 20.0);
             push_bounded(&mut c.input_errors, error, 100);
-            push_bounded(&mut c.outputs, u.output_tokens, 200);
+            push_bounded(&mut c.outputs, (ticket.max_tokens, u.output_tokens), 200);
         }
         // Adaptive concurrency: grow while calls go through, halve on 429 and 529.
         match answer {
@@ -651,7 +709,10 @@ mod tests {
     #[test]
     fn before_any_answer_one_probe_then_an_answer_opens_the_burst() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 60_000, 60_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(60, 60_000, 60_000)),
+            settings(0.0),
+        );
         let probe = q
             .try_admit(&req(Priority::Nightly, 10, 10), t0)
             .expect("the probe");
@@ -676,7 +737,10 @@ mod tests {
     #[test]
     fn pacing_follows_the_refill_rate_of_the_binding_dimension() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(6000, 6_000, 1_000_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(6000, 6_000, 1_000_000)),
+            settings(0.0),
+        );
         // ITPM 6000 = 100 tokens/s; the probe bucket holds one second: 100 tokens.
         q.try_admit(&req(Priority::Nightly, 100, 1), t0)
             .expect("first");
@@ -691,7 +755,10 @@ mod tests {
     #[test]
     fn lower_classes_leave_the_reserve_and_interactive_may_use_it() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(600, 1_000_000, 1_000_000), settings(0.2));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 1_000_000, 1_000_000)),
+            settings(0.2),
+        );
         let probe = q
             .try_admit(&req(Priority::Interactive, 1, 1), t0)
             .expect("probe");
@@ -722,7 +789,10 @@ mod tests {
     #[test]
     fn foreign_consumption_seen_in_remaining_makes_nightly_yield() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(600, 1_000_000, 1_000_000), settings(0.2));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 1_000_000, 1_000_000)),
+            settings(0.2),
+        );
         let a = q
             .try_admit(&req(Priority::Nightly, 1, 1), t0)
             .expect("probe");
@@ -767,7 +837,10 @@ mod tests {
     #[test]
     fn calls_in_flight_are_taken_off_an_answer() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(600, 1_000_000, 6_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 1_000_000, 6_000)),
+            settings(0.0),
+        );
         let first = q
             .try_admit(&req(Priority::Nightly, 1, 10), t0)
             .expect("probe");
@@ -795,7 +868,10 @@ mod tests {
     #[test]
     fn settle_gives_back_what_was_not_used_without_headers() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 600, 600), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(60, 600, 600)),
+            settings(0.0),
+        );
         let t = q
             .try_admit(&req(Priority::Nightly, 10, 10), t0)
             .expect("admit");
@@ -829,7 +905,10 @@ mod tests {
     #[test]
     fn lowered_limits_are_followed_and_configured_ones_never_exceeded() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(600, 100_000, 100_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 100_000, 100_000)),
+            settings(0.0),
+        );
         let t = q
             .try_admit(&req(Priority::Nightly, 1, 1), t0)
             .expect("probe");
@@ -860,7 +939,10 @@ mod tests {
     #[test]
     fn overloaded_halves_concurrency_but_keeps_the_limits() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(6000, 1_000_000, 1_000_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(6000, 1_000_000, 1_000_000)),
+            settings(0.0),
+        );
         let t = q
             .try_admit(&req(Priority::Nightly, 1, 1), t0)
             .expect("probe");
@@ -894,7 +976,7 @@ mod tests {
     #[test]
     fn the_input_estimator_calibrates() {
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| ModelLimits::default(), settings(0.0));
+        let mut q = Quota::new(|_| ClassLimits::default(), settings(0.0));
         for _ in 0..100 {
             let t = q
                 .try_admit(&req(Priority::Nightly, 100, 1), t0)
@@ -926,7 +1008,10 @@ mod tests {
         assert_eq!(limit_class("claude-opus-4-8"), "claude-opus-4.x");
         assert_eq!(limit_class("claude-sonnet-5-5"), "claude-sonnet-5-5");
         let t0 = Instant::now();
-        let mut q = Quota::new(|_| limits(60, 1_000_000, 1_000_000), settings(0.0));
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(60, 1_000_000, 1_000_000)),
+            settings(0.0),
+        );
         q.try_admit(
             &Request {
                 model: "claude-sonnet-4-5",
@@ -954,6 +1039,136 @@ mod tests {
             t0,
         )
         .expect("own class");
+    }
+
+    #[test]
+    fn a_spoilt_capacity_estimate_neither_shrinks_the_bucket_nor_stalls_a_class() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 1_000_000, 1_000_000)),
+            settings(0.2),
+        );
+        let answer = |q: &mut Quota, remaining: u64, reset_in: f64| {
+            let t = q
+                .try_admit(&req(Priority::Interactive, 1, 1), t0)
+                .expect("admit");
+            let mut h = headers([
+                (600, remaining, reset_in),
+                (1_000_000, 999_000, 0.1),
+                (1_000_000, 999_000, 0.1),
+            ]);
+            h.dims[0].reset_in = Some(reset_in);
+            q.settle(&t, Answer::Ran, Some(&ran(1, 1)), &h, t0);
+        };
+        for _ in 0..7 {
+            answer(&mut q, 9, 0.1); // a bucket of 10 requests
+        }
+        answer(&mut q, 1, 0.0); // a clock a second off: "full" with 1 left
+        let snap = q.snapshot(t0 + Duration::from_secs(60));
+        assert!(
+            snap[0].dims[0].level >= 9.0,
+            "one odd answer does not shrink the bucket: {:?}",
+            snap[0].dims[0]
+        );
+        // A bucket smaller than its reserve still lets nightly work through when it is full.
+        let mut tiny = Quota::new(
+            |_| ClassLimits::ceiling(limits(60, 1_000_000, 1_000_000)),
+            settings(0.5),
+        );
+        let t = tiny
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("the probe goes");
+        tiny.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &RateLimitHeaders::default(),
+            t0,
+        );
+        assert!(
+            tiny.try_admit(&req(Priority::Nightly, 1, 1), t0 + Duration::from_secs(2))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn token_remaining_rounded_to_thousands_is_taken_at_its_low_end() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(6000, 60_000, 60_000)),
+            settings(0.0),
+        );
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([(6000, 99, 1.0), (60_000, 5_000, 1.0), (60_000, 999, 1.0)]),
+            t0,
+        );
+        let snap = q.snapshot(t0);
+        assert_eq!(
+            snap[0].dims[1].level, 4_500.0,
+            "5,000 may be 4,500 rounded up"
+        );
+        assert_eq!(snap[0].dims[2].level, 999.0, "under a thousand is exact");
+    }
+
+    #[test]
+    fn a_configured_limit_below_the_apis_is_kept() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(60, 1_000_000, 1_000_000)),
+            settings(0.0),
+        );
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        // The API allows 4,000 RPM and has 3,990 left; we were told 60.
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (4000, 3990, 0.15),
+                (1_000_000, 999_000, 0.1),
+                (1_000_000, 999_000, 0.1),
+            ]),
+            t0,
+        );
+        let mut sent = 0;
+        while q.try_admit(&req(Priority::Nightly, 1, 1), t0).is_ok() {
+            sent += 1;
+        }
+        assert!(sent <= 1, "our books, not the API's bucket: {sent}");
+        assert_eq!(q.snapshot(t0)[0].dims[0].limit_per_minute, Some(60.0));
+    }
+
+    #[test]
+    fn a_tier_preset_is_a_first_guess_the_headers_replace() {
+        let t0 = Instant::now();
+        let preset = ClassLimits {
+            limits: limits(50, 30_000, 8_000),
+            is_ceiling: false,
+        };
+        let mut q = Quota::new(move |_| preset, settings(0.0));
+        let t = q
+            .try_admit(&req(Priority::Nightly, 1, 1), t0)
+            .expect("probe");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(1, 1)),
+            &headers([
+                (1000, 999, 0.1),
+                (2_000_000, 1_999_000, 0.1),
+                (400_000, 399_000, 0.1),
+            ]),
+            t0,
+        );
+        assert_eq!(q.snapshot(t0)[0].dims[0].limit_per_minute, Some(1000.0));
     }
 
     #[test]

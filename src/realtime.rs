@@ -105,10 +105,16 @@ impl RealtimeLane {
         for _ in 0..8 {
             let now = now_ms();
             let skip = held.clone();
-            let ready = self
+            let found = self
                 .store
                 .call(move |c| items::ready_realtime(c, now, limit, &skip))
-                .await?;
+                .await;
+            let ready = match found {
+                Ok(ready) => ready,
+                Err(e) if admitted.is_empty() => return Err(e.into()),
+                // Send what was admitted; look again next round.
+                Err(_) => break,
+            };
             if ready.is_empty() {
                 if admitted.is_empty() && held.is_empty() {
                     let next = self
@@ -161,7 +167,7 @@ impl RealtimeLane {
             .iter()
             .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
             .collect();
-        let dispatches = self
+        let marked = self
             .store
             .call(move |c| {
                 let now = now_ms();
@@ -177,7 +183,24 @@ impl RealtimeLane {
                 }
                 Ok(out)
             })
-            .await?;
+            .await;
+        let dispatches = match marked {
+            Ok(dispatches) => dispatches,
+            Err(e) => {
+                // Nothing was sent: give every admitted call's quota back before giving up.
+                let mut quota = self.quota.lock().expect("quota lock");
+                for (_, ticket, _) in &admitted {
+                    quota.settle(
+                        ticket,
+                        Answer::Refused,
+                        None,
+                        &Default::default(),
+                        Instant::now(),
+                    );
+                }
+                return Err(e.into());
+            }
+        };
         for ((_, ticket, permit), dispatch) in admitted.into_iter().zip(dispatches) {
             let Some(dispatch) = dispatch else {
                 // No longer pending (canceled meanwhile): give the quota back.
@@ -241,7 +264,17 @@ impl RealtimeLane {
                 message,
                 ..
             } => (529, *retry_after, message.clone(), Default::default()),
+            Outcome::Blocked {
+                status, message, ..
+            } => (*status, None, message.clone(), Default::default()),
             _ => return,
+        };
+        let error_type = match status {
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            _ => "invalid_request_error",
         };
         let event = ThrottleEvent {
             at: now_ms(),
@@ -250,14 +283,7 @@ impl RealtimeLane {
             model: dispatch.model.clone(),
             class: ticket.class.clone(),
             http_status: status,
-            error_type: Some(
-                if status == 429 {
-                    "rate_limit_error"
-                } else {
-                    "overloaded_error"
-                }
-                .into(),
-            ),
+            error_type: Some(error_type.into()),
             message: Some(message),
             request_id: outcome.request_id().map(str::to_owned),
             retry_after_ms: retry_after.map(|d| d.as_millis() as i64),

@@ -739,7 +739,17 @@ pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
     };
     let mut rows = Vec::new();
     for model in quota::models_seen(conn)? {
-        let last_success = quota::last_success(conn, &model)?.map(|s| CallFacts {
+        let success = quota::last_success(conn, &model)?;
+        // The first failure since the last success, or the first ever if none came after it.
+        let first = match &success {
+            Some(s) => quota::first_throttle_after(conn, &model, s.at)?,
+            None => None,
+        };
+        let first = match first {
+            Some(event) => Some(event),
+            None => quota::throttle_event(conn, &model, true)?,
+        };
+        let last_success = success.map(|s| CallFacts {
             at: format_time(s.at),
             route: endpoint.clone(),
             key_id: key_id.clone(),
@@ -757,7 +767,7 @@ pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
             endpoint: endpoint.clone(),
             model: model.clone(),
             last_success,
-            first_failure: quota::throttle_event(conn, &model, true)?.map(failure),
+            first_failure: first.map(failure),
             latest_failure: quota::throttle_event(conn, &model, false)?.map(failure),
         });
     }

@@ -88,6 +88,21 @@ pub fn throttle_event(
         .optional()?)
 }
 
+/// The first throttle event of a model after `after` (ms): the first failure since a success.
+pub fn first_throttle_after(
+    conn: &Connection,
+    model: &str,
+    after: i64,
+) -> Result<Option<ThrottleEvent>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE model = ?1 AND at > ?2 ORDER BY id ASC LIMIT 1"),
+            params![model, after],
+            event,
+        )
+        .optional()?)
+}
+
 /// The latest throttle event of a class.
 pub fn last_throttle_of_class(conn: &Connection, class: &str) -> Result<Option<ThrottleEvent>> {
     Ok(conn
