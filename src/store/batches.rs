@@ -325,18 +325,38 @@ pub fn record_refusal(conn: &Connection, batch_id: i64, next_at: i64, error: &st
 
 /// Gives up on a batch the API keeps refusing to show: its items go back to the planner.
 pub fn abandon(conn: &Connection, batch_id: i64, error: &str, replan: &Replan<'_>) -> Result<()> {
+    fail_batch(
+        conn,
+        batch_id,
+        error,
+        ("unknown", "its batch could not be read"),
+        true,
+        replan,
+    )
+}
+
+/// Marks a batch failed and sends its items in flight back to the planner, each recorded with
+/// `outcome` and `why: error`; `counts`: whether that uses up an attempt of each.
+fn fail_batch(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    (outcome, why): (&'static str, &str),
+    counts: bool,
+    replan: &Replan<'_>,
+) -> Result<()> {
     conn.execute(
-        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3 WHERE id = ?1",
+        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3, create_unknown = 0 WHERE id = ?1",
         params![batch_id, error, replan.now],
     )?;
     for item_id in in_flight_items(conn, batch_id)? {
         send_back(
             conn,
             item_id,
-            "unknown",
-            &format!("its batch could not be read: {error}"),
+            outcome,
+            &format!("{why}: {error}"),
             replan,
-            true,
+            counts,
         )?;
     }
     Ok(())
@@ -504,21 +524,14 @@ pub fn record_create_refused(
     counts: bool,
     replan: &Replan<'_>,
 ) -> Result<()> {
-    conn.execute(
-        "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3, create_unknown = 0 WHERE id = ?1",
-        params![batch_id, error, replan.now],
-    )?;
-    for item_id in in_flight_items(conn, batch_id)? {
-        send_back(
-            conn,
-            item_id,
-            "fatal",
-            &format!("the batch was refused: {error}"),
-            replan,
-            counts,
-        )?;
-    }
-    Ok(())
+    fail_batch(
+        conn,
+        batch_id,
+        error,
+        ("fatal", "the batch was refused"),
+        counts,
+        replan,
+    )
 }
 
 fn in_flight_items(conn: &Connection, batch_id: i64) -> Result<Vec<i64>> {
