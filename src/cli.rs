@@ -45,6 +45,8 @@ pub enum Command {
     /// Per endpoint and model: the last success, the first failure and the latest failure side by
     /// side, which is what a support ticket needs.
     Diagnose(JsonFlag),
+    /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
+    Ledger(LedgerArgs),
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.
@@ -73,6 +75,29 @@ pub struct JsonFlag {
     /// Print JSON (a documented, stable shape) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[arg(long)]
+    pub job: Option<String>,
+    /// From this time (RFC 3339, or a duration back from now such as 24h or 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Until this time (RFC 3339, or a duration back from now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Group by day, tenant, model or job.
+    #[arg(long, default_value = "tenant", value_parser = ["day", "tenant", "model", "job"])]
+    pub by: String,
+    /// Print JSON (a documented, stable shape) instead of a table.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV instead of a table.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Debug, Args)]

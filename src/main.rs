@@ -117,6 +117,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
+        Command::Ledger(args) => {
+            use nightshift::store::ledger::{Filter, GroupBy};
+            let config = Config::locate(cli.config.as_deref())?;
+            let conn = store::open_read_only(&config.db_path())?;
+            let now = store::now_ms();
+            let when = |text: &Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
+                let Some(text) = text else { return Ok(None) };
+                match text.parse::<nightshift::job::Deadline>() {
+                    Ok(nightshift::job::Deadline::At(ms)) => Ok(Some(ms)),
+                    Ok(nightshift::job::Deadline::After(ms)) => Ok(Some(now - ms)),
+                    Err(_) => anyhow::bail!(
+                        "--{what} {text:?}: give an RFC 3339 time or a duration such as 24h or 7d"
+                    ),
+                }
+            };
+            let filter = Filter {
+                tenant: args.tenant.clone(),
+                job: args.job.clone(),
+                since: when(&args.since, "since")?,
+                until: when(&args.until, "until")?,
+            };
+            let by = match args.by.as_str() {
+                "day" => GroupBy::Day,
+                "model" => GroupBy::Model,
+                "job" => GroupBy::Job,
+                _ => GroupBy::Tenant,
+            };
+            let report = report::ledger(&conn, by, &filter)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if args.csv {
+                print!("{}", report.to_csv());
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
         Command::Cancel { name } => {
             let config = Config::locate(cli.config.as_deref())?;
             if !store::request_cancel(&config.db_path(), &name)? {

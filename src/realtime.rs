@@ -470,6 +470,7 @@ pub fn decide(
             record.http_status = Some(200);
             record.input_tokens = Some(usage.input_tokens);
             record.output_tokens = Some(usage.output_tokens);
+            record.usage = Some(*usage);
             ItemUpdate::Final {
                 state: ItemState::Succeeded,
                 result_line: results::succeeded_line(custom_id, message),

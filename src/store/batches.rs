@@ -616,6 +616,14 @@ pub fn apply_results(
                     ..Default::default()
                 };
                 close_attempt(conn, item_id, &record, replan.now)?;
+                super::ledger::record(
+                    conn,
+                    item_id,
+                    crate::job::Lane::Batch,
+                    &usage,
+                    Some(api_id),
+                    replan.now,
+                )?;
                 // The batch's line is already in the results format, with the job's custom_id.
                 let line = compact_line(line);
                 finish(conn, item_id, ItemState::Succeeded, &line, None, replan.now)?;

@@ -321,6 +321,8 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// The API's usage of a call it ran; a billed call gets a ledger row.
+    pub usage: Option<crate::api::Usage>,
 }
 
 /// Closes an attempt and moves its item on, in one transaction.
@@ -348,6 +350,16 @@ pub fn record_outcome(
             record.output_tokens.map(|n| n as i64),
         ],
     )?;
+    if let Some(usage) = &record.usage {
+        super::ledger::record(
+            conn,
+            item_id,
+            Lane::Realtime,
+            usage,
+            record.request_id.as_deref(),
+            now,
+        )?;
+    }
     match update {
         ItemUpdate::Final {
             state,

@@ -12,6 +12,7 @@ pub mod attempts;
 pub mod batches;
 pub mod items;
 pub mod jobs;
+pub mod ledger;
 pub mod quota;
 
 use std::path::{Path, PathBuf};
@@ -27,12 +28,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0001_init.sql")),
         M::up(include_str!("../../migrations/0002_batches.sql")),
         M::up(include_str!("../../migrations/0003_quota.sql")),
+        M::up(include_str!("../../migrations/0004_ledger.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    3
+    4
 }
 
 #[derive(Debug, thiserror::Error)]

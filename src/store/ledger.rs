@@ -1,0 +1,139 @@
+//! SQL for the ledger: one row per billed call, written in the transaction that makes the item
+//! final, and the grouped sums `nightshift ledger` reports.
+
+use rusqlite::{Connection, params};
+
+use super::Result;
+use crate::api::Usage;
+use crate::job::Lane;
+
+/// Records a billed call of `item_id` (its tenant, job and model come from the item). Cost is in
+/// millionths of a dollar, NULL when the model has no price.
+pub fn record(
+    conn: &Connection,
+    item_id: i64,
+    lane: Lane,
+    usage: &Usage,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let (tenant, job_id, model): (String, i64, String) = conn.query_row(
+        "SELECT tenant, job_id, model FROM items WHERE id = ?1",
+        [item_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let retry_of_unknown: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM attempts WHERE item_id = ?1 AND outcome = 'unknown')",
+        [item_id],
+        |r| r.get(0),
+    )?;
+    let cost = crate::prices::cost_micro_usd(&model, usage, lane == Lane::Batch);
+    conn.prepare_cached(
+        "INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens, output_tokens,
+                cache_creation_input_tokens, cache_read_input_tokens, cost_micro_usd, request_id, retry_of_unknown)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        now,
+        tenant,
+        job_id,
+        item_id,
+        model,
+        lane.as_str(),
+        usage.input_tokens as i64,
+        usage.output_tokens as i64,
+        usage.cache_creation_input_tokens.unwrap_or(0) as i64,
+        usage.cache_read_input_tokens.unwrap_or(0) as i64,
+        cost,
+        request_id,
+        retry_of_unknown,
+    ])?;
+    Ok(())
+}
+
+/// How `nightshift ledger` groups rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Day,
+    Tenant,
+    Model,
+    Job,
+}
+
+/// Which rows `nightshift ledger` sums.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub job: Option<String>,
+    /// Unix ms, inclusive.
+    pub since: Option<i64>,
+    /// Unix ms, exclusive.
+    pub until: Option<i64>,
+}
+
+/// The sums of one group.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Sums {
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cost_micro_usd: i64,
+    /// Rows whose model has no price: their cost is not in `cost_micro_usd`.
+    pub unpriced_requests: i64,
+    /// Billed calls that retried an unknown outcome (the API may have run the request twice).
+    pub retries_of_unknown: i64,
+}
+
+impl Sums {
+    pub fn add(&mut self, other: &Sums) {
+        self.requests += other.requests;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+        self.cache_read_input_tokens += other.cache_read_input_tokens;
+        self.cost_micro_usd += other.cost_micro_usd;
+        self.unpriced_requests += other.unpriced_requests;
+        self.retries_of_unknown += other.retries_of_unknown;
+    }
+}
+
+/// Grouped sums, in key order.
+pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(String, Sums)>> {
+    let key = match by {
+        GroupBy::Day => "strftime('%Y-%m-%d', l.at / 1000, 'unixepoch')",
+        GroupBy::Tenant => "l.tenant",
+        GroupBy::Model => "l.model",
+        GroupBy::Job => "j.name",
+    };
+    let sql = format!(
+        "SELECT {key}, COUNT(*), SUM(l.input_tokens), SUM(l.output_tokens), SUM(l.cache_creation_input_tokens),
+                SUM(l.cache_read_input_tokens), COALESCE(SUM(l.cost_micro_usd), 0),
+                SUM(l.cost_micro_usd IS NULL), SUM(l.retry_of_unknown)
+         FROM ledger l JOIN jobs j ON j.id = l.job_id
+         WHERE (?1 IS NULL OR l.tenant = ?1) AND (?2 IS NULL OR j.name = ?2)
+           AND (?3 IS NULL OR l.at >= ?3) AND (?4 IS NULL OR l.at < ?4)
+         GROUP BY 1 ORDER BY 1"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(
+        params![filter.tenant, filter.job, filter.since, filter.until],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Sums {
+                    requests: r.get(1)?,
+                    input_tokens: r.get(2)?,
+                    output_tokens: r.get(3)?,
+                    cache_creation_input_tokens: r.get(4)?,
+                    cache_read_input_tokens: r.get(5)?,
+                    cost_micro_usd: r.get(6)?,
+                    unpriced_requests: r.get(7)?,
+                    retries_of_unknown: r.get(8)?,
+                },
+            ))
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
