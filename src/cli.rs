@@ -45,6 +45,13 @@ pub enum Command {
     /// Per endpoint and model: the last success, the first failure and the latest failure side by
     /// side, which is what a support ticket needs.
     Diagnose(JsonFlag),
+    /// Read a job file without sending anything: estimated tokens, cost through batches vs real
+    /// time, how long real time would take under the configured limits, and which limit binds.
+    Plan {
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
     Ledger(LedgerArgs),
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).

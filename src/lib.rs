@@ -17,6 +17,7 @@ pub mod demo;
 pub mod fake_api;
 pub mod intake;
 pub mod job;
+pub mod plan;
 pub mod planner;
 pub mod prices;
 pub mod quota;

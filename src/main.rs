@@ -117,6 +117,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
+        Command::Plan { file, json } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let plan = nightshift::plan::plan(&config, &file)?;
+            if json.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.to_text());
+            }
+        }
         Command::Ledger(args) => {
             use nightshift::store::ledger::{Filter, GroupBy};
             let config = Config::locate(cli.config.as_deref())?;
