@@ -78,11 +78,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;
             let status = report::status(&conn, &config.results_dir())?;
-            if flags.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", status.to_text());
-            }
+            print_report(flags.json, &status, |r| r.to_text())?;
         }
         Command::Job { name, json } => {
             let config = Config::locate(cli.config.as_deref())?;
@@ -91,40 +87,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("error: no job named {name:?} (see `nightshift status`)");
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };
-            if json.json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
-            } else {
-                print!("{}", job.to_text());
-            }
+            print_report(json.json, &job, |r| r.to_text())?;
         }
         Command::Limits(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;
             let report = report::limits(&conn, store::now_ms())?;
-            if flags.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(flags.json, &report, |r| r.to_text())?;
         }
         Command::Diagnose(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;
             let report = report::diagnose(&conn)?;
-            if flags.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_report(flags.json, &report, |r| r.to_text())?;
         }
         Command::Plan { file, json } => {
             let config = Config::locate(cli.config.as_deref())?;
             let plan = nightshift::plan::plan(&config, &file)?;
-            if json.json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                print!("{}", plan.to_text());
-            }
+            print_report(json.json, &plan, |r| r.to_text())?;
         }
         Command::Ledger(args) => {
             use nightshift::store::ledger::{Filter, GroupBy};
@@ -154,13 +134,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => GroupBy::Tenant,
             };
             let report = report::ledger(&conn, by, &filter)?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if args.csv {
-                print!("{}", report.to_csv());
-            } else {
-                print!("{}", report.to_text());
-            }
+            let csv = args.csv;
+            print_report(args.json, &report, |r| {
+                if csv { r.to_csv() } else { r.to_text() }
+            })?;
         }
         Command::Cancel { name } => {
             let config = Config::locate(cli.config.as_deref())?;
@@ -224,6 +201,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a report as pretty JSON (the documented `--json` shape) or as text.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
