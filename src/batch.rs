@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiBatch, ApiClient, BatchCall, without_stream};
 use crate::config::BatchSettings;
 use crate::store::batches::{self, BatchRow, Replan};
+use crate::store::budget::Rules;
 use crate::store::{Store, now_ms};
 
 /// How far from the create call a found batch's creation time may be (clocks differ, calls queue).
@@ -40,6 +41,8 @@ pub struct BatchLane {
     pub settings: BatchSettings,
     pub max_attempts: u32,
     pub rpm_for: crate::planner::RpmFor,
+    /// Budgets (checked as items are packed) and prices (charged as results come in).
+    pub rules: Arc<Rules>,
     /// Poked when items may be waiting (intake) or went back to the planner.
     pub wake: Arc<Notify>,
     /// Poked for the real-time lane when items come back routed to it.
@@ -160,6 +163,7 @@ impl BatchLane {
         f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
+        let rules = self.rules.clone();
         Ok(self
             .store
             .call(move |c| {
@@ -167,6 +171,7 @@ impl BatchLane {
                     now: now_ms(),
                     max_attempts,
                     rpm_for: &*rpm_for,
+                    rules: &rules,
                 };
                 f(c, &replan)
             })
@@ -176,7 +181,10 @@ impl BatchLane {
     /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full
     /// batch is waiting, or the oldest item waited `max_wait`. Returns when to look again.
     async fn pack_ready(&self, lane: &Lane) -> anyhow::Result<Option<i64>> {
-        let waiting = self.store.call(batches::waiting_jobs).await?;
+        let waiting = self
+            .store
+            .call(|c| batches::waiting_jobs(c, now_ms()))
+            .await?;
         let max_requests = self.settings.max_requests as i64;
         let max_bytes = lane.max_bytes;
         let max_wait = self.settings.max_wait.as_millis() as i64;
@@ -192,9 +200,12 @@ impl BatchLane {
             loop {
                 let job_id = job.job_id;
                 let packed = self
-                    .store
-                    .call(move |c| batches::pack(c, job_id, max_requests, max_bytes, now_ms()))
+                    .replanning(move |c, r| {
+                        batches::pack(c, job_id, max_requests, max_bytes, r.rules, r.now)
+                    })
                     .await?;
+                // A budget may have ended items (rejected) while packing.
+                self.results_wake.notify_one();
                 let Some(batch_id) = packed else { break };
                 tracing::info!(job = %job.name, batch = batch_id, "batch packed");
                 if !all {

@@ -53,6 +53,32 @@ struct RawConfig {
     quota: RawQuota,
     #[serde(default)]
     limits: BTreeMap<String, ModelLimits>,
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    budgets: BTreeMap<String, RawBudget>,
+}
+
+/// `[prices."model"]`: USD per million tokens. Cache prices default to 1.25× (write) and 0.1×
+/// (read) the input price.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    output: f64,
+    cache_write: Option<f64>,
+    cache_read: Option<f64>,
+}
+
+/// `[budgets."tenant"]` (or `[budgets."*"]` for every tenant without its own).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    daily_usd: Option<f64>,
+    monthly_usd: Option<f64>,
+    on_daily: Option<String>,
+    on_monthly: Option<String>,
+    downgrade_to: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +149,9 @@ pub struct Config {
     pub quota: QuotaConfig,
     /// Keyed by model id; the key `default` applies to models without their own entry.
     pub limits: BTreeMap<String, ModelLimits>,
+    /// The list prices with the config's overrides.
+    pub prices: crate::prices::PriceTable,
+    pub budgets: crate::budget::Budgets,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +404,34 @@ impl Config {
             output_reservation,
         };
 
+        let mut overrides = BTreeMap::new();
+        for (model, p) in raw.prices {
+            let price = crate::prices::Price {
+                input: p.input,
+                output: p.output,
+                cache_write: p.cache_write.unwrap_or(p.input * 1.25),
+                cache_read: p.cache_read.unwrap_or(p.input * 0.1),
+            };
+            for (field, value) in [
+                ("input", price.input),
+                ("output", price.output),
+                ("cache_write", price.cache_write),
+                ("cache_read", price.cache_read),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(invalid(
+                        &format!("prices.\"{model}\".{field}"),
+                        format!(
+                            "is {value}; it must be a price in USD per million tokens, 0 or more"
+                        ),
+                    ));
+                }
+            }
+            overrides.insert(model, price);
+        }
+        let prices = crate::prices::PriceTable::new(overrides);
+        let budgets = budgets_from_raw(raw.budgets, &prices, &invalid)?;
+
         Ok(Config {
             source,
             batch,
@@ -400,6 +457,8 @@ impl Config {
                 shutdown_grace: Duration::from_secs(raw.daemon.shutdown_grace_secs.unwrap_or(30)),
             },
             limits: raw.limits,
+            prices,
+            budgets,
         })
     }
 
@@ -438,6 +497,72 @@ impl Config {
     pub fn results_dir(&self) -> PathBuf {
         self.data_dir.join("results")
     }
+}
+
+/// Checks `[budgets]`: positive caps, known actions, and a priced `downgrade_to` wherever a cap
+/// downgrades.
+fn budgets_from_raw(
+    raw: BTreeMap<String, RawBudget>,
+    prices: &crate::prices::PriceTable,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<crate::budget::Budgets, ConfigError> {
+    use crate::budget::{Cap, CapAction, TenantCaps};
+    let mut budgets = crate::budget::Budgets::default();
+    for (tenant, b) in raw {
+        let key = |field: &str| format!("budgets.\"{tenant}\".{field}");
+        let cap = |usd: Option<f64>, action: Option<String>, name: &str| {
+            let action_key = key(&format!("on_{name}"));
+            let action = match action.as_deref() {
+                None => CapAction::Reject,
+                Some(a) => CapAction::parse(a).ok_or_else(|| {
+                    invalid(
+                        &action_key,
+                        format!("is {a:?}; it must be \"reject\", \"downgrade\" or \"defer\""),
+                    )
+                })?,
+            };
+            let Some(usd) = usd else {
+                return Ok(None);
+            };
+            if !(usd.is_finite() && usd > 0.0) {
+                return Err(invalid(
+                    &key(&format!("{name}_usd")),
+                    format!("is {usd}; a cap must be more than 0 US dollars"),
+                ));
+            }
+            Ok(Some(Cap {
+                micro_usd: (usd * 1e6).round() as i64,
+                action,
+            }))
+        };
+        let caps = TenantCaps {
+            daily: cap(b.daily_usd, b.on_daily, "daily")?,
+            monthly: cap(b.monthly_usd, b.on_monthly, "monthly")?,
+            downgrade_to: b.downgrade_to,
+        };
+        let downgrades = [caps.daily, caps.monthly]
+            .iter()
+            .flatten()
+            .any(|c| c.action == CapAction::Downgrade);
+        match &caps.downgrade_to {
+            None if downgrades => {
+                return Err(invalid(
+                    &key("downgrade_to"),
+                    "is missing; a cap with action \"downgrade\" needs the cheaper model to use"
+                        .into(),
+                ));
+            }
+            Some(model) if prices.price(model).is_none() => {
+                return Err(invalid(
+                    &key("downgrade_to"),
+                    format!("is {model:?}, which has no price; add [prices.\"{model}\"]"),
+                ));
+            }
+            _ => {}
+        }
+        budgets.tenants.insert(tenant, caps);
+    }
+    Ok(budgets)
 }
 
 /// A TOML error as "line L, column C: message", without quoting the line: a misplaced secret
@@ -526,5 +651,61 @@ mod tests {
         assert!(err.to_string().contains("limits.\"m\".rpm"), "{err}");
         let err = parse("[api]\nbase_url = \"ftp://x\"").expect_err("bad url");
         assert!(err.to_string().contains("api.base_url"), "{err}");
+    }
+
+    #[test]
+    fn budgets_and_prices_parse_and_are_checked() {
+        let config = parse(
+            r#"
+            [prices."claude-house-1"]
+            input = 1.0
+            output = 4.0
+            [budgets.acme]
+            daily_usd = 2.5
+            monthly_usd = 40
+            on_daily = "downgrade"
+            on_monthly = "defer"
+            downgrade_to = "claude-house-1"
+            [budgets."*"]
+            daily_usd = 1
+            "#,
+        )
+        .expect("valid config");
+        let acme = config.budgets.for_tenant("acme").expect("acme has caps");
+        assert_eq!(acme.daily.map(|c| c.micro_usd), Some(2_500_000));
+        assert_eq!(
+            acme.monthly.map(|c| c.action),
+            Some(crate::budget::CapAction::Defer)
+        );
+        let other = config.budgets.for_tenant("other").expect("the wildcard");
+        assert_eq!(
+            other.daily.map(|c| c.action),
+            Some(crate::budget::CapAction::Reject)
+        );
+        assert_eq!(
+            config.prices.price("claude-house-1").map(|p| p.cache_read),
+            Some(0.1)
+        );
+
+        let err = parse("[budgets.a]\ndaily_usd = 1\non_daily = \"downgrade\"")
+            .expect_err("downgrade needs a model");
+        assert!(
+            err.to_string().contains("budgets.\"a\".downgrade_to"),
+            "{err}"
+        );
+        let err = parse("[budgets.a]\ndaily_usd = 1\non_daily = \"pause\"").expect_err("action");
+        assert!(err.to_string().contains("budgets.\"a\".on_daily"), "{err}");
+        let err = parse("[budgets.a]\nmonthly_usd = 0").expect_err("zero cap");
+        assert!(
+            err.to_string().contains("budgets.\"a\".monthly_usd"),
+            "{err}"
+        );
+        let err = parse("[budgets.a]\ndaily_usd = 1\ndowngrade_to = \"claude-house-9\"")
+            .expect_err("unpriced downgrade");
+        assert!(err.to_string().contains("has no price"), "{err}");
+        let err = parse("[prices.m]\ninput = -1.0\noutput = 1.0").expect_err("negative price");
+        assert!(err.to_string().contains("prices.\"m\".input"), "{err}");
+        let err = parse("[prices.m]\ninput = 1.0").expect_err("output missing");
+        assert!(err.to_string().contains("output"), "{err}");
     }
 }

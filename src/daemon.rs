@@ -16,6 +16,7 @@ use crate::intake::Intake;
 use crate::quota::{Quota, QuotaSettings};
 use crate::realtime::RealtimeLane;
 use crate::results::ResultsWriter;
+use crate::store::budget::Rules;
 use crate::store::{Store, items, now_ms};
 
 /// A daemon running inside this process (the demo, the benchmarks, the tests).
@@ -87,12 +88,17 @@ pub async fn run(
     let rpm_for: crate::planner::RpmFor =
         Arc::new(move |model: &str| limits_for_rpm.limits_for(model).rpm);
     let batch_wake = Arc::new(Notify::new());
+    let rules = Arc::new(Rules {
+        budgets: config.budgets.clone(),
+        prices: config.prices.clone(),
+    });
     let batch_lane = BatchLane {
         store: store.clone(),
         client: client.clone(),
         settings: config.batch.clone(),
         max_attempts: config.realtime.max_attempts,
         rpm_for: rpm_for.clone(),
+        rules: rules.clone(),
         wake: batch_wake.clone(),
         realtime_wake: work_wake.clone(),
         results_wake: results_wake.clone(),
@@ -116,6 +122,8 @@ pub async fn run(
         results_wake: results_wake.clone(),
         paused: Default::default(),
         key_id: key.fingerprint(),
+        rules,
+        batch_wake: batch_wake.clone(),
     };
 
     let stop_intake = CancellationToken::new();

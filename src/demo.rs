@@ -307,7 +307,7 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
         stats.messages_accepted,
         stats.batch_succeeded
     );
-    let (actual, realtime, _) = crate::store::attempts::cost(&conn, job_id)?;
+    let (actual, realtime, _) = crate::store::attempts::cost(&conn, &config.prices, job_id)?;
     if realtime > 0.0 {
         println!(
             "  cost: ${actual:.4} as run, ${realtime:.4} had it all gone real time: {:.0}% saved (list prices of {})",

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod batch;
 pub mod bench;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;

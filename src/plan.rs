@@ -84,8 +84,8 @@ pub fn plan(config: &Config, file: &Path) -> anyhow::Result<Plan> {
             ..Default::default()
         };
         match (
-            crate::prices::cost_micro_usd(&v.model, &usage, true),
-            crate::prices::cost_micro_usd(&v.model, &usage, false),
+            config.prices.cost_micro_usd(&v.model, &usage, true),
+            config.prices.cost_micro_usd(&v.model, &usage, false),
         ) {
             (Some(b), Some(r)) => {
                 batch_micro += b;

@@ -3,6 +3,10 @@
 //! the 5-minute rate (1.25× input); cache reads at the model's own rate (0.1× input, but 0.025× on
 //! Fable 5.1 and 0.05× on Opus 5.5 and Sonnet 5.5).
 
+use std::collections::BTreeMap;
+
+use crate::api::Usage;
+
 /// Prices of one model, USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
@@ -18,9 +22,88 @@ pub const PRICES_AS_OF: &str = "2026-10-24";
 /// The Message Batches API's discount on all usage.
 pub const BATCH_FACTOR: f64 = 0.5;
 
+/// The prices in force: the built-in list, overridden or extended per model by the config's
+/// `[prices."model"]` tables. A model in neither has no price: its calls are flagged in the ledger,
+/// never counted as free.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PriceTable {
+    overrides: BTreeMap<String, Price>,
+}
+
+impl PriceTable {
+    pub fn new(overrides: BTreeMap<String, Price>) -> PriceTable {
+        PriceTable { overrides }
+    }
+
+    /// The price of `model`: an override for the exact id, then for the id without its date, then
+    /// the list price.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.overrides
+            .get(model)
+            .or_else(|| self.overrides.get(strip_date(model)))
+            .copied()
+            .or_else(|| list_price(model))
+    }
+
+    /// The cost of a call's usage in millionths of a dollar (exact sums in the ledger); `batch`
+    /// halves it. None when the model has no price.
+    pub fn cost_micro_usd(&self, model: &str, usage: &Usage, batch: bool) -> Option<i64> {
+        let p = self.price(model)?;
+        // Prices are per million tokens, so tokens × price is already in millionths of a dollar.
+        let full = usage.input_tokens as f64 * p.input
+            + usage.output_tokens as f64 * p.output
+            + usage.cache_creation_input_tokens.unwrap_or(0) as f64 * p.cache_write
+            + usage.cache_read_input_tokens.unwrap_or(0) as f64 * p.cache_read;
+        let factor = if batch { BATCH_FACTOR } else { 1.0 };
+        Some((full * factor).round() as i64)
+    }
+
+    /// The most a request can cost, in millionths of a dollar: its input (priced as a cache write
+    /// when it asks for caching, the dearer case) and all of its `max_tokens`.
+    pub fn worst_case_micro_usd(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        max_tokens: u64,
+        caches: bool,
+        batch: bool,
+    ) -> Option<i64> {
+        let usage = if caches {
+            Usage {
+                cache_creation_input_tokens: Some(input_tokens),
+                output_tokens: max_tokens,
+                ..Default::default()
+            }
+        } else {
+            Usage {
+                input_tokens,
+                output_tokens: max_tokens,
+                ..Default::default()
+            }
+        };
+        self.cost_micro_usd(model, &usage, batch)
+    }
+
+    /// The cost of a call in USD; `batch` halves it.
+    pub fn cost(
+        &self,
+        model: &str,
+        input_tokens: u64,
+        output_tokens: u64,
+        batch: bool,
+    ) -> Option<f64> {
+        let usage = Usage {
+            input_tokens,
+            output_tokens,
+            ..Default::default()
+        };
+        Some(self.cost_micro_usd(model, &usage, batch)? as f64 / 1e6)
+    }
+}
+
 /// The list price of a model (dated ids such as `claude-haiku-4-5-20251001` included), or None
-/// when the model is not in the table: never silently zero.
-pub fn price(model: &str) -> Option<Price> {
+/// when the model is not in the table.
+pub fn list_price(model: &str) -> Option<Price> {
     let base = strip_date(model);
     let (input, output) = match base {
         "claude-fable-5-1" => (10.0, 50.0),
@@ -47,19 +130,6 @@ pub fn price(model: &str) -> Option<Price> {
     })
 }
 
-/// The cost of a call's usage in millionths of a dollar (exact sums in the ledger); `batch` halves
-/// it. None when the model is not in the table.
-pub fn cost_micro_usd(model: &str, usage: &crate::api::Usage, batch: bool) -> Option<i64> {
-    let p = price(model)?;
-    // Prices are per million tokens, so tokens × price is already in millionths of a dollar.
-    let full = usage.input_tokens as f64 * p.input
-        + usage.output_tokens as f64 * p.output
-        + usage.cache_creation_input_tokens.unwrap_or(0) as f64 * p.cache_write
-        + usage.cache_read_input_tokens.unwrap_or(0) as f64 * p.cache_read;
-    let factor = if batch { BATCH_FACTOR } else { 1.0 };
-    Some((full * factor).round() as i64)
-}
-
 fn strip_date(model: &str) -> &str {
     match model.rsplit_once('-') {
         Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
@@ -67,16 +137,17 @@ fn strip_date(model: &str) -> &str {
     }
 }
 
-/// The cost of a call in USD; `batch` halves it.
-pub fn cost(model: &str, input_tokens: u64, output_tokens: u64, batch: bool) -> Option<f64> {
-    let p = price(model)?;
-    let full = (input_tokens as f64 * p.input + output_tokens as f64 * p.output) / 1_000_000.0;
-    Some(if batch { full * BATCH_FACTOR } else { full })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cost(model: &str, input: u64, output: u64, batch: bool) -> Option<f64> {
+        PriceTable::default().cost(model, input, output, batch)
+    }
+
+    fn cost_micro_usd(model: &str, usage: &Usage, batch: bool) -> Option<i64> {
+        PriceTable::default().cost_micro_usd(model, usage, batch)
+    }
 
     #[test]
     fn known_models_are_priced_and_batches_cost_half() {
@@ -113,7 +184,47 @@ mod tests {
 
     #[test]
     fn unknown_models_are_not_priced_at_zero() {
-        assert_eq!(price("claude-unknown-9"), None);
+        assert_eq!(list_price("claude-unknown-9"), None);
         assert_eq!(cost("gpt-4", 10, 10, false), None);
+    }
+
+    #[test]
+    fn config_prices_override_and_extend_the_list() {
+        let custom = Price {
+            input: 1.0,
+            output: 2.0,
+            cache_write: 1.25,
+            cache_read: 0.1,
+        };
+        let table = PriceTable::new(BTreeMap::from([
+            ("claude-sonnet-4-5".to_owned(), custom),
+            ("claude-house-1".to_owned(), custom),
+        ]));
+        // The override covers dated ids of the model too.
+        assert_eq!(table.price("claude-sonnet-4-5-20250929"), Some(custom));
+        assert_eq!(table.cost("claude-house-1", 1_000_000, 0, false), Some(1.0));
+        assert_eq!(
+            table.price("claude-haiku-4-5"),
+            list_price("claude-haiku-4-5")
+        );
+        assert_eq!(table.price("claude-other-2"), None);
+    }
+
+    #[test]
+    fn worst_case_counts_all_max_tokens_and_caching_input_at_the_write_price() {
+        let table = PriceTable::default();
+        // Sonnet 4.5: 1,000 input × 3 + 500 output × 15 = 10,500 millionths.
+        assert_eq!(
+            table.worst_case_micro_usd("claude-sonnet-4-5", 1_000, 500, false, false),
+            Some(10_500)
+        );
+        assert_eq!(
+            table.worst_case_micro_usd("claude-sonnet-4-5", 1_000, 500, true, false),
+            Some(3_750 + 7_500)
+        );
+        assert_eq!(
+            table.worst_case_micro_usd("claude-sonnet-4-5", 1_000, 500, false, true),
+            Some(5_250)
+        );
     }
 }

@@ -16,7 +16,8 @@ use crate::config::RealtimeSettings;
 use crate::job::{ItemState, Lane, Priority};
 use crate::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::results;
-use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate};
+use crate::store::budget::{Admission, Rules};
+use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate, Marked};
 use crate::store::quota::ThrottleEvent;
 use crate::store::{Store, now_ms};
 
@@ -34,10 +35,14 @@ pub struct RealtimeLane {
     pub wake: Arc<Notify>,
     /// Poked when a result line is waiting to be written.
     pub results_wake: Arc<Notify>,
+    /// Poked when a budget sends items to the batch lane.
+    pub batch_wake: Arc<Notify>,
     /// Set when the account is blocked (spend cap, usage limit, key refused): no calls until then.
     pub paused: Arc<Mutex<Option<Instant>>>,
     /// The key's fingerprint, for diagnosis (never the key).
     pub key_id: String,
+    /// Budgets (checked as each call is marked in flight) and prices (charged as answers come in).
+    pub rules: Arc<Rules>,
 }
 
 impl RealtimeLane {
@@ -167,6 +172,7 @@ impl RealtimeLane {
             .iter()
             .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
             .collect();
+        let rules = self.rules.clone();
         let marked = self
             .store
             .call(move |c| {
@@ -178,6 +184,7 @@ impl RealtimeLane {
                         id,
                         Lane::Realtime,
                         sent_with,
+                        &rules,
                         now,
                     )?);
                 }
@@ -201,9 +208,22 @@ impl RealtimeLane {
                 return Err(e.into());
             }
         };
-        for ((_, ticket, permit), dispatch) in admitted.into_iter().zip(dispatches) {
+        for ((_, ticket, permit), marked) in admitted.into_iter().zip(dispatches) {
+            let dispatch = match marked {
+                Marked::InFlight(dispatch) => Some(dispatch),
+                Marked::NotPending => None,
+                Marked::Budget(admission) => {
+                    match admission {
+                        Admission::Rejected => self.results_wake.notify_one(),
+                        Admission::Deferred => self.batch_wake.notify_one(),
+                        // Looked at again at once, with its new model.
+                        Admission::Downgraded | Admission::Admitted => {}
+                    }
+                    None
+                }
+            };
             let Some(dispatch) = dispatch else {
-                // No longer pending (canceled meanwhile): give the quota back.
+                // Not sent (canceled meanwhile, or stopped by a budget): give the quota back.
                 self.quota.lock().expect("quota lock").settle(
                     &ticket,
                     Answer::Refused,
@@ -384,10 +404,19 @@ impl RealtimeLane {
         // Recording must not be lost to a passing problem (a busy disk): try for a while.
         for attempt in 1..=10u32 {
             let (record, update) = (record.clone(), update.clone());
+            let rules = self.rules.clone();
             let stored = self
                 .store
                 .call(move |c| {
-                    items::record_outcome(c, item_id, attempt_id, &record, &update, now_ms())
+                    items::record_outcome(
+                        c,
+                        &rules.prices,
+                        item_id,
+                        attempt_id,
+                        &record,
+                        &update,
+                        now_ms(),
+                    )
                 })
                 .await;
             match stored {

@@ -70,7 +70,11 @@ pub fn unknown_outcomes(
 
 /// Cost of a job's billed calls in USD: (as run, had every call gone real time, unpriced calls).
 /// Batch results are billed at half price; errored, expired and canceled batch items not at all.
-pub fn cost(conn: &Connection, job_id: i64) -> Result<(f64, f64, u64)> {
+pub fn cost(
+    conn: &Connection,
+    prices: &crate::prices::PriceTable,
+    job_id: i64,
+) -> Result<(f64, f64, u64)> {
     let mut stmt = conn.prepare(
         "SELECT a.model, a.lane, COALESCE(a.input_tokens, 0), COALESCE(a.output_tokens, 0)
          FROM attempts a JOIN items i ON i.id = a.item_id
@@ -90,8 +94,8 @@ pub fn cost(conn: &Connection, job_id: i64) -> Result<(f64, f64, u64)> {
         let model = model.unwrap_or_default();
         let (input, output) = (input as u64, output as u64);
         match (
-            crate::prices::cost(&model, input, output, lane == "batch"),
-            crate::prices::cost(&model, input, output, false),
+            prices.cost(&model, input, output, lane == "batch"),
+            prices.cost(&model, input, output, false),
         ) {
             (Some(a), Some(r)) => {
                 actual += a;

@@ -3,8 +3,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Result;
+use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
-use crate::job::{ItemState, Mode, Priority};
+use crate::job::{ItemState, Lane, Mode, Priority};
 use crate::planner;
 use crate::results;
 
@@ -33,14 +34,15 @@ pub struct WaitingJob {
     pub oldest_at: i64,
 }
 
-pub fn waiting_jobs(conn: &Connection) -> Result<Vec<WaitingJob>> {
+/// Jobs with batch items ready to pack (not held back until `not_before`).
+pub fn waiting_jobs(conn: &Connection, now: i64) -> Result<Vec<WaitingJob>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
          FROM items i JOIN jobs j ON j.id = i.job_id
-         WHERE i.state = 'pending' AND i.lane = 'batch' AND j.canceled_at IS NULL
+         WHERE i.state = 'pending' AND i.lane = 'batch' AND i.not_before <= ?1 AND j.canceled_at IS NULL
          GROUP BY i.job_id ORDER BY i.job_id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([now], |r| {
         Ok(WaitingJob {
             job_id: r.get(0)?,
             name: r.get(1)?,
@@ -54,31 +56,53 @@ pub fn waiting_jobs(conn: &Connection) -> Result<Vec<WaitingJob>> {
 
 /// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
 /// bodies) into a new batch in state `submitting`: the intent, recorded before the create call.
+/// Each item is first checked against its tenant's budget (which reserves its worst case, or
+/// rejects, downgrades or defers it; see `store::budget`).
 /// The items go in flight, each with an open attempt. Returns the batch's local id.
 pub fn pack(
     conn: &Connection,
     job_id: i64,
     max_requests: i64,
     max_bytes: i64,
+    rules: &Rules,
     now: i64,
 ) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
-         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' ORDER BY id LIMIT ?2",
+         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' AND not_before <= ?3 AND id > ?4
+         ORDER BY id LIMIT ?2",
     )?;
-    let candidates = stmt
-        .query_map(params![job_id, max_requests], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
-    for (id, size) in candidates {
-        if !chosen.is_empty() && bytes + size > max_bytes {
+    let mut after = 0i64;
+    // Items the budget stops leave the candidates; look further until a batch fills or none are left.
+    'fill: loop {
+        let limit = max_requests - chosen.len() as i64;
+        let candidates = stmt
+            .query_map(params![job_id, limit, now, after], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stopped = 0;
+        for (id, size) in candidates {
+            if !chosen.is_empty() && bytes + size > max_bytes {
+                break 'fill;
+            }
+            after = id;
+            let mut admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
+            if admission == Admission::Downgraded {
+                admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
+            }
+            if admission != Admission::Admitted {
+                stopped += 1;
+                continue;
+            }
+            bytes += size;
+            chosen.push(id);
+        }
+        if stopped == 0 || chosen.len() as i64 >= max_requests {
             break;
         }
-        bytes += size;
-        chosen.push(id);
     }
     if chosen.is_empty() {
         return Ok(None);
@@ -367,6 +391,8 @@ pub struct Replan<'a> {
     pub now: i64,
     pub max_attempts: i64,
     pub rpm_for: &'a (dyn Fn(&str) -> Option<u64> + Send + Sync),
+    /// Budgets and prices: what packing admits, and what the ledger charges.
+    pub rules: &'a Rules,
 }
 
 /// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
@@ -618,8 +644,9 @@ pub fn apply_results(
                 close_attempt(conn, item_id, &record, replan.now)?;
                 super::ledger::record(
                     conn,
+                    &replan.rules.prices,
                     item_id,
-                    crate::job::Lane::Batch,
+                    Lane::Batch,
                     &usage,
                     Some(api_id),
                     replan.now,
@@ -844,48 +871,19 @@ pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::parse_line;
-    use crate::job::JobDefaults;
-    use crate::store::{items, jobs, test_connection};
-
-    fn job_with(conn: &Connection, lines: &[&str]) -> i64 {
-        let job = jobs::create(
-            conn,
-            &jobs::NewJob {
-                name: "j".into(),
-                source_path: "j.jsonl".into(),
-                defaults: JobDefaults::default(),
-                created_at: 0,
-            },
-        )
-        .expect("job");
-        let parsed: Vec<_> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                (
-                    i as u64 + 1,
-                    parse_line(l.as_bytes(), i as u64 + 1, &JobDefaults::default(), 0),
-                )
-            })
-            .collect();
-        let plan = items::PlanContext {
-            now: 0,
-            job_items: 1_000_000,
-            rpm_for: &|_| Some(50),
-        };
-        items::insert_chunk(conn, job.id, "j.jsonl", &parsed, &plan).expect("insert");
-        job.id
-    }
+    use crate::store::{items, test_connection, test_job};
 
     const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
 
     #[test]
     fn packing_records_the_intent_and_puts_items_in_flight() {
         let conn = test_connection();
-        let job_id = job_with(&conn, &[BATCH_LINE]);
-        assert_eq!(waiting_jobs(&conn).expect("waiting")[0].waiting, 1);
-        let batch_id = pack(&conn, job_id, 100, 1 << 20, 5)
+        let job_id = test_job(&conn, &[BATCH_LINE]);
+        assert_eq!(
+            waiting_jobs(&conn, i64::MAX).expect("waiting")[0].waiting,
+            1
+        );
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
             .expect("pack")
             .expect("a batch");
         let open = open(&conn).expect("open");
@@ -897,7 +895,7 @@ mod tests {
         assert!(open[0].api_id.is_none());
         assert_eq!(requests(&conn, batch_id).expect("requests").len(), 1);
         assert!(
-            pack(&conn, job_id, 100, 1 << 20, 5)
+            pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
                 .expect("pack")
                 .is_none(),
             "nothing left"
@@ -907,14 +905,15 @@ mod tests {
     #[test]
     fn results_apply_once_and_expired_items_go_back_to_the_planner() {
         let conn = test_connection();
-        let job_id = job_with(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
-        let batch_id = pack(&conn, job_id, 100, 1 << 20, 5)
+        let job_id = test_job(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
             .expect("pack")
             .expect("a batch");
         let replan = Replan {
             now: 10,
             max_attempts: 8,
             rpm_for: &|_| None,
+            rules: &Rules::default(),
         };
         let lines = vec![
             r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned(),
@@ -937,7 +936,7 @@ mod tests {
     #[test]
     fn items_whose_deadline_nears_are_pulled_to_real_time() {
         let conn = test_connection();
-        let job_id = job_with(&conn, &[BATCH_LINE]);
+        let job_id = test_job(&conn, &[BATCH_LINE]);
         assert_eq!(
             lanes(&conn, job_id).expect("lanes"),
             (1, 0),

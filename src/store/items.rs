@@ -4,9 +4,11 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
+use super::budget::{Admission, Rules};
 use crate::intake::ParsedLine;
 use crate::job::{ItemState, Lane};
 use crate::planner;
+use crate::prices::PriceTable;
 use crate::results;
 
 /// What the planner needs while intake inserts items.
@@ -238,24 +240,44 @@ pub struct Dispatch {
     pub max_tokens: i64,
 }
 
-/// Marks a pending item in flight and opens its attempt row, before anything is sent.
-/// Returns `None` if the item is no longer pending.
+/// What [`mark_in_flight`] did.
+#[derive(Debug, Clone)]
+pub enum Marked {
+    /// In flight: send it.
+    InFlight(Dispatch),
+    /// No longer pending (canceled meanwhile).
+    NotPending,
+    /// Its tenant's budget stopped it (see [`Admission`]).
+    Budget(Admission),
+}
+
+/// Checks a pending item against its tenant's budget, then marks it in flight and opens its
+/// attempt row, before anything is sent.
 /// `sent_with`: the class's concurrency and the input estimate at admission, kept for diagnosis.
 pub fn mark_in_flight(
     conn: &Connection,
     item_id: i64,
     lane: Lane,
     sent_with: (i64, i64),
+    rules: &Rules,
     now: i64,
-) -> Result<Option<Dispatch>> {
-    let changed = conn.execute(
-        "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2
-         WHERE id = ?1 AND state = 'pending'",
-        params![item_id, now],
-    )?;
-    if changed == 0 {
-        return Ok(None);
+) -> Result<Marked> {
+    let pending = conn
+        .prepare_cached("SELECT state = 'pending' FROM items WHERE id = ?1")?
+        .query_row([item_id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false);
+    if !pending {
+        return Ok(Marked::NotPending);
     }
+    match super::budget::admit(conn, item_id, lane, rules, now)? {
+        Admission::Admitted => {}
+        other => return Ok(Marked::Budget(other)),
+    }
+    conn.prepare_cached(
+        "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![item_id, now])?;
     type Row = (i64, i64, String, String, String, String, i64);
     let (attempt, failures, job_name, custom_id, params, model, max_tokens): Row = conn.query_row(
         "SELECT i.attempts, i.failures, j.name, i.custom_id, i.params, i.model, i.max_tokens
@@ -284,7 +306,7 @@ pub fn mark_in_flight(
         [item_id],
         |r| r.get(0),
     )?;
-    Ok(Some(Dispatch {
+    Ok(Marked::InFlight(Dispatch {
         item_id,
         attempt_id,
         attempt,
@@ -325,9 +347,11 @@ pub struct AttemptRecord {
     pub usage: Option<crate::api::Usage>,
 }
 
-/// Closes an attempt and moves its item on, in one transaction.
+/// Closes an attempt and moves its item on, in one transaction; a billed call gets its ledger row
+/// (which settles the item's budget reservation with the real cost).
 pub fn record_outcome(
     conn: &Connection,
+    prices: &PriceTable,
     item_id: i64,
     attempt_id: i64,
     record: &AttemptRecord,
@@ -353,6 +377,7 @@ pub fn record_outcome(
     if let Some(usage) = &record.usage {
         super::ledger::record(
             conn,
+            prices,
             item_id,
             Lane::Realtime,
             usage,
@@ -536,6 +561,13 @@ pub fn errored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn in_flight(marked: Marked) -> Dispatch {
+        match marked {
+            Marked::InFlight(d) => d,
+            other => panic!("not sent: {other:?}"),
+        }
+    }
     use crate::intake::parse_line;
     use crate::job::JobDefaults;
     use crate::store::{jobs, test_connection};
@@ -608,15 +640,30 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10)
-            .expect("mark")
-            .expect("pending");
-        assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
-        assert!(
-            mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 10)
-                .expect("mark")
-                .is_none()
+        let d = in_flight(
+            mark_in_flight(
+                &conn,
+                ready[0].id,
+                Lane::Realtime,
+                (1, 1),
+                &Rules::default(),
+                10,
+            )
+            .expect("mark"),
         );
+        assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
+        assert!(matches!(
+            mark_in_flight(
+                &conn,
+                d.item_id,
+                Lane::Realtime,
+                (1, 1),
+                &Rules::default(),
+                10
+            )
+            .expect("mark"),
+            Marked::NotPending
+        ));
         let record = AttemptRecord {
             outcome: "retryable",
             http_status: Some(529),
@@ -624,6 +671,7 @@ mod tests {
         };
         record_outcome(
             &conn,
+            &PriceTable::default(),
             d.item_id,
             d.attempt_id,
             &record,
@@ -640,9 +688,17 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 60)
-            .expect("mark")
-            .expect("pending");
+        let d = in_flight(
+            mark_in_flight(
+                &conn,
+                d.item_id,
+                Lane::Realtime,
+                (1, 1),
+                &Rules::default(),
+                60,
+            )
+            .expect("mark"),
+        );
         assert_eq!((d.attempt, d.failures), (2, 1));
         let update = ItemUpdate::Final {
             state: ItemState::Succeeded,
@@ -651,6 +707,7 @@ mod tests {
         };
         record_outcome(
             &conn,
+            &PriceTable::default(),
             d.item_id,
             d.attempt_id,
             &AttemptRecord {
@@ -696,11 +753,27 @@ mod tests {
         let job_id = job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
-        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
+        mark_in_flight(
+            &conn,
+            ready[0].id,
+            Lane::Realtime,
+            (1, 1),
+            &Rules::default(),
+            10,
+        )
+        .expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 30)
-            .expect("mark")
-            .expect("pending");
+        let d = in_flight(
+            mark_in_flight(
+                &conn,
+                ready[0].id,
+                Lane::Realtime,
+                (1, 1),
+                &Rules::default(),
+                30,
+            )
+            .expect("mark"),
+        );
         assert_eq!(d.unknown_before, 1);
         assert_eq!(d.attempt, 2);
     }

@@ -6,11 +6,13 @@ use rusqlite::{Connection, params};
 use super::Result;
 use crate::api::Usage;
 use crate::job::Lane;
+use crate::prices::PriceTable;
 
 /// Records a billed call of `item_id` (its tenant, job and model come from the item). Cost is in
 /// millionths of a dollar, NULL when the model has no price.
 pub fn record(
     conn: &Connection,
+    prices: &PriceTable,
     item_id: i64,
     lane: Lane,
     usage: &Usage,
@@ -27,7 +29,10 @@ pub fn record(
         [item_id],
         |r| r.get(0),
     )?;
-    let cost = crate::prices::cost_micro_usd(&model, usage, lane == Lane::Batch);
+    let cost = prices.cost_micro_usd(&model, usage, lane == Lane::Batch);
+    if cost.is_none() {
+        tracing::warn!(%model, item = item_id, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
+    }
     conn.prepare_cached(
         "INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens, output_tokens,
                 cache_creation_input_tokens, cache_read_input_tokens, cost_micro_usd, request_id, retry_of_unknown)

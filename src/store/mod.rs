@@ -10,6 +10,7 @@
 
 pub mod attempts;
 pub mod batches;
+pub mod budget;
 pub mod items;
 pub mod jobs;
 pub mod ledger;
@@ -29,12 +30,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0002_batches.sql")),
         M::up(include_str!("../../migrations/0003_quota.sql")),
         M::up(include_str!("../../migrations/0004_ledger.sql")),
+        M::up(include_str!("../../migrations/0005_budgets.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    4
+    5
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +323,34 @@ pub fn test_connection() -> Connection {
         .expect("pragma");
     MIGRATIONS.to_latest(&mut conn).expect("migrations apply");
     conn
+}
+
+/// A job named `j` with `lines` taken in (and planned) as intake would, for unit tests.
+#[cfg(test)]
+pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
+    use crate::intake::parse_line;
+    use crate::job::JobDefaults;
+    let job = jobs::create(
+        conn,
+        &jobs::NewJob {
+            name: "j".into(),
+            source_path: "j.jsonl".into(),
+            defaults: JobDefaults::default(),
+            created_at: 0,
+        },
+    )
+    .expect("job");
+    let parsed: Vec<_> = (1..)
+        .zip(lines)
+        .map(|(n, l)| (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0)))
+        .collect();
+    let plan = items::PlanContext {
+        now: 0,
+        job_items: 1_000_000,
+        rpm_for: &|_| Some(50),
+    };
+    items::insert_chunk(conn, job.id, "j.jsonl", &parsed, &plan).expect("insert");
+    job.id
 }
 
 #[cfg(test)]
