@@ -60,7 +60,7 @@ pub async fn wait_until_done(
     let started = Instant::now();
     loop {
         if let Ok(conn) = store::open_read_only(db) {
-            let status = report::status(&conn, results_dir)?;
+            let status = report::status(&conn, results_dir, &Default::default(), store::now_ms())?;
             if let Some(job) = status.jobs.into_iter().find(|j| j.name == name) {
                 tick(&job);
                 if job.state == "done" {
@@ -271,7 +271,8 @@ fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> Strin
 
 fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyhow::Result<()> {
     let conn = store::open_read_only(&config.db_path())?;
-    let job = report::job(&conn, &config.results_dir(), "example")?.context("the example job")?;
+    let job = report::job(&conn, &config.results_dir(), "example", store::now_ms())?
+        .context("the example job")?;
     let job_id = crate::store::jobs::find_by_name(&conn, "example")?
         .context("the example job")?
         .id;

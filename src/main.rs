@@ -77,13 +77,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;
-            let status = report::status(&conn, &config.results_dir())?;
+            let status = report::status(
+                &conn,
+                &config.results_dir(),
+                &config.budgets,
+                store::now_ms(),
+            )?;
             print_report(flags.json, &status, |r| r.to_text())?;
         }
         Command::Job { name, json } => {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;
-            let Some(job) = report::job(&conn, &config.results_dir(), &name)? else {
+            let Some(job) = report::job(&conn, &config.results_dir(), &name, store::now_ms())?
+            else {
                 eprintln!("error: no job named {name:?} (see `nightshift status`)");
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             };

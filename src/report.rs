@@ -7,9 +7,11 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::budget::Budgets;
 use crate::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches::{self, BatchCounts};
+use crate::store::budget::TenantBudget;
 use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};
 
@@ -21,6 +23,8 @@ pub struct StatusReport {
     pub rejected_files: Vec<RejectedFile>,
     /// Lanes paused because the API refuses the account (key, spend cap, usage limit).
     pub paused: Vec<Pause>,
+    /// Tenants with budget caps in the config, and where they stand (UTC day and month).
+    pub budgets: Vec<TenantBudget>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +83,20 @@ pub struct JobReport {
     pub errored_lines: Vec<ErroredLine>,
     /// Calls whose outcome was unknown; their items were sent again.
     pub unknown_outcomes: Vec<UnknownOutcome>,
+    /// What budget caps did to the job's items (rejections are among `errored_lines`).
+    pub budget: JobBudget,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct JobBudget {
+    /// Items sent with a cheaper model than they asked for.
+    pub downgraded: i64,
+    /// Items held back until a budget period rolls over.
+    pub held: i64,
+    /// When the last of them may go (RFC 3339).
+    pub held_until: Option<String>,
+    /// Why, as the budget said it.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,12 +161,18 @@ fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Re
     })
 }
 
-pub fn status(conn: &Connection, results_dir: &Path) -> anyhow::Result<StatusReport> {
+pub fn status(
+    conn: &Connection,
+    results_dir: &Path,
+    budgets: &Budgets,
+    now: i64,
+) -> anyhow::Result<StatusReport> {
     let paused = pauses(conn)?;
     let mut report = StatusReport {
         jobs: Vec::new(),
         rejected_files: Vec::new(),
         paused,
+        budgets: crate::store::budget::standing(conn, budgets, now)?,
     };
     for job in jobs::list(conn)? {
         report.jobs.push(job_status(conn, &job, results_dir)?);
@@ -166,11 +190,18 @@ pub fn status(conn: &Connection, results_dir: &Path) -> anyhow::Result<StatusRep
 /// Errored lines shown at most.
 const ERRORED_SHOWN: i64 = 200;
 
-pub fn job(conn: &Connection, results_dir: &Path, name: &str) -> anyhow::Result<Option<JobReport>> {
+pub fn job(
+    conn: &Connection,
+    results_dir: &Path,
+    name: &str,
+    now: i64,
+) -> anyhow::Result<Option<JobReport>> {
     let Some(job) = jobs::find_by_name(conn, name)? else {
         return Ok(None);
     };
     let status = job_status(conn, &job, results_dir)?;
+    let (downgraded, held, held_until, reason) =
+        crate::store::budget::job_effects(conn, job.id, now)?;
     let errored_lines = items::errored(conn, job.id, ERRORED_SHOWN)?
         .into_iter()
         .map(|(line, custom_id, error)| ErroredLine {
@@ -202,6 +233,12 @@ pub fn job(conn: &Connection, results_dir: &Path, name: &str) -> anyhow::Result<
         calls: attempts::summary(conn, job.id)?,
         errored_lines,
         unknown_outcomes,
+        budget: JobBudget {
+            downgraded,
+            held,
+            held_until: held_until.map(format_time),
+            reason,
+        },
     }))
 }
 
@@ -337,6 +374,33 @@ impl StatusReport {
             }
             out.push_str(&table(&rows));
         }
+        if !self.budgets.is_empty() {
+            let mut rows = vec![
+                [
+                    "TENANT",
+                    "TODAY",
+                    "DAILY CAP",
+                    "THIS MONTH",
+                    "MONTHLY CAP",
+                    "RESERVED",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            let cap = |c: Option<f64>| c.map_or("-".into(), |c| format!("${c:.2}"));
+            for b in &self.budgets {
+                rows.push(vec![
+                    b.tenant.clone(),
+                    format!("${:.4}", b.daily_spent_usd),
+                    cap(b.daily_cap_usd),
+                    format!("${:.4}", b.monthly_spent_usd),
+                    cap(b.monthly_cap_usd),
+                    format!("${:.4}", b.reserved_usd),
+                ]);
+            }
+            out.push_str("\nbudgets (UTC day and month):\n");
+            out.push_str(&table(&rows));
+        }
         if !self.rejected_files.is_empty() {
             out.push_str("\nrejected files (moved to the jobs folder's rejected/):\n");
             for r in &self.rejected_files {
@@ -390,6 +454,19 @@ impl JobReport {
             "lanes      {} items by batch, {} real time",
             s.lanes.batch, s.lanes.realtime
         );
+        let b = &self.budget;
+        if b.downgraded > 0 || b.held > 0 {
+            let _ = writeln!(
+                out,
+                "budget     {} downgraded to a cheaper model, {} held until {}",
+                b.downgraded,
+                b.held,
+                b.held_until.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(reason) = &b.reason {
+            let _ = writeln!(out, "           last: {reason}");
+        }
         if !s.batches.is_empty() {
             let mut rows = vec![
                 [

@@ -56,8 +56,12 @@ async fn the_key_leaks_nowhere() {
     let started = std::time::Instant::now();
     loop {
         if let Ok(conn) = nightshift::store::open_read_only(&env.config().db_path())
-            && let Ok(Some(job)) =
-                nightshift::report::job(&conn, &env.config().results_dir(), "rejected")
+            && let Ok(Some(job)) = nightshift::report::job(
+                &conn,
+                &env.config().results_dir(),
+                "rejected",
+                nightshift::store::now_ms(),
+            )
             && job.calls.blocked >= 1
         {
             assert_eq!(

@@ -162,6 +162,25 @@ pub fn admit(
     }
 }
 
+/// What budgets did to a job's items: (downgraded, held until a period rolls over, the latest
+/// such time, the latest budget reason).
+pub fn job_effects(
+    conn: &Connection,
+    job_id: i64,
+    now: i64,
+) -> Result<(i64, i64, Option<i64>, Option<String>)> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(SUM(downgraded_from IS NOT NULL), 0),
+                COALESCE(SUM(state = 'pending' AND not_before > ?2 AND lane_reason LIKE '%budget%deferred until%'), 0),
+                MAX(not_before) FILTER (WHERE state = 'pending' AND not_before > ?2 AND lane_reason LIKE '%budget%deferred until%'),
+                (SELECT lane_reason FROM items WHERE job_id = ?1 AND lane_reason LIKE '%budget%'
+                 ORDER BY updated_at DESC LIMIT 1)
+         FROM items WHERE job_id = ?1",
+        params![job_id, now],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?)
+}
+
 /// Budgets in force and where each tenant stands, for `nightshift status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TenantBudget {

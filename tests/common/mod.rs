@@ -162,7 +162,12 @@ impl TestEnv {
         let started = Instant::now();
         loop {
             if let Ok(conn) = nightshift::store::open_read_only(&self.config().db_path())
-                && let Ok(status) = nightshift::report::status(&conn, &self.config().results_dir())
+                && let Ok(status) = nightshift::report::status(
+                    &conn,
+                    &self.config().results_dir(),
+                    &Default::default(),
+                    nightshift::store::now_ms(),
+                )
                 && status
                     .jobs
                     .iter()
