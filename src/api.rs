@@ -363,10 +363,45 @@ impl ApiClient {
 
     /// Sends one Messages request (`params` as written in the job file) and classifies the answer.
     pub async fn send_message(&self, params: &str) -> Outcome {
-        let body = without_stream(params);
+        match self.post(&self.messages_url, without_stream(params)).await {
+            Ok((status, headers, body)) => classify(status, &headers, &body, SystemTime::now()),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Counts a request's input tokens with the free `count_tokens` endpoint (its own RPM). The
+    /// body keeps only the fields that endpoint takes (no `max_tokens`, sampling or metadata).
+    /// Err: the call's outcome when it did not answer with a count.
+    pub async fn count_tokens(&self, params: &str) -> Result<u64, Outcome> {
+        let url = format!("{}/count_tokens", self.messages_url);
+        #[derive(Deserialize)]
+        struct Count {
+            input_tokens: u64,
+        }
+        match self.post(&url, count_tokens_body(params)).await {
+            Ok((200, _, body)) => serde_json::from_slice::<Count>(&body)
+                .map(|c| c.input_tokens)
+                .map_err(|e| Outcome::Unknown {
+                    message: format!("count_tokens answered without a count: {e}"),
+                }),
+            Ok((status, headers, body)) => {
+                Err(classify(status, &headers, &body, SystemTime::now()))
+            }
+            Err(outcome) => Err(outcome),
+        }
+    }
+
+    /// POSTs a JSON body. Err: no status came back (the outcome says whether it was sent), or a
+    /// 200 whose body was cut off. A failed status whose body was lost comes back with an empty
+    /// body: the status alone tells what happened.
+    async fn post(
+        &self,
+        url: &str,
+        body: String,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), Outcome> {
         let response = self
             .http
-            .post(&self.messages_url)
+            .post(url)
             .header("x-api-key", self.key.clone())
             .header("anthropic-version", self.version.clone())
             .header("content-type", "application/json")
@@ -376,29 +411,49 @@ impl ApiClient {
         let response = match response {
             Ok(r) => r,
             Err(e) if e.is_connect() => {
-                return Outcome::Retryable {
+                return Err(Outcome::Retryable {
                     status: None,
                     retry_after: None,
                     request_id: None,
                     message: format!("could not connect: {}", error_chain(&e)),
-                };
+                });
             }
             Err(e) => {
-                return Outcome::Unknown {
+                return Err(Outcome::Unknown {
                     message: format!("no answer after sending: {}", error_chain(&e)),
-                };
+                });
             }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         match response.bytes().await {
-            Ok(body) => classify(status, &headers, &body, SystemTime::now()),
-            Err(e) if status == 200 => Outcome::Unknown {
+            Ok(body) => Ok((status, headers, body)),
+            Err(e) if status == 200 => Err(Outcome::Unknown {
                 message: format!("answer cut off while reading: {}", error_chain(&e)),
-            },
-            // The status alone tells what happened when the error body is lost.
-            Err(_) => classify(status, &headers, b"", SystemTime::now()),
+            }),
+            Err(_) => Ok((status, headers, bytes::Bytes::new())),
         }
+    }
+}
+
+/// The fields `count_tokens` takes, from a Messages body.
+pub fn count_tokens_body(params: &str) -> String {
+    const COUNTED: [&str; 8] = [
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "cache_control",
+    ];
+    match serde_json::from_str::<Value>(params) {
+        Ok(Value::Object(mut object)) => {
+            object.retain(|k, _| COUNTED.contains(&k.as_str()));
+            Value::Object(object).to_string()
+        }
+        _ => params.to_owned(),
     }
 }
 

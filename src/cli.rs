@@ -49,6 +49,14 @@ pub enum Command {
     /// time, how long real time would take under the configured limits, and which limit binds.
     Plan {
         file: PathBuf,
+        /// Count input tokens with the API's free count_tokens endpoint (needs the API key) instead
+        /// of estimating them.
+        #[arg(long)]
+        count_tokens: bool,
+        /// Most count_tokens calls per minute (that endpoint's own limit: 5,000 at the Start tier,
+        /// 100 at the old Tier 1; 429s are waited out either way).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+        count_tokens_rpm: u32,
         #[command(flatten)]
         json: JsonFlag,
     },

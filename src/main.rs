@@ -59,19 +59,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The API key from `api.api_key_file`, the systemd credential or `ANTHROPIC_API_KEY`; its absence
+/// is a configuration error naming where it was looked for.
+fn load_key(config: &Config) -> Result<api::ApiKey, ConfigError> {
+    api::ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
+        path: config.source.clone().unwrap_or_default(),
+        key: if config.api.api_key_file.is_some() {
+            "api.api_key_file".into()
+        } else {
+            "ANTHROPIC_API_KEY".into()
+        },
+        problem: format!("gives no key: {e}"),
+    })
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run => {
             let config = Config::locate(cli.config.as_deref())?;
-            let key = api::ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
-                path: config.source.clone().unwrap_or_default(),
-                key: if config.api.api_key_file.is_some() {
-                    "api.api_key_file".into()
-                } else {
-                    "ANTHROPIC_API_KEY".into()
-                },
-                problem: format!("gives no key: {e}"),
-            })?;
+            let key = load_key(&config)?;
             runtime()?.block_on(daemon::run(config, key, shutdown_signal()))?;
         }
         Command::Status(flags) => {
@@ -107,9 +113,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = report::diagnose(&conn)?;
             print_report(flags.json, &report, |r| r.to_text())?;
         }
-        Command::Plan { file, json } => {
+        Command::Plan {
+            file,
+            count_tokens,
+            count_tokens_rpm,
+            json,
+        } => {
+            use nightshift::plan::{ApiCounter, estimated, plan};
             let config = Config::locate(cli.config.as_deref())?;
-            let plan = nightshift::plan::plan(&config, &file)?;
+            let plan = if count_tokens {
+                let client = api::ApiClient::new(&config.api, &load_key(&config)?)?;
+                let mut counter = ApiCounter::new(client, count_tokens_rpm)?;
+                plan(&config, &file, &mut |lines| {
+                    let counts = counter.count(lines)?;
+                    if counter.counted % 2560 == 0 {
+                        eprintln!("counting input tokens: {} requests so far", counter.counted);
+                    }
+                    Ok(counts)
+                })?
+            } else {
+                plan(&config, &file, &mut estimated)?
+            };
             print_report(json.json, &plan, |r| r.to_text())?;
         }
         Command::Ledger(args) => {

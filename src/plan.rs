@@ -10,7 +10,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::intake::{ParsedLine, parse_line};
+use crate::intake::{ParsedLine, ValidLine, parse_line};
 use crate::job::JobDefaults;
 
 /// `nightshift plan --json`.
@@ -19,8 +19,11 @@ pub struct Plan {
     /// Valid requests in the file (invalid lines are counted in `invalid_lines`).
     pub items: u64,
     pub invalid_lines: u64,
-    /// Estimated input tokens (a token per four bytes of request body; it runs 10–25 % high).
+    /// Input tokens: counted by the API's `count_tokens` when asked (`counted_requests`), else
+    /// estimated (a token per four bytes of request body; it runs 10–25 % high).
     pub input_tokens: u64,
+    /// Requests whose input tokens the API counted; the rest are estimates.
+    pub counted_requests: u64,
     /// The sum of `max_tokens`: an upper bound of the output.
     pub max_output_tokens: u64,
     pub cost_usd: Cost,
@@ -50,7 +53,167 @@ struct ClassTotals {
     model: String,
 }
 
-pub fn plan(config: &Config, file: &Path) -> anyhow::Result<Plan> {
+/// Lines counted together (so a token counter can send them side by side).
+const CHUNK: usize = 256;
+
+/// Where input-token counts come from: for each request of a chunk, its count, or None to use
+/// the estimate (a failed count).
+pub type InputCounter<'a> = dyn FnMut(&[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> + 'a;
+
+/// The estimate for every request: nothing is sent.
+pub fn estimated(lines: &[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> {
+    Ok(vec![None; lines.len()])
+}
+
+/// Counts input tokens with the API's free `count_tokens` endpoint: up to 32 calls at once and no
+/// more than `rpm` a minute (the endpoint has its own limit, apart from the Messages limits).
+/// A 429 is waited out (its `retry-after`); 5xx, 529 and lost connections are tried again a few
+/// times; a request the endpoint refuses (a 4xx) keeps its estimate. A refused key stops the plan.
+pub struct ApiCounter {
+    client: crate::api::ApiClient,
+    runtime: tokio::runtime::Runtime,
+    interval: std::time::Duration,
+    next: tokio::time::Instant,
+    /// Requests counted so far, for progress on stderr.
+    pub counted: u64,
+}
+
+impl ApiCounter {
+    pub fn new(client: crate::api::ApiClient, rpm: u32) -> anyhow::Result<ApiCounter> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let next = runtime.block_on(async { tokio::time::Instant::now() });
+        Ok(ApiCounter {
+            client,
+            runtime,
+            interval: std::time::Duration::from_secs_f64(60.0 / f64::from(rpm.max(1))),
+            next,
+            counted: 0,
+        })
+    }
+
+    pub fn count(&mut self, lines: &[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tasks = tokio::task::JoinSet::new();
+        let _guard = self.runtime.enter();
+        for (i, v) in lines.iter().enumerate() {
+            // Each call gets a start time `interval` after the previous one: the RPM is kept.
+            let start = self.next.max(tokio::time::Instant::now());
+            self.next = start + self.interval;
+            let (client, params, permits) =
+                (self.client.clone(), v.params.clone(), permits.clone());
+            tasks.spawn(async move {
+                tokio::time::sleep_until(start).await;
+                let _permit = permits.acquire_owned().await;
+                (i, count_one(&client, &params).await)
+            });
+        }
+        let mut counts = vec![None; lines.len()];
+        let results = self.runtime.block_on(async {
+            let mut results = Vec::with_capacity(lines.len());
+            while let Some(joined) = tasks.join_next().await {
+                results.push(joined);
+            }
+            results
+        });
+        for joined in results {
+            let (i, count) = joined?;
+            counts[i] = count?;
+        }
+        self.counted += lines.len() as u64;
+        Ok(counts)
+    }
+}
+
+async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Option<u64>> {
+    use crate::api::Outcome;
+    use std::time::Duration;
+    for attempt in 0..8u32 {
+        let wait = match client.count_tokens(params).await {
+            Ok(n) => return Ok(Some(n)),
+            Err(Outcome::RateLimited { retry_after, .. }) => {
+                retry_after.unwrap_or(Duration::from_secs(1))
+            }
+            Err(Outcome::Retryable { retry_after, .. }) => {
+                retry_after.unwrap_or(Duration::from_millis(250 << attempt))
+            }
+            Err(Outcome::Unknown { .. }) => Duration::from_millis(250 << attempt),
+            Err(Outcome::Blocked {
+                status, message, ..
+            }) => anyhow::bail!(
+                "the API refuses token counting (HTTP {status}: {message}); check the key, or plan without --count-tokens"
+            ),
+            Err(Outcome::Fatal { .. } | Outcome::Succeeded { .. }) => return Ok(None),
+        };
+        tokio::time::sleep(wait).await;
+    }
+    Ok(None)
+}
+
+/// Running sums over the file.
+#[derive(Default)]
+struct Tally {
+    classes: BTreeMap<String, ClassTotals>,
+    items: u64,
+    invalid: u64,
+    input: u64,
+    output: u64,
+    batch_micro: i64,
+    realtime_micro: i64,
+    unpriced: Vec<String>,
+    /// Requests whose input is the estimate (no count was asked for, or the count failed).
+    estimated: u64,
+}
+
+impl Tally {
+    fn add(
+        &mut self,
+        config: &Config,
+        chunk: &[ValidLine],
+        counter: &mut InputCounter<'_>,
+    ) -> anyhow::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let counts = counter(chunk)?;
+        for (v, count) in chunk.iter().zip(counts) {
+            let input = count.unwrap_or(v.input_estimate);
+            self.estimated += u64::from(count.is_none());
+            self.items += 1;
+            self.input += input;
+            self.output += v.max_tokens;
+            let usage = crate::api::Usage {
+                input_tokens: input,
+                output_tokens: v.max_tokens,
+                ..Default::default()
+            };
+            match (
+                config.prices.cost_micro_usd(&v.model, &usage, true),
+                config.prices.cost_micro_usd(&v.model, &usage, false),
+            ) {
+                (Some(b), Some(r)) => {
+                    self.batch_micro += b;
+                    self.realtime_micro += r;
+                }
+                _ if !self.unpriced.contains(&v.model) => self.unpriced.push(v.model.clone()),
+                _ => {}
+            }
+            let totals = self
+                .classes
+                .entry(crate::quota::limit_class(&v.model))
+                .or_default();
+            totals.requests += 1;
+            totals.input += input;
+            totals.output += v.max_tokens;
+            totals.model = v.model.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Plans `file` with input tokens from `counter` ([`estimated`], or the API's `count_tokens`).
+pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> anyhow::Result<Plan> {
     let sidecar = file.with_extension("toml");
     let defaults = if sidecar.is_file() {
         let text = std::fs::read_to_string(&sidecar)
@@ -64,44 +227,32 @@ pub fn plan(config: &Config, file: &Path) -> anyhow::Result<Plan> {
         1 << 20,
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
     );
-    let mut classes: BTreeMap<String, ClassTotals> = BTreeMap::new();
-    let (mut items, mut invalid, mut input, mut output) = (0u64, 0u64, 0u64, 0u64);
-    let (mut batch_micro, mut realtime_micro) = (0i64, 0i64);
-    let mut unpriced: Vec<String> = Vec::new();
+    let mut tally = Tally::default();
+    let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.with_context(|| format!("reading {}", file.display()))?;
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        let ParsedLine::Valid(v) = parse_line(line, i as u64 + 1, &defaults, 0) else {
-            invalid += 1;
-            continue;
-        };
-        items += 1;
-        input += v.input_estimate;
-        output += v.max_tokens;
-        let usage = crate::api::Usage {
-            input_tokens: v.input_estimate,
-            output_tokens: v.max_tokens,
-            ..Default::default()
-        };
-        match (
-            config.prices.cost_micro_usd(&v.model, &usage, true),
-            config.prices.cost_micro_usd(&v.model, &usage, false),
-        ) {
-            (Some(b), Some(r)) => {
-                batch_micro += b;
-                realtime_micro += r;
-            }
-            _ if !unpriced.contains(&v.model) => unpriced.push(v.model.clone()),
-            _ => {}
+        match parse_line(line, i as u64 + 1, &defaults, 0) {
+            ParsedLine::Valid(v) => chunk.push(v),
+            ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
-        let totals = classes
-            .entry(crate::quota::limit_class(&v.model))
-            .or_default();
-        totals.requests += 1;
-        totals.input += v.input_estimate;
-        totals.output += v.max_tokens;
-        totals.model = v.model;
+        if chunk.len() == CHUNK {
+            tally.add(config, &chunk, counter)?;
+            chunk.clear();
+        }
     }
+    tally.add(config, &chunk, counter)?;
+    let Tally {
+        classes,
+        items,
+        invalid,
+        input,
+        output,
+        batch_micro,
+        realtime_micro,
+        unpriced,
+        estimated,
+    } = tally;
     // Classes drain side by side; the slowest decides, and within it the slowest dimension.
     let mut drain: Option<(f64, &'static str)> = Some((0.0, "rpm"));
     for totals in classes.values() {
@@ -131,6 +282,7 @@ pub fn plan(config: &Config, file: &Path) -> anyhow::Result<Plan> {
         items,
         invalid_lines: invalid,
         input_tokens: input,
+        counted_requests: items - estimated,
         max_output_tokens: output,
         cost_usd: Cost {
             batch: batch_micro as f64 / 1_000_000.0,
@@ -144,8 +296,13 @@ pub fn plan(config: &Config, file: &Path) -> anyhow::Result<Plan> {
 
 impl Plan {
     pub fn to_text(&self) -> String {
+        let source = match self.counted_requests {
+            0 => "estimated".to_owned(),
+            n if n == self.items => "counted by the API".to_owned(),
+            n => format!("counted by the API for {n} requests, estimated for the rest"),
+        };
         let mut out = format!(
-            "{} requests ({} invalid lines left out)\n  input tokens   ~{} (estimated)\n  output tokens  <= {} (sum of max_tokens)\n  cost           ${:.4} through batches, ${:.4} real time (at most)\n",
+            "{} requests ({} invalid lines left out)\n  input tokens   {} ({source})\n  output tokens  <= {} (sum of max_tokens)\n  cost           ${:.4} through batches, ${:.4} real time (at most)\n",
             self.items,
             self.invalid_lines,
             self.input_tokens,
@@ -199,20 +356,22 @@ mod tests {
         let limits = "[limits.default]\nrpm = 1000\nitpm = 10000\notpm = 100000\n";
         // Long prompts, short answers: input tokens bind.
         let file = write(&(0..10).map(|i| line(i, 4_000, 16)).collect::<Vec<_>>());
-        let p = plan(&config(limits), file.path()).expect("plan");
+        let p = plan(&config(limits), file.path(), &mut estimated).expect("plan");
         assert_eq!(p.items, 10);
         assert_eq!(p.binding, Some("itpm"));
         assert!(p.drain_seconds_realtime.expect("known") > 60.0);
         // Short prompts, long answers: output tokens bind.
         let file = write(&(0..10).map(|i| line(i, 10, 50_000)).collect::<Vec<_>>());
         assert_eq!(
-            plan(&config(limits), file.path()).expect("plan").binding,
+            plan(&config(limits), file.path(), &mut estimated)
+                .expect("plan")
+                .binding,
             Some("otpm")
         );
         // Many small requests under a low RPM: requests bind.
         let low_rpm = "[limits.default]\nrpm = 50\nitpm = 10000\notpm = 100000\n";
         let file = write(&(0..200).map(|i| line(i, 10, 1)).collect::<Vec<_>>());
-        let p = plan(&config(low_rpm), file.path()).expect("plan");
+        let p = plan(&config(low_rpm), file.path(), &mut estimated).expect("plan");
         assert_eq!(p.binding, Some("rpm"));
         assert_eq!(
             p.drain_seconds_realtime,
@@ -226,7 +385,7 @@ mod tests {
         let mut lines: Vec<String> = (0..4).map(|i| line(i, 400, 100)).collect();
         lines.push("{not json".into());
         let file = write(&lines);
-        let p = plan(&config(""), file.path()).expect("plan");
+        let p = plan(&config(""), file.path(), &mut estimated).expect("plan");
         assert_eq!((p.items, p.invalid_lines), (4, 1));
         assert!((p.cost_usd.batch * 2.0 - p.cost_usd.realtime).abs() < 1e-6);
         assert_eq!(p.drain_seconds_realtime, None, "no limits configured");

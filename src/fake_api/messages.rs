@@ -150,6 +150,39 @@ pub(crate) fn validate_params(
     })
 }
 
+/// Checks a `count_tokens` body: the Messages input fields only (no `max_tokens`, sampling or
+/// metadata). Returns the count the Messages endpoint would bill.
+pub(crate) fn validate_count_params(params: &Value) -> Result<u64, ParamsError> {
+    const TAKEN: [&str; 9] = [
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "cache_control",
+        "mcp_servers",
+    ];
+    let Some(object) = params.as_object() else {
+        return Err(invalid("Input should be a valid dictionary"));
+    };
+    if let Some(extra) = object.keys().find(|k| !TAKEN.contains(&k.as_str())) {
+        return Err(invalid(format!("{extra}: Extra inputs are not permitted")));
+    }
+    let model = match object.get("model") {
+        None => return Err(invalid("model: Field required")),
+        Some(Value::String(model)) => model,
+        Some(_) => return Err(invalid("model: Input should be a valid string")),
+    };
+    validate_messages(object.get("messages"))?;
+    validate_system(object.get("system"))?;
+    if model_class(model).is_none() {
+        return Err(ParamsError::UnknownModel(format!("model: {model}")));
+    }
+    Ok(count_input_tokens(params))
+}
+
 fn validate_messages(messages: Option<&Value>) -> Result<(), ParamsError> {
     let messages = match messages {
         None => return Err(invalid("messages: Field required")),

@@ -44,6 +44,9 @@ pub struct FakeConfig {
     pub faults: Faults,
     pub batch: BatchSettings,
     pub otpm_rule: OtpmRule,
+    /// Requests per minute of `POST /v1/messages/count_tokens`, its own limit independent of the
+    /// Messages limits (5,000 at the Start tier); only enforced when `limits` is set.
+    pub count_tokens_rpm: u64,
     /// Seed of every random draw, so runs are reproducible.
     pub seed: u64,
 }
@@ -57,6 +60,7 @@ impl Default for FakeConfig {
             faults: Faults::default(),
             batch: BatchSettings::default(),
             otpm_rule: OtpmRule::default(),
+            count_tokens_rpm: 5_000,
             seed: 1,
         }
     }
@@ -151,4 +155,6 @@ pub struct FakeStats {
     pub batch_canceled: u64,
     pub batch_input_tokens: u64,
     pub batch_output_tokens: u64,
+    /// `count_tokens` requests answered with a count.
+    pub count_tokens_calls: u64,
 }

@@ -24,7 +24,10 @@ use tokio_util::task::TaskTracker;
 
 use super::batches::{self, BatchError, BatchStore, ResolveSettings};
 use super::limits::{ClassLimits, Dimension, TokenBucket, retry_after_secs};
-use super::messages::{ApiVersion, hash_bytes, message_json, plan_generation, validate_params};
+use super::messages::{
+    ApiVersion, ParamsError, hash_bytes, message_json, plan_generation, validate_count_params,
+    validate_params,
+};
 use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OtpmRule};
 
 /// Messages body limit (32 MB).
@@ -101,10 +104,18 @@ impl FakeApi {
             None => {
                 state.classes.clear();
                 state.batch_rpm = None;
+                state.count_tokens_rpm = None;
             }
             Some(limits) => {
                 for class in state.classes.values_mut() {
                     class.set_limits(&limits, now);
+                }
+                if state.count_tokens_rpm.is_none() {
+                    state.count_tokens_rpm = Some(TokenBucket::new(
+                        self.shared.count_tokens_rpm,
+                        limits.burst_seconds,
+                        now,
+                    ));
                 }
                 let batch_rpm = self.shared.batch.rpm;
                 match state.batch_rpm.as_mut() {
@@ -148,6 +159,7 @@ struct Shared {
     otpm_rule: OtpmRule,
     seed: u64,
     batch: BatchSettings,
+    count_tokens_rpm: u64,
     base_url: String,
     state: Mutex<State>,
 }
@@ -165,6 +177,8 @@ struct State {
     classes: HashMap<&'static str, ClassLimits>,
     /// Shared RPM of the batch endpoints (only with limits).
     batch_rpm: Option<TokenBucket>,
+    /// RPM of `count_tokens` (only with limits).
+    count_tokens_rpm: Option<TokenBucket>,
     batches: BatchStore,
 }
 
@@ -174,6 +188,9 @@ impl Shared {
         let batch_rpm = config
             .limits
             .map(|l| TokenBucket::new(config.batch.rpm, l.burst_seconds, now));
+        let count_tokens_rpm = config
+            .limits
+            .map(|l| TokenBucket::new(config.count_tokens_rpm, l.burst_seconds, now));
         let batches = BatchStore::new(ResolveSettings {
             processing_time: config.batch.processing_time,
             expire_fraction: config.batch.expire_fraction,
@@ -186,6 +203,7 @@ impl Shared {
             otpm_rule: config.otpm_rule,
             seed: config.seed,
             batch: config.batch,
+            count_tokens_rpm: config.count_tokens_rpm,
             base_url,
             state: Mutex::new(State {
                 limits: config.limits,
@@ -195,6 +213,7 @@ impl Shared {
                 draws: fastrand::Rng::with_seed(config.seed ^ 0x5eed_fa17_0000_0002),
                 classes: HashMap::new(),
                 batch_rpm,
+                count_tokens_rpm,
                 batches,
             }),
         }
@@ -407,6 +426,9 @@ async fn route(
     if method == Method::POST && path == "/v1/messages" {
         return messages(shared, kill, request, request_id, version).await;
     }
+    if method == Method::POST && path == "/v1/messages/count_tokens" {
+        return count_tokens(shared, request, request_id).await;
+    }
     let Some(rest) = path.strip_prefix("/v1/messages/batches") else {
         return Err(not_found_path(&method, &path));
     };
@@ -551,11 +573,7 @@ async fn messages(
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
     let params = parse_json(&body)?;
-    let valid = validate_params(&params, version).map_err(|error| {
-        let (status, kind) = error.status_and_type();
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-        ApiError::new(status, kind, error.message())
-    })?;
+    let valid = validate_params(&params, version).map_err(params_error)?;
 
     // Faults, then admission, under one lock.
     let (ticket, extra_latency, drop_connection) = {
@@ -701,6 +719,45 @@ fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<ApiError> {
 }
 
 /// Takes one request from the batch endpoints' shared RPM bucket (when limits are on).
+fn params_error(error: ParamsError) -> ApiError {
+    let (status, kind) = error.status_and_type();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    ApiError::new(status, kind, error.message())
+}
+
+/// `POST /v1/messages/count_tokens`: the input-token count the Messages endpoint would bill,
+/// under its own RPM.
+async fn count_tokens(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Reply, ApiError> {
+    let body = read_body(request, MESSAGES_MAX_BYTES).await?;
+    let params = parse_json(&body)?;
+    let input_tokens = validate_count_params(&params).map_err(params_error)?;
+    let mut state = shared.lock();
+    if let Some(bucket) = state.count_tokens_rpm.as_mut() {
+        let now = Instant::now();
+        let wait = bucket.seconds_until(1.0, now);
+        if wait > 0.0 {
+            return Err(ApiError::rate_limited(
+                format!(
+                    "This request would exceed your organization's rate limit of {} requests per minute for token counting. Please try again later.",
+                    bucket.limit_per_minute()
+                ),
+                retry_after_secs(wait),
+            ));
+        }
+        bucket.take(1.0, now);
+    }
+    state.stats.count_tokens_calls += 1;
+    Ok(json_reply(
+        StatusCode::OK,
+        request_id,
+        &serde_json::json!({ "input_tokens": input_tokens }),
+    ))
+}
+
 fn charge_batch_rpm(shared: &Shared) -> Result<(), ApiError> {
     let mut state = shared.lock();
     let Some(bucket) = state.batch_rpm.as_mut() else {

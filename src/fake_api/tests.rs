@@ -689,3 +689,41 @@ async fn oversized_body_gets_413() {
     assert_eq!(fake.stats().invalid_4xx, 1);
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn count_tokens_counts_what_messages_bills_and_refuses_extra_fields() {
+    let fake = start(FakeConfig::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages/count_tokens", fake.base_url());
+    let mut body = message_body();
+    let refused = post(&client, url.clone(), &body).await.expect("sent");
+    assert_eq!(refused.status(), 400, "max_tokens is not taken");
+    let error: Value = refused.json().await.expect("json");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_tokens: Extra inputs are not permitted"),
+        "{error}"
+    );
+    body.as_object_mut().expect("object").remove("max_tokens");
+    let counted: Value = post(&client, url, &body)
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let billed: Value = post(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        &message_body(),
+    )
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(counted["input_tokens"], billed["usage"]["input_tokens"]);
+    let stats = fake.stats();
+    assert_eq!((stats.count_tokens_calls, stats.messages_accepted), (1, 1));
+}
