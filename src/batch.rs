@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiBatch, ApiClient, BatchCall, without_stream};
-use crate::config::BatchSettings;
+use crate::config::{BatchSettings, Live};
 use crate::store::batches::{self, BatchRow, Replan};
 use crate::store::budget::Rules;
 use crate::store::{Store, now_ms};
@@ -42,7 +42,7 @@ pub struct BatchLane {
     pub max_attempts: u32,
     pub rpm_for: crate::planner::RpmFor,
     /// Budgets (checked as items are packed) and prices (charged as results come in).
-    pub rules: Arc<Rules>,
+    pub rules: Live<Rules>,
     /// Poked when items may be waiting (intake) or went back to the planner.
     pub wake: Arc<Notify>,
     /// Poked for the real-time lane when items come back routed to it.
@@ -163,7 +163,7 @@ impl BatchLane {
         f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
-        let rules = self.rules.clone();
+        let rules = self.rules.get();
         Ok(self
             .store
             .call(move |c| {

@@ -565,6 +565,33 @@ fn budgets_from_raw(
     Ok(budgets)
 }
 
+/// A value the daemon reads often and a reload replaces whole (SIGHUP): readers take a cheap
+/// snapshot (`get`), so a reload never changes a value under a reader's feet.
+#[derive(Debug)]
+pub struct Live<T>(std::sync::Arc<std::sync::RwLock<std::sync::Arc<T>>>);
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Live(self.0.clone())
+    }
+}
+
+impl<T> Live<T> {
+    pub fn new(value: T) -> Live<T> {
+        Live(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(value),
+        )))
+    }
+
+    pub fn get(&self) -> std::sync::Arc<T> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: T) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(value);
+    }
+}
+
 /// A TOML error as "line L, column C: message", without quoting the line: a misplaced secret
 /// (say, `api_key = "sk-…"`) must not reach the log.
 pub fn toml_error(e: &toml::de::Error, text: &str) -> String {

@@ -6,22 +6,24 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiClient, ApiKey};
 use crate::batch::BatchLane;
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::intake::Intake;
 use crate::quota::{Quota, QuotaSettings};
 use crate::realtime::RealtimeLane;
 use crate::results::ResultsWriter;
 use crate::store::budget::Rules;
 use crate::store::{Store, items, now_ms};
+use crate::systemd::Notifier;
 
 /// A daemon running inside this process (the demo, the benchmarks, the tests).
 pub struct Handle {
     stop: CancellationToken,
+    reload: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -29,11 +31,22 @@ pub struct Handle {
 pub fn spawn(config: Config, key: ApiKey) -> Handle {
     let stop = CancellationToken::new();
     let token = stop.clone();
-    let task = tokio::spawn(run(config, key, async move { token.cancelled().await }));
-    Handle { stop, task }
+    let (reload, reloads) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(
+        config,
+        key,
+        async move { token.cancelled().await },
+        reloads,
+    ));
+    Handle { stop, reload, task }
 }
 
 impl Handle {
+    /// Reloads the config file as SIGHUP would.
+    pub fn reload(&self) {
+        let _ = self.reload.send(());
+    }
+
     /// Stops the daemon as SIGTERM would, and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
@@ -41,12 +54,17 @@ impl Handle {
     }
 }
 
-/// Runs the daemon until `shutdown` resolves; returns once everything has stopped.
+/// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
+/// file. Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
+/// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
+/// stopping, and pings the watchdog while the store answers.
 pub async fn run(
     config: Config,
     key: ApiKey,
     shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
     for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -84,11 +102,13 @@ pub async fn run(
     writer.recover().await?;
 
     let client = ApiClient::new(&config.api, &key)?;
-    let limits_for_rpm = config.clone();
+    // What a reload (SIGHUP) may change: limits, reserve, budgets, prices.
+    let live_config = Live::new(config.clone());
+    let limits_for_rpm = live_config.clone();
     let rpm_for: crate::planner::RpmFor =
-        Arc::new(move |model: &str| limits_for_rpm.limits_for(model).rpm);
+        Arc::new(move |model: &str| limits_for_rpm.get().limits_for(model).rpm);
     let batch_wake = Arc::new(Notify::new());
-    let rules = Arc::new(Rules {
+    let rules = Live::new(Rules {
         budgets: config.budgets.clone(),
         prices: config.prices.clone(),
     });
@@ -103,27 +123,34 @@ pub async fn run(
         realtime_wake: work_wake.clone(),
         results_wake: results_wake.clone(),
     };
-    let limits_config = config.clone();
+    let limits_config = live_config.clone();
     let quota_settings = QuotaSettings {
         reserve: config.quota.reserve,
         output_reservation: config.quota.output_reservation,
         max_concurrency: config.realtime.concurrency,
         initial_concurrency: config.realtime.concurrency.min(4),
     };
+    let quota = Arc::new(Mutex::new(Quota::new(
+        move |model| limits_config.get().class_limits(model),
+        quota_settings,
+    )));
     let lane = RealtimeLane {
         store: store.clone(),
         client,
-        quota: Arc::new(Mutex::new(Quota::new(
-            move |model| limits_config.class_limits(model),
-            quota_settings,
-        ))),
+        quota: quota.clone(),
         settings: config.realtime.clone(),
         wake: work_wake.clone(),
         results_wake: results_wake.clone(),
         paused: Default::default(),
         key_id: key.fingerprint(),
-        rules,
+        rules: rules.clone(),
         batch_wake: batch_wake.clone(),
+    };
+    let reloader = Reloader {
+        source: config.source.clone(),
+        config: live_config,
+        rules,
+        quota,
     };
 
     let stop_intake = CancellationToken::new();
@@ -138,35 +165,60 @@ pub async fn run(
         failures: Default::default(),
     };
     let scan_interval = config.daemon.scan_interval;
-    let intake_task = tokio::spawn(intake_loop(intake, scan_interval, stop_intake.clone()));
+    let (scanned, first_scan) = tokio::sync::oneshot::channel();
+    let intake_task = tokio::spawn(intake_loop(
+        intake,
+        scan_interval,
+        stop_intake.clone(),
+        scanned,
+    ));
     let publish_task = tokio::spawn(lane.clone().publish_quota(stop_lane.clone()));
     let lane_task = tokio::spawn(lane.run(stop_lane.clone(), config.daemon.shutdown_grace));
     let results_task = tokio::spawn(writer.run(stop_results.clone()));
     let batch_task = tokio::spawn(batch_lane.run(stop_lane.clone()));
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
-    tracing::info!(
-        jobs_dir = %config.jobs_dir.display(),
-        data_dir = %config.data_dir.display(),
-        api = %config.api.base_url,
-        key = %key.fingerprint(),
-        "nightshift is running"
-    );
+    let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
 
     // Any task ending early is a failure: stop the rest and report it.
     let mut failure: Option<anyhow::Error> = None;
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => tracing::info!("stopping: no new work is admitted"),
-        r = wait_failed(&intake_task) => failure = Some(r),
-        r = wait_failed(&lane_task) => failure = Some(r),
-        r = wait_failed(&batch_task) => failure = Some(r),
-        r = wait_failed(&results_task) => failure = Some(r),
+    let mut first_scan = Some(first_scan);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("stopping: no new work is admitted");
+                break;
+            }
+            // Ready once the jobs folder has been scanned (migrations and recovery came before).
+            Ok(()) = async { first_scan.as_mut().expect("guarded").await }, if first_scan.is_some() => {
+                first_scan = None;
+                tracing::info!(
+                    jobs_dir = %config.jobs_dir.display(),
+                    data_dir = %config.data_dir.display(),
+                    api = %config.api.base_url,
+                    key = %key.fingerprint(),
+                    "nightshift is running"
+                );
+                notifier.ready("running");
+            }
+            Some(()) = reloads.recv() => {
+                notifier.reloading();
+                reloader.reload();
+                notifier.ready("running (configuration reloaded)");
+            }
+            r = wait_failed(&intake_task) => { failure = Some(r); break; }
+            r = wait_failed(&lane_task) => { failure = Some(r); break; }
+            r = wait_failed(&batch_task) => { failure = Some(r); break; }
+            r = wait_failed(&results_task) => { failure = Some(r); break; }
+        }
     }
+    notifier.stopping();
     stop_intake.cancel();
     stop_lane.cancel();
     let _ = progress_task.await;
     let _ = publish_task.await;
+    let _ = watchdog_task.await;
     let intake_result = intake_task.await;
     let lane_result = lane_task.await;
     let batch_result = batch_task.await;
@@ -231,15 +283,119 @@ async fn progress_loop(store: Store, stop: CancellationToken) {
     }
 }
 
+/// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer
+/// answers: a wedged database thread stops the pings, and systemd restarts the service.
+async fn watchdog_loop(store: Store, stop: CancellationToken) {
+    let Some(every) = crate::systemd::watchdog_interval() else {
+        return;
+    };
+    let notifier = Notifier::from_env();
+    loop {
+        let alive = tokio::time::timeout(
+            every,
+            store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+        )
+        .await;
+        match alive {
+            Ok(Ok(_)) => notifier.watchdog(),
+            _ => tracing::warn!("the database did not answer in time; the watchdog is not pinged"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and
+/// prices, and the quota controllers' limits and reserve.
+struct Reloader {
+    source: Option<std::path::PathBuf>,
+    config: Live<Config>,
+    rules: Live<Rules>,
+    quota: Arc<Mutex<Quota>>,
+}
+
+impl Reloader {
+    /// Reads the config file again. A file that does not load leaves everything as it was.
+    fn reload(&self) {
+        let Some(path) = &self.source else {
+            tracing::warn!(
+                "reload asked, but the daemon runs on built-in defaults (no config file)"
+            );
+            return;
+        };
+        let new = match Config::load(path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the running configuration stays in force");
+                return;
+            }
+        };
+        let old = self.config.get();
+        for (what, changed) in [
+            (
+                "jobs_dir, data_dir",
+                old.jobs_dir != new.jobs_dir || old.data_dir != new.data_dir,
+            ),
+            (
+                "[api]",
+                format!("{:?}", old.api) != format!("{:?}", new.api),
+            ),
+            (
+                "[realtime]",
+                format!("{:?}", old.realtime) != format!("{:?}", new.realtime),
+            ),
+            (
+                "[batch]",
+                format!("{:?}", old.batch) != format!("{:?}", new.batch),
+            ),
+            (
+                "[daemon]",
+                format!("{:?}", old.daemon) != format!("{:?}", new.daemon),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "{what} changed in {}; that takes effect at the next restart",
+                    path.display()
+                );
+            }
+        }
+        self.rules.set(Rules {
+            budgets: new.budgets.clone(),
+            prices: new.prices.clone(),
+        });
+        let settings = QuotaSettings {
+            reserve: new.quota.reserve,
+            output_reservation: new.quota.output_reservation,
+            max_concurrency: old.realtime.concurrency,
+            initial_concurrency: old.realtime.concurrency.min(4),
+        };
+        self.config.set(new);
+        self.quota
+            .lock()
+            .expect("quota lock")
+            .reconfigure(settings, std::time::Instant::now());
+        tracing::info!(config = %path.display(), "configuration reloaded: limits, reserve, budgets and prices are in force");
+    }
+}
+
 async fn intake_loop(
     intake: Intake,
     interval: std::time::Duration,
     stop: CancellationToken,
+    scanned: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
+    let mut scanned = Some(scanned);
     while !stop.is_cancelled() {
         let scanner = intake.clone();
         match tokio::task::spawn_blocking(move || scanner.scan()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                if let Some(tx) = scanned.take() {
+                    let _ = tx.send(());
+                }
+            }
             // A problem with one scan (a vanished file, a full disk) is logged and retried.
             Ok(Err(e)) => tracing::error!(
                 error = format!("{e:#}"),

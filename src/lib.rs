@@ -26,3 +26,4 @@ pub mod realtime;
 pub mod report;
 pub mod results;
 pub mod store;
+pub mod systemd;

@@ -78,7 +78,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let config = Config::locate(cli.config.as_deref())?;
             let key = load_key(&config)?;
-            runtime()?.block_on(daemon::run(config, key, shutdown_signal()))?;
+            runtime()?.block_on(async {
+                daemon::run(config, key, shutdown_signal(), reload_signals()).await
+            })?;
         }
         Command::Status(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
@@ -248,6 +250,26 @@ fn print_report<T: serde::Serialize>(
 }
 
 /// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+/// A message per SIGHUP: reload the config file.
+fn reload_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cannot listen for SIGHUP; reloads need a restart"),
+    }
+    rx
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {

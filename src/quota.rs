@@ -126,6 +126,21 @@ impl Bucket {
         self.limit.unwrap_or(0.0) / 60.0
     }
 
+    /// A reloaded config: the new limit is in force at once (the next answer's headers lower it
+    /// again if the API's is smaller). A changed limit makes capacity estimates stale; the level
+    /// is kept, never above the new starting burst, so a reload cannot cause a burst.
+    fn reconfigure(&mut self, start: Option<u64>, cap: bool, now: Instant) {
+        self.refill(now);
+        let limit = start.map(|l| l as f64);
+        self.configured = if cap { limit } else { None };
+        if limit != self.limit {
+            self.limit = limit;
+            self.capacity_seen.clear();
+            self.capacity_assumed = limit.map_or(0.0, |l| (l * PROBE_SECS / 60.0).max(1.0));
+            self.level = self.level.min(self.capacity_assumed);
+        }
+    }
+
     /// The burst the bucket holds, upper end of recent estimates: sizes the reserve, so the
     /// reserve is never too small. (`-reset` is given to the second, so estimates run up to a
     /// second's refill high.)
@@ -245,6 +260,8 @@ struct Controller {
     /// Recent (max_tokens, output tokens) of answers, for the usual output of similar calls.
     outputs: VecDeque<(u64, u64)>,
     last_throttle: Option<Instant>,
+    /// The first model seen of the class, to look its configured limits up again on reload.
+    model: String,
 }
 
 impl Controller {
@@ -267,6 +284,7 @@ impl Controller {
             input_errors: VecDeque::new(),
             outputs: VecDeque::new(),
             last_throttle: None,
+            model: String::new(),
         }
     }
 
@@ -409,11 +427,34 @@ impl Quota {
         }
     }
 
+    /// A reloaded config: `configured` gives the new limits (explicit ones in force at once,
+    /// a tier preset only as the new first guess), and the reserve and output reservation change.
+    /// Calls in flight keep what they hold.
+    pub fn reconfigure(&mut self, settings: QuotaSettings, now: Instant) {
+        self.settings = QuotaSettings {
+            // Concurrency is sized at start (the lane's permits).
+            max_concurrency: self.settings.max_concurrency,
+            initial_concurrency: self.settings.initial_concurrency,
+            ..settings
+        };
+        for c in self.classes.values_mut() {
+            let limits = (self.configured)(&c.model);
+            if !limits.is_ceiling && c.buckets.iter().any(|b| b.last_remaining.is_some()) {
+                continue; // a tier guess never replaces what the API's headers said
+            }
+            let l = limits.limits;
+            for (bucket, start) in c.buckets.iter_mut().zip([l.rpm, l.itpm, l.otpm]) {
+                bucket.reconfigure(start, limits.is_ceiling, now);
+            }
+        }
+    }
+
     fn class(&mut self, model: &str, now: Instant) -> (String, &mut Controller) {
         let class = limit_class(model);
         if !self.classes.contains_key(&class) {
             let limits = (self.configured)(model);
-            let controller = Controller::new(limits, &self.settings, now);
+            let mut controller = Controller::new(limits, &self.settings, now);
+            controller.model = model.to_owned();
             self.classes.insert(class.clone(), controller);
         }
         let controller = self.classes.get_mut(&class).expect("inserted above");
@@ -732,6 +773,39 @@ mod tests {
             q.try_admit(&req(Priority::Nightly, 10, 10), t0)
                 .expect("the burst follows the answer");
         }
+    }
+
+    #[test]
+    fn a_reload_puts_new_limits_and_reserve_in_force() {
+        let t0 = Instant::now();
+        let configured = std::sync::Arc::new(std::sync::Mutex::new(limits(600, 600_000, 600_000)));
+        let live = configured.clone();
+        let mut q = Quota::new(
+            move |_| ClassLimits::ceiling(*live.lock().expect("lock")),
+            settings(0.0),
+        );
+        let t = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("admitted");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &RateLimitHeaders::default(),
+            t0,
+        );
+        *configured.lock().expect("lock") = limits(6, 600_000, 600_000);
+        q.reconfigure(settings(0.5), t0);
+        let snapshot = q.snapshot(t0);
+        assert_eq!(snapshot[0].dims[0].limit_per_minute, Some(6.0));
+        assert_eq!(q.settings.reserve, 0.5);
+        // At 6 a minute the bucket starts with one request and refills one per 10 s.
+        q.try_admit(&req(Priority::Interactive, 10, 10), t0)
+            .expect("the one request in the bucket");
+        let again = q
+            .try_admit(&req(Priority::Interactive, 10, 10), t0)
+            .expect_err("the new limit paces");
+        assert!(again >= t0 + Duration::from_secs(9), "{:?}", again - t0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::{ApiClient, Outcome};
-use crate::config::RealtimeSettings;
+use crate::config::{Live, RealtimeSettings};
 use crate::job::{ItemState, Lane, Priority};
 use crate::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::results;
@@ -42,7 +42,7 @@ pub struct RealtimeLane {
     /// The key's fingerprint, for diagnosis (never the key).
     pub key_id: String,
     /// Budgets (checked as each call is marked in flight) and prices (charged as answers come in).
-    pub rules: Arc<Rules>,
+    pub rules: Live<Rules>,
 }
 
 impl RealtimeLane {
@@ -172,7 +172,7 @@ impl RealtimeLane {
             .iter()
             .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
             .collect();
-        let rules = self.rules.clone();
+        let rules = self.rules.get();
         let marked = self
             .store
             .call(move |c| {
@@ -404,7 +404,7 @@ impl RealtimeLane {
         // Recording must not be lost to a passing problem (a busy disk): try for a while.
         for attempt in 1..=10u32 {
             let (record, update) = (record.clone(), update.clone());
-            let rules = self.rules.clone();
+            let rules = self.rules.get();
             let stored = self
                 .store
                 .call(move |c| {

@@ -87,6 +87,16 @@ impl TestEnv {
 
     /// Starts the real binary's daemon (`nightshift run`), logs to files in the temp dir.
     pub fn spawn_binary_daemon(&self, key: &str, log_name: &str) -> Child {
+        self.spawn_binary_daemon_with(key, log_name, &[])
+    }
+
+    /// [`TestEnv::spawn_binary_daemon`] with extra environment variables.
+    pub fn spawn_binary_daemon_with(
+        &self,
+        key: &str,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Child {
         let stderr = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
         Command::new(BIN)
             .arg("--config")
@@ -94,6 +104,7 @@ impl TestEnv {
             .arg("run")
             .env("ANTHROPIC_API_KEY", key)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -195,6 +206,12 @@ impl InProcessDaemon {
     pub async fn stop(self) {
         self.0.stop().await.expect("daemon stops cleanly");
     }
+}
+
+/// Sends `signal` to a child process.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) with the pid of a child we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
 pub fn read_results(path: &Path) -> Vec<Value> {
