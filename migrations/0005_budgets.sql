@@ -7,26 +7,36 @@ ALTER TABLE items ADD COLUMN reserved_micro_usd INTEGER NOT NULL DEFAULT 0;
 -- The model the item asked for, when a budget cap downgraded it (items.model is the one used).
 ALTER TABLE items ADD COLUMN downgraded_from TEXT;
 
--- Settled spend per tenant and UTC day, from the ledger.
+-- Settled spend and tokens per tenant and UTC day, from the ledger (budgets and metrics read it).
 CREATE TABLE tenant_days (
-    tenant          TEXT    NOT NULL,
-    day             TEXT    NOT NULL,             -- YYYY-MM-DD, UTC
-    spent_micro_usd INTEGER NOT NULL,
-    requests        INTEGER NOT NULL,
+    tenant                      TEXT    NOT NULL,
+    day                         TEXT    NOT NULL,     -- YYYY-MM-DD, UTC
+    spent_micro_usd             INTEGER NOT NULL,
+    requests                    INTEGER NOT NULL,
+    input_tokens                INTEGER NOT NULL,
+    output_tokens               INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens     INTEGER NOT NULL,
     PRIMARY KEY (tenant, day)
 ) WITHOUT ROWID;
 
-INSERT INTO tenant_days (tenant, day, spent_micro_usd, requests)
-    SELECT tenant, strftime('%Y-%m-%d', at / 1000, 'unixepoch'), COALESCE(SUM(cost_micro_usd), 0), COUNT(*)
+INSERT INTO tenant_days
+    SELECT tenant, strftime('%Y-%m-%d', at / 1000, 'unixepoch'), COALESCE(SUM(cost_micro_usd), 0), COUNT(*),
+           SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens)
     FROM ledger GROUP BY 1, 2;
 
 CREATE TRIGGER ledger_rolls_up AFTER INSERT ON ledger
 BEGIN
-    INSERT INTO tenant_days (tenant, day, spent_micro_usd, requests)
-    VALUES (new.tenant, strftime('%Y-%m-%d', new.at / 1000, 'unixepoch'), COALESCE(new.cost_micro_usd, 0), 1)
+    INSERT INTO tenant_days
+    VALUES (new.tenant, strftime('%Y-%m-%d', new.at / 1000, 'unixepoch'), COALESCE(new.cost_micro_usd, 0), 1,
+            new.input_tokens, new.output_tokens, new.cache_creation_input_tokens, new.cache_read_input_tokens)
     ON CONFLICT (tenant, day) DO UPDATE SET
         spent_micro_usd = spent_micro_usd + excluded.spent_micro_usd,
-        requests = requests + 1;
+        requests = requests + 1,
+        input_tokens = input_tokens + excluded.input_tokens,
+        output_tokens = output_tokens + excluded.output_tokens,
+        cache_creation_input_tokens = cache_creation_input_tokens + excluded.cache_creation_input_tokens,
+        cache_read_input_tokens = cache_read_input_tokens + excluded.cache_read_input_tokens;
 END;
 
 -- Worst cases of admitted, unsettled calls per tenant.

@@ -62,6 +62,8 @@ pub enum Command {
     },
     /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
     Ledger(LedgerArgs),
+    /// Write a consistent copy of the database to FILE, also while the daemon runs.
+    Backup { file: PathBuf },
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.

@@ -54,9 +54,17 @@ struct RawConfig {
     #[serde(default)]
     limits: BTreeMap<String, ModelLimits>,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     budgets: BTreeMap<String, RawBudget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    port: Option<u16>,
 }
 
 /// `[prices."model"]`: USD per million tokens. Cache prices default to 1.25× (write) and 0.1×
@@ -151,6 +159,9 @@ pub struct Config {
     pub limits: BTreeMap<String, ModelLimits>,
     /// The list prices with the config's overrides.
     pub prices: crate::prices::PriceTable,
+    /// The Prometheus endpoint's port on 127.0.0.1 (`[metrics] port`); None: off. 0 picks a free
+    /// port (see `nightshift status`).
+    pub metrics_port: Option<u16>,
     pub budgets: crate::budget::Budgets,
 }
 
@@ -459,6 +470,7 @@ impl Config {
             limits: raw.limits,
             prices,
             budgets,
+            metrics_port: raw.metrics.port,
         })
     }
 

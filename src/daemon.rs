@@ -82,6 +82,16 @@ pub async fn run(
     let db_path = config.db_path();
     let store = Store::open(&db_path)
         .with_context(|| format!("opening the database {}", db_path.display()))?;
+    let metrics_listener = match config.metrics_port {
+        None => None,
+        Some(port) => Some(
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| {
+                    format!("[metrics] port = {port}: cannot listen on 127.0.0.1:{port}")
+                })?,
+        ),
+    };
 
     let requeued = store
         .call(|c| items::requeue_in_flight(c, now_ms()))
@@ -130,6 +140,7 @@ pub async fn run(
         max_concurrency: config.realtime.concurrency,
         initial_concurrency: config.realtime.concurrency.min(4),
     };
+    let calls = Arc::new(crate::metrics::CallCounters::default());
     let quota = Arc::new(Mutex::new(Quota::new(
         move |model| limits_config.get().class_limits(model),
         quota_settings,
@@ -145,6 +156,7 @@ pub async fn run(
         key_id: key.fingerprint(),
         rules: rules.clone(),
         batch_wake: batch_wake.clone(),
+        calls: calls.clone(),
     };
     let reloader = Reloader {
         source: config.source.clone(),
@@ -179,6 +191,27 @@ pub async fn run(
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
+    let metrics_task = match metrics_listener {
+        None => None,
+        Some(listener) => {
+            let url = format!("http://{}/metrics", listener.local_addr()?);
+            tracing::info!(%url, "serving metrics");
+            let fact = url.clone();
+            store
+                .call(move |c| crate::store::facts::set(c, "metrics_url", &fact, now_ms()))
+                .await?;
+            let sources = crate::metrics::Sources {
+                db_path: db_path.clone(),
+                calls: calls.clone(),
+                quota: reloader.quota.clone(),
+            };
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                sources,
+                stop_lane.clone(),
+            )))
+        }
+    };
 
     // Any task ending early is a failure: stop the rest and report it.
     let mut failure: Option<anyhow::Error> = None;
@@ -219,6 +252,12 @@ pub async fn run(
     let _ = progress_task.await;
     let _ = publish_task.await;
     let _ = watchdog_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+        let _ = store
+            .call(|c| crate::store::facts::clear(c, "metrics_url"))
+            .await;
+    }
     let intake_result = intake_task.await;
     let lane_result = lane_task.await;
     let batch_result = batch_task.await;

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod fake_api;
 pub mod intake;
 pub mod job;
+pub mod metrics;
 pub mod plan;
 pub mod planner;
 pub mod prices;

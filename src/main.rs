@@ -181,6 +181,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "cancel of {name} requested; the daemon carries it out within a second or two (see `nightshift job {name}`)"
             );
         }
+        Command::Backup { file } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            store::backup(&config.db_path(), &file)?;
+            println!(
+                "backed up {} to {}",
+                config.db_path().display(),
+                file.display()
+            );
+        }
         Command::Submit { file, name } => {
             let config = Config::locate(cli.config.as_deref())?;
             let target = intake::submit(&config, &file, name.as_deref())?;

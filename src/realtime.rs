@@ -43,6 +43,8 @@ pub struct RealtimeLane {
     pub key_id: String,
     /// Budgets (checked as each call is marked in flight) and prices (charged as answers come in).
     pub rules: Live<Rules>,
+    /// Calls by model and outcome, for the metrics endpoint.
+    pub calls: Arc<crate::metrics::CallCounters>,
 }
 
 impl RealtimeLane {
@@ -359,6 +361,7 @@ impl RealtimeLane {
             );
         }
         let outcome = self.client.send_message(&dispatch.params).await;
+        self.calls.count(&dispatch.model, &outcome);
         let now = Instant::now();
         {
             let no_headers = Default::default();

@@ -25,6 +25,8 @@ pub struct StatusReport {
     pub paused: Vec<Pause>,
     /// Tenants with budget caps in the config, and where they stand (UTC day and month).
     pub budgets: Vec<TenantBudget>,
+    /// Where the running daemon serves Prometheus metrics, if it does.
+    pub metrics_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,6 +175,7 @@ pub fn status(
         rejected_files: Vec::new(),
         paused,
         budgets: crate::store::budget::standing(conn, budgets, now)?,
+        metrics_url: crate::store::facts::get(conn, "metrics_url")?,
     };
     for job in jobs::list(conn)? {
         report.jobs.push(job_status(conn, &job, results_dir)?);
@@ -400,6 +403,9 @@ impl StatusReport {
             }
             out.push_str("\nbudgets (UTC day and month):\n");
             out.push_str(&table(&rows));
+        }
+        if let Some(url) = &self.metrics_url {
+            let _ = writeln!(out, "\nmetrics: {url}");
         }
         if !self.rejected_files.is_empty() {
             out.push_str("\nrejected files (moved to the jobs folder's rejected/):\n");

@@ -65,6 +65,28 @@ async fn ready_only_after_migrations_and_intake_then_watchdog_and_stopping() {
 
     env.wait_done("early", Duration::from_secs(30)).await;
     assert_each_once(&env.results("early"), &ids);
+
+    // An online backup while the daemon runs: a consistent database with the finished job.
+    let backup = env.dir.path().join("backup.db");
+    let backup_arg = backup.to_str().expect("utf-8");
+    let out = env.cli(&["backup", backup_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copy = rusqlite::Connection::open(&backup).expect("the backup opens");
+    let succeeded: i64 = copy
+        .query_row(
+            "SELECT COUNT(*) FROM items WHERE state = 'succeeded'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("items");
+    assert_eq!(succeeded, 5);
+    let again = env.cli(&["backup", backup_arg]);
+    assert_eq!(again.status.code(), Some(1), "a backup never overwrites");
+
     signal(&daemon, libc::SIGTERM);
     let mut stopping = false;
     while let Some(message) = next_message(&socket, Duration::from_secs(10)) {

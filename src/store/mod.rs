@@ -11,6 +11,7 @@
 pub mod attempts;
 pub mod batches;
 pub mod budget;
+pub mod facts;
 pub mod items;
 pub mod jobs;
 pub mod ledger;
@@ -31,12 +32,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0003_quota.sql")),
         M::up(include_str!("../../migrations/0004_ledger.sql")),
         M::up(include_str!("../../migrations/0005_budgets.sql")),
+        M::up(include_str!("../../migrations/0006_daemon.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    5
+    6
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,8 +225,53 @@ pub fn open_read_write(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     check_not_newer(&conn, path)?;
+    backup_before_migrating(&conn, path)?;
     MIGRATIONS.to_latest(&mut conn)?;
     Ok(conn)
+}
+
+/// Writes a consistent copy of the database at `db` to `to` (`VACUUM INTO` through a read-only
+/// connection: the daemon may keep running). Refuses to overwrite a file.
+pub fn backup(db: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} exists; give a new file name (a backup never overwrites)",
+            to.display()
+        )));
+    }
+    let conn = open_read_only(db)?;
+    conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Before migrations change an existing database, a consistent copy of it goes beside it as
+/// `nightshift.db.v<old>.bak` (`VACUUM INTO`), so an upgrade can be undone by putting it back.
+/// Returns the copy's path, if one was made.
+pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<PathBuf>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 || version as usize >= schema_version() {
+        return Ok(None); // a new database, or nothing to migrate
+    }
+    let name = path
+        .file_name()
+        .map_or("nightshift.db".into(), |n| n.to_string_lossy().into_owned());
+    let backup = path.with_file_name(format!("{name}.v{version}.bak"));
+    if backup.exists() {
+        std::fs::remove_file(&backup).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot replace the old backup {}: {e}",
+                backup.display()
+            ))
+        })?;
+    }
+    conn.execute("VACUUM INTO ?1", [backup.to_string_lossy()])?;
+    tracing::info!(
+        from = version,
+        to = schema_version(),
+        backup = %backup.display(),
+        "migrating the database; a copy of it as it was is kept"
+    );
+    Ok(Some(backup))
 }
 
 /// Opens the database for reading only; says plainly when there is none yet.
@@ -365,6 +412,45 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("user_version");
         assert_eq!(version as usize, schema_version());
+    }
+
+    #[test]
+    fn an_upgrade_keeps_a_copy_of_the_database_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nightshift.db");
+        {
+            let mut old = Connection::open(&path).expect("open");
+            MIGRATIONS.to_version(&mut old, 4).expect("schema 4");
+            old.execute(
+                "INSERT INTO jobs (name, source_path, tenant, priority, mode, created_at)
+                 VALUES ('kept', 'kept.jsonl', 'default', 'nightly', 'auto', 0)",
+                [],
+            )
+            .expect("a job");
+        }
+        let conn = open_read_write(&path).expect("upgrade");
+        let version = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version")
+        };
+        assert_eq!(version(&conn) as usize, schema_version());
+        let backup = Connection::open(dir.path().join("nightshift.db.v4.bak")).expect("backup");
+        assert_eq!(
+            version(&backup),
+            4,
+            "the copy is the database before the upgrade"
+        );
+        let name: String = backup
+            .query_row("SELECT name FROM jobs", [], |r| r.get(0))
+            .expect("the job is in the copy");
+        assert_eq!(name, "kept");
+        drop(conn);
+        assert_eq!(
+            backup_before_migrating(&open_read_write(&path).expect("reopen"), &path)
+                .expect("check"),
+            None,
+            "nothing to migrate, no copy"
+        );
     }
 
     #[test]

@@ -1,0 +1,87 @@
+//! SQL for what the daemon publishes to the CLI (`daemon_facts`) and the sums the metrics
+//! endpoint shows.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+
+/// Records a fact of the running daemon (e.g. `metrics_url`).
+pub fn set(conn: &Connection, key: &str, value: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO daemon_facts (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        params![key, value, now],
+    )?;
+    Ok(())
+}
+
+pub fn clear(conn: &Connection, key: &str) -> Result<()> {
+    conn.execute("DELETE FROM daemon_facts WHERE key = ?1", [key])?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM daemon_facts WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// (label, count) rows of a `GROUP BY` query.
+fn counted(conn: &Connection, sql: &str) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Items by state, over all jobs.
+pub fn items_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    counted(
+        conn,
+        "SELECT state, COUNT(*) FROM items GROUP BY state ORDER BY state",
+    )
+}
+
+/// Batches by state (`submitting`, the API's `in_progress` / `canceling` / `ended`, `failed`).
+pub fn batches_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    counted(
+        conn,
+        "SELECT state, COUNT(*) FROM batches GROUP BY state ORDER BY state",
+    )
+}
+
+/// A tenant's billed totals over the whole ledger.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantTotals {
+    pub tenant: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cost_micro_usd: i64,
+}
+
+/// Per tenant, from the daily rollups (cheap however long the ledger).
+pub fn tenant_totals(conn: &Connection) -> Result<Vec<TenantTotals>> {
+    let mut stmt = conn.prepare(
+        "SELECT tenant, SUM(requests), SUM(input_tokens), SUM(output_tokens),
+                SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens), SUM(spent_micro_usd)
+         FROM tenant_days GROUP BY tenant ORDER BY tenant",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TenantTotals {
+            tenant: r.get(0)?,
+            requests: r.get(1)?,
+            input_tokens: r.get(2)?,
+            output_tokens: r.get(3)?,
+            cache_creation_input_tokens: r.get(4)?,
+            cache_read_input_tokens: r.get(5)?,
+            cost_micro_usd: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
