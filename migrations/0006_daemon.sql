@@ -4,3 +4,18 @@ CREATE TABLE daemon_facts (
     value      TEXT    NOT NULL,
     updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Recurring jobs: a template job file with a cron schedule (see src/schedule.rs).
+CREATE TABLE schedules (
+    name          TEXT    PRIMARY KEY,            -- the template's job name; runs are <name>-<time>
+    expr          TEXT    NOT NULL,               -- the cron expression as written
+    timezone      TEXT,                           -- IANA name; NULL: the machine's zone
+    template_path TEXT    NOT NULL,               -- the kept copy of the job file
+    defaults_toml TEXT    NOT NULL,               -- the sidecar each run gets
+    next_run_at   INTEGER,                        -- NULL: never fires again
+    last_run_at   INTEGER,
+    last_job      TEXT,
+    runs          INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -59,6 +59,7 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         cancel: CancellationToken::new(),
         rpm_for: Arc::new(|_| None),
         failures: Default::default(),
+        templates_dir: dir.path().join("templates"),
     };
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;

@@ -39,6 +39,11 @@ pub enum Command {
         /// The job's name.
         name: String,
     },
+    /// Stop a recurring job: its schedule is removed (runs already taken in go on).
+    Unschedule {
+        /// The schedule's name (its template's job name).
+        name: String,
+    },
     /// Per model class: the known limits, what remains, utilisation over the last minute, and the
     /// last throttling event.
     Limits(JsonFlag),

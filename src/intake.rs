@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::job::{Deadline, JobDefaults, Mode, Priority, check_tenant};
+use crate::job::{Deadline, JobDefaults, Manifest, Mode, Priority, check_tenant};
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
 /// Lines per intake transaction, at most.
@@ -345,6 +345,11 @@ pub enum IntakeOutcome {
     Interrupted {
         job: String,
     },
+    /// A template with a schedule: registered, not run now.
+    Scheduled {
+        name: String,
+        next_run_at: Option<i64>,
+    },
 }
 
 /// What intake works with.
@@ -360,6 +365,8 @@ pub struct Intake {
     pub rpm_for: crate::planner::RpmFor,
     /// Failed attempts per file, to give up on a file that keeps failing.
     pub failures: Arc<std::sync::Mutex<HashMap<PathBuf, u32>>>,
+    /// Where templates of recurring jobs are kept (`<data_dir>/templates`).
+    pub templates_dir: PathBuf,
 }
 
 /// Attempts at a file that keeps failing (unreadable, vanishing) before it is rejected.
@@ -398,6 +405,10 @@ impl Intake {
                 }
                 IntakeOutcome::AlreadyIngested { job } => {
                     tracing::info!(job = %job, "job file was already taken in; moved to {INGESTED_DIR}/")
+                }
+                IntakeOutcome::Scheduled { name, next_run_at } => {
+                    let next = next_run_at.map(crate::report::format_time);
+                    tracing::info!(schedule = %name, next = next.as_deref().unwrap_or("never"), "recurring job registered (its file is the template of each run)")
                 }
                 IntakeOutcome::Rejected { .. } | IntakeOutcome::Interrupted { .. } => {}
             }
@@ -490,6 +501,18 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
     }
 
+    if sidecar.is_file() {
+        let text = std::fs::read_to_string(&sidecar)
+            .with_context(|| format!("reading {}", sidecar.display()))?;
+        if let Ok(Manifest {
+            defaults,
+            schedule: Some((expr, timezone)),
+        }) = Manifest::parse(&text)
+        {
+            return register_schedule(intake, path, &sidecar, &name, defaults, expr, timezone);
+        }
+    }
+
     let existing = block_on_store(store, {
         let name = name.clone();
         move |conn| jobs::find_by_name(conn, &name)
@@ -539,6 +562,49 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
     };
     move_aside(jobs_dir, INGESTED_DIR, path, &sidecar)?;
     Ok(IntakeOutcome::Ingested { job: name, lines })
+}
+
+/// A job file whose sidecar has a `schedule`: keeps a copy as the template of each run, registers
+/// (or replaces) the schedule, and moves the file aside like a job taken in.
+fn register_schedule(
+    intake: &Intake,
+    path: &Path,
+    sidecar: &Path,
+    name: &str,
+    defaults: JobDefaults,
+    expr: String,
+    timezone: Option<String>,
+) -> anyhow::Result<IntakeOutcome> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&intake.templates_dir)
+        .with_context(|| format!("creating {}", intake.templates_dir.display()))?;
+    copy_then_rename(path, &intake.templates_dir, &format!("{name}.jsonl"))?;
+    let now = now_ms();
+    let mut row = crate::store::schedules::ScheduleRow {
+        name: name.to_owned(),
+        expr,
+        timezone,
+        template_path: intake
+            .templates_dir
+            .join(format!("{name}.jsonl"))
+            .display()
+            .to_string(),
+        defaults_toml: crate::schedule::defaults_toml(&defaults),
+        next_run_at: None,
+        last_run_at: None,
+        last_job: None,
+        runs: 0,
+    };
+    row.next_run_at = crate::schedule::next_run(&row, now);
+    let next_run_at = row.next_run_at;
+    block_on_store(&intake.store, move |c| {
+        crate::store::schedules::upsert(c, &row, now)
+    })?;
+    move_aside(&intake.jobs_dir, INGESTED_DIR, path, sidecar)?;
+    Ok(IntakeOutcome::Scheduled {
+        name: name.to_owned(),
+        next_run_at,
+    })
 }
 
 /// Reads one line (up to and without its `\n`) into `buf`, keeping at most `cap` bytes of it;

@@ -176,13 +176,46 @@ struct RawSidecar {
     priority: Option<String>,
     mode: Option<String>,
     deadline: Option<String>,
+    schedule: Option<String>,
+    timezone: Option<String>,
+}
+
+/// A sidecar manifest: the job's defaults, and for a template, its schedule.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub defaults: JobDefaults,
+    /// `schedule` (a cron expression, checked) and `timezone` (an IANA name, or the machine's).
+    pub schedule: Option<(String, Option<String>)>,
+}
+
+impl Manifest {
+    /// Parses a sidecar. Errors name the setting.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let raw: RawSidecar =
+            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text))?;
+        let schedule = match (raw.schedule.clone(), raw.timezone.clone()) {
+            (None, None) => None,
+            (None, Some(_)) => return Err("`timezone` is only used with `schedule`".into()),
+            (Some(expr), tz) => {
+                crate::schedule::CronSchedule::parse(&expr, tz.as_deref())
+                    .map_err(|e| format!("`schedule` {e}"))?;
+                Some((expr, tz))
+            }
+        };
+        Ok(Manifest {
+            defaults: JobDefaults::from_raw(raw)?,
+            schedule,
+        })
+    }
 }
 
 impl JobDefaults {
-    /// Parses a sidecar manifest. Errors name the setting.
+    /// Parses a sidecar manifest's job defaults. Errors name the setting.
     pub fn from_sidecar(text: &str) -> Result<JobDefaults, String> {
-        let raw: RawSidecar =
-            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text))?;
+        Manifest::parse(text).map(|m| m.defaults)
+    }
+
+    fn from_raw(raw: RawSidecar) -> Result<JobDefaults, String> {
         let mut defaults = JobDefaults::default();
         if let Some(tenant) = raw.tenant {
             defaults.tenant = check_tenant(&tenant).map_err(|e| format!("`tenant` {e}"))?;

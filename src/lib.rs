@@ -26,5 +26,6 @@ pub mod quota;
 pub mod realtime;
 pub mod report;
 pub mod results;
+pub mod schedule;
 pub mod store;
 pub mod systemd;

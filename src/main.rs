@@ -181,6 +181,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "cancel of {name} requested; the daemon carries it out within a second or two (see `nightshift job {name}`)"
             );
         }
+        Command::Unschedule { name } => {
+            let config = Config::locate(cli.config.as_deref())?;
+            if !store::remove_schedule(&config.db_path(), &name)? {
+                eprintln!("error: no schedule named {name:?} (see `nightshift status`)");
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
+            }
+            println!("schedule {name} removed; runs already taken in go on");
+        }
         Command::Backup { file } => {
             let config = Config::locate(cli.config.as_deref())?;
             store::backup(&config.db_path(), &file)?;

@@ -27,6 +27,21 @@ pub struct StatusReport {
     pub budgets: Vec<TenantBudget>,
     /// Where the running daemon serves Prometheus metrics, if it does.
     pub metrics_url: Option<String>,
+    /// Recurring jobs and their next run.
+    pub schedules: Vec<ScheduleStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScheduleStatus {
+    pub name: String,
+    pub schedule: String,
+    /// IANA name; null: the machine's zone.
+    pub timezone: Option<String>,
+    /// RFC 3339 (UTC); null: never again.
+    pub next_run: Option<String>,
+    pub last_run: Option<String>,
+    pub last_job: Option<String>,
+    pub runs: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,6 +191,18 @@ pub fn status(
         paused,
         budgets: crate::store::budget::standing(conn, budgets, now)?,
         metrics_url: crate::store::facts::get(conn, "metrics_url")?,
+        schedules: crate::store::schedules::list(conn)?
+            .into_iter()
+            .map(|s| ScheduleStatus {
+                name: s.name,
+                schedule: s.expr,
+                timezone: s.timezone,
+                next_run: s.next_run_at.map(format_time),
+                last_run: s.last_run_at.map(format_time),
+                last_job: s.last_job,
+                runs: s.runs,
+            })
+            .collect(),
     };
     for job in jobs::list(conn)? {
         report.jobs.push(job_status(conn, &job, results_dir)?);
@@ -402,6 +429,28 @@ impl StatusReport {
                 ]);
             }
             out.push_str("\nbudgets (UTC day and month):\n");
+            out.push_str(&table(&rows));
+        }
+        if !self.schedules.is_empty() {
+            let mut rows = vec![
+                [
+                    "SCHEDULE", "CRON", "ZONE", "NEXT RUN", "LAST RUN", "LAST JOB", "RUNS",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for s in &self.schedules {
+                rows.push(vec![
+                    s.name.clone(),
+                    s.schedule.clone(),
+                    s.timezone.clone().unwrap_or_else(|| "local".into()),
+                    s.next_run.clone().unwrap_or_else(|| "never".into()),
+                    s.last_run.clone().unwrap_or_else(|| "-".into()),
+                    s.last_job.clone().unwrap_or_else(|| "-".into()),
+                    s.runs.to_string(),
+                ]);
+            }
+            out.push_str("\nrecurring jobs:\n");
             out.push_str(&table(&rows));
         }
         if let Some(url) = &self.metrics_url {

@@ -16,6 +16,7 @@ pub mod items;
 pub mod jobs;
 pub mod ledger;
 pub mod quota;
+pub mod schedules;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -299,6 +300,31 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
 /// Asks the daemon to cancel a job (`nightshift cancel`): the CLI's one write, a row the daemon
 /// carries out. Returns false if there is no such job.
 pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
+    let conn = open_for_cli_write(path)?;
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM jobs WHERE name = ?1)",
+        [job],
+        |r| r.get(0),
+    )?;
+    if exists {
+        conn.execute(
+            "INSERT INTO cancel_requests (job_name, at) VALUES (?1, ?2)",
+            rusqlite::params![job, now_ms()],
+        )?;
+    }
+    Ok(exists)
+}
+
+/// Removes a recurring job's schedule (`nightshift unschedule`); runs already taken in go on.
+/// Returns whether there was one.
+pub fn remove_schedule(path: &Path, name: &str) -> Result<bool> {
+    let conn = open_for_cli_write(path)?;
+    schedules::remove(&conn, name)
+}
+
+/// A short write from the CLI beside the running daemon (WAL lets both in; a busy timeout waits
+/// for the daemon's transaction). Only for a database of this build's schema.
+fn open_for_cli_write(path: &Path) -> Result<Connection> {
     let conn = open_read_only(path)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version as usize != schema_version() {
@@ -312,18 +338,7 @@ pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let exists: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM jobs WHERE name = ?1)",
-        [job],
-        |r| r.get(0),
-    )?;
-    if exists {
-        conn.execute(
-            "INSERT INTO cancel_requests (job_name, at) VALUES (?1, ?2)",
-            rusqlite::params![job, now_ms()],
-        )?;
-    }
-    Ok(exists)
+    Ok(conn)
 }
 
 fn configure(conn: &Connection) -> Result<()> {
