@@ -181,9 +181,16 @@ impl BatchLane {
     /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full
     /// batch is waiting, or the oldest item waited `max_wait`. Returns when to look again.
     async fn pack_ready(&self, lane: &Lane) -> anyhow::Result<Option<i64>> {
+        let rules = self.rules.get();
         let waiting = self
             .store
-            .call(|c| batches::waiting_jobs(c, now_ms()))
+            .call(move |c| {
+                let now = now_ms();
+                let closed = jiff::Timestamp::from_millisecond(now)
+                    .map(|t| rules.windows.closed_ranks(t))
+                    .unwrap_or_default();
+                batches::waiting_jobs(c, now, &closed)
+            })
             .await?;
         let max_requests = self.settings.max_requests as i64;
         let max_bytes = lane.max_bytes;

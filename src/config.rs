@@ -56,9 +56,20 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    windows: BTreeMap<String, RawWindow>,
+    #[serde(default)]
     prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     budgets: BTreeMap<String, RawBudget>,
+}
+
+/// `[windows.<class>]`: when that priority class may run.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    hours: String,
+    timezone: Option<String>,
+    when_idle: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +170,8 @@ pub struct Config {
     pub limits: BTreeMap<String, ModelLimits>,
     /// The list prices with the config's overrides.
     pub prices: crate::prices::PriceTable,
+    /// Time windows per priority class.
+    pub windows: crate::window::Windows,
     /// The Prometheus endpoint's port on 127.0.0.1 (`[metrics] port`); None: off. 0 picks a free
     /// port (see `nightshift status`).
     pub metrics_port: Option<u16>,
@@ -441,6 +454,29 @@ impl Config {
             overrides.insert(model, price);
         }
         let prices = crate::prices::PriceTable::new(overrides);
+        let mut windows = crate::window::Windows::default();
+        for (class, w) in raw.windows {
+            let priority: crate::job::Priority = class.parse().map_err(|e: String| {
+                invalid(
+                    &format!("windows.{class}"),
+                    format!("is not a priority class: {e}"),
+                )
+            })?;
+            let window = crate::window::Window::parse(
+                &w.hours,
+                w.timezone.as_deref(),
+                w.when_idle.unwrap_or(false),
+            )
+            .map_err(|e| {
+                let key = if e.starts_with("time zone") {
+                    "timezone"
+                } else {
+                    "hours"
+                };
+                invalid(&format!("windows.{class}.{key}"), e)
+            })?;
+            windows.0.insert(priority, window);
+        }
         let budgets = budgets_from_raw(raw.budgets, &prices, &invalid)?;
 
         Ok(Config {
@@ -471,6 +507,7 @@ impl Config {
             prices,
             budgets,
             metrics_port: raw.metrics.port,
+            windows,
         })
     }
 

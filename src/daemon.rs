@@ -118,10 +118,7 @@ pub async fn run(
     let rpm_for: crate::planner::RpmFor =
         Arc::new(move |model: &str| limits_for_rpm.get().limits_for(model).rpm);
     let batch_wake = Arc::new(Notify::new());
-    let rules = Live::new(Rules {
-        budgets: config.budgets.clone(),
-        prices: config.prices.clone(),
-    });
+    let rules = Live::new(Rules::from_config(&config));
     let batch_lane = BatchLane {
         store: store.clone(),
         client: client.clone(),
@@ -157,6 +154,7 @@ pub async fn run(
         rules: rules.clone(),
         batch_wake: batch_wake.clone(),
         calls: calls.clone(),
+        idle_probes: Default::default(),
     };
     let reloader = Reloader {
         source: config.source.clone(),
@@ -442,10 +440,7 @@ impl Reloader {
                 );
             }
         }
-        self.rules.set(Rules {
-            budgets: new.budgets.clone(),
-            prices: new.prices.clone(),
-        });
+        self.rules.set(Rules::from_config(&new));
         let settings = QuotaSettings {
             reserve: new.quota.reserve,
             output_reservation: new.quota.output_reservation,

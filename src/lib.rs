@@ -29,3 +29,4 @@ pub mod results;
 pub mod schedule;
 pub mod store;
 pub mod systemd;
+pub mod window;

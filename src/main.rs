@@ -88,7 +88,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = report::status(
                 &conn,
                 &config.results_dir(),
-                &config.budgets,
+                &store::budget::Rules::from_config(&config),
                 store::now_ms(),
             )?;
             print_report(flags.json, &status, |r| r.to_text())?;

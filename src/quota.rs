@@ -623,6 +623,29 @@ impl Quota {
         out
     }
 
+    /// Whether the organisation's quota of `model`'s class looks idle: the latest answers (none
+    /// older than `fresh`) left at least `share` of every known limit remaining, so no one else
+    /// is drawing on it. None: no recent answer to tell.
+    pub fn org_idle(
+        &mut self,
+        model: &str,
+        now: Instant,
+        fresh: Duration,
+        share: f64,
+    ) -> Option<bool> {
+        let (_, c) = self.class(model, now);
+        let mut idle = None;
+        for b in &c.buckets {
+            let Some(limit) = b.limit else { continue };
+            let (remaining, seen) = b.last_remaining?;
+            if now.saturating_duration_since(seen) > fresh {
+                return None;
+            }
+            idle = Some(idle.unwrap_or(true) && remaining as f64 >= share * limit);
+        }
+        idle
+    }
+
     /// The concurrency of the model's class now.
     pub fn concurrency(&mut self, model: &str, now: Instant) -> usize {
         self.class(model, now).1.concurrency
@@ -806,6 +829,53 @@ mod tests {
             .try_admit(&req(Priority::Interactive, 10, 10), t0)
             .expect_err("the new limit paces");
         assert!(again >= t0 + Duration::from_secs(9), "{:?}", again - t0);
+    }
+
+    #[test]
+    fn the_org_quota_is_idle_when_recent_answers_left_nearly_all_of_it() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(100, 100_000, 100_000)),
+            settings(0.0),
+        );
+        let fresh = Duration::from_secs(30);
+        assert_eq!(q.org_idle("m", t0, fresh, 0.9), None, "no answer yet");
+        let t = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("admitted");
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &headers([
+                (100, 95, 1.0),
+                (100_000, 99_000, 1.0),
+                (100_000, 99_000, 1.0),
+            ]),
+            t0,
+        );
+        assert_eq!(q.org_idle("m", t0, fresh, 0.9), Some(true));
+        assert_eq!(
+            q.org_idle("m", t0 + Duration::from_secs(31), fresh, 0.9),
+            None,
+            "stale"
+        );
+        let t = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("admitted");
+        // Someone else is using the requests bucket.
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &headers([
+                (100, 40, 1.0),
+                (100_000, 99_000, 1.0),
+                (100_000, 99_000, 1.0),
+            ]),
+            t0,
+        );
+        assert_eq!(q.org_idle("m", t0, fresh, 0.9), Some(false));
     }
 
     #[test]

@@ -20,9 +20,14 @@ use crate::store::budget::{Admission, Rules};
 use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate, Marked};
 use crate::store::quota::ThrottleEvent;
 use crate::store::{Store, now_ms};
+use crate::window::Gate;
 
 /// How long the lane pauses when the account is blocked (spend cap, usage limit, key refused).
 const BLOCKED_WAIT: Duration = Duration::from_secs(300);
+/// Outside its window, `when_idle` work goes while the latest answers (this recent) left at least
+/// this share of every limit: the org's quota is idle, no one else is using it.
+const IDLE_FRESH: Duration = Duration::from_secs(30);
+const IDLE_SHARE: f64 = 0.9;
 
 /// Everything the lane needs; cheap to clone into each call's task.
 #[derive(Clone)]
@@ -45,6 +50,8 @@ pub struct RealtimeLane {
     pub rules: Live<Rules>,
     /// Calls by model and outcome, for the metrics endpoint.
     pub calls: Arc<crate::metrics::CallCounters>,
+    /// When each class last sent a probe call for `when_idle` work.
+    pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
 
 impl RealtimeLane {
@@ -105,16 +112,23 @@ impl RealtimeLane {
             return Ok(Some(until.saturating_duration_since(Instant::now())));
         }
         let limit = (free * 4).clamp(64, 2048) as i64;
+        let rules = self.rules.get();
+        let wall = jiff::Timestamp::now();
+        let closed: Vec<i64> = Priority::ALL
+            .into_iter()
+            .filter(|p| rules.windows.gate(*p, wall) == Gate::Closed)
+            .map(Priority::rank)
+            .collect();
         let mut admitted: Vec<(i64, Ticket, OwnedSemaphorePermit)> = Vec::new();
         // Models the quota holds back are left out of the next look, so they cannot starve others.
         let mut held: Vec<String> = Vec::new();
         let mut next_try: Option<Instant> = None;
         for _ in 0..8 {
             let now = now_ms();
-            let skip = held.clone();
+            let (skip, closed) = (held.clone(), closed.clone());
             let found = self
                 .store
-                .call(move |c| items::ready_realtime(c, now, limit, &skip))
+                .call(move |c| items::ready_realtime(c, now, limit, &skip, &closed))
                 .await;
             let ready = match found {
                 Ok(ready) => ready,
@@ -140,12 +154,18 @@ impl RealtimeLane {
                     if held.contains(&item.model) {
                         continue;
                     }
+                    let priority = Priority::from_rank(item.priority);
+                    if rules.windows.gate(priority, wall) == Gate::IfIdle
+                        && !self.quota_idle(&mut quota, &item.model, now)
+                    {
+                        continue;
+                    }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         break;
                     };
                     let request = QuotaRequest {
                         model: &item.model,
-                        priority: Priority::from_rank(item.priority),
+                        priority,
                         input_estimate: item.input_estimate,
                         max_tokens: item.max_tokens,
                     };
@@ -241,6 +261,26 @@ impl RealtimeLane {
         }
         // More may be admissible right away (permits, quota): look again at once.
         Ok(Some(Duration::ZERO))
+    }
+
+    /// For work outside its time window with `when_idle`: whether the org's quota of the model's
+    /// class is idle (recent answers left at least [`IDLE_SHARE`] of every limit). With no recent
+    /// answer to tell, one call per [`IDLE_FRESH`] goes as a probe; its headers answer the question.
+    fn quota_idle(&self, quota: &mut Quota, model: &str, now: Instant) -> bool {
+        match quota.org_idle(model, now, IDLE_FRESH, IDLE_SHARE) {
+            Some(idle) => idle,
+            None => {
+                let mut probes = self.idle_probes.lock().expect("probe lock");
+                let class = crate::quota::limit_class(model);
+                let due = probes
+                    .get(&class)
+                    .is_none_or(|at| now.saturating_duration_since(*at) >= IDLE_FRESH);
+                if due {
+                    probes.insert(class, now);
+                }
+                due
+            }
+        }
     }
 
     fn paused_until(&self) -> Option<Instant> {

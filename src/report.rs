@@ -7,11 +7,10 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::budget::Budgets;
 use crate::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches::{self, BatchCounts};
-use crate::store::budget::TenantBudget;
+use crate::store::budget::{Rules, TenantBudget};
 use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};
 
@@ -29,6 +28,17 @@ pub struct StatusReport {
     pub metrics_url: Option<String>,
     /// Recurring jobs and their next run.
     pub schedules: Vec<ScheduleStatus>,
+    /// Time windows of priority classes, and whether each is open now.
+    pub windows: Vec<WindowStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowStatus {
+    pub class: &'static str,
+    pub hours: String,
+    pub timezone: Option<String>,
+    pub open: bool,
+    pub when_idle: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,15 +191,28 @@ fn job_status(conn: &Connection, job: &JobRow, results_dir: &Path) -> anyhow::Re
 pub fn status(
     conn: &Connection,
     results_dir: &Path,
-    budgets: &Budgets,
+    rules: &Rules,
     now: i64,
 ) -> anyhow::Result<StatusReport> {
+    let wall = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let paused = pauses(conn)?;
     let mut report = StatusReport {
         jobs: Vec::new(),
         rejected_files: Vec::new(),
         paused,
-        budgets: crate::store::budget::standing(conn, budgets, now)?,
+        budgets: crate::store::budget::standing(conn, &rules.budgets, now)?,
+        windows: rules
+            .windows
+            .0
+            .iter()
+            .map(|(class, w)| WindowStatus {
+                class: class.as_str(),
+                hours: w.hours.clone(),
+                timezone: w.timezone.clone(),
+                open: w.is_open(wall),
+                when_idle: w.when_idle,
+            })
+            .collect(),
         metrics_url: crate::store::facts::get(conn, "metrics_url")?,
         schedules: crate::store::schedules::list(conn)?
             .into_iter()
@@ -452,6 +475,21 @@ impl StatusReport {
             }
             out.push_str("\nrecurring jobs:\n");
             out.push_str(&table(&rows));
+        }
+        for w in &self.windows {
+            let _ = writeln!(
+                out,
+                "\nwindow: {} work runs {} ({}){}: {}",
+                w.class,
+                w.hours,
+                w.timezone.as_deref().unwrap_or("local time"),
+                if w.when_idle {
+                    ", and outside it while the quota is idle"
+                } else {
+                    ""
+                },
+                if w.open { "open now" } else { "closed now" }
+            );
         }
         if let Some(url) = &self.metrics_url {
             let _ = writeln!(out, "\nmetrics: {url}");

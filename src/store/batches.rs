@@ -34,15 +34,18 @@ pub struct WaitingJob {
     pub oldest_at: i64,
 }
 
-/// Jobs with batch items ready to pack (not held back until `not_before`).
-pub fn waiting_jobs(conn: &Connection, now: i64) -> Result<Vec<WaitingJob>> {
+/// Jobs with batch items ready to pack (not held back until `not_before`, nor of a priority class
+/// whose time window is closed: `closed_ranks`).
+pub fn waiting_jobs(conn: &Connection, now: i64, closed_ranks: &[i64]) -> Result<Vec<WaitingJob>> {
     let mut stmt = conn.prepare_cached(
         "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
          FROM items i JOIN jobs j ON j.id = i.job_id
          WHERE i.state = 'pending' AND i.lane = 'batch' AND i.not_before <= ?1 AND j.canceled_at IS NULL
+           AND i.priority NOT IN (SELECT value FROM json_each(?2))
          GROUP BY i.job_id ORDER BY i.job_id",
     )?;
-    let rows = stmt.query_map([now], |r| {
+    let closed = serde_json::to_string(closed_ranks).unwrap_or_else(|_| "[]".into());
+    let rows = stmt.query_map(params![now, closed], |r| {
         Ok(WaitingJob {
             job_id: r.get(0)?,
             name: r.get(1)?,
@@ -70,8 +73,13 @@ pub fn pack(
     let mut stmt = conn.prepare_cached(
         "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
          WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' AND not_before <= ?3 AND id > ?4
+           AND priority NOT IN (SELECT value FROM json_each(?5))
          ORDER BY id LIMIT ?2",
     )?;
+    let closed = jiff::Timestamp::from_millisecond(now)
+        .map(|t| rules.windows.closed_ranks(t))
+        .unwrap_or_default();
+    let closed = serde_json::to_string(&closed).unwrap_or_else(|_| "[]".into());
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
     let mut after = 0i64;
@@ -79,7 +87,7 @@ pub fn pack(
     'fill: loop {
         let limit = max_requests - chosen.len() as i64;
         let candidates = stmt
-            .query_map(params![job_id, limit, now, after], |r| {
+            .query_map(params![job_id, limit, now, after, closed], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -880,7 +888,7 @@ mod tests {
         let conn = test_connection();
         let job_id = test_job(&conn, &[BATCH_LINE]);
         assert_eq!(
-            waiting_jobs(&conn, i64::MAX).expect("waiting")[0].waiting,
+            waiting_jobs(&conn, i64::MAX, &[]).expect("waiting")[0].waiting,
             1
         );
         let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)

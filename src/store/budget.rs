@@ -12,11 +12,23 @@ use crate::job::Lane;
 use crate::prices::PriceTable;
 use crate::results;
 
-/// What admission needs from the config.
+/// What admission needs from the config (all of it reloadable).
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub budgets: budget::Budgets,
     pub prices: PriceTable,
+    /// Time windows per priority class.
+    pub windows: crate::window::Windows,
+}
+
+impl Rules {
+    pub fn from_config(config: &crate::config::Config) -> Rules {
+        Rules {
+            budgets: config.budgets.clone(),
+            prices: config.prices.clone(),
+            windows: config.windows.clone(),
+        }
+    }
 }
 
 /// What became of an item checked against its tenant's caps.
@@ -264,6 +276,7 @@ mod tests {
                 tenants: [("acme".to_owned(), caps)].into(),
             },
             prices: PriceTable::default(),
+            windows: Default::default(),
         }
     }
 
@@ -443,14 +456,14 @@ mod tests {
             .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 3);
         assert!(
-            batches::waiting_jobs(&conn, NOW)
+            batches::waiting_jobs(&conn, NOW, &[])
                 .expect("waiting")
                 .is_empty(),
             "the other 7 wait for the next day"
         );
         let tomorrow = crate::budget::next_period_start(crate::budget::Period::Day, NOW);
         assert_eq!(
-            batches::waiting_jobs(&conn, tomorrow).expect("waiting")[0].waiting,
+            batches::waiting_jobs(&conn, tomorrow, &[]).expect("waiting")[0].waiting,
             7
         );
     }

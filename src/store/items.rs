@@ -179,20 +179,23 @@ pub struct ReadyItem {
 }
 
 /// Pending real-time items whose backoff has passed, highest priority first, then in line order,
-/// leaving out models in `skip` (held by the quota), so they cannot starve the others.
+/// leaving out models in `skip` (held by the quota), so they cannot starve the others, and
+/// priority classes in `closed_ranks` (outside their time window).
 pub fn ready_realtime(
     conn: &Connection,
     now: i64,
     limit: i64,
     skip: &[String],
+    closed_ranks: &[i64],
 ) -> Result<Vec<ReadyItem>> {
     let placeholders = (0..skip.len())
-        .map(|i| format!("?{}", i + 3))
+        .map(|i| format!("?{}", i + 4))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority FROM items
-         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1 {}
+         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1
+           AND priority NOT IN (SELECT value FROM json_each(?3)) {}
          ORDER BY priority, id LIMIT ?2",
         if skip.is_empty() {
             String::new()
@@ -201,7 +204,8 @@ pub fn ready_realtime(
         }
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit];
+    let closed = serde_json::to_string(closed_ranks).unwrap_or_else(|_| "[]".into());
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &closed];
     values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
     let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
@@ -638,7 +642,7 @@ mod tests {
         let conn = test_connection();
         let job_id = job(&conn);
         insert(&conn, job_id, &[line("a")]);
-        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
         let d = in_flight(
             mark_in_flight(
@@ -683,7 +687,7 @@ mod tests {
         )
         .expect("record");
         assert!(
-            ready_realtime(&conn, 20, 10, &[])
+            ready_realtime(&conn, 20, 10, &[], &[])
                 .expect("ready")
                 .is_empty()
         );
@@ -738,7 +742,7 @@ mod tests {
                 with("h", "high"),
             ],
         );
-        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         let order: Vec<i64> = ready.iter().map(|r| r.priority).collect();
         assert_eq!(
             order,
@@ -752,7 +756,7 @@ mod tests {
         let conn = test_connection();
         let job_id = job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
-        let ready = ready_realtime(&conn, 10, 10, &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         mark_in_flight(
             &conn,
             ready[0].id,

@@ -203,6 +203,11 @@ impl TestEnv {
 pub struct InProcessDaemon(nightshift::daemon::Handle);
 
 impl InProcessDaemon {
+    /// Reloads the config file, as SIGHUP does.
+    pub fn reload(&self) {
+        self.0.reload();
+    }
+
     pub async fn stop(self) {
         self.0.stop().await.expect("daemon stops cleanly");
     }
