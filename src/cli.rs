@@ -24,8 +24,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground until SIGINT or SIGTERM.
     Run,
-    /// Show every job with its progress and counts.
-    Status(JsonFlag),
+    /// Show every job with its progress and counts (`--watch`: live, until Ctrl-C).
+    Status(StatusArgs),
     /// Show one job in detail, with its errored lines and why.
     Job {
         /// The job's name (its file's stem).
@@ -90,6 +90,20 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (a documented, stable shape) instead of text.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Redraw progress per job and quota use per model class until Ctrl-C (plain lines, printed
+    /// when something changes, when the output is not a terminal).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between redraws with --watch.
+    #[arg(long, default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]

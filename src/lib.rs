@@ -29,4 +29,5 @@ pub mod results;
 pub mod schedule;
 pub mod store;
 pub mod systemd;
+pub mod watch;
 pub mod window;

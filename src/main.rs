@@ -82,6 +82,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 daemon::run(config, key, shutdown_signal(), reload_signals()).await
             })?;
         }
+        Command::Status(flags) if flags.watch => {
+            let config = Config::locate(cli.config.as_deref())?;
+            let rules = store::budget::Rules::from_config(&config);
+            let results_dir = config.results_dir();
+            let every = std::time::Duration::from_secs_f64(flags.interval.clamp(0.1, 3600.0));
+            runtime()?.block_on(nightshift::watch::run(&config.db_path(), every, |db| {
+                let conn = store::open_read_only(db)?;
+                let now = store::now_ms();
+                Ok((
+                    report::status(&conn, &results_dir, &rules, now)?,
+                    report::limits(&conn, now)?,
+                ))
+            }))?;
+        }
         Command::Status(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
             let conn = store::open_read_only(&config.db_path())?;

@@ -66,7 +66,7 @@ pub struct JobStatus {
     pub results_file: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Lanes {
     pub batch: i64,
     pub realtime: i64,

@@ -1,5 +1,5 @@
-//! The Prometheus endpoint: off by default; with `[metrics] port` it serves the expected series on
-//! 127.0.0.1, and `status` says where.
+//! Watching the daemon: the Prometheus endpoint (off by default; with `[metrics] port` it serves
+//! the expected series on 127.0.0.1, and `status` says where), and `status --watch`.
 
 mod common;
 
@@ -121,4 +121,54 @@ async fn metrics_serve_items_calls_tokens_cost_buckets_and_batches() {
         env.status_json()["metrics_url"].is_null(),
         "cleared at stop"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_prints_plain_progress_lines_when_piped_and_stops_on_ctrl_c() {
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(100),
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 2\n",
+    )
+    .await;
+    let (_, body) = job_of("w", 80);
+    env.write_job("watched", &body);
+    let daemon = env.start_daemon();
+    env.wait_succeeded("watched", 1, Duration::from_secs(30))
+        .await;
+    let watcher = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["status", "--watch", "--interval", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch starts");
+    // The daemon publishes quota use every 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(&watcher, libc::SIGINT);
+    let out = watcher.wait_with_output().expect("watch ends");
+    daemon.stop().await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal escapes on a pipe: {text:?}"
+    );
+    let progress: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("job watched: "))
+        .collect();
+    assert!(
+        progress.len() >= 2,
+        "progress is printed as it changes: {text}"
+    );
+    assert!(text.contains("quota claude-haiku-5-5: "), "{text}");
 }

@@ -294,6 +294,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             path: path.to_owned(),
         });
     }
+    if (version as usize) < schema_version() {
+        return Err(StoreError::Invalid(format!(
+            "the database at {} has schema version {version}, older than this nightshift's ({}); \
+             start the daemon of this version (`nightshift run`) once to migrate it",
+            path.display(),
+            schema_version()
+        )));
+    }
     Ok(conn)
 }
 
