@@ -378,7 +378,8 @@ fn batch_summary(batches: &[BatchStatus]) -> String {
     format!("{} ({})", batches.len(), parts.join(", "))
 }
 
-fn finished(c: &Counts) -> u64 {
+/// Items that reached a final state.
+pub fn finished(c: &Counts) -> u64 {
     c.succeeded + c.errored + c.expired + c.canceled
 }
 

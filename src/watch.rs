@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::report::{LimitsReport, StatusReport, progress_bar};
+use crate::report::{LimitsReport, StatusReport, finished, progress_bar};
 
 /// The lines of one terminal frame, none wider than `width`.
 pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usize) -> Vec<String> {
@@ -29,12 +29,12 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
         .min(40);
     for job in &status.jobs {
         let c = &job.counts;
-        let done = (c.succeeded + c.errored + c.expired + c.canceled) as u64;
+        let done = finished(c);
         lines.push(format!(
             "{:<name_width$}  {:<7} {}  {}/{}  {} in flight, {} errored",
             truncate(&job.name, name_width),
             job.state,
-            progress_bar(done, c.total as u64, 24),
+            progress_bar(done, c.total, 24),
             done,
             c.total,
             c.in_flight,
@@ -80,12 +80,8 @@ pub fn plain_lines(status: &StatusReport, limits: &LimitsReport) -> Vec<String> 
     let mut lines = Vec::new();
     for job in &status.jobs {
         let c = &job.counts;
-        let done = c.succeeded + c.errored + c.expired + c.canceled;
-        let percent = if c.total == 0 {
-            100
-        } else {
-            done * 100 / c.total
-        };
+        let done = finished(c);
+        let percent = (done * 100).checked_div(c.total).unwrap_or(100);
         lines.push(format!(
             "job {}: {} {done}/{} ({percent}%), {} in flight, {} succeeded, {} errored",
             job.name, job.state, c.total, c.in_flight, c.succeeded, c.errored
