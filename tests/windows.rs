@@ -34,6 +34,38 @@ fn body() -> Vec<u8> {
     body.into_bytes()
 }
 
+/// A fake reporting `rpm` (and ample token limits) in its headers, and nightly work whose window
+/// is closed now but may run while the quota is idle.
+async fn when_idle_env(rpm: u64) -> TestEnv {
+    let config = format!(
+        "[windows.nightly]\nhours = \"{}\"\ntimezone = \"UTC\"\nwhen_idle = true\n",
+        hours_from_now(2, 2)
+    );
+    TestEnv::new(
+        FakeConfig {
+            limits: Some(FakeLimits {
+                rpm,
+                itpm: 1_000_000,
+                otpm: 1_000_000,
+                burst_seconds: 60.0,
+            }),
+            ..FakeConfig::default()
+        },
+        &config,
+    )
+    .await
+}
+
+/// `n` nightly real-time requests, ids `{prefix}-{i}`.
+fn nightly_job(prefix: &str, n: usize) -> (Vec<String>, Vec<u8>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let body: String = ids
+        .iter()
+        .map(|id| planned_request(id, r#""priority":"nightly","mode":"realtime","#) + "\n")
+        .collect();
+    (ids, body.into_bytes())
+}
+
 fn fast_batches() -> BatchSettings {
     BatchSettings {
         processing_time: Duration::from_millis(200),
@@ -89,32 +121,9 @@ async fn nightly_work_waits_for_its_window_and_goes_when_it_opens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_idle_runs_outside_the_window_while_the_quota_is_idle() {
-    let config = format!(
-        "[windows.nightly]\nhours = \"{}\"\ntimezone = \"UTC\"\nwhen_idle = true\n",
-        hours_from_now(2, 2)
-    );
     // The fake reports its (large, unused) limits in headers: the org's quota is idle.
-    let env = TestEnv::new(
-        FakeConfig {
-            limits: Some(FakeLimits {
-                rpm: 1_000,
-                itpm: 1_000_000,
-                otpm: 1_000_000,
-                burst_seconds: 60.0,
-            }),
-            ..FakeConfig::default()
-        },
-        &config,
-    )
-    .await;
-    let (ids, body) = {
-        let ids: Vec<String> = (0..10).map(|i| format!("idle-{i}")).collect();
-        let body: String = ids
-            .iter()
-            .map(|id| planned_request(id, r#""priority":"nightly","mode":"realtime","#) + "\n")
-            .collect();
-        (ids, body.into_bytes())
-    };
+    let env = when_idle_env(1_000).await;
+    let (ids, body) = nightly_job("idle", 10);
     env.write_job("idle", &body);
     let daemon = env.start_daemon();
     env.wait_done("idle", Duration::from_secs(60)).await;
@@ -125,23 +134,7 @@ async fn when_idle_runs_outside_the_window_while_the_quota_is_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_idle_waits_while_someone_else_uses_the_quota() {
-    let config = format!(
-        "[windows.nightly]\nhours = \"{}\"\ntimezone = \"UTC\"\nwhen_idle = true\n",
-        hours_from_now(2, 2)
-    );
-    let env = TestEnv::new(
-        FakeConfig {
-            limits: Some(FakeLimits {
-                rpm: 60,
-                itpm: 1_000_000,
-                otpm: 1_000_000,
-                burst_seconds: 60.0,
-            }),
-            ..FakeConfig::default()
-        },
-        &config,
-    )
-    .await;
+    let env = when_idle_env(60).await;
     // Another client (the customer-facing chat, say) draws on the same requests bucket.
     let stop_load = tokio_util::sync::CancellationToken::new();
     let load = tokio::spawn(nightshift::fake_api::run_load(
@@ -157,15 +150,8 @@ async fn when_idle_waits_while_someone_else_uses_the_quota() {
         stop_load.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let body: String = (0..10)
-        .map(|i| {
-            planned_request(
-                &format!("busy-{i}"),
-                r#""priority":"nightly","mode":"realtime","#,
-            ) + "\n"
-        })
-        .collect();
-    env.write_job("busy", body.as_bytes());
+    let (_, body) = nightly_job("busy", 10);
+    env.write_job("busy", &body);
     let daemon = env.start_daemon();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let job = env.job_json("busy");
