@@ -435,6 +435,7 @@ impl Config {
                 output: p.output,
                 cache_write: p.cache_write.unwrap_or(p.input * 1.25),
                 cache_read: p.cache_read.unwrap_or(p.input * 0.1),
+                long_prompt: None,
             };
             for (field, value) in [
                 ("input", price.input),

@@ -80,8 +80,13 @@ pub async fn run(
         );
     }
     let db_path = config.db_path();
-    let store = Store::open(&db_path)
-        .with_context(|| format!("opening the database {}", db_path.display()))?;
+    // Migrating a large database (and copying it first) may outlast systemd's start timeout.
+    let opening = db_path.clone();
+    let store = while_starting(&notifier, "opening and migrating the database", move || {
+        Store::open(&opening)
+    })
+    .await?
+    .with_context(|| format!("opening the database {}", db_path.display()))?;
     let metrics_listener = match config.metrics_port {
         None => None,
         Some(port) => Some(
@@ -221,8 +226,13 @@ pub async fn run(
     let mut failure: Option<anyhow::Error> = None;
     tokio::pin!(shutdown);
     let mut first_scan = Some(first_scan);
+    let mut starting = tokio::time::interval(START_EXTENSION_EVERY);
     loop {
         tokio::select! {
+            // A large job file waiting at start may take longer than systemd's start timeout.
+            _ = starting.tick(), if first_scan.is_some() => {
+                notifier.extend_timeout(START_EXTENSION_EVERY * 3, "taking in the waiting job files");
+            }
             _ = &mut shutdown => {
                 tracing::info!("stopping: no new work is admitted");
                 break;
@@ -242,7 +252,9 @@ pub async fn run(
             Some(()) = reloads.recv() => {
                 notifier.reloading();
                 reloader.reload();
-                notifier.ready("running (configuration reloaded)");
+                if first_scan.is_none() {
+                    notifier.ready("running (configuration reloaded)");
+                }
             }
             r = wait_failed(&intake_task) => { failure = Some(r); break; }
             r = wait_failed(&lane_task) => { failure = Some(r); break; }
@@ -287,6 +299,26 @@ pub async fn run(
         None => {
             tracing::info!("stopped");
             Ok(())
+        }
+    }
+}
+
+/// How often to ask systemd for more start-up time while starting takes long.
+const START_EXTENSION_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs blocking start-up `work`, asking systemd for more start-up time while it lasts.
+async fn while_starting<T: Send + 'static>(
+    notifier: &Notifier,
+    status: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let mut task = tokio::task::spawn_blocking(work);
+    loop {
+        tokio::select! {
+            done = &mut task => return done.context("a start-up task panicked"),
+            _ = tokio::time::sleep(START_EXTENSION_EVERY) => {
+                notifier.extend_timeout(START_EXTENSION_EVERY * 3, status);
+            }
         }
     }
 }

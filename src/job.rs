@@ -202,10 +202,16 @@ impl Manifest {
                 Some((expr, tz))
             }
         };
-        Ok(Manifest {
-            defaults: JobDefaults::from_raw(raw)?,
-            schedule,
-        })
+        let defaults = JobDefaults::from_raw(raw)?;
+        if schedule.is_some()
+            && let Some((text, Deadline::At(_))) = &defaults.deadline
+        {
+            return Err(format!(
+                "`deadline` is {text:?}, a fixed time; a template with a `schedule` needs a duration \
+                 (e.g. \"6h\"), counted from each run"
+            ));
+        }
+        Ok(Manifest { defaults, schedule })
     }
 }
 
@@ -353,6 +359,23 @@ mod tests {
         assert!(err.contains("tennant"), "{err}");
         let err = JobDefaults::from_sidecar("priority = \"urgent\"").expect_err("bad value");
         assert!(err.contains("`priority`"), "{err}");
+    }
+
+    #[test]
+    fn a_template_manifest_has_a_checked_schedule_and_a_relative_deadline() {
+        let m = Manifest::parse("schedule = \"0 2 * * *\"\ntimezone = \"UTC\"\ndeadline = \"6h\"")
+            .expect("valid template");
+        assert_eq!(m.schedule, Some(("0 2 * * *".into(), Some("UTC".into()))));
+        let err = Manifest::parse("schedule = \"0 2 * * *\"\ndeadline = \"2026-12-01T00:00:00Z\"")
+            .expect_err("a fixed deadline");
+        assert!(
+            err.contains("`deadline`") && err.contains("duration"),
+            "{err}"
+        );
+        let err = Manifest::parse("timezone = \"UTC\"").expect_err("no schedule");
+        assert!(err.contains("`timezone`"), "{err}");
+        let err = Manifest::parse("schedule = \"soon\"").expect_err("bad cron");
+        assert!(err.contains("`schedule`"), "{err}");
     }
 
     #[test]

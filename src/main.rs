@@ -86,6 +86,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::locate(cli.config.as_deref())?;
             let rules = store::budget::Rules::from_config(&config);
             let results_dir = config.results_dir();
+            anyhow::ensure!(
+                flags.interval.is_finite(),
+                "--interval must be a number of seconds"
+            );
             let every = std::time::Duration::from_secs_f64(flags.interval.clamp(0.1, 3600.0));
             runtime()?.block_on(nightshift::watch::run(&config.db_path(), every, |db| {
                 let conn = store::open_read_only(db)?;

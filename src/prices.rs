@@ -14,6 +14,22 @@ pub struct Price {
     pub output: f64,
     pub cache_write: f64,
     pub cache_read: f64,
+    /// A request whose prompt (input, cache write and cache read tokens) is above this many
+    /// tokens costs this factor on every token (Haiku 5.5 over 100K: 5×).
+    pub long_prompt: Option<(u64, f64)>,
+}
+
+impl Price {
+    /// `full` (millionths of a dollar at the base rates) for a request with `prompt` tokens of
+    /// prompt, in its lane.
+    fn charge(&self, prompt: u64, full: f64, batch: bool) -> i64 {
+        let long = match self.long_prompt {
+            Some((above, factor)) if prompt > above => factor,
+            _ => 1.0,
+        };
+        let lane = if batch { BATCH_FACTOR } else { 1.0 };
+        (full * long * lane).round() as i64
+    }
 }
 
 /// The date the table was read.
@@ -49,17 +65,20 @@ impl PriceTable {
     /// halves it. None when the model has no price.
     pub fn cost_micro_usd(&self, model: &str, usage: &Usage, batch: bool) -> Option<i64> {
         let p = self.price(model)?;
+        let (write, read) = (
+            usage.cache_creation_input_tokens.unwrap_or(0),
+            usage.cache_read_input_tokens.unwrap_or(0),
+        );
         // Prices are per million tokens, so tokens × price is already in millionths of a dollar.
         let full = usage.input_tokens as f64 * p.input
             + usage.output_tokens as f64 * p.output
-            + usage.cache_creation_input_tokens.unwrap_or(0) as f64 * p.cache_write
-            + usage.cache_read_input_tokens.unwrap_or(0) as f64 * p.cache_read;
-        let factor = if batch { BATCH_FACTOR } else { 1.0 };
-        Some((full * factor).round() as i64)
+            + write as f64 * p.cache_write
+            + read as f64 * p.cache_read;
+        Some(p.charge(usage.input_tokens + write + read, full, batch))
     }
 
-    /// The most a request can cost, in millionths of a dollar: its input (priced as a cache write
-    /// when it asks for caching, the dearer case) and all of its `max_tokens`.
+    /// The most a request can cost, in millionths of a dollar: its input (priced as a 1-hour cache
+    /// write, 2× input, when it asks for caching: the dearest case) and all of its `max_tokens`.
     pub fn worst_case_micro_usd(
         &self,
         model: &str,
@@ -68,20 +87,14 @@ impl PriceTable {
         caches: bool,
         batch: bool,
     ) -> Option<i64> {
-        let usage = if caches {
-            Usage {
-                cache_creation_input_tokens: Some(input_tokens),
-                output_tokens: max_tokens,
-                ..Default::default()
-            }
+        let p = self.price(model)?;
+        let input_price = if caches {
+            p.cache_write.max(p.input * 2.0)
         } else {
-            Usage {
-                input_tokens,
-                output_tokens: max_tokens,
-                ..Default::default()
-            }
+            p.input
         };
-        self.cost_micro_usd(model, &usage, batch)
+        let full = input_tokens as f64 * input_price + max_tokens as f64 * p.output;
+        Some(p.charge(input_tokens, full, batch))
     }
 
     /// The cost of a call in USD; `batch` halves it.
@@ -112,7 +125,7 @@ pub fn list_price(model: &str) -> Option<Price> {
         | "claude-opus-4-5" => (5.0, 25.0),
         "claude-sonnet-5-5" | "claude-sonnet-5" => (2.0, 10.0),
         "claude-sonnet-4-6" | "claude-sonnet-4-5" => (3.0, 15.0),
-        // Prompts up to 100K tokens; longer ones cost 5x (not modelled here).
+        // Prompts over 100K tokens cost 5x on every token (`long_prompt` below).
         "claude-haiku-5-5" => (0.10, 0.50),
         "claude-haiku-4-5" => (1.0, 5.0),
         _ => return None,
@@ -127,6 +140,7 @@ pub fn list_price(model: &str) -> Option<Price> {
         output,
         cache_write: input * 1.25,
         cache_read: input * read_factor,
+        long_prompt: (base == "claude-haiku-5-5").then_some((100_000, 5.0)),
     })
 }
 
@@ -158,7 +172,8 @@ mod tests {
         );
         assert_eq!(
             cost("claude-haiku-5-5", 2_000_000, 1_000_000, false),
-            Some(0.7)
+            Some(3.5),
+            "a prompt over 100K tokens costs 5x"
         );
     }
 
@@ -189,12 +204,35 @@ mod tests {
     }
 
     #[test]
+    fn long_haiku_5_5_prompts_cost_five_times_on_every_token() {
+        // 100,000 input tokens: base rates ($0.10 / $0.50 per MTok).
+        assert_eq!(
+            cost("claude-haiku-5-5", 100_000, 1_000, false),
+            Some(0.0105)
+        );
+        // One token more: 5x on everything.
+        let long = cost("claude-haiku-5-5", 100_001, 1_000, false).expect("priced");
+        assert_eq!(long, 0.052501, "52,500.5 millionths, rounded");
+        // Cache reads count toward the prompt's length.
+        let usage = Usage {
+            input_tokens: 50_000,
+            cache_read_input_tokens: Some(60_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            cost_micro_usd("claude-haiku-5-5", &usage, false),
+            Some(((50_000.0 * 0.10 + 60_000.0 * 0.01) * 5.0_f64).round() as i64)
+        );
+    }
+
+    #[test]
     fn config_prices_override_and_extend_the_list() {
         let custom = Price {
             input: 1.0,
             output: 2.0,
             cache_write: 1.25,
             cache_read: 0.1,
+            long_prompt: None,
         };
         let table = PriceTable::new(BTreeMap::from([
             ("claude-sonnet-4-5".to_owned(), custom),
@@ -220,7 +258,8 @@ mod tests {
         );
         assert_eq!(
             table.worst_case_micro_usd("claude-sonnet-4-5", 1_000, 500, true, false),
-            Some(3_750 + 7_500)
+            Some(6_000 + 7_500),
+            "a 1-hour cache write costs 2x input"
         );
         assert_eq!(
             table.worst_case_micro_usd("claude-sonnet-4-5", 1_000, 500, false, true),

@@ -95,6 +95,8 @@ struct Bucket {
     limit: Option<f64>,
     /// The configured limit, never exceeded by what headers say.
     configured: Option<f64>,
+    /// The limit the API's headers last gave.
+    api_limit: Option<f64>,
     /// Recent capacity estimates; the upper end sizes the reserve.
     capacity_seen: VecDeque<f64>,
     /// Capacity assumed until an answer says more.
@@ -114,6 +116,7 @@ impl Bucket {
         Bucket {
             limit,
             configured: if cap { limit } else { None },
+            api_limit: None,
             capacity_seen: VecDeque::new(),
             capacity_assumed: probe,
             level: probe,
@@ -131,8 +134,15 @@ impl Bucket {
     /// is kept, never above the new starting burst, so a reload cannot cause a burst.
     fn reconfigure(&mut self, start: Option<u64>, cap: bool, now: Instant) {
         self.refill(now);
-        let limit = start.map(|l| l as f64);
-        self.configured = if cap { limit } else { None };
+        let start = start.map(|l| l as f64);
+        self.configured = if cap { start } else { None };
+        // What the API's headers said still holds: a ceiling only lowers it, a guess never
+        // replaces it.
+        let limit = match (start, self.api_limit) {
+            (Some(s), Some(api)) if cap => Some(s.min(api)),
+            (_, Some(api)) => Some(api),
+            (s, None) => s,
+        };
         if limit != self.limit {
             self.limit = limit;
             self.capacity_seen.clear();
@@ -198,6 +208,9 @@ impl Bucket {
         now: Instant,
     ) {
         let api_limit = header.limit.filter(|l| *l > 0).map(|l| l as f64);
+        if api_limit.is_some() {
+            self.api_limit = api_limit;
+        }
         if let Some(limit) = api_limit {
             let effective = self.configured.map_or(limit, |c| c.min(limit));
             if self.limit != Some(effective) {
@@ -439,9 +452,6 @@ impl Quota {
         };
         for c in self.classes.values_mut() {
             let limits = (self.configured)(&c.model);
-            if !limits.is_ceiling && c.buckets.iter().any(|b| b.last_remaining.is_some()) {
-                continue; // a tier guess never replaces what the API's headers said
-            }
             let l = limits.limits;
             for (bucket, start) in c.buckets.iter_mut().zip([l.rpm, l.itpm, l.otpm]) {
                 bucket.reconfigure(start, limits.is_ceiling, now);
@@ -829,6 +839,37 @@ mod tests {
             .try_admit(&req(Priority::Interactive, 10, 10), t0)
             .expect_err("the new limit paces");
         assert!(again >= t0 + Duration::from_secs(9), "{:?}", again - t0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_lower_limit_the_api_reported() {
+        let t0 = Instant::now();
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 600_000, 600_000)),
+            settings(0.0),
+        );
+        let t = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("admitted");
+        // The org's real limit is lower than the config says.
+        q.settle(
+            &t,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &headers([
+                (50, 49, 1.0),
+                (600_000, 599_000, 1.0),
+                (600_000, 599_000, 1.0),
+            ]),
+            t0,
+        );
+        assert_eq!(q.snapshot(t0)[0].dims[0].limit_per_minute, Some(50.0));
+        q.reconfigure(settings(0.3), t0);
+        assert_eq!(
+            q.snapshot(t0)[0].dims[0].limit_per_minute,
+            Some(50.0),
+            "an unchanged config does not undo what the headers said"
+        );
     }
 
     #[test]

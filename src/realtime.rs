@@ -28,6 +28,8 @@ const BLOCKED_WAIT: Duration = Duration::from_secs(300);
 /// this share of every limit: the org's quota is idle, no one else is using it.
 const IDLE_FRESH: Duration = Duration::from_secs(30);
 const IDLE_SHARE: f64 = 0.9;
+/// With time windows configured, the lane looks at least this often (a window may open).
+const WINDOW_LOOK: Duration = Duration::from_secs(1);
 
 /// Everything the lane needs; cheap to clone into each call's task.
 #[derive(Clone)]
@@ -114,7 +116,7 @@ impl RealtimeLane {
         let limit = (free * 4).clamp(64, 2048) as i64;
         let rules = self.rules.get();
         let wall = jiff::Timestamp::now();
-        let closed: Vec<i64> = Priority::ALL
+        let mut closed: Vec<i64> = Priority::ALL
             .into_iter()
             .filter(|p| rules.windows.gate(*p, wall) == Gate::Closed)
             .map(Priority::rank)
@@ -125,10 +127,10 @@ impl RealtimeLane {
         let mut next_try: Option<Instant> = None;
         for _ in 0..8 {
             let now = now_ms();
-            let (skip, closed) = (held.clone(), closed.clone());
+            let (skip, skip_ranks) = (held.clone(), closed.clone());
             let found = self
                 .store
-                .call(move |c| items::ready_realtime(c, now, limit, &skip, &closed))
+                .call(move |c| items::ready_realtime(c, now, limit, &skip, &skip_ranks))
                 .await;
             let ready = match found {
                 Ok(ready) => ready,
@@ -141,12 +143,17 @@ impl RealtimeLane {
                     let next = self
                         .store
                         .call(move |c| items::next_ready_at(c, now))
-                        .await?;
-                    return Ok(next.map(|at| Duration::from_millis((at - now).max(1) as u64)));
+                        .await?
+                        .map(|at| Duration::from_millis((at - now).max(1) as u64));
+                    // A window may open before then: look again within a second.
+                    if !rules.windows.0.is_empty() {
+                        return Ok(Some(next.map_or(WINDOW_LOOK, |n| n.min(WINDOW_LOOK))));
+                    }
+                    return Ok(next);
                 }
                 break;
             }
-            let held_before = held.len();
+            let (held_before, closed_before) = (held.len(), closed.len());
             {
                 let mut quota = self.quota.lock().expect("quota lock");
                 let now = Instant::now();
@@ -155,9 +162,15 @@ impl RealtimeLane {
                         continue;
                     }
                     let priority = Priority::from_rank(item.priority);
+                    if closed.contains(&item.priority) {
+                        continue;
+                    }
                     if rules.windows.gate(priority, wall) == Gate::IfIdle
                         && !self.quota_idle(&mut quota, &item.model, now)
                     {
+                        // Leave the class out of the next look, so it cannot crowd out the
+                        // classes behind it.
+                        closed.push(item.priority);
                         continue;
                     }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -178,8 +191,9 @@ impl RealtimeLane {
                     }
                 }
             }
-            // Look again only if a model was newly held back and there are permits to use.
-            if held.len() == held_before || permits.available_permits() == 0 {
+            // Look again only if a model or class was newly held back and permits are left.
+            let newly_held = held.len() > held_before || closed.len() > closed_before;
+            if !newly_held || permits.available_permits() == 0 {
                 break;
             }
         }

@@ -45,6 +45,14 @@ impl Notifier {
         self.notify("STOPPING=1\nSTATUS=stopping: calls in flight may finish");
     }
 
+    /// Asks for more time to start (or stop) than the unit's timeout: `EXTEND_TIMEOUT_USEC`.
+    pub fn extend_timeout(&self, by: Duration, status: &str) {
+        self.notify(&format!(
+            "EXTEND_TIMEOUT_USEC={}\nSTATUS={status}",
+            by.as_micros()
+        ));
+    }
+
     pub fn status(&self, status: &str) {
         self.notify(&format!("STATUS={status}"));
     }

@@ -168,7 +168,9 @@ pub async fn run(
     read: impl Fn(&Path) -> anyhow::Result<(StatusReport, LimitsReport)>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Registered before the first frame, so a Ctrl-C at any moment ends the watch cleanly.
     let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     let tty = std::io::stdout().is_terminal();
     let guard = tty.then(TerminalGuard::enter);
     let mut last_plain: Vec<String> = Vec::new();
@@ -207,7 +209,7 @@ pub async fn run(
         drop(out);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
         }
     }

@@ -57,6 +57,9 @@ pub fn waiting_jobs(conn: &Connection, now: i64, closed_ranks: &[i64]) -> Result
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Items a budget may stop in one [`pack`] call before it returns what it has.
+const MAX_STOPPED_PER_PACK: usize = 2_000;
+
 /// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
 /// bodies) into a new batch in state `submitting`: the intent, recorded before the create call.
 /// Each item is first checked against its tenant's budget (which reserves its worst case, or
@@ -83,7 +86,10 @@ pub fn pack(
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
     let mut after = 0i64;
-    // Items the budget stops leave the candidates; look further until a batch fills or none are left.
+    let mut stopped_total = 0;
+    // Items the budget stops leave the candidates; look further until a batch fills or none are
+    // left, but stop a long run of them early: the store's writer must not be held for long (the
+    // lane packs again within a second, and the stopped items are no longer candidates).
     'fill: loop {
         let limit = max_requests - chosen.len() as i64;
         let candidates = stmt
@@ -103,6 +109,10 @@ pub fn pack(
             }
             if admission != Admission::Admitted {
                 stopped += 1;
+                stopped_total += 1;
+                if stopped_total >= MAX_STOPPED_PER_PACK {
+                    break 'fill;
+                }
                 continue;
             }
             bytes += size;

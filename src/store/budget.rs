@@ -86,11 +86,20 @@ pub fn admit(
     if rules.budgets.is_empty() {
         return Ok(Admission::Admitted);
     }
-    type Row = (String, String, i64, i64, String, bool, Option<String>);
-    let (tenant, model, max_tokens, input_estimate, mode, caches, custom_id): Row = conn
-        .prepare_cached(
-            "SELECT tenant, model, max_tokens, input_estimate, mode,
-                    instr(params, '\"cache_control\"') > 0, custom_id
+    type Row = (
+        String,
+        String,
+        i64,
+        i64,
+        bool,
+        bool,
+        Option<String>,
+        Option<i64>,
+    );
+    let (tenant, model, max_tokens, input_estimate, batch_ok, caches, custom_id, deadline_at): Row =
+        conn.prepare_cached(
+            "SELECT tenant, model, max_tokens, input_estimate, mode != 'realtime' AND batch_ok = 1,
+                    instr(params, '\"cache_control\"') > 0, custom_id, deadline_at
              FROM items WHERE id = ?1",
         )?
         .query_row([item_id], |r| {
@@ -102,6 +111,7 @@ pub fn admit(
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })?;
     let Some(caps) = rules.budgets.for_tenant(&tenant) else {
@@ -116,13 +126,21 @@ pub fn admit(
             batch,
         )
     };
+    // Deferring to batches is offered only to an item batches can serve (not pinned to real time,
+    // no field the batch endpoint refuses) in time for its deadline, as the planner would judge.
+    let batch_in_time = || -> Result<bool> {
+        let Some(deadline) = deadline_at else {
+            return Ok(true);
+        };
+        let turnaround = super::batches::turnaround_ms(conn)?.max(1);
+        Ok(deadline - now >= turnaround + turnaround / 4)
+    };
+    let may_batch = lane == Lane::Realtime && batch_ok && batch_in_time()?;
     let call = Call {
         model: &model,
         lane,
         worst: worst(lane == Lane::Batch),
-        worst_in_batch: (lane == Lane::Realtime && mode != "realtime")
-            .then(|| worst(true))
-            .flatten(),
+        worst_in_batch: may_batch.then(|| worst(true)).flatten(),
     };
     let spend = spend(conn, &tenant, now)?;
     let decision = budget::decide(&tenant, caps, spend, &call, now);

@@ -257,15 +257,16 @@ pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<
         .file_name()
         .map_or("nightshift.db".into(), |n| n.to_string_lossy().into_owned());
     let backup = path.with_file_name(format!("{name}.v{version}.bak"));
-    if backup.exists() {
-        std::fs::remove_file(&backup).map_err(|e| {
-            StoreError::Invalid(format!(
-                "cannot replace the old backup {}: {e}",
-                backup.display()
-            ))
-        })?;
+    // Into a temporary file first: an older copy of that name is replaced only by a whole one.
+    let partial = path.with_file_name(format!("{name}.v{version}.bak.partial"));
+    let io = |what: &str, e: std::io::Error| {
+        StoreError::Invalid(format!("cannot {what} the copy {}: {e}", backup.display()))
+    };
+    if partial.exists() {
+        std::fs::remove_file(&partial).map_err(|e| io("start", e))?;
     }
-    conn.execute("VACUUM INTO ?1", [backup.to_string_lossy()])?;
+    conn.execute("VACUUM INTO ?1", [partial.to_string_lossy()])?;
+    std::fs::rename(&partial, &backup).map_err(|e| io("finish", e))?;
     tracing::info!(
         from = version,
         to = schema_version(),
