@@ -498,17 +498,18 @@ async fn intake_loop(
     while !stop.is_cancelled() {
         let scanner = intake.clone();
         match tokio::task::spawn_blocking(move || scanner.scan()).await {
-            Ok(Ok(_)) => {
-                if let Some(tx) = scanned.take() {
-                    let _ = tx.send(());
-                }
-            }
+            Ok(Ok(_)) => {}
             // A problem with one scan (a vanished file, a full disk) is logged and retried.
             Ok(Err(e)) => tracing::error!(
                 error = format!("{e:#}"),
                 "intake failed; retrying at the next scan"
             ),
             Err(e) => anyhow::bail!("intake panicked: {e}"),
+        }
+        // Intake is up once it has been through the folder, whatever it found there: a folder it
+        // cannot read is logged and retried, and must not hold the service in "activating".
+        if let Some(tx) = scanned.take() {
+            let _ = tx.send(());
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
