@@ -19,3 +19,15 @@ CREATE TABLE schedules (
     created_at    INTEGER NOT NULL,
     updated_at    INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Items a budget holds until its next period are parked: left out of the lanes' ready indexes, so
+-- a large held backlog costs nothing per dispatch round; each lane unparks them when their time
+-- comes (`items_parked`).
+ALTER TABLE items ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
+DROP INDEX items_ready_realtime;
+CREATE INDEX items_ready_realtime ON items(priority, id)
+    WHERE state = 'pending' AND lane = 'realtime' AND parked = 0;
+DROP INDEX items_waiting_batch;
+CREATE INDEX items_waiting_batch ON items(job_id, id)
+    WHERE state = 'pending' AND lane = 'batch' AND parked = 0;
+CREATE INDEX items_parked ON items(not_before) WHERE parked = 1;

@@ -186,6 +186,8 @@ impl BatchLane {
             .store
             .call(move |c| {
                 let now = now_ms();
+                // Items a budget parked until now are ready again.
+                crate::store::budget::unpark_due(c, now)?;
                 let closed = jiff::Timestamp::from_millisecond(now)
                     .map(|t| rules.windows.closed_ranks(t))
                     .unwrap_or_default();

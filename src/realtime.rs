@@ -130,7 +130,11 @@ impl RealtimeLane {
             let (skip, skip_ranks) = (held.clone(), closed.clone());
             let found = self
                 .store
-                .call(move |c| items::ready_realtime(c, now, limit, &skip, &skip_ranks))
+                .call(move |c| {
+                    // Items a budget parked until now are ready again.
+                    crate::store::budget::unpark_due(c, now)?;
+                    items::ready_realtime(c, now, limit, &skip, &skip_ranks)
+                })
                 .await;
             let ready = match found {
                 Ok(ready) => ready,

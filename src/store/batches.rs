@@ -40,7 +40,8 @@ pub fn waiting_jobs(conn: &Connection, now: i64, closed_ranks: &[i64]) -> Result
     let mut stmt = conn.prepare_cached(
         "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
          FROM items i JOIN jobs j ON j.id = i.job_id
-         WHERE i.state = 'pending' AND i.lane = 'batch' AND i.not_before <= ?1 AND j.canceled_at IS NULL
+         WHERE i.state = 'pending' AND i.lane = 'batch' AND i.parked = 0 AND i.not_before <= ?1
+           AND j.canceled_at IS NULL
            AND i.priority NOT IN (SELECT value FROM json_each(?2))
          GROUP BY i.job_id ORDER BY i.job_id",
     )?;
@@ -75,7 +76,8 @@ pub fn pack(
 ) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
-         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' AND not_before <= ?3 AND id > ?4
+         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' AND parked = 0
+           AND not_before <= ?3 AND id > ?4
            AND priority NOT IN (SELECT value FROM json_each(?5))
          ORDER BY id LIMIT ?2",
     )?;
@@ -860,7 +862,7 @@ pub fn reroute(conn: &Connection, now: i64) -> Result<(usize, usize)> {
     let to_realtime = conn.execute(
         "UPDATE items SET lane = 'realtime', not_before = 0, updated_at = ?2,
                 lane_reason = printf('re-routed: the deadline came nearer than the batch turnaround (%.1f h)', ?3)
-         WHERE state = 'pending' AND lane = 'batch' AND mode = 'auto'
+         WHERE state = 'pending' AND lane = 'batch' AND parked = 0 AND mode = 'auto'
            AND deadline_at IS NOT NULL AND deadline_at < ?1",
         params![horizon, now, hours],
     )?;
@@ -868,7 +870,8 @@ pub fn reroute(conn: &Connection, now: i64) -> Result<(usize, usize)> {
         "UPDATE items SET lane = 'batch', updated_at = ?2,
                 lane_reason = 're-routed: nightly work held back by a throttled real-time lane goes to the next batch'
          WHERE id IN (SELECT id FROM items
-                      WHERE state = 'pending' AND lane = 'realtime' AND mode = 'auto' AND priority = 3
+                      WHERE state = 'pending' AND lane = 'realtime' AND parked = 0
+                        AND mode = 'auto' AND priority = 3
                         AND batch_ok = 1 AND not_before > ?2 + 30000
                         AND (deadline_at IS NULL OR deadline_at >= ?1)
                       LIMIT 10000)",

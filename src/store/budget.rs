@@ -184,12 +184,20 @@ pub fn admit(
         }
         Decision::DeferUntil { at, reason } => {
             conn.execute(
-                "UPDATE items SET not_before = ?2, lane_reason = ?3, updated_at = ?4 WHERE id = ?1",
+                "UPDATE items SET not_before = ?2, parked = 1, lane_reason = ?3, updated_at = ?4
+                 WHERE id = ?1",
                 params![item_id, at, reason, now],
             )?;
             Ok(Admission::Deferred)
         }
     }
+}
+
+/// Unparks items held until a time that has come (see migration 0006). Returns how many.
+pub fn unpark_due(conn: &Connection, now: i64) -> Result<usize> {
+    Ok(conn
+        .prepare_cached("UPDATE items SET parked = 0 WHERE parked = 1 AND not_before <= ?1")?
+        .execute([now])?)
 }
 
 /// What budgets did to a job's items: (downgraded, held until a period rolls over, the latest
@@ -201,8 +209,8 @@ pub fn job_effects(
 ) -> Result<(i64, i64, Option<i64>, Option<String>)> {
     Ok(conn.query_row(
         "SELECT COALESCE(SUM(downgraded_from IS NOT NULL), 0),
-                COALESCE(SUM(state = 'pending' AND not_before > ?2 AND lane_reason LIKE '%budget%deferred until%'), 0),
-                MAX(not_before) FILTER (WHERE state = 'pending' AND not_before > ?2 AND lane_reason LIKE '%budget%deferred until%'),
+                COALESCE(SUM(state = 'pending' AND parked = 1 AND not_before > ?2), 0),
+                MAX(not_before) FILTER (WHERE state = 'pending' AND parked = 1 AND not_before > ?2),
                 (SELECT lane_reason FROM items WHERE job_id = ?1 AND lane_reason LIKE '%budget%'
                  ORDER BY updated_at DESC LIMIT 1)
          FROM items WHERE job_id = ?1",
@@ -479,10 +487,29 @@ mod tests {
                 .is_empty(),
             "the other 7 wait for the next day"
         );
+        // Parked until tomorrow: out of the ready indexes until then.
         let tomorrow = crate::budget::next_period_start(crate::budget::Period::Day, NOW);
+        assert_eq!(
+            crate::store::items::next_ready_at(&conn, NOW).expect("next"),
+            Some(tomorrow),
+            "the lanes wake when parked items are due"
+        );
+        assert_eq!(unpark_due(&conn, tomorrow - 1).expect("unpark"), 0);
+        assert!(
+            batches::waiting_jobs(&conn, tomorrow, &[])
+                .expect("waiting")
+                .is_empty(),
+            "parked"
+        );
+        assert_eq!(unpark_due(&conn, tomorrow).expect("unpark"), 7);
         assert_eq!(
             batches::waiting_jobs(&conn, tomorrow, &[]).expect("waiting")[0].waiting,
             7
+        );
+        assert_eq!(
+            crate::store::items::next_ready_at(&conn, NOW).expect("next"),
+            None,
+            "nothing parked or backing off now"
         );
     }
 }

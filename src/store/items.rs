@@ -194,7 +194,7 @@ pub fn ready_realtime(
         .join(", ");
     let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority FROM items
-         WHERE state = 'pending' AND lane = 'realtime' AND not_before <= ?1
+         WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
            AND priority NOT IN (SELECT value FROM json_each(?3)) {}
          ORDER BY priority, id LIMIT ?2",
         if skip.is_empty() {
@@ -219,10 +219,15 @@ pub fn ready_realtime(
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// The earliest `not_before` among pending real-time items still backing off.
+/// The earliest `not_before` among pending real-time items still backing off, and parked items
+/// (which the lane unparks when their time comes).
 pub fn next_ready_at(conn: &Connection, now: i64) -> Result<Option<i64>> {
     Ok(conn.query_row(
-        "SELECT MIN(not_before) FROM items WHERE state = 'pending' AND lane = 'realtime' AND not_before > ?1",
+        "SELECT MIN(at) FROM (
+             SELECT MIN(not_before) AS at FROM items
+             WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before > ?1
+             UNION ALL
+             SELECT MIN(not_before) FROM items WHERE parked = 1)",
         [now],
         |r| r.get(0),
     )?)
