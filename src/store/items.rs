@@ -195,7 +195,7 @@ pub fn ready_realtime(
     let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
-           AND priority NOT IN (SELECT value FROM json_each(?3)) {}
+           AND priority IN (SELECT value FROM json_each(?3)) {}
          ORDER BY priority, id LIMIT ?2",
         if skip.is_empty() {
             String::new()
@@ -204,8 +204,15 @@ pub fn ready_realtime(
         }
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let closed = serde_json::to_string(closed_ranks).unwrap_or_else(|_| "[]".into());
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &closed];
+    // The open classes, as `IN`: SQLite then seeks each class in the index instead of walking
+    // past every item of a closed one (0.1 ms instead of 90 ms with a million held nightly items).
+    let open: Vec<i64> = crate::job::Priority::ALL
+        .iter()
+        .map(|p| p.rank())
+        .filter(|r| !closed_ranks.contains(r))
+        .collect();
+    let open = serde_json::to_string(&open).unwrap_or_else(|_| "[]".into());
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open];
     values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
     let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
