@@ -27,7 +27,8 @@ ALTER TABLE items ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
 DROP INDEX items_ready_realtime;
 CREATE INDEX items_ready_realtime ON items(priority, id)
     WHERE state = 'pending' AND lane = 'realtime' AND parked = 0;
+-- By class too, so the batch lane seeks the classes whose time window is open.
 DROP INDEX items_waiting_batch;
-CREATE INDEX items_waiting_batch ON items(job_id, id)
+CREATE INDEX items_waiting_batch ON items(job_id, priority, id)
     WHERE state = 'pending' AND lane = 'batch' AND parked = 0;
 CREATE INDEX items_parked ON items(not_before) WHERE parked = 1;

@@ -182,6 +182,7 @@ impl BatchLane {
     /// batch is waiting, or the oldest item waited `max_wait`. Returns when to look again.
     async fn pack_ready(&self, lane: &Lane) -> anyhow::Result<Option<i64>> {
         let rules = self.rules.get();
+        let max_requests = self.settings.max_requests as i64;
         let waiting = self
             .store
             .call(move |c| {
@@ -191,10 +192,9 @@ impl BatchLane {
                 let closed = jiff::Timestamp::from_millisecond(now)
                     .map(|t| rules.windows.closed_ranks(t))
                     .unwrap_or_default();
-                batches::waiting_jobs(c, now, &closed)
+                batches::waiting_jobs(c, now, &closed, max_requests)
             })
             .await?;
-        let max_requests = self.settings.max_requests as i64;
         let max_bytes = lane.max_bytes;
         let max_wait = self.settings.max_wait.as_millis() as i64;
         let mut next: Option<i64> = None;

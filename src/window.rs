@@ -108,6 +108,15 @@ impl Windows {
     }
 }
 
+/// The ranks of every class not in `closed`, in rank order.
+pub fn open_ranks(closed: &[i64]) -> Vec<i64> {
+    Priority::ALL
+        .iter()
+        .map(|p| p.rank())
+        .filter(|r| !closed.contains(r))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,27 +35,55 @@ pub struct WaitingJob {
 }
 
 /// Jobs with batch items ready to pack (not held back until `not_before`, nor of a priority class
-/// whose time window is closed: `closed_ranks`).
-pub fn waiting_jobs(conn: &Connection, now: i64, closed_ranks: &[i64]) -> Result<Vec<WaitingJob>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT i.job_id, j.name, j.ingested_at IS NOT NULL, COUNT(*), MIN(i.updated_at)
-         FROM items i JOIN jobs j ON j.id = i.job_id
-         WHERE i.state = 'pending' AND i.lane = 'batch' AND i.parked = 0 AND i.not_before <= ?1
-           AND j.canceled_at IS NULL
-           AND i.priority NOT IN (SELECT value FROM json_each(?2))
-         GROUP BY i.job_id ORDER BY i.job_id",
+/// whose time window is closed: `closed_ranks`). `waiting` is counted up to `cap` (a full batch
+/// is all the lane needs to know), so each round costs index seeks, not a pass over a large
+/// backlog. `oldest_at` is when the first waiting item of each class (in line order) was last
+/// changed.
+pub fn waiting_jobs(
+    conn: &Connection,
+    now: i64,
+    closed_ranks: &[i64],
+    cap: i64,
+) -> Result<Vec<WaitingJob>> {
+    let mut jobs = conn.prepare_cached(
+        "SELECT id, name, ingested_at IS NOT NULL FROM jobs
+         WHERE canceled_at IS NULL AND finished_at IS NULL ORDER BY id",
     )?;
-    let closed = serde_json::to_string(closed_ranks).unwrap_or_else(|_| "[]".into());
-    let rows = stmt.query_map(params![now, closed], |r| {
-        Ok(WaitingJob {
-            job_id: r.get(0)?,
-            name: r.get(1)?,
-            ingested: r.get(2)?,
-            waiting: r.get(3)?,
-            oldest_at: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let jobs = jobs
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    const READY: &str = "job_id = ?1 AND priority = ?2 AND state = 'pending' AND lane = 'batch'
+                         AND parked = 0 AND not_before <= ?3";
+    let mut count = conn.prepare_cached(&format!(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE {READY} LIMIT ?4)"
+    ))?;
+    let mut first = conn.prepare_cached(&format!(
+        "SELECT updated_at FROM items WHERE {READY} ORDER BY id LIMIT 1"
+    ))?;
+    let mut out = Vec::new();
+    for (job_id, name, ingested) in jobs {
+        let (mut waiting, mut oldest_at) = (0i64, i64::MAX);
+        for rank in crate::window::open_ranks(closed_ranks) {
+            let n: i64 = count.query_row(params![job_id, rank, now, cap], |r| r.get(0))?;
+            if n > 0 {
+                waiting += n;
+                let at: i64 = first.query_row(params![job_id, rank, now], |r| r.get(0))?;
+                oldest_at = oldest_at.min(at);
+            }
+        }
+        if waiting > 0 {
+            out.push(WaitingJob {
+                job_id,
+                name,
+                ingested,
+                waiting: waiting.min(cap),
+                oldest_at,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Items a budget may stop in one [`pack`] call before it returns what it has.
@@ -76,52 +104,56 @@ pub fn pack(
 ) -> Result<Option<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
-         WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch' AND parked = 0
-           AND not_before <= ?3 AND id > ?4
-           AND priority NOT IN (SELECT value FROM json_each(?5))
+         WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
+           AND parked = 0 AND not_before <= ?3 AND id > ?4
          ORDER BY id LIMIT ?2",
     )?;
     let closed = jiff::Timestamp::from_millisecond(now)
         .map(|t| rules.windows.closed_ranks(t))
         .unwrap_or_default();
-    let closed = serde_json::to_string(&closed).unwrap_or_else(|_| "[]".into());
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
-    let mut after = 0i64;
     let mut stopped_total = 0;
+    // Class by class (those whose window is open), highest first, in line order within a class.
     // Items the budget stops leave the candidates; look further until a batch fills or none are
     // left, but stop a long run of them early: the store's writer must not be held for long (the
     // lane packs again within a second, and the stopped items are no longer candidates).
-    'fill: loop {
-        let limit = max_requests - chosen.len() as i64;
-        let candidates = stmt
-            .query_map(params![job_id, limit, now, after, closed], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut stopped = 0;
-        for (id, size) in candidates {
-            if !chosen.is_empty() && bytes + size > max_bytes {
+    'fill: for rank in crate::window::open_ranks(&closed) {
+        let mut after = 0i64;
+        loop {
+            let limit = max_requests - chosen.len() as i64;
+            if limit <= 0 {
                 break 'fill;
             }
-            after = id;
-            let mut admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
-            if admission == Admission::Downgraded {
-                admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
-            }
-            if admission != Admission::Admitted {
-                stopped += 1;
-                stopped_total += 1;
-                if stopped_total >= MAX_STOPPED_PER_PACK {
+            let candidates = stmt
+                .query_map(params![job_id, limit, now, after, rank], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stopped = 0;
+            for (id, size) in candidates {
+                if !chosen.is_empty() && bytes + size > max_bytes {
                     break 'fill;
                 }
-                continue;
+                after = id;
+                let mut admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
+                if admission == Admission::Downgraded {
+                    admission = super::budget::admit(conn, id, Lane::Batch, rules, now)?;
+                }
+                if admission != Admission::Admitted {
+                    stopped += 1;
+                    stopped_total += 1;
+                    if stopped_total >= MAX_STOPPED_PER_PACK {
+                        break 'fill;
+                    }
+                    continue;
+                }
+                bytes += size;
+                chosen.push(id);
             }
-            bytes += size;
-            chosen.push(id);
-        }
-        if stopped == 0 || chosen.len() as i64 >= max_requests {
-            break;
+            if stopped == 0 {
+                break; // this class has nothing more (or the batch is full)
+            }
         }
     }
     if chosen.is_empty() {
@@ -897,11 +929,69 @@ mod tests {
     const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
 
     #[test]
+    fn packing_goes_class_by_class_and_leaves_closed_classes_waiting() {
+        let line = |id: &str, priority: &str| {
+            BATCH_LINE.replace("\"a\"", &format!("\"{id}\"")).replace(
+                "\"deadline\"",
+                &format!("\"priority\":\"{priority}\",\"mode\":\"batch\",\"deadline\""),
+            )
+        };
+        let lines = [
+            line("n1", "nightly"),
+            line("h1", "high"),
+            line("n2", "nightly"),
+            line("h2", "high"),
+        ];
+        let conn = test_connection();
+        let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        // At 00:00 UTC (now = 5 ms after the epoch) a 01:00-02:00 window is closed.
+        let mut rules = Rules::default();
+        rules.windows.0.insert(
+            crate::job::Priority::Nightly,
+            crate::window::Window::parse("01:00-02:00", Some("UTC"), false).expect("window"),
+        );
+        let closed = rules
+            .windows
+            .closed_ranks(jiff::Timestamp::from_millisecond(5).expect("time"));
+        assert_eq!(closed, vec![3]);
+        assert_eq!(
+            waiting_jobs(&conn, 5, &closed, 100).expect("waiting")[0].waiting,
+            2
+        );
+        assert_eq!(
+            waiting_jobs(&conn, 5, &[], 100).expect("waiting")[0].waiting,
+            4
+        );
+        assert_eq!(
+            waiting_jobs(&conn, 5, &[], 3).expect("waiting")[0].waiting,
+            3,
+            "capped"
+        );
+        let batch = pack(&conn, job_id, 100, 1 << 20, &rules, 5)
+            .expect("pack")
+            .expect("a batch");
+        let ids: Vec<String> = requests(&conn, batch)
+            .expect("requests")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["h1", "h2"],
+            "the nightly items wait for their window"
+        );
+        let batch = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        assert_eq!(requests(&conn, batch).expect("requests").len(), 2);
+    }
+
+    #[test]
     fn packing_records_the_intent_and_puts_items_in_flight() {
         let conn = test_connection();
         let job_id = test_job(&conn, &[BATCH_LINE]);
         assert_eq!(
-            waiting_jobs(&conn, i64::MAX, &[]).expect("waiting")[0].waiting,
+            waiting_jobs(&conn, i64::MAX, &[], 100_000).expect("waiting")[0].waiting,
             1
         );
         let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)

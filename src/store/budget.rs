@@ -482,7 +482,7 @@ mod tests {
             .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 3);
         assert!(
-            batches::waiting_jobs(&conn, NOW, &[])
+            batches::waiting_jobs(&conn, NOW, &[], 100_000)
                 .expect("waiting")
                 .is_empty(),
             "the other 7 wait for the next day"
@@ -496,14 +496,14 @@ mod tests {
         );
         assert_eq!(unpark_due(&conn, tomorrow - 1).expect("unpark"), 0);
         assert!(
-            batches::waiting_jobs(&conn, tomorrow, &[])
+            batches::waiting_jobs(&conn, tomorrow, &[], 100_000)
                 .expect("waiting")
                 .is_empty(),
             "parked"
         );
         assert_eq!(unpark_due(&conn, tomorrow).expect("unpark"), 7);
         assert_eq!(
-            batches::waiting_jobs(&conn, tomorrow, &[]).expect("waiting")[0].waiting,
+            batches::waiting_jobs(&conn, tomorrow, &[], 100_000).expect("waiting")[0].waiting,
             7
         );
         assert_eq!(
