@@ -247,11 +247,11 @@ pub fn decide(
     }
 }
 
-/// Unix ms at which the UTC day and month containing `now` began.
-pub fn period_starts(now: i64) -> (i64, i64) {
+/// The first days (`YYYY-MM-DD`, UTC, as `tenant_days.day` has them) of the day and the month
+/// containing `now`.
+pub fn period_days(now: i64) -> (String, String) {
     let date = utc_date(now);
-    let month = date.first_of_month();
-    (start_ms(date), start_ms(month))
+    (date.to_string(), date.first_of_month().to_string())
 }
 
 /// Unix ms at which the period after the one containing `now` begins.
@@ -454,9 +454,9 @@ mod tests {
     fn periods_are_utc_days_and_months() {
         // 2026-11-30T23:30:00Z
         let now = 1_796_081_400_000;
-        let (day, month) = period_starts(now);
-        assert_eq!(day, 1_796_083_200_000 - 86_400_000);
-        assert_eq!(month, 1_793_491_200_000);
+        let (day, month) = period_days(now);
+        assert_eq!(day, "2026-11-30");
+        assert_eq!(month, "2026-11-01");
         // The next day is also the next month.
         assert_eq!(next_period_start(Period::Day, now), 1_796_083_200_000);
         assert_eq!(next_period_start(Period::Month, now), 1_796_083_200_000);

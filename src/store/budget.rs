@@ -46,19 +46,14 @@ pub enum Admission {
 
 /// A tenant's settled spend today and this month (UTC) and its reservations.
 pub fn spend(conn: &Connection, tenant: &str, now: i64) -> Result<Spend> {
-    let (day_start, month_start) = budget::period_starts(now);
-    let day = |ms: i64| {
-        jiff::Timestamp::from_millisecond(ms)
-            .map(|t| t.strftime("%Y-%m-%d").to_string())
-            .unwrap_or_default()
-    };
+    let (day_start, month_start) = budget::period_days(now);
     let (today, this_month): (i64, i64) = conn
         .prepare_cached(
             "SELECT COALESCE(SUM(spent_micro_usd) FILTER (WHERE day >= ?2), 0),
                     COALESCE(SUM(spent_micro_usd), 0)
              FROM tenant_days WHERE tenant = ?1 AND day >= ?3",
         )?
-        .query_row(params![tenant, day(day_start), day(month_start)], |r| {
+        .query_row(params![tenant, day_start, month_start], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
     let reserved: i64 = conn
