@@ -189,10 +189,7 @@ impl BatchLane {
                 let now = now_ms();
                 // Items a budget parked until now are ready again.
                 crate::store::budget::unpark_due(c, now)?;
-                let closed = jiff::Timestamp::from_millisecond(now)
-                    .map(|t| rules.windows.closed_ranks(t))
-                    .unwrap_or_default();
-                batches::waiting_jobs(c, now, &closed, max_requests)
+                batches::waiting_jobs(c, now, &rules.windows.closed_ranks(now), max_requests)
             })
             .await?;
         let max_bytes = lane.max_bytes;

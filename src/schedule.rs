@@ -21,7 +21,7 @@ use jiff::civil::DateTime as CivilDateTime;
 use jiff::tz::TimeZone;
 
 use crate::job::JobDefaults;
-use crate::store::schedules::{self, ScheduleRow};
+use crate::store::schedules::ScheduleRow;
 
 /// A parsed cron expression in a time zone.
 #[derive(Debug, Clone)]
@@ -116,21 +116,10 @@ pub fn run_name(schedule: &str, at_ms: i64) -> String {
     format!("{schedule}-{stamp}")
 }
 
-/// Fires every schedule due at `now`: writes its run into `jobs_dir` (sidecar first, then the
-/// job file, each by rename) and records the run and the next fire time. A run missed while the
-/// daemon was down fires once, late; the ones before it are skipped. Returns the jobs written.
-pub fn tick(conn: &rusqlite::Connection, jobs_dir: &Path, now: i64) -> anyhow::Result<Vec<String>> {
-    let mut fired = Vec::new();
-    for row in schedules::due(conn, now)? {
-        let (job, next) = fire(&row, jobs_dir, now)?;
-        schedules::record_run(conn, &row.name, &job, now, next)?;
-        fired.push(job);
-    }
-    Ok(fired)
-}
-
-/// Writes the run of a due schedule into `jobs_dir`. Returns the run's job name and the next fire
-/// time, for [`schedules::record_run`]. File I/O only (the daemon runs it off the store's thread).
+/// Writes the run of a due schedule (see [`crate::store::schedules::due`]) into `jobs_dir`: sidecar first, then
+/// the job file, each by rename. Returns the run's job name and the next fire time after `now`,
+/// for [`crate::store::schedules::record_run`]: a run missed while the daemon was down fires once, late, and the
+/// ones before it are skipped. File I/O only (the daemon runs it off the store's thread).
 pub fn fire(row: &ScheduleRow, jobs_dir: &Path, now: i64) -> anyhow::Result<(String, Option<i64>)> {
     let name = run_name(&row.name, row.next_run_at.unwrap_or(now));
     write_run(row, jobs_dir, &name).with_context(|| format!("running schedule {:?}", row.name))?;
@@ -186,7 +175,18 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_connection;
+    use crate::store::{schedules, test_connection};
+
+    /// What the daemon's scheduler does each second, on one connection: fire what is due, record it.
+    fn tick(conn: &rusqlite::Connection, jobs_dir: &Path, now: i64) -> anyhow::Result<Vec<String>> {
+        let mut fired = Vec::new();
+        for row in schedules::due(conn, now)? {
+            let (job, next) = fire(&row, jobs_dir, now)?;
+            schedules::record_run(conn, &row.name, &job, now, next)?;
+            fired.push(job);
+        }
+        Ok(fired)
+    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

@@ -53,10 +53,6 @@ impl Notifier {
         ));
     }
 
-    pub fn status(&self, status: &str) {
-        self.notify(&format!("STATUS={status}"));
-    }
-
     pub fn watchdog(&self) {
         self.notify("WATCHDOG=1");
     }

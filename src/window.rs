@@ -97,9 +97,12 @@ impl Windows {
         }
     }
 
-    /// The ranks (`items.priority`) of classes whose window is closed at `at`, idle or not: what
-    /// the batch lane leaves unpacked.
-    pub fn closed_ranks(&self, at: Timestamp) -> Vec<i64> {
+    /// The ranks (`items.priority`) of classes whose window is closed at `now_ms` (Unix ms, as the
+    /// store keeps time), idle or not: what the batch lane leaves unpacked.
+    pub fn closed_ranks(&self, now_ms: i64) -> Vec<i64> {
+        let Ok(at) = Timestamp::from_millisecond(now_ms) else {
+            return Vec::new();
+        };
         self.0
             .iter()
             .filter(|(_, w)| !w.is_open(at))
@@ -169,9 +172,9 @@ mod tests {
         assert_eq!(windows.gate(Priority::High, noon), Gate::Open);
         assert_eq!(windows.gate(Priority::Nightly, noon), Gate::IfIdle);
         assert_eq!(windows.gate(Priority::Normal, noon), Gate::Closed);
-        assert_eq!(windows.closed_ranks(noon), vec![2, 3]);
+        assert_eq!(windows.closed_ranks(noon.as_millisecond()), vec![2, 3]);
         let night = at("2026-11-23T23:00:00Z");
         assert_eq!(windows.gate(Priority::Nightly, night), Gate::Open);
-        assert!(windows.closed_ranks(night).is_empty());
+        assert!(windows.closed_ranks(night.as_millisecond()).is_empty());
     }
 }

@@ -108,9 +108,7 @@ pub fn pack(
            AND parked = 0 AND not_before <= ?3 AND id > ?4
          ORDER BY id LIMIT ?2",
     )?;
-    let closed = jiff::Timestamp::from_millisecond(now)
-        .map(|t| rules.windows.closed_ranks(t))
-        .unwrap_or_default();
+    let closed = rules.windows.closed_ranks(now);
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
     let mut stopped_total = 0;
@@ -950,9 +948,7 @@ mod tests {
             crate::job::Priority::Nightly,
             crate::window::Window::parse("01:00-02:00", Some("UTC"), false).expect("window"),
         );
-        let closed = rules
-            .windows
-            .closed_ranks(jiff::Timestamp::from_millisecond(5).expect("time"));
+        let closed = rules.windows.closed_ranks(5);
         assert_eq!(closed, vec![3]);
         assert_eq!(
             waiting_jobs(&conn, 5, &closed, 100).expect("waiting")[0].waiting,

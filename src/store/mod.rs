@@ -334,14 +334,8 @@ pub fn remove_schedule(path: &Path, name: &str) -> Result<bool> {
 /// A short write from the CLI beside the running daemon (WAL lets both in; a busy timeout waits
 /// for the daemon's transaction). Only for a database of this build's schema.
 fn open_for_cli_write(path: &Path) -> Result<Connection> {
-    let conn = open_read_only(path)?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version as usize != schema_version() {
-        return Err(StoreError::Invalid(format!(
-            "the database has schema version {version}; start the daemon of this version once first"
-        )));
-    }
-    drop(conn);
+    // Says plainly when there is no database, or one of another schema version.
+    drop(open_read_only(path)?);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
