@@ -501,17 +501,25 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
     }
 
-    if sidecar.is_file() {
+    // The sidecar, read once: a schedule makes the file a template; otherwise its defaults serve
+    // a new job (a sidecar that does not parse rejects the file then).
+    let manifest = if sidecar.is_file() {
         let text = std::fs::read_to_string(&sidecar)
             .with_context(|| format!("reading {}", sidecar.display()))?;
-        if let Ok(Manifest {
+        Manifest::parse(&text)
+    } else {
+        Ok(Manifest {
+            defaults: JobDefaults::default(),
+            schedule: None,
+        })
+    };
+    let manifest = match manifest {
+        Ok(Manifest {
             defaults,
             schedule: Some((expr, timezone)),
-        }) = Manifest::parse(&text)
-        {
-            return register_schedule(intake, path, &sidecar, &name, defaults, expr, timezone);
-        }
-    }
+        }) => return register_schedule(intake, path, &sidecar, &name, defaults, expr, timezone),
+        other => other,
+    };
 
     let existing = block_on_store(store, {
         let name = name.clone();
@@ -532,18 +540,12 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         }
         Some(job) => job, // an interrupted intake: resume it
         None => {
-            let defaults = if sidecar.is_file() {
-                let text = std::fs::read_to_string(&sidecar)
-                    .with_context(|| format!("reading {}", sidecar.display()))?;
-                match JobDefaults::from_sidecar(&text) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let reason = format!("its sidecar {}: {e}", sidecar.display());
-                        return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
-                    }
+            let defaults = match manifest {
+                Ok(m) => m.defaults,
+                Err(e) => {
+                    let reason = format!("its sidecar {}: {e}", sidecar.display());
+                    return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
                 }
-            } else {
-                JobDefaults::default()
             };
             let new = jobs::NewJob {
                 name: name.clone(),
