@@ -212,7 +212,8 @@ impl RealtimeLane {
             .iter()
             .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
             .collect();
-        let rules = self.rules.get();
+        // The same rules as the admission above: a reload mid-round applies from the next one.
+        let rules = rules.clone();
         let marked = self
             .store
             .call(move |c| {
