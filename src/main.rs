@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use nightshift::cli::{BenchCommand, Cli, Command};
+use nightshift::cli::args::{BenchCommand, Cli, Command};
+use nightshift::cli::{bench, demo, report};
 use nightshift::config::{Config, ConfigError};
+use nightshift::lanes::intake;
 use nightshift::store::StoreError;
-use nightshift::{api, bench, daemon, demo, fake_api, intake, report, store};
+use nightshift::{api, daemon, fake_api, store};
 
 /// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 69 no database yet,
 /// 78 bad configuration (sysexits' EX_CONFIG).
@@ -91,14 +93,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--interval must be a number of seconds"
             );
             let every = std::time::Duration::from_secs_f64(flags.interval.clamp(0.1, 3600.0));
-            runtime()?.block_on(nightshift::watch::run(&config.db_path(), every, |db| {
-                let conn = store::open_read_only(db)?;
-                let now = store::now_ms();
-                Ok((
-                    report::status(&conn, &results_dir, &rules, now)?,
-                    report::limits(&conn, now)?,
-                ))
-            }))?;
+            runtime()?.block_on(nightshift::cli::watch::run(
+                &config.db_path(),
+                every,
+                |db| {
+                    let conn = store::open_read_only(db)?;
+                    let now = store::now_ms();
+                    Ok((
+                        report::status(&conn, &results_dir, &rules, now)?,
+                        report::limits(&conn, now)?,
+                    ))
+                },
+            ))?;
         }
         Command::Status(flags) => {
             let config = Config::locate(cli.config.as_deref())?;
@@ -139,7 +145,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             count_tokens_rpm,
             json,
         } => {
-            use nightshift::plan::{ApiCounter, estimated, plan};
+            use nightshift::cli::plan::{ApiCounter, estimated, plan};
             let config = Config::locate(cli.config.as_deref())?;
             let plan = if count_tokens {
                 let client = api::ApiClient::new(&config.api, &load_key(&config)?)?;
@@ -163,9 +169,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let now = store::now_ms();
             let when = |text: &Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
                 let Some(text) = text else { return Ok(None) };
-                match text.parse::<nightshift::job::Deadline>() {
-                    Ok(nightshift::job::Deadline::At(ms)) => Ok(Some(ms)),
-                    Ok(nightshift::job::Deadline::After(ms)) => Ok(Some(now - ms)),
+                match text.parse::<nightshift::model::job::Deadline>() {
+                    Ok(nightshift::model::job::Deadline::At(ms)) => Ok(Some(ms)),
+                    Ok(nightshift::model::job::Deadline::After(ms)) => Ok(Some(now - ms)),
                     Err(_) => anyhow::bail!(
                         "--{what} {text:?}: give an RFC 3339 time or a duration such as 24h or 7d"
                     ),

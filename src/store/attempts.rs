@@ -72,7 +72,7 @@ pub fn unknown_outcomes(
 /// Batch results are billed at half price; errored, expired and canceled batch items not at all.
 pub fn cost(
     conn: &Connection,
-    prices: &crate::prices::PriceTable,
+    prices: &crate::policy::prices::PriceTable,
     job_id: i64,
 ) -> Result<(f64, f64, u64)> {
     let mut stmt = conn.prepare(

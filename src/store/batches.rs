@@ -5,9 +5,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::Result;
 use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
-use crate::job::{ItemState, Lane, Mode, Priority};
-use crate::planner;
-use crate::results;
+use crate::lanes::results;
+use crate::model::job::{ItemState, Lane, Mode, Priority};
+use crate::policy::planner;
 
 /// Batch turnarounds (creation to end, ms) of the most recent ended batches.
 pub fn turnaround_ms(conn: &Connection) -> Result<i64> {
@@ -65,7 +65,7 @@ pub fn waiting_jobs(
     let mut out = Vec::new();
     for (job_id, name, ingested) in jobs {
         let (mut waiting, mut oldest_at) = (0i64, i64::MAX);
-        for rank in crate::window::open_ranks(closed_ranks) {
+        for rank in crate::policy::window::open_ranks(closed_ranks) {
             let n: i64 = count.query_row(params![job_id, rank, now, cap], |r| r.get(0))?;
             if n > 0 {
                 waiting += n;
@@ -116,7 +116,7 @@ pub fn pack(
     // Items the budget stops leave the candidates; look further until a batch fills or none are
     // left, but stop a long run of them early: the store's writer must not be held for long (the
     // lane packs again within a second, and the stopped items are no longer candidates).
-    'fill: for rank in crate::window::open_ranks(&closed) {
+    'fill: for rank in crate::policy::window::open_ranks(&closed) {
         let mut after = 0i64;
         loop {
             let limit = max_requests - chosen.len() as i64;
@@ -945,8 +945,9 @@ mod tests {
         // At 00:00 UTC (now = 5 ms after the epoch) a 01:00-02:00 window is closed.
         let mut rules = Rules::default();
         rules.windows.0.insert(
-            crate::job::Priority::Nightly,
-            crate::window::Window::parse("01:00-02:00", Some("UTC"), false).expect("window"),
+            crate::model::job::Priority::Nightly,
+            crate::policy::window::Window::parse("01:00-02:00", Some("UTC"), false)
+                .expect("window"),
         );
         let closed = rules.windows.closed_ranks(5);
         assert_eq!(closed, vec![3]);

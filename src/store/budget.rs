@@ -7,10 +7,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
-use crate::budget::{self, Call, Decision, Spend};
-use crate::job::Lane;
-use crate::prices::PriceTable;
-use crate::results;
+use crate::lanes::results;
+use crate::model::job::Lane;
+use crate::policy::budget::{self, Call, Decision, Spend};
+use crate::policy::prices::PriceTable;
 
 /// What admission needs from the config (all of it reloadable).
 #[derive(Debug, Clone, Default)]
@@ -18,7 +18,7 @@ pub struct Rules {
     pub budgets: budget::Budgets,
     pub prices: PriceTable,
     /// Time windows per priority class.
-    pub windows: crate::window::Windows,
+    pub windows: crate::policy::window::Windows,
 }
 
 impl Rules {
@@ -271,7 +271,7 @@ pub fn standing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{Budgets, Cap, CapAction, TenantCaps};
+    use crate::policy::budget::{Budgets, Cap, CapAction, TenantCaps};
     use crate::store::items::{self, AttemptRecord, ItemUpdate, Marked};
     use crate::store::{batches, test_connection, test_job};
 
@@ -354,7 +354,7 @@ mod tests {
             ..Default::default()
         };
         let done = ItemUpdate::Final {
-            state: crate::job::ItemState::Succeeded,
+            state: crate::model::job::ItemState::Succeeded,
             result_line: "{}".into(),
             error: None,
         };
@@ -378,7 +378,8 @@ mod tests {
         // A crash leaves the other call in flight: recovery settles its reservation too.
         items::requeue_in_flight(&conn, NOW).expect("requeue");
         assert_eq!(spend(&conn, "acme", NOW).expect("spend").reserved, 0);
-        let tomorrow = crate::budget::next_period_start(crate::budget::Period::Day, NOW);
+        let tomorrow =
+            crate::policy::budget::next_period_start(crate::policy::budget::Period::Day, NOW);
         assert_eq!(spend(&conn, "acme", tomorrow).expect("spend").day, 0);
     }
 
@@ -459,7 +460,7 @@ mod tests {
         let not_before: i64 = column(&conn, ids[1], "not_before");
         assert_eq!(
             not_before,
-            crate::budget::next_period_start(crate::budget::Period::Day, NOW)
+            crate::policy::budget::next_period_start(crate::policy::budget::Period::Day, NOW)
         );
         let reason: String = column(&conn, ids[1], "lane_reason");
         assert!(reason.contains("deferred until"), "{reason}");
@@ -483,7 +484,8 @@ mod tests {
             "the other 7 wait for the next day"
         );
         // Parked until tomorrow: out of the ready indexes until then.
-        let tomorrow = crate::budget::next_period_start(crate::budget::Period::Day, NOW);
+        let tomorrow =
+            crate::policy::budget::next_period_start(crate::policy::budget::Period::Day, NOW);
         assert_eq!(
             crate::store::items::next_ready_at(&conn, NOW).expect("next"),
             Some(tomorrow),

@@ -5,11 +5,11 @@ use serde_json::json;
 
 use super::Result;
 use super::budget::{Admission, Rules};
-use crate::intake::ParsedLine;
-use crate::job::{ItemState, Lane};
-use crate::planner;
-use crate::prices::PriceTable;
-use crate::results;
+use crate::lanes::intake::ParsedLine;
+use crate::lanes::results;
+use crate::model::job::{ItemState, Lane};
+use crate::policy::planner;
+use crate::policy::prices::PriceTable;
 
 /// What the planner needs while intake inserts items.
 pub struct PlanContext<'a> {
@@ -38,7 +38,7 @@ pub fn insert_chunk(
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let default_rank = priority
-        .parse::<crate::job::Priority>()
+        .parse::<crate::model::job::Priority>()
         .map(|p| p.rank())
         .unwrap_or(3);
     let mut insert_valid = conn.prepare_cached(
@@ -206,7 +206,7 @@ pub fn ready_realtime(
     let mut stmt = conn.prepare_cached(&sql)?;
     // The open classes, as `IN`: SQLite then seeks each class in the index instead of walking
     // past every item of a closed one (0.1 ms instead of 90 ms with a million held nightly items).
-    let open = crate::window::open_ranks(closed_ranks);
+    let open = crate::policy::window::open_ranks(closed_ranks);
     let open = serde_json::to_string(&open).unwrap_or_else(|_| "[]".into());
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open];
     values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
@@ -580,8 +580,8 @@ mod tests {
             other => panic!("not sent: {other:?}"),
         }
     }
-    use crate::intake::parse_line;
-    use crate::job::JobDefaults;
+    use crate::lanes::intake::parse_line;
+    use crate::model::job::JobDefaults;
     use crate::store::{jobs, test_connection};
 
     fn job(conn: &Connection) -> i64 {

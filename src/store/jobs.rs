@@ -3,7 +3,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Result;
-use crate::job::{Deadline, JobDefaults};
+use crate::model::job::{Deadline, JobDefaults};
 
 /// A job as stored.
 #[derive(Debug, Clone)]
@@ -44,8 +44,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         source_path: row.get(2)?,
         defaults: JobDefaults {
             tenant: row.get(3)?,
-            priority: priority.parse().unwrap_or(crate::job::Priority::Nightly),
-            mode: mode.parse().unwrap_or(crate::job::Mode::Auto),
+            priority: priority
+                .parse()
+                .unwrap_or(crate::model::job::Priority::Nightly),
+            mode: mode.parse().unwrap_or(crate::model::job::Mode::Auto),
             deadline: deadline.and_then(|text| {
                 let parsed: Deadline = text.parse().ok()?;
                 Some((text, parsed))

@@ -5,8 +5,8 @@ use rusqlite::{Connection, params};
 
 use super::Result;
 use crate::api::Usage;
-use crate::job::Lane;
-use crate::prices::PriceTable;
+use crate::model::job::Lane;
+use crate::policy::prices::PriceTable;
 
 /// Records a billed call of `item_id` (its tenant, job and model come from the item). Cost is in
 /// millionths of a dollar, NULL when the model has no price.

@@ -186,7 +186,7 @@ pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
     let all = rows.collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(all
         .into_iter()
-        .filter(|m| crate::quota::limit_class(m) == class)
+        .filter(|m| crate::policy::quota::limit_class(m) == class)
         .collect())
 }
 

@@ -1,4 +1,4 @@
-//! SQL for recurring jobs (`schedules`; see `crate::schedule`).
+//! SQL for recurring jobs (`schedules`; see `crate::policy::cron`).
 
 use rusqlite::{Connection, Row, params};
 

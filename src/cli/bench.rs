@@ -1,0 +1,362 @@
+//! `nightshift bench`: measurements that are not tests (speed is never asserted in tests).
+//!
+//! - `ingest`: intake of a generated N-line job file: lines/s and the process's peak memory.
+//! - `realtime`: the real-time lane against the in-process fake API with no limits and no latency:
+//!   items/s, i.e. nightshift's own overhead per call (the fake shares the same two cores).
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ApiKey;
+use crate::cli::demo;
+use crate::config::Config;
+use crate::daemon;
+use crate::fake_api::{FakeApi, FakeConfig};
+use crate::lanes::intake::{Intake, IntakeOutcome};
+use crate::store::Store;
+
+/// Writes an `n`-line job file of realistic requests (about 300 bytes a line), for `mode`.
+pub fn write_job_file(path: &Path, n: u64, mode: &str) -> std::io::Result<u64> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    for i in 0..n {
+        writeln!(
+            out,
+            r#"{{"custom_id":"req-{i:08}","mode":"{mode}","params":{{"model":"claude-haiku-5-5","max_tokens":128,"system":"Classify the ticket as billing, shipping, account, bug or other.","messages":[{{"role":"user","content":"Ticket {i}: my order arrived late and the box was damaged; please advise what to do next."}}]}}}}"#
+        )?;
+    }
+    out.flush()?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub async fn ingest(lines: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let jobs_dir = dir.path().join("jobs");
+    std::fs::create_dir_all(&jobs_dir)?;
+    let file = dir.path().join("bench.jsonl");
+    println!("writing a {lines}-line job file ...");
+    let bytes = write_job_file(&file, lines, "auto")?;
+    std::fs::rename(&file, jobs_dir.join("bench.jsonl"))?;
+    let rss_before = peak_rss_bytes();
+
+    let db = dir.path().join("nightshift.db");
+    let store = Store::open(&db)?;
+    let intake = Intake {
+        store: store.clone(),
+        jobs_dir,
+        wakes: vec![Arc::new(Notify::new())],
+        cancel: CancellationToken::new(),
+        rpm_for: Arc::new(|_| None),
+        failures: Default::default(),
+        templates_dir: dir.path().join("templates"),
+    };
+    let started = Instant::now();
+    let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;
+    let elapsed = started.elapsed();
+    store.close().await;
+    let taken = match outcomes.as_slice() {
+        [IntakeOutcome::Ingested { lines, .. }] => *lines,
+        other => anyhow::bail!("unexpected intake outcome: {other:?}"),
+    };
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "ingested {taken} lines ({:.0} MiB) in {:.2} s",
+        mb(bytes),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  throughput      {:.0} lines/s, {:.0} MiB/s",
+        taken as f64 / elapsed.as_secs_f64(),
+        mb(bytes) / elapsed.as_secs_f64()
+    );
+    if let (Some(before), Some(after)) = (rss_before, peak_rss_bytes()) {
+        println!(
+            "  peak RSS        {:.1} MiB (before intake: {:.1} MiB)",
+            mb(after),
+            mb(before)
+        );
+    }
+    println!(
+        "  database size   {:.0} MiB",
+        mb(std::fs::metadata(&db)?.len())
+    );
+    Ok(())
+}
+
+pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fake = FakeApi::start(FakeConfig::default(), ([127, 0, 0, 1], 0).into()).await?;
+    let config_path = dir.path().join("nightshift.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n[api]\nbase_url = \"{}\"\n[realtime]\nconcurrency = {concurrency}\n[daemon]\nscan_interval_ms = 50\n",
+            fake.base_url()
+        ),
+    )?;
+    let config = Config::load(&config_path)?;
+    std::fs::create_dir_all(&config.jobs_dir)?;
+    let file = dir.path().join("bench.jsonl");
+    write_job_file(&file, items, "realtime")?;
+
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench"));
+    let started = Instant::now();
+    std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
+    let job = demo::wait_until_done(
+        &config.db_path(),
+        &config.results_dir(),
+        "bench",
+        Duration::from_secs(3600),
+        |_| {},
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    daemon.stop().await?;
+    let stats = fake.stats();
+    fake.shutdown().await;
+    println!(
+        "{} items through the real-time lane in {:.2} s: {:.0} items/s (concurrency {concurrency}, fake API in the same process, no limits, no latency)",
+        job.counts.total,
+        elapsed.as_secs_f64(),
+        job.counts.total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  succeeded {}, errored {}; the fake accepted {} calls",
+        job.counts.succeeded, job.counts.errored, stats.messages_accepted
+    );
+    Ok(())
+}
+
+/// A rate-limit profile for `bench quota`.
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    pub name: &'static str,
+    pub rpm: u64,
+    pub itpm: u64,
+    pub otpm: u64,
+    /// Seconds of refill the fake's buckets hold (the API publishes no capacity).
+    pub burst_secs: f64,
+    /// The fake's answer latency.
+    pub latency: Duration,
+}
+
+pub const PROFILES: [Profile; 2] = [
+    // The old Tier 1 for Sonnet 4.x: 50 RPM / 30,000 ITPM / 8,000 OTPM.
+    Profile {
+        name: "tier1",
+        rpm: 50,
+        itpm: 30_000,
+        otpm: 8_000,
+        burst_secs: 10.0,
+        latency: Duration::from_millis(800),
+    },
+    Profile {
+        name: "fast",
+        rpm: 1_200,
+        itpm: 400_000,
+        otpm: 120_000,
+        burst_secs: 5.0,
+        latency: Duration::from_millis(400),
+    },
+];
+
+/// One measured run of the quota benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuotaRun {
+    pub profile: &'static str,
+    pub otpm_rule: &'static str,
+    pub interactive_rpm: f64,
+    pub seconds: f64,
+    /// (dimension, used by nightshift, allowed over the run: a full bucket plus the refill,
+    /// less what the interactive load used).
+    pub dims: Vec<(String, u64, f64)>,
+    pub binding: String,
+    pub binding_percent: f64,
+    pub nightshift_calls: u64,
+    pub nightshift_429: u64,
+    pub interactive: Option<crate::fake_api::LoadReport>,
+}
+
+/// `nightshift bench quota`: a real-time job against the fake API with tier-like limits, alone
+/// and beside a steady interactive load at 20 % of the RPM on the same org.
+pub async fn quota(
+    profile: Profile,
+    secs: u64,
+    interactive: bool,
+    max_tokens_rule: bool,
+) -> anyhow::Result<QuotaRun> {
+    use crate::fake_api::{FakeLimits, LoadSpec, OtpmRule, run_load};
+    let dir = tempfile::tempdir()?;
+    let limits = FakeLimits {
+        rpm: profile.rpm,
+        itpm: profile.itpm,
+        otpm: profile.otpm,
+        burst_seconds: profile.burst_secs,
+    };
+    let fake = FakeApi::start(
+        FakeConfig {
+            limits: Some(limits),
+            latency: profile.latency,
+            otpm_rule: if max_tokens_rule {
+                OtpmRule::MaxTokens
+            } else {
+                OtpmRule::Generated
+            },
+            ..FakeConfig::default()
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await?;
+    let config_path = dir.path().join("nightshift.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n[api]\nbase_url = \"{}\"\n[realtime]\nconcurrency = 64\n\
+             [daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 30\n[limits.default]\nrpm = {}\nitpm = {}\notpm = {}\n",
+            fake.base_url(),
+            profile.rpm,
+            profile.itpm,
+            profile.otpm
+        ),
+    )?;
+    let config = Config::load(&config_path)?;
+    std::fs::create_dir_all(&config.jobs_dir)?;
+    // More work than the run can do: the limits, not the job, must be what stops it.
+    let items = (profile.rpm * secs / 60) * 2 + 50;
+    let file = dir.path().join("quota.jsonl");
+    {
+        let mut out = BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..items {
+            writeln!(
+                out,
+                r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":256,"messages":[{{"role":"user","content":"Ticket {i}: {}"}}]}}}}"#,
+                "the parcel arrived late and damaged, please advise; ".repeat(30)
+            )?;
+        }
+        out.flush()?;
+    }
+    let started = Instant::now();
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench-quota-key"));
+    std::fs::rename(&file, config.jobs_dir.join("quota.jsonl"))?;
+    let interactive_rpm = if interactive {
+        profile.rpm as f64 * 0.2
+    } else {
+        0.0
+    };
+    let load = interactive.then(|| {
+        tokio::spawn(run_load(
+            LoadSpec {
+                base_url: fake.base_url(),
+                api_key: "sk-interactive-app".into(),
+                model: "claude-haiku-5-5".into(),
+                rpm: interactive_rpm,
+                duration: Duration::from_secs(secs),
+                max_tokens: 128,
+                prompt_chars: 1_200,
+            },
+            CancellationToken::new(),
+        ))
+    });
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    daemon.stop().await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let interactive_report = match load {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
+    let stats = fake.stats();
+    fake.shutdown().await;
+    let (i_ok, i_429, i_in, i_out) = interactive_report.as_ref().map_or((0, 0, 0, 0), |r| {
+        (r.ok, r.rate_limited_429, r.input_tokens, r.output_tokens)
+    });
+    let used = [
+        stats.messages_accepted.saturating_sub(i_ok),
+        stats.input_tokens.saturating_sub(i_in),
+        stats.output_tokens.saturating_sub(i_out),
+    ];
+    let interactive_used = [i_ok, i_in, i_out];
+    let mut dims = Vec::new();
+    let (mut binding, mut binding_percent) = (String::new(), 0.0);
+    for (i, (name, limit)) in [
+        ("requests", profile.rpm),
+        ("input_tokens", profile.itpm),
+        ("output_tokens", profile.otpm),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let capacity = (limit as f64 * profile.burst_secs / 60.0).max(1.0);
+        let allowed = capacity + limit as f64 / 60.0 * elapsed - interactive_used[i] as f64;
+        let percent = used[i] as f64 / allowed * 100.0;
+        if percent > binding_percent {
+            binding = name.to_owned();
+            binding_percent = percent;
+        }
+        dims.push((name.to_owned(), used[i], allowed));
+    }
+    Ok(QuotaRun {
+        profile: profile.name,
+        otpm_rule: if max_tokens_rule {
+            "max_tokens (2025)"
+        } else {
+            "generated (2026)"
+        },
+        interactive_rpm,
+        seconds: elapsed,
+        dims,
+        binding,
+        binding_percent,
+        nightshift_calls: used[0] + stats.rate_limited_429.saturating_sub(i_429),
+        nightshift_429: stats.rate_limited_429.saturating_sub(i_429),
+        interactive: interactive_report,
+    })
+}
+
+impl QuotaRun {
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "profile {} ({} output rule), {:.0} s, {}:\n",
+            self.profile,
+            self.otpm_rule,
+            self.seconds,
+            if self.interactive.is_some() {
+                format!("beside interactive load at {:.0} RPM", self.interactive_rpm)
+            } else {
+                "alone".to_owned()
+            }
+        );
+        for (name, used, allowed) in &self.dims {
+            out.push_str(&format!(
+                "  {name:<14} used {used:>9}  allowed {allowed:>11.0}  {:>5.1}%\n",
+                *used as f64 / allowed * 100.0
+            ));
+        }
+        out.push_str(&format!(
+            "  binding: {} at {:.1}% of what the limit allowed; nightshift got {} x 429 of {} calls ({:.2}%)\n",
+            self.binding,
+            self.binding_percent,
+            self.nightshift_429,
+            self.nightshift_calls,
+            self.nightshift_429 as f64 / self.nightshift_calls.max(1) as f64 * 100.0
+        ));
+        if let Some(i) = &self.interactive {
+            out.push_str(&format!(
+                "  interactive: {} sent, {} ok, {} x 429, latency p50 {:.0} ms, p99 {:.0} ms\n",
+                i.sent, i.ok, i.rate_limited_429, i.latency_p50_ms, i.latency_p99_ms
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,395 @@
+//! `nightshift plan FILE`: reads a job file without sending anything and says what running it
+//! would take: estimated tokens, cost through batches vs real time, how long the real-time lane
+//! would need under the configured limits, and which limit binds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::lanes::intake::{ParsedLine, ValidLine, parse_line};
+use crate::model::job::JobDefaults;
+
+/// `nightshift plan --json`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Plan {
+    /// Valid requests in the file (invalid lines are counted in `invalid_lines`).
+    pub items: u64,
+    pub invalid_lines: u64,
+    /// Input tokens: counted by the API's `count_tokens` when asked (`counted_requests`), else
+    /// estimated (a token per four bytes of request body; it runs 10–25 % high).
+    pub input_tokens: u64,
+    /// Requests whose input tokens the API counted; the rest are estimates.
+    pub counted_requests: u64,
+    /// The sum of `max_tokens`: an upper bound of the output.
+    pub max_output_tokens: u64,
+    pub cost_usd: Cost,
+    /// Seconds the real-time lane needs at the configured limits (input estimated, output at
+    /// `max_tokens`); null when a model has no configured limits.
+    pub drain_seconds_realtime: Option<f64>,
+    /// The limit that decides the drain time: `rpm`, `itpm` or `otpm` (null as above).
+    pub binding: Option<&'static str>,
+    /// Models without a price: their calls are not in `cost_usd`.
+    pub unpriced_models: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Cost {
+    /// Everything through the Message Batches API (half price).
+    pub batch: f64,
+    /// Everything real time.
+    pub realtime: f64,
+}
+
+/// Per limit class: requests, input tokens, output tokens, and a model of the class.
+#[derive(Default)]
+struct ClassTotals {
+    requests: u64,
+    input: u64,
+    output: u64,
+    model: String,
+}
+
+/// Lines counted together (so a token counter can send them side by side).
+const CHUNK: usize = 256;
+
+/// Where input-token counts come from: for each request of a chunk, its count, or None to use
+/// the estimate (a failed count).
+pub type InputCounter<'a> = dyn FnMut(&[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> + 'a;
+
+/// The estimate for every request: nothing is sent.
+pub fn estimated(lines: &[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> {
+    Ok(vec![None; lines.len()])
+}
+
+/// Counts input tokens with the API's free `count_tokens` endpoint: up to 32 calls at once and no
+/// more than `rpm` a minute (the endpoint has its own limit, apart from the Messages limits).
+/// A 429 is waited out (its `retry-after`); 5xx, 529 and lost connections are tried again a few
+/// times; a request the endpoint refuses (a 4xx) keeps its estimate. A refused key stops the plan.
+pub struct ApiCounter {
+    client: crate::api::ApiClient,
+    runtime: tokio::runtime::Runtime,
+    interval: std::time::Duration,
+    next: tokio::time::Instant,
+    /// Requests counted so far, for progress on stderr.
+    pub counted: u64,
+}
+
+impl ApiCounter {
+    pub fn new(client: crate::api::ApiClient, rpm: u32) -> anyhow::Result<ApiCounter> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let next = runtime.block_on(async { tokio::time::Instant::now() });
+        Ok(ApiCounter {
+            client,
+            runtime,
+            interval: std::time::Duration::from_secs_f64(60.0 / f64::from(rpm.max(1))),
+            next,
+            counted: 0,
+        })
+    }
+
+    pub fn count(&mut self, lines: &[ValidLine]) -> anyhow::Result<Vec<Option<u64>>> {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tasks = tokio::task::JoinSet::new();
+        let _guard = self.runtime.enter();
+        for (i, v) in lines.iter().enumerate() {
+            // Each call gets a start time `interval` after the previous one: the RPM is kept.
+            let start = self.next.max(tokio::time::Instant::now());
+            self.next = start + self.interval;
+            let (client, params, permits) =
+                (self.client.clone(), v.params.clone(), permits.clone());
+            tasks.spawn(async move {
+                tokio::time::sleep_until(start).await;
+                let _permit = permits.acquire_owned().await;
+                (i, count_one(&client, &params).await)
+            });
+        }
+        let mut counts = vec![None; lines.len()];
+        let results = self.runtime.block_on(async {
+            let mut results = Vec::with_capacity(lines.len());
+            while let Some(joined) = tasks.join_next().await {
+                results.push(joined);
+            }
+            results
+        });
+        for joined in results {
+            let (i, count) = joined?;
+            counts[i] = count?;
+        }
+        self.counted += lines.len() as u64;
+        Ok(counts)
+    }
+}
+
+async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Option<u64>> {
+    use crate::api::Outcome;
+    use std::time::Duration;
+    for attempt in 0..8u32 {
+        let wait = match client.count_tokens(params).await {
+            Ok(n) => return Ok(Some(n)),
+            Err(Outcome::RateLimited { retry_after, .. }) => {
+                retry_after.unwrap_or(Duration::from_secs(1))
+            }
+            Err(Outcome::Retryable { retry_after, .. }) => {
+                retry_after.unwrap_or(Duration::from_millis(250 << attempt))
+            }
+            Err(Outcome::Unknown { .. }) => Duration::from_millis(250 << attempt),
+            Err(Outcome::Blocked {
+                status, message, ..
+            }) => anyhow::bail!(
+                "the API refuses token counting (HTTP {status}: {message}); check the key, or plan without --count-tokens"
+            ),
+            Err(Outcome::Fatal { .. } | Outcome::Succeeded { .. }) => return Ok(None),
+        };
+        tokio::time::sleep(wait).await;
+    }
+    Ok(None)
+}
+
+/// Running sums over the file.
+#[derive(Default)]
+struct Tally {
+    classes: BTreeMap<String, ClassTotals>,
+    items: u64,
+    invalid: u64,
+    input: u64,
+    output: u64,
+    batch_micro: i64,
+    realtime_micro: i64,
+    unpriced: Vec<String>,
+    /// Requests whose input is the estimate (no count was asked for, or the count failed).
+    estimated: u64,
+}
+
+impl Tally {
+    fn add(
+        &mut self,
+        config: &Config,
+        chunk: &[ValidLine],
+        counter: &mut InputCounter<'_>,
+    ) -> anyhow::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let counts = counter(chunk)?;
+        for (v, count) in chunk.iter().zip(counts) {
+            let input = count.unwrap_or(v.input_estimate);
+            self.estimated += u64::from(count.is_none());
+            self.items += 1;
+            self.input += input;
+            self.output += v.max_tokens;
+            let usage = crate::api::Usage {
+                input_tokens: input,
+                output_tokens: v.max_tokens,
+                ..Default::default()
+            };
+            match (
+                config.prices.cost_micro_usd(&v.model, &usage, true),
+                config.prices.cost_micro_usd(&v.model, &usage, false),
+            ) {
+                (Some(b), Some(r)) => {
+                    self.batch_micro += b;
+                    self.realtime_micro += r;
+                }
+                _ if !self.unpriced.contains(&v.model) => self.unpriced.push(v.model.clone()),
+                _ => {}
+            }
+            let totals = self
+                .classes
+                .entry(crate::policy::quota::limit_class(&v.model))
+                .or_default();
+            totals.requests += 1;
+            totals.input += input;
+            totals.output += v.max_tokens;
+            totals.model = v.model.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Plans `file` with input tokens from `counter` ([`estimated`], or the API's `count_tokens`).
+pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> anyhow::Result<Plan> {
+    let sidecar = file.with_extension("toml");
+    let defaults = if sidecar.is_file() {
+        let text = std::fs::read_to_string(&sidecar)
+            .with_context(|| format!("reading {}", sidecar.display()))?;
+        JobDefaults::from_sidecar(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", sidecar.display()))?
+    } else {
+        JobDefaults::default()
+    };
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+    );
+    let mut tally = Tally::default();
+    let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        match parse_line(line, i as u64 + 1, &defaults, 0) {
+            ParsedLine::Valid(v) => chunk.push(v),
+            ParsedLine::Invalid { .. } => tally.invalid += 1,
+        }
+        if chunk.len() == CHUNK {
+            tally.add(config, &chunk, counter)?;
+            chunk.clear();
+        }
+    }
+    tally.add(config, &chunk, counter)?;
+    let Tally {
+        classes,
+        items,
+        invalid,
+        input,
+        output,
+        batch_micro,
+        realtime_micro,
+        unpriced,
+        estimated,
+    } = tally;
+    // Classes drain side by side; the slowest decides, and within it the slowest dimension.
+    let mut drain: Option<(f64, &'static str)> = Some((0.0, "rpm"));
+    for totals in classes.values() {
+        let limits = config.limits_for(&totals.model);
+        let dims = [
+            ("rpm", totals.requests, limits.rpm),
+            ("itpm", totals.input, limits.itpm),
+            ("otpm", totals.output, limits.otpm),
+        ];
+        if dims.iter().any(|(_, _, limit)| limit.is_none()) {
+            drain = None;
+            break;
+        }
+        for (name, amount, limit) in dims {
+            let secs = amount as f64 / limit.unwrap_or(1) as f64 * 60.0;
+            if let Some((worst, _)) = drain
+                && secs > worst
+            {
+                drain = Some((secs, name));
+            }
+        }
+    }
+    if items == 0 {
+        drain = Some((0.0, "rpm"));
+    }
+    Ok(Plan {
+        items,
+        invalid_lines: invalid,
+        input_tokens: input,
+        counted_requests: items - estimated,
+        max_output_tokens: output,
+        cost_usd: Cost {
+            batch: batch_micro as f64 / 1_000_000.0,
+            realtime: realtime_micro as f64 / 1_000_000.0,
+        },
+        drain_seconds_realtime: drain.map(|(s, _)| s),
+        binding: drain.filter(|_| items > 0).map(|(_, b)| b),
+        unpriced_models: unpriced,
+    })
+}
+
+impl Plan {
+    pub fn to_text(&self) -> String {
+        let source = match self.counted_requests {
+            0 => "estimated".to_owned(),
+            n if n == self.items => "counted by the API".to_owned(),
+            n => format!("counted by the API for {n} requests, estimated for the rest"),
+        };
+        let mut out = format!(
+            "{} requests ({} invalid lines left out)\n  input tokens   {} ({source})\n  output tokens  <= {} (sum of max_tokens)\n  cost           ${:.4} through batches, ${:.4} real time (at most)\n",
+            self.items,
+            self.invalid_lines,
+            self.input_tokens,
+            self.max_output_tokens,
+            self.cost_usd.batch,
+            self.cost_usd.realtime
+        );
+        match (self.drain_seconds_realtime, self.binding) {
+            (Some(secs), Some(binding)) => out.push_str(&format!(
+                "  real time      about {:.0} s at the configured limits; {binding} binds\n",
+                secs
+            )),
+            _ => out.push_str("  real time      unknown: some models have no configured limits ([limits] or [quota] tier)\n"),
+        }
+        if !self.unpriced_models.is_empty() {
+            out.push_str(&format!(
+                "  no price for: {} (not in the cost)\n",
+                self.unpriced_models.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(limits: &str) -> Config {
+        Config::parse(limits, Path::new("/tmp/nightshift.toml")).expect("config")
+    }
+
+    fn write(lines: &[String]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        use std::io::Write;
+        for l in lines {
+            writeln!(file, "{l}").expect("write");
+        }
+        file
+    }
+
+    fn line(i: usize, prompt_chars: usize, max_tokens: u64) -> String {
+        format!(
+            r#"{{"custom_id":"p-{i}","params":{{"model":"claude-sonnet-4-5","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
+            "x".repeat(prompt_chars)
+        )
+    }
+
+    #[test]
+    fn the_binding_dimension_is_the_slowest_to_drain() {
+        let limits = "[limits.default]\nrpm = 1000\nitpm = 10000\notpm = 100000\n";
+        // Long prompts, short answers: input tokens bind.
+        let file = write(&(0..10).map(|i| line(i, 4_000, 16)).collect::<Vec<_>>());
+        let p = plan(&config(limits), file.path(), &mut estimated).expect("plan");
+        assert_eq!(p.items, 10);
+        assert_eq!(p.binding, Some("itpm"));
+        assert!(p.drain_seconds_realtime.expect("known") > 60.0);
+        // Short prompts, long answers: output tokens bind.
+        let file = write(&(0..10).map(|i| line(i, 10, 50_000)).collect::<Vec<_>>());
+        assert_eq!(
+            plan(&config(limits), file.path(), &mut estimated)
+                .expect("plan")
+                .binding,
+            Some("otpm")
+        );
+        // Many small requests under a low RPM: requests bind.
+        let low_rpm = "[limits.default]\nrpm = 50\nitpm = 10000\notpm = 100000\n";
+        let file = write(&(0..200).map(|i| line(i, 10, 1)).collect::<Vec<_>>());
+        let p = plan(&config(low_rpm), file.path(), &mut estimated).expect("plan");
+        assert_eq!(p.binding, Some("rpm"));
+        assert_eq!(
+            p.drain_seconds_realtime,
+            Some(240.0),
+            "200 requests at 50 RPM"
+        );
+    }
+
+    #[test]
+    fn costs_compare_batches_with_real_time_and_bad_lines_are_left_out() {
+        let mut lines: Vec<String> = (0..4).map(|i| line(i, 400, 100)).collect();
+        lines.push("{not json".into());
+        let file = write(&lines);
+        let p = plan(&config(""), file.path(), &mut estimated).expect("plan");
+        assert_eq!((p.items, p.invalid_lines), (4, 1));
+        assert!((p.cost_usd.batch * 2.0 - p.cost_usd.realtime).abs() < 1e-6);
+        assert_eq!(p.drain_seconds_realtime, None, "no limits configured");
+        assert_eq!(p.binding, None);
+        assert_eq!(p.max_output_tokens, 400);
+    }
+}

@@ -1,0 +1,347 @@
+//! The Prometheus endpoint (`[metrics] port`, off by default; 127.0.0.1 only): items by state,
+//! real-time calls by model and outcome (429s and 529s among them), tokens and cost by tenant,
+//! quota bucket levels and limits per model class, and batches by state.
+//!
+//! Counts that live in the database (items, batches, the ledger's rollups) are read at each
+//! scrape through a read-only connection; call counters and bucket levels come from the daemon's
+//! memory. [`render`] is pure, so the text format is unit-tested without a server.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Outcome;
+use crate::policy::quota::{ClassSnapshot, Quota};
+use crate::store::facts::{self, TenantTotals};
+
+/// Real-time calls by (model, outcome), since the daemon started.
+#[derive(Debug, Default)]
+pub struct CallCounters(Mutex<BTreeMap<(String, &'static str), u64>>);
+
+impl CallCounters {
+    pub fn count(&self, model: &str, outcome: &Outcome) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts
+            .entry((model.to_owned(), outcome_label(outcome)))
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
+        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// The `outcome` label of a call.
+pub fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::RateLimited { .. } => "rate_limited_429",
+        Outcome::Retryable {
+            status: Some(529), ..
+        } => "overloaded_529",
+        Outcome::Retryable {
+            status: Some(_), ..
+        } => "server_error",
+        Outcome::Retryable { status: None, .. } => "connection_error",
+        Outcome::Blocked { .. } => "blocked",
+        Outcome::Fatal { .. } => "invalid_request",
+        Outcome::Unknown { .. } => "unknown",
+    }
+}
+
+/// Everything one scrape shows.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub items: Vec<(String, i64)>,
+    pub batches: Vec<(String, i64)>,
+    pub tenants: Vec<TenantTotals>,
+    pub calls: Vec<((String, &'static str), u64)>,
+    pub classes: Vec<ClassSnapshot>,
+}
+
+/// The Prometheus text format (version 0.0.4) of a scrape.
+pub fn render(s: &Scrape) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "nightshift_items",
+        "gauge",
+        "Items of all jobs by state.",
+        s.items
+            .iter()
+            .map(|(state, n)| (labels(&[("state", state)]), *n as f64))
+            .collect(),
+    );
+    family(
+        "nightshift_api_calls_total",
+        "counter",
+        "Real-time Messages calls by model and outcome since the daemon started (rate_limited_429, overloaded_529, ...).",
+        s.calls
+            .iter()
+            .map(|((model, outcome), n)| {
+                (labels(&[("model", model), ("outcome", outcome)]), *n as f64)
+            })
+            .collect(),
+    );
+    let tenant_samples = |f: &dyn Fn(&TenantTotals) -> i64| -> Vec<(String, f64)> {
+        s.tenants
+            .iter()
+            .map(|t| (labels(&[("tenant", &t.tenant)]), f(t) as f64))
+            .collect()
+    };
+    family(
+        "nightshift_billed_requests_total",
+        "counter",
+        "Billed calls (real-time answers and succeeded batch requests) by tenant, from the ledger.",
+        tenant_samples(&|t| t.requests),
+    );
+    let mut tokens = Vec::new();
+    for t in &s.tenants {
+        for (kind, n) in [
+            ("input", t.input_tokens),
+            ("output", t.output_tokens),
+            ("cache_creation_input", t.cache_creation_input_tokens),
+            ("cache_read_input", t.cache_read_input_tokens),
+        ] {
+            tokens.push((labels(&[("tenant", &t.tenant), ("kind", kind)]), n as f64));
+        }
+    }
+    family(
+        "nightshift_tokens_total",
+        "counter",
+        "Billed tokens by tenant and kind, from the ledger.",
+        tokens,
+    );
+    family(
+        "nightshift_cost_usd_total",
+        "counter",
+        "Cost in US dollars by tenant, from the ledger (models without a price are not in it).",
+        s.tenants
+            .iter()
+            .map(|t| {
+                (
+                    labels(&[("tenant", &t.tenant)]),
+                    t.cost_micro_usd as f64 / 1e6,
+                )
+            })
+            .collect(),
+    );
+    let dims =
+        |f: &dyn Fn(&crate::policy::quota::DimSnapshot) -> Option<f64>| -> Vec<(String, f64)> {
+            let mut out = Vec::new();
+            for c in &s.classes {
+                for d in &c.dims {
+                    if let Some(v) = f(d) {
+                        out.push((labels(&[("class", &c.class), ("dim", d.dim)]), v));
+                    }
+                }
+            }
+            out
+        };
+    family(
+        "nightshift_quota_level",
+        "gauge",
+        "What the quota controller believes is in the API's bucket now, per model class and dimension.",
+        dims(&|d| Some(d.level)),
+    );
+    family(
+        "nightshift_quota_capacity",
+        "gauge",
+        "The bucket's capacity (burst) as learned from the API's headers.",
+        dims(&|d| Some(d.capacity)),
+    );
+    family(
+        "nightshift_quota_limit_per_minute",
+        "gauge",
+        "The limit in force per minute (configured, or learned from the headers).",
+        dims(&|d| d.limit_per_minute),
+    );
+    family(
+        "nightshift_quota_concurrency",
+        "gauge",
+        "Calls the class may have in flight (adaptive).",
+        s.classes
+            .iter()
+            .map(|c| (labels(&[("class", &c.class)]), c.concurrency as f64))
+            .collect(),
+    );
+    family(
+        "nightshift_quota_in_flight",
+        "gauge",
+        "Calls of the class in flight.",
+        s.classes
+            .iter()
+            .map(|c| (labels(&[("class", &c.class)]), c.in_flight as f64))
+            .collect(),
+    );
+    family(
+        "nightshift_batches",
+        "gauge",
+        "Message Batches by state (submitting, in_progress, canceling, ended, failed).",
+        s.batches
+            .iter()
+            .map(|(state, n)| (labels(&[("state", state)]), *n as f64))
+            .collect(),
+    );
+    out
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Where a scrape reads from.
+#[derive(Clone)]
+pub struct Sources {
+    pub db_path: PathBuf,
+    pub calls: Arc<CallCounters>,
+    pub quota: Arc<Mutex<Quota>>,
+}
+
+impl Sources {
+    fn gather(&self) -> anyhow::Result<Scrape> {
+        let conn = crate::store::open_read_only(&self.db_path)?;
+        let classes = self
+            .quota
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(Instant::now());
+        Ok(Scrape {
+            items: facts::items_by_state(&conn)?,
+            batches: facts::batches_by_state(&conn)?,
+            tenants: facts::tenant_totals(&conn)?,
+            calls: self.calls.snapshot(),
+            classes,
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let sources = sources.clone();
+                async move { Ok::<_, Infallible>(answer(request, sources).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+async fn answer(request: Request<Incoming>, sources: Sources) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, kind: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "nightshift serves GET /metrics\n".into(),
+        );
+    }
+    match tokio::task::spawn_blocking(move || sources.gather()).await {
+        Ok(Ok(scrape)) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(&scrape),
+        ),
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("metrics unavailable: {e:#}\n"),
+        ),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("metrics failed: {e}\n"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_has_help_type_and_escaped_labels() {
+        let scrape = Scrape {
+            items: vec![("succeeded".into(), 3)],
+            tenants: vec![TenantTotals {
+                tenant: "acme \"eu\"".into(),
+                requests: 2,
+                input_tokens: 10,
+                output_tokens: 20,
+                cost_micro_usd: 1_500,
+                ..Default::default()
+            }],
+            calls: vec![(("claude-haiku-5-5".into(), "rate_limited_429"), 4)],
+            ..Default::default()
+        };
+        let text = render(&scrape);
+        assert!(text.contains("# TYPE nightshift_items gauge\n"), "{text}");
+        assert!(
+            text.contains("nightshift_items{state=\"succeeded\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nightshift_api_calls_total{model=\"claude-haiku-5-5\",outcome=\"rate_limited_429\"} 4\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("nightshift_cost_usd_total{tenant=\"acme \\\"eu\\\"\"} 0.0015\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nightshift_tokens_total{tenant=\"acme \\\"eu\\\"\",kind=\"output\"} 20\n"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,524 @@
+//! The daemon: opens the store, recovers from whatever the last run left, and runs intake, the
+//! real-time lane and the results writer until `shutdown` resolves. Then it stops in order: intake,
+//! admission (calls in flight get a grace period), the last results, the store.
+
+pub mod metrics;
+pub mod systemd;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiClient, ApiKey};
+use crate::config::{Config, Live};
+use crate::daemon::systemd::Notifier;
+use crate::lanes::batch::BatchLane;
+use crate::lanes::intake::Intake;
+use crate::lanes::realtime::RealtimeLane;
+use crate::lanes::results::ResultsWriter;
+use crate::policy::quota::{Quota, QuotaSettings};
+use crate::store::budget::Rules;
+use crate::store::{Store, items, now_ms};
+
+/// A daemon running inside this process (the demo, the benchmarks, the tests).
+pub struct Handle {
+    stop: CancellationToken,
+    reload: mpsc::UnboundedSender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the daemon as a task of this process; [`Handle::stop`] shuts it down in order.
+pub fn spawn(config: Config, key: ApiKey) -> Handle {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let (reload, reloads) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(
+        config,
+        key,
+        async move { token.cancelled().await },
+        reloads,
+    ));
+    Handle { stop, reload, task }
+}
+
+impl Handle {
+    /// Reloads the config file as SIGHUP would.
+    pub fn reload(&self) {
+        let _ = self.reload.send(());
+    }
+
+    /// Stops the daemon as SIGTERM would, and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("the daemon task")?
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
+/// file. Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
+/// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
+/// stopping, and pings the watchdog while the store answers.
+pub async fn run(
+    config: Config,
+    key: ApiKey,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::UnboundedReceiver<()>,
+) -> anyhow::Result<()> {
+    let notifier = Notifier::from_env();
+    for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // One daemon per data directory: a second one would send the first one's calls again.
+    let lock_path = config.data_dir.join("nightshift.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another nightshift daemon is running on {} (it holds {}); stop it first",
+            config.data_dir.display(),
+            lock_path.display()
+        );
+    }
+    let db_path = config.db_path();
+    // Migrating a large database (and copying it first) may outlast systemd's start timeout.
+    let opening = db_path.clone();
+    let store = while_starting(&notifier, "opening and migrating the database", move || {
+        Store::open(&opening)
+    })
+    .await?
+    .with_context(|| format!("opening the database {}", db_path.display()))?;
+    let metrics_listener = match config.metrics_port {
+        None => None,
+        Some(port) => Some(
+            tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| {
+                    format!("[metrics] port = {port}: cannot listen on 127.0.0.1:{port}")
+                })?,
+        ),
+    };
+
+    let requeued = store
+        .call(|c| items::requeue_in_flight(c, now_ms()))
+        .await?;
+    if requeued > 0 {
+        tracing::warn!(
+            items = requeued,
+            "items were in flight when nightshift last stopped; their outcome is unknown, they will be sent again"
+        );
+    }
+    let work_wake = Arc::new(Notify::new());
+    let results_wake = Arc::new(Notify::new());
+    let writer = ResultsWriter {
+        store: store.clone(),
+        results_dir: config.results_dir(),
+        wake: results_wake.clone(),
+    };
+    writer.recover().await?;
+
+    let client = ApiClient::new(&config.api, &key)?;
+    // What a reload (SIGHUP) may change: limits, reserve, budgets, prices.
+    let live_config = Live::new(config.clone());
+    let limits_for_rpm = live_config.clone();
+    let rpm_for: crate::policy::planner::RpmFor =
+        Arc::new(move |model: &str| limits_for_rpm.get().limits_for(model).rpm);
+    let batch_wake = Arc::new(Notify::new());
+    let rules = Live::new(Rules::from_config(&config));
+    let batch_lane = BatchLane {
+        store: store.clone(),
+        client: client.clone(),
+        settings: config.batch.clone(),
+        max_attempts: config.realtime.max_attempts,
+        rpm_for: rpm_for.clone(),
+        rules: rules.clone(),
+        wake: batch_wake.clone(),
+        realtime_wake: work_wake.clone(),
+        results_wake: results_wake.clone(),
+    };
+    let limits_config = live_config.clone();
+    let quota_settings = QuotaSettings {
+        reserve: config.quota.reserve,
+        output_reservation: config.quota.output_reservation,
+        max_concurrency: config.realtime.concurrency,
+        initial_concurrency: config.realtime.concurrency.min(4),
+    };
+    let calls = Arc::new(crate::daemon::metrics::CallCounters::default());
+    let quota = Arc::new(Mutex::new(Quota::new(
+        move |model| limits_config.get().class_limits(model),
+        quota_settings,
+    )));
+    let lane = RealtimeLane {
+        store: store.clone(),
+        client,
+        quota: quota.clone(),
+        settings: config.realtime.clone(),
+        wake: work_wake.clone(),
+        results_wake: results_wake.clone(),
+        paused: Default::default(),
+        key_id: key.fingerprint(),
+        rules: rules.clone(),
+        batch_wake: batch_wake.clone(),
+        calls: calls.clone(),
+        idle_probes: Default::default(),
+    };
+    let reloader = Reloader {
+        source: config.source.clone(),
+        config: live_config,
+        rules,
+        quota,
+    };
+
+    let stop_intake = CancellationToken::new();
+    let stop_lane = CancellationToken::new();
+    let stop_results = CancellationToken::new();
+    let intake = Intake {
+        store: store.clone(),
+        jobs_dir: config.jobs_dir.clone(),
+        wakes: vec![work_wake.clone(), batch_wake.clone()],
+        cancel: stop_intake.clone(),
+        rpm_for,
+        failures: Default::default(),
+        templates_dir: config.data_dir.join("templates"),
+    };
+    let scan_interval = config.daemon.scan_interval;
+    let (scanned, first_scan) = tokio::sync::oneshot::channel();
+    let intake_task = tokio::spawn(intake_loop(
+        intake,
+        scan_interval,
+        stop_intake.clone(),
+        scanned,
+    ));
+    let publish_task = tokio::spawn(lane.clone().publish_quota(stop_lane.clone()));
+    let lane_task = tokio::spawn(lane.run(stop_lane.clone(), config.daemon.shutdown_grace));
+    let results_task = tokio::spawn(writer.run(stop_results.clone()));
+    let batch_task = tokio::spawn(batch_lane.run(stop_lane.clone()));
+    let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
+
+    let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
+    let schedule_task = tokio::spawn(schedule_loop(
+        store.clone(),
+        config.jobs_dir.clone(),
+        stop_intake.clone(),
+    ));
+    let metrics_task = match metrics_listener {
+        None => None,
+        Some(listener) => {
+            let url = format!("http://{}/metrics", listener.local_addr()?);
+            tracing::info!(%url, "serving metrics");
+            let fact = url.clone();
+            store
+                .call(move |c| crate::store::facts::set(c, "metrics_url", &fact, now_ms()))
+                .await?;
+            let sources = crate::daemon::metrics::Sources {
+                db_path: db_path.clone(),
+                calls: calls.clone(),
+                quota: reloader.quota.clone(),
+            };
+            Some(tokio::spawn(crate::daemon::metrics::serve(
+                listener,
+                sources,
+                stop_lane.clone(),
+            )))
+        }
+    };
+
+    // Any task ending early is a failure: stop the rest and report it.
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::pin!(shutdown);
+    let mut first_scan = Some(first_scan);
+    let mut starting = tokio::time::interval(START_EXTENSION_EVERY);
+    loop {
+        tokio::select! {
+            // A large job file waiting at start may take longer than systemd's start timeout.
+            _ = starting.tick(), if first_scan.is_some() => {
+                notifier.extend_timeout(START_EXTENSION_EVERY * 3, "taking in the waiting job files");
+            }
+            _ = &mut shutdown => {
+                tracing::info!("stopping: no new work is admitted");
+                break;
+            }
+            // Ready once the jobs folder has been scanned (migrations and recovery came before).
+            Ok(()) = async { first_scan.as_mut().expect("guarded").await }, if first_scan.is_some() => {
+                first_scan = None;
+                tracing::info!(
+                    jobs_dir = %config.jobs_dir.display(),
+                    data_dir = %config.data_dir.display(),
+                    api = %config.api.base_url,
+                    key = %key.fingerprint(),
+                    "nightshift is running"
+                );
+                notifier.ready("running");
+            }
+            Some(()) = reloads.recv() => {
+                notifier.reloading();
+                reloader.reload();
+                if first_scan.is_none() {
+                    notifier.ready("running (configuration reloaded)");
+                }
+            }
+            r = wait_failed(&intake_task) => { failure = Some(r); break; }
+            r = wait_failed(&lane_task) => { failure = Some(r); break; }
+            r = wait_failed(&batch_task) => { failure = Some(r); break; }
+            r = wait_failed(&results_task) => { failure = Some(r); break; }
+        }
+    }
+    notifier.stopping();
+    stop_intake.cancel();
+    stop_lane.cancel();
+    let _ = progress_task.await;
+    let _ = publish_task.await;
+    let _ = watchdog_task.await;
+    let _ = schedule_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+        let _ = store
+            .call(|c| crate::store::facts::clear(c, "metrics_url"))
+            .await;
+    }
+    let intake_result = intake_task.await;
+    let lane_result = lane_task.await;
+    let batch_result = batch_task.await;
+    stop_results.cancel();
+    let results_result = results_task.await;
+    store.close().await;
+    for (what, result) in [
+        ("intake", intake_result),
+        ("real-time lane", lane_result),
+        ("batch lane", batch_result),
+        ("results writer", results_result),
+    ] {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e.context(format!("the {what} failed")))),
+            Err(e) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
+        }
+    }
+    drop(lock);
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// How often to ask systemd for more start-up time while starting takes long.
+const START_EXTENSION_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs blocking start-up `work`, asking systemd for more start-up time while it lasts.
+async fn while_starting<T: Send + 'static>(
+    notifier: &Notifier,
+    status: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let mut task = tokio::task::spawn_blocking(work);
+    loop {
+        tokio::select! {
+            done = &mut task => return done.context("a start-up task panicked"),
+            _ = tokio::time::sleep(START_EXTENSION_EVERY) => {
+                notifier.extend_timeout(START_EXTENSION_EVERY * 3, status);
+            }
+        }
+    }
+}
+
+/// Resolves only if the task has finished (which, before shutdown, means it failed).
+async fn wait_failed(task: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Error {
+    loop {
+        if task.is_finished() {
+            return anyhow::anyhow!("a daemon task stopped unexpectedly");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// How often running jobs' progress goes to the log.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Logs each unfinished job's progress now and then, so the journal shows long work moving.
+async fn progress_loop(store: Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let jobs = store
+            .call(|c| {
+                let mut out = Vec::new();
+                for job in crate::store::jobs::unfinished(c)? {
+                    out.push((job.name, items::counts(c, job.id)?));
+                }
+                Ok(out)
+            })
+            .await;
+        for (job, c) in jobs.unwrap_or_default() {
+            let done = c.succeeded + c.errored + c.expired + c.canceled;
+            tracing::info!(job = %job, done, total = c.total, in_flight = c.in_flight, succeeded = c.succeeded, errored = c.errored, "progress");
+        }
+    }
+}
+
+/// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer
+/// answers: a wedged database thread stops the pings, and systemd restarts the service.
+async fn watchdog_loop(store: Store, stop: CancellationToken) {
+    let Some(every) = crate::daemon::systemd::watchdog_interval() else {
+        return;
+    };
+    let notifier = Notifier::from_env();
+    loop {
+        let alive = tokio::time::timeout(
+            every,
+            store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+        )
+        .await;
+        match alive {
+            Ok(Ok(_)) => notifier.watchdog(),
+            _ => tracing::warn!("the database did not answer in time; the watchdog is not pinged"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Fires recurring jobs when due (checked every second): each run lands in the jobs folder, where
+/// intake takes it in.
+async fn schedule_loop(store: Store, jobs_dir: std::path::PathBuf, stop: CancellationToken) {
+    loop {
+        if let Err(e) = fire_due(&store, &jobs_dir).await {
+            tracing::error!(
+                error = format!("{e:#}"),
+                "a schedule could not fire; trying again in a second"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn fire_due(store: &Store, jobs_dir: &std::path::Path) -> anyhow::Result<()> {
+    let now = now_ms();
+    let due = store
+        .call(move |c| crate::store::schedules::due(c, now))
+        .await?;
+    for row in due {
+        let dir = jobs_dir.to_owned();
+        let name = row.name.clone();
+        let (job, next) =
+            tokio::task::spawn_blocking(move || crate::policy::cron::fire(&row, &dir, now))
+                .await??;
+        store
+            .call(move |c| crate::store::schedules::record_run(c, &name, &job, now, next))
+            .await?;
+    }
+    Ok(())
+}
+
+/// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and
+/// prices, and the quota controllers' limits and reserve.
+struct Reloader {
+    source: Option<std::path::PathBuf>,
+    config: Live<Config>,
+    rules: Live<Rules>,
+    quota: Arc<Mutex<Quota>>,
+}
+
+impl Reloader {
+    /// Reads the config file again. A file that does not load leaves everything as it was.
+    fn reload(&self) {
+        let Some(path) = &self.source else {
+            tracing::warn!(
+                "reload asked, but the daemon runs on built-in defaults (no config file)"
+            );
+            return;
+        };
+        let new = match Config::load(path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; the running configuration stays in force");
+                return;
+            }
+        };
+        let old = self.config.get();
+        for (what, changed) in [
+            (
+                "jobs_dir, data_dir",
+                old.jobs_dir != new.jobs_dir || old.data_dir != new.data_dir,
+            ),
+            (
+                "[api]",
+                format!("{:?}", old.api) != format!("{:?}", new.api),
+            ),
+            (
+                "[realtime]",
+                format!("{:?}", old.realtime) != format!("{:?}", new.realtime),
+            ),
+            (
+                "[batch]",
+                format!("{:?}", old.batch) != format!("{:?}", new.batch),
+            ),
+            (
+                "[daemon]",
+                format!("{:?}", old.daemon) != format!("{:?}", new.daemon),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    "{what} changed in {}; that takes effect at the next restart",
+                    path.display()
+                );
+            }
+        }
+        self.rules.set(Rules::from_config(&new));
+        let settings = QuotaSettings {
+            reserve: new.quota.reserve,
+            output_reservation: new.quota.output_reservation,
+            max_concurrency: old.realtime.concurrency,
+            initial_concurrency: old.realtime.concurrency.min(4),
+        };
+        self.config.set(new);
+        self.quota
+            .lock()
+            .expect("quota lock")
+            .reconfigure(settings, std::time::Instant::now());
+        tracing::info!(config = %path.display(), "configuration reloaded: limits, reserve, budgets and prices are in force");
+    }
+}
+
+async fn intake_loop(
+    intake: Intake,
+    interval: std::time::Duration,
+    stop: CancellationToken,
+    scanned: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut scanned = Some(scanned);
+    while !stop.is_cancelled() {
+        let scanner = intake.clone();
+        match tokio::task::spawn_blocking(move || scanner.scan()).await {
+            Ok(Ok(_)) => {}
+            // A problem with one scan (a vanished file, a full disk) is logged and retried.
+            Ok(Err(e)) => tracing::error!(
+                error = format!("{e:#}"),
+                "intake failed; retrying at the next scan"
+            ),
+            Err(e) => anyhow::bail!("intake panicked: {e}"),
+        }
+        // Intake is up once it has been through the folder, whatever it found there: a folder it
+        // cannot read is logged and retried, and must not hold the service in "activating".
+        if let Some(tx) = scanned.take() {
+            let _ = tx.send(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The lanes: intake, real-time, batch, results writer.
+
+pub mod batch;
+pub mod intake;
+pub mod realtime;
+pub mod results;

@@ -1,0 +1,120 @@
+//! The CLI's promises: clear errors at start naming the setting, plain words when there is no
+//! database yet, meaningful exit codes, and `submit`'s atomic rename-in.
+
+use std::process::Command;
+
+use crate::common::BIN;
+
+fn nightshift(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("NIGHTSHIFT_CONFIG")
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn a_missing_key_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").expect("config");
+    let out = nightshift(dir.path(), &["--config", "c.toml", "run"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ANTHROPIC_API_KEY"), "{err}");
+}
+
+#[test]
+fn unknown_config_keys_and_bad_values_are_errors_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n[limits.\"claude-haiku-5-5\"]\nrpm = 50\nrmp = 3\n",
+    )
+    .expect("config");
+    let out = nightshift(dir.path(), &["--config", "c.toml", "status"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rmp"));
+
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[api]\nanthropic_version = \"2099-01-01\"\n",
+    )
+    .expect("config");
+    let out = nightshift(dir.path(), &["--config", "c.toml", "status"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.anthropic_version"));
+
+    let out = nightshift(dir.path(), &["--config", "missing.toml", "status"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn commands_before_the_daemon_ran_say_so_plainly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").expect("config");
+    for args in [&["status"][..], &["job", "x"][..]] {
+        let mut all = vec!["--config", "c.toml"];
+        all.extend_from_slice(args);
+        let out = nightshift(dir.path(), &all);
+        assert_eq!(out.status.code(), Some(69), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("does not exist yet") && err.contains("nightshift run"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn submit_renames_the_file_in_with_its_sidecar() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "jobs_dir = \"jobs\"\ndata_dir = \"d\"\n",
+    )
+    .expect("config");
+    std::fs::write(
+        dir.path().join("nightly.jsonl"),
+        crate::common::request("a", "x") + "\n",
+    )
+    .expect("job");
+    std::fs::write(dir.path().join("nightly.toml"), "tenant = \"acme\"\n").expect("sidecar");
+    let out = nightshift(
+        dir.path(),
+        &["--config", "c.toml", "submit", "nightly.jsonl"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = dir.path().join("jobs");
+    assert!(jobs.join("nightly.jsonl").exists() && jobs.join("nightly.toml").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&jobs)
+        .expect("jobs dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no partial files left behind");
+    // Twice is refused: the name is taken.
+    let out = nightshift(
+        dir.path(),
+        &["--config", "c.toml", "submit", "nightly.jsonl"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already waiting"));
+    // A bad sidecar is refused before anything is copied.
+    std::fs::write(
+        dir.path().join("other.jsonl"),
+        crate::common::request("a", "x") + "\n",
+    )
+    .expect("job");
+    std::fs::write(dir.path().join("other.toml"), "priority = \"urgent\"\n").expect("sidecar");
+    let out = nightshift(dir.path(), &["--config", "c.toml", "submit", "other.jsonl"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("priority"));
+    assert!(!jobs.join("other.jsonl").exists());
+}

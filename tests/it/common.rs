@@ -1,0 +1,297 @@
+//! Shared test fixtures: a temp dir with a config, the built-in fake API on 127.0.0.1:0, and
+//! ways to run the daemon (in-process or as the real binary) and read what it produced.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nightshift::api::ApiKey;
+use nightshift::cli::report::JobStatus;
+use nightshift::config::Config;
+use nightshift::fake_api::{FakeApi, FakeConfig};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub fake: FakeApi,
+    pub config_path: PathBuf,
+}
+
+impl TestEnv {
+    /// A fake API with `fake` settings, and a config pointing at it; `extra` is appended to the
+    /// config (tables such as `[realtime]` or `[limits.default]`).
+    pub async fn new(fake: FakeConfig, extra: &str) -> TestEnv {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fake = FakeApi::start(fake, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("fake API starts");
+        let config_path = dir.path().join("nightshift.toml");
+        let text = format!(
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n\n[api]\nbase_url = \"{}\"\n\n[daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 5\n\n{extra}\n",
+            fake.base_url()
+        );
+        std::fs::write(&config_path, text).expect("write config");
+        std::fs::create_dir_all(dir.path().join("jobs")).expect("jobs dir");
+        TestEnv {
+            dir,
+            fake,
+            config_path,
+        }
+    }
+
+    /// Adds a setting to the config's `[api]` table.
+    pub fn set_api(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        std::fs::write(
+            &self.config_path,
+            text.replacen("[api]\n", &format!("[api]\n{line}\n"), 1),
+        )
+        .expect("config");
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path).expect("config loads")
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.dir.path().join("jobs")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn results_file(&self, job: &str) -> PathBuf {
+        self.data_dir().join("results").join(format!("{job}.jsonl"))
+    }
+
+    /// Puts a job file in place the way users are told to: write elsewhere, rename in.
+    pub fn write_job(&self, name: &str, content: &[u8]) {
+        let staging = self.dir.path().join(format!("{name}.staging"));
+        std::fs::write(&staging, content).expect("write job");
+        std::fs::rename(&staging, self.jobs_dir().join(format!("{name}.jsonl")))
+            .expect("rename job in");
+    }
+
+    /// Runs the daemon in this process until the returned handle is stopped.
+    pub fn start_daemon(&self) -> InProcessDaemon {
+        InProcessDaemon(nightshift::daemon::spawn(
+            self.config(),
+            ApiKey::new("sk-test-key"),
+        ))
+    }
+
+    /// Starts the real binary's daemon (`nightshift run`), logs to files in the temp dir.
+    pub fn spawn_binary_daemon(&self, key: &str, log_name: &str) -> Child {
+        self.spawn_binary_daemon_with(key, log_name, &[])
+    }
+
+    /// [`TestEnv::spawn_binary_daemon`] with extra environment variables.
+    pub fn spawn_binary_daemon_with(
+        &self,
+        key: &str,
+        log_name: &str,
+        env: &[(&str, &str)],
+    ) -> Child {
+        let stderr = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("run")
+            .env("ANTHROPIC_API_KEY", key)
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("nightshift run starts")
+    }
+
+    /// Runs a CLI command against this env's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .expect("nightshift runs")
+    }
+
+    /// `status --json`, or Null while the daemon has not created its database yet.
+    pub fn try_status_json(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    pub fn status_json(&self) -> Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    pub fn job_json(&self, job: &str) -> Value {
+        let out = self.cli(&["job", job, "--json"]);
+        assert!(
+            out.status.success(),
+            "job failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("job --json is JSON")
+    }
+
+    /// The job as `status` shows it, if the database and the job exist yet.
+    fn job_status(&self, job: &str) -> Option<JobStatus> {
+        let config = self.config();
+        let conn = nightshift::store::open_read_only(&config.db_path()).ok()?;
+        let status = nightshift::cli::report::status(
+            &conn,
+            &config.results_dir(),
+            &Default::default(),
+            nightshift::store::now_ms(),
+        )
+        .ok()?;
+        status.jobs.into_iter().find(|j| j.name == job)
+    }
+
+    /// Waits until the job is done (every item final, results complete).
+    pub async fn wait_done(&self, job: &str, timeout: Duration) -> JobStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.job_status(job)
+                && status.state == "done"
+            {
+                return status;
+            }
+            if started.elapsed() >= timeout {
+                let details = self.cli(&["job", job, "--json"]);
+                panic!(
+                    "job {job} not done after {timeout:?}: {}",
+                    String::from_utf8_lossy(&details.stdout)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until at least `n` items of the job have succeeded.
+    pub async fn wait_succeeded(&self, job: &str, n: u64, timeout: Duration) {
+        let started = Instant::now();
+        while !self
+            .job_status(job)
+            .is_some_and(|j| j.counts.succeeded >= n)
+        {
+            assert!(
+                started.elapsed() < timeout,
+                "{job}: fewer than {n} succeeded after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The job's results file, parsed line by line.
+    pub fn results(&self, job: &str) -> Vec<Value> {
+        read_results(&self.results_file(job))
+    }
+}
+
+pub struct InProcessDaemon(nightshift::daemon::Handle);
+
+impl InProcessDaemon {
+    /// Reloads the config file, as SIGHUP does.
+    pub fn reload(&self) {
+        self.0.reload();
+    }
+
+    pub async fn stop(self) {
+        self.0.stop().await.expect("daemon stops cleanly");
+    }
+}
+
+/// Sends `signal` to a child process.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) with the pid of a child we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+pub fn read_results(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("results file exists");
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("results line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// A valid request line for the real-time lane.
+pub fn request(custom_id: &str, text: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{custom_id}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":64,"messages":[{{"role":"user","content":"{text}"}}]}}}}"#
+    )
+}
+
+/// A valid request line with extra top-level fields (e.g. `"priority":"nightly"`); the planner
+/// decides its lane.
+pub fn planned_request(custom_id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{custom_id}",{extra}"params":{{"model":"claude-haiku-5-5","max_tokens":64,"messages":[{{"role":"user","content":"Classify ticket {custom_id}: my parcel is late."}}]}}}}"#
+    )
+}
+
+/// A job of `n` valid requests, ids `{prefix}-0000`..
+pub fn job_of(prefix: &str, n: usize) -> (Vec<String>, Vec<u8>) {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:04}")).collect();
+    let mut body = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        body.push_str(&request(
+            id,
+            &format!("Summarise ticket {i}: the parcel arrived late."),
+        ));
+        body.push('\n');
+    }
+    (ids, body.into_bytes())
+}
+
+/// Asserts that each expected custom_id is in the results exactly once, and no other non-null one.
+/// Returns the results by custom_id.
+pub fn assert_each_once<'a>(
+    results: &'a [Value],
+    expected: &[String],
+) -> HashMap<String, &'a Value> {
+    let mut seen: HashMap<String, &Value> = HashMap::new();
+    for line in results {
+        if let Some(id) = line["custom_id"].as_str() {
+            assert!(
+                seen.insert(id.to_owned(), line).is_none(),
+                "custom_id {id} appears twice"
+            );
+        }
+    }
+    for id in expected {
+        assert!(
+            seen.contains_key(id),
+            "custom_id {id} missing from the results"
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        expected.len(),
+        "unexpected custom_ids in the results"
+    );
+    seen
+}
+
+pub fn succeeded(results: &[Value]) -> usize {
+    results
+        .iter()
+        .filter(|r| r["result"]["type"] == "succeeded")
+        .count()
+}

@@ -1,0 +1,21 @@
+//! The integration tests: one binary (CI links once), a module per area. Each runs the real
+//! daemon (in-process or as the built binary) against the built-in fake API on 127.0.0.1:0, in
+//! temp dirs; `common` holds the fixtures.
+
+mod common;
+
+mod bad_input;
+mod batches;
+mod budgets;
+mod cli;
+mod end_to_end;
+mod faults;
+mod ledger;
+mod metrics;
+mod plan;
+mod quota;
+mod restart;
+mod schedules;
+mod secrets;
+mod service;
+mod windows;

@@ -1,0 +1,85 @@
+//! Crash safety: the real daemon binary is killed with SIGKILL mid-job and started again; the job
+//! completes with each custom_id once, and the calls cut off by the crash are on record as unknown
+//! outcomes. SIGTERM then stops it cleanly with exit code 0.
+
+use std::time::Duration;
+
+use crate::common::*;
+use nightshift::fake_api::FakeConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_job_then_restart_completes_each_item_once() {
+    // Slow answers and a small concurrency: calls are always in flight when the kill comes.
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(150),
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 8\n",
+    )
+    .await;
+    let (ids, body) = job_of("crash", 300);
+    env.write_job("crash", &body);
+
+    let mut first = env.spawn_binary_daemon("sk-test", "run1.log");
+    env.wait_succeeded("crash", 60, Duration::from_secs(60))
+        .await;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    let mut second = env.spawn_binary_daemon("sk-test", "run2.log");
+    // One daemon per data directory: a second one is refused while this one runs.
+    env.wait_succeeded("crash", 70, Duration::from_secs(60))
+        .await;
+    let mut third = env.spawn_binary_daemon("sk-test", "run3.log");
+    let refused = third.wait().expect("reaped");
+    assert!(
+        !refused.success(),
+        "a second daemon on the same data dir must not run"
+    );
+    let log3 = std::fs::read_to_string(env.dir.path().join("run3.log")).expect("log");
+    assert!(
+        log3.contains("another nightshift daemon is running"),
+        "{log3}"
+    );
+    let job = env.wait_done("crash", Duration::from_secs(120)).await;
+    // SIGTERM: stop admitting, finish, exit 0.
+    let pid = second.id() as i32;
+    // SAFETY: kill(2) with a pid we own and a valid signal number.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = second.wait().expect("reaped");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM stops the daemon with exit code 0"
+    );
+
+    assert_eq!(job.counts.succeeded, 300);
+    let results = env.results("crash");
+    assert_eq!(results.len(), 300, "no line written twice across the crash");
+    assert_each_once(&results, &ids);
+
+    // The calls in flight at the kill are recorded as unknown outcomes and were sent again; the
+    // fake may have run them twice, never more often than recorded.
+    let report = env.job_json("crash");
+    let unknown = report["calls"]["unknown"].as_u64().expect("calls.unknown");
+    assert!(
+        unknown >= 1,
+        "calls cut off by SIGKILL are on record: {report}"
+    );
+    assert_eq!(
+        report["unknown_outcomes"].as_array().map(Vec::len),
+        Some(unknown as usize)
+    );
+    let accepted = env.fake.stats().messages_accepted;
+    assert!(
+        accepted >= 300 && accepted <= 300 + unknown,
+        "accepted {accepted}, unknown {unknown}"
+    );
+
+    let log = std::fs::read_to_string(env.dir.path().join("run2.log")).expect("log");
+    assert!(
+        log.contains("their outcome is unknown"),
+        "the restart says what it recovered"
+    );
+}

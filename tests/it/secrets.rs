@@ -1,0 +1,124 @@
+//! The API key appears nowhere: not in the data directory (database, WAL, results), not in the
+//! logs (at debug level), not in any CLI output, also when the API rejects it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::*;
+use nightshift::fake_api::FakeConfig;
+
+const KEY: &str = "sk-ant-api03-SECRETkeyDoNotLeak0123456789";
+
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            hits.extend(files_containing(&path, needle));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle)
+        {
+            hits.push(path.display().to_string());
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_leaks_nowhere() {
+    // The fake accepts only this key, so the calls really carried it.
+    let env = TestEnv::new(
+        FakeConfig {
+            api_key: Some(KEY.to_owned()),
+            ..FakeConfig::default()
+        },
+        "",
+    )
+    .await;
+    let (ids, body) = job_of("secret", 20);
+    env.write_job("secret", &body);
+    let mut daemon = env.spawn_binary_daemon(KEY, "daemon.log");
+    env.wait_done("secret", Duration::from_secs(60)).await;
+    // SAFETY: kill(2) with a pid we own.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().expect("reaped").success());
+    assert_each_once(&env.results("secret"), &ids);
+    assert_eq!(env.fake.stats().messages_accepted, 20);
+
+    // A second job run with a wrong key: the 401 pauses the lane (it would fail every item
+    // alike), the items wait; the key is still nowhere.
+    let wrong = "sk-ant-api03-WRONGkeyAlsoSecret987654321";
+    let (_, body) = job_of("rejected", 3);
+    env.write_job("rejected", &body);
+    let mut daemon = env.spawn_binary_daemon(wrong, "daemon2.log");
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(conn) = nightshift::store::open_read_only(&env.config().db_path())
+            && let Ok(Some(job)) = nightshift::cli::report::job(
+                &conn,
+                &env.config().results_dir(),
+                "rejected",
+                nightshift::store::now_ms(),
+            )
+            && job.calls.blocked >= 1
+        {
+            assert_eq!(
+                job.status.counts.errored, 0,
+                "a refused key does not fail the items"
+            );
+            assert_eq!(job.status.counts.pending, 3);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no blocked call recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().expect("reaped").success());
+    let log2 = std::fs::read_to_string(env.dir.path().join("daemon2.log")).expect("log");
+    assert!(
+        log2.contains("real-time lane pauses"),
+        "the pause is logged"
+    );
+
+    let mut outputs = Vec::new();
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["job", "secret"],
+        vec!["job", "rejected", "--json"],
+    ] {
+        let out = env.cli(&args);
+        assert!(out.status.success());
+        outputs.push(out.stdout);
+        outputs.push(out.stderr);
+    }
+    for key in [KEY, wrong] {
+        let hits = files_containing(env.dir.path(), key.as_bytes());
+        // The config file holds no key either: it came from the environment.
+        assert!(hits.is_empty(), "the key was found in {hits:?}");
+        for output in &outputs {
+            assert!(
+                !String::from_utf8_lossy(output).contains(key),
+                "the key is in CLI output"
+            );
+        }
+    }
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).expect("log");
+    assert!(
+        log.contains("nightshift is running"),
+        "the log is really there"
+    );
+    let report = env.job_json("rejected");
+    // Only the calls already under way when the first 401 came; then the lane paused.
+    assert_eq!(
+        report["calls"]["blocked"], report["calls"]["calls"],
+        "{report}"
+    );
+    assert!(
+        report["calls"]["calls"].as_u64().unwrap_or(0) <= 3,
+        "{report}"
+    );
+}
