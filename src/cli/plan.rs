@@ -127,7 +127,7 @@ impl ApiCounter {
 }
 
 async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Option<u64>> {
-    use crate::api::Outcome;
+    use crate::model::answer::Outcome;
     use std::time::Duration;
     for attempt in 0..8u32 {
         let wait = match client.count_tokens(params).await {
@@ -183,7 +183,7 @@ impl Tally {
             self.items += 1;
             self.input += input;
             self.output += v.max_tokens;
-            let usage = crate::api::Usage {
+            let usage = crate::model::answer::Usage {
                 input_tokens: input,
                 output_tokens: v.max_tokens,
                 ..Default::default()

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::lanes::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
-use crate::store::batches::{self, BatchCounts};
+use crate::model::batch::BatchCounts;
+use crate::store::batches;
 use crate::store::budget::{Rules, TenantBudget};
 use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};

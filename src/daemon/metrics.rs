@@ -19,7 +19,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Outcome;
+use crate::model::answer::Outcome;
 use crate::policy::quota::{ClassSnapshot, Quota};
 use crate::store::facts::{self, TenantTotals};
 

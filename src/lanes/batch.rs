@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiBatch, ApiClient, BatchCall, without_stream};
+use crate::api::ApiClient;
+use crate::api::batches::{ApiBatch, BatchCall};
+use crate::api::messages::without_stream;
 use crate::config::{BatchSettings, Live};
 use crate::store::batches::{self, BatchRow, Replan};
 use crate::store::budget::Rules;

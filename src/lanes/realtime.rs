@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::api::{ApiClient, Outcome};
+use crate::api::ApiClient;
+use crate::model::answer::Outcome;
 use crate::config::{Live, RealtimeSettings};
 use crate::lanes::results;
 use crate::model::job::{ItemState, Lane, Priority};
@@ -664,7 +665,7 @@ fn log_outcome(record: &AttemptRecord, update: &ItemUpdate) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Usage;
+    use crate::model::answer::Usage;
     use serde_json::json;
 
     fn settings() -> RealtimeSettings {

@@ -1,4 +1,6 @@
-//! The words of the job file and of the results format: priorities, modes, deadlines, item states.
-//! No I/O here, and nothing of tokio, rusqlite or reqwest.
+//! The words of the job file and of the results format: priorities, modes, deadlines, item states,
+//! what an answer of the API came to. No I/O here, and nothing of tokio, rusqlite or reqwest.
 
+pub mod answer;
+pub mod batch;
 pub mod job;

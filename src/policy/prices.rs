@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::Usage;
+use crate::model::answer::Usage;
 
 /// Prices of one model, USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn cache_tokens_are_priced_and_sums_are_in_millionths() {
-        let usage = crate::api::Usage {
+        let usage = crate::model::answer::Usage {
             input_tokens: 1_000,
             output_tokens: 100,
             cache_creation_input_tokens: Some(2_000),

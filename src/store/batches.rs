@@ -6,6 +6,7 @@ use super::Result;
 use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
 use crate::lanes::results;
+use crate::model::batch::{ApiState, BatchCounts};
 use crate::model::job::{ItemState, Lane, Mode, Priority};
 use crate::policy::planner;
 
@@ -210,22 +211,6 @@ pub struct BatchRow {
     pub error: Option<String>,
 }
 
-/// The API's `request_counts`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BatchCounts {
-    pub processing: i64,
-    pub succeeded: i64,
-    pub errored: i64,
-    pub canceled: i64,
-    pub expired: i64,
-}
-
-impl BatchCounts {
-    pub fn total(&self) -> i64 {
-        self.processing + self.succeeded + self.errored + self.canceled + self.expired
-    }
-}
-
 const COLUMNS: &str = "b.id, b.job_id, j.name, b.api_id, b.state, b.request_count, b.intent_at, b.api_created_at, \
      b.ended_at, b.processing, b.succeeded, b.errored, b.canceled, b.expired, b.create_unknown, \
      b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error, \
@@ -283,16 +268,6 @@ pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<Stri
     let mut stmt = conn.prepare_cached("SELECT api_id FROM batches WHERE api_id IS NOT NULL")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// What the API said of a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiState {
-    pub api_id: String,
-    pub status: String,
-    pub counts: BatchCounts,
-    pub created_at: Option<i64>,
-    pub ended_at: Option<i64>,
 }
 
 /// Records the API's id (right after the create call, or found by reconciliation) and state.
@@ -636,7 +611,7 @@ struct ResultHead {
 
 #[derive(serde::Deserialize)]
 struct MessageUsage {
-    usage: crate::api::Usage,
+    usage: crate::model::answer::Usage,
 }
 
 /// Applies result lines of a batch. Idempotent: a line whose item is no longer in flight in this

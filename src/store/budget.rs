@@ -343,7 +343,7 @@ mod tests {
         let s = spend(&conn, "acme", NOW).expect("spend");
         assert_eq!(s.reserved, 2 * worst);
 
-        let usage = crate::api::Usage {
+        let usage = crate::model::answer::Usage {
             input_tokens: 10,
             output_tokens: 20,
             ..Default::default()

@@ -356,7 +356,7 @@ pub struct AttemptRecord {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     /// The API's usage of a call it ran; a billed call gets a ledger row.
-    pub usage: Option<crate::api::Usage>,
+    pub usage: Option<crate::model::answer::Usage>,
 }
 
 /// Closes an attempt and moves its item on, in one transaction; a billed call gets its ledger row

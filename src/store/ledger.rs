@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 
 use super::Result;
-use crate::api::Usage;
+use crate::model::answer::Usage;
 use crate::model::job::Lane;
 use crate::policy::prices::PriceTable;
 

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::api::{RateLimitHeaders, Usage};
+use crate::model::answer::{RateLimitHeaders, Usage};
 use crate::config::ModelLimits;
 use crate::model::job::Priority;
 
@@ -202,7 +202,7 @@ impl Bucket {
     /// `tokens`: the dimension counts tokens, whose `remaining` the API rounds to thousands.
     fn correct(
         &mut self,
-        header: &crate::api::DimHeaders,
+        header: &crate::model::answer::DimHeaders,
         uncounted: f64,
         tokens: bool,
         now: Instant,
@@ -734,7 +734,7 @@ pub const TIERS: [&str; 7] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::DimHeaders;
+    use crate::model::answer::DimHeaders;
 
     fn limits(rpm: u64, itpm: u64, otpm: u64) -> ModelLimits {
         ModelLimits {
