@@ -8,8 +8,8 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::lanes::results::results_path;
-use crate::store::attempts::{self, AttemptSummary};
 use crate::model::batch::BatchCounts;
+use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches;
 use crate::store::budget::{Rules, TenantBudget};
 use crate::store::items::{self, Counts};

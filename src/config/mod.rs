@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::policy::quota::ModelLimits;
+
 /// Where the config is looked for when `--config` is not given (and `NIGHTSHIFT_CONFIG` is unset).
 pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["nightshift.toml", "/etc/nightshift/nightshift.toml"];
 /// Where state goes when the config does not say: the systemd `StateDirectory=nightshift`.
@@ -142,16 +144,6 @@ struct RawBatch {
 struct RawDaemon {
     scan_interval_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
-}
-
-/// Per-model limits, per minute, as the API's rate-limit tables give them. A dimension left out is
-/// not paced locally (the API's own 429s and headers still are honoured).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelLimits {
-    pub rpm: Option<u64>,
-    pub itpm: Option<u64>,
-    pub otpm: Option<u64>,
 }
 
 /// The checked configuration the rest of the program uses.

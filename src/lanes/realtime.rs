@@ -12,9 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::api::ApiClient;
-use crate::model::answer::Outcome;
 use crate::config::{Live, RealtimeSettings};
 use crate::lanes::results;
+use crate::model::answer::Outcome;
 use crate::model::job::{ItemState, Lane, Priority};
 use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::policy::window::Gate;

@@ -1,0 +1,180 @@
+//! One token bucket as far as it is known: its limit, its capacity (learned from the answers)
+//! and its level, pessimistic.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Before any answer: assume this much of each limit's refill is in the bucket.
+pub(super) const PROBE_SECS: f64 = 1.0;
+/// Capacity estimates kept per dimension.
+pub(super) const CAPACITY_WINDOW: usize = 32;
+
+/// What is known of one bucket.
+#[derive(Debug, Clone)]
+pub(super) struct Bucket {
+    /// Per-minute limit in force; None: unknown, not paced locally.
+    pub(super) limit: Option<f64>,
+    /// The configured limit, never exceeded by what headers say.
+    pub(super) configured: Option<f64>,
+    /// The limit the API's headers last gave.
+    pub(super) api_limit: Option<f64>,
+    /// Recent capacity estimates; the upper end sizes the reserve.
+    pub(super) capacity_seen: VecDeque<f64>,
+    /// Capacity assumed until an answer says more.
+    pub(super) capacity_assumed: f64,
+    pub(super) level: f64,
+    pub(super) updated: Instant,
+    /// The last `remaining` an answer gave, and when.
+    pub(super) last_remaining: Option<(u64, Instant)>,
+}
+
+impl Bucket {
+    /// `start`: the limit to start from; `cap`: whether it is a ceiling the headers may not
+    /// raise (explicit numbers in the config) or only a first guess (a tier preset).
+    pub(super) fn new(start: Option<u64>, cap: bool, now: Instant) -> Bucket {
+        let limit = start.map(|l| l as f64);
+        let probe = limit.map_or(0.0, |l| (l * PROBE_SECS / 60.0).max(1.0));
+        Bucket {
+            limit,
+            configured: if cap { limit } else { None },
+            api_limit: None,
+            capacity_seen: VecDeque::new(),
+            capacity_assumed: probe,
+            level: probe,
+            updated: now,
+            last_remaining: None,
+        }
+    }
+
+    pub(super) fn rate(&self) -> f64 {
+        self.limit.unwrap_or(0.0) / 60.0
+    }
+
+    /// A reloaded config: the new limit is in force at once (the next answer's headers lower it
+    /// again if the API's is smaller). A changed limit makes capacity estimates stale; the level
+    /// is kept, never above the new starting burst, so a reload cannot cause a burst.
+    pub(super) fn reconfigure(&mut self, start: Option<u64>, cap: bool, now: Instant) {
+        self.refill(now);
+        let start = start.map(|l| l as f64);
+        self.configured = if cap { start } else { None };
+        // What the API's headers said still holds: a ceiling only lowers it, a guess never
+        // replaces it.
+        let limit = match (start, self.api_limit) {
+            (Some(s), Some(api)) if cap => Some(s.min(api)),
+            (_, Some(api)) => Some(api),
+            (s, None) => s,
+        };
+        if limit != self.limit {
+            self.limit = limit;
+            self.capacity_seen.clear();
+            self.capacity_assumed = limit.map_or(0.0, |l| (l * PROBE_SECS / 60.0).max(1.0));
+            self.level = self.level.min(self.capacity_assumed);
+        }
+    }
+
+    /// The burst the bucket holds, upper end of recent estimates: sizes the reserve, so the
+    /// reserve is never too small. (`-reset` is given to the second, so estimates run up to a
+    /// second's refill high.)
+    pub(super) fn capacity(&self) -> f64 {
+        self.capacity_seen
+            .iter()
+            .copied()
+            .fold(self.capacity_assumed, f64::max)
+    }
+
+    /// The lower end of recent estimates: the level is never assumed above it, so a burst after
+    /// an idle spell cannot overshoot the real bucket.
+    pub(super) fn capacity_low(&self) -> f64 {
+        if self.capacity_seen.is_empty() {
+            return self.capacity_assumed;
+        }
+        // A low quantile, not the minimum: one estimate spoilt by a clock off by a second must not
+        // shrink the bucket for the next 32 answers.
+        let mut sorted: Vec<f64> = self.capacity_seen.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 4]
+    }
+
+    pub(super) fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.level = (self.level + elapsed * self.rate()).min(self.capacity_low());
+        self.updated = self.updated.max(now);
+    }
+
+    /// What must be in the bucket to take `cost` above `floor`: all of it, or the whole usable
+    /// part for a call larger than that (the level then goes below the floor and refills).
+    pub(super) fn needed(&self, cost: f64, floor: f64) -> f64 {
+        // Never more than the bucket surely holds: a bucket too small for its reserve admits a
+        // lower class only when full, instead of never.
+        let low = self.capacity_low();
+        (floor + cost.min((low - floor).max(0.0))).min(low)
+    }
+
+    pub(super) fn wait_for(&self, cost: f64, floor: f64) -> Duration {
+        let missing = self.needed(cost, floor) - self.level;
+        if missing <= 0.0 || self.rate() <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((missing / self.rate()).min(3600.0))
+    }
+
+    /// Applies what an answer said: the limit, a capacity estimate, and the level less `uncounted`
+    /// (our calls the answer may not include). Never panics on odd values.
+    /// `tokens`: the dimension counts tokens, whose `remaining` the API rounds to thousands.
+    pub(super) fn correct(
+        &mut self,
+        header: &crate::model::answer::DimHeaders,
+        uncounted: f64,
+        tokens: bool,
+        now: Instant,
+    ) {
+        let api_limit = header.limit.filter(|l| *l > 0).map(|l| l as f64);
+        if api_limit.is_some() {
+            self.api_limit = api_limit;
+        }
+        if let Some(limit) = api_limit {
+            let effective = self.configured.map_or(limit, |c| c.min(limit));
+            if self.limit != Some(effective) {
+                self.limit = Some(effective);
+                // A new limit makes old capacity estimates stale.
+                self.capacity_seen.clear();
+                self.capacity_assumed = (effective * PROBE_SECS / 60.0).max(1.0);
+            }
+        }
+        self.refill(now);
+        let Some(remaining) = header.remaining else {
+            return;
+        };
+        self.last_remaining = Some((remaining, now));
+        // Token counts are rounded to the nearest thousand: the truth may be 500 lower.
+        let remaining = if tokens && remaining >= 1000 && remaining % 1000 == 0 {
+            remaining as f64 - 500.0
+        } else {
+            remaining as f64
+        };
+        // The API's own bucket refills at the API's limit, which may be above ours.
+        let api_rate = api_limit.or(self.limit).unwrap_or(0.0) / 60.0;
+        let plausible = api_limit.is_none_or(|l| remaining <= l);
+        match header.reset_in {
+            // A per-minute bucket is full again within a minute; anything else is not trusted.
+            Some(reset_in) if reset_in > 0.0 && reset_in <= 60.0 && api_rate > 0.0 && plausible => {
+                if self.capacity_seen.len() == CAPACITY_WINDOW {
+                    self.capacity_seen.pop_front();
+                }
+                self.capacity_seen
+                    .push_back(remaining + reset_in * api_rate);
+            }
+            _ if plausible => self.capacity_assumed = self.capacity_assumed.max(remaining),
+            _ => {}
+        }
+        let from_answer = (remaining - uncounted).min(self.capacity_low());
+        let self_capped = matches!((self.configured, api_limit), (Some(c), Some(a)) if c < a);
+        // Under our own, lower limit the API's bucket holds more than we may use: keep our books
+        // and let the answer only lower them (someone else took from the bucket).
+        self.level = if self_capped {
+            self.level.min(from_answer)
+        } else {
+            from_answer
+        };
+    }
+}
