@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::lanes::intake::{ParsedLine, ValidLine, parse_line};
 use crate::model::job::JobDefaults;
+use crate::model::line::{ParsedLine, ValidLine, parse_line};
 
 /// `nightshift plan --json`.
 #[derive(Debug, Serialize, PartialEq)]
@@ -218,7 +218,7 @@ pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> any
     let defaults = if sidecar.is_file() {
         let text = std::fs::read_to_string(&sidecar)
             .with_context(|| format!("reading {}", sidecar.display()))?;
-        JobDefaults::from_sidecar(&text)
+        crate::config::sidecar::job_defaults(&text)
             .map_err(|e| anyhow::anyhow!("{}: {e}", sidecar.display()))?
     } else {
         JobDefaults::default()

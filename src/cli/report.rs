@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::lanes::results::results_path;
+use crate::model::results::results_path;
 use crate::model::batch::BatchCounts;
 use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches;
@@ -296,12 +296,7 @@ pub fn job(
     }))
 }
 
-/// RFC 3339, UTC, to the second.
-pub fn format_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|_| ms.to_string())
-}
+pub use crate::model::time::format_time;
 
 /// "42s", "7m", "3h".
 pub fn format_age(secs: i64) -> String {

@@ -4,6 +4,8 @@
 //! the setting and the file. Relative paths in the file are taken relative to the file's folder, so a
 //! config works the same whatever the working directory.
 
+pub mod sidecar;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -198,7 +198,7 @@ pub async fn run(
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
-    let schedule_task = tokio::spawn(schedule_loop(
+    let schedule_task = tokio::spawn(crate::lanes::schedules::run(
         store.clone(),
         config.jobs_dir.clone(),
         stop_intake.clone(),
@@ -384,41 +384,6 @@ async fn watchdog_loop(store: Store, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
     }
-}
-
-/// Fires recurring jobs when due (checked every second): each run lands in the jobs folder, where
-/// intake takes it in.
-async fn schedule_loop(store: Store, jobs_dir: std::path::PathBuf, stop: CancellationToken) {
-    loop {
-        if let Err(e) = fire_due(&store, &jobs_dir).await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "a schedule could not fire; trying again in a second"
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-async fn fire_due(store: &Store, jobs_dir: &std::path::Path) -> anyhow::Result<()> {
-    let now = now_ms();
-    let due = store
-        .call(move |c| crate::store::schedules::due(c, now))
-        .await?;
-    for row in due {
-        let dir = jobs_dir.to_owned();
-        let name = row.name.clone();
-        let (job, next) =
-            tokio::task::spawn_blocking(move || crate::policy::cron::fire(&row, &dir, now))
-                .await??;
-        store
-            .call(move |c| crate::store::schedules::record_run(c, &name, &job, now, next))
-            .await?;
-    }
-    Ok(())
 }
 
 /// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and

@@ -4,3 +4,4 @@ pub mod batch;
 pub mod intake;
 pub mod realtime;
 pub mod results;
+pub mod schedules;

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::api::ApiClient;
 use crate::config::{Live, RealtimeSettings};
-use crate::lanes::results;
+use crate::model::results;
 use crate::model::answer::Outcome;
 use crate::model::job::{ItemState, Lane, Priority};
 use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};

@@ -1,5 +1,5 @@
-//! Results files: `<data_dir>/results/<job>.jsonl`, one line per input line in the Message Batches
-//! results format, appended as outcomes arrive.
+//! The results writer: appends each job's result lines to `<data_dir>/results/<job>.jsonl` as
+//! outcomes arrive (the lines themselves are made by `model::results`).
 //!
 //! Each final outcome's line is stored with the item (same transaction as the state change). The
 //! [`ResultsWriter`] appends lines not yet written, syncs the file, and only then records the new
@@ -12,65 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::model::results::results_path;
 use crate::store::{Store, items, jobs, now_ms};
-
-/// `{"custom_id": ..., "result": {"type": "succeeded", "message": ...}}`; `message` is raw JSON
-/// (made compact first if it spans lines, as a proxy's pretty-printing would).
-pub fn succeeded_line(custom_id: &str, message_json: &str) -> String {
-    let message = message_json.trim();
-    let compact;
-    let message = if message.contains('\n') {
-        compact = serde_json::from_str::<Value>(message)
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| message.replace(['\n', '\r'], " "));
-        compact.as_str()
-    } else {
-        message
-    };
-    format!(
-        "{{\"custom_id\":{},\"result\":{{\"type\":\"succeeded\",\"message\":{}}}}}",
-        Value::String(custom_id.to_owned()),
-        message
-    )
-}
-
-/// `{"custom_id": ..., "result": {"type": "canceled"}}`.
-pub fn canceled_line(custom_id: Option<&str>) -> String {
-    json!({"custom_id": custom_id, "result": {"type": "canceled"}}).to_string()
-}
-
-/// `{"custom_id": ..., "result": {"type": "expired"}}`.
-pub fn expired_line(custom_id: Option<&str>) -> String {
-    json!({"custom_id": custom_id, "result": {"type": "expired"}}).to_string()
-}
-
-/// An `errored` line carrying the API's own error body (`{"type":"error","error":{...},...}`).
-pub fn api_errored_line(custom_id: Option<&str>, error_body: &Value) -> String {
-    json!({"custom_id": custom_id, "result": {"type": "errored", "error": error_body}}).to_string()
-}
-
-/// An `errored` line for an error nightshift found itself (invalid input, attempts exhausted).
-/// `details` says more for programs (file, line, field).
-pub fn errored_line(
-    custom_id: Option<&str>,
-    error_type: &str,
-    message: &str,
-    details: Option<Value>,
-) -> String {
-    let mut inner = json!({"type": error_type, "message": message});
-    if let Some(details) = details {
-        inner["details"] = details;
-    }
-    api_errored_line(custom_id, &json!({"type": "error", "error": inner}))
-}
-
-pub fn results_path(results_dir: &Path, job_name: &str) -> PathBuf {
-    results_dir.join(format!("{job_name}.jsonl"))
-}
 
 /// Appends written outcomes to the results files.
 pub struct ResultsWriter {
@@ -226,32 +172,3 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
     file.sync_all()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_have_the_batch_results_shape() {
-        let line = succeeded_line("a-1", r#"{"id":"msg_1","type":"message"}"#);
-        let v: Value = serde_json::from_str(&line).expect("json");
-        assert_eq!(v["custom_id"], "a-1");
-        assert_eq!(v["result"]["type"], "succeeded");
-        assert_eq!(v["result"]["message"]["id"], "msg_1");
-
-        let line = errored_line(
-            None,
-            "invalid_request_error",
-            "x.jsonl line 3: bad",
-            Some(json!({"line": 3})),
-        );
-        let v: Value = serde_json::from_str(&line).expect("json");
-        assert!(v["custom_id"].is_null());
-        assert_eq!(v["result"]["type"], "errored");
-        assert_eq!(v["result"]["error"]["type"], "error");
-        assert_eq!(
-            v["result"]["error"]["error"]["type"],
-            "invalid_request_error"
-        );
-        assert_eq!(v["result"]["error"]["error"]["details"]["line"], 3);
-    }
-}

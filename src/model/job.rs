@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use super::time::parse_duration_ms;
 
 /// Who waits for the result. Higher classes are admitted first; lower ones leave headroom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -118,36 +118,6 @@ impl FromStr for Deadline {
     }
 }
 
-/// Parses durations such as `45s`, `90m`, `2h`, `1d`, `1h30m` into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.is_empty() {
-        return None;
-    }
-    let mut total: i64 = 0;
-    let mut number = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit_ms: i64 = match c {
-            's' => 1_000,
-            'm' => 60_000,
-            'h' => 3_600_000,
-            'd' => 86_400_000,
-            _ => return None,
-        };
-        let n: i64 = number.parse().ok()?;
-        number.clear();
-        total = total.checked_add(n.checked_mul(unit_ms)?)?;
-    }
-    if !number.is_empty() || total <= 0 {
-        return None;
-    }
-    Some(total)
-}
-
 /// A job's defaults, from its sidecar `<job>.toml`; each line may override them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDefaults {
@@ -166,77 +136,6 @@ impl Default for JobDefaults {
             mode: Mode::Auto,
             deadline: None,
         }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSidecar {
-    tenant: Option<String>,
-    priority: Option<String>,
-    mode: Option<String>,
-    deadline: Option<String>,
-    schedule: Option<String>,
-    timezone: Option<String>,
-}
-
-/// A sidecar manifest: the job's defaults, and for a template, its schedule.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub defaults: JobDefaults,
-    /// `schedule` (a cron expression, checked) and `timezone` (an IANA name, or the machine's).
-    pub schedule: Option<(String, Option<String>)>,
-}
-
-impl Manifest {
-    /// Parses a sidecar. Errors name the setting.
-    pub fn parse(text: &str) -> Result<Manifest, String> {
-        let raw: RawSidecar =
-            toml::from_str(text).map_err(|e| crate::config::toml_error(&e, text))?;
-        let schedule = match (raw.schedule.clone(), raw.timezone.clone()) {
-            (None, None) => None,
-            (None, Some(_)) => return Err("`timezone` is only used with `schedule`".into()),
-            (Some(expr), tz) => {
-                crate::policy::cron::CronSchedule::parse(&expr, tz.as_deref())
-                    .map_err(|e| format!("`schedule` {e}"))?;
-                Some((expr, tz))
-            }
-        };
-        let defaults = JobDefaults::from_raw(raw)?;
-        if schedule.is_some()
-            && let Some((text, Deadline::At(_))) = &defaults.deadline
-        {
-            return Err(format!(
-                "`deadline` is {text:?}, a fixed time; a template with a `schedule` needs a duration \
-                 (e.g. \"6h\"), counted from each run"
-            ));
-        }
-        Ok(Manifest { defaults, schedule })
-    }
-}
-
-impl JobDefaults {
-    /// Parses a sidecar manifest's job defaults. Errors name the setting.
-    pub fn from_sidecar(text: &str) -> Result<JobDefaults, String> {
-        Manifest::parse(text).map(|m| m.defaults)
-    }
-
-    fn from_raw(raw: RawSidecar) -> Result<JobDefaults, String> {
-        let mut defaults = JobDefaults::default();
-        if let Some(tenant) = raw.tenant {
-            defaults.tenant = check_tenant(&tenant).map_err(|e| format!("`tenant` {e}"))?;
-        }
-        if let Some(p) = raw.priority {
-            defaults.priority = p.parse().map_err(|e| format!("`priority` {e}"))?;
-        }
-        if let Some(m) = raw.mode {
-            defaults.mode = m.parse().map_err(|e| format!("`mode` {e}"))?;
-        }
-        if let Some(d) = raw.deadline {
-            let parsed = d.parse().map_err(|e| format!("`deadline` {e}"))?;
-            defaults.deadline = Some((d, parsed));
-        }
-        Ok(defaults)
     }
 }
 
@@ -324,18 +223,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration_ms("2h"), Some(7_200_000));
-        assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
-        assert_eq!(parse_duration_ms("1d"), Some(86_400_000));
-        assert_eq!(parse_duration_ms("45s"), Some(45_000));
-        assert_eq!(parse_duration_ms("2"), None);
-        assert_eq!(parse_duration_ms("h"), None);
-        assert_eq!(parse_duration_ms("0m"), None);
-        assert_eq!(parse_duration_ms("2w"), None);
-    }
-
-    #[test]
     fn deadlines_parse_absolute_and_relative() {
         assert_eq!(
             "2026-11-24T06:00:00Z".parse::<Deadline>(),
@@ -344,38 +231,6 @@ mod tests {
         assert_eq!("2h".parse::<Deadline>(), Ok(Deadline::After(7_200_000)));
         assert_eq!(Deadline::After(1000).resolve(5), 1005);
         assert!("tomorrow".parse::<Deadline>().is_err());
-    }
-
-    #[test]
-    fn sidecar_parses_and_rejects_unknown_keys() {
-        let d =
-            JobDefaults::from_sidecar("tenant = \"acme\"\npriority = \"high\"\ndeadline = \"4h\"")
-                .expect("valid sidecar");
-        assert_eq!(d.tenant, "acme");
-        assert_eq!(d.priority, Priority::High);
-        assert_eq!(d.mode, Mode::Auto);
-        assert_eq!(d.deadline, Some(("4h".into(), Deadline::After(14_400_000))));
-        let err = JobDefaults::from_sidecar("tennant = \"x\"").expect_err("unknown key");
-        assert!(err.contains("tennant"), "{err}");
-        let err = JobDefaults::from_sidecar("priority = \"urgent\"").expect_err("bad value");
-        assert!(err.contains("`priority`"), "{err}");
-    }
-
-    #[test]
-    fn a_template_manifest_has_a_checked_schedule_and_a_relative_deadline() {
-        let m = Manifest::parse("schedule = \"0 2 * * *\"\ntimezone = \"UTC\"\ndeadline = \"6h\"")
-            .expect("valid template");
-        assert_eq!(m.schedule, Some(("0 2 * * *".into(), Some("UTC".into()))));
-        let err = Manifest::parse("schedule = \"0 2 * * *\"\ndeadline = \"2026-12-01T00:00:00Z\"")
-            .expect_err("a fixed deadline");
-        assert!(
-            err.contains("`deadline`") && err.contains("duration"),
-            "{err}"
-        );
-        let err = Manifest::parse("timezone = \"UTC\"").expect_err("no schedule");
-        assert!(err.contains("`timezone`"), "{err}");
-        let err = Manifest::parse("schedule = \"soon\"").expect_err("bad cron");
-        assert!(err.contains("`schedule`"), "{err}");
     }
 
     #[test]

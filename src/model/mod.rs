@@ -4,3 +4,6 @@
 pub mod answer;
 pub mod batch;
 pub mod job;
+pub mod line;
+pub mod results;
+pub mod time;

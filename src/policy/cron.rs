@@ -10,18 +10,13 @@
 //! becomes 03:30), a time repeated by the autumn fall-back fires once.
 //!
 //! Fire times are computed by the pure [`CronSchedule::next_after`]; the scheduler's clock is
-//! passed in ([`tick`]), so tests can move time.
+//! passed in, so tests can move time. The scheduler that fires them is `lanes::schedules`.
 
-use std::path::Path;
 use std::str::FromStr;
 
-use anyhow::Context;
 use jiff::Timestamp;
 use jiff::civil::DateTime as CivilDateTime;
 use jiff::tz::TimeZone;
-
-use crate::model::job::JobDefaults;
-use crate::store::schedules::ScheduleRow;
 
 /// A parsed cron expression in a time zone.
 #[derive(Debug, Clone)]
@@ -116,77 +111,18 @@ pub fn run_name(schedule: &str, at_ms: i64) -> String {
     format!("{schedule}-{stamp}")
 }
 
-/// Writes the run of a due schedule (see [`crate::store::schedules::due`]) into `jobs_dir`: sidecar first, then
-/// the job file, each by rename. Returns the run's job name and the next fire time after `now`,
-/// for [`crate::store::schedules::record_run`]: a run missed while the daemon was down fires once, late, and the
-/// ones before it are skipped. File I/O only (the daemon runs it off the store's thread).
-pub fn fire(row: &ScheduleRow, jobs_dir: &Path, now: i64) -> anyhow::Result<(String, Option<i64>)> {
-    let name = run_name(&row.name, row.next_run_at.unwrap_or(now));
-    write_run(row, jobs_dir, &name).with_context(|| format!("running schedule {:?}", row.name))?;
-    let next = next_run(row, now);
-    tracing::info!(schedule = %row.name, job = %name, next = ?next.map(format_ms), "schedule fired");
-    Ok((name, next))
-}
-
-/// The next fire time of a stored schedule after `now` (None: never again, or unreadable).
-pub fn next_run(row: &ScheduleRow, now: i64) -> Option<i64> {
-    let schedule = CronSchedule::parse(&row.expr, row.timezone.as_deref()).ok()?;
+/// The next fire time of a schedule (`expr` in `tz`) after `now` (None: never again, or
+/// unreadable).
+pub fn next_run(expr: &str, tz: Option<&str>, now: i64) -> Option<i64> {
+    let schedule = CronSchedule::parse(expr, tz).ok()?;
     schedule
         .next_after(Timestamp::from_millisecond(now).ok()?)
         .map(|t| t.as_millisecond())
 }
 
-fn write_run(row: &ScheduleRow, jobs_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let template = Path::new(&row.template_path);
-    // The sidecar goes first, so the job file never arrives without it.
-    let sidecar = jobs_dir.join(format!(".{name}.toml.part"));
-    std::fs::write(&sidecar, &row.defaults_toml)?;
-    std::fs::rename(&sidecar, jobs_dir.join(format!("{name}.toml")))?;
-    let part = jobs_dir.join(format!(".{name}.jsonl.part"));
-    std::fs::copy(template, &part)
-        .with_context(|| format!("copying the template {}", template.display()))?;
-    std::fs::File::open(&part)?.sync_all()?;
-    std::fs::rename(&part, jobs_dir.join(format!("{name}.jsonl")))?;
-    Ok(())
-}
-
-fn format_ms(ms: i64) -> String {
-    Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
-}
-
-/// The job defaults as a sidecar, for each run (the template's own sidecar minus its schedule).
-pub fn defaults_toml(defaults: &JobDefaults) -> String {
-    let mut out = format!(
-        "tenant = {}\npriority = \"{}\"\nmode = \"{}\"\n",
-        toml_string(&defaults.tenant),
-        defaults.priority.as_str(),
-        defaults.mode.as_str()
-    );
-    if let Some((text, _)) = &defaults.deadline {
-        out.push_str(&format!("deadline = {}\n", toml_string(text)));
-    }
-    out
-}
-
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_owned()).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{schedules, test_connection};
-
-    /// What the daemon's scheduler does each second, on one connection: fire what is due, record it.
-    fn tick(conn: &rusqlite::Connection, jobs_dir: &Path, now: i64) -> anyhow::Result<Vec<String>> {
-        let mut fired = Vec::new();
-        for row in schedules::due(conn, now)? {
-            let (job, next) = fire(&row, jobs_dir, now)?;
-            schedules::record_run(conn, &row.name, &job, now, next)?;
-            fired.push(job);
-        }
-        Ok(fired)
-    }
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
@@ -244,84 +180,5 @@ mod tests {
     fn runs_are_named_by_their_fire_time() {
         let ms = at("2026-11-24T02:00:00Z").as_millisecond();
         assert_eq!(run_name("summary", ms), "summary-20261124T020000Z");
-    }
-
-    #[test]
-    fn a_schedule_fires_at_its_time_and_not_before() {
-        let conn = test_connection();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (jobs, templates) = (dir.path().join("jobs"), dir.path().join("templates"));
-        std::fs::create_dir_all(&jobs).expect("jobs");
-        std::fs::create_dir_all(&templates).expect("templates");
-        let template = templates.join("summary.jsonl");
-        std::fs::write(&template, "{\"custom_id\":\"a\"}\n").expect("template");
-        let registered = at("2026-11-23T12:00:00Z").as_millisecond();
-        let mut row = ScheduleRow {
-            name: "summary".into(),
-            expr: "0 2 * * *".into(),
-            timezone: Some("Europe/Paris".into()),
-            template_path: template.display().to_string(),
-            defaults_toml: defaults_toml(&JobDefaults::default()),
-            next_run_at: None,
-            last_run_at: None,
-            last_job: None,
-            runs: 0,
-        };
-        row.next_run_at = next_run(&row, registered);
-        // 02:00 in Paris in November is 01:00 UTC.
-        let due = at("2026-11-24T01:00:00Z").as_millisecond();
-        assert_eq!(row.next_run_at, Some(due));
-        schedules::upsert(&conn, &row, registered).expect("upsert");
-
-        let just_before = due - 1_000;
-        assert!(tick(&conn, &jobs, just_before).expect("tick").is_empty());
-        let fired = tick(&conn, &jobs, due).expect("tick");
-        assert_eq!(fired, vec!["summary-20261124T010000Z".to_owned()]);
-        let run = jobs.join("summary-20261124T010000Z.jsonl");
-        assert_eq!(
-            std::fs::read_to_string(&run).expect("the run's job file"),
-            "{\"custom_id\":\"a\"}\n"
-        );
-        let sidecar = std::fs::read_to_string(jobs.join("summary-20261124T010000Z.toml"))
-            .expect("the run's sidecar");
-        assert!(JobDefaults::from_sidecar(&sidecar).is_ok(), "{sidecar}");
-        assert!(
-            tick(&conn, &jobs, due + 1_000).expect("tick").is_empty(),
-            "once"
-        );
-        let stored = &schedules::list(&conn).expect("list")[0];
-        assert_eq!(stored.runs, 1);
-        assert_eq!(
-            stored.next_run_at,
-            Some(at("2026-11-25T01:00:00Z").as_millisecond())
-        );
-    }
-
-    #[test]
-    fn runs_missed_while_down_fire_once_late() {
-        let conn = test_connection();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let template = dir.path().join("t.jsonl");
-        std::fs::write(&template, "").expect("template");
-        let row = ScheduleRow {
-            name: "hourly".into(),
-            expr: "0 * * * *".into(),
-            timezone: Some("UTC".into()),
-            template_path: template.display().to_string(),
-            defaults_toml: String::new(),
-            next_run_at: Some(at("2026-11-23T01:00:00Z").as_millisecond()),
-            last_run_at: None,
-            last_job: None,
-            runs: 0,
-        };
-        schedules::upsert(&conn, &row, 0).expect("upsert");
-        // Down from 00:30 to 05:10: one late run, then the next hour.
-        let back = at("2026-11-23T05:10:00Z").as_millisecond();
-        let fired = tick(&conn, dir.path(), back).expect("tick");
-        assert_eq!(fired, vec!["hourly-20261123T010000Z".to_owned()]);
-        assert_eq!(
-            schedules::list(&conn).expect("list")[0].next_run_at,
-            Some(at("2026-11-23T06:00:00Z").as_millisecond())
-        );
     }
 }

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::Result;
 use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
-use crate::lanes::results;
+use crate::model::results;
 use crate::model::batch::{ApiState, BatchCounts};
 use crate::model::job::{ItemState, Lane, Mode, Priority};
 use crate::policy::planner;

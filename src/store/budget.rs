@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
-use crate::lanes::results;
+use crate::model::results;
 use crate::model::job::Lane;
 use crate::policy::budget::{self, Call, Decision, Spend};
 use crate::policy::prices::PriceTable;

@@ -5,9 +5,9 @@ use serde_json::json;
 
 use super::Result;
 use super::budget::{Admission, Rules};
-use crate::lanes::intake::ParsedLine;
-use crate::lanes::results;
+use crate::model::results;
 use crate::model::job::{ItemState, Lane};
+use crate::model::line::ParsedLine;
 use crate::policy::planner;
 use crate::policy::prices::PriceTable;
 
@@ -580,8 +580,8 @@ mod tests {
             other => panic!("not sent: {other:?}"),
         }
     }
-    use crate::lanes::intake::parse_line;
     use crate::model::job::JobDefaults;
+    use crate::model::line::parse_line;
     use crate::store::{jobs, test_connection};
 
     fn job(conn: &Connection) -> i64 {

@@ -393,8 +393,8 @@ pub fn test_connection() -> Connection {
 /// A job named `j` with `lines` taken in (and planned) as intake would, for unit tests.
 #[cfg(test)]
 pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
-    use crate::lanes::intake::parse_line;
     use crate::model::job::JobDefaults;
+    use crate::model::line::parse_line;
     let job = jobs::create(
         conn,
         &jobs::NewJob {
