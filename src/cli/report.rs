@@ -7,8 +7,8 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::model::results::results_path;
 use crate::model::batch::BatchCounts;
+use crate::model::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches;
 use crate::store::budget::{Rules, TenantBudget};

@@ -13,9 +13,9 @@ use tracing::Instrument;
 
 use crate::api::ApiClient;
 use crate::config::{Live, RealtimeSettings};
-use crate::model::results;
 use crate::model::answer::Outcome;
 use crate::model::job::{ItemState, Lane, Priority};
+use crate::model::results;
 use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::policy::window::Gate;
 use crate::store::budget::{Admission, Rules};

@@ -171,4 +171,3 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
     file.set_len(len)?;
     file.sync_all()
 }
-

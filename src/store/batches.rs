@@ -5,9 +5,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::Result;
 use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
-use crate::model::results;
 use crate::model::batch::{ApiState, BatchCounts};
 use crate::model::job::{ItemState, Lane, Mode, Priority};
+use crate::model::results;
 use crate::policy::planner;
 
 /// Batch turnarounds (creation to end, ms) of the most recent ended batches.

@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
-use crate::model::results;
 use crate::model::job::Lane;
+use crate::model::results;
 use crate::policy::budget::{self, Call, Decision, Spend};
 use crate::policy::prices::PriceTable;
 

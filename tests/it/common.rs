@@ -184,10 +184,7 @@ impl TestEnv {
     /// Waits until at least `n` items of the job have succeeded.
     pub async fn wait_succeeded(&self, job: &str, n: u64, timeout: Duration) {
         let started = Instant::now();
-        while !self
-            .job_status(job)
-            .is_some_and(|j| j.counts.succeeded >= n)
-        {
+        while self.job_status(job).is_none_or(|j| j.counts.succeeded < n) {
             assert!(
                 started.elapsed() < timeout,
                 "{job}: fewer than {n} succeeded after {timeout:?}"
