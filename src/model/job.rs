@@ -1,7 +1,6 @@
 //! The words of the job file format: priority, mode, deadline, job defaults, item states and lanes.
 //! Each enum maps to and from the string stored in SQLite and written in job files.
 
-use std::fmt;
 use std::str::FromStr;
 
 use super::time::parse_duration_ms;
@@ -149,75 +148,6 @@ pub fn check_tenant(tenant: &str) -> Result<String, String> {
     Ok(tenant.to_owned())
 }
 
-/// Where an item is in its life. Mirrors `items.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ItemState {
-    Pending,
-    InFlight,
-    Succeeded,
-    Errored,
-    Expired,
-    Canceled,
-}
-
-impl ItemState {
-    pub const ALL: [ItemState; 6] = [
-        ItemState::Pending,
-        ItemState::InFlight,
-        ItemState::Succeeded,
-        ItemState::Errored,
-        ItemState::Expired,
-        ItemState::Canceled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemState::Pending => "pending",
-            ItemState::InFlight => "in_flight",
-            ItemState::Succeeded => "succeeded",
-            ItemState::Errored => "errored",
-            ItemState::Expired => "expired",
-            ItemState::Canceled => "canceled",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, ItemState::Pending | ItemState::InFlight)
-    }
-}
-
-impl FromStr for ItemState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ItemState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown item state {s:?}"))
-    }
-}
-
-impl fmt::Display for ItemState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The two ways to the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    Realtime,
-    Batch,
-}
-
-impl Lane {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Realtime => "realtime",
-            Lane::Batch => "batch",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,9 +168,6 @@ mod tests {
         for p in Priority::ALL {
             assert_eq!(p.as_str().parse::<Priority>(), Ok(p));
             assert_eq!(Priority::from_rank(p.rank()), p);
-        }
-        for s in ItemState::ALL {
-            assert_eq!(s.as_str().parse::<ItemState>(), Ok(s));
         }
     }
 }

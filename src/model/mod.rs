@@ -6,4 +6,5 @@ pub mod batch;
 pub mod job;
 pub mod line;
 pub mod results;
+pub mod state;
 pub mod time;

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::model::job::Lane;
+use crate::model::state::Lane;
 
 /// What happens to a call that would cross a cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,8 @@
 //! A pure function of the item and what is known of the lanes; nothing here reads a clock or the
 //! database.
 
-use crate::model::job::{Lane, Mode, Priority};
+use crate::model::job::{Mode, Priority};
+use crate::model::state::Lane;
 
 /// The real-time lane's requests per minute for a model, if known (configured or learned).
 pub type RpmFor = std::sync::Arc<dyn Fn(&str) -> Option<u64> + Send + Sync>;

@@ -6,8 +6,9 @@ use super::Result;
 use super::budget::{Admission, Rules};
 use super::items::AttemptRecord;
 use crate::model::batch::{ApiState, BatchCounts};
-use crate::model::job::{ItemState, Lane, Mode, Priority};
+use crate::model::job::{Mode, Priority};
 use crate::model::results;
+use crate::model::state::{ItemState, Lane};
 use crate::policy::planner;
 
 /// Batch turnarounds (creation to end, ms) of the most recent ended batches.

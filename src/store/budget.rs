@@ -7,8 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
-use crate::model::job::Lane;
 use crate::model::results;
+use crate::model::state::Lane;
 use crate::policy::budget::{self, Call, Decision, Spend};
 use crate::policy::prices::PriceTable;
 
@@ -354,7 +354,7 @@ mod tests {
             ..Default::default()
         };
         let done = ItemUpdate::Final {
-            state: crate::model::job::ItemState::Succeeded,
+            state: crate::model::state::ItemState::Succeeded,
             result_line: "{}".into(),
             error: None,
         };

@@ -5,9 +5,9 @@ use serde_json::json;
 
 use super::Result;
 use super::budget::{Admission, Rules};
-use crate::model::job::{ItemState, Lane};
 use crate::model::line::ParsedLine;
 use crate::model::results;
+use crate::model::state::{ItemState, Lane};
 use crate::policy::planner;
 use crate::policy::prices::PriceTable;
 

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::Result;
 use crate::model::answer::Usage;
-use crate::model::job::Lane;
+use crate::model::state::Lane;
 use crate::policy::prices::PriceTable;
 
 /// Records a billed call of `item_id` (its tenant, job and model come from the item). Cost is in

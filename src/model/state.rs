@@ -1,0 +1,132 @@
+//! States as the database stores them: each enum maps to and from the string in its column
+//! (`items.state`, `items.lane`, `attempts.outcome`, `batches.state`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Where an item is in its life. Mirrors `items.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemState {
+    Pending,
+    InFlight,
+    Succeeded,
+    Errored,
+    Expired,
+    Canceled,
+}
+
+impl ItemState {
+    pub const ALL: [ItemState; 6] = [
+        ItemState::Pending,
+        ItemState::InFlight,
+        ItemState::Succeeded,
+        ItemState::Errored,
+        ItemState::Expired,
+        ItemState::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemState::Pending => "pending",
+            ItemState::InFlight => "in_flight",
+            ItemState::Succeeded => "succeeded",
+            ItemState::Errored => "errored",
+            ItemState::Expired => "expired",
+            ItemState::Canceled => "canceled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, ItemState::Pending | ItemState::InFlight)
+    }
+}
+
+impl FromStr for ItemState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ItemState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown item state {s:?}"))
+    }
+}
+
+impl fmt::Display for ItemState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The two ways to the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Realtime,
+    Batch,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Realtime => "realtime",
+            Lane::Batch => "batch",
+        }
+    }
+}
+
+/// How one attempt ended. Mirrors `attempts.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// A rate-limit 429: waited out, not a failure.
+    RateLimited,
+    /// The account is refused (spend cap, usage limit, key): paused, not a failure.
+    Blocked,
+    /// A 5xx, 529, 408 or 409: backed off and sent again.
+    Retryable,
+    /// The connection failed before the request went out: it never reached the API.
+    NotSent,
+    /// Sent, but no usable answer came back: the API may have run it. The safe reading of an
+    /// attempt not yet classified.
+    #[default]
+    Unknown,
+    /// The request itself is wrong.
+    Fatal,
+    /// A batch expired before processing it.
+    Expired,
+    /// Its batch (or job) was canceled.
+    Canceled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::Blocked => "blocked",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::NotSent => "not_sent",
+            AttemptOutcome::Unknown => "unknown",
+            AttemptOutcome::Fatal => "fatal",
+            AttemptOutcome::Expired => "expired",
+            AttemptOutcome::Canceled => "canceled",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn item_states_round_trip_their_strings() {
+        for s in ItemState::ALL {
+            assert_eq!(s.as_str().parse::<ItemState>(), Ok(s));
+        }
+    }
+}
