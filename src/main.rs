@@ -86,7 +86,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(flags) if flags.watch => {
             let config = Config::locate(cli.config.as_deref())?;
-            let rules = store::budget::Rules::from_config(&config);
+            let rules = nightshift::lanes::admission::Rules::from_config(&config);
             let results_dir = config.results_dir();
             anyhow::ensure!(
                 flags.interval.is_finite(),
@@ -112,7 +112,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = report::status(
                 &conn,
                 &config.results_dir(),
-                &store::budget::Rules::from_config(&config),
+                &nightshift::lanes::admission::Rules::from_config(&config),
                 store::now_ms(),
             )?;
             print_report(flags.json, &status, |r| r.to_text())?;

@@ -7,11 +7,12 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
+use crate::lanes::admission::Rules;
 use crate::model::batch::BatchCounts;
 use crate::model::results::results_path;
 use crate::store::attempts::{self, AttemptSummary};
 use crate::store::batches;
-use crate::store::budget::{Rules, TenantBudget};
+use crate::store::budget::TenantBudget;
 use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};
 

@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiClient, ApiKey};
 use crate::config::{Config, Live};
 use crate::daemon::systemd::Notifier;
+use crate::lanes::admission::Rules;
 use crate::lanes::batch::BatchLane;
 use crate::lanes::intake::Intake;
 use crate::lanes::realtime::RealtimeLane;
 use crate::lanes::results::ResultsWriter;
 use crate::policy::quota::{Quota, QuotaSettings};
-use crate::store::budget::Rules;
 use crate::store::{Store, items, now_ms};
 
 /// A daemon running inside this process (the demo, the benchmarks, the tests).

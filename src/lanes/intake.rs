@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::sidecar::Manifest;
 use crate::model::job::JobDefaults;
-use crate::model::line::{LineError, ParsedLine, parse_line, valid_job_name};
+use crate::model::line::{LineError, ParsedLine, ValidLine, parse_line, valid_job_name};
+use crate::policy::planner;
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
 /// Lines per intake transaction, at most.
@@ -495,12 +496,19 @@ fn submit_chunk(
     let file = file.to_owned();
     let rpm_for = intake.rpm_for.clone();
     intake.store.submit(move |conn| {
-        let plan = store::items::PlanContext {
-            now: now_ms(),
-            job_items: progress.items_estimate,
-            rpm_for: &*rpm_for,
+        // Read what the planner needs, decide each line's lane, write: one transaction.
+        let now = now_ms();
+        let turnaround = store::batches::turnaround_ms(conn)?;
+        let plan = |line: &ValidLine| {
+            let lanes = planner::LaneFacts {
+                now,
+                batch_turnaround_ms: turnaround,
+                job_items: progress.items_estimate,
+                realtime_rpm: rpm_for(&line.model),
+            };
+            planner::decide_line(line, &lanes)
         };
-        store::items::insert_chunk(conn, job_id, &file, &chunk, &plan)?;
+        store::items::insert_chunk(conn, job_id, &file, &chunk, now, &plan)?;
         jobs::record_intake_progress(
             conn,
             job_id,

@@ -1,5 +1,6 @@
 //! The lanes: intake, real-time, batch, results writer.
 
+pub mod admission;
 pub mod batch;
 pub mod intake;
 pub mod realtime;

@@ -1,11 +1,11 @@
 //! The real-time lane: takes ready items highest priority first, admits them under the quota and a
 //! concurrency cap, marks them in flight (committed before anything is sent), sends, and records
-//! each outcome in one transaction. What to do with an answer is decided by the pure [`decide`].
+//! each outcome in one transaction. What to do with an answer is decided by the pure
+//! `policy::realtime::decide`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,19 +13,18 @@ use tracing::Instrument;
 
 use crate::api::ApiClient;
 use crate::config::{Live, RealtimeSettings};
+use crate::lanes::admission::{self, Admission, Rules};
 use crate::model::answer::Outcome;
 use crate::model::job::Priority;
-use crate::model::results;
-use crate::model::state::{ItemState, Lane};
+use crate::model::state::{AttemptOutcome, Lane};
+use crate::policy::outcome::{AttemptRecord, BLOCKED_WAIT, ItemUpdate};
 use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
+use crate::policy::realtime::{Attempt, backoff_delay, decide};
 use crate::policy::window::Gate;
-use crate::store::budget::{Admission, Rules};
-use crate::store::items::{self, AttemptRecord, Dispatch, ItemUpdate, Marked};
+use crate::store::items::{self, Dispatch};
 use crate::store::quota::ThrottleEvent;
 use crate::store::{Store, now_ms};
 
-/// How long the lane pauses when the account is blocked (spend cap, usage limit, key refused).
-const BLOCKED_WAIT: Duration = Duration::from_secs(300);
 /// Outside its window, `when_idle` work goes while the latest answers (this recent) left at least
 /// this share of every limit: the org's quota is idle, no one else is using it.
 const IDLE_FRESH: Duration = Duration::from_secs(30);
@@ -222,14 +221,7 @@ impl RealtimeLane {
                 let now = now_ms();
                 let mut out = Vec::with_capacity(sends.len());
                 for (id, sent_with) in sends {
-                    out.push(items::mark_in_flight(
-                        c,
-                        id,
-                        Lane::Realtime,
-                        sent_with,
-                        &rules,
-                        now,
-                    )?);
+                    out.push(mark(c, id, sent_with, &rules, now)?);
                 }
                 Ok(out)
             })
@@ -454,8 +446,17 @@ impl RealtimeLane {
             }
         }
         self.record_throttle(&dispatch, &ticket, &outcome).await;
-        let backoff = backoff_delay(&self.settings, dispatch.failures as u32);
-        let (record, update) = decide(&dispatch, &outcome, &self.settings, backoff, now_ms());
+        let backoff = backoff_delay(
+            self.settings.backoff_min,
+            self.settings.backoff_max,
+            dispatch.failures as u32,
+        );
+        let attempt = Attempt {
+            custom_id: &dispatch.custom_id,
+            failures: dispatch.failures,
+            max_attempts: self.settings.max_attempts,
+        };
+        let (record, update) = decide(&attempt, &outcome, backoff, now_ms());
         log_outcome(&record, &update);
         drop(permit);
         let (item_id, attempt_id) = (dispatch.item_id, dispatch.attempt_id);
@@ -500,335 +501,61 @@ impl RealtimeLane {
     }
 }
 
-/// The delay before retry number `failures + 1`: exponential from `backoff_min`, capped at
-/// `backoff_max`, with jitter (backon's: up to one more step at random).
-pub fn backoff_delay(settings: &RealtimeSettings, failures: u32) -> Duration {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(settings.backoff_min)
-        .with_max_delay(settings.backoff_max)
-        .with_factor(2.0)
-        .with_jitter()
-        .with_max_times(failures as usize + 1)
-        .build()
-        .nth(failures as usize)
-        .unwrap_or(settings.backoff_max)
-        .min(settings.backoff_max)
+/// What [`mark`] did with an admitted item.
+#[derive(Debug, Clone)]
+pub enum Marked {
+    /// In flight: send it.
+    InFlight(Dispatch),
+    /// No longer pending (canceled meanwhile).
+    NotPending,
+    /// Its tenant's budget stopped it (see [`Admission`]).
+    Budget(Admission),
 }
 
-/// Decides what an outcome means for the item. Pure: `backoff` and `now` (Unix ms) are given.
-pub fn decide(
-    dispatch: &Dispatch,
-    outcome: &Outcome,
-    settings: &RealtimeSettings,
-    backoff: Duration,
+/// In the sending transaction: checks a pending item against its tenant's budget, then marks it
+/// in flight with its attempt row, before anything is sent. `sent_with`: the class's concurrency
+/// and the input estimate at admission, kept for diagnosis.
+pub fn mark(
+    conn: &rusqlite::Connection,
+    item_id: i64,
+    sent_with: (i64, i64),
+    rules: &Rules,
     now: i64,
-) -> (AttemptRecord, ItemUpdate) {
-    let ms = |d: Duration| d.as_millis() as i64;
-    let custom_id = dispatch.custom_id.as_str();
-    let mut record = AttemptRecord {
-        request_id: outcome.request_id().map(str::to_owned),
-        ..Default::default()
-    };
-    // A failure that counts toward the cap: retry after the backoff (or retry-after, if longer),
-    // unless this was the last attempt allowed.
-    let failed = |record: &mut AttemptRecord,
-                  status: Option<u16>,
-                  retry_after: Option<Duration>,
-                  why: &str| {
-        let failures = dispatch.failures + 1;
-        if failures >= i64::from(settings.max_attempts) {
-            let message = format!("gave up after {failures} failed attempts; the last: {why}");
-            let update = ItemUpdate::Final {
-                state: ItemState::Errored,
-                result_line: results::errored_line(
-                    Some(custom_id),
-                    error_type(status),
-                    &message,
-                    None,
-                ),
-                error: Some(message),
-            };
-            return update;
-        }
-        record.retry_after_ms = retry_after.map(ms);
-        let wait = retry_after.map_or(backoff, |r| r.max(backoff));
-        ItemUpdate::Retry {
-            not_before: now + ms(wait),
-            failed: true,
-        }
-    };
-    let update = match outcome {
-        Outcome::Succeeded { message, usage, .. } => {
-            record.outcome = "succeeded";
-            record.http_status = Some(200);
-            record.input_tokens = Some(usage.input_tokens);
-            record.output_tokens = Some(usage.output_tokens);
-            record.usage = Some(*usage);
-            ItemUpdate::Final {
-                state: ItemState::Succeeded,
-                result_line: results::succeeded_line(custom_id, message),
-                error: None,
-            }
-        }
-        Outcome::RateLimited {
-            retry_after,
-            message,
-            ..
-        } => {
-            record.outcome = "rate_limited";
-            record.http_status = Some(429);
-            record.retry_after_ms = retry_after.map(ms);
-            record.error = Some(message.clone());
-            // Waiting out a rate limit is not a failure: it does not use up attempts.
-            ItemUpdate::Retry {
-                not_before: now + ms(retry_after.unwrap_or(backoff)),
-                failed: false,
-            }
-        }
-        Outcome::Blocked {
-            status, message, ..
-        } => {
-            record.outcome = "blocked";
-            record.http_status = Some(*status);
-            record.error = Some(message.clone());
-            ItemUpdate::Retry {
-                not_before: now + ms(BLOCKED_WAIT),
-                failed: false,
-            }
-        }
-        Outcome::Retryable {
-            status,
-            retry_after,
-            message,
-            ..
-        } => {
-            record.outcome = if status.is_some() {
-                "retryable"
-            } else {
-                "not_sent"
-            };
-            record.http_status = *status;
-            record.error = Some(message.clone());
-            failed(&mut record, *status, *retry_after, message)
-        }
-        Outcome::Unknown { message } => {
-            record.outcome = "unknown";
-            record.error = Some(message.clone());
-            failed(&mut record, None, None, message)
-        }
-        Outcome::Fatal { status, body, .. } => {
-            record.outcome = "fatal";
-            record.http_status = Some(*status);
-            let message = body["error"]["message"]
-                .as_str()
-                .unwrap_or("request rejected")
-                .to_owned();
-            record.error = Some(message.clone());
-            ItemUpdate::Final {
-                state: ItemState::Errored,
-                result_line: results::api_errored_line(Some(custom_id), body),
-                error: Some(format!("HTTP {status}: {message}")),
-            }
-        }
-    };
-    (record, update)
-}
-
-fn error_type(status: Option<u16>) -> &'static str {
-    match status {
-        Some(529) => "overloaded_error",
-        Some(504) => "timeout_error",
-        _ => "api_error",
+) -> crate::store::Result<Marked> {
+    if !items::is_pending(conn, item_id)? {
+        return Ok(Marked::NotPending);
     }
+    match admission::admit(conn, item_id, Lane::Realtime, rules, now)? {
+        Admission::Admitted => {}
+        other => return Ok(Marked::Budget(other)),
+    }
+    items::mark_in_flight(conn, item_id, Lane::Realtime, sent_with, now).map(Marked::InFlight)
 }
 
 fn log_outcome(record: &AttemptRecord, update: &ItemUpdate) {
-    match (record.outcome, update) {
-        ("succeeded", _) => tracing::debug!(request_id = ?record.request_id, "succeeded"),
-        (outcome, ItemUpdate::Retry { not_before, .. }) => tracing::warn!(
+    let (outcome, status, request_id) = (
+        record.outcome.as_str(),
+        record.http_status,
+        record.request_id.as_deref(),
+    );
+    match update {
+        _ if record.outcome == AttemptOutcome::Succeeded => {
+            tracing::debug!(request_id, "succeeded")
+        }
+        ItemUpdate::Retry { not_before, .. } => tracing::warn!(
             outcome,
-            status = ?record.http_status,
-            request_id = ?record.request_id,
+            status,
+            request_id,
             retry_in_ms = not_before - now_ms(),
             error = record.error.as_deref().unwrap_or_default(),
             "call failed; will retry"
         ),
-        (outcome, ItemUpdate::Final { error, .. }) => tracing::warn!(
+        ItemUpdate::Final { error, .. } => tracing::warn!(
             outcome,
-            status = ?record.http_status,
-            request_id = ?record.request_id,
+            status,
+            request_id,
             error = error.as_deref().unwrap_or_default(),
             "item errored"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::answer::Usage;
-    use serde_json::json;
-
-    fn settings() -> RealtimeSettings {
-        RealtimeSettings {
-            concurrency: 4,
-            max_attempts: 3,
-            backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(60),
-        }
-    }
-
-    fn dispatch(failures: i64) -> Dispatch {
-        Dispatch {
-            item_id: 1,
-            attempt_id: 1,
-            attempt: failures + 1,
-            failures,
-            job_name: "j".into(),
-            custom_id: "c-1".into(),
-            params: "{}".into(),
-            unknown_before: 0,
-            model: "m".into(),
-            max_tokens: 64,
-        }
-    }
-
-    const BACKOFF: Duration = Duration::from_secs(2);
-
-    #[test]
-    fn success_is_final_with_the_message() {
-        let out = Outcome::Succeeded {
-            message: r#"{"type":"message","id":"msg_1"}"#.into(),
-            usage: Usage {
-                input_tokens: 5,
-                output_tokens: 6,
-                ..Default::default()
-            },
-            request_id: Some("req_1".into()),
-            limits: Default::default(),
-        };
-        let (record, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 1000);
-        assert_eq!(record.outcome, "succeeded");
-        assert_eq!(record.output_tokens, Some(6));
-        let ItemUpdate::Final {
-            state, result_line, ..
-        } = update
-        else {
-            panic!()
-        };
-        assert_eq!(state, ItemState::Succeeded);
-        assert!(result_line.contains("\"custom_id\":\"c-1\""));
-    }
-
-    #[test]
-    fn rate_limits_wait_retry_after_without_using_attempts() {
-        let out = Outcome::RateLimited {
-            retry_after: Some(Duration::from_secs(7)),
-            request_id: None,
-            message: "slow".into(),
-            limits: Default::default(),
-        };
-        let (record, update) = decide(&dispatch(2), &out, &settings(), BACKOFF, 1000);
-        assert_eq!(record.retry_after_ms, Some(7000));
-        assert_eq!(
-            update,
-            ItemUpdate::Retry {
-                not_before: 8000,
-                failed: false
-            }
-        );
-    }
-
-    #[test]
-    fn server_errors_back_off_and_give_up_at_the_cap() {
-        let out = Outcome::Retryable {
-            status: Some(529),
-            retry_after: None,
-            request_id: None,
-            message: "Overloaded".into(),
-        };
-        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 1000);
-        assert_eq!(
-            update,
-            ItemUpdate::Retry {
-                not_before: 3000,
-                failed: true
-            }
-        );
-        let (_, update) = decide(&dispatch(2), &out, &settings(), BACKOFF, 1000);
-        let ItemUpdate::Final {
-            state,
-            result_line,
-            error,
-        } = update
-        else {
-            panic!()
-        };
-        assert_eq!(state, ItemState::Errored);
-        assert!(result_line.contains("overloaded_error"));
-        assert!(error.expect("message").contains("gave up after 3"));
-    }
-
-    #[test]
-    fn a_longer_retry_after_wins_over_the_backoff() {
-        let out = Outcome::Retryable {
-            status: Some(503),
-            retry_after: Some(Duration::from_secs(10)),
-            request_id: None,
-            message: "down".into(),
-        };
-        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
-        assert_eq!(
-            update,
-            ItemUpdate::Retry {
-                not_before: 10_000,
-                failed: true
-            }
-        );
-    }
-
-    #[test]
-    fn unknown_outcomes_are_recorded_and_retried() {
-        let out = Outcome::Unknown {
-            message: "connection closed".into(),
-        };
-        let (record, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
-        assert_eq!(record.outcome, "unknown");
-        assert!(matches!(update, ItemUpdate::Retry { failed: true, .. }));
-    }
-
-    #[test]
-    fn fatal_errors_keep_the_api_body() {
-        let body = json!({"type":"error","error":{"type":"not_found_error","message":"model: x"},"request_id":"req_2"});
-        let out = Outcome::Fatal {
-            status: 404,
-            request_id: Some("req_2".into()),
-            body,
-        };
-        let (_, update) = decide(&dispatch(0), &out, &settings(), BACKOFF, 0);
-        let ItemUpdate::Final {
-            result_line, error, ..
-        } = update
-        else {
-            panic!()
-        };
-        assert!(result_line.contains("not_found_error"));
-        assert_eq!(error.as_deref(), Some("HTTP 404: model: x"));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let s = settings();
-        let first = backoff_delay(&s, 0);
-        assert!(
-            first >= Duration::from_millis(500) && first <= Duration::from_millis(1000),
-            "{first:?}"
-        );
-        let fourth = backoff_delay(&s, 3);
-        assert!(
-            fourth >= Duration::from_secs(4) && fourth <= Duration::from_secs(8),
-            "{fourth:?}"
-        );
-        assert_eq!(backoff_delay(&s, 30), Duration::from_secs(60));
     }
 }

@@ -60,6 +60,58 @@ pub fn results_path(results_dir: &Path, job_name: &str) -> PathBuf {
     results_dir.join(format!("{job_name}.jsonl"))
 }
 
+/// One line of a batch's results as the API wrote it, read only as far as routing it needs: whose
+/// it is, and its `result` still as raw JSON.
+#[derive(Debug, serde::Deserialize)]
+pub struct BatchResultLine<'a> {
+    pub custom_id: String,
+    #[serde(borrow)]
+    pub result: &'a serde_json::value::RawValue,
+}
+
+impl<'a> BatchResultLine<'a> {
+    /// None: not a result line at all.
+    pub fn read(line: &'a str) -> Option<BatchResultLine<'a>> {
+        serde_json::from_str(line).ok()
+    }
+}
+
+/// The head of a `result`: its type, the usage of a succeeded message, the error body of an
+/// errored one.
+#[derive(Debug, serde::Deserialize)]
+pub struct ResultHead {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub message: Option<MessageUsage>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+impl ResultHead {
+    /// None: the result cannot be read.
+    pub fn read(result: &serde_json::value::RawValue) -> Option<ResultHead> {
+        serde_json::from_str(result.get()).ok()
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct MessageUsage {
+    pub usage: crate::model::answer::Usage,
+}
+
+/// A result line on one line: a line that spans several (a proxy's pretty-printing) is made
+/// compact, so a results file keeps one line per result.
+pub fn compact_line(line: &str) -> String {
+    if line.contains('\n') {
+        serde_json::from_str::<Value>(line)
+            .map(|v| v.to_string())
+            .unwrap_or_else(|_| line.replace('\n', " "))
+    } else {
+        line.trim().to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! database.
 
 use crate::model::job::{Mode, Priority};
+use crate::model::line::ValidLine;
 use crate::model::state::Lane;
 
 /// The real-time lane's requests per minute for a model, if known (configured or learned).
@@ -88,10 +89,9 @@ pub fn decide(item: &ItemFacts<'_>, lanes: &LaneFacts) -> Plan {
     }
     let turnaround = lanes.batch_turnaround_ms.max(1);
     let hours = |ms: i64| format!("{:.1} h", ms as f64 / 3_600_000.0);
-    // A batch may take `turnaround`; allow a quarter more for packing, polling and a retry.
     let batch_meets_deadline = item
         .deadline_at
-        .map(|d| d - lanes.now >= turnaround + turnaround / 4);
+        .map(|d| batch_meets(d, lanes.now, turnaround));
     match item.priority {
         Priority::Interactive | Priority::High => plan(
             Lane::Realtime,
@@ -141,6 +141,30 @@ pub fn decide(item: &ItemFacts<'_>, lanes: &LaneFacts) -> Plan {
             }
         }
     }
+}
+
+/// The lane of a job file's line.
+pub fn decide_line(line: &ValidLine, lanes: &LaneFacts) -> Plan {
+    let facts = ItemFacts {
+        mode: line.mode,
+        priority: line.priority,
+        deadline_at: line.deadline_at,
+        params: &line.params,
+    };
+    decide(&facts, lanes)
+}
+
+/// The one deadline rule: a batch sent at `now` is safe for results by this time. A batch may take
+/// `turnaround_ms` (see [`turnaround_p95`]); a quarter more is allowed for packing, polling and a
+/// retry.
+pub fn batch_horizon(now: i64, turnaround_ms: i64) -> i64 {
+    let turnaround = turnaround_ms.max(1);
+    now.saturating_add(turnaround + turnaround / 4)
+}
+
+/// Whether a batch sent at `now` meets `deadline_at` (see [`batch_horizon`]).
+pub fn batch_meets(deadline_at: i64, now: i64, turnaround_ms: i64) -> bool {
+    deadline_at >= batch_horizon(now, turnaround_ms)
 }
 
 /// The first top-level request field the batch endpoint does not serve, if any.

@@ -4,23 +4,15 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
-use super::budget::{Admission, Rules};
-use crate::model::line::ParsedLine;
+use crate::model::job::{Mode, Priority};
+use crate::model::line::{ParsedLine, ValidLine};
 use crate::model::results;
 use crate::model::state::{ItemState, Lane};
-use crate::policy::planner;
+use crate::policy::outcome::{AttemptRecord, ItemUpdate};
+use crate::policy::planner::{Plan, batch_unsupported_field};
 use crate::policy::prices::PriceTable;
 
-/// What the planner needs while intake inserts items.
-pub struct PlanContext<'a> {
-    pub now: i64,
-    /// The job's size as far as can be told yet.
-    pub job_items: u64,
-    /// The real-time lane's requests per minute for a model, if known.
-    pub rpm_for: &'a (dyn Fn(&str) -> Option<u64> + Send + Sync),
-}
-
-/// Inserts one chunk of parsed lines, each valid one with the lane the planner chose. A custom_id
+/// Inserts one chunk of parsed lines, each valid one in the lane `plan` chooses for it. A custom_id
 /// seen earlier in the job makes the line an errored item with no custom_id, naming the line it
 /// repeats.
 pub fn insert_chunk(
@@ -28,19 +20,15 @@ pub fn insert_chunk(
     job_id: i64,
     file: &str,
     lines: &[(u64, ParsedLine)],
-    plan: &PlanContext<'_>,
+    now: i64,
+    plan: &dyn Fn(&ValidLine) -> Plan,
 ) -> Result<()> {
-    let now = plan.now;
-    let turnaround = super::batches::turnaround_ms(conn)?;
     let (tenant, priority, canceled): (String, String, bool) = conn.query_row(
         "SELECT tenant, priority, canceled_at IS NOT NULL FROM jobs WHERE id = ?1",
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let default_rank = priority
-        .parse::<crate::model::job::Priority>()
-        .map(|p| p.rank())
-        .unwrap_or(3);
+    let default_rank = priority.parse::<Priority>().map(|p| p.rank()).unwrap_or(3);
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
                             tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok)
@@ -56,20 +44,7 @@ pub fn insert_chunk(
         let line_no = *line_no as i64;
         let (custom_id, error) = match parsed {
             ParsedLine::Valid(v) => {
-                let lane = planner::decide(
-                    &planner::ItemFacts {
-                        mode: v.mode,
-                        priority: v.priority,
-                        deadline_at: v.deadline_at,
-                        params: &v.params,
-                    },
-                    &planner::LaneFacts {
-                        now,
-                        batch_turnaround_ms: turnaround,
-                        job_items: plan.job_items,
-                        realtime_rpm: (plan.rpm_for)(&v.model),
-                    },
-                );
+                let lane = plan(v);
                 let inserted = insert_valid.execute(params![
                     job_id,
                     line_no,
@@ -85,7 +60,7 @@ pub fn insert_chunk(
                     lane.lane.as_str(),
                     lane.reason,
                     now,
-                    planner::batch_unsupported_field(&v.params).is_none(),
+                    batch_unsupported_field(&v.params).is_none(),
                 ]);
                 match inserted {
                     Ok(_) => continue,
@@ -252,65 +227,91 @@ pub struct Dispatch {
     pub max_tokens: i64,
 }
 
-/// What [`mark_in_flight`] did.
+/// An item with the facts of its job, as the lanes' decisions read it.
 #[derive(Debug, Clone)]
-pub enum Marked {
-    /// In flight: send it.
-    InFlight(Dispatch),
-    /// No longer pending (canceled meanwhile).
-    NotPending,
-    /// Its tenant's budget stopped it (see [`Admission`]).
-    Budget(Admission),
+pub struct ItemRow {
+    pub id: i64,
+    pub job_id: i64,
+    pub job_name: String,
+    /// None only on an invalid line's item, which is never sent.
+    pub custom_id: Option<String>,
+    pub params: String,
+    pub model: String,
+    pub max_tokens: i64,
+    pub input_estimate: i64,
+    pub tenant: String,
+    pub priority: Priority,
+    pub mode: Mode,
+    pub deadline_at: Option<i64>,
+    pub attempts: i64,
+    pub failures: i64,
+    /// No field of its request is one the batch endpoint refuses.
+    pub batch_ok: bool,
+    pub job_canceled: bool,
+    /// Lines of its job read so far (a stand-in for the job's size while it is read).
+    pub job_lines: i64,
 }
 
-/// Checks a pending item against its tenant's budget, then marks it in flight and opens its
-/// attempt row, before anything is sent.
-/// `sent_with`: the class's concurrency and the input estimate at admission, kept for diagnosis.
+/// One item, for a lane's decision about it.
+pub fn item(conn: &Connection, item_id: i64) -> Result<ItemRow> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT i.id, i.job_id, j.name, i.custom_id, i.params, i.model, i.max_tokens,
+                    i.input_estimate, i.tenant, i.priority, i.mode, i.deadline_at, i.attempts,
+                    i.failures, i.batch_ok, j.canceled_at IS NOT NULL, j.ingest_lines
+             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
+        )?
+        .query_row([item_id], |r| {
+            Ok(ItemRow {
+                id: r.get(0)?,
+                job_id: r.get(1)?,
+                job_name: r.get(2)?,
+                custom_id: r.get(3)?,
+                params: r.get(4)?,
+                model: r.get(5)?,
+                max_tokens: r.get(6)?,
+                input_estimate: r.get(7)?,
+                tenant: r.get(8)?,
+                priority: Priority::from_rank(r.get(9)?),
+                mode: r.get::<_, String>(10)?.parse().unwrap_or(Mode::Auto),
+                deadline_at: r.get(11)?,
+                attempts: r.get(12)?,
+                failures: r.get(13)?,
+                batch_ok: r.get(14)?,
+                job_canceled: r.get(15)?,
+                job_lines: r.get(16)?,
+            })
+        })?)
+}
+
+/// Whether an item is still pending (not canceled, sent or ended meanwhile).
+pub fn is_pending(conn: &Connection, item_id: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT state = 'pending' FROM items WHERE id = ?1")?
+        .query_row([item_id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+/// Marks a pending item in flight in `lane` and opens its attempt row, before anything is sent
+/// (its budget is checked first, by the lane). `sent_with`: the class's concurrency and the
+/// input estimate at admission, kept for diagnosis.
 pub fn mark_in_flight(
     conn: &Connection,
     item_id: i64,
     lane: Lane,
     sent_with: (i64, i64),
-    rules: &Rules,
     now: i64,
-) -> Result<Marked> {
-    let pending = conn
-        .prepare_cached("SELECT state = 'pending' FROM items WHERE id = ?1")?
-        .query_row([item_id], |r| r.get::<_, bool>(0))
-        .optional()?
-        .unwrap_or(false);
-    if !pending {
-        return Ok(Marked::NotPending);
-    }
-    match super::budget::admit(conn, item_id, lane, rules, now)? {
-        Admission::Admitted => {}
-        other => return Ok(Marked::Budget(other)),
-    }
+) -> Result<Dispatch> {
     conn.prepare_cached(
         "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
     )?
     .execute(params![item_id, now])?;
-    type Row = (i64, i64, String, String, String, String, i64);
-    let (attempt, failures, job_name, custom_id, params, model, max_tokens): Row = conn.query_row(
-        "SELECT i.attempts, i.failures, j.name, i.custom_id, i.params, i.model, i.max_tokens
-             FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
-        [item_id],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        },
-    )?;
+    let item = item(conn, item_id)?;
     conn.execute(
         "INSERT INTO attempts (item_id, attempt, lane, model, started_at, concurrency, input_estimate)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![item_id, attempt, lane.as_str(), model, now, sent_with.0, sent_with.1],
+        params![item_id, item.attempts, lane.as_str(), item.model, now, sent_with.0, sent_with.1],
     )?;
     let attempt_id = conn.last_insert_rowid();
     let unknown_before: i64 = conn.query_row(
@@ -318,45 +319,18 @@ pub fn mark_in_flight(
         [item_id],
         |r| r.get(0),
     )?;
-    Ok(Marked::InFlight(Dispatch {
+    Ok(Dispatch {
         item_id,
         attempt_id,
-        attempt,
-        failures,
-        job_name,
-        custom_id,
-        params,
+        attempt: item.attempts,
+        failures: item.failures,
+        job_name: item.job_name,
+        custom_id: item.custom_id.unwrap_or_default(),
+        params: item.params,
         unknown_before,
-        model,
-        max_tokens,
-    }))
-}
-
-/// What a finished attempt did to its item.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ItemUpdate {
-    /// The item is done: its final state, results line, and error message for people.
-    Final {
-        state: ItemState,
-        result_line: String,
-        error: Option<String>,
-    },
-    /// Send again, not before `not_before`; `failed` counts it toward the attempt cap.
-    Retry { not_before: i64, failed: bool },
-}
-
-/// The facts of one finished attempt, for the `attempts` table.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AttemptRecord {
-    pub outcome: &'static str,
-    pub http_status: Option<u16>,
-    pub request_id: Option<String>,
-    pub retry_after_ms: Option<i64>,
-    pub error: Option<String>,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    /// The API's usage of a call it ran; a billed call gets a ledger row.
-    pub usage: Option<crate::model::answer::Usage>,
+        model: item.model,
+        max_tokens: item.max_tokens,
+    })
 }
 
 /// Closes an attempt and moves its item on, in one transaction; a billed call gets its ledger row
@@ -377,7 +351,7 @@ pub fn record_outcome(
         params![
             attempt_id,
             now,
-            record.outcome,
+            record.outcome.as_str(),
             record.http_status,
             record.request_id,
             record.retry_after_ms,
@@ -574,12 +548,6 @@ pub fn errored(
 mod tests {
     use super::*;
 
-    fn in_flight(marked: Marked) -> Dispatch {
-        match marked {
-            Marked::InFlight(d) => d,
-            other => panic!("not sent: {other:?}"),
-        }
-    }
     use crate::model::job::JobDefaults;
     use crate::model::line::parse_line;
     use crate::store::{jobs, test_connection};
@@ -605,12 +573,17 @@ mod tests {
     }
 
     fn insert(conn: &Connection, job_id: i64, lines: &[String]) {
-        let plan = PlanContext {
-            now: 1,
-            job_items: lines.len() as u64,
-            rpm_for: &|_| None,
+        let job_items = lines.len() as u64;
+        let plan = |line: &ValidLine| {
+            let lanes = crate::policy::planner::LaneFacts {
+                now: 1,
+                batch_turnaround_ms: crate::policy::planner::PROMISED_TURNAROUND_MS,
+                job_items,
+                realtime_rpm: None,
+            };
+            crate::policy::planner::decide_line(line, &lanes)
         };
-        insert_chunk(conn, job_id, "j.jsonl", &parsed(lines), &plan).expect("insert");
+        insert_chunk(conn, job_id, "j.jsonl", &parsed(lines), 1, &plan).expect("insert");
     }
 
     fn parsed(lines: &[String]) -> Vec<(u64, ParsedLine)> {
@@ -652,32 +625,14 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = in_flight(
-            mark_in_flight(
-                &conn,
-                ready[0].id,
-                Lane::Realtime,
-                (1, 1),
-                &Rules::default(),
-                10,
-            )
-            .expect("mark"),
-        );
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
-        assert!(matches!(
-            mark_in_flight(
-                &conn,
-                d.item_id,
-                Lane::Realtime,
-                (1, 1),
-                &Rules::default(),
-                10
-            )
-            .expect("mark"),
-            Marked::NotPending
-        ));
+        assert!(
+            !is_pending(&conn, d.item_id).expect("pending"),
+            "in flight, not pending"
+        );
         let record = AttemptRecord {
-            outcome: "retryable",
+            outcome: crate::model::state::AttemptOutcome::Retryable,
             http_status: Some(529),
             ..Default::default()
         };
@@ -700,17 +655,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = in_flight(
-            mark_in_flight(
-                &conn,
-                d.item_id,
-                Lane::Realtime,
-                (1, 1),
-                &Rules::default(),
-                60,
-            )
-            .expect("mark"),
-        );
+        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 60).expect("mark");
         assert_eq!((d.attempt, d.failures), (2, 1));
         let update = ItemUpdate::Final {
             state: ItemState::Succeeded,
@@ -723,7 +668,7 @@ mod tests {
             d.item_id,
             d.attempt_id,
             &AttemptRecord {
-                outcome: "succeeded",
+                outcome: crate::model::state::AttemptOutcome::Succeeded,
                 ..Default::default()
             },
             &update,
@@ -765,27 +710,9 @@ mod tests {
         let job_id = job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
-        mark_in_flight(
-            &conn,
-            ready[0].id,
-            Lane::Realtime,
-            (1, 1),
-            &Rules::default(),
-            10,
-        )
-        .expect("mark");
+        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
-        let d = in_flight(
-            mark_in_flight(
-                &conn,
-                ready[0].id,
-                Lane::Realtime,
-                (1, 1),
-                &Rules::default(),
-                30,
-            )
-            .expect("mark"),
-        );
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 30).expect("mark");
         assert_eq!(d.unknown_before, 1);
         assert_eq!(d.attempt, 2);
     }

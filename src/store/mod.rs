@@ -409,12 +409,17 @@ pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
         .zip(lines)
         .map(|(n, l)| (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0)))
         .collect();
-    let plan = items::PlanContext {
-        now: 0,
-        job_items: 1_000_000,
-        rpm_for: &|_| Some(50),
+    let turnaround = batches::turnaround_ms(conn).expect("turnaround");
+    let plan = |line: &crate::model::line::ValidLine| {
+        let lanes = crate::policy::planner::LaneFacts {
+            now: 0,
+            batch_turnaround_ms: turnaround,
+            job_items: 1_000_000,
+            realtime_rpm: Some(50),
+        };
+        crate::policy::planner::decide_line(line, &lanes)
     };
-    items::insert_chunk(conn, job.id, "j.jsonl", &parsed, &plan).expect("insert");
+    items::insert_chunk(conn, job.id, "j.jsonl", &parsed, 0, &plan).expect("insert");
     job.id
 }
 

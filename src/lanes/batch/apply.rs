@@ -1,0 +1,475 @@
+//! The batch lane's work inside the store's transactions: read, decide, write in one
+//! `Store::call`. Packing checks each item's budget as it is taken; each result line is judged
+//! (`policy::batch`) and applied with its ledger row; an item that comes back without a final
+//! outcome ends, or goes back to the planner.
+
+use rusqlite::Connection;
+
+use crate::lanes::admission::{self, Admission, Rules};
+use crate::model::results::{BatchResultLine, ResultHead};
+use crate::model::state::{AttemptOutcome, ItemState, Lane};
+use crate::policy::batch::{Returning, Verdict, ending, judge};
+use crate::policy::outcome::AttemptRecord;
+use crate::policy::planner;
+use crate::policy::window::open_ranks;
+use crate::store::{self, batches, items, ledger};
+
+/// Items a budget may stop in one [`pack`] call before it returns what it has.
+const MAX_STOPPED_PER_PACK: usize = 2_000;
+
+/// What sending an item back to the planner needs.
+pub struct Replan<'a> {
+    pub now: i64,
+    pub max_attempts: i64,
+    pub rpm_for: &'a (dyn Fn(&str) -> Option<u64> + Send + Sync),
+    /// Budgets and prices: what packing admits, and what the ledger charges.
+    pub rules: &'a Rules,
+}
+
+/// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
+/// bodies) into a new batch in state `submitting`: the intent, recorded before the create call.
+/// Each item is first checked against its tenant's budget (which reserves its worst case, or
+/// rejects, downgrades or defers it; see [`admission`]).
+/// The items go in flight, each with an open attempt. Returns the batch's local id.
+pub fn pack(
+    conn: &Connection,
+    job_id: i64,
+    max_requests: i64,
+    max_bytes: i64,
+    rules: &Rules,
+    now: i64,
+) -> store::Result<Option<i64>> {
+    let closed = rules.windows.closed_ranks(now);
+    let mut chosen = Vec::new();
+    let mut bytes = 0i64;
+    let mut stopped_total = 0;
+    // Class by class (those whose window is open), highest first, in line order within a class.
+    // Items the budget stops leave the candidates; look further until a batch fills or none are
+    // left, but stop a long run of them early: the store's writer must not be held for long (the
+    // lane packs again within a second, and the stopped items are no longer candidates).
+    'fill: for rank in open_ranks(&closed) {
+        let mut after = 0i64;
+        loop {
+            let limit = max_requests - chosen.len() as i64;
+            if limit <= 0 {
+                break 'fill;
+            }
+            let candidates = batches::pack_candidates(conn, job_id, rank, after, limit, now)?;
+            let mut stopped = 0;
+            for (id, size) in candidates {
+                if !chosen.is_empty() && bytes + size > max_bytes {
+                    break 'fill;
+                }
+                after = id;
+                let mut admitted = admission::admit(conn, id, Lane::Batch, rules, now)?;
+                if admitted == Admission::Downgraded {
+                    admitted = admission::admit(conn, id, Lane::Batch, rules, now)?;
+                }
+                if admitted != Admission::Admitted {
+                    stopped += 1;
+                    stopped_total += 1;
+                    if stopped_total >= MAX_STOPPED_PER_PACK {
+                        break 'fill;
+                    }
+                    continue;
+                }
+                bytes += size;
+                chosen.push(id);
+            }
+            if stopped == 0 {
+                break; // this class has nothing more (or the batch is full)
+            }
+        }
+    }
+    if chosen.is_empty() {
+        return Ok(None);
+    }
+    batches::create_intent(conn, job_id, &chosen, bytes, now).map(Some)
+}
+
+/// Applies result lines of a batch. Idempotent: a line whose item is no longer in flight in this
+/// batch (applied before a crash, say) changes nothing. Returns how many lines changed an item.
+pub fn apply_results(
+    conn: &Connection,
+    batch_id: i64,
+    api_id: &str,
+    lines: &[String],
+    replan: &Replan<'_>,
+) -> store::Result<usize> {
+    let mut applied = 0;
+    for line in lines {
+        let Some(parsed) = BatchResultLine::read(line) else {
+            tracing::warn!(
+                batch = api_id,
+                "a results line that is not a result; skipped"
+            );
+            continue;
+        };
+        let Some(item_id) = batches::in_flight_item(conn, batch_id, &parsed.custom_id)? else {
+            continue;
+        };
+        let head = ResultHead::read(parsed.result);
+        match judge(&parsed.custom_id, line, head, api_id) {
+            Verdict::Succeeded { usage, line } => {
+                let record = AttemptRecord {
+                    outcome: AttemptOutcome::Succeeded,
+                    request_id: Some(api_id.to_owned()),
+                    input_tokens: Some(usage.input_tokens),
+                    output_tokens: Some(usage.output_tokens),
+                    ..Default::default()
+                };
+                batches::close_attempt(conn, item_id, &record, replan.now)?;
+                ledger::record(
+                    conn,
+                    &replan.rules.prices,
+                    item_id,
+                    Lane::Batch,
+                    &usage,
+                    Some(api_id),
+                    replan.now,
+                )?;
+                batches::end_item(conn, item_id, ItemState::Succeeded, &line, None, replan.now)?;
+            }
+            Verdict::Fatal {
+                record,
+                line,
+                error,
+            } => {
+                batches::close_attempt(conn, item_id, &record, replan.now)?;
+                batches::end_item(
+                    conn,
+                    item_id,
+                    ItemState::Errored,
+                    &line,
+                    Some(&error),
+                    replan.now,
+                )?;
+            }
+            Verdict::SendBack { outcome, why } => {
+                send_back(conn, item_id, outcome, &why, replan, true)?
+            }
+        }
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// After all result lines are applied: items of the batch still in flight had no line (which the
+/// API should never do) and go back to the planner; the batch is done.
+pub fn finish_results(
+    conn: &Connection,
+    batch_id: i64,
+    replan: &Replan<'_>,
+) -> store::Result<usize> {
+    let leftovers = batches::in_flight_items(conn, batch_id)?;
+    for item_id in &leftovers {
+        send_back(
+            conn,
+            *item_id,
+            AttemptOutcome::Unknown,
+            "its batch ended without a result for it",
+            replan,
+            true,
+        )?;
+    }
+    batches::mark_results_applied(conn, batch_id, replan.now)?;
+    Ok(leftovers.len())
+}
+
+/// Gives up on a batch the API keeps refusing to show: its items go back to the planner.
+pub fn abandon(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    replan: &Replan<'_>,
+) -> store::Result<()> {
+    fail_batch(
+        conn,
+        batch_id,
+        error,
+        (AttemptOutcome::Unknown, "its batch could not be read"),
+        true,
+        replan,
+    )
+}
+
+/// The API refused the batch (a 4xx other than 429): its items go back to the planner. `counts`:
+/// whether that uses up an attempt of each (not when the batch was too large).
+pub fn create_refused(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    counts: bool,
+    replan: &Replan<'_>,
+) -> store::Result<()> {
+    fail_batch(
+        conn,
+        batch_id,
+        error,
+        (AttemptOutcome::Fatal, "the batch was refused"),
+        counts,
+        replan,
+    )
+}
+
+/// A batch that was never created (no id, and no unknown create call) is simply dropped on
+/// cancel: its items end canceled.
+pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> store::Result<()> {
+    batches::mark_failed(conn, batch_id, "canceled before it was sent", now)?;
+    for item_id in batches::in_flight_items(conn, batch_id)? {
+        let item = items::item(conn, item_id)?;
+        let record = AttemptRecord {
+            outcome: AttemptOutcome::Canceled,
+            error: Some("canceled before the batch was sent".into()),
+            ..Default::default()
+        };
+        batches::close_attempt(conn, item_id, &record, now)?;
+        batches::end_item(
+            conn,
+            item_id,
+            ItemState::Canceled,
+            &crate::model::results::canceled_line(item.custom_id.as_deref()),
+            Some("canceled by nightshift cancel"),
+            now,
+        )?;
+    }
+    Ok(())
+}
+
+/// Moves items between the lanes as time passes (see [`batches::reroute`]), by the planner's
+/// deadline rule. Returns (to real time, to batch).
+pub fn reroute(conn: &Connection, now: i64) -> store::Result<(usize, usize)> {
+    let turnaround = batches::turnaround_ms(conn)?;
+    let horizon = planner::batch_horizon(now, turnaround);
+    let nightly = crate::model::job::Priority::Nightly.rank();
+    batches::reroute(conn, now, horizon, turnaround, nightly)
+}
+
+/// Marks a batch failed and sends its items in flight back to the planner, each recorded with
+/// `outcome` and `why: error`; `counts`: whether that uses up an attempt of each.
+fn fail_batch(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    (outcome, why): (AttemptOutcome, &str),
+    counts: bool,
+    replan: &Replan<'_>,
+) -> store::Result<()> {
+    batches::mark_failed(conn, batch_id, error, replan.now)?;
+    for item_id in batches::in_flight_items(conn, batch_id)? {
+        send_back(
+            conn,
+            item_id,
+            outcome,
+            &format!("{why}: {error}"),
+            replan,
+            counts,
+        )?;
+    }
+    Ok(())
+}
+
+/// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
+/// batch, a refused create call): it ends if `policy::batch::ending` says so, else the planner
+/// decides its lane again. `counts`: whether this uses up one of the item's attempts (not when
+/// the whole batch was refused for its size, say).
+fn send_back(
+    conn: &Connection,
+    item_id: i64,
+    outcome: AttemptOutcome,
+    why: &str,
+    replan: &Replan<'_>,
+    counts: bool,
+) -> store::Result<()> {
+    let item = items::item(conn, item_id)?;
+    let record = AttemptRecord {
+        outcome,
+        error: Some(why.to_owned()),
+        ..Default::default()
+    };
+    batches::close_attempt(conn, item_id, &record, replan.now)?;
+    let custom_id = item.custom_id.as_deref().unwrap_or_default();
+    let returning = Returning {
+        custom_id,
+        failures: if counts {
+            item.failures
+        } else {
+            item.failures - 1
+        },
+        job_canceled: item.job_canceled,
+        max_attempts: replan.max_attempts,
+    };
+    if let Some(end) = ending(&returning, outcome, why) {
+        return batches::end_item(
+            conn,
+            item_id,
+            end.state,
+            &end.line,
+            Some(&end.error),
+            replan.now,
+        );
+    }
+    let facts = planner::ItemFacts {
+        mode: item.mode,
+        priority: item.priority,
+        deadline_at: item.deadline_at,
+        params: &item.params,
+    };
+    let lanes = planner::LaneFacts {
+        now: replan.now,
+        batch_turnaround_ms: batches::turnaround_ms(conn)?,
+        job_items: item.job_lines.max(1) as u64,
+        realtime_rpm: (replan.rpm_for)(&item.model),
+    };
+    let plan = planner::decide(&facts, &lanes);
+    batches::replan_item(
+        conn,
+        item_id,
+        plan.lane,
+        &format!("back from a batch ({why}); {}", plan.reason),
+        counts,
+        replan.now,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_connection, test_job};
+
+    const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
+
+    #[test]
+    fn packing_goes_class_by_class_and_leaves_closed_classes_waiting() {
+        let line = |id: &str, priority: &str| {
+            BATCH_LINE.replace("\"a\"", &format!("\"{id}\"")).replace(
+                "\"deadline\"",
+                &format!("\"priority\":\"{priority}\",\"mode\":\"batch\",\"deadline\""),
+            )
+        };
+        let lines = [
+            line("n1", "nightly"),
+            line("h1", "high"),
+            line("n2", "nightly"),
+            line("h2", "high"),
+        ];
+        let conn = test_connection();
+        let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        // At 00:00 UTC (now = 5 ms after the epoch) a 01:00-02:00 window is closed.
+        let mut rules = Rules::default();
+        rules.windows.0.insert(
+            crate::model::job::Priority::Nightly,
+            crate::policy::window::Window::parse("01:00-02:00", Some("UTC"), false)
+                .expect("window"),
+        );
+        let closed = rules.windows.closed_ranks(5);
+        assert_eq!(closed, vec![3]);
+        assert_eq!(
+            batches::waiting_jobs(&conn, 5, &closed, 100).expect("waiting")[0].waiting,
+            2
+        );
+        assert_eq!(
+            batches::waiting_jobs(&conn, 5, &[], 100).expect("waiting")[0].waiting,
+            4
+        );
+        assert_eq!(
+            batches::waiting_jobs(&conn, 5, &[], 3).expect("waiting")[0].waiting,
+            3,
+            "capped"
+        );
+        let batch = pack(&conn, job_id, 100, 1 << 20, &rules, 5)
+            .expect("pack")
+            .expect("a batch");
+        let ids: Vec<String> = batches::requests(&conn, batch)
+            .expect("requests")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["h1", "h2"],
+            "the nightly items wait for their window"
+        );
+        let batch = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 2);
+    }
+
+    #[test]
+    fn packing_records_the_intent_and_puts_items_in_flight() {
+        let conn = test_connection();
+        let job_id = test_job(&conn, &[BATCH_LINE]);
+        assert_eq!(
+            batches::waiting_jobs(&conn, i64::MAX, &[], 100_000).expect("waiting")[0].waiting,
+            1
+        );
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        let open = batches::open(&conn).expect("open");
+        assert_eq!(open.len(), 1);
+        assert_eq!(
+            (open[0].id, open[0].state.as_str(), open[0].request_count),
+            (batch_id, "submitting", 1)
+        );
+        assert!(open[0].api_id.is_none());
+        assert_eq!(
+            batches::requests(&conn, batch_id).expect("requests").len(),
+            1
+        );
+        assert!(
+            pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+                .expect("pack")
+                .is_none(),
+            "nothing left"
+        );
+    }
+
+    #[test]
+    fn results_apply_once_and_expired_items_go_back_to_the_planner() {
+        let conn = test_connection();
+        let job_id = test_job(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
+        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        let replan = Replan {
+            now: 10,
+            max_attempts: 8,
+            rpm_for: &|_| None,
+            rules: &Rules::default(),
+        };
+        let lines = vec![
+            r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned(),
+            r#"{"custom_id":"b","result":{"type":"expired"}}"#.to_owned(),
+        ];
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("apply"),
+            2
+        );
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("again"),
+            0,
+            "idempotent"
+        );
+        let c = items::counts(&conn, job_id).expect("counts");
+        assert_eq!((c.succeeded, c.pending, c.in_flight), (1, 1, 0));
+        assert_eq!(finish_results(&conn, batch_id, &replan).expect("finish"), 0);
+    }
+
+    #[test]
+    fn items_whose_deadline_nears_are_pulled_to_real_time() {
+        let conn = test_connection();
+        let job_id = test_job(&conn, &[BATCH_LINE]);
+        assert_eq!(
+            batches::lanes(&conn, job_id).expect("lanes"),
+            (1, 0),
+            "a day away: batch"
+        );
+        // Six hours before the deadline, with 24 h assumed for a batch: real time.
+        let (to_realtime, to_batch) =
+            reroute(&conn, 1_795_500_000_000 - 6 * 3_600_000).expect("reroute");
+        assert_eq!((to_realtime, to_batch), (1, 0));
+        assert_eq!(batches::lanes(&conn, job_id).expect("lanes"), (0, 1));
+    }
+}

@@ -1,0 +1,301 @@
+//! The Message Batches lane: packs a job's batch items into batches, records the intent before the
+//! create call and the id right after, polls with growing intervals, streams the results and
+//! applies each line idempotently. Expired items and retryable errors go back to the planner.
+//!
+//! Crash safety: just before each create call the batch is flagged `create_unknown` with the time
+//! of the call; only an answer that says nothing was created clears it. A batch still flagged (a
+//! crash mid-call, a lost answer) is looked up in the list endpoint (creation time near the call,
+//! same request count) before anything is sent again, so a crash between the call and recording
+//! the id never makes a second batch. While one batch is unresolved no other create call goes out,
+//! so a match can only be that batch's.
+
+pub mod apply;
+mod create;
+mod poll;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::ApiClient;
+use crate::config::{BatchSettings, Live};
+use crate::lanes::admission::Rules;
+use crate::store::batches::{self, BatchRow};
+use crate::store::{Store, now_ms};
+use apply::Replan;
+
+/// How far from the create call a found batch's creation time may be (clocks differ, calls queue).
+pub(super) const RECONCILE_WINDOW_MS: i64 = 10 * 60_000;
+/// Result lines per transaction.
+pub(super) const APPLY_LINES: usize = 1_000;
+/// Pages of the batch list searched at most when reconciling.
+pub(super) const MAX_LIST_PAGES: u32 = 50;
+/// How often items are re-routed between the lanes as deadlines near.
+const REROUTE_EVERY: Duration = Duration::from_secs(10);
+/// Refused polls or downloads in a row before a batch is given up and its items re-planned.
+pub(super) const MAX_REFUSALS: i64 = 5;
+
+#[derive(Clone)]
+pub struct BatchLane {
+    pub store: Store,
+    pub client: ApiClient,
+    pub settings: BatchSettings,
+    pub max_attempts: u32,
+    pub rpm_for: crate::policy::planner::RpmFor,
+    /// Budgets (checked as items are packed) and prices (charged as results come in).
+    pub rules: Live<Rules>,
+    /// Poked when items may be waiting (intake) or went back to the planner.
+    pub wake: Arc<Notify>,
+    /// Poked for the real-time lane when items come back routed to it.
+    pub realtime_wake: Arc<Notify>,
+    pub results_wake: Arc<Notify>,
+}
+
+/// Spaces calls to the batch endpoints under their RPM.
+pub(super) struct Pacer {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    pub(super) async fn ready(&mut self) {
+        tokio::time::sleep_until(self.next.into()).await;
+        self.next = Instant::now().max(self.next) + self.interval;
+    }
+}
+
+/// The lane's state between rounds.
+pub(super) struct Lane {
+    pub(super) pacer: Pacer,
+    /// Set when the API refuses the account: no create calls until then.
+    pub(super) paused_until: Option<Instant>,
+    /// Lowered when the API answers 413 to a batch of this size.
+    pub(super) max_bytes: i64,
+}
+
+/// What the last action on a batch asks of the loop.
+pub(super) enum Next {
+    At(i64),
+    Now,
+}
+
+impl BatchLane {
+    /// Runs until `shutdown`. Batches under way stay recorded; the next start polls them again.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut lane = Lane {
+            pacer: Pacer {
+                interval: Duration::from_secs_f64(60.0 / self.settings.rpm as f64),
+                next: Instant::now(),
+            },
+            paused_until: None,
+            max_bytes: self.settings.max_bytes as i64,
+        };
+        let mut last_reroute = Instant::now();
+        while !shutdown.is_cancelled() {
+            let next = match self.round(&mut lane, &mut last_reroute, &shutdown).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // A passing problem (a busy database, say) must not stop the lane: try again.
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "batch lane round failed; trying again in a second"
+                    );
+                    Some(now_ms() + 1000)
+                }
+            };
+            let sleep = next.map_or(Duration::from_secs(1), |at| {
+                Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
+            });
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One round: cancel requests, re-routing, packing, and every batch that is due. Returns when
+    /// the next thing is due.
+    async fn round(
+        &self,
+        lane: &mut Lane,
+        last_reroute: &mut Instant,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<i64>> {
+        let canceled = self
+            .store
+            .call(|c| batches::take_cancel_requests(c, now_ms()))
+            .await?;
+        for job in canceled {
+            tracing::info!(job = %job, "job canceled: pending items end canceled, its batches are being canceled");
+            self.results_wake.notify_one();
+        }
+        if last_reroute.elapsed() >= REROUTE_EVERY {
+            *last_reroute = Instant::now();
+            let (to_realtime, to_batch) = self.store.call(|c| apply::reroute(c, now_ms())).await?;
+            if to_realtime > 0 || to_batch > 0 {
+                tracing::info!(to_realtime, to_batch, "items re-routed between the lanes");
+                self.realtime_wake.notify_one();
+            }
+        }
+        let next_pack = self.pack_ready(lane).await?;
+        let next_batch = self.work_batches(lane, shutdown).await?;
+        Ok([next_pack, next_batch].into_iter().flatten().min())
+    }
+
+    /// Runs an API call unless shutdown comes first (None then). A create call cut off this way
+    /// stays flagged unknown and is reconciled at the next start.
+    pub(super) async fn call<T>(
+        &self,
+        shutdown: &CancellationToken,
+        call: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::select! {
+            value = call => Some(value),
+            _ = shutdown.cancelled() => None,
+        }
+    }
+
+    /// Runs `f` on the writer thread with what sending items back to the planner needs.
+    pub(super) async fn replanning<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
+        let rules = self.rules.get();
+        Ok(self
+            .store
+            .call(move |c| {
+                let replan = Replan {
+                    now: now_ms(),
+                    max_attempts,
+                    rpm_for: &*rpm_for,
+                    rules: &rules,
+                };
+                f(c, &replan)
+            })
+            .await?)
+    }
+
+    /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full
+    /// batch is waiting, or the oldest item waited `max_wait`. Returns when to look again.
+    async fn pack_ready(&self, lane: &Lane) -> anyhow::Result<Option<i64>> {
+        let rules = self.rules.get();
+        let max_requests = self.settings.max_requests as i64;
+        let waiting = self
+            .store
+            .call(move |c| {
+                let now = now_ms();
+                // Items a budget parked until now are ready again.
+                crate::store::budget::unpark_due(c, now)?;
+                batches::waiting_jobs(c, now, &rules.windows.closed_ranks(now), max_requests)
+            })
+            .await?;
+        let max_bytes = lane.max_bytes;
+        let max_wait = self.settings.max_wait.as_millis() as i64;
+        let mut next: Option<i64> = None;
+        for job in waiting {
+            let now = now_ms();
+            let all = job.ingested || now - job.oldest_at >= max_wait;
+            if !all && job.waiting < max_requests {
+                let at = job.oldest_at + max_wait;
+                next = Some(next.map_or(at, |n| n.min(at)));
+                continue;
+            }
+            loop {
+                let job_id = job.job_id;
+                let packed = self
+                    .replanning(move |c, r| {
+                        apply::pack(c, job_id, max_requests, max_bytes, r.rules, r.now)
+                    })
+                    .await?;
+                // A budget may have ended items (rejected) while packing.
+                self.results_wake.notify_one();
+                let Some(batch_id) = packed else { break };
+                tracing::info!(job = %job.name, batch = batch_id, "batch packed");
+                if !all {
+                    break; // one full batch; the rest waits for more items or for max_wait
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Acts on every batch that is due. Returns when the next one is.
+    async fn work_batches(
+        &self,
+        lane: &mut Lane,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<i64>> {
+        let open = self.store.call(batches::open).await?;
+        // While a create call's outcome is unknown, no other create goes out (see the module doc).
+        let unresolved = open.iter().any(|b| b.api_id.is_none() && b.create_unknown);
+        let mut next: Option<i64> = None;
+        for batch in open {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if batch.next_action_at > now_ms() {
+                next = Some(next.map_or(batch.next_action_at, |n| n.min(batch.next_action_at)));
+                continue;
+            }
+            let span = tracing::info_span!(
+                "batch",
+                job = %batch.job_name,
+                batch = batch.id,
+                api_id = batch.api_id.as_deref().unwrap_or("-")
+            );
+            let outcome = self
+                .work_batch(&batch, unresolved, lane, shutdown)
+                .instrument(span)
+                .await?;
+            let at = match outcome {
+                Next::At(at) => at,
+                Next::Now => now_ms(),
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        Ok(next)
+    }
+
+    /// The next step of one batch that is due: drop, reconcile, create, poll or apply its results.
+    async fn work_batch(
+        &self,
+        batch: &BatchRow,
+        unresolved: bool,
+        lane: &mut Lane,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Next> {
+        let outcome = match (&batch.api_id, batch.state.as_str()) {
+            (None, _) if batch.cancel_requested && !batch.create_unknown => {
+                let id = batch.id;
+                self.store
+                    .call(move |c| apply::drop_uncreated(c, id, now_ms()))
+                    .await?;
+                self.results_wake.notify_one();
+                Next::Now
+            }
+            (None, _) if batch.create_unknown => self.reconcile(batch, lane, shutdown).await?,
+            (None, _) if unresolved => Next::At(now_ms() + 1000),
+            (None, _) => match lane.paused_until {
+                Some(until) if until > Instant::now() => {
+                    Next::At(now_ms() + until.duration_since(Instant::now()).as_millis() as i64)
+                }
+                _ => self.create(batch, lane, shutdown).await?,
+            },
+            (Some(api_id), "ended") => self.apply_results(batch, api_id, lane, shutdown).await?,
+            (Some(api_id), _) => self.poll(batch, api_id, lane, shutdown).await?,
+        };
+        Ok(outcome)
+    }
+
+    pub(super) fn wake_all(&self) {
+        self.results_wake.notify_one();
+        self.realtime_wake.notify_one();
+        self.wake.notify_one();
+    }
+}

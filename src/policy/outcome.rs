@@ -1,0 +1,50 @@
+//! The words both lanes' outcome decisions share: what a finished attempt records, what becomes
+//! of its item, and when the account itself is refused.
+
+use std::time::Duration;
+
+use crate::model::answer::Usage;
+use crate::model::state::{AttemptOutcome, ItemState};
+
+/// How long a lane pauses when the account is blocked (spend cap, usage limit, key refused):
+/// sending more cannot succeed until a person acts.
+pub const BLOCKED_WAIT: Duration = Duration::from_secs(300);
+
+/// Whether an HTTP 400's message says the account's own usage limit is reached (the API answers
+/// so, not with a 429, when a self-set limit in the Console is hit).
+pub fn usage_limit_reached(message: &str) -> bool {
+    message.contains("reached your specified") && message.contains("usage limits")
+}
+
+/// Whether a refusal stops every call of the account alike (key refused, usage limit), so a
+/// lane should pause rather than fail items.
+pub fn account_blocked(status: u16, message: &str) -> bool {
+    (401..=403).contains(&status) || (status == 400 && usage_limit_reached(message))
+}
+
+/// What a finished attempt did to its item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemUpdate {
+    /// The item is done: its final state, results line, and error message for people.
+    Final {
+        state: ItemState,
+        result_line: String,
+        error: Option<String>,
+    },
+    /// Send again, not before `not_before`; `failed` counts it toward the attempt cap.
+    Retry { not_before: i64, failed: bool },
+}
+
+/// The facts of one finished attempt, for the `attempts` table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttemptRecord {
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<u16>,
+    pub request_id: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub error: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    /// The API's usage of a call it ran; a billed call gets a ledger row.
+    pub usage: Option<Usage>,
+}
