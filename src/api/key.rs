@@ -16,6 +16,7 @@ impl ApiKey {
 
     /// From `api.api_key_file`, else the systemd credential `anthropic-api-key`, else
     /// `ANTHROPIC_API_KEY`. The error names what to set.
+    #[allow(clippy::disallowed_methods)] // the key is read at the edge, here, and nowhere else
     pub fn load(settings: &ApiSettings) -> anyhow::Result<ApiKey> {
         if let Some(path) = &settings.api_key_file {
             return read_key_file(path);

@@ -1,6 +1,7 @@
 //! The command line: clap types only. `main.rs` dispatches them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -102,8 +103,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub watch: bool,
     /// Seconds between redraws with --watch.
-    #[arg(long, default_value_t = 1.0, requires = "watch")]
-    pub interval: f64,
+    #[arg(long, default_value = "1", value_parser = seconds, requires = "watch")]
+    pub interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -166,8 +167,8 @@ pub struct FakeApiArgs {
     #[arg(long, default_value_t = 0.0)]
     pub drop: f64,
     /// Seconds a batch takes to end.
-    #[arg(long, default_value_t = 2.0)]
-    pub batch_secs: f64,
+    #[arg(long, default_value = "2", value_parser = seconds)]
+    pub batch_secs: Duration,
     /// Seed of every random draw.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -200,4 +201,31 @@ pub enum BenchCommand {
         #[arg(long)]
         both_rules: bool,
     },
+}
+
+/// A number of seconds (`1`, `0.5`): anything else, NaN, a negative or more than a day is refused
+/// with a message, never a panic.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{text:?}: give 0 to 86400 seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_checked_not_panicked_on() {
+        assert_eq!(seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(seconds("2"), Ok(Duration::from_secs(2)));
+        for bad in ["NaN", "inf", "-1", "1e9", "soon"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+    }
 }

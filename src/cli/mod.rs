@@ -1,8 +1,115 @@
-//! The command line.
+//! The command line: [`args`] holds the clap types, [`run`] takes a parsed command to its own file
+//! in [`commands`] (one per subcommand), and [`views`] are the reports they print (one per view).
+//! `main.rs` only parses, sets up tracing and maps errors to exit codes.
 
 pub mod args;
-pub mod bench;
-pub mod demo;
-pub mod plan;
-pub mod report;
-pub mod watch;
+pub mod commands;
+pub mod signals;
+pub mod views;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use args::{BenchCommand, Cli, Command};
+use commands::*;
+
+use crate::api::ApiKey;
+use crate::config::{Config, ConfigError, Env};
+
+/// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 69 no database yet,
+/// 78 bad configuration (sysexits' EX_CONFIG).
+pub const EXIT_NOT_FOUND: u8 = 3;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Runs a parsed command line; its exit code on success.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Run => run::run(config),
+        Command::Status(flags) => status::run(config, &flags),
+        Command::Job { name, json } => job::run(config, &name, json.json),
+        Command::Limits(flags) => limits::run(config, flags.json),
+        Command::Diagnose(flags) => diagnose::run(config, flags.json),
+        Command::Plan {
+            file,
+            count_tokens,
+            count_tokens_rpm,
+            json,
+        } => plan::run(config, &file, count_tokens, count_tokens_rpm, json.json),
+        Command::Ledger(args) => ledger::run(config, &args),
+        Command::Cancel { name } => cancel::run(config, &name),
+        Command::Unschedule { name } => unschedule::run(config, &name),
+        Command::Backup { file } => backup::run(config, &file),
+        Command::Submit { file, name } => submit::run(config, &file, name.as_deref()),
+        Command::FakeApi(args) => fake_api::run(&args),
+        Command::Demo { dir } => runtime()?
+            .block_on(demo::run(&dir))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Bench { what } => match what {
+            BenchCommand::Ingest { lines } => runtime()?.block_on(bench::ingest(lines)),
+            BenchCommand::Quota {
+                profile,
+                secs,
+                both_rules,
+            } => runtime()?.block_on(bench::quota_runs(profile.as_deref(), secs, both_rules)),
+            BenchCommand::Realtime { items, concurrency } => {
+                runtime()?.block_on(bench::realtime(items, concurrency))
+            }
+        }
+        .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// What the config takes from the environment: read here, at the edge, and passed in.
+#[allow(clippy::disallowed_methods)]
+pub fn env() -> Env {
+    Env {
+        anthropic_base_url: std::env::var("ANTHROPIC_BASE_URL").ok(),
+    }
+}
+
+/// The config: `--config` (or `NIGHTSHIFT_CONFIG`), else the default places, else defaults.
+fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    Config::locate(explicit, &env())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The API key from `api.api_key_file`, the systemd credential or `ANTHROPIC_API_KEY`; its absence
+/// is a configuration error naming where it was looked for.
+fn load_key(config: &Config) -> Result<ApiKey, ConfigError> {
+    ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
+        path: config.source.clone().unwrap_or_default(),
+        key: if config.api.api_key_file.is_some() {
+            "api.api_key_file".into()
+        } else {
+            "ANTHROPIC_API_KEY".into()
+        },
+        problem: format!("gives no key: {e}"),
+    })
+}
+
+/// Prints a report as pretty JSON (the documented `--json` shape) or as text.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `error: no job named "x" (see `nightshift status`)`, exit 3.
+fn not_found(what: &str, name: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("error: no {what} named {name:?} (see `nightshift status`)");
+    Ok(ExitCode::from(EXIT_NOT_FOUND))
+}

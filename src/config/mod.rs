@@ -148,11 +148,22 @@ struct RawDaemon {
     shutdown_grace_secs: Option<u64>,
 }
 
+/// What the config takes from the process environment. The caller (the CLI) reads it and passes
+/// it in; nothing in this module reads the environment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Env {
+    /// `ANTHROPIC_BASE_URL`, as the official SDKs read it: used when the config sets no
+    /// `api.base_url`.
+    pub anthropic_base_url: Option<String>,
+}
+
 /// The checked configuration the rest of the program uses.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it came from, if any (for messages).
     pub source: Option<PathBuf>,
+    /// The environment it was read with (a reload reads the file again with the same).
+    pub env: Env,
     pub jobs_dir: PathBuf,
     pub data_dir: PathBuf,
     pub api: ApiSettings,
@@ -172,7 +183,7 @@ pub struct Config {
     pub budgets: crate::policy::budget::Budgets,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiSettings {
     pub base_url: String,
     pub anthropic_version: String,
@@ -181,7 +192,7 @@ pub struct ApiSettings {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RealtimeSettings {
     /// Most calls in flight at once, over all models.
     pub concurrency: usize,
@@ -204,7 +215,7 @@ pub struct QuotaConfig {
 }
 
 /// The Message Batches lane.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BatchSettings {
     /// Most requests per batch (the API allows 100,000).
     pub max_requests: u64,
@@ -220,7 +231,7 @@ pub struct BatchSettings {
     pub rpm: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DaemonSettings {
     pub scan_interval: Duration,
     pub shutdown_grace: Duration,
@@ -229,29 +240,29 @@ pub struct DaemonSettings {
 impl Config {
     /// Finds and loads the config: `explicit` (from `--config` or `NIGHTSHIFT_CONFIG`) must exist;
     /// otherwise the first of [`DEFAULT_CONFIG_PATHS`] that exists; otherwise built-in defaults.
-    pub fn locate(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    pub fn locate(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         if let Some(path) = explicit {
-            return Config::load(path);
+            return Config::load(path, env);
         }
         for candidate in DEFAULT_CONFIG_PATHS {
             let path = Path::new(candidate);
             if path.is_file() {
-                return Config::load(path);
+                return Config::load(path, env);
             }
         }
-        Config::from_raw(RawConfig::default(), None, Path::new("/"))
+        Config::from_raw(RawConfig::default(), None, Path::new("/"), env)
     }
 
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, path)
+        Config::parse(&text, path, env)
     }
 
     /// Parses config text as if read from `path` (relative paths resolve against its folder).
-    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: toml_error(&e, text),
@@ -260,13 +271,14 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Config::from_raw(raw, Some(path.to_owned()), base)
+        Config::from_raw(raw, Some(path.to_owned()), base, env)
     }
 
     fn from_raw(
         raw: RawConfig,
         source: Option<PathBuf>,
         base: &Path,
+        env: &Env,
     ) -> Result<Config, ConfigError> {
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: source
@@ -286,11 +298,7 @@ impl Config {
         let base_url = raw
             .api
             .base_url
-            .or_else(|| {
-                std::env::var("ANTHROPIC_BASE_URL")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
+            .or_else(|| env.anthropic_base_url.clone().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
         let base_url = base_url.trim_end_matches('/').to_owned();
         if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
@@ -476,6 +484,7 @@ impl Config {
 
         Ok(Config {
             source,
+            env: env.clone(),
             batch,
             quota,
             jobs_dir,
@@ -656,7 +665,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/ns/nightshift.toml"))
+        Config::parse(text, Path::new("/etc/ns/nightshift.toml"), &Env::default())
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! scrape through a read-only connection; call counters and bucket levels come from the daemon's
 //! memory. [`render`] is pure, so the text format is unit-tested without a server.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -19,45 +18,9 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::answer::Outcome;
+use crate::lanes::calls::CallCounters;
 use crate::policy::quota::{ClassSnapshot, Quota};
 use crate::store::facts::{self, TenantTotals};
-
-/// Real-time calls by (model, outcome), since the daemon started.
-#[derive(Debug, Default)]
-pub struct CallCounters(Mutex<BTreeMap<(String, &'static str), u64>>);
-
-impl CallCounters {
-    pub fn count(&self, model: &str, outcome: &Outcome) {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *counts
-            .entry((model.to_owned(), outcome_label(outcome)))
-            .or_default() += 1;
-    }
-
-    fn snapshot(&self) -> Vec<((String, &'static str), u64)> {
-        let counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
-}
-
-/// The `outcome` label of a call.
-pub fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Succeeded { .. } => "succeeded",
-        Outcome::RateLimited { .. } => "rate_limited_429",
-        Outcome::Retryable {
-            status: Some(529), ..
-        } => "overloaded_529",
-        Outcome::Retryable {
-            status: Some(_), ..
-        } => "server_error",
-        Outcome::Retryable { status: None, .. } => "connection_error",
-        Outcome::Blocked { .. } => "blocked",
-        Outcome::Fatal { .. } => "invalid_request",
-        Outcome::Unknown { .. } => "unknown",
-    }
-}
 
 /// Everything one scrape shows.
 #[derive(Debug, Default)]
@@ -226,11 +189,7 @@ pub struct Sources {
 impl Sources {
     fn gather(&self) -> anyhow::Result<Scrape> {
         let conn = crate::store::open_read_only(&self.db_path)?;
-        let classes = self
-            .quota
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .snapshot(Instant::now());
+        let classes = crate::lock(&self.quota).snapshot(Instant::now());
         Ok(Scrape {
             items: facts::items_by_state(&conn)?,
             batches: facts::batches_by_state(&conn)?,

@@ -3,6 +3,7 @@
 //! admission (calls in flight get a grace period), the last results, the store.
 
 pub mod metrics;
+mod reload;
 pub mod systemd;
 
 use std::future::Future;
@@ -145,7 +146,7 @@ pub async fn run(
         max_concurrency: config.realtime.concurrency,
         initial_concurrency: config.realtime.concurrency.min(4),
     };
-    let calls = Arc::new(crate::daemon::metrics::CallCounters::default());
+    let calls = Arc::new(crate::lanes::calls::CallCounters::default());
     let quota = Arc::new(Mutex::new(Quota::new(
         move |model| limits_config.get().class_limits(model),
         quota_settings,
@@ -164,7 +165,7 @@ pub async fn run(
         calls: calls.clone(),
         idle_probes: Default::default(),
     };
-    let reloader = Reloader {
+    let reloader = reload::Reloader {
         source: config.source.clone(),
         config: live_config,
         rules,
@@ -383,77 +384,6 @@ async fn watchdog_loop(store: Store, stop: CancellationToken) {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-    }
-}
-
-/// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and
-/// prices, and the quota controllers' limits and reserve.
-struct Reloader {
-    source: Option<std::path::PathBuf>,
-    config: Live<Config>,
-    rules: Live<Rules>,
-    quota: Arc<Mutex<Quota>>,
-}
-
-impl Reloader {
-    /// Reads the config file again. A file that does not load leaves everything as it was.
-    fn reload(&self) {
-        let Some(path) = &self.source else {
-            tracing::warn!(
-                "reload asked, but the daemon runs on built-in defaults (no config file)"
-            );
-            return;
-        };
-        let new = match Config::load(path) {
-            Ok(new) => new,
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; the running configuration stays in force");
-                return;
-            }
-        };
-        let old = self.config.get();
-        for (what, changed) in [
-            (
-                "jobs_dir, data_dir",
-                old.jobs_dir != new.jobs_dir || old.data_dir != new.data_dir,
-            ),
-            (
-                "[api]",
-                format!("{:?}", old.api) != format!("{:?}", new.api),
-            ),
-            (
-                "[realtime]",
-                format!("{:?}", old.realtime) != format!("{:?}", new.realtime),
-            ),
-            (
-                "[batch]",
-                format!("{:?}", old.batch) != format!("{:?}", new.batch),
-            ),
-            (
-                "[daemon]",
-                format!("{:?}", old.daemon) != format!("{:?}", new.daemon),
-            ),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "{what} changed in {}; that takes effect at the next restart",
-                    path.display()
-                );
-            }
-        }
-        self.rules.set(Rules::from_config(&new));
-        let settings = QuotaSettings {
-            reserve: new.quota.reserve,
-            output_reservation: new.quota.output_reservation,
-            max_concurrency: old.realtime.concurrency,
-            initial_concurrency: old.realtime.concurrency.min(4),
-        };
-        self.config.set(new);
-        self.quota
-            .lock()
-            .expect("quota lock")
-            .reconfigure(settings, std::time::Instant::now());
-        tracing::info!(config = %path.display(), "configuration reloaded: limits, reserve, budgets and prices are in force");
     }
 }
 

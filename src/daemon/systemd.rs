@@ -12,6 +12,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// From `$NOTIFY_SOCKET`: a path, or `@name` for an abstract socket.
+    #[allow(clippy::disallowed_methods)] // systemd speaks through the environment
     pub fn from_env() -> Notifier {
         let socket = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
             let path = path.to_str()?.to_owned();
@@ -59,6 +60,7 @@ impl Notifier {
 }
 
 /// How often to ping the watchdog: half of `$WATCHDOG_USEC`, when it is set for this process.
+#[allow(clippy::disallowed_methods)] // systemd speaks through the environment
 pub fn watchdog_interval() -> Option<Duration> {
     if let Some(pid) = std::env::var("WATCHDOG_PID").ok()
         && pid.parse::<u32>().ok() != Some(std::process::id())
@@ -84,6 +86,7 @@ fn address(path: &str) -> Option<std::os::unix::net::SocketAddr> {
 }
 
 /// `CLOCK_MONOTONIC` in microseconds (std's `Instant` uses that clock but hides its value).
+#[allow(unsafe_code)] // one libc call; std has no way to read this clock
 fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

@@ -222,9 +222,7 @@ impl Shared {
     /// Locks the state. A panic while holding the lock cannot leave it inconsistent in a way
     /// that matters for a test fake, so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
     fn stats_snapshot(&self) -> FakeStats {

@@ -113,7 +113,7 @@ impl Intake {
             }
             let outcome = match ingest_file(self, &path) {
                 Ok(outcome) => {
-                    self.failures.lock().expect("failures lock").remove(&path);
+                    crate::lock(&self.failures).remove(&path);
                     outcome
                 }
                 Err(e) => match self.give_up_on(&path, &e)? {
@@ -149,7 +149,7 @@ impl Intake {
     ) -> anyhow::Result<Option<IntakeOutcome>> {
         let changed = error.downcast_ref::<IntakeError>().is_some();
         let failures = {
-            let mut map = self.failures.lock().expect("failures lock");
+            let mut map = crate::lock(&self.failures);
             let n = map.entry(path.to_owned()).or_insert(0);
             *n += 1;
             *n
@@ -158,7 +158,7 @@ impl Intake {
             tracing::warn!(file = %path.display(), error = format!("{error:#}"), failures, "taking a job file in failed; trying again at the next scan");
             return Ok(None);
         }
-        self.failures.lock().expect("failures lock").remove(path);
+        crate::lock(&self.failures).remove(path);
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod batch;
+pub mod calls;
 pub mod intake;
 pub mod realtime;
 pub mod results;

@@ -52,7 +52,7 @@ pub struct RealtimeLane {
     /// Budgets (checked as each call is marked in flight) and prices (charged as answers come in).
     pub rules: Live<Rules>,
     /// Calls by model and outcome, for the metrics endpoint.
-    pub calls: Arc<crate::daemon::metrics::CallCounters>,
+    pub calls: Arc<crate::lanes::calls::CallCounters>,
     /// When each class last sent a probe call for `when_idle` work.
     pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
@@ -160,7 +160,7 @@ impl RealtimeLane {
             }
             let (held_before, closed_before) = (held.len(), closed.len());
             {
-                let mut quota = self.quota.lock().expect("quota lock");
+                let mut quota = crate::lock(&self.quota);
                 let now = Instant::now();
                 for item in &ready {
                     if held.contains(&item.model) {
@@ -230,7 +230,7 @@ impl RealtimeLane {
             Ok(dispatches) => dispatches,
             Err(e) => {
                 // Nothing was sent: give every admitted call's quota back before giving up.
-                let mut quota = self.quota.lock().expect("quota lock");
+                let mut quota = crate::lock(&self.quota);
                 for (_, ticket, _) in &admitted {
                     quota.settle(
                         ticket,
@@ -259,7 +259,7 @@ impl RealtimeLane {
             };
             let Some(dispatch) = dispatch else {
                 // Not sent (canceled meanwhile, or stopped by a budget): give the quota back.
-                self.quota.lock().expect("quota lock").settle(
+                crate::lock(&self.quota).settle(
                     &ticket,
                     Answer::Refused,
                     None,
@@ -283,7 +283,7 @@ impl RealtimeLane {
         match quota.org_idle(model, now, IDLE_FRESH, IDLE_SHARE) {
             Some(idle) => idle,
             None => {
-                let mut probes = self.idle_probes.lock().expect("probe lock");
+                let mut probes = crate::lock(&self.idle_probes);
                 let class = crate::policy::quota::limit_class(model);
                 let due = probes
                     .get(&class)
@@ -297,7 +297,7 @@ impl RealtimeLane {
     }
 
     fn paused_until(&self) -> Option<Instant> {
-        let mut paused = self.paused.lock().expect("pause lock");
+        let mut paused = crate::lock(&self.paused);
         match *paused {
             Some(until) if until > Instant::now() => Some(until),
             _ => {
@@ -311,7 +311,7 @@ impl RealtimeLane {
     /// The reason is recorded for `nightshift status`.
     async fn pause(&self, reason: String) {
         let until = Instant::now() + BLOCKED_WAIT;
-        *self.paused.lock().expect("pause lock") = Some(until);
+        *crate::lock(&self.paused) = Some(until);
         tracing::error!(%reason, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's calls; the real-time lane pauses");
         let now = now_ms();
         let until_ms = now + BLOCKED_WAIT.as_millis() as i64;
@@ -383,11 +383,7 @@ impl RealtimeLane {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stop.cancelled() => return,
             }
-            let snapshot = self
-                .quota
-                .lock()
-                .expect("quota lock")
-                .snapshot(Instant::now());
+            let snapshot = crate::lock(&self.quota).snapshot(Instant::now());
             let key_id = self.key_id.clone();
             let saved = self
                 .store
@@ -418,7 +414,7 @@ impl RealtimeLane {
         let now = Instant::now();
         {
             let no_headers = Default::default();
-            let mut quota = self.quota.lock().expect("quota lock");
+            let mut quota = crate::lock(&self.quota);
             match &outcome {
                 Outcome::Succeeded { usage, limits, .. } => {
                     quota.settle(&ticket, Answer::Ran, Some(usage), limits, now);

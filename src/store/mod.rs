@@ -144,7 +144,7 @@ impl Store {
     /// Stops the writer once every op sent before is done, and waits for it. Clones that outlive
     /// this (a task abandoned at shutdown) get [`StoreError::Closed`].
     pub async fn close(self) {
-        let writer = self.writer.lock().expect("writer handle lock").take();
+        let writer = crate::lock(&self.writer).take();
         let _ = self.ops.send(Msg::Close);
         if let Some(handle) = writer {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

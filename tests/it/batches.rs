@@ -199,7 +199,7 @@ async fn sigkill_between_create_and_recording_the_id_makes_no_duplicate_batch() 
     // The fake should answer the rest quickly now.
     let mut second = env.spawn_binary_daemon("sk-test", "run2.log");
     let job = env.wait_done("crash", Duration::from_secs(60)).await;
-    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    signal(&second, libc::SIGTERM);
     assert!(second.wait().expect("reaped").success());
 
     assert_eq!(job.counts.succeeded, 50);
@@ -241,7 +241,7 @@ async fn a_restart_while_batches_are_in_progress_resumes_polling() {
 
     let mut second = env.spawn_binary_daemon("sk-test", "run2.log");
     let job = env.wait_done("resume", Duration::from_secs(60)).await;
-    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    signal(&second, libc::SIGTERM);
     assert!(second.wait().expect("reaped").success());
 
     assert_eq!(job.counts.succeeded, 100);

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nightshift::api::ApiKey;
-use nightshift::cli::report::JobStatus;
+use nightshift::cli::views::status::JobStatus;
 use nightshift::config::Config;
 use nightshift::fake_api::{FakeApi, FakeConfig};
 use serde_json::Value;
@@ -53,7 +53,7 @@ impl TestEnv {
     }
 
     pub fn config(&self) -> Config {
-        Config::load(&self.config_path).expect("config loads")
+        Config::load(&self.config_path, &Default::default()).expect("config loads")
     }
 
     pub fn jobs_dir(&self) -> PathBuf {
@@ -151,7 +151,7 @@ impl TestEnv {
     fn job_status(&self, job: &str) -> Option<JobStatus> {
         let config = self.config();
         let conn = nightshift::store::open_read_only(&config.db_path()).ok()?;
-        let status = nightshift::cli::report::status(
+        let status = nightshift::cli::views::status::status(
             &conn,
             &config.results_dir(),
             &Default::default(),
@@ -212,7 +212,8 @@ impl InProcessDaemon {
     }
 }
 
-/// Sends `signal` to a child process.
+/// Sends `signal` to a child process: the tests' one unsafe call.
+#[allow(unsafe_code)]
 pub fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) with the pid of a child we own and a valid signal number.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);

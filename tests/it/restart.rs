@@ -44,9 +44,7 @@ async fn sigkill_mid_job_then_restart_completes_each_item_once() {
     );
     let job = env.wait_done("crash", Duration::from_secs(120)).await;
     // SIGTERM: stop admitting, finish, exit 0.
-    let pid = second.id() as i32;
-    // SAFETY: kill(2) with a pid we own and a valid signal number.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    signal(&second, libc::SIGTERM);
     let status = second.wait().expect("reaped");
     assert_eq!(
         status.code(),

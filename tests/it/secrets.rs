@@ -39,8 +39,7 @@ async fn the_key_leaks_nowhere() {
     env.write_job("secret", &body);
     let mut daemon = env.spawn_binary_daemon(KEY, "daemon.log");
     env.wait_done("secret", Duration::from_secs(60)).await;
-    // SAFETY: kill(2) with a pid we own.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().expect("reaped").success());
     assert_each_once(&env.results("secret"), &ids);
     assert_eq!(env.fake.stats().messages_accepted, 20);
@@ -54,7 +53,7 @@ async fn the_key_leaks_nowhere() {
     let started = std::time::Instant::now();
     loop {
         if let Ok(conn) = nightshift::store::open_read_only(&env.config().db_path())
-            && let Ok(Some(job)) = nightshift::cli::report::job(
+            && let Ok(Some(job)) = nightshift::cli::views::job::job(
                 &conn,
                 &env.config().results_dir(),
                 "rejected",
@@ -75,7 +74,7 @@ async fn the_key_leaks_nowhere() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().expect("reaped").success());
     let log2 = std::fs::read_to_string(env.dir.path().join("daemon2.log")).expect("log");
     assert!(

@@ -87,7 +87,8 @@ impl BatchLane {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut lane = Lane {
             pacer: Pacer {
-                interval: Duration::from_secs_f64(60.0 / self.settings.rpm as f64),
+                interval: Duration::try_from_secs_f64(60.0 / self.settings.rpm.max(1) as f64)
+                    .unwrap_or(Duration::from_secs(60)),
                 next: Instant::now(),
             },
             paused_until: None,

@@ -115,7 +115,9 @@ impl Bucket {
         if missing <= 0.0 || self.rate() <= 0.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((missing / self.rate()).min(3600.0))
+        // A NaN (no usable rate) waits the longest, like an unknown refill.
+        Duration::try_from_secs_f64((missing / self.rate()).min(3600.0))
+            .unwrap_or(Duration::from_secs(3600))
     }
 
     /// Applies what an answer said: the limit, a capacity estimate, and the level less `uncounted`

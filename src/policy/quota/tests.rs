@@ -81,7 +81,7 @@ fn a_reload_puts_new_limits_and_reserve_in_force() {
     let configured = std::sync::Arc::new(std::sync::Mutex::new(limits(600, 600_000, 600_000)));
     let live = configured.clone();
     let mut q = Quota::new(
-        move |_| ClassLimits::ceiling(*live.lock().expect("lock")),
+        move |_| ClassLimits::ceiling(*crate::lock(&live)),
         settings(0.0),
     );
     let t = q
@@ -94,7 +94,7 @@ fn a_reload_puts_new_limits_and_reserve_in_force() {
         &RateLimitHeaders::default(),
         t0,
     );
-    *configured.lock().expect("lock") = limits(6, 600_000, 600_000);
+    *crate::lock(&configured) = limits(6, 600_000, 600_000);
     q.reconfigure(settings(0.5), t0);
     let snapshot = q.snapshot(t0);
     assert_eq!(snapshot[0].dims[0].limit_per_minute, Some(6.0));

@@ -9,15 +9,16 @@ use anyhow::Context;
 
 use crate::api::ApiKey;
 use crate::cli::args::FakeApiArgs;
-use crate::cli::report::{self, JobStatus};
+use crate::cli::views::status::{self, JobStatus};
+use crate::cli::views::{job, progress_bar};
 use crate::config::Config;
 use crate::fake_api::{FakeApi, FakeConfig, FakeLimits, FakeStats, Faults};
 use crate::lanes::intake;
 use crate::{daemon, store};
 
 /// The example job shipped in the repository (embedded, so the demo runs from anywhere).
-const EXAMPLE_JOB: &str = include_str!("../../jobs/example.jsonl");
-const EXAMPLE_SIDECAR: &str = include_str!("../../jobs/example.toml");
+const EXAMPLE_JOB: &str = include_str!("../../../jobs/example.jsonl");
+const EXAMPLE_SIDECAR: &str = include_str!("../../../jobs/example.toml");
 /// Marks a folder made by the demo, so it is only ever removed when it is ours.
 const MARKER: &str = ".nightshift-demo";
 
@@ -42,7 +43,7 @@ pub fn fake_config_from_args(args: &FakeApiArgs) -> FakeConfig {
             ..Faults::default()
         },
         batch: crate::fake_api::BatchSettings {
-            processing_time: Duration::from_secs_f64(args.batch_secs.clamp(0.0, 86_400.0)),
+            processing_time: args.batch_secs,
             ..Default::default()
         },
         seed: args.seed,
@@ -61,7 +62,7 @@ pub async fn wait_until_done(
     let started = Instant::now();
     loop {
         if let Ok(conn) = store::open_read_only(db) {
-            let status = report::status(&conn, results_dir, &Default::default(), store::now_ms())?;
+            let status = status::status(&conn, results_dir, &Default::default(), store::now_ms())?;
             if let Some(job) = status.jobs.into_iter().find(|j| j.name == name) {
                 tick(&job);
                 if job.state == "done" {
@@ -117,7 +118,7 @@ otpm = {otpm}
         otpm = limits.otpm,
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(Config::load(&path)?)
+    Ok(Config::load(&path, &Default::default())?)
 }
 
 /// Makes `dir` afresh, refusing to empty a folder the demo did not make.
@@ -253,7 +254,7 @@ fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> Strin
         "{:>5.1}s  {} {}  {}/{} done, {} in flight  | lanes: {} batch, {} real time  | batches: {}  | API: 429 x{}, 529 x{}, 500 x{}",
         elapsed.as_secs_f64(),
         job.name,
-        report::progress_bar(done, c.total, 24),
+        progress_bar(done, c.total, 24),
         done,
         c.total,
         c.in_flight,
@@ -272,7 +273,7 @@ fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> Strin
 
 fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyhow::Result<()> {
     let conn = store::open_read_only(&config.db_path())?;
-    let job = report::job(&conn, &config.results_dir(), "example", store::now_ms())?
+    let job = job::job(&conn, &config.results_dir(), "example", store::now_ms())?
         .context("the example job")?;
     let job_id = crate::store::jobs::find_by_name(&conn, "example")?
         .context("the example job")?

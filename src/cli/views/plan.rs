@@ -87,7 +87,8 @@ impl ApiCounter {
         Ok(ApiCounter {
             client,
             runtime,
-            interval: std::time::Duration::from_secs_f64(60.0 / f64::from(rpm.max(1))),
+            interval: std::time::Duration::try_from_secs_f64(60.0 / f64::from(rpm.max(1)))
+                .unwrap_or(std::time::Duration::from_secs(60)),
             next,
             counted: 0,
         })
@@ -332,7 +333,12 @@ mod tests {
     use super::*;
 
     fn config(limits: &str) -> Config {
-        Config::parse(limits, Path::new("/tmp/nightshift.toml")).expect("config")
+        Config::parse(
+            limits,
+            Path::new("/tmp/nightshift.toml"),
+            &Default::default(),
+        )
+        .expect("config")
     }
 
     fn write(lines: &[String]) -> tempfile::NamedTempFile {

@@ -9,7 +9,9 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::cli::report::{LimitsReport, StatusReport, finished, progress_bar};
+use super::limits::LimitsReport;
+use super::status::StatusReport;
+use super::{finished, format_time, progress_bar};
 
 /// The lines of one terminal frame, none wider than `width`.
 pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usize) -> Vec<String> {
@@ -145,6 +147,7 @@ impl Drop for TerminalGuard {
 }
 
 /// The terminal's width in columns (80 when it cannot be told).
+#[allow(unsafe_code)] // one libc call; std has no way to ask the terminal its size
 fn terminal_width() -> usize {
     let mut size = libc::winsize {
         ws_row: 0,
@@ -176,7 +179,7 @@ pub async fn run(
     let mut last_plain: Vec<String> = Vec::new();
     let mut last_frame: Vec<String> = Vec::new();
     loop {
-        let now = crate::cli::report::format_time(crate::store::now_ms());
+        let now = format_time(crate::store::now_ms());
         let mut out = std::io::stdout().lock();
         match read(db) {
             Ok((status, limits)) if tty => {
@@ -227,7 +230,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::report::{DimLimits, JobStatus, Lanes};
+    use crate::cli::views::limits::{ClassLimits, DimLimits};
+    use crate::cli::views::status::{JobStatus, Lanes};
     use crate::store::items::Counts;
 
     fn status() -> StatusReport {
@@ -258,7 +262,7 @@ mod tests {
 
     fn limits() -> LimitsReport {
         LimitsReport {
-            classes: vec![crate::cli::report::ClassLimits {
+            classes: vec![ClassLimits {
                 class: "claude-haiku-5-5".into(),
                 updated_at: String::new(),
                 concurrency: 16,

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiKey;
-use crate::cli::demo;
+use crate::cli::commands::demo;
 use crate::config::Config;
 use crate::daemon;
 use crate::fake_api::{FakeApi, FakeConfig};
@@ -106,7 +106,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
             fake.base_url()
         ),
     )?;
-    let config = Config::load(&config_path)?;
+    let config = Config::load(&config_path, &Default::default())?;
     std::fs::create_dir_all(&config.jobs_dir)?;
     let file = dir.path().join("bench.jsonl");
     write_job_file(&file, items, "realtime")?;
@@ -189,6 +189,26 @@ pub struct QuotaRun {
     pub interactive: Option<crate::fake_api::LoadReport>,
 }
 
+/// `bench quota`: each profile (or the one named), alone and beside interactive traffic, under
+/// the 2026 output rule (and the 2025 one with `both_rules`).
+pub async fn quota_runs(profile: Option<&str>, secs: u64, both_rules: bool) -> anyhow::Result<()> {
+    let profiles: Vec<Profile> = PROFILES
+        .into_iter()
+        .filter(|p| profile.is_none_or(|want| want == p.name))
+        .collect();
+    anyhow::ensure!(!profiles.is_empty(), "unknown profile; use tier1 or fast");
+    let rules: &[bool] = if both_rules { &[false, true] } else { &[false] };
+    for p in profiles {
+        for &rule in rules {
+            for interactive in [false, true] {
+                let run = quota(p, secs, interactive, rule).await?;
+                println!("{}", run.to_text());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `nightshift bench quota`: a real-time job against the fake API with tier-like limits, alone
 /// and beside a steady interactive load at 20 % of the RPM on the same org.
 pub async fn quota(
@@ -231,7 +251,7 @@ pub async fn quota(
             profile.otpm
         ),
     )?;
-    let config = Config::load(&config_path)?;
+    let config = Config::load(&config_path, &Default::default())?;
     std::fs::create_dir_all(&config.jobs_dir)?;
     // More work than the run can do: the limits, not the job, must be what stops it.
     let items = (profile.rpm * secs / 60) * 2 + 50;

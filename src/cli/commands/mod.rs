@@ -1,0 +1,16 @@
+//! One file per subcommand: each reads what it needs, does it, and prints through a view.
+
+pub mod backup;
+pub mod bench;
+pub mod cancel;
+pub mod demo;
+pub mod diagnose;
+pub mod fake_api;
+pub mod job;
+pub mod ledger;
+pub mod limits;
+pub mod plan;
+pub mod run;
+pub mod status;
+pub mod submit;
+pub mod unschedule;

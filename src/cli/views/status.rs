@@ -1,0 +1,336 @@
+//! `nightshift status`: every job with its progress and counts, windows, schedules, budgets.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::limits::{Pause, pauses, pauses_text};
+use super::{finished, format_time, progress_bar, table};
+use crate::lanes::admission::Rules;
+use crate::model::batch::BatchCounts;
+use crate::model::results::results_path;
+use crate::store::batches;
+use crate::store::budget::TenantBudget;
+use crate::store::items::{self, Counts};
+use crate::store::jobs::{self, JobRow};
+
+/// `nightshift status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub jobs: Vec<JobStatus>,
+    /// Files intake could not take as jobs (newest first).
+    pub rejected_files: Vec<RejectedFile>,
+    /// Lanes paused because the API refuses the account (key, spend cap, usage limit).
+    pub paused: Vec<Pause>,
+    /// Tenants with budget caps in the config, and where they stand (UTC day and month).
+    pub budgets: Vec<TenantBudget>,
+    /// Where the running daemon serves Prometheus metrics, if it does.
+    pub metrics_url: Option<String>,
+    /// Recurring jobs and their next run.
+    pub schedules: Vec<ScheduleStatus>,
+    /// Time windows of priority classes, and whether each is open now.
+    pub windows: Vec<WindowStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WindowStatus {
+    pub class: &'static str,
+    pub hours: String,
+    pub timezone: Option<String>,
+    pub open: bool,
+    pub when_idle: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScheduleStatus {
+    pub name: String,
+    pub schedule: String,
+    /// IANA name; null: the machine's zone.
+    pub timezone: Option<String>,
+    /// RFC 3339 (UTC); null: never again.
+    pub next_run: Option<String>,
+    pub last_run: Option<String>,
+    pub last_job: Option<String>,
+    pub runs: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    /// `queued` (nothing sent yet), `running`, or `done` (every item final, results file complete).
+    pub state: &'static str,
+    pub counts: Counts,
+    /// Items by the lane that produced their final outcome or is working on them now.
+    pub lanes: Lanes,
+    pub batches: Vec<BatchStatus>,
+    pub results_file: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Lanes {
+    pub batch: i64,
+    pub realtime: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchStatus {
+    /// The API's id (`msgbatch_…`), or null while it is being created.
+    pub id: Option<String>,
+    /// The API's `processing_status`, `submitting` before the id is known, or `failed`.
+    pub state: String,
+    /// The API's `request_counts`.
+    pub counts: BatchCounts,
+    /// Seconds since the batch was packed.
+    pub age_secs: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RejectedFile {
+    pub file: String,
+    pub reason: String,
+    pub at: String,
+}
+
+fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> rusqlite::Result<&'static str> {
+    if job.finished_at.is_some() {
+        return Ok("done");
+    }
+    if counts.in_flight > 0 || counts.succeeded > 0 {
+        return Ok("running");
+    }
+    let sent: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1)",
+        [job.id],
+        |r| r.get(0),
+    )?;
+    Ok(if sent { "running" } else { "queued" })
+}
+
+pub(super) fn job_status(
+    conn: &Connection,
+    job: &JobRow,
+    results_dir: &Path,
+) -> anyhow::Result<JobStatus> {
+    let counts = items::counts(conn, job.id)?;
+    let (batch, realtime) = batches::lanes(conn, job.id)?;
+    let now = crate::store::now_ms();
+    let batches = batches::by_job(conn, job.id)?
+        .into_iter()
+        .map(|b| {
+            let counts = if b.state == "submitting" {
+                BatchCounts {
+                    processing: b.request_count,
+                    ..Default::default()
+                }
+            } else {
+                b.counts
+            };
+            BatchStatus {
+                id: b.api_id,
+                state: b.state,
+                counts,
+                age_secs: (now - b.intent_at) / 1000,
+            }
+        })
+        .collect();
+    Ok(JobStatus {
+        name: job.name.clone(),
+        state: job_state(conn, job, &counts)?,
+        counts,
+        lanes: Lanes { batch, realtime },
+        batches,
+        results_file: results_path(results_dir, &job.name).display().to_string(),
+    })
+}
+
+pub fn status(
+    conn: &Connection,
+    results_dir: &Path,
+    rules: &Rules,
+    now: i64,
+) -> anyhow::Result<StatusReport> {
+    let wall = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let paused = pauses(conn)?;
+    let mut report = StatusReport {
+        jobs: Vec::new(),
+        rejected_files: Vec::new(),
+        paused,
+        budgets: crate::store::budget::standing(conn, &rules.budgets, now)?,
+        windows: rules
+            .windows
+            .0
+            .iter()
+            .map(|(class, w)| WindowStatus {
+                class: class.as_str(),
+                hours: w.hours.clone(),
+                timezone: w.timezone.clone(),
+                open: w.is_open(wall),
+                when_idle: w.when_idle,
+            })
+            .collect(),
+        metrics_url: crate::store::facts::get(conn, "metrics_url")?,
+        schedules: crate::store::schedules::list(conn)?
+            .into_iter()
+            .map(|s| ScheduleStatus {
+                name: s.name,
+                schedule: s.expr,
+                timezone: s.timezone,
+                next_run: s.next_run_at.map(format_time),
+                last_run: s.last_run_at.map(format_time),
+                last_job: s.last_job,
+                runs: s.runs,
+            })
+            .collect(),
+    };
+    for job in jobs::list(conn)? {
+        report.jobs.push(job_status(conn, &job, results_dir)?);
+    }
+    for (file, reason, at) in jobs::rejections(conn, 20)? {
+        report.rejected_files.push(RejectedFile {
+            file,
+            reason,
+            at: format_time(at),
+        });
+    }
+    Ok(report)
+}
+
+/// "2 (1 in_progress, 1 ended)" or "-".
+pub(super) fn batch_summary(batches: &[BatchStatus]) -> String {
+    if batches.is_empty() {
+        return "-".into();
+    }
+    let mut by_state: Vec<(&str, usize)> = Vec::new();
+    for b in batches {
+        match by_state.iter_mut().find(|(s, _)| *s == b.state) {
+            Some((_, n)) => *n += 1,
+            None => by_state.push((&b.state, 1)),
+        }
+    }
+    let parts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!("{} ({})", batches.len(), parts.join(", "))
+}
+
+impl StatusReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&pauses_text(&self.paused));
+        if !self.paused.is_empty() {
+            out.push('\n');
+        }
+        if self.jobs.is_empty() {
+            out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
+        } else {
+            let mut rows = vec![
+                [
+                    "JOB",
+                    "STATE",
+                    "PROGRESS",
+                    "TOTAL",
+                    "PENDING",
+                    "IN FLIGHT",
+                    "SUCCEEDED",
+                    "ERRORED",
+                    "EXPIRED",
+                    "CANCELED",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for job in &self.jobs {
+                let c = &job.counts;
+                rows.push(vec![
+                    job.name.clone(),
+                    job.state.to_owned(),
+                    progress_bar(finished(c), c.total, 20),
+                    c.total.to_string(),
+                    c.pending.to_string(),
+                    c.in_flight.to_string(),
+                    c.succeeded.to_string(),
+                    c.errored.to_string(),
+                    c.expired.to_string(),
+                    c.canceled.to_string(),
+                    format!("{}b/{}rt", job.lanes.batch, job.lanes.realtime),
+                    batch_summary(&job.batches),
+                ]);
+            }
+            out.push_str(&table(&rows));
+        }
+        if !self.budgets.is_empty() {
+            let mut rows = vec![
+                [
+                    "TENANT",
+                    "TODAY",
+                    "DAILY CAP",
+                    "THIS MONTH",
+                    "MONTHLY CAP",
+                    "RESERVED",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            let cap = |c: Option<f64>| c.map_or("-".into(), |c| format!("${c:.2}"));
+            for b in &self.budgets {
+                rows.push(vec![
+                    b.tenant.clone(),
+                    format!("${:.4}", b.daily_spent_usd),
+                    cap(b.daily_cap_usd),
+                    format!("${:.4}", b.monthly_spent_usd),
+                    cap(b.monthly_cap_usd),
+                    format!("${:.4}", b.reserved_usd),
+                ]);
+            }
+            out.push_str("\nbudgets (UTC day and month):\n");
+            out.push_str(&table(&rows));
+        }
+        if !self.schedules.is_empty() {
+            let mut rows = vec![
+                [
+                    "SCHEDULE", "CRON", "ZONE", "NEXT RUN", "LAST RUN", "LAST JOB", "RUNS",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for s in &self.schedules {
+                rows.push(vec![
+                    s.name.clone(),
+                    s.schedule.clone(),
+                    s.timezone.clone().unwrap_or_else(|| "local".into()),
+                    s.next_run.clone().unwrap_or_else(|| "never".into()),
+                    s.last_run.clone().unwrap_or_else(|| "-".into()),
+                    s.last_job.clone().unwrap_or_else(|| "-".into()),
+                    s.runs.to_string(),
+                ]);
+            }
+            out.push_str("\nrecurring jobs:\n");
+            out.push_str(&table(&rows));
+        }
+        for w in &self.windows {
+            let _ = writeln!(
+                out,
+                "\nwindow: {} work runs {} ({}){}: {}",
+                w.class,
+                w.hours,
+                w.timezone.as_deref().unwrap_or("local time"),
+                if w.when_idle {
+                    ", and outside it while the quota is idle"
+                } else {
+                    ""
+                },
+                if w.open { "open now" } else { "closed now" }
+            );
+        }
+        if let Some(url) = &self.metrics_url {
+            let _ = writeln!(out, "\nmetrics: {url}");
+        }
+        if !self.rejected_files.is_empty() {
+            out.push_str("\nrejected files (moved to the jobs folder's rejected/):\n");
+            for r in &self.rejected_files {
+                let _ = writeln!(out, "  {}  {}: {}", r.at, r.file, r.reason);
+            }
+        }
+        out
+    }
+}
