@@ -6,7 +6,8 @@
 //! lifecycle). See `/work/shared/anthropic-api.md` for the facts it follows.
 //!
 //! Layout:
-//! - `server`: the hyper server, routing, auth and HTTP answers ([`FakeApi`]).
+//! - `server`: the hyper server, routing and auth ([`FakeApi`]); `endpoints` and `reply`: the
+//!   endpoints and their answers.
 //! - `messages`: models, validation, token counting and generated answers.
 //! - `limits`: the token buckets (pure, time passed in).
 //! - `batches`: the batch store (pure, time passed in).
@@ -17,9 +18,11 @@
 //! [`FakeConfig::seed`]; answer lengths come from a hash of the request.
 
 mod batches;
+mod endpoints;
 mod limits;
 mod load;
 mod messages;
+mod reply;
 mod server;
 #[cfg(test)]
 mod tests;

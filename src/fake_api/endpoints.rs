@@ -1,0 +1,309 @@
+//! The fake's endpoints: Messages (validate, draw faults, admit, wait, answer), count_tokens and
+//! the Message Batches create and list.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use jiff::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+use super::Faults;
+use super::batches::{self};
+use super::limits::{ClassLimits, Dimension, retry_after_secs};
+use super::messages::{
+    ApiVersion, ParamsError, hash_bytes, message_json, plan_generation, validate_count_params,
+    validate_params,
+};
+
+use super::reply::{ApiError, Reply, json_reply, reply};
+use super::server::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, parse_json, read_body};
+
+/// The Messages endpoint: validate, draw faults, admit, wait, answer.
+pub(super) async fn messages(
+    shared: &Arc<Shared>,
+    kill: &CancellationToken,
+    request: Request<Incoming>,
+    request_id: &str,
+    version: ApiVersion,
+) -> Result<Reply, ApiError> {
+    let body = read_body(request, MESSAGES_MAX_BYTES).await?;
+    let params = parse_json(&body)?;
+    let valid = validate_params(&params, version).map_err(params_error)?;
+
+    // Faults, then admission, under one lock.
+    let (ticket, extra_latency, drop_connection) = {
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        if let Some(mut error) = draw_fault(&state.faults, &mut state.draws) {
+            if error.status == StatusCode::TOO_MANY_REQUESTS
+                && let Some(class) = class_limits(state, valid.class, now)
+            {
+                error.headers.extend(class.headers(now, Timestamp::now()));
+            }
+            return Err(error);
+        }
+        let slow = state.draws.f64() < state.faults.slow;
+        let drop_connection = state.draws.f64() < state.faults.drop_after_processing;
+        let extra_latency = if slow {
+            state.faults.slow_latency
+        } else {
+            Duration::ZERO
+        };
+        let otpm_rule = shared.otpm_rule;
+        let ticket = match class_limits(state, valid.class, now) {
+            None => None,
+            Some(class) => {
+                match class.admit(valid.input_tokens, valid.max_tokens, otpm_rule, now) {
+                    Ok(ticket) => Some(ticket),
+                    Err(refusal) => {
+                        let what = match refusal.dimension {
+                            Dimension::Requests => "requests",
+                            Dimension::InputTokens => "input tokens",
+                            Dimension::OutputTokens => "output tokens",
+                        };
+                        let mut error = ApiError::rate_limited(
+                            format!(
+                                "This request would exceed your organization's rate limit of {} {what} per minute (model class {}). For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
+                                refusal.limit_per_minute, valid.class
+                            ),
+                            refusal.retry_after_secs,
+                        );
+                        error.headers.extend(class.headers(now, Timestamp::now()));
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        (ticket, extra_latency, drop_connection)
+    };
+
+    let latency = shared.latency + extra_latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let hash = hash_bytes(shared.seed, &body);
+    let generation = plan_generation(hash, valid.max_tokens);
+    let (message_id, headers) = {
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        let mut headers = Vec::new();
+        if let Some(ticket) = ticket
+            && let Some(class) = class_limits(state, valid.class, now)
+        {
+            class.complete(ticket, generation.output_tokens, now);
+            headers = class.headers(now, Timestamp::now());
+        }
+        state.stats.input_tokens += valid.input_tokens;
+        state.stats.output_tokens += generation.output_tokens;
+        if drop_connection {
+            state.stats.messages_dropped += 1;
+        } else {
+            state.stats.messages_accepted += 1;
+        }
+        (batches::random_id(&mut state.ids, "msg_"), headers)
+    };
+
+    if drop_connection {
+        // Processed and counted; now close the connection without answering.
+        kill.cancel();
+        std::future::pending::<()>().await;
+    }
+
+    let message = message_json(
+        &message_id,
+        &valid.model,
+        valid.input_tokens,
+        hash,
+        generation,
+        "standard",
+    );
+    Ok(reply(
+        StatusCode::OK,
+        request_id,
+        "application/json",
+        Bytes::from(message.to_string()),
+        &headers,
+    ))
+}
+
+/// The buckets of `class` (created full on first use), or `None` without limits.
+pub(super) fn class_limits<'a>(
+    state: &'a mut State,
+    class: &'static str,
+    now: Instant,
+) -> Option<&'a mut ClassLimits> {
+    let limits = state.limits?;
+    Some(
+        state
+            .classes
+            .entry(class)
+            .or_insert_with(|| ClassLimits::new(&limits, now)),
+    )
+}
+
+/// One draw decides between 529, 500, injected 429 and no fault.
+pub(super) fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<ApiError> {
+    let draw = rng.f64();
+    let mut threshold = faults.overloaded_529;
+    if draw < threshold {
+        return Some(ApiError::new(
+            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "overloaded_error",
+            "Overloaded",
+        ));
+    }
+    threshold += faults.server_error_500;
+    if draw < threshold {
+        return Some(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "Internal server error",
+        ));
+    }
+    threshold += faults.rate_limited_429;
+    if draw < threshold {
+        return Some(ApiError::rate_limited(
+            "Number of request tokens has exceeded your per-minute rate limit (injected by the fake)",
+            1,
+        ));
+    }
+    None
+}
+
+/// Takes one request from the batch endpoints' shared RPM bucket (when limits are on).
+pub(super) fn params_error(error: ParamsError) -> ApiError {
+    let (status, kind) = error.status_and_type();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    ApiError::new(status, kind, error.message())
+}
+
+/// `POST /v1/messages/count_tokens`: the input-token count the Messages endpoint would bill,
+/// under its own RPM.
+pub(super) async fn count_tokens(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Reply, ApiError> {
+    let body = read_body(request, MESSAGES_MAX_BYTES).await?;
+    let params = parse_json(&body)?;
+    let input_tokens = validate_count_params(&params).map_err(params_error)?;
+    let mut state = shared.lock();
+    if let Some(bucket) = state.count_tokens_rpm.as_mut() {
+        let now = Instant::now();
+        let wait = bucket.seconds_until(1.0, now);
+        if wait > 0.0 {
+            return Err(ApiError::rate_limited(
+                format!(
+                    "This request would exceed your organization's rate limit of {} requests per minute for token counting. Please try again later.",
+                    bucket.limit_per_minute()
+                ),
+                retry_after_secs(wait),
+            ));
+        }
+        bucket.take(1.0, now);
+    }
+    state.stats.count_tokens_calls += 1;
+    Ok(json_reply(
+        StatusCode::OK,
+        request_id,
+        &serde_json::json!({ "input_tokens": input_tokens }),
+    ))
+}
+
+pub(super) fn charge_batch_rpm(shared: &Shared) -> Result<(), ApiError> {
+    let mut state = shared.lock();
+    let Some(bucket) = state.batch_rpm.as_mut() else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    let wait = bucket.seconds_until(1.0, now);
+    if wait > 0.0 {
+        return Err(ApiError::rate_limited(
+            format!(
+                "This request would exceed your organization's rate limit of {} requests per minute for the Message Batches API. Please try again later.",
+                bucket.limit_per_minute()
+            ),
+            retry_after_secs(wait),
+        ));
+    }
+    bucket.take(1.0, now);
+    Ok(())
+}
+
+pub(super) async fn create_batch(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    request_id: &str,
+    version: ApiVersion,
+) -> Result<Reply, ApiError> {
+    let body = read_body(request, BATCH_MAX_BYTES).await?;
+    let body = parse_json(&body)?;
+    let requests = batches::parse_create_body(&body).map_err(ApiError::invalid)?;
+    let count = requests.len() as u64;
+    let batch = {
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let now = Instant::now();
+        state.batches.refresh(now, &mut state.stats);
+        if let Some(wait) = state.batches.queue_wait(count, shared.batch.queue_cap, now) {
+            return Err(ApiError::rate_limited(
+                format!(
+                    "This batch would exceed your organization's limit of {} batch requests in the processing queue. Please try again later.",
+                    shared.batch.queue_cap
+                ),
+                retry_after_secs(wait),
+            ));
+        }
+        let batch =
+            state
+                .batches
+                .create(requests, version, now, Timestamp::now(), &shared.base_url);
+        state.stats.batches_created += 1;
+        state.stats.batch_requests += count;
+        batch
+    };
+    // Created: a client that dies while waiting here never learns the id (the crash tests).
+    if !shared.batch.create_latency.is_zero() {
+        tokio::time::sleep(shared.batch.create_latency).await;
+    }
+    Ok(json_reply(StatusCode::OK, request_id, &batch))
+}
+
+/// `limit` (1..=1000, default 20), `after_id`, `before_id`.
+pub(super) fn parse_list_query(
+    query: &str,
+) -> Result<(usize, Option<String>, Option<String>), ApiError> {
+    let mut limit = 20;
+    let mut after_id = None;
+    let mut before_id = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "limit" => {
+                limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "limit: Input should be an integer between 1 and 1000",
+                        ));
+                    }
+                }
+            }
+            "after_id" => after_id = Some(value.to_string()),
+            "before_id" => before_id = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    if after_id.is_some() && before_id.is_some() {
+        return Err(ApiError::invalid(
+            "after_id and before_id cannot be used together",
+        ));
+    }
+    Ok((limit, after_id, before_id))
+}
