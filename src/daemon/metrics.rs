@@ -71,15 +71,15 @@ pub fn render(s: &Scrape) -> String {
         "nightshift_billed_requests_total",
         "counter",
         "Billed calls (real-time answers and succeeded batch requests) by tenant, from the ledger.",
-        tenant_samples(&|t| t.requests),
+        tenant_samples(&|t| t.totals.requests),
     );
     let mut tokens = Vec::new();
     for t in &s.tenants {
         for (kind, n) in [
-            ("input", t.input_tokens),
-            ("output", t.output_tokens),
-            ("cache_creation_input", t.cache_creation_input_tokens),
-            ("cache_read_input", t.cache_read_input_tokens),
+            ("input", t.totals.input_tokens),
+            ("output", t.totals.output_tokens),
+            ("cache_creation_input", t.totals.cache_creation_input_tokens),
+            ("cache_read_input", t.totals.cache_read_input_tokens),
         ] {
             tokens.push((labels(&[("tenant", &t.tenant), ("kind", kind)]), n as f64));
         }
@@ -99,7 +99,7 @@ pub fn render(s: &Scrape) -> String {
             .map(|t| {
                 (
                     labels(&[("tenant", &t.tenant)]),
-                    t.cost_micro_usd as f64 / 1e6,
+                    t.totals.cost_micro_usd as f64 / 1e6,
                 )
             })
             .collect(),
@@ -271,11 +271,13 @@ mod tests {
             items: vec![("succeeded".into(), 3)],
             tenants: vec![TenantTotals {
                 tenant: "acme \"eu\"".into(),
-                requests: 2,
-                input_tokens: 10,
-                output_tokens: 20,
-                cost_micro_usd: 1_500,
-                ..Default::default()
+                totals: crate::store::ledger::Sums {
+                    requests: 2,
+                    input_tokens: 10,
+                    output_tokens: 20,
+                    cost_micro_usd: 1_500,
+                    ..Default::default()
+                },
             }],
             calls: vec![(("claude-haiku-5-5".into(), "rate_limited_429"), 4)],
             ..Default::default()

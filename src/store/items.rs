@@ -548,23 +548,7 @@ pub fn errored(
 mod tests {
     use super::*;
 
-    use crate::model::job::JobDefaults;
-    use crate::model::line::parse_line;
-    use crate::store::{jobs, test_connection};
-
-    fn job(conn: &Connection) -> i64 {
-        jobs::create(
-            conn,
-            &jobs::NewJob {
-                name: "j".into(),
-                source_path: "j.jsonl".into(),
-                defaults: JobDefaults::default(),
-                created_at: 0,
-            },
-        )
-        .expect("job")
-        .id
-    }
+    use crate::store::{test_connection, test_empty_job, test_insert};
 
     fn line(id: &str) -> String {
         format!(
@@ -573,34 +557,14 @@ mod tests {
     }
 
     fn insert(conn: &Connection, job_id: i64, lines: &[String]) {
-        let job_items = lines.len() as u64;
-        let plan = |line: &ValidLine| {
-            let lanes = crate::policy::planner::LaneFacts {
-                now: 1,
-                batch_turnaround_ms: crate::policy::planner::PROMISED_TURNAROUND_MS,
-                job_items,
-                realtime_rpm: None,
-            };
-            crate::policy::planner::decide_line(line, &lanes)
-        };
-        insert_chunk(conn, job_id, "j.jsonl", &parsed(lines), 1, &plan).expect("insert");
-    }
-
-    fn parsed(lines: &[String]) -> Vec<(u64, ParsedLine)> {
-        lines
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let n = i as u64 + 1;
-                (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0))
-            })
-            .collect()
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        test_insert(conn, job_id, &lines);
     }
 
     #[test]
     fn duplicates_become_errored_items_without_custom_id() {
         let conn = test_connection();
-        let job_id = job(&conn);
+        let job_id = test_empty_job(&conn);
         insert(
             &conn,
             job_id,
@@ -621,7 +585,7 @@ mod tests {
     #[test]
     fn in_flight_then_retry_then_final() {
         let conn = test_connection();
-        let job_id = job(&conn);
+        let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
@@ -681,7 +645,7 @@ mod tests {
     #[test]
     fn higher_classes_are_admitted_first() {
         let conn = test_connection();
-        let job_id = job(&conn);
+        let job_id = test_empty_job(&conn);
         let with = |id: &str, priority: &str| {
             line(id).replace("\"mode\"", &format!("\"priority\":\"{priority}\",\"mode\""))
         };
@@ -707,7 +671,7 @@ mod tests {
     #[test]
     fn requeue_records_unknown_outcomes() {
         let conn = test_connection();
-        let job_id = job(&conn);
+        let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
         mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");

@@ -92,6 +92,21 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// The six billed columns from column `first` on: requests, input, output, cache writes,
+    /// cache reads, cost (the other two sums 0).
+    pub fn billed_columns(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
+        Ok(Sums {
+            requests: r.get(first)?,
+            input_tokens: r.get(first + 1)?,
+            output_tokens: r.get(first + 2)?,
+            cache_creation_input_tokens: r.get(first + 3)?,
+            cache_read_input_tokens: r.get(first + 4)?,
+            cost_micro_usd: r.get(first + 5)?,
+            unpriced_requests: 0,
+            retries_of_unknown: 0,
+        })
+    }
+
     pub fn add(&mut self, other: &Sums) {
         self.requests += other.requests;
         self.input_tokens += other.input_tokens;
@@ -128,14 +143,9 @@ pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(S
             Ok((
                 r.get::<_, String>(0)?,
                 Sums {
-                    requests: r.get(1)?,
-                    input_tokens: r.get(2)?,
-                    output_tokens: r.get(3)?,
-                    cache_creation_input_tokens: r.get(4)?,
-                    cache_read_input_tokens: r.get(5)?,
-                    cost_micro_usd: r.get(6)?,
                     unpriced_requests: r.get(7)?,
                     retries_of_unknown: r.get(8)?,
+                    ..Sums::billed_columns(r, 1)?
                 },
             ))
         },

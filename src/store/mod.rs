@@ -390,21 +390,27 @@ pub fn test_connection() -> Connection {
     conn
 }
 
-/// A job named `j` with `lines` taken in (and planned) as intake would, for unit tests.
+/// A job named `j` with no items yet, for unit tests.
 #[cfg(test)]
-pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
-    use crate::model::job::JobDefaults;
-    use crate::model::line::parse_line;
-    let job = jobs::create(
+pub fn test_empty_job(conn: &Connection) -> i64 {
+    jobs::create(
         conn,
         &jobs::NewJob {
             name: "j".into(),
             source_path: "j.jsonl".into(),
-            defaults: JobDefaults::default(),
+            defaults: crate::model::job::JobDefaults::default(),
             created_at: 0,
         },
     )
-    .expect("job");
+    .expect("job")
+    .id
+}
+
+/// `lines` taken into job `job_id` (and planned) as intake would, for unit tests.
+#[cfg(test)]
+pub fn test_insert(conn: &Connection, job_id: i64, lines: &[&str]) {
+    use crate::model::job::JobDefaults;
+    use crate::model::line::parse_line;
     let parsed: Vec<_> = (1..)
         .zip(lines)
         .map(|(n, l)| (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0)))
@@ -419,8 +425,15 @@ pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
         };
         crate::policy::planner::decide_line(line, &lanes)
     };
-    items::insert_chunk(conn, job.id, "j.jsonl", &parsed, 0, &plan).expect("insert");
-    job.id
+    items::insert_chunk(conn, job_id, "j.jsonl", &parsed, 0, &plan).expect("insert");
+}
+
+/// A job named `j` with `lines` taken in (and planned) as intake would, for unit tests.
+#[cfg(test)]
+pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
+    let job_id = test_empty_job(conn);
+    test_insert(conn, job_id, lines);
+    job_id
 }
 
 #[cfg(test)]

@@ -197,11 +197,12 @@ pub fn save_state(
     key_id: &str,
     now: i64,
 ) -> Result<()> {
-    conn.execute(
+    // Every class, every few seconds: a cached statement.
+    conn.prepare_cached(
         "INSERT INTO quota_state (class, snapshot, key_id, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(class) DO UPDATE SET snapshot = ?2, key_id = ?3, updated_at = ?4",
-        params![class, snapshot_json, key_id, now],
-    )?;
+    )?
+    .execute(params![class, snapshot_json, key_id, now])?;
     Ok(())
 }
 

@@ -176,42 +176,6 @@ pub fn finish_results(
     Ok(leftovers.len())
 }
 
-/// Gives up on a batch the API keeps refusing to show: its items go back to the planner.
-pub fn abandon(
-    conn: &Connection,
-    batch_id: i64,
-    error: &str,
-    replan: &Replan<'_>,
-) -> store::Result<()> {
-    fail_batch(
-        conn,
-        batch_id,
-        error,
-        (AttemptOutcome::Unknown, "its batch could not be read"),
-        true,
-        replan,
-    )
-}
-
-/// The API refused the batch (a 4xx other than 429): its items go back to the planner. `counts`:
-/// whether that uses up an attempt of each (not when the batch was too large).
-pub fn create_refused(
-    conn: &Connection,
-    batch_id: i64,
-    error: &str,
-    counts: bool,
-    replan: &Replan<'_>,
-) -> store::Result<()> {
-    fail_batch(
-        conn,
-        batch_id,
-        error,
-        (AttemptOutcome::Fatal, "the batch was refused"),
-        counts,
-        replan,
-    )
-}
-
 /// A batch that was never created (no id, and no unknown create call) is simply dropped on
 /// cancel: its items end canceled.
 pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> store::Result<()> {
@@ -245,16 +209,29 @@ pub fn reroute(conn: &Connection, now: i64) -> store::Result<(usize, usize)> {
     batches::reroute(conn, now, horizon, turnaround, nightly)
 }
 
+/// Why a whole batch is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The API keeps refusing to show it or its results: each item used up an attempt.
+    Unreadable,
+    /// The API refused to create it (a 4xx other than 429). `counts`: whether that uses up an
+    /// attempt of each (not when the batch was too large).
+    Refused { counts: bool },
+}
+
 /// Marks a batch failed and sends its items in flight back to the planner, each recorded with
-/// `outcome` and `why: error`; `counts`: whether that uses up an attempt of each.
-fn fail_batch(
+/// why (and `error`).
+pub fn fail_batch(
     conn: &Connection,
     batch_id: i64,
     error: &str,
-    (outcome, why): (AttemptOutcome, &str),
-    counts: bool,
+    failure: Failure,
     replan: &Replan<'_>,
 ) -> store::Result<()> {
+    let (outcome, why, counts) = match failure {
+        Failure::Unreadable => (AttemptOutcome::Unknown, "its batch could not be read", true),
+        Failure::Refused { counts } => (AttemptOutcome::Fatal, "the batch was refused", counts),
+    };
     batches::mark_failed(conn, batch_id, error, replan.now)?;
     for item_id in batches::in_flight_items(conn, batch_id)? {
         send_back(

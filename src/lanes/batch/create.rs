@@ -121,8 +121,16 @@ impl BatchLane {
         } else {
             tracing::error!(%error, "the API refused the batch; its items go back to the planner");
         }
-        self.replanning(move |c, replan| apply::create_refused(c, id, &error, !too_large, replan))
-            .await?;
+        self.replanning(move |c, replan| {
+            apply::fail_batch(
+                c,
+                id,
+                &error,
+                apply::Failure::Refused { counts: !too_large },
+                replan,
+            )
+        })
+        .await?;
         self.wake_all();
         Ok(Next::Now)
     }

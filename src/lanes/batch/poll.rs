@@ -121,8 +121,10 @@ impl BatchLane {
             return Ok(Next::At(at));
         }
         tracing::error!(%error, "the API keeps refusing to show the batch; its items go back to the planner");
-        self.replanning(move |c, replan| apply::abandon(c, id, &error, replan))
-            .await?;
+        self.replanning(move |c, replan| {
+            apply::fail_batch(c, id, &error, apply::Failure::Unreadable, replan)
+        })
+        .await?;
         self.wake_all();
         Ok(Next::Now)
     }
