@@ -206,6 +206,7 @@ impl Intake {
 
 /// Takes one job file in: creates (or resumes) the job, streams its lines into the store, then
 /// moves the file (and its sidecar) to `ingested/`. Runs blocking I/O: call it from a blocking task.
+#[tracing::instrument(name = "intake", skip_all, fields(file = %path.display()))]
 pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome> {
     let (store, jobs_dir) = (&intake.store, intake.jobs_dir.as_path());
     use anyhow::Context;

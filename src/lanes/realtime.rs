@@ -61,6 +61,7 @@ impl RealtimeLane {
     /// Sends until `shutdown`; then stops admitting and waits up to `grace` for calls in flight.
     /// Calls still running after that are abandoned: their items stay in flight in the database
     /// and are sent again (recorded as unknown outcomes) at the next start.
+    #[tracing::instrument(name = "realtime", skip_all)]
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::model::results::results_path;
 use crate::store::{Store, items, jobs, now_ms};
@@ -60,6 +61,7 @@ impl ResultsWriter {
     }
 
     /// Writes until `shutdown`, then writes what is left and returns.
+    #[tracing::instrument(name = "results", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             let wrote = match self.write_round().await {
@@ -105,19 +107,9 @@ impl ResultsWriter {
                 .push((line.item_id, line.line));
         }
         for ((job_id, job_name), lines) in by_job {
-            let path = results_path(&self.results_dir, &job_name);
-            let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
-            let bytes = tokio::task::spawn_blocking(move || append_lines(&path, &lines)).await??;
-            let n = ids.len() as i64;
-            self.store
-                .call(move |c| {
-                    items::mark_written(c, &ids)?;
-                    jobs::advance_results(c, job_id, bytes as i64, n)?;
-                    if jobs::finish_if_complete(c, job_id, now_ms())? {
-                        tracing::info!(job = %job_name, "job done: every result is written");
-                    }
-                    Ok(())
-                })
+            let span = tracing::info_span!("results", job = %job_name);
+            self.append_job(job_id, job_name, lines)
+                .instrument(span)
                 .await?;
         }
         if count == 0 {
@@ -143,6 +135,30 @@ impl ResultsWriter {
             }
         }
         Ok(count)
+    }
+
+    /// Appends one job's lines, then records them written (and the job done, if it is).
+    async fn append_job(
+        &self,
+        job_id: i64,
+        job_name: String,
+        lines: Vec<(i64, String)>,
+    ) -> anyhow::Result<()> {
+        let path = results_path(&self.results_dir, &job_name);
+        let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
+        let bytes = tokio::task::spawn_blocking(move || append_lines(&path, &lines)).await??;
+        let n = ids.len() as i64;
+        self.store
+            .call(move |c| {
+                items::mark_written(c, &ids)?;
+                jobs::advance_results(c, job_id, bytes as i64, n)?;
+                if jobs::finish_if_complete(c, job_id, now_ms())? {
+                    tracing::info!("job done: every result is written");
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
     }
 }
 

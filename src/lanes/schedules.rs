@@ -49,6 +49,7 @@ pub async fn fire_due(store: &Store, jobs_dir: &Path) -> anyhow::Result<()> {
 /// the job file, each by rename. Returns the run's job name and the next fire time after `now`,
 /// for [`crate::store::schedules::record_run`]: a run missed while the daemon was down fires once, late, and the
 /// ones before it are skipped. File I/O only (the daemon runs it off the store's thread).
+#[tracing::instrument(skip_all, fields(schedule = %row.name))]
 pub fn fire(row: &ScheduleRow, jobs_dir: &Path, now: i64) -> anyhow::Result<(String, Option<i64>)> {
     let name = run_name(&row.name, row.next_run_at.unwrap_or(now));
     write_run(row, jobs_dir, &name).with_context(|| format!("running schedule {:?}", row.name))?;

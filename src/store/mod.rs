@@ -124,8 +124,11 @@ impl Store {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        // The caller's span (a job, an item, a batch) goes with the op to the writer thread, so
+        // what the SQL logs there says whose it was.
+        let span = tracing::Span::current();
         let op: Op = Box::new(move |conn| {
-            let result = f(conn);
+            let result = span.in_scope(|| f(conn));
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
                 let answer = match commit_error {

@@ -84,6 +84,7 @@ pub(super) enum Next {
 
 impl BatchLane {
     /// Runs until `shutdown`. Batches under way stay recorded; the next start polls them again.
+    #[tracing::instrument(name = "batches", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut lane = Lane {
             pacer: Pacer {
@@ -207,23 +208,37 @@ impl BatchLane {
                 next = Some(next.map_or(at, |n| n.min(at)));
                 continue;
             }
-            loop {
-                let job_id = job.job_id;
-                let packed = self
-                    .replanning(move |c, r| {
-                        apply::pack(c, job_id, max_requests, max_bytes, r.rules, r.now)
-                    })
-                    .await?;
-                // A budget may have ended items (rejected) while packing.
-                self.results_wake.notify_one();
-                let Some(batch_id) = packed else { break };
-                tracing::info!(job = %job.name, batch = batch_id, "batch packed");
-                if !all {
-                    break; // one full batch; the rest waits for more items or for max_wait
-                }
-            }
+            let span = tracing::info_span!("pack", job = %job.name);
+            self.pack_job(job.job_id, all, max_requests, max_bytes)
+                .instrument(span)
+                .await?;
         }
         Ok(next)
+    }
+
+    /// Packs batches of one job: all it has waiting (`all`), or one full batch.
+    async fn pack_job(
+        &self,
+        job_id: i64,
+        all: bool,
+        max_requests: i64,
+        max_bytes: i64,
+    ) -> anyhow::Result<()> {
+        loop {
+            let packed = self
+                .replanning(move |c, r| {
+                    apply::pack(c, job_id, max_requests, max_bytes, r.rules, r.now)
+                })
+                .await?;
+            // A budget may have ended items (rejected) while packing.
+            self.results_wake.notify_one();
+            let Some(batch_id) = packed else { break };
+            tracing::info!(batch = batch_id, "batch packed");
+            if !all {
+                break; // one full batch; the rest waits for more items or for max_wait
+            }
+        }
+        Ok(())
     }
 
     /// Acts on every batch that is due. Returns when the next one is.

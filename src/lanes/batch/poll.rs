@@ -68,7 +68,14 @@ impl BatchLane {
                     .call(move |c| batches::record_poll(c, id, &state, at, interval))
                     .await?;
                 if ended {
-                    tracing::info!(counts = ?api.request_counts, "batch ended");
+                    let c = api.request_counts;
+                    tracing::info!(
+                        succeeded = c.succeeded,
+                        errored = c.errored,
+                        expired = c.expired,
+                        canceled = c.canceled,
+                        "batch ended"
+                    );
                     return self.apply_results(batch, api_id, lane, shutdown).await;
                 }
                 Ok(Next::At(at))
