@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::model::answer::{DimHeaders, Outcome, RateLimitHeaders, Usage};
+use crate::policy::outcome::usage_limit_reached;
 
 /// The `anthropic-ratelimit-*` headers of an answer; values past any plausible limit are dropped.
 pub fn rate_limit_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
@@ -132,13 +133,11 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
             request_id,
             message,
         },
-        400 if message.contains("reached your specified") && message.contains("usage limits") => {
-            Outcome::Blocked {
-                status,
-                request_id,
-                message,
-            }
-        }
+        400 if usage_limit_reached(&message) => Outcome::Blocked {
+            status,
+            request_id,
+            message,
+        },
         _ if should_retry == Some("false") => Outcome::Fatal {
             status,
             request_id,
