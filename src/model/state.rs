@@ -119,9 +119,64 @@ impl fmt::Display for AttemptOutcome {
     }
 }
 
+/// Where a batch is in its life. Mirrors `batches.state`: `submitting` (the intent, before the
+/// API has it), then the API's `processing_status` as last seen, or `failed` (refused, given up,
+/// dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    Submitting,
+    InProgress,
+    Canceling,
+    Ended,
+    Failed,
+}
+
+impl BatchState {
+    pub const ALL: [BatchState; 5] = [
+        BatchState::Submitting,
+        BatchState::InProgress,
+        BatchState::Canceling,
+        BatchState::Ended,
+        BatchState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Submitting => "submitting",
+            BatchState::InProgress => "in_progress",
+            BatchState::Canceling => "canceling",
+            BatchState::Ended => "ended",
+            BatchState::Failed => "failed",
+        }
+    }
+
+    /// A status the API may add later reads as `in_progress`: the batch is polled until it says
+    /// `ended`, as before.
+    pub fn parse(s: &str) -> BatchState {
+        BatchState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .unwrap_or(BatchState::InProgress)
+    }
+}
+
+impl fmt::Display for BatchState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_states_round_trip_and_an_unknown_status_keeps_polling() {
+        for s in BatchState::ALL {
+            assert_eq!(BatchState::parse(s.as_str()), s);
+        }
+        assert_eq!(BatchState::parse("archived"), BatchState::InProgress);
+    }
 
     #[test]
     fn item_states_round_trip_their_strings() {

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::Result;
 use crate::model::batch::{ApiState, BatchCounts};
-use crate::model::state::{ItemState, Lane};
+use crate::model::state::{BatchState, ItemState, Lane};
 use crate::policy::outcome::AttemptRecord;
 use crate::policy::planner;
 
@@ -101,7 +101,7 @@ pub struct BatchRow {
     pub job_id: i64,
     pub job_name: String,
     pub api_id: Option<String>,
-    pub state: String,
+    pub state: BatchState,
     pub request_count: i64,
     pub intent_at: i64,
     pub api_created_at: Option<i64>,
@@ -128,7 +128,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
         job_id: r.get(1)?,
         job_name: r.get(2)?,
         api_id: r.get(3)?,
-        state: r.get(4)?,
+        state: BatchState::parse(&r.get::<_, String>(4)?),
         request_count: r.get(5)?,
         intent_at: r.get(6)?,
         api_created_at: r.get(7)?,

@@ -11,6 +11,7 @@ use super::{finished, format_time, progress_bar, table};
 use crate::lanes::admission::Rules;
 use crate::model::batch::BatchCounts;
 use crate::model::results::results_path;
+use crate::model::state::BatchState;
 use crate::store::batches;
 use crate::store::budget::TenantBudget;
 use crate::store::items::{self, Counts};
@@ -119,7 +120,7 @@ pub(super) fn job_status(
     let batches = batches::by_job(conn, job.id)?
         .into_iter()
         .map(|b| {
-            let counts = if b.state == "submitting" {
+            let counts = if b.state == BatchState::Submitting {
                 BatchCounts {
                     processing: b.request_count,
                     ..Default::default()
@@ -129,7 +130,7 @@ pub(super) fn job_status(
             };
             BatchStatus {
                 id: b.api_id,
-                state: b.state,
+                state: b.state.as_str().to_owned(),
                 counts,
                 age_secs: (now - b.intent_at) / 1000,
             }

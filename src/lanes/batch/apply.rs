@@ -387,8 +387,8 @@ mod tests {
         let open = batches::open(&conn).expect("open");
         assert_eq!(open.len(), 1);
         assert_eq!(
-            (open[0].id, open[0].state.as_str(), open[0].request_count),
-            (batch_id, "submitting", 1)
+            (open[0].id, open[0].state, open[0].request_count),
+            (batch_id, crate::model::state::BatchState::Submitting, 1)
         );
         assert!(open[0].api_id.is_none());
         assert_eq!(

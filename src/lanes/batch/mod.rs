@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::api::ApiClient;
 use crate::config::{BatchSettings, Live};
 use crate::lanes::admission::Rules;
+use crate::model::state::BatchState;
 use crate::store::batches::{self, BatchRow};
 use crate::store::{Store, now_ms};
 use apply::Replan;
@@ -286,7 +287,7 @@ impl BatchLane {
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
-        let outcome = match (&batch.api_id, batch.state.as_str()) {
+        let outcome = match (&batch.api_id, batch.state) {
             (None, _) if batch.cancel_requested && !batch.create_unknown => {
                 let id = batch.id;
                 self.store
@@ -303,7 +304,9 @@ impl BatchLane {
                 }
                 _ => self.create(batch, lane, shutdown).await?,
             },
-            (Some(api_id), "ended") => self.apply_results(batch, api_id, lane, shutdown).await?,
+            (Some(api_id), BatchState::Ended) => {
+                self.apply_results(batch, api_id, lane, shutdown).await?
+            }
             (Some(api_id), _) => self.poll(batch, api_id, lane, shutdown).await?,
         };
         Ok(outcome)

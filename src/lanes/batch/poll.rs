@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{APPLY_LINES, BatchLane, Lane, MAX_REFUSALS, Next, apply};
 use crate::api::batches::BatchCall;
+use crate::model::state::BatchState;
 use crate::store::batches::{self, BatchRow};
 use crate::store::now_ms;
 
@@ -19,7 +20,7 @@ impl BatchLane {
         let id = batch.id;
         let poll_min = self.settings.poll_min.as_millis() as i64;
         let poll_max = self.settings.poll_max.as_millis() as i64;
-        if batch.cancel_requested && batch.state == "in_progress" {
+        if batch.cancel_requested && batch.state == BatchState::InProgress {
             lane.pacer.ready().await;
             let Some(answer) = self.call(shutdown, self.client.cancel_batch(api_id)).await else {
                 return Ok(Next::Now);
