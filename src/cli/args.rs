@@ -1,4 +1,4 @@
-//! The command line: clap types only. `main.rs` dispatches them.
+//! The command line: clap types only. `cli::run` dispatches them.
 
 use std::path::PathBuf;
 use std::time::Duration;

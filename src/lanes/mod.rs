@@ -1,4 +1,12 @@
-//! The lanes: intake, real-time, batch, results writer.
+//! The lanes: where decisions meet the world. Each reads what it needs from the store, decides
+//! with `policy`, and writes the outcome in the same `Store::call`, so admission stays atomic.
+//!
+//! - [`intake`]: job files in, validated and planned, into the store.
+//! - [`admission`]: budget admission, in the transaction that sends an item.
+//! - [`realtime`]: paced real-time calls; [`calls`] counts them for the metrics.
+//! - [`batch`]: the Message Batches lane.
+//! - [`results`]: the results files.
+//! - [`schedules`]: recurring jobs fired into the jobs folder.
 
 pub mod admission;
 pub mod batch;

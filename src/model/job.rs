@@ -1,4 +1,4 @@
-//! The words of the job file format: priority, mode, deadline, job defaults, item states and lanes.
+//! The words of the job file format: priority, mode, deadline, job defaults, tenants.
 //! Each enum maps to and from the string stored in SQLite and written in job files.
 
 use std::str::FromStr;

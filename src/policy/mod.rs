@@ -1,4 +1,12 @@
-//! Every pure decision, with time passed in.
+//! Every pure decision, with time passed in: nothing here reads a clock, the database or the
+//! network, so each is unit-tested on its own.
+//!
+//! - [`planner`]: which lane an item takes, and the one deadline rule.
+//! - [`realtime`] and [`batch`]: what an answer means for its item, in each lane; [`outcome`]
+//!   holds the words they share.
+//! - [`budget`]: per-tenant caps; [`prices`]: what a call costs.
+//! - [`quota`]: the token buckets the real-time lane is paced by.
+//! - [`window`] and [`cron`]: time windows per priority class, schedules of recurring jobs.
 
 pub mod batch;
 pub mod budget;
