@@ -121,7 +121,8 @@ impl fmt::Display for AttemptOutcome {
 
 /// Where a batch is in its life. Mirrors `batches.state`: `submitting` (the intent, before the
 /// API has it), then the API's `processing_status` as last seen, or `failed` (refused, given up,
-/// dropped).
+/// dropped). A status this build does not know (the API may add one) is `Unrecognized`: the batch
+/// is polled on until it says `ended`, and nothing else is done with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchState {
     Submitting,
@@ -129,6 +130,7 @@ pub enum BatchState {
     Canceling,
     Ended,
     Failed,
+    Unrecognized,
 }
 
 impl BatchState {
@@ -147,16 +149,15 @@ impl BatchState {
             BatchState::Canceling => "canceling",
             BatchState::Ended => "ended",
             BatchState::Failed => "failed",
+            BatchState::Unrecognized => "unrecognized",
         }
     }
 
-    /// A status the API may add later reads as `in_progress`: the batch is polled until it says
-    /// `ended`, as before.
     pub fn parse(s: &str) -> BatchState {
         BatchState::ALL
             .into_iter()
             .find(|st| st.as_str() == s)
-            .unwrap_or(BatchState::InProgress)
+            .unwrap_or(BatchState::Unrecognized)
     }
 }
 
@@ -171,11 +172,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_states_round_trip_and_an_unknown_status_keeps_polling() {
+    fn batch_states_round_trip_their_strings() {
         for s in BatchState::ALL {
             assert_eq!(BatchState::parse(s.as_str()), s);
         }
-        assert_eq!(BatchState::parse("archived"), BatchState::InProgress);
+        assert_eq!(BatchState::parse("archived"), BatchState::Unrecognized);
     }
 
     #[test]

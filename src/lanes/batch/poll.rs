@@ -71,6 +71,7 @@ impl BatchLane {
                 if ended {
                     let c = api.request_counts;
                     tracing::info!(
+                        processing = c.processing,
                         succeeded = c.succeeded,
                         errored = c.errored,
                         expired = c.expired,
