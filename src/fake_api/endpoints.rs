@@ -19,7 +19,7 @@ use super::messages::{
 };
 
 use super::reply::{ApiError, Reply, json_reply, reply};
-use super::server::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, parse_json, read_body};
+use super::shared::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, parse_json, read_body};
 
 /// The Messages endpoint: validate, draw faults, admit, wait, answer.
 pub(super) async fn messages(

@@ -6,8 +6,8 @@
 //! lifecycle). See `/work/shared/anthropic-api.md` for the facts it follows.
 //!
 //! Layout:
-//! - `server`: the hyper server, routing and auth ([`FakeApi`]); `endpoints` and `reply`: the
-//!   endpoints and their answers.
+//! - `server`: the hyper server, routing and auth ([`FakeApi`]); `endpoints`: the endpoints;
+//!   `reply`: the API's answers and error shapes; `shared`: the state behind one lock.
 //! - `messages`: models, validation, token counting and generated answers.
 //! - `limits`: the token buckets (pure, time passed in).
 //! - `batches`: the batch store (pure, time passed in).
@@ -24,6 +24,7 @@ mod load;
 mod messages;
 mod reply;
 mod server;
+mod shared;
 #[cfg(test)]
 mod tests;
 

@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::batches::BatchError;
 
-use super::server::ORGANIZATION_ID;
+/// Every answer's `anthropic-organization-id`.
+pub(super) const ORGANIZATION_ID: &str = "6d1f2c3a-8b4e-4f5a-9c7d-0e1f2a3b4c5d";
 
 /// What every handler answers.
 pub(super) type Reply = Response<Full<Bytes>>;

@@ -1,0 +1,135 @@
+//! What every handler of the fake shares: its configuration and mutable state behind one lock,
+//! and reading a request's body.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Request, StatusCode};
+use serde_json::Value;
+
+use super::batches::{BatchStore, ResolveSettings};
+use super::limits::{ClassLimits, TokenBucket};
+use super::reply::ApiError;
+use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OtpmRule};
+
+/// Messages body limit (32 MB).
+pub(super) const MESSAGES_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// Batch create body limit (256 MB).
+pub(super) const BATCH_MAX_BYTES: usize = 256 * 1024 * 1024;
+
+/// Configuration plus the mutable state behind one lock.
+pub(super) struct Shared {
+    pub(super) api_key: Option<String>,
+    pub(super) latency: Duration,
+    pub(super) otpm_rule: OtpmRule,
+    pub(super) seed: u64,
+    pub(super) batch: BatchSettings,
+    pub(super) count_tokens_rpm: u64,
+    pub(super) base_url: String,
+    pub(super) state: Mutex<State>,
+}
+
+pub(super) struct State {
+    /// Messages rate limits per model class (changed by [`FakeApi::set_limits`]).
+    pub(super) limits: Option<FakeLimits>,
+    pub(super) faults: Faults,
+    pub(super) stats: FakeStats,
+    /// Request and message ids.
+    pub(super) ids: fastrand::Rng,
+    /// Fault, slow and drop draws.
+    pub(super) draws: fastrand::Rng,
+    /// Messages buckets per model class, created on first use.
+    pub(super) classes: HashMap<&'static str, ClassLimits>,
+    /// Shared RPM of the batch endpoints (only with limits).
+    pub(super) batch_rpm: Option<TokenBucket>,
+    /// RPM of `count_tokens` (only with limits).
+    pub(super) count_tokens_rpm: Option<TokenBucket>,
+    pub(super) batches: BatchStore,
+}
+
+impl Shared {
+    pub(super) fn new(config: FakeConfig, base_url: String) -> Shared {
+        let now = Instant::now();
+        let batch_rpm = config
+            .limits
+            .map(|l| TokenBucket::new(config.batch.rpm, l.burst_seconds, now));
+        let count_tokens_rpm = config
+            .limits
+            .map(|l| TokenBucket::new(config.count_tokens_rpm, l.burst_seconds, now));
+        let batches = BatchStore::new(ResolveSettings {
+            processing_time: config.batch.processing_time,
+            expire_fraction: config.batch.expire_fraction,
+            error_fraction: config.batch.error_fraction,
+            seed: config.seed,
+        });
+        Shared {
+            api_key: config.api_key,
+            latency: config.latency,
+            otpm_rule: config.otpm_rule,
+            seed: config.seed,
+            batch: config.batch,
+            count_tokens_rpm: config.count_tokens_rpm,
+            base_url,
+            state: Mutex::new(State {
+                limits: config.limits,
+                faults: config.faults,
+                stats: FakeStats::default(),
+                ids: fastrand::Rng::with_seed(config.seed),
+                draws: fastrand::Rng::with_seed(config.seed ^ 0x5eed_fa17_0000_0002),
+                classes: HashMap::new(),
+                batch_rpm,
+                count_tokens_rpm,
+                batches,
+            }),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave it inconsistent in a way
+    /// that matters for a test fake, so poisoning is ignored.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        crate::lock(&self.state)
+    }
+
+    pub(super) fn stats_snapshot(&self) -> FakeStats {
+        let mut state = self.lock();
+        let state = &mut *state;
+        state.batches.refresh(Instant::now(), &mut state.stats);
+        state.stats.clone()
+    }
+}
+
+/// Reads the whole body, refusing more than `max` bytes with 413.
+pub(super) async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("Request exceeds the maximum allowed number of bytes ({max})."),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(format!(
+            "could not read the body: {error}"
+        ))),
+    }
+}
+
+pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::invalid(format!("There was an error parsing the body: {error}")))
+}
