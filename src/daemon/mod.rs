@@ -58,6 +58,33 @@ impl Handle {
     }
 }
 
+/// One daemon per data directory: a second one would send the first one's calls again. The lock
+/// (`flock`) is held on the directory itself, which cannot be deleted from under a running daemon
+/// the way a lock file can; `nightshift.lock` in it names the holder's pid, for people. Held until
+/// the returned handle is dropped (or the process ends, however it ends).
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let dir = std::fs::File::open(data_dir)
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    if dir.try_lock().is_err() {
+        let holder = std::fs::read_to_string(data_dir.join("nightshift.lock")).unwrap_or_default();
+        let holder = holder.trim();
+        anyhow::bail!(
+            "another nightshift daemon is running on {}{}; stop it first",
+            data_dir.display(),
+            if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder})")
+            }
+        );
+    }
+    let note = data_dir.join("nightshift.lock");
+    if let Err(e) = std::fs::write(&note, format!("{}\n", std::process::id())) {
+        tracing::warn!(error = %e, path = %note.display(), "cannot write the pid file; the lock holds anyway");
+    }
+    Ok(dir)
+}
+
 /// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
 /// file. Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
 /// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
@@ -72,17 +99,7 @@ pub async fn run(
     for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // One daemon per data directory: a second one would send the first one's calls again.
-    let lock_path = config.data_dir.join("nightshift.lock");
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "another nightshift daemon is running on {} (it holds {}); stop it first",
-            config.data_dir.display(),
-            lock_path.display()
-        );
-    }
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let db_path = config.db_path();
     // Migrating a large database (and copying it first) may outlast systemd's start timeout.
     let opening = db_path.clone();
@@ -159,6 +176,7 @@ pub async fn run(
         wake: work_wake.clone(),
         results_wake: results_wake.clone(),
         paused: Default::default(),
+        circuit: Default::default(),
         key_id: key.fingerprint(),
         rules: rules.clone(),
         batch_wake: batch_wake.clone(),
@@ -297,7 +315,7 @@ pub async fn run(
             Err(e) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
         }
     }
-    drop(lock);
+    drop(data_dir_lock);
     match failure {
         Some(e) => Err(e),
         None => {

@@ -15,6 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use jiff::Timestamp;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +33,8 @@ pub struct FakeApi {
     pub(super) addr: SocketAddr,
     pub(super) shared: Arc<Shared>,
     pub(super) shutdown: CancellationToken,
+    /// Whether it listens (see [`FakeApi::set_reachable`]).
+    pub(super) reachable: watch::Sender<bool>,
     pub(super) task: Option<JoinHandle<()>>,
 }
 
@@ -48,14 +51,29 @@ impl FakeApi {
         let base_url = format!("http://{host}:{}", addr.port());
         let shared = Arc::new(Shared::new(config, base_url));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(accept_loop(listener, shared.clone(), shutdown.clone()));
+        let (reachable, reachable_rx) = watch::channel(true);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            addr,
+            shared.clone(),
+            shutdown.clone(),
+            reachable_rx,
+        ));
         tracing::debug!(%addr, "fake Claude API listening");
         Ok(FakeApi {
             addr,
             shared,
             shutdown,
+            reachable,
             task: Some(task),
         })
+    }
+
+    /// An outage: `false` closes the listening socket and every open connection, so calls are
+    /// refused at connect (as when the API's host cannot be reached); `true` listens again on the
+    /// same address.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.send_replace(reachable);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,14 +160,48 @@ impl Drop for FakeApi {
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
+    addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    mut reachable: watch::Receiver<bool>,
 ) {
     let connections = TaskTracker::new();
+    let mut listener = Some(listener);
+    // Cancelled at an outage: the connections open then are cut.
+    let mut cut = shutdown.child_token();
     loop {
+        let Some(open) = &listener else {
+            // Down: wait to be reachable again, then listen on the same address.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = reachable.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    if *reachable.borrow_and_update() {
+                        match TcpListener::bind(addr).await {
+                            Ok(bound) => listener = Some(bound),
+                            Err(error) => tracing::warn!(%error, "the fake API cannot listen again"),
+                        }
+                    }
+                }
+            }
+            continue;
+        };
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
+            changed = reachable.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if !*reachable.borrow_and_update() {
+                    listener = None;
+                    cut.cancel();
+                    cut = shutdown.child_token();
+                }
+                continue;
+            }
+            accepted = open.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(error) => {
                     // Usually out of file descriptors: back off briefly.
@@ -159,7 +211,7 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        connections.spawn(serve_connection(stream, shared.clone(), shutdown.clone()));
+        connections.spawn(serve_connection(stream, shared.clone(), cut.clone()));
     }
     drop(listener);
     connections.close();

@@ -17,6 +17,7 @@ use crate::lanes::admission::{self, Admission, Rules};
 use crate::model::answer::Outcome;
 use crate::model::job::Priority;
 use crate::model::state::{AttemptOutcome, Lane};
+use crate::policy::circuit::{self, Circuit};
 use crate::policy::outcome::{AttemptRecord, BLOCKED_WAIT, ItemUpdate};
 use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
 use crate::policy::realtime::{Attempt, backoff_delay, decide};
@@ -53,6 +54,8 @@ pub struct RealtimeLane {
     pub rules: Live<Rules>,
     /// Calls by model and outcome, for the metrics endpoint.
     pub calls: Arc<crate::lanes::calls::CallCounters>,
+    /// Open while the API cannot be reached: one probe at a time instead of every item.
+    pub circuit: Arc<Mutex<Circuit>>,
     /// When each class last sent a probe call for `when_idle` work.
     pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
@@ -115,6 +118,15 @@ impl RealtimeLane {
         if let Some(until) = self.paused_until() {
             return Ok(Some(until.saturating_duration_since(Instant::now())));
         }
+        // While the API cannot be reached, one probe call at a time.
+        let max_admit = match crate::lock(&self.circuit).gate(Instant::now()) {
+            circuit::Gate::Send => usize::MAX,
+            circuit::Gate::Probe => 1,
+            circuit::Gate::WaitForProbe => return Ok(None),
+            circuit::Gate::WaitUntil(at) => {
+                return Ok(Some(at.saturating_duration_since(Instant::now())));
+            }
+        };
         let limit = (free * 4).clamp(64, 2048) as i64;
         let rules = self.rules.get();
         let wall = jiff::Timestamp::now();
@@ -179,6 +191,9 @@ impl RealtimeLane {
                         closed.push(item.priority);
                         continue;
                     }
+                    if admitted.len() >= max_admit {
+                        break;
+                    }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         break;
                     };
@@ -199,7 +214,7 @@ impl RealtimeLane {
             }
             // Look again only if a model or class was newly held back and permits are left.
             let newly_held = held.len() > held_before || closed.len() > closed_before;
-            if !newly_held || permits.available_permits() == 0 {
+            if !newly_held || permits.available_permits() == 0 || admitted.len() >= max_admit {
                 break;
             }
         }
@@ -269,6 +284,9 @@ impl RealtimeLane {
                 );
                 continue;
             };
+            if max_admit == 1 {
+                crate::lock(&self.circuit).probe_sent();
+            }
             let lane = self.clone();
             let span = tracing::info_span!("item", job = %dispatch.job_name, custom_id = %dispatch.custom_id, attempt = dispatch.attempt);
             tracker.spawn(lane.call(dispatch, ticket, permit).instrument(span));
@@ -322,6 +340,60 @@ impl RealtimeLane {
             .await
         {
             tracing::warn!(error = %e, "could not record the pause");
+        }
+    }
+
+    /// Opens the circuit after a few calls in a row could not reach the API, closes it at the
+    /// first answer; says so once per change (the log, and a pause `status` shows).
+    async fn follow_reachability(&self, outcome: &Outcome) {
+        let now = Instant::now();
+        let (change, was_open) = {
+            let mut circuit = crate::lock(&self.circuit);
+            let was_open = circuit.is_open();
+            let change = match outcome {
+                Outcome::Retryable { status: None, .. } => {
+                    circuit.unreachable(now, fastrand::f64())
+                }
+                _ => circuit.reached(),
+            };
+            (change, was_open)
+        };
+        let at = now_ms();
+        let recorded = match change {
+            circuit::Change::None => return,
+            circuit::Change::Opened { next_probe } => {
+                let error = match outcome {
+                    Outcome::Retryable { message, .. } => message.as_str(),
+                    _ => "",
+                };
+                let probe_in_ms = next_probe.saturating_duration_since(now).as_millis() as i64;
+                if was_open {
+                    tracing::debug!(error, probe_in_ms, "the API still cannot be reached");
+                } else {
+                    tracing::error!(
+                        error,
+                        probe_in_ms,
+                        "the API cannot be reached; items wait (no attempt is used) and one probe call goes at a time"
+                    );
+                }
+                let reason = format!(
+                    "the API cannot be reached ({error}); items wait, one probe call at a time"
+                );
+                self.store
+                    .call(move |c| {
+                        crate::store::quota::set_pause(c, "realtime", &reason, at, at + probe_in_ms)
+                    })
+                    .await
+            }
+            circuit::Change::Closed => {
+                tracing::warn!("the API answers again; the real-time lane resumes");
+                self.store
+                    .call(move |c| crate::store::quota::end_pause(c, "realtime", at))
+                    .await
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record the API's reachability");
         }
     }
 
@@ -442,6 +514,7 @@ impl RealtimeLane {
                 _ => quota.settle(&ticket, Answer::Refused, None, &no_headers, now),
             }
         }
+        self.follow_reachability(&outcome).await;
         self.record_throttle(&dispatch, &ticket, &outcome).await;
         let backoff = backoff_delay(
             self.settings.backoff_min,
@@ -463,8 +536,11 @@ impl RealtimeLane {
         {
             self.pause(format!("HTTP {status}: {message}")).await;
         }
-        // Recording must not be lost to a passing problem (a busy disk): try for a while.
-        for attempt in 1..=10u32 {
+        // An answer once received is kept until the store has it: a full disk, a held lock or an
+        // I/O error passes, and the item never stays in flight while the daemon lives. Only a store
+        // that has stopped (shutdown) leaves it in flight, as a kill -9 would, for the next start.
+        let mut wait = Duration::from_millis(200);
+        for tries in 1u32.. {
             let (record, update) = (record.clone(), update.clone());
             let rules = self.rules.get();
             let stored = self
@@ -482,14 +558,24 @@ impl RealtimeLane {
                 })
                 .await;
             match stored {
-                Ok(()) => break,
-                Err(e) if attempt == 10 || matches!(e, crate::store::StoreError::Closed) => {
-                    // The item stays in flight in the database and is sent again at the next start.
-                    tracing::error!(error = %e, "could not record an outcome; the item is retried at the next start");
+                Ok(()) => {
+                    if tries > 1 {
+                        tracing::info!(tries, "outcome recorded once the store took it");
+                    }
+                    break;
+                }
+                Err(crate::store::StoreError::Closed) => {
+                    tracing::error!(
+                        "the store has stopped before this outcome was recorded; the item is sent again at the next start"
+                    );
+                    break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "recording an outcome failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    if tries == 1 || tries % 10 == 0 {
+                        tracing::warn!(error = %e, tries, "recording an outcome failed; it is kept and tried again");
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -116,17 +116,27 @@ pub fn decide(
                 failed: false,
             }
         }
+        // The call never reached the API (connection refused, DNS, connect timeout, TLS): it is
+        // no attempt, however long the outage (the lane's circuit keeps it from spinning).
+        Outcome::Retryable {
+            status: None,
+            message,
+            ..
+        } => {
+            record.outcome = AttemptOutcome::NotSent;
+            record.error = Some(message.clone());
+            ItemUpdate::Retry {
+                not_before: now + ms(backoff),
+                failed: false,
+            }
+        }
         Outcome::Retryable {
             status,
             retry_after,
             message,
             ..
         } => {
-            record.outcome = if status.is_some() {
-                AttemptOutcome::Retryable
-            } else {
-                AttemptOutcome::NotSent
-            };
+            record.outcome = AttemptOutcome::Retryable;
             record.http_status = *status;
             record.error = Some(message.clone());
             failed(&mut record, *status, *retry_after, message)
@@ -250,6 +260,26 @@ mod tests {
         assert_eq!(state, ItemState::Errored);
         assert!(result_line.contains("overloaded_error"));
         assert!(error.expect("message").contains("gave up after 3"));
+    }
+
+    #[test]
+    fn a_call_that_never_reached_the_api_is_no_attempt() {
+        let out = Outcome::Retryable {
+            status: None,
+            retry_after: None,
+            request_id: None,
+            message: "could not connect: connection refused".into(),
+        };
+        // Past the cap of failed attempts: still only waits.
+        let (record, update) = decide(&attempt(5), &out, BACKOFF, 1000);
+        assert_eq!(record.outcome, AttemptOutcome::NotSent);
+        assert_eq!(
+            update,
+            ItemUpdate::Retry {
+                not_before: 3000,
+                failed: false
+            }
+        );
     }
 
     #[test]

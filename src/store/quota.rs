@@ -229,6 +229,15 @@ pub fn set_pause(
     Ok(())
 }
 
+/// Ends a lane's pause now (its cause has passed).
+pub fn end_pause(conn: &Connection, lane: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE lane_pauses SET until = ?2 WHERE lane = ?1 AND until > ?2",
+        params![lane, now],
+    )?;
+    Ok(())
+}
+
 /// Pauses still in force: (lane, reason, until).
 pub fn pauses(conn: &Connection, now: i64) -> Result<Vec<(String, String, i64)>> {
     let mut stmt =

@@ -9,6 +9,7 @@ mod batches;
 mod budgets;
 mod cli;
 mod end_to_end;
+mod failures;
 mod faults;
 mod ledger;
 mod metrics;

@@ -23,7 +23,8 @@ pub struct StatusReport {
     pub jobs: Vec<JobStatus>,
     /// Files intake could not take as jobs (newest first).
     pub rejected_files: Vec<RejectedFile>,
-    /// Lanes paused because the API refuses the account (key, spend cap, usage limit).
+    /// Lanes paused because the API refuses the account (key, spend cap, usage limit) or cannot
+    /// be reached.
     pub paused: Vec<Pause>,
     /// Tenants with budget caps in the config, and where they stand (UTC day and month).
     pub budgets: Vec<TenantBudget>,

@@ -1,0 +1,110 @@
+//! Ordinary failures of a real host, with no restart: the API unreachable for longer than every
+//! attempt would last, and a second daemon on the same data dir after the lock file is deleted.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use nightshift::fake_api::FakeConfig;
+
+/// How many attempts of the job's items ended with each outcome.
+fn attempts_by_outcome(env: &TestEnv, outcome: &str) -> i64 {
+    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("database");
+    conn.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE outcome = ?1",
+        [outcome],
+        |r| r.get(0),
+    )
+    .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_every_attempt_uses_none_and_the_backlog_completes() {
+    // Three attempts, 50-200 ms apart, would all be spent well within a second.
+    let env = TestEnv::new(
+        FakeConfig::default(),
+        "[realtime]\nconcurrency = 4\nmax_attempts = 3\nbackoff_min_ms = 50\nbackoff_max_ms = 200\n",
+    )
+    .await;
+    let (ids, body) = job_of("outage", 40);
+    env.fake.set_reachable(false);
+    env.write_job("outage", &body);
+    let daemon = env.start_daemon();
+
+    // Down for six seconds: the first item alone meets the outage three times (at the start, then
+    // as the probes after 1 s and 3 s); counted as attempts, they would have ended it errored.
+    // They are none, and the lane probes instead of spinning.
+    let down = Instant::now();
+    let mut paused_seen = false;
+    while down.elapsed() < Duration::from_secs(6) {
+        let status = env.try_status_json();
+        if let Some(paused) = status["paused"].as_array() {
+            paused_seen |= paused.iter().any(|p| {
+                p["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cannot be reached"))
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let job = env.job_json("outage");
+    assert_eq!(
+        job["counts"]["errored"], 0,
+        "nothing errored for the outage: {job}"
+    );
+    assert_eq!(job["counts"]["succeeded"], 0, "the API was down");
+    let not_sent = attempts_by_outcome(&env, "not_sent");
+    assert!(not_sent >= 3, "the outage was met: {not_sent}");
+    // The circuit opens after 3 in a row; then one probe at a time (1 s, 2 s, … apart): a handful,
+    // not one per item per backoff.
+    assert!(not_sent <= 12, "{not_sent} calls into the outage");
+    assert!(paused_seen, "status says the API cannot be reached");
+
+    env.fake.set_reachable(true);
+    let done = env.wait_done("outage", Duration::from_secs(60)).await;
+    assert_eq!(
+        (done.counts.succeeded, done.counts.errored),
+        (40, 0),
+        "the backlog is done once the API is back"
+    );
+    assert_each_once(&env.results("outage"), &ids);
+    let status = env.status_json();
+    let still_paused = status["paused"].as_array().is_some_and(|p| !p.is_empty());
+    assert!(!still_paused, "the pause ends with the outage: {status}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_lock_file_does_not_let_a_second_daemon_in() {
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let daemon = env.start_daemon();
+    let lock_file = env.data_dir().join("nightshift.lock");
+    let started = Instant::now();
+    while !lock_file.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(&lock_file).expect("delete the lock file");
+
+    let mut second = env.spawn_binary_daemon("sk-test", "second.log");
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(20) {
+            second.kill().expect("kill");
+            panic!("a second daemon runs on the same data dir");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "the second daemon is refused");
+    let log = std::fs::read_to_string(env.dir.path().join("second.log")).expect("log");
+    assert!(
+        log.contains("another nightshift daemon is running"),
+        "{log}"
+    );
+    daemon.stop().await;
+}
