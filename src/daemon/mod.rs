@@ -130,11 +130,7 @@ pub async fn run(
     }
     let work_wake = Arc::new(Notify::new());
     let results_wake = Arc::new(Notify::new());
-    let writer = ResultsWriter {
-        store: store.clone(),
-        results_dir: config.results_dir(),
-        wake: results_wake.clone(),
-    };
+    let writer = ResultsWriter::new(store.clone(), config.results_dir(), results_wake.clone());
     writer.recover().await?;
 
     let client = ApiClient::new(&config.api, &key)?;

@@ -1,15 +1,24 @@
 //! The results writer: appends each job's result lines to `<data_dir>/results/<job>.jsonl` as
 //! outcomes arrive (the lines themselves are made by `model::results`).
 //!
-//! Each final outcome's line is stored with the item (same transaction as the state change). The
-//! [`ResultsWriter`] appends lines not yet written, syncs the file, and only then records the new
-//! committed length in the job row. At start, anything past that length (appended just before a
-//! crash, not yet recorded) is cut off and written again, so no line is ever in a file twice.
+//! The file is the database, always. Each final outcome's line is stored with the item (same
+//! transaction as the state change); the writer appends only lines the store has committed,
+//! syncs the file, and only then records the new committed length in the job row. Before each
+//! append it checks the file against that length and against the file it wrote (the same inode):
+//! - longer: a round appended but could not record it (a held lock, a full disk, a crash): the
+//!   extra bytes are cut off and written again, so no line is ever in a file twice;
+//! - shorter, gone or replaced: someone deleted, truncated or swapped it: it is written again from
+//!   the store at once, in full.
+//!
+//! A write or sync that fails (a full disk) is cut back to the committed length straight away, so
+//! no fragment stays, and the round is tried again with a growing pause. A job is done only once
+//! its file holds every line, synced, and is still the file written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -21,18 +30,48 @@ use crate::store::{Store, items, jobs, now_ms};
 
 /// Appends written outcomes to the results files.
 pub struct ResultsWriter {
-    pub store: Store,
-    pub results_dir: PathBuf,
+    store: Store,
+    results_dir: PathBuf,
     /// Poked whenever an outcome is recorded.
-    pub wake: Arc<Notify>,
+    wake: Arc<Notify>,
+    /// The file each job's lines went to (device, inode), as last seen by this writer.
+    files: Mutex<HashMap<i64, FileId>>,
+}
+
+/// Which file a path names: a deleted and recreated (or swapped) file is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// What a results file holds against what the store has committed.
+#[derive(Debug, PartialEq, Eq)]
+enum FileState {
+    /// As recorded (cut back to it if it was longer): append to it.
+    Sound(FileId),
+    /// Deleted, shorter than recorded or another file: to be written again in full.
+    Lost(&'static str),
 }
 
 /// Lines fetched per round, at most.
 const ROUND_LINES: i64 = 5_000;
 /// Bytes of lines per round, at most (long answers make fewer lines per round).
 const ROUND_BYTES: usize = 8 << 20;
+/// After a failed round the writer waits this long, doubling up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 impl ResultsWriter {
+    pub fn new(store: Store, results_dir: PathBuf, wake: Arc<Notify>) -> ResultsWriter {
+        ResultsWriter {
+            store,
+            results_dir,
+            wake,
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Brings every unfinished job's results file to its committed length. Call before anything
     /// else writes results.
     pub async fn recover(&self) -> anyhow::Result<()> {
@@ -40,22 +79,10 @@ impl ResultsWriter {
         std::fs::create_dir_all(&self.results_dir)
             .with_context(|| format!("creating {}", self.results_dir.display()))?;
         for job in self.store.call(jobs::unfinished).await? {
-            let path = results_path(&self.results_dir, &job.name);
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let recorded = job.results_bytes as u64;
-            if len < recorded {
-                tracing::warn!(job = %job.name, file_bytes = len, recorded_bytes = recorded,
-                    "results file is shorter than recorded; writing it again from the database");
-                let id = job.id;
-                self.store.call(move |c| jobs::reset_results(c, id)).await?;
-                truncate(&path, 0)?;
-            } else if len > recorded {
-                tracing::info!(job = %job.name, cut_bytes = len - recorded,
-                    "cutting results appended before a crash; they will be written again");
-                truncate(&path, recorded)?;
-            } else if !path.exists() {
-                truncate(&path, 0)?;
-            }
+            let span = tracing::info_span!("results", job = %job.name);
+            self.check_file(job.id, &job.name, job.results_bytes)
+                .instrument(span)
+                .await?;
         }
         Ok(())
     }
@@ -63,18 +90,31 @@ impl ResultsWriter {
     /// Writes until `shutdown`, then writes what is left and returns.
     #[tracing::instrument(name = "results", skip_all)]
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut pause = FIRST_PAUSE;
         loop {
             let wrote = match self.write_round().await {
-                Ok(wrote) => wrote,
+                Ok(wrote) => {
+                    pause = FIRST_PAUSE;
+                    wrote
+                }
                 Err(e) => {
                     // A full disk or a busy database: nothing is lost (the lines wait in the
-                    // database); try again.
+                    // database, the file is back at its committed length); try again.
                     tracing::error!(
                         error = format!("{e:#}"),
-                        "writing results failed; trying again in a second"
+                        retry_in_ms = pause.as_millis() as u64,
+                        "writing results failed; trying again"
                     );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    0
+                    if shutdown.is_cancelled() {
+                        // What is left is written at the next start.
+                        return Err(e);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    pause = (pause * 2).min(MAX_PAUSE);
+                    continue;
                 }
             };
             if wrote == 0 {
@@ -92,7 +132,8 @@ impl ResultsWriter {
         }
     }
 
-    /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many.
+    /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many (a file
+    /// written again from the start counts as work done).
     pub async fn write_round(&self) -> anyhow::Result<usize> {
         let lines = self
             .store
@@ -112,42 +153,63 @@ impl ResultsWriter {
                 .instrument(span)
                 .await?;
         }
-        if count == 0 {
-            // Jobs with nothing left to write may still need marking done (e.g. an empty file);
-            // their results file exists, if empty, before they are.
-            for job in self.store.call(jobs::unfinished).await? {
-                if job.ingested_at.is_none() {
-                    continue;
-                }
-                let path = results_path(&self.results_dir, &job.name);
-                if !path.exists() {
-                    tokio::task::spawn_blocking(move || append_lines(&path, &[])).await??;
-                }
-                let (id, name) = (job.id, job.name);
-                self.store
-                    .call(move |c| {
-                        if jobs::finish_if_complete(c, id, now_ms())? {
-                            tracing::info!(job = %name, "job done: every result is written");
-                        }
-                        Ok(())
-                    })
-                    .await?;
-            }
+        if count > 0 {
+            return Ok(count);
         }
-        Ok(count)
+        // Nothing to append: check the files of jobs still open (one deleted meanwhile is
+        // written again at once), and mark done those with every line written (e.g. an empty
+        // file's job, whose results file exists, if empty, before it is done).
+        let mut rebuilt = 0;
+        for job in self.store.call(jobs::unfinished).await? {
+            let span = tracing::info_span!("results", job = %job.name);
+            if !self
+                .check_file(job.id, &job.name, job.results_bytes)
+                .instrument(span.clone())
+                .await?
+            {
+                rebuilt += 1;
+                continue;
+            }
+            if job.ingested_at.is_none() {
+                continue;
+            }
+            let id = job.id;
+            self.store
+                .call(move |c| {
+                    if jobs::finish_if_complete(c, id, now_ms())? {
+                        tracing::info!("job done: every result is written");
+                    }
+                    Ok(())
+                })
+                .instrument(span)
+                .await?;
+        }
+        Ok(rebuilt)
     }
 
-    /// Appends one job's lines, then records them written (and the job done, if it is).
+    /// Appends one job's lines to a sound file, then records them written (and the job done, if it
+    /// is). A file found lost is written again from the start instead.
     async fn append_job(
         &self,
         job_id: i64,
         job_name: String,
         lines: Vec<(i64, String)>,
     ) -> anyhow::Result<()> {
+        let committed = self
+            .store
+            .call(move |c| jobs::results_bytes(c, job_id))
+            .await?;
+        if !self.check_file(job_id, &job_name, committed).await? {
+            return Ok(()); // the lines come again, from the first, in the next round
+        }
         let path = results_path(&self.results_dir, &job_name);
         let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
-        let bytes = tokio::task::spawn_blocking(move || append_lines(&path, &lines)).await??;
+        let bytes = tokio::task::spawn_blocking(move || {
+            append_lines(&path, &lines, committed.max(0) as u64)
+        })
+        .await??;
         let n = ids.len() as i64;
+        // If this fails the file is longer than recorded: the next round cuts it back first.
         self.store
             .call(move |c| {
                 items::mark_written(c, &ids)?;
@@ -160,10 +222,93 @@ impl ResultsWriter {
             .await?;
         Ok(())
     }
+
+    /// Makes the job's results file what the store says it is: cut back to `committed` bytes if
+    /// longer; written again from the start (every line marked unwritten) if it is gone, shorter
+    /// or not the file this writer wrote. Returns whether it was sound.
+    async fn check_file(
+        &self,
+        job_id: i64,
+        job_name: &str,
+        committed: i64,
+    ) -> anyhow::Result<bool> {
+        let path = results_path(&self.results_dir, job_name);
+        let known = crate::lock(&self.files).get(&job_id).copied();
+        let committed = committed.max(0) as u64;
+        let checked = path.clone();
+        let state =
+            tokio::task::spawn_blocking(move || file_state(&checked, committed, known)).await??;
+        match state {
+            FileState::Sound(id) => {
+                crate::lock(&self.files).insert(job_id, id);
+                Ok(true)
+            }
+            FileState::Lost(why) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    recorded_bytes = committed,
+                    "the results file {why}; writing it again from the database"
+                );
+                self.store
+                    .call(move |c| jobs::reset_results(c, job_id))
+                    .await?;
+                let id = tokio::task::spawn_blocking(move || start_over(&path)).await??;
+                crate::lock(&self.files).insert(job_id, id);
+                Ok(false)
+            }
+        }
+    }
 }
 
-/// Appends the lines and syncs the file before returning the bytes written.
-fn append_lines(path: &Path, lines: &[(i64, String)]) -> std::io::Result<u64> {
+/// Where a results file stands against `committed` bytes and the file last written (`known`);
+/// extra bytes past `committed` are cut off here.
+fn file_state(path: &Path, committed: u64, known: Option<FileId>) -> std::io::Result<FileState> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(if committed == 0 && known.is_none() {
+                // Nothing written yet: a new, empty file is the file.
+                FileState::Sound(start_over(path)?)
+            } else {
+                FileState::Lost("is gone")
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let id = file_id(&meta);
+    if known.is_some_and(|k| k != id) {
+        return Ok(FileState::Lost("was replaced by another file"));
+    }
+    if meta.len() < committed {
+        return Ok(FileState::Lost("is shorter than recorded"));
+    }
+    if meta.len() > committed {
+        tracing::info!(
+            cut_bytes = meta.len() - committed,
+            "cutting results appended but not recorded; they are written again"
+        );
+        truncate(path, committed)?;
+    }
+    Ok(FileState::Sound(id))
+}
+
+/// An empty results file in place of whatever was there (a new file if it was deleted).
+fn start_over(path: &Path) -> std::io::Result<FileId> {
+    truncate(path, 0)?;
+    Ok(file_id(&std::fs::metadata(path)?))
+}
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+/// Appends the lines to a file of `committed` bytes and syncs it before returning the bytes
+/// written. If the write or the sync fails, the file is cut back to `committed`: no fragment of
+/// a line stays in it.
+fn append_lines(path: &Path, lines: &[(i64, String)], committed: u64) -> std::io::Result<u64> {
     let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
     for (_, line) in lines {
         buf.extend_from_slice(line.as_bytes());
@@ -173,8 +318,14 @@ fn append_lines(path: &Path, lines: &[(i64, String)]) -> std::io::Result<u64> {
         .create(true)
         .append(true)
         .open(path)?;
-    file.write_all(&buf)?;
-    file.sync_data()?;
+    let written = file.write_all(&buf).and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        if let Err(cut) = file.set_len(committed).and_then(|()| file.sync_data()) {
+            // The next round's check cuts it back then.
+            tracing::warn!(error = %cut, "cannot cut the results file back yet");
+        }
+        return Err(e);
+    }
     Ok(buf.len() as u64)
 }
 
@@ -186,4 +337,48 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
         .open(path)?;
     file.set_len(len)?;
     file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_cut_back_rebuilt_or_kept_against_what_was_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.jsonl");
+        // Nothing recorded, no file yet: an empty file is made and is the file.
+        let FileState::Sound(first) = file_state(&path, 0, None).expect("state") else {
+            panic!("a new file is sound")
+        };
+        append_lines(&path, &[(1, "{\"a\":1}".into())], 0).expect("append");
+        // Recorded 8 bytes; 8 more appended but not recorded: cut back.
+        append_lines(&path, &[(2, "{\"b\":2}".into())], 8).expect("append");
+        assert_eq!(
+            file_state(&path, 8, Some(first)).expect("state"),
+            FileState::Sound(first)
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "{\"a\":1}\n");
+        // Shorter than recorded, gone, or another file: lost.
+        assert_eq!(
+            file_state(&path, 16, Some(first)).expect("state"),
+            FileState::Lost("is shorter than recorded")
+        );
+        std::fs::remove_file(&path).expect("delete");
+        assert_eq!(
+            file_state(&path, 8, Some(first)).expect("state"),
+            FileState::Lost("is gone")
+        );
+        // Swapped for another file (written beside it, renamed over it): another inode.
+        let FileState::Sound(second) = file_state(&path, 0, None).expect("state") else {
+            panic!("a new file is sound")
+        };
+        let other = dir.path().join("other");
+        std::fs::write(&other, "{\"a\":1}\n").expect("write");
+        std::fs::rename(&other, &path).expect("swap");
+        assert_eq!(
+            file_state(&path, 8, Some(second)).expect("state"),
+            FileState::Lost("was replaced by another file")
+        );
+    }
 }

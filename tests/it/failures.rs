@@ -1,10 +1,108 @@
-//! Ordinary failures of a real host, with no restart: the API unreachable for longer than every
-//! attempt would last, and a second daemon on the same data dir after the lock file is deleted.
+//! Ordinary failures of a real host, each with no restart: the API unreachable for longer than
+//! every attempt would last; the results file deleted or truncated mid-job; another process
+//! holding the database locked mid-job; a second daemon after the lock file is deleted. Each ends
+//! with one valid results line per item, each custom_id once.
 
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use nightshift::fake_api::FakeConfig;
+
+/// A job of `n` real-time items answered slowly enough to be mid-job for a while.
+async fn slow_job(name: &str, n: usize) -> (TestEnv, Vec<String>) {
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(40),
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 2\n",
+    )
+    .await;
+    let (ids, body) = job_of(name, n);
+    env.write_job(name, &body);
+    (env, ids)
+}
+
+/// Waits until the job's results file holds at least `lines` lines.
+async fn wait_lines(env: &TestEnv, job: &str, lines: usize) {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(env.results_file(job)).unwrap_or_default();
+        if text.lines().count() >= lines {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{job}: fewer than {lines} results lines"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_deleted_mid_job_is_written_again_in_full() {
+    let (env, ids) = slow_job("deleted", 80).await;
+    let daemon = env.start_daemon();
+    wait_lines(&env, "deleted", 15).await;
+    std::fs::remove_file(env.results_file("deleted")).expect("delete the results file");
+    let job = env.wait_done("deleted", Duration::from_secs(60)).await;
+    assert_eq!(job.counts.succeeded, 80);
+    let results = env.results("deleted");
+    assert_eq!(results.len(), 80, "one line per item");
+    assert_each_once(&results, &ids);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_truncated_mid_line_is_written_again_in_full() {
+    let (env, ids) = slow_job("truncated", 80).await;
+    let daemon = env.start_daemon();
+    wait_lines(&env, "truncated", 15).await;
+    let path = env.results_file("truncated");
+    let len = std::fs::metadata(&path).expect("results file").len();
+    // Cut in the middle of a line.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    file.set_len(len / 2 + 3).expect("truncate");
+    drop(file);
+    let job = env.wait_done("truncated", Duration::from_secs(60)).await;
+    assert_eq!(job.counts.succeeded, 80);
+    let results = env.results("truncated");
+    assert_eq!(results.len(), 80, "one line per item, every line JSON");
+    assert_each_once(&results, &ids);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing() {
+    let (env, ids) = slow_job("locked", 80).await;
+    let daemon = env.start_daemon();
+    wait_lines(&env, "locked", 15).await;
+    // Another process takes the database for 16 seconds: the daemon's writes wait, time out
+    // and are tried again; answers received meanwhile are kept, appended lines not yet recorded
+    // are cut back.
+    let db = env.config().db_path();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.busy_timeout(Duration::from_secs(20))
+            .expect("busy timeout");
+        conn.execute_batch("BEGIN EXCLUSIVE")
+            .expect("exclusive lock");
+        std::thread::sleep(Duration::from_secs(16));
+        conn.execute_batch("COMMIT").expect("release");
+    });
+    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
+        .await
+        .expect("joined");
+    let job = env.wait_done("locked", Duration::from_secs(90)).await;
+    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
+    let results = env.results("locked");
+    assert_eq!(results.len(), 80, "one line per item, none twice");
+    assert_each_once(&results, &ids);
+    daemon.stop().await;
+}
 
 /// How many attempts of the job's items ended with each outcome.
 fn attempts_by_outcome(env: &TestEnv, outcome: &str) -> i64 {
