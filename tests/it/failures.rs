@@ -104,6 +104,86 @@ async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing(
     daemon.stop().await;
 }
 
+/// A small tmpfs mounted on a folder for the length of a test (unmounted on drop, also after a
+/// failed assertion). None where the machine does not allow mounting (not root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallDisk(at.to_owned()))
+    }
+
+    /// Fills what is left of the disk; returns the filler, which frees the space when deleted.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 64 << 10];
+        while file.write_all(&chunk).is_ok() {}
+        // The last bytes a partial chunk could not take.
+        while file.write_all(&[0u8; 512]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_mid_job_and_frees_loses_tears_and_repeats_nothing() {
+    let (env, ids) = slow_job("full", 80).await;
+    // The data directory (database, its WAL, results) on a 24 MB disk of its own.
+    let Some(disk) = SmallDisk::mount(&env.data_dir(), 24 << 20) else {
+        eprintln!(
+            "a_disk_that_fills_mid_job…: cannot mount a tmpfs here (not root); this test runs where it can (CI runs as root)"
+        );
+        return;
+    };
+    let daemon = env.start_daemon();
+    wait_lines(&env, "full", 15).await;
+    let filler = disk.fill();
+    // Full for two seconds; then a few pages free, which a write of several lines overruns (a
+    // torn line, were it kept), for 14 more: answers keep coming and cannot be recorded for longer
+    // than any fixed number of tries would last. Then the space is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let len = std::fs::metadata(&filler).expect("filler").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .and_then(|f| f.set_len(len.saturating_sub(3 * 4096)))
+        .expect("free a few pages");
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    std::fs::remove_file(&filler).expect("free the disk");
+    let job = env.wait_done("full", Duration::from_secs(90)).await;
+    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
+    let results = env.results("full");
+    assert_eq!(
+        results.len(),
+        80,
+        "one line per item, every line JSON, none twice"
+    );
+    assert_each_once(&results, &ids);
+    assert_eq!(
+        env.fake.stats().messages_accepted,
+        80,
+        "no answered call was sent again"
+    );
+    daemon.stop().await;
+    drop(disk);
+}
+
 /// How many attempts of the job's items ended with each outcome.
 fn attempts_by_outcome(env: &TestEnv, outcome: &str) -> i64 {
     let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("database");
