@@ -281,24 +281,26 @@ pub async fn run(
         }
     }
     notifier.stopping();
+    // Shutdown is bounded whatever the store is doing (a held lock, a full disk): what has not
+    // stopped by the deadline is left exactly as a kill -9 would leave it, for the next start.
+    let deadline = tokio::time::Instant::now() + config.daemon.shutdown_grace + SHUTDOWN_MARGIN;
     stop_intake.cancel();
     stop_lane.cancel();
-    let _ = progress_task.await;
-    let _ = publish_task.await;
-    let _ = watchdog_task.await;
-    let _ = schedule_task.await;
+    let _ = by_deadline(deadline, "progress reports", progress_task).await;
+    let _ = by_deadline(deadline, "quota publishing", publish_task).await;
+    let _ = by_deadline(deadline, "the watchdog", watchdog_task).await;
+    let _ = by_deadline(deadline, "the scheduler", schedule_task).await;
     if let Some(task) = metrics_task {
-        let _ = task.await;
-        let _ = store
-            .call(|c| crate::store::facts::clear(c, "metrics_url"))
-            .await;
+        let _ = by_deadline(deadline, "the metrics endpoint", task).await;
+        let cleared = store.call(|c| crate::store::facts::clear(c, "metrics_url"));
+        let _ = by_deadline(deadline, "clearing the metrics address", cleared).await;
     }
-    let intake_result = intake_task.await;
-    let lane_result = lane_task.await;
-    let batch_result = batch_task.await;
+    let intake_result = by_deadline(deadline, "intake", intake_task).await;
+    let lane_result = by_deadline(deadline, "the real-time lane", lane_task).await;
+    let batch_result = by_deadline(deadline, "the batch lane", batch_task).await;
     stop_results.cancel();
-    let results_result = results_task.await;
-    store.close().await;
+    let results_result = by_deadline(deadline, "the results writer", results_task).await;
+    let _ = by_deadline(deadline, "the store", store.close()).await;
     for (what, result) in [
         ("intake", intake_result),
         ("real-time lane", lane_result),
@@ -306,9 +308,10 @@ pub async fn run(
         ("results writer", results_result),
     ] {
         match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = failure.or(Some(e.context(format!("the {what} failed")))),
-            Err(e) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
+            // Not stopped by the deadline: said so already; the next start reconciles.
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => failure = failure.or(Some(e.context(format!("the {what} failed")))),
+            Some(Err(e)) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
         }
     }
     drop(data_dir_lock);
@@ -317,6 +320,27 @@ pub async fn run(
         None => {
             tracing::info!("stopped");
             Ok(())
+        }
+    }
+}
+
+/// Shutdown ends by `shutdown_grace` (calls in flight finish within it) plus this.
+const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Awaits `work` until the shutdown deadline; None (and a warning) if it is not done by then.
+async fn by_deadline<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            tracing::warn!(
+                what,
+                "not stopped by the shutdown deadline; left as a kill -9 would leave it, for the next start"
+            );
+            None
         }
     }
 }

@@ -104,6 +104,61 @@ async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing(
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_completes_the_job() {
+    // shutdown_grace_secs = 5 in the test config: systemd would wait 60 s before a SIGKILL.
+    let (env, ids) = slow_job("stuck", 80).await;
+    let mut daemon = env.spawn_binary_daemon("sk-test", "stuck1.log");
+    wait_lines(&env, "stuck", 15).await;
+    let db = env.config().db_path();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.busy_timeout(Duration::from_secs(20))
+            .expect("busy timeout");
+        conn.execute_batch("BEGIN EXCLUSIVE")
+            .expect("exclusive lock");
+        locked_tx.send(()).expect("locked");
+        let _ = release_rx.recv_timeout(Duration::from_secs(120));
+        conn.execute_batch("COMMIT").expect("release");
+    });
+    tokio::task::spawn_blocking(move || locked_rx.recv().expect("lock taken"))
+        .await
+        .expect("joined");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&daemon, libc::SIGTERM);
+    let asked = Instant::now();
+    let exited = loop {
+        if daemon.try_wait().expect("wait").is_some() {
+            break asked.elapsed();
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            daemon.kill().expect("kill");
+            break asked.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The grace period (5 s) plus at most 5 s: well inside systemd's stop timeout.
+    assert!(
+        exited <= Duration::from_secs(10) + Duration::from_millis(500),
+        "SIGTERM under a lock took {exited:?}"
+    );
+    release_tx.send(()).expect("release");
+    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
+        .await
+        .expect("joined");
+    // What could not be recorded is reconciled at the next start: nothing lost, nothing twice.
+    let mut again = env.spawn_binary_daemon("sk-test", "stuck2.log");
+    let job = env.wait_done("stuck", Duration::from_secs(90)).await;
+    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
+    let results = env.results("stuck");
+    assert_eq!(results.len(), 80);
+    assert_each_once(&results, &ids);
+    signal(&again, libc::SIGTERM);
+    again.wait().expect("reaped");
+}
+
 /// A small tmpfs mounted on a folder for the length of a test (unmounted on drop, also after a
 /// failed assertion). None where the machine does not allow mounting (not root).
 struct SmallDisk(std::path::PathBuf);
