@@ -213,6 +213,7 @@ pub async fn run(
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat_loop(store.clone(), stop_lane.clone()));
     let schedule_task = tokio::spawn(crate::lanes::schedules::run(
         store.clone(),
         config.jobs_dir.clone(),
@@ -289,6 +290,7 @@ pub async fn run(
     let _ = by_deadline(deadline, "progress reports", progress_task).await;
     let _ = by_deadline(deadline, "quota publishing", publish_task).await;
     let _ = by_deadline(deadline, "the watchdog", watchdog_task).await;
+    let _ = by_deadline(deadline, "the heartbeat", heartbeat_task).await;
     let _ = by_deadline(deadline, "the scheduler", schedule_task).await;
     if let Some(task) = metrics_task {
         let _ = by_deadline(deadline, "the metrics endpoint", task).await;
@@ -300,6 +302,12 @@ pub async fn run(
     let batch_result = by_deadline(deadline, "the batch lane", batch_task).await;
     stop_results.cancel();
     let results_result = by_deadline(deadline, "the results writer", results_task).await;
+    // Stopped in order: `status` says no daemon runs (a crash leaves the heartbeat to go stale).
+    let gone = store.call(|c| {
+        crate::store::facts::clear(c, DAEMON_FACT)?;
+        crate::store::facts::clear(c, HEARTBEAT_FACT)
+    });
+    let _ = by_deadline(deadline, "saying the daemon stops", gone).await;
     let _ = by_deadline(deadline, "the store", store.close()).await;
     for (what, result) in [
         ("intake", intake_result),
@@ -403,6 +411,44 @@ async fn progress_loop(store: Store, stop: CancellationToken) {
 
 /// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer
 /// answers: a wedged database thread stops the pings, and systemd restarts the service.
+/// The `daemon_facts` key of the running daemon's pid, start time and version.
+pub const DAEMON_FACT: &str = "daemon";
+/// The `daemon_facts` key of its heartbeat: the time, written every [`HEARTBEAT_EVERY`] while the
+/// store takes writes (a stale one says the database is locked, the disk full, or the daemon
+/// gone).
+pub const HEARTBEAT_FACT: &str = "heartbeat";
+pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Says who runs on this data dir, then beats until `stop`.
+async fn heartbeat_loop(store: Store, stop: CancellationToken) {
+    let since = now_ms();
+    let who = serde_json::json!({
+        "pid": std::process::id(),
+        "since": since,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let said = store
+        .call(move |c| crate::store::facts::set(c, DAEMON_FACT, &who, since))
+        .await;
+    if let Err(e) = said {
+        tracing::warn!(error = %e, "cannot record who runs on this data dir");
+    }
+    loop {
+        let now = now_ms();
+        let beat = store
+            .call(move |c| crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now))
+            .await;
+        if let Err(e) = beat {
+            tracing::debug!(error = %e, "no heartbeat written");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 async fn watchdog_loop(store: Store, stop: CancellationToken) {
     let Some(every) = crate::daemon::systemd::watchdog_interval() else {
         return;

@@ -159,6 +159,57 @@ async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_comple
     again.wait().expect("reaped");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_whether_a_daemon_runs_and_one_killed_is_told_apart_from_one_stopped() {
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let daemon_section = |env: &TestEnv| env.try_status_json()["daemon"].clone();
+    let wait_for = |env: &TestEnv, want: bool| {
+        let started = Instant::now();
+        loop {
+            let d = daemon_section(env);
+            if d["running"] == want {
+                return d;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "daemon section: {d}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut first = env.spawn_binary_daemon("sk-test", "status1.log");
+    let running = wait_for(&env, true);
+    assert_eq!(running["pid"], first.id());
+    assert!(running["problem"].is_null(), "{running}");
+    let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(text.starts_with("daemon: running (pid"), "{text}");
+
+    // Killed: the pid it gave is gone, and status says so.
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+    let gone = daemon_section(&env);
+    assert_eq!(gone["running"], false, "{gone}");
+    assert!(
+        gone["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("without saying so")),
+        "{gone}"
+    );
+
+    // Stopped in order: not running, and nothing to worry about.
+    let second = env.spawn_binary_daemon("sk-test", "status2.log");
+    let running = wait_for(&env, true);
+    assert_eq!(running["pid"], second.id());
+    signal(&second, libc::SIGTERM);
+    let mut second = second;
+    second.wait().expect("reaped");
+    let stopped = daemon_section(&env);
+    assert_eq!(stopped["running"], false, "{stopped}");
+    assert!(stopped["problem"].is_null(), "{stopped}");
+    let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(text.starts_with("daemon: not running"), "{text}");
+}
+
 /// A small tmpfs mounted on a folder for the length of a test (unmounted on drop, also after a
 /// failed assertion). None where the machine does not allow mounting (not root).
 struct SmallDisk(std::path::PathBuf);

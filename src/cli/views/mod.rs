@@ -2,6 +2,7 @@
 //! `status --watch` show. Each gathers read queries into a documented serde struct, printed as
 //! JSON (`--json`, a stable shape) or as aligned text; the helpers here are what they share.
 
+pub mod daemon;
 pub mod diagnose;
 pub mod job;
 pub mod ledger;

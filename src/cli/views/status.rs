@@ -6,6 +6,7 @@ use std::path::Path;
 use rusqlite::Connection;
 use serde::Serialize;
 
+use super::daemon::{DaemonStatus, daemon_status};
 use super::limits::{Pause, pauses, pauses_text};
 use super::{finished, format_time, progress_bar, table};
 use crate::lanes::admission::Rules;
@@ -20,6 +21,8 @@ use crate::store::jobs::{self, JobRow};
 /// `nightshift status --json`.
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
+    /// Whether a daemon runs on this data dir, and whether it is well.
+    pub daemon: DaemonStatus,
     pub jobs: Vec<JobStatus>,
     /// Files intake could not take as jobs (newest first).
     pub rejected_files: Vec<RejectedFile>,
@@ -156,6 +159,7 @@ pub fn status(
     let wall = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let paused = pauses(conn)?;
     let mut report = StatusReport {
+        daemon: daemon_status(conn, now)?,
         jobs: Vec::new(),
         rejected_files: Vec::new(),
         paused,
@@ -217,7 +221,7 @@ pub(super) fn batch_summary(batches: &[BatchStatus]) -> String {
 
 impl StatusReport {
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.daemon.to_text();
         out.push_str(&pauses_text(&self.paused));
         if !self.paused.is_empty() {
             out.push('\n');

@@ -236,6 +236,15 @@ mod tests {
 
     fn status() -> StatusReport {
         StatusReport {
+            daemon: crate::cli::views::daemon::DaemonStatus {
+                running: true,
+                pid: Some(1),
+                since: None,
+                version: None,
+                last_heartbeat: None,
+                heartbeat_age_secs: Some(1),
+                problem: None,
+            },
             jobs: vec![JobStatus {
                 name: "backfill".into(),
                 state: "running",

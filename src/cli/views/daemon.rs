@@ -1,0 +1,120 @@
+//! The daemon section of `nightshift status`: whether a daemon runs on this data dir, and whether
+//! it is well, from what it publishes in the store (who it is; a heartbeat every 5 s while the
+//! store takes its writes). A daemon that stopped in order says so; one that was killed leaves a
+//! pid that is gone; one whose database is locked or disk full leaves a heartbeat that goes stale.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::format_time;
+use crate::daemon::{DAEMON_FACT, HEARTBEAT_EVERY, HEARTBEAT_FACT};
+use crate::store::facts;
+
+/// A heartbeat older than this many beats says something is wrong.
+const STALE_BEATS: i64 = 3;
+
+/// `status --json` → `daemon`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DaemonStatus {
+    /// A daemon process runs on this data dir.
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub since: Option<String>,
+    pub version: Option<String>,
+    pub last_heartbeat: Option<String>,
+    pub heartbeat_age_secs: Option<i64>,
+    /// What needs a person, if anything: a stale heartbeat, a daemon gone without a word.
+    pub problem: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Who {
+    pid: u32,
+    since: i64,
+    version: String,
+}
+
+/// What the store says of the daemon, checked against the running processes.
+pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus> {
+    let who: Option<Who> =
+        facts::get(conn, DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
+    let beat: Option<i64> = facts::get(conn, HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
+    let alive = who
+        .as_ref()
+        .is_some_and(|w| std::path::Path::new(&format!("/proc/{}", w.pid)).exists());
+    let age = beat.map(|at| (now - at).max(0) / 1000);
+    let (running, problem) = judge(who.as_ref().map(|w| w.pid), alive, age);
+    Ok(DaemonStatus {
+        running,
+        pid: who.as_ref().map(|w| w.pid),
+        since: who.as_ref().map(|w| format_time(w.since)),
+        version: who.map(|w| w.version),
+        last_heartbeat: beat.map(format_time),
+        heartbeat_age_secs: age,
+        problem,
+    })
+}
+
+/// Whether a daemon runs, and what is wrong if anything: `pid` is what it said, `alive` whether
+/// that process exists, `age` the heartbeat's age in seconds.
+fn judge(pid: Option<u32>, alive: bool, age: Option<i64>) -> (bool, Option<String>) {
+    let stale = STALE_BEATS * HEARTBEAT_EVERY.as_secs() as i64;
+    match pid {
+        None => (false, None),
+        Some(pid) if !alive => (
+            false,
+            Some(format!(
+                "the daemon (pid {pid}) stopped without saying so (a crash or a kill -9); start it again: nothing is lost"
+            )),
+        ),
+        Some(_) => match age {
+            Some(age) if age <= stale => (true, None),
+            age => (
+                true,
+                Some(format!(
+                    "its last heartbeat is {} old: the database may be locked or the disk full (see the journal)",
+                    age.map_or("missing".into(), |a| format!("{a} s"))
+                )),
+            ),
+        },
+    }
+}
+
+impl DaemonStatus {
+    pub fn to_text(&self) -> String {
+        let mut out = if self.running {
+            format!(
+                "daemon: running (pid {}, since {}, nightshift {}, heartbeat {} s ago)\n",
+                self.pid.unwrap_or_default(),
+                self.since.as_deref().unwrap_or("?"),
+                self.version.as_deref().unwrap_or("?"),
+                self.heartbeat_age_secs
+                    .map_or("?".into(), |a| a.to_string())
+            )
+        } else {
+            "daemon: not running on this data dir (start it: `nightshift run`, or the service)\n"
+                .to_owned()
+        };
+        if let Some(problem) = &self.problem {
+            out.push_str(&format!("  {problem}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_daemon_runs_when_its_process_lives_and_is_well_while_it_beats() {
+        assert_eq!(judge(None, false, None), (false, None));
+        assert_eq!(judge(Some(7), true, Some(2)), (true, None));
+        let (running, problem) = judge(Some(7), true, Some(40));
+        assert!(running);
+        assert!(problem.expect("stale").contains("40 s old"));
+        let (running, problem) = judge(Some(7), false, Some(2));
+        assert!(!running);
+        assert!(problem.expect("gone").contains("without saying so"));
+    }
+}
