@@ -23,6 +23,50 @@ async fn slow_job(name: &str, n: usize) -> (TestEnv, Vec<String>) {
     (env, ids)
 }
 
+/// [`slow_job`] under an in-process daemon, once 15 of its results lines are written.
+async fn mid_job(name: &str) -> (TestEnv, Vec<String>, InProcessDaemon) {
+    let (env, ids) = slow_job(name, 80).await;
+    let daemon = env.start_daemon();
+    wait_lines(&env, name, 15).await;
+    (env, ids, daemon)
+}
+
+/// Another process's exclusive lock on the database, held until released (or for two minutes).
+struct DbLock {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl DbLock {
+    /// Returns once the lock is held.
+    async fn take(db: std::path::PathBuf) -> DbLock {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).expect("open");
+            conn.busy_timeout(Duration::from_secs(20))
+                .expect("busy timeout");
+            conn.execute_batch("BEGIN EXCLUSIVE")
+                .expect("exclusive lock");
+            locked_tx.send(()).expect("locked");
+            let _ = release_rx.recv_timeout(Duration::from_secs(120));
+            conn.execute_batch("COMMIT").expect("release");
+        });
+        tokio::task::spawn_blocking(move || locked_rx.recv().expect("lock taken"))
+            .await
+            .expect("joined");
+        DbLock { release, holder }
+    }
+
+    async fn release(self) {
+        let _ = self.release.send(());
+        let holder = self.holder;
+        tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
+            .await
+            .expect("joined");
+    }
+}
+
 /// Waits until the job's results file holds at least `lines` lines.
 async fn wait_lines(env: &TestEnv, job: &str, lines: usize) {
     let started = Instant::now();
@@ -39,25 +83,35 @@ async fn wait_lines(env: &TestEnv, job: &str, lines: usize) {
     }
 }
 
+/// Waits for the job, then checks it came out whole: every item succeeded, one results line each
+/// (every line JSON), each custom_id once.
+async fn assert_whole(env: &TestEnv, job: &str, ids: &[String]) {
+    let done = env.wait_done(job, Duration::from_secs(90)).await;
+    assert_eq!(
+        (done.counts.succeeded, done.counts.errored),
+        (ids.len() as u64, 0),
+        "{job}: every item succeeded"
+    );
+    let results = env.results(job);
+    assert_eq!(
+        results.len(),
+        ids.len(),
+        "{job}: one line per item, none twice"
+    );
+    assert_each_once(&results, ids);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_file_deleted_mid_job_is_written_again_in_full() {
-    let (env, ids) = slow_job("deleted", 80).await;
-    let daemon = env.start_daemon();
-    wait_lines(&env, "deleted", 15).await;
+    let (env, ids, daemon) = mid_job("deleted").await;
     std::fs::remove_file(env.results_file("deleted")).expect("delete the results file");
-    let job = env.wait_done("deleted", Duration::from_secs(60)).await;
-    assert_eq!(job.counts.succeeded, 80);
-    let results = env.results("deleted");
-    assert_eq!(results.len(), 80, "one line per item");
-    assert_each_once(&results, &ids);
+    assert_whole(&env, "deleted", &ids).await;
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_results_file_truncated_mid_line_is_written_again_in_full() {
-    let (env, ids) = slow_job("truncated", 80).await;
-    let daemon = env.start_daemon();
-    wait_lines(&env, "truncated", 15).await;
+    let (env, ids, daemon) = mid_job("truncated").await;
     let path = env.results_file("truncated");
     let len = std::fs::metadata(&path).expect("results file").len();
     // Cut in the middle of a line.
@@ -67,40 +121,20 @@ async fn a_results_file_truncated_mid_line_is_written_again_in_full() {
         .expect("open");
     file.set_len(len / 2 + 3).expect("truncate");
     drop(file);
-    let job = env.wait_done("truncated", Duration::from_secs(60)).await;
-    assert_eq!(job.counts.succeeded, 80);
-    let results = env.results("truncated");
-    assert_eq!(results.len(), 80, "one line per item, every line JSON");
-    assert_each_once(&results, &ids);
+    assert_whole(&env, "truncated", &ids).await;
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing() {
-    let (env, ids) = slow_job("locked", 80).await;
-    let daemon = env.start_daemon();
-    wait_lines(&env, "locked", 15).await;
+    let (env, ids, daemon) = mid_job("locked").await;
     // Another process takes the database for 16 seconds: the daemon's writes wait, time out
     // and are tried again; answers received meanwhile are kept, appended lines not yet recorded
     // are cut back.
-    let db = env.config().db_path();
-    let holder = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        conn.busy_timeout(Duration::from_secs(20))
-            .expect("busy timeout");
-        conn.execute_batch("BEGIN EXCLUSIVE")
-            .expect("exclusive lock");
-        std::thread::sleep(Duration::from_secs(16));
-        conn.execute_batch("COMMIT").expect("release");
-    });
-    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
-        .await
-        .expect("joined");
-    let job = env.wait_done("locked", Duration::from_secs(90)).await;
-    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
-    let results = env.results("locked");
-    assert_eq!(results.len(), 80, "one line per item, none twice");
-    assert_each_once(&results, &ids);
+    let lock = DbLock::take(env.config().db_path()).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    lock.release().await;
+    assert_whole(&env, "locked", &ids).await;
     daemon.stop().await;
 }
 
@@ -110,22 +144,7 @@ async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_comple
     let (env, ids) = slow_job("stuck", 80).await;
     let mut daemon = env.spawn_binary_daemon("sk-test", "stuck1.log");
     wait_lines(&env, "stuck", 15).await;
-    let db = env.config().db_path();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        let conn = rusqlite::Connection::open(&db).expect("open");
-        conn.busy_timeout(Duration::from_secs(20))
-            .expect("busy timeout");
-        conn.execute_batch("BEGIN EXCLUSIVE")
-            .expect("exclusive lock");
-        locked_tx.send(()).expect("locked");
-        let _ = release_rx.recv_timeout(Duration::from_secs(120));
-        conn.execute_batch("COMMIT").expect("release");
-    });
-    tokio::task::spawn_blocking(move || locked_rx.recv().expect("lock taken"))
-        .await
-        .expect("joined");
+    let lock = DbLock::take(env.config().db_path()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     signal(&daemon, libc::SIGTERM);
     let asked = Instant::now();
@@ -144,17 +163,10 @@ async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_comple
         exited <= Duration::from_secs(10) + Duration::from_millis(500),
         "SIGTERM under a lock took {exited:?}"
     );
-    release_tx.send(()).expect("release");
-    tokio::task::spawn_blocking(move || holder.join().expect("lock holder"))
-        .await
-        .expect("joined");
+    lock.release().await;
     // What could not be recorded is reconciled at the next start: nothing lost, nothing twice.
     let mut again = env.spawn_binary_daemon("sk-test", "stuck2.log");
-    let job = env.wait_done("stuck", Duration::from_secs(90)).await;
-    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
-    let results = env.results("stuck");
-    assert_eq!(results.len(), 80);
-    assert_each_once(&results, &ids);
+    assert_whole(&env, "stuck", &ids).await;
     signal(&again, libc::SIGTERM);
     again.wait().expect("reaped");
 }
@@ -272,15 +284,7 @@ async fn a_disk_that_fills_mid_job_and_frees_loses_tears_and_repeats_nothing() {
         .expect("free a few pages");
     tokio::time::sleep(Duration::from_secs(14)).await;
     std::fs::remove_file(&filler).expect("free the disk");
-    let job = env.wait_done("full", Duration::from_secs(90)).await;
-    assert_eq!((job.counts.succeeded, job.counts.errored), (80, 0));
-    let results = env.results("full");
-    assert_eq!(
-        results.len(),
-        80,
-        "one line per item, every line JSON, none twice"
-    );
-    assert_each_once(&results, &ids);
+    assert_whole(&env, "full", &ids).await;
     assert_eq!(
         env.fake.stats().messages_accepted,
         80,
@@ -344,13 +348,8 @@ async fn an_outage_longer_than_every_attempt_uses_none_and_the_backlog_completes
     assert!(paused_seen, "status says the API cannot be reached");
 
     env.fake.set_reachable(true);
-    let done = env.wait_done("outage", Duration::from_secs(60)).await;
-    assert_eq!(
-        (done.counts.succeeded, done.counts.errored),
-        (40, 0),
-        "the backlog is done once the API is back"
-    );
-    assert_each_once(&env.results("outage"), &ids);
+    // The backlog is done once the API is back.
+    assert_whole(&env, "outage", &ids).await;
     let status = env.status_json();
     let still_paused = status["paused"].as_array().is_some_and(|p| !p.is_empty());
     assert!(!still_paused, "the pause ends with the outage: {status}");
