@@ -65,7 +65,23 @@ impl Handle {
 fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     let dir = std::fs::File::open(data_dir)
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
-    if dir.try_lock().is_err() {
+    // A `status` checking for a daemon holds a shared lock for an instant: try for a moment.
+    let mut tries = 0;
+    let held = loop {
+        match dir.try_lock() {
+            Ok(()) => break false,
+            Err(std::fs::TryLockError::WouldBlock) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => break true,
+            Err(std::fs::TryLockError::Error(e)) => anyhow::bail!(
+                "cannot lock the data directory {} ({e}); it must be on a file system with locks (not NFS without them)",
+                data_dir.display()
+            ),
+        }
+    };
+    if held {
         let holder = std::fs::read_to_string(data_dir.join("nightshift.lock")).unwrap_or_default();
         let holder = holder.trim();
         anyhow::bail!(
@@ -213,7 +229,9 @@ pub async fn run(
     let progress_task = tokio::spawn(progress_loop(store.clone(), stop_intake.clone()));
 
     let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
-    let heartbeat_task = tokio::spawn(heartbeat_loop(store.clone(), stop_lane.clone()));
+    // Beats until the very end of shutdown, so `status` does not call a long, orderly stop stuck.
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat_task = tokio::spawn(heartbeat_loop(store.clone(), stop_heartbeat.clone()));
     let schedule_task = tokio::spawn(crate::lanes::schedules::run(
         store.clone(),
         config.jobs_dir.clone(),
@@ -290,7 +308,6 @@ pub async fn run(
     let _ = by_deadline(deadline, "progress reports", progress_task).await;
     let _ = by_deadline(deadline, "quota publishing", publish_task).await;
     let _ = by_deadline(deadline, "the watchdog", watchdog_task).await;
-    let _ = by_deadline(deadline, "the heartbeat", heartbeat_task).await;
     let _ = by_deadline(deadline, "the scheduler", schedule_task).await;
     if let Some(task) = metrics_task {
         let _ = by_deadline(deadline, "the metrics endpoint", task).await;
@@ -302,13 +319,15 @@ pub async fn run(
     let batch_result = by_deadline(deadline, "the batch lane", batch_task).await;
     stop_results.cancel();
     let results_result = by_deadline(deadline, "the results writer", results_task).await;
+    stop_heartbeat.cancel();
+    let _ = by_deadline(deadline, "the heartbeat", heartbeat_task).await;
     // Stopped in order: `status` says no daemon runs (a crash leaves the heartbeat to go stale).
     let gone = store.call(|c| {
         crate::store::facts::clear(c, DAEMON_FACT)?;
         crate::store::facts::clear(c, HEARTBEAT_FACT)
     });
     let _ = by_deadline(deadline, "saying the daemon stops", gone).await;
-    let _ = by_deadline(deadline, "the store", store.close()).await;
+    let closed = by_deadline(deadline, "the store", store.close()).await;
     for (what, result) in [
         ("intake", intake_result),
         ("real-time lane", lane_result),
@@ -322,7 +341,13 @@ pub async fn run(
             Some(Err(e)) => failure = failure.or(Some(anyhow::anyhow!("the {what} panicked: {e}"))),
         }
     }
-    drop(data_dir_lock);
+    if closed.is_some() {
+        drop(data_dir_lock);
+    } else {
+        // The store's writer may still commit: no second daemon may start on this data dir until
+        // this process has ended.
+        std::mem::forget(data_dir_lock);
+    }
     match failure {
         Some(e) => Err(e),
         None => {
@@ -409,8 +434,6 @@ async fn progress_loop(store: Store, stop: CancellationToken) {
     }
 }
 
-/// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer
-/// answers: a wedged database thread stops the pings, and systemd restarts the service.
 /// The `daemon_facts` key of the running daemon's pid, start time and version.
 pub const DAEMON_FACT: &str = "daemon";
 /// The `daemon_facts` key of its heartbeat: the time, written every [`HEARTBEAT_EVERY`] while the
@@ -419,7 +442,7 @@ pub const DAEMON_FACT: &str = "daemon";
 pub const HEARTBEAT_FACT: &str = "heartbeat";
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Says who runs on this data dir, then beats until `stop`.
+/// Says who runs on this data dir and beats until `stop`.
 async fn heartbeat_loop(store: Store, stop: CancellationToken) {
     let since = now_ms();
     let who = serde_json::json!({
@@ -428,16 +451,15 @@ async fn heartbeat_loop(store: Store, stop: CancellationToken) {
         "version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
-    let said = store
-        .call(move |c| crate::store::facts::set(c, DAEMON_FACT, &who, since))
-        .await;
-    if let Err(e) = said {
-        tracing::warn!(error = %e, "cannot record who runs on this data dir");
-    }
     loop {
         let now = now_ms();
+        let who = who.clone();
+        // Who it is, every beat too: a first write that failed (a full disk) is made good.
         let beat = store
-            .call(move |c| crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now))
+            .call(move |c| {
+                crate::store::facts::set(c, DAEMON_FACT, &who, since)?;
+                crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now)
+            })
             .await;
         if let Err(e) = beat {
             tracing::debug!(error = %e, "no heartbeat written");
@@ -449,6 +471,8 @@ async fn heartbeat_loop(store: Store, stop: CancellationToken) {
     }
 }
 
+/// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer
+/// answers: a wedged database thread stops the pings, and systemd restarts the service.
 async fn watchdog_loop(store: Store, stop: CancellationToken) {
     let Some(every) = crate::daemon::systemd::watchdog_interval() else {
         return;

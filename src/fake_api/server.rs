@@ -179,9 +179,15 @@ pub(super) async fn accept_loop(
                         break;
                     }
                     if *reachable.borrow_and_update() {
-                        match TcpListener::bind(addr).await {
-                            Ok(bound) => listener = Some(bound),
-                            Err(error) => tracing::warn!(%error, "the fake API cannot listen again"),
+                        // The port may linger a moment after the outage: try until it binds.
+                        while listener.is_none() && !shutdown.is_cancelled() {
+                            match TcpListener::bind(addr).await {
+                                Ok(bound) => listener = Some(bound),
+                                Err(error) => {
+                                    tracing::debug!(%error, "the fake API cannot listen again yet");
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                            }
                         }
                     }
                 }

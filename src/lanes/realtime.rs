@@ -284,12 +284,13 @@ impl RealtimeLane {
                 );
                 continue;
             };
-            if max_admit == 1 {
+            let probe = max_admit == 1;
+            if probe {
                 crate::lock(&self.circuit).probe_sent();
             }
             let lane = self.clone();
             let span = tracing::info_span!("item", job = %dispatch.job_name, custom_id = %dispatch.custom_id, attempt = dispatch.attempt);
-            tracker.spawn(lane.call(dispatch, ticket, permit).instrument(span));
+            tracker.spawn(lane.call(dispatch, ticket, permit, probe).instrument(span));
         }
         // More may be admissible right away (permits, quota): look again at once.
         Ok(Some(Duration::ZERO))
@@ -345,22 +346,25 @@ impl RealtimeLane {
 
     /// Opens the circuit after a few calls in a row could not reach the API, closes it at the
     /// first answer; says so once per change (the log, and a pause `status` shows).
-    async fn follow_reachability(&self, outcome: &Outcome) {
+    async fn follow_reachability(&self, outcome: &Outcome, probe: bool) {
         let now = Instant::now();
         let (change, was_open) = {
             let mut circuit = crate::lock(&self.circuit);
             let was_open = circuit.is_open();
             let change = match outcome {
                 Outcome::Retryable { status: None, .. } => {
-                    circuit.unreachable(now, fastrand::f64())
+                    circuit.unreachable(now, fastrand::f64(), probe)
                 }
                 _ => circuit.reached(),
             };
             (change, was_open)
         };
         let at = now_ms();
+        // A blocked account's pause (5 minutes, with its own reason) stays what status shows.
+        let blocked = self.paused_until().is_some();
         let recorded = match change {
             circuit::Change::None => return,
+            circuit::Change::Opened { .. } | circuit::Change::Closed if blocked => return,
             circuit::Change::Opened { next_probe } => {
                 let error = match outcome {
                     Outcome::Retryable { message, .. } => message.as_str(),
@@ -475,7 +479,14 @@ impl RealtimeLane {
     }
 
     /// One call: send, settle the quota, record the outcome.
-    async fn call(self, dispatch: Dispatch, ticket: Ticket, permit: OwnedSemaphorePermit) {
+    /// `probe`: the one call the open circuit let through.
+    async fn call(
+        self,
+        dispatch: Dispatch,
+        ticket: Ticket,
+        permit: OwnedSemaphorePermit,
+        probe: bool,
+    ) {
         if dispatch.unknown_before > 0 {
             tracing::warn!(
                 unknown_before = dispatch.unknown_before,
@@ -514,7 +525,7 @@ impl RealtimeLane {
                 _ => quota.settle(&ticket, Answer::Refused, None, &no_headers, now),
             }
         }
-        self.follow_reachability(&outcome).await;
+        self.follow_reachability(&outcome, probe).await;
         self.record_throttle(&dispatch, &ticket, &outcome).await;
         let backoff = backoff_delay(
             self.settings.backoff_min,

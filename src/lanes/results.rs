@@ -80,9 +80,15 @@ impl ResultsWriter {
             .with_context(|| format!("creating {}", self.results_dir.display()))?;
         for job in self.store.call(jobs::unfinished).await? {
             let span = tracing::info_span!("results", job = %job.name);
-            self.check_file(job.id, &job.name, job.results_bytes)
+            // One file that cannot be put right must not hold the others (or the start) up; the
+            // writer tries it again.
+            if let Err(e) = self
+                .check_file(job.id, &job.name, job.results_bytes)
                 .instrument(span)
-                .await?;
+                .await
+            {
+                tracing::error!(job = %job.name, error = format!("{e:#}"), "cannot check the results file; trying again while running");
+            }
         }
         Ok(())
     }
@@ -106,8 +112,11 @@ impl ResultsWriter {
                         "writing results failed; trying again"
                     );
                     if shutdown.is_cancelled() {
-                        // What is left is written at the next start.
-                        return Err(e);
+                        // Nothing is lost: what is left is written at the next start.
+                        tracing::warn!(
+                            "results not yet written stay in the database for the next start"
+                        );
+                        return Ok(());
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
@@ -147,11 +156,21 @@ impl ResultsWriter {
                 .or_default()
                 .push((line.item_id, line.line));
         }
+        // A job whose file keeps failing (a full disk, a permission) must not hold the others up:
+        // each goes on, and the first failure is reported after the round.
+        let mut failure: Option<anyhow::Error> = None;
         for ((job_id, job_name), lines) in by_job {
             let span = tracing::info_span!("results", job = %job_name);
-            self.append_job(job_id, job_name, lines)
+            let appended = self
+                .append_job(job_id, job_name, lines)
                 .instrument(span)
-                .await?;
+                .await;
+            if let Err(e) = appended {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         if count > 0 {
             return Ok(count);
@@ -162,10 +181,11 @@ impl ResultsWriter {
         let mut rebuilt = 0;
         for job in self.store.call(jobs::unfinished).await? {
             let span = tracing::info_span!("results", job = %job.name);
-            if !self
+            if self
                 .check_file(job.id, &job.name, job.results_bytes)
                 .instrument(span.clone())
                 .await?
+                .is_none()
             {
                 rebuilt += 1;
                 continue;
@@ -199,13 +219,13 @@ impl ResultsWriter {
             .store
             .call(move |c| jobs::results_bytes(c, job_id))
             .await?;
-        if !self.check_file(job_id, &job_name, committed).await? {
+        let Some(file) = self.check_file(job_id, &job_name, committed).await? else {
             return Ok(()); // the lines come again, from the first, in the next round
-        }
+        };
         let path = results_path(&self.results_dir, &job_name);
         let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
         let bytes = tokio::task::spawn_blocking(move || {
-            append_lines(&path, &lines, committed.max(0) as u64)
+            append_lines(&path, &lines, committed.max(0) as u64, file)
         })
         .await??;
         let n = ids.len() as i64;
@@ -225,13 +245,13 @@ impl ResultsWriter {
 
     /// Makes the job's results file what the store says it is: cut back to `committed` bytes if
     /// longer; written again from the start (every line marked unwritten) if it is gone, shorter
-    /// or not the file this writer wrote. Returns whether it was sound.
+    /// or not the file this writer wrote. Returns the file if it was sound.
     async fn check_file(
         &self,
         job_id: i64,
         job_name: &str,
         committed: i64,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<FileId>> {
         let path = results_path(&self.results_dir, job_name);
         let known = crate::lock(&self.files).get(&job_id).copied();
         let committed = committed.max(0) as u64;
@@ -241,7 +261,7 @@ impl ResultsWriter {
         match state {
             FileState::Sound(id) => {
                 crate::lock(&self.files).insert(job_id, id);
-                Ok(true)
+                Ok(Some(id))
             }
             FileState::Lost(why) => {
                 tracing::warn!(
@@ -254,7 +274,7 @@ impl ResultsWriter {
                     .await?;
                 let id = tokio::task::spawn_blocking(move || start_over(&path)).await??;
                 crate::lock(&self.files).insert(job_id, id);
-                Ok(false)
+                Ok(None)
             }
         }
     }
@@ -292,9 +312,13 @@ fn file_state(path: &Path, committed: u64, known: Option<FileId>) -> std::io::Re
     Ok(FileState::Sound(id))
 }
 
-/// An empty results file in place of whatever was there (a new file if it was deleted).
+/// An empty results file in place of whatever was there (a new file if it was deleted), its
+/// directory entry synced too.
 fn start_over(path: &Path) -> std::io::Result<FileId> {
     truncate(path, 0)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(file_id(&std::fs::metadata(path)?))
 }
 
@@ -305,19 +329,28 @@ fn file_id(meta: &std::fs::Metadata) -> FileId {
     }
 }
 
-/// Appends the lines to a file of `committed` bytes and syncs it before returning the bytes
-/// written. If the write or the sync fails, the file is cut back to `committed`: no fragment of
-/// a line stays in it.
-fn append_lines(path: &Path, lines: &[(i64, String)], committed: u64) -> std::io::Result<u64> {
+/// Appends the lines to the checked file `expected` of `committed` bytes and syncs it before
+/// returning the bytes written. The file opened must still be that one, of that length, and the
+/// path must still name it after the sync (a file deleted or swapped meanwhile is caught by the
+/// next round's check, and this append is not recorded). If the write or the sync fails, the file
+/// is cut back to `committed`: no fragment of a line stays in it.
+fn append_lines(
+    path: &Path,
+    lines: &[(i64, String)],
+    committed: u64,
+    expected: FileId,
+) -> std::io::Result<u64> {
+    let changed = || std::io::Error::other("the results file changed while it was written");
     let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
     for (_, line) in lines {
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    let meta = file.metadata()?;
+    if file_id(&meta) != expected || meta.len() != committed {
+        return Err(changed());
+    }
     let written = file.write_all(&buf).and_then(|()| file.sync_data());
     if let Err(e) = written {
         if let Err(cut) = file.set_len(committed).and_then(|()| file.sync_data()) {
@@ -325,6 +358,9 @@ fn append_lines(path: &Path, lines: &[(i64, String)], committed: u64) -> std::io
             tracing::warn!(error = %cut, "cannot cut the results file back yet");
         }
         return Err(e);
+    }
+    if file_id(&std::fs::metadata(path)?) != expected {
+        return Err(changed());
     }
     Ok(buf.len() as u64)
 }
@@ -351,9 +387,13 @@ mod tests {
         let FileState::Sound(first) = file_state(&path, 0, None).expect("state") else {
             panic!("a new file is sound")
         };
-        append_lines(&path, &[(1, "{\"a\":1}".into())], 0).expect("append");
+        append_lines(&path, &[(1, "{\"a\":1}".into())], 0, first).expect("append");
         // Recorded 8 bytes; 8 more appended but not recorded: cut back.
-        append_lines(&path, &[(2, "{\"b\":2}".into())], 8).expect("append");
+        append_lines(&path, &[(2, "{\"b\":2}".into())], 8, first).expect("append");
+        assert!(
+            append_lines(&path, &[(3, "{\"c\":3}".into())], 8, first).is_err(),
+            "a file not of the committed length is not appended to"
+        );
         assert_eq!(
             file_state(&path, 8, Some(first)).expect("state"),
             FileState::Sound(first)

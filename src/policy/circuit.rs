@@ -72,13 +72,13 @@ impl Circuit {
         self.open.is_some()
     }
 
-    /// A call could not reach the API. `jitter` in [0, 1) spreads the probes (up to a quarter of
-    /// the wait more).
-    pub fn unreachable(&mut self, now: Instant, jitter: f64) -> Change {
+    /// A call could not reach the API; `probe`: it was the probe. `jitter` in [0, 1) spreads the
+    /// probes (up to a quarter of the wait more).
+    pub fn unreachable(&mut self, now: Instant, jitter: f64, probe: bool) -> Change {
         self.unreachable_in_row += 1;
         let wait = match self.open {
             // The probe failed: wait twice as long for the next.
-            Some((_, last)) if self.probing => (last * 2).min(MAX_PROBE),
+            Some((_, last)) if probe => (last * 2).min(MAX_PROBE),
             // A call sent before the circuit opened: the probes keep their pace.
             Some(_) => return Change::None,
             None if self.unreachable_in_row >= OPEN_AFTER => FIRST_PROBE,
@@ -110,16 +110,16 @@ mod tests {
     fn a_few_unreachable_calls_open_it_and_probes_back_off_to_thirty_seconds() {
         let t0 = Instant::now();
         let mut c = Circuit::default();
-        assert_eq!(c.unreachable(t0, 0.0), Change::None);
-        assert_eq!(c.unreachable(t0, 0.0), Change::None);
+        assert_eq!(c.unreachable(t0, 0.0, false), Change::None);
+        assert_eq!(c.unreachable(t0, 0.0, false), Change::None);
         assert_eq!(c.gate(t0), Gate::Send, "two in a row: still closed");
-        let Change::Opened { next_probe } = c.unreachable(t0, 0.0) else {
+        let Change::Opened { next_probe } = c.unreachable(t0, 0.0, false) else {
             panic!("the third opens it")
         };
         assert_eq!(next_probe, t0 + FIRST_PROBE);
         assert_eq!(c.gate(t0), Gate::WaitUntil(next_probe));
         assert_eq!(
-            c.unreachable(t0, 0.0),
+            c.unreachable(t0, 0.0, false),
             Change::None,
             "a call sent before it opened does not delay the probe"
         );
@@ -133,7 +133,7 @@ mod tests {
         let mut waits = Vec::new();
         let mut now = next_probe;
         for _ in 0..7 {
-            let Change::Opened { next_probe } = c.unreachable(now, 0.0) else {
+            let Change::Opened { next_probe } = c.unreachable(now, 0.0, true) else {
                 panic!("a failed probe keeps it open")
             };
             waits.push((next_probe - now).as_secs());
@@ -149,16 +149,16 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Circuit::default();
         for _ in 0..OPEN_AFTER {
-            c.unreachable(t0, 0.0);
+            c.unreachable(t0, 0.0, false);
         }
         assert!(c.is_open());
         assert_eq!(c.reached(), Change::Closed);
         assert_eq!(c.gate(t0), Gate::Send);
         assert_eq!(c.reached(), Change::None);
         for _ in 0..OPEN_AFTER - 1 {
-            c.unreachable(t0, 0.0);
+            c.unreachable(t0, 0.0, false);
         }
-        let Change::Opened { next_probe } = c.unreachable(t0, 0.99) else {
+        let Change::Opened { next_probe } = c.unreachable(t0, 0.99, false) else {
             panic!("opened")
         };
         assert!(next_probe > t0 + FIRST_PROBE && next_probe <= t0 + FIRST_PROBE * 5 / 4);

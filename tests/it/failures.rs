@@ -175,11 +175,12 @@ async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_comple
 async fn status_says_whether_a_daemon_runs_and_one_killed_is_told_apart_from_one_stopped() {
     let env = TestEnv::new(FakeConfig::default(), "").await;
     let daemon_section = |env: &TestEnv| env.try_status_json()["daemon"].clone();
-    let wait_for = |env: &TestEnv, want: bool| {
+    // Until status shows `running` as wanted (and, when running, the daemon of that pid).
+    let wait_for = |env: &TestEnv, want: bool, pid: Option<u32>| {
         let started = Instant::now();
         loop {
             let d = daemon_section(env);
-            if d["running"] == want {
+            if d["running"] == want && pid.is_none_or(|p| d["pid"] == p) {
                 return d;
             }
             assert!(
@@ -190,8 +191,7 @@ async fn status_says_whether_a_daemon_runs_and_one_killed_is_told_apart_from_one
         }
     };
     let mut first = env.spawn_binary_daemon("sk-test", "status1.log");
-    let running = wait_for(&env, true);
-    assert_eq!(running["pid"], first.id());
+    let running = wait_for(&env, true, Some(first.id()));
     assert!(running["problem"].is_null(), "{running}");
     let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
     assert!(text.starts_with("daemon: running (pid"), "{text}");
@@ -210,8 +210,7 @@ async fn status_says_whether_a_daemon_runs_and_one_killed_is_told_apart_from_one
 
     // Stopped in order: not running, and nothing to worry about.
     let second = env.spawn_binary_daemon("sk-test", "status2.log");
-    let running = wait_for(&env, true);
-    assert_eq!(running["pid"], second.id());
+    wait_for(&env, true, Some(second.id()));
     signal(&second, libc::SIGTERM);
     let mut second = second;
     second.wait().expect("reaped");

@@ -1,7 +1,8 @@
-//! The daemon section of `nightshift status`: whether a daemon runs on this data dir, and whether
-//! it is well, from what it publishes in the store (who it is; a heartbeat every 5 s while the
-//! store takes its writes). A daemon that stopped in order says so; one that was killed leaves a
-//! pid that is gone; one whose database is locked or disk full leaves a heartbeat that goes stale.
+//! The daemon section of `nightshift status`: whether a daemon runs on this data dir (it holds a
+//! lock on the directory while it lives, however it ends), and whether it is well, from what it
+//! publishes in the store (who it is; a heartbeat every 5 s while the store takes its writes). A
+//! daemon that stopped in order says so; one that was killed leaves facts no process holds the
+//! lock for; one whose database is locked or disk full leaves a heartbeat that goes stale.
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -39,9 +40,19 @@ pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus
     let who: Option<Who> =
         facts::get(conn, DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
     let beat: Option<i64> = facts::get(conn, HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
-    let alive = who
-        .as_ref()
-        .is_some_and(|w| std::path::Path::new(&format!("/proc/{}", w.pid)).exists());
+    let data_dir = conn.path().and_then(|db| {
+        std::path::Path::new(db)
+            .parent()
+            .map(std::path::Path::to_owned)
+    });
+    let alive = data_dir
+        .as_deref()
+        .and_then(lock_held)
+        // Where the lock cannot be asked, the process the daemon named.
+        .unwrap_or_else(|| {
+            who.as_ref()
+                .is_some_and(|w| std::path::Path::new(&format!("/proc/{}", w.pid)).exists())
+        });
     let age = beat.map(|at| (now - at).max(0) / 1000);
     let (running, problem) = judge(who.as_ref().map(|w| w.pid), alive, age);
     Ok(DaemonStatus {
@@ -55,12 +66,29 @@ pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus
     })
 }
 
+/// Whether a daemon holds the data directory's lock: asked with a shared lock for an instant (a
+/// daemon starting meanwhile tries again). None: it cannot be asked.
+fn lock_held(data_dir: &std::path::Path) -> Option<bool> {
+    let dir = std::fs::File::open(data_dir).ok()?;
+    match dir.try_lock_shared() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
 /// Whether a daemon runs, and what is wrong if anything: `pid` is what it said, `alive` whether
-/// that process exists, `age` the heartbeat's age in seconds.
+/// a daemon holds the data dir, `age` the heartbeat's age in seconds.
 fn judge(pid: Option<u32>, alive: bool, age: Option<i64>) -> (bool, Option<String>) {
     let stale = STALE_BEATS * HEARTBEAT_EVERY.as_secs() as i64;
     match pid {
-        None => (false, None),
+        None if !alive => (false, None),
+        None => (
+            true,
+            Some(
+                "a daemon holds this data dir but has not said who it is yet: it is starting, or its database is locked or its disk full (see the journal)".into(),
+            ),
+        ),
         Some(pid) if !alive => (
             false,
             Some(format!(
@@ -109,6 +137,8 @@ mod tests {
     #[test]
     fn a_daemon_runs_when_its_process_lives_and_is_well_while_it_beats() {
         assert_eq!(judge(None, false, None), (false, None));
+        let (running, problem) = judge(None, true, None);
+        assert!(running && problem.is_some_and(|p| p.contains("not said who")));
         assert_eq!(judge(Some(7), true, Some(2)), (true, None));
         let (running, problem) = judge(Some(7), true, Some(40));
         assert!(running);
