@@ -149,20 +149,20 @@ impl ResultsWriter {
             .call(|c| items::unwritten_results(c, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
-        let mut by_job: BTreeMap<(i64, String), Vec<(i64, String)>> = BTreeMap::new();
+        let mut by_job: BTreeMap<(i64, String, i64), Vec<(i64, String)>> = BTreeMap::new();
         for line in lines {
             by_job
-                .entry((line.job_id, line.job_name))
+                .entry((line.job_id, line.job_name, line.committed_bytes))
                 .or_default()
                 .push((line.item_id, line.line));
         }
         // A job whose file keeps failing (a full disk, a permission) must not hold the others up:
         // each goes on, and the first failure is reported after the round.
         let mut failure: Option<anyhow::Error> = None;
-        for ((job_id, job_name), lines) in by_job {
+        for ((job_id, job_name, committed), lines) in by_job {
             let span = tracing::info_span!("results", job = %job_name);
             let appended = self
-                .append_job(job_id, job_name, lines)
+                .append_job(job_id, job_name, committed, lines)
                 .instrument(span)
                 .await;
             if let Err(e) = appended {
@@ -209,16 +209,14 @@ impl ResultsWriter {
 
     /// Appends one job's lines to a sound file, then records them written (and the job done, if it
     /// is). A file found lost is written again from the start instead.
+    /// `committed`: the file's committed length, read with the lines.
     async fn append_job(
         &self,
         job_id: i64,
         job_name: String,
+        committed: i64,
         lines: Vec<(i64, String)>,
     ) -> anyhow::Result<()> {
-        let committed = self
-            .store
-            .call(move |c| jobs::results_bytes(c, job_id))
-            .await?;
         let Some(file) = self.check_file(job_id, &job_name, committed).await? else {
             return Ok(()); // the lines come again, from the first, in the next round
         };

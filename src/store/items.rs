@@ -440,6 +440,8 @@ pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
 pub struct UnwrittenResult {
     pub job_id: i64,
     pub job_name: String,
+    /// The bytes of the job's results file committed as of this read.
+    pub committed_bytes: i64,
     pub item_id: i64,
     pub line: String,
 }
@@ -452,7 +454,8 @@ pub fn unwritten_results(
     max_bytes: usize,
 ) -> Result<Vec<UnwrittenResult>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT i.job_id, j.name, i.id, length(i.result) FROM items i JOIN jobs j ON j.id = i.job_id
+        "SELECT i.job_id, j.name, i.id, length(i.result), j.results_bytes
+         FROM items i JOIN jobs j ON j.id = i.job_id
          WHERE i.result IS NOT NULL AND i.result_written = 0
          ORDER BY i.job_id, i.id LIMIT ?1",
     )?;
@@ -463,13 +466,14 @@ pub fn unwritten_results(
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
             ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut line_of = conn.prepare_cached("SELECT result FROM items WHERE id = ?1")?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for (job_id, job_name, item_id, len) in heads {
+    for (job_id, job_name, item_id, len, committed_bytes) in heads {
         if !out.is_empty() && bytes + len as usize > max_bytes {
             break;
         }
@@ -478,6 +482,7 @@ pub fn unwritten_results(
         out.push(UnwrittenResult {
             job_id,
             job_name,
+            committed_bytes,
             item_id,
             line,
         });

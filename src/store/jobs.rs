@@ -194,13 +194,6 @@ pub fn advance_results(conn: &Connection, job_id: i64, bytes: i64, lines: i64) -
     Ok(())
 }
 
-/// The bytes of the job's results file that are committed (synced and recorded).
-pub fn results_bytes(conn: &Connection, job_id: i64) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("SELECT results_bytes FROM jobs WHERE id = ?1")?
-        .query_row([job_id], |r| r.get(0))?)
-}
-
 /// The results file is not what was recorded (a crash left it short, or it was deleted,
 /// truncated or replaced): every line is to be written again, from the start.
 pub fn reset_results(conn: &Connection, job_id: i64) -> Result<()> {
