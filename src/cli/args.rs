@@ -188,6 +188,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Applying batch results: from the download's start to every line applied and synced.
+    BatchResults {
+        #[arg(long, default_value_t = 100_000)]
+        lines: u64,
+    },
     /// The quota controller against tier-like limits, alone and beside interactive traffic:
     /// throughput on the binding dimension as a % of the limit, 429s on both sides.
     Quota {

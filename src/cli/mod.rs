@@ -53,6 +53,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 secs,
                 both_rules,
             } => runtime()?.block_on(bench::quota_runs(profile.as_deref(), secs, both_rules)),
+            BenchCommand::BatchResults { lines } => {
+                runtime()?.block_on(bench::batch_results(lines))
+            }
             BenchCommand::Realtime { items, concurrency } => {
                 runtime()?.block_on(bench::realtime(items, concurrency))
             }

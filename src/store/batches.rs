@@ -169,6 +169,16 @@ pub fn by_job(conn: &Connection, job_id: i64) -> Result<Vec<BatchRow>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// Makes every created batch still under way due now: after a start nobody knows what happened
+/// while the daemon was away, and results may be waiting. Returns how many.
+pub fn poll_all_now(conn: &Connection, now: i64) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE batches SET next_action_at = ?1
+         WHERE api_id IS NOT NULL AND results_applied_at IS NULL AND state <> 'failed' AND next_action_at > ?1",
+        [now],
+    )?)
+}
+
 /// API ids already recorded, so reconciliation never adopts one batch twice.
 pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<String>> {
     let mut stmt = conn.prepare_cached("SELECT api_id FROM batches WHERE api_id IS NOT NULL")?;

@@ -3,12 +3,15 @@
 //! - `ingest`: intake of a generated N-line job file: lines/s and the process's peak memory.
 //! - `realtime`: the real-time lane against the in-process fake API with no limits and no latency:
 //!   items/s, i.e. nightshift's own overhead per call (the fake shares the same two cores).
+//! - `batch-results`: applying downloaded batch results, from the download's start to every line
+//!   in the store and the results file synced: lines/s and the peak memory while applying.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -379,4 +382,154 @@ impl QuotaRun {
         }
         out
     }
+}
+
+/// The built-in fake API in a child process (`nightshift fake-api`), so that its copy of every
+/// request and result is not counted in this process's memory. Killed when dropped.
+struct FakeChild {
+    child: std::process::Child,
+    base_url: String,
+    /// Its output, kept open: it prints on, and a closed pipe would end it.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl FakeChild {
+    fn spawn(args: &[&str]) -> anyhow::Result<FakeChild> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().context("finding this program to run the fake API")?;
+        let mut child = std::process::Command::new(exe)
+            .arg("fake-api")
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting `nightshift fake-api`")?;
+        let stdout = child.stdout.take().context("the fake API's output")?;
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut first = String::new();
+        stdout.read_line(&mut first)?;
+        let mut fake = FakeChild {
+            child,
+            base_url: String::new(),
+            _stdout: stdout,
+        };
+        fake.base_url = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .with_context(|| format!("the fake API said {first:?}, not its address"))?
+            .to_owned();
+        Ok(fake)
+    }
+}
+
+impl Drop for FakeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resets this process's peak-memory mark (Linux `clear_refs`), so a later [`peak_rss_bytes`]
+/// is the peak of what came after.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// `bench batch-results`: an `n`-line batch job is packed and created against the fake (in a
+/// child process), the daemon stops, the fake ends every batch; then a daemon starts again and
+/// the clock runs from its start (it polls every batch at once and downloads the results) to
+/// every line applied in the store and the job's results file complete and synced.
+pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut fake = FakeChild::spawn(&["--batch-secs", "1"])?;
+    let config_path = dir.path().join("nightshift.toml");
+    // Polls far apart: no batch is looked at before the daemon is restarted.
+    std::fs::write(
+        &config_path,
+        format!(
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n[api]\nbase_url = \"{}\"\n[daemon]\nscan_interval_ms = 50\n\
+             [batch]\npoll_min_ms = 3600000\npoll_max_ms = 3600000\nrpm = 1000\n",
+            fake.base_url
+        ),
+    )?;
+    let config = Config::load(&config_path, &Default::default())?;
+    std::fs::create_dir_all(&config.jobs_dir)?;
+    let file = dir.path().join("bench.jsonl");
+    println!("writing a {lines}-line batch job ...");
+    write_job_file(&file, lines, "batch")?;
+    let key = ApiKey::new("sk-bench-batch");
+    let daemon = daemon::spawn(config.clone(), key.clone());
+    let packing = Instant::now();
+    std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
+    let batches = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(conn) = crate::store::open_read_only(&config.db_path()) else {
+            continue;
+        };
+        let Ok(Some(job)) = crate::store::jobs::find_by_name(&conn, "bench") else {
+            continue;
+        };
+        let batches = crate::store::batches::by_job(&conn, job.id)?;
+        let created: i64 = batches
+            .iter()
+            .filter(|b| b.api_id.is_some())
+            .map(|b| b.request_count)
+            .sum();
+        if created == lines as i64 {
+            break batches.len();
+        }
+        anyhow::ensure!(fake.child.try_wait()?.is_none(), "the fake API stopped");
+        anyhow::ensure!(
+            packing.elapsed() < Duration::from_secs(3600),
+            "the batches were not all created within an hour"
+        );
+    };
+    daemon.stop().await?;
+    println!(
+        "{lines} items read, packed and sent in {batches} batches in {:.1} s; the fake ends them ...",
+        packing.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    std::fs::write(
+        &config_path,
+        std::fs::read_to_string(&config_path)?
+            .replace("poll_min_ms = 3600000", "poll_min_ms = 200"),
+    )?;
+    let config = Config::load(&config_path, &Default::default())?;
+    let peak_reset = reset_peak_rss();
+    let started = Instant::now();
+    let daemon = daemon::spawn(config.clone(), key);
+    let job = demo::wait_until_done(
+        &config.db_path(),
+        &config.results_dir(),
+        "bench",
+        Duration::from_secs(3600),
+        |_| {},
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    let peak = peak_rss_bytes();
+    daemon.stop().await?;
+    let written = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(
+        crate::model::results::results_path(&config.results_dir(), "bench"),
+    )?))
+    .count();
+    println!(
+        "results of {batches} batches downloaded, {} lines applied and {written} written and synced in {:.2} s: {:.0} lines/s",
+        job.counts.succeeded + job.counts.errored + job.counts.expired + job.counts.canceled,
+        elapsed.as_secs_f64(),
+        written as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  succeeded {}, errored {}, expired {}",
+        job.counts.succeeded, job.counts.errored, job.counts.expired
+    );
+    if let (true, Some(peak)) = (peak_reset, peak) {
+        println!(
+            "  peak RSS while applying {:.1} MiB (the fake runs in its own process)",
+            peak as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
 }

@@ -97,6 +97,18 @@ impl BatchLane {
             max_bytes: self.settings.max_bytes as i64,
         };
         let mut last_reroute = Instant::now();
+        // After a start, every batch under way is looked at once: it may have ended meanwhile.
+        match self
+            .store
+            .call(|c| batches::poll_all_now(c, now_ms()))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(batches = n, "polling every batch under way"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make the batches due; they are polled when due")
+            }
+        }
         while !shutdown.is_cancelled() {
             let next = match self.round(&mut lane, &mut last_reroute, &shutdown).await {
                 Ok(next) => next,
