@@ -267,7 +267,9 @@ mod tests {
         let id = ids(&conn)[49];
         let error: String = column(&conn, id, "error");
         assert!(error.contains("daily budget of $0.05"), "{error}");
-        let result: String = column(&conn, id, "result");
+        let result = crate::store::results::line_of(&conn, id)
+            .expect("line")
+            .expect("a line");
         assert!(result.contains("budget_exceeded_error"), "{result}");
     }
 

@@ -1,9 +1,10 @@
 //! The results writer: appends each job's result lines to `<data_dir>/results/<job>.jsonl` as
 //! outcomes arrive (the lines themselves are made by `model::results`).
 //!
-//! The file is the database, always. Each final outcome's line is stored with the item (same
-//! transaction as the state change); the writer appends only lines the store has committed,
-//! syncs the file, and only then records the new committed length in the job row. Before each
+//! The file is the database, always. Each final outcome's line is stored once (`store::results`,
+//! in the transaction of the state change); the writer appends only lines the store has
+//! committed, syncs the file, and only then records the new committed length and the last line
+//! written in the job row. Before each
 //! append it checks the file against that length and against the file it wrote (the same inode):
 //! - longer: a round appended but could not record it (a held lock, a full disk, a crash): the
 //!   extra bytes are cut off and written again, so no line is ever in a file twice;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::model::results::results_path;
-use crate::store::{Store, items, jobs, now_ms};
+use crate::store::{Store, jobs, now_ms, results};
 
 /// Appends written outcomes to the results files.
 pub struct ResultsWriter {
@@ -146,7 +147,7 @@ impl ResultsWriter {
     pub async fn write_round(&self) -> anyhow::Result<usize> {
         let lines = self
             .store
-            .call(|c| items::unwritten_results(c, ROUND_LINES, ROUND_BYTES))
+            .call(|c| results::unwritten(c, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
         let mut by_job: BTreeMap<(i64, String, i64), Vec<(i64, String)>> = BTreeMap::new();
@@ -154,7 +155,7 @@ impl ResultsWriter {
             by_job
                 .entry((line.job_id, line.job_name, line.committed_bytes))
                 .or_default()
-                .push((line.item_id, line.line));
+                .push((line.seq, line.line));
         }
         // A job whose file keeps failing (a full disk, a permission) must not hold the others up:
         // each goes on, and the first failure is reported after the round.
@@ -221,17 +222,16 @@ impl ResultsWriter {
             return Ok(()); // the lines come again, from the first, in the next round
         };
         let path = results_path(&self.results_dir, &job_name);
-        let ids: Vec<i64> = lines.iter().map(|(id, _)| *id).collect();
+        let last = lines.last().map_or(0, |(seq, _)| *seq);
+        let n = lines.len() as i64;
         let bytes = tokio::task::spawn_blocking(move || {
             append_lines(&path, &lines, committed.max(0) as u64, file)
         })
         .await??;
-        let n = ids.len() as i64;
         // If this fails the file is longer than recorded: the next round cuts it back first.
         self.store
             .call(move |c| {
-                items::mark_written(c, &ids)?;
-                jobs::advance_results(c, job_id, bytes as i64, n)?;
+                results::mark_written(c, job_id, last, bytes as i64, n)?;
                 if jobs::finish_if_complete(c, job_id, now_ms())? {
                     tracing::info!("job done: every result is written");
                 }
@@ -267,9 +267,7 @@ impl ResultsWriter {
                     recorded_bytes = committed,
                     "the results file {why}; writing it again from the database"
                 );
-                self.store
-                    .call(move |c| jobs::reset_results(c, job_id))
-                    .await?;
+                self.store.call(move |c| results::reset(c, job_id)).await?;
                 let id = tokio::task::spawn_blocking(move || start_over(&path)).await??;
                 crate::lock(&self.files).insert(job_id, id);
                 Ok(None)

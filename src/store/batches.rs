@@ -407,11 +407,9 @@ pub fn end_item(
     error: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE items SET state = ?2, result = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
-    )?
-    .execute(params![item_id, state.as_str(), line, error, now])?;
-    Ok(())
+    conn.prepare_cached("UPDATE items SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![item_id, state.as_str(), error, now])?;
+    super::results::append(conn, item_id, line)
 }
 
 /// An item of a batch goes back to pending in `lane` (the planner's new choice); `counts`:

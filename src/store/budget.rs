@@ -40,11 +40,14 @@ pub fn reserve(conn: &Connection, item_id: i64, micro_usd: i64) -> Result<()> {
 
 /// Rejected by a cap: the pending item ends errored with its result line.
 pub fn reject(conn: &Connection, item_id: i64, line: &str, message: &str, now: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE items SET state = 'errored', result = ?2, error = ?3, updated_at = ?4
+    let ended = conn.execute(
+        "UPDATE items SET state = 'errored', error = ?2, updated_at = ?3
          WHERE id = ?1 AND state = 'pending'",
-        params![item_id, line, message, now],
+        params![item_id, message, now],
     )?;
+    if ended == 1 {
+        super::results::append(conn, item_id, line)?;
+    }
     Ok(())
 }
 

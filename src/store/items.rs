@@ -35,8 +35,8 @@ pub fn insert_chunk(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15)",
     )?;
     let mut insert_errored = conn.prepare_cached(
-        "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, result, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'auto', 'errored', ?6, ?7, ?8)",
+        "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'auto', 'errored', ?6, ?7)",
     )?;
     let mut first_line =
         conn.prepare_cached("SELECT line_no FROM items WHERE job_id = ?1 AND custom_id = ?2")?;
@@ -106,9 +106,9 @@ pub fn insert_chunk(
             tenant,
             default_rank,
             message,
-            result,
             now
         ])?;
+        super::results::append_to(conn, job_id, conn.last_insert_rowid(), &result)?;
     }
     if canceled {
         // `nightshift cancel` came while the file was still being read.
@@ -126,15 +126,14 @@ pub fn cancel_pending(conn: &Connection, job_id: i64, now: i64) -> Result<usize>
         .query_map([job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut update = conn.prepare_cached(
-        "UPDATE items SET state = 'canceled', result = ?2, error = 'canceled by nightshift cancel', updated_at = ?3
+        "UPDATE items SET state = 'canceled', error = 'canceled by nightshift cancel', updated_at = ?2
          WHERE id = ?1 AND state = 'pending'",
     )?;
     for (id, custom_id) in &ids {
-        update.execute(params![
-            id,
-            results::canceled_line(custom_id.as_deref()),
-            now
-        ])?;
+        if update.execute(params![id, now])? == 1 {
+            let line = results::canceled_line(custom_id.as_deref());
+            super::results::append_to(conn, job_id, *id, &line)?;
+        }
     }
     Ok(ids.len())
 }
@@ -377,11 +376,14 @@ pub fn record_outcome(
             result_line,
             error,
         } => {
-            conn.execute(
-                "UPDATE items SET state = ?2, result = ?3, error = ?4, updated_at = ?5
+            let ended = conn.execute(
+                "UPDATE items SET state = ?2, error = ?3, updated_at = ?4
                  WHERE id = ?1 AND state = 'in_flight'",
-                params![item_id, state.as_str(), result_line, error, now],
+                params![item_id, state.as_str(), error, now],
             )?;
+            if ended == 1 {
+                super::results::append(conn, item_id, result_line)?;
+            }
         }
         ItemUpdate::Retry { not_before, failed } => {
             conn.execute(
@@ -433,69 +435,6 @@ pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
         cancel_pending(conn, job_id, now)?;
     }
     Ok(n)
-}
-
-/// A results line waiting to be appended.
-#[derive(Debug, Clone)]
-pub struct UnwrittenResult {
-    pub job_id: i64,
-    pub job_name: String,
-    /// The bytes of the job's results file committed as of this read.
-    pub committed_bytes: i64,
-    pub item_id: i64,
-    pub line: String,
-}
-
-/// Results lines waiting to be appended, in job and item order: at most `max_lines`, and no more
-/// than `max_bytes` of them (but always at least one).
-pub fn unwritten_results(
-    conn: &Connection,
-    max_lines: i64,
-    max_bytes: usize,
-) -> Result<Vec<UnwrittenResult>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT i.job_id, j.name, i.id, length(i.result), j.results_bytes
-         FROM items i JOIN jobs j ON j.id = i.job_id
-         WHERE i.result IS NOT NULL AND i.result_written = 0
-         ORDER BY i.job_id, i.id LIMIT ?1",
-    )?;
-    let heads = stmt
-        .query_map([max_lines], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut line_of = conn.prepare_cached("SELECT result FROM items WHERE id = ?1")?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for (job_id, job_name, item_id, len, committed_bytes) in heads {
-        if !out.is_empty() && bytes + len as usize > max_bytes {
-            break;
-        }
-        bytes += len as usize;
-        let line: String = line_of.query_row([item_id], |r| r.get(0))?;
-        out.push(UnwrittenResult {
-            job_id,
-            job_name,
-            committed_bytes,
-            item_id,
-            line,
-        });
-    }
-    Ok(out)
-}
-
-pub fn mark_written(conn: &Connection, item_ids: &[i64]) -> Result<()> {
-    let mut stmt = conn.prepare_cached("UPDATE items SET result_written = 1 WHERE id = ?1")?;
-    for id in item_ids {
-        stmt.execute([id])?;
-    }
-    Ok(())
 }
 
 /// Items of a job by state.
@@ -582,7 +521,7 @@ mod tests {
         assert_eq!(errors[0].1, None);
         assert!(errors[0].2.contains("repeats line 1"), "{}", errors[0].2);
         assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
-        let unwritten = unwritten_results(&conn, 10, 1 << 20).expect("unwritten");
+        let unwritten = super::super::results::unwritten(&conn, 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 2);
         assert!(unwritten[0].line.contains("\"custom_id\":null"));
     }

@@ -185,36 +185,13 @@ pub fn rejections(conn: &Connection, limit: i64) -> Result<Vec<(String, String, 
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Records that `lines` more lines, `bytes` more bytes, are committed in the job's results file.
-pub fn advance_results(conn: &Connection, job_id: i64, bytes: i64, lines: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE jobs SET results_bytes = results_bytes + ?2, results_lines = results_lines + ?3 WHERE id = ?1",
-        params![job_id, bytes, lines],
-    )?;
-    Ok(())
-}
-
-/// The results file is not what was recorded (a crash left it short, or it was deleted,
-/// truncated or replaced): every line is to be written again, from the start.
-pub fn reset_results(conn: &Connection, job_id: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE jobs SET results_bytes = 0, results_lines = 0 WHERE id = ?1",
-        [job_id],
-    )?;
-    conn.execute(
-        "UPDATE items SET result_written = 0 WHERE job_id = ?1 AND result IS NOT NULL",
-        [job_id],
-    )?;
-    Ok(())
-}
-
 /// Marks the job finished if it is fully taken in, every item is final and every result written.
 pub fn finish_if_complete(conn: &Connection, job_id: i64, now: i64) -> Result<bool> {
     let changed = conn.execute(
         "UPDATE jobs SET finished_at = ?2
          WHERE id = ?1 AND finished_at IS NULL AND ingested_at IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND state IN ('pending', 'in_flight'))
-           AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND result IS NOT NULL AND result_written = 0)",
+           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = ?1 AND r.seq > jobs.results_seq)",
         params![job_id, now],
     )?;
     Ok(changed > 0)

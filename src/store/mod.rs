@@ -16,6 +16,7 @@ pub mod items;
 pub mod jobs;
 pub mod ledger;
 pub mod quota;
+pub mod results;
 pub mod schedules;
 
 use std::path::{Path, PathBuf};
@@ -34,12 +35,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0004_ledger.sql")),
         M::up(include_str!("../../migrations/0005_budgets.sql")),
         M::up(include_str!("../../migrations/0006_daemon.sql")),
+        M::up(include_str!("../../migrations/0007_results.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    6
+    7
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -490,6 +492,43 @@ mod tests {
             None,
             "nothing to migrate, no copy"
         );
+    }
+
+    #[test]
+    fn result_lines_move_out_of_the_items_with_the_file_cursor_after_those_written() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        MIGRATIONS.to_version(&mut conn, 6).expect("schema 6");
+        conn.execute_batch(
+            "INSERT INTO jobs (id, name, source_path, tenant, priority, mode, created_at, results_bytes, results_lines)
+                 VALUES (1, 'j', 'j.jsonl', 'default', 'nightly', 'auto', 0, 8, 1);
+             INSERT INTO items (id, job_id, line_no, tenant, priority, mode, state, result, result_written, updated_at)
+                 VALUES (1, 1, 1, 'default', 3, 'auto', 'errored', '{\"a\":1}', 0, 0),
+                        (2, 1, 2, 'default', 3, 'auto', 'succeeded', '{\"b\":2}', 1, 0),
+                        (3, 1, 3, 'default', 3, 'auto', 'pending', NULL, 0, 0);",
+        )
+        .expect("a job mid-way");
+        MIGRATIONS.to_latest(&mut conn).expect("migrate");
+        let lines: Vec<(i64, i64, String)> = conn
+            .prepare("SELECT seq, item_id, line FROM results ORDER BY seq")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            lines,
+            vec![(1, 2, "{\"b\":2}".into()), (2, 1, "{\"a\":1}".into())],
+            "the line in the file first, then the one waiting"
+        );
+        let (seq, bytes): (i64, i64) = conn
+            .query_row("SELECT results_seq, results_bytes FROM jobs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("job");
+        assert_eq!((seq, bytes), (1, 8), "the file holds the first line");
+        let unwritten = results::unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        assert_eq!(unwritten.len(), 1);
+        assert_eq!(unwritten[0].line, "{\"a\":1}");
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! SQL for result lines (`results`): each item's line, appended once in the transaction that
+//! makes the item final, and the job's cursor (`jobs.results_seq`) up to which its results file
+//! holds them. The results writer (`lanes::results`) reads past the cursor and moves it.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+
+/// The result line of an item that just became final. The item may have only one: a second is a
+/// constraint error (the caller's transition ran twice), never a second line in the file.
+pub fn append(conn: &Connection, item_id: i64, line: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO results (job_id, item_id, line) SELECT job_id, id, ?2 FROM items WHERE id = ?1",
+    )?
+    .execute(params![item_id, line])?;
+    Ok(())
+}
+
+/// As [`append`], for a caller that knows the item's job.
+pub fn append_to(conn: &Connection, job_id: i64, item_id: i64, line: &str) -> Result<()> {
+    conn.prepare_cached("INSERT INTO results (job_id, item_id, line) VALUES (?1, ?2, ?3)")?
+        .execute(params![job_id, item_id, line])?;
+    Ok(())
+}
+
+/// The result line of an item, if it has one.
+pub fn line_of(conn: &Connection, item_id: i64) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT line FROM results WHERE item_id = ?1")?
+        .query_row([item_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// A result line waiting to be appended to its job's file.
+#[derive(Debug, Clone)]
+pub struct Unwritten {
+    pub job_id: i64,
+    pub job_name: String,
+    /// The bytes of the job's results file committed as of this read.
+    pub committed_bytes: i64,
+    pub seq: i64,
+    pub line: String,
+}
+
+/// Lines past their job's cursor, in job and file order: at most `max_lines`, and no more than
+/// `max_bytes` of them (but always at least one).
+pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes
+         FROM jobs j JOIN results r ON r.job_id = j.id AND r.seq > j.results_seq
+         WHERE j.finished_at IS NULL
+         ORDER BY r.job_id, r.seq LIMIT ?1",
+    )?;
+    let mut rows = stmt.query([max_lines])?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(r) = rows.next()? {
+        let line: String = r.get(3)?;
+        if !out.is_empty() && bytes + line.len() > max_bytes {
+            break;
+        }
+        bytes += line.len();
+        out.push(Unwritten {
+            job_id: r.get(0)?,
+            job_name: r.get(1)?,
+            seq: r.get(2)?,
+            line,
+            committed_bytes: r.get(4)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The job's file now holds its lines up to `seq`: `lines` more lines, `bytes` more bytes.
+pub fn mark_written(
+    conn: &Connection,
+    job_id: i64,
+    seq: i64,
+    bytes: i64,
+    lines: i64,
+) -> Result<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET results_seq = ?2, results_bytes = results_bytes + ?3, results_lines = results_lines + ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![job_id, seq, bytes, lines])?;
+    Ok(())
+}
+
+/// The results file is not what was recorded (a crash left it short, or it was deleted,
+/// truncated or replaced): every line is to be written again, from the start.
+pub fn reset(conn: &Connection, job_id: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE jobs SET results_seq = 0, results_bytes = 0, results_lines = 0 WHERE id = ?1",
+        [job_id],
+    )?;
+    Ok(())
+}
