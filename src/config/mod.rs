@@ -550,6 +550,11 @@ impl Config {
     pub fn results_dir(&self) -> PathBuf {
         self.data_dir.join("results")
     }
+
+    /// Downloaded batch results waiting to be applied.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.data_dir.join("staging")
+    }
 }
 
 /// Checks `[budgets]`: positive caps, known actions, and a priced `downgrade_to` wherever a cap

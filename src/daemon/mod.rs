@@ -167,6 +167,7 @@ pub async fn run(
         wake: batch_wake.clone(),
         realtime_wake: work_wake.clone(),
         results_wake: results_wake.clone(),
+        staging_dir: config.staging_dir(),
     };
     let limits_config = live_config.clone();
     let quota_settings = QuotaSettings {

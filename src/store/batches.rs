@@ -366,13 +366,35 @@ pub fn in_flight_items(conn: &Connection, batch_id: i64) -> Result<Vec<i64>> {
     Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
 }
 
-/// The item of `custom_id` if it is still in flight in the batch (None: applied already, say).
-pub fn in_flight_item(conn: &Connection, batch_id: i64, custom_id: &str) -> Result<Option<i64>> {
+/// The items still in flight in the batch, by custom_id (those applied before a crash are not).
+pub fn in_flight_ids(
+    conn: &Connection,
+    batch_id: i64,
+) -> Result<std::collections::HashMap<String, i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT custom_id, id FROM items WHERE batch_id = ?1 AND state = 'in_flight'",
+    )?;
+    let rows = stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Whose the item is, if it is still in flight in the batch (None: applied already, say).
+pub fn in_flight_whose(
+    conn: &Connection,
+    batch_id: i64,
+    item_id: i64,
+) -> Result<Option<super::ledger::Whose>> {
     Ok(conn
         .prepare_cached(
-            "SELECT id FROM items WHERE batch_id = ?1 AND custom_id = ?2 AND state = 'in_flight'",
+            "SELECT tenant, job_id, model FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
         )?
-        .query_row(params![batch_id, custom_id], |r| r.get(0))
+        .query_row(params![item_id, batch_id], |r| {
+            Ok(super::ledger::Whose {
+                tenant: r.get(0)?,
+                job_id: r.get(1)?,
+                model: r.get(2)?,
+            })
+        })
         .optional()?)
 }
 

@@ -19,17 +19,45 @@ pub fn record(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let (tenant, job_id, model): (String, i64, String) = conn.query_row(
-        "SELECT tenant, job_id, model FROM items WHERE id = ?1",
-        [item_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let retry_of_unknown: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM attempts WHERE item_id = ?1 AND outcome = 'unknown')",
-        [item_id],
-        |r| r.get(0),
-    )?;
-    let cost = prices.cost_micro_usd(&model, usage, lane == Lane::Batch);
+    let whose = conn
+        .prepare_cached("SELECT tenant, job_id, model FROM items WHERE id = ?1")?
+        .query_row([item_id], |r| {
+            Ok(Whose {
+                tenant: r.get(0)?,
+                job_id: r.get(1)?,
+                model: r.get(2)?,
+            })
+        })?;
+    record_for(conn, prices, &whose, item_id, lane, usage, request_id, now)
+}
+
+/// Whose a billed call is: what a ledger row names besides the item.
+#[derive(Debug, Clone)]
+pub struct Whose {
+    pub tenant: String,
+    pub job_id: i64,
+    pub model: String,
+}
+
+/// As [`record`], for a caller that read the item already.
+#[allow(clippy::too_many_arguments)]
+pub fn record_for(
+    conn: &Connection,
+    prices: &PriceTable,
+    whose: &Whose,
+    item_id: i64,
+    lane: Lane,
+    usage: &Usage,
+    request_id: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    let retry_of_unknown: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM attempts WHERE item_id = ?1 AND outcome = 'unknown')",
+        )?
+        .query_row([item_id], |r| r.get(0))?;
+    let model = &whose.model;
+    let cost = prices.cost_micro_usd(model, usage, lane == Lane::Batch);
     if cost.is_none() {
         tracing::warn!(%model, item = item_id, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
     }
@@ -40,8 +68,8 @@ pub fn record(
     )?
     .execute(params![
         now,
-        tenant,
-        job_id,
+        whose.tenant,
+        whose.job_id,
         item_id,
         model,
         lane.as_str(),

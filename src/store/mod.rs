@@ -83,6 +83,9 @@ const MAX_OPS_PER_COMMIT: usize = 256;
 /// What the writer thread receives.
 enum Msg {
     Op(Op),
+    /// An op that runs in a transaction of its own, without a savepoint: for large changes (a
+    /// chunk of batch results), whose pages a savepoint would first copy aside.
+    Alone(Op),
     /// Finish what was sent before, then stop; later calls get [`StoreError::Closed`].
     Close,
 }
@@ -118,6 +121,21 @@ impl Store {
         self.submit(f).await.map_err(|_| StoreError::Closed)?
     }
 
+    /// As [`Store::call`], in a transaction of its own (committed, or rolled back whole if `f`
+    /// fails): for an op that changes many rows, which needs no savepoint to fail alone.
+    pub async fn call_alone<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let op = Self::op(f, tx);
+        self.ops
+            .send(Msg::Alone(op))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Queues `f` for the writer thread and returns at once; the receiver gets the answer after
     /// the commit. For blocking code (intake) that keeps one chunk committing while it parses the next.
     pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
@@ -126,10 +144,22 @@ impl Store {
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let op = Self::op(f, tx);
+        // If the writer is gone the op (and its sender) is dropped: the receiver then sees Closed.
+        let _ = self.ops.send(Msg::Op(op));
+        rx
+    }
+
+    /// `f` as the writer runs it: in the caller's span, answering `tx` after the commit.
+    fn op<T, F>(f: F, tx: oneshot::Sender<Result<T>>) -> Op
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         // The caller's span (a job, an item, a batch) goes with the op to the writer thread, so
         // what the SQL logs there says whose it was.
         let span = tracing::Span::current();
-        let op: Op = Box::new(move |conn| {
+        Box::new(move |conn| {
             let result = span.in_scope(|| f(conn));
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
@@ -140,10 +170,7 @@ impl Store {
                 let _ = tx.send(answer);
             });
             (ok, reply)
-        });
-        // If the writer is gone the op (and its sender) is dropped: the receiver then sees Closed.
-        let _ = self.ops.send(Msg::Op(op));
-        rx
+        })
     }
 
     /// Stops the writer once every op sent before is done, and waits for it. Clones that outlive
@@ -158,16 +185,20 @@ impl Store {
 }
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut batch: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    let mut group: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     let mut closing = false;
     while !closing {
+        // An op to run alone after the group (or with no group before it).
+        let mut alone = None;
         match rx.blocking_recv() {
-            Some(Msg::Op(op)) => batch.push(op),
+            Some(Msg::Op(op)) => group.push(op),
+            Some(Msg::Alone(op)) => alone = Some(op),
             Some(Msg::Close) | None => break,
         }
-        while batch.len() < MAX_OPS_PER_COMMIT {
+        while alone.is_none() && group.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {
-                Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Op(op)) => group.push(op),
+                Ok(Msg::Alone(op)) => alone = Some(op),
                 Ok(Msg::Close) => {
                     closing = true;
                     break;
@@ -175,46 +206,77 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 Err(_) => break,
             }
         }
-        // Each reply, with the error of its own op's savepoint if that failed.
-        let mut replies: Vec<(Reply, Option<String>)> = Vec::with_capacity(batch.len());
-        let commit_error = match conn.transaction() {
-            Ok(mut tx) => {
-                for op in batch.drain(..) {
-                    let sp = match tx.savepoint() {
-                        Ok(sp) => sp,
-                        Err(e) => {
-                            // The op (and its caller's channel) is dropped: the caller sees Closed.
-                            tracing::error!(error = %e, "opening a savepoint failed");
-                            continue;
-                        }
-                    };
-                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&sp)));
-                    match ran {
-                        // Dropping an uncommitted savepoint rolls it back.
-                        Ok((true, reply)) => {
-                            let own_error = sp.commit().err().map(|e| e.to_string());
-                            replies.push((reply, own_error));
-                        }
-                        Ok((false, reply)) => replies.push((reply, None)),
-                        Err(_) => {
-                            tracing::error!("a database operation panicked; it was rolled back")
-                        }
+        if !group.is_empty() {
+            run_group(&mut conn, group.drain(..));
+        }
+        if let Some(op) = alone {
+            run_alone(&mut conn, op);
+        }
+    }
+}
+
+/// Runs ops in one transaction, each in its own savepoint (a failing one rolls back alone),
+/// commits, then answers each.
+fn run_group(conn: &mut Connection, ops: impl Iterator<Item = Op>) {
+    // Each reply, with the error of its own op's savepoint if that failed.
+    let mut replies: Vec<(Reply, Option<String>)> = Vec::new();
+    let commit_error = match conn.transaction() {
+        Ok(mut tx) => {
+            for op in ops {
+                let sp = match tx.savepoint() {
+                    Ok(sp) => sp,
+                    Err(e) => {
+                        // The op (and its caller's channel) is dropped: the caller sees Closed.
+                        tracing::error!(error = %e, "opening a savepoint failed");
+                        continue;
                     }
+                };
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&sp)));
+                match ran {
+                    // Dropping an uncommitted savepoint rolls it back.
+                    Ok((true, reply)) => {
+                        let own_error = sp.commit().err().map(|e| e.to_string());
+                        replies.push((reply, own_error));
+                    }
+                    Ok((false, reply)) => replies.push((reply, None)),
+                    Err(_) => tracing::error!("a database operation panicked; it was rolled back"),
                 }
-                tx.commit().err().map(|e| e.to_string())
             }
-            Err(e) => {
-                // Run nothing: dropping the ops answers each caller with Closed.
-                batch.clear();
-                Some(e.to_string())
+            tx.commit().err().map(|e| e.to_string())
+        }
+        Err(e) => {
+            // Run nothing: dropping the ops answers each caller with Closed.
+            Some(e.to_string())
+        }
+    };
+    if let Some(message) = &commit_error {
+        tracing::error!(error = %message, "database commit failed");
+    }
+    for (reply, own_error) in replies {
+        reply(commit_error.as_deref().or(own_error.as_deref()));
+    }
+}
+
+/// Runs one op in a transaction of its own: committed if it succeeded, rolled back if not.
+fn run_alone(conn: &mut Connection, op: Op) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(error = %e, "opening a transaction failed");
+            return; // dropping the op answers its caller with Closed
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&tx))) {
+        Ok((true, reply)) => {
+            let commit_error = tx.commit().err().map(|e| e.to_string());
+            if let Some(message) = &commit_error {
+                tracing::error!(error = %message, "database commit failed");
             }
-        };
-        if let Some(message) = &commit_error {
-            tracing::error!(error = %message, "database commit failed");
+            reply(commit_error.as_deref());
         }
-        for (reply, own_error) in replies {
-            reply(commit_error.as_deref().or(own_error.as_deref()));
-        }
+        // Dropping the transaction rolls it back; the op's own error is its answer.
+        Ok((false, reply)) => reply(None),
+        Err(_) => tracing::error!("a database operation panicked; it was rolled back"),
     }
 }
 
@@ -576,9 +638,25 @@ mod tests {
             )?;
             Ok(())
         });
-        let (bad, good) = tokio::join!(bad, good);
-        assert!(bad.is_err());
+        let insert = |name: &'static str, fail: bool| {
+            move |conn: &Connection| {
+                conn.execute(
+                    "INSERT INTO rejected_files (file_name, reason, at) VALUES (?1, 'r', 1)",
+                    [name],
+                )?;
+                if fail {
+                    return Err(StoreError::Invalid("boom".into()));
+                }
+                Ok(())
+            }
+        };
+        // Ops in their own transactions, between the grouped ones.
+        let bad_alone = store.call_alone(insert("c", true));
+        let good_alone = store.call_alone(insert("d", false));
+        let (bad, good, bad_alone, good_alone) = tokio::join!(bad, good, bad_alone, good_alone);
+        assert!(bad.is_err() && bad_alone.is_err());
         good.expect("good call commits");
+        good_alone.expect("good call alone commits");
         let names: Vec<String> = store
             .call(|conn| {
                 let mut stmt = conn.prepare("SELECT file_name FROM rejected_files")?;
@@ -587,7 +665,7 @@ mod tests {
             })
             .await
             .expect("query");
-        assert_eq!(names, vec!["b".to_string()]);
+        assert_eq!(names, vec!["b".to_string(), "d".to_string()]);
         store.close().await;
     }
 }

@@ -87,17 +87,20 @@ pub fn pack(
     batches::create_intent(conn, job_id, &chosen, bytes, now).map(Some)
 }
 
-/// Applies result lines of a batch. Idempotent: a line whose item is no longer in flight in this
-/// batch (applied before a crash, say) changes nothing. Returns how many lines changed an item.
+/// Applies result lines of a batch, each with the item its custom_id names (see
+/// [`batches::in_flight_ids`]); in item order they touch each page of the items once. Idempotent:
+/// a line whose item is no longer in flight in this batch (applied before a crash, say) changes
+/// nothing. Returns how many lines changed an item.
 pub fn apply_results(
     conn: &Connection,
     batch_id: i64,
     api_id: &str,
-    lines: &[String],
+    lines: &[(i64, String)],
     replan: &Replan<'_>,
 ) -> store::Result<usize> {
     let mut applied = 0;
-    for line in lines {
+    for (item_id, line) in lines {
+        let item_id = *item_id;
         let Some(parsed) = BatchResultLine::read(line) else {
             tracing::warn!(
                 batch = api_id,
@@ -105,7 +108,7 @@ pub fn apply_results(
             );
             continue;
         };
-        let Some(item_id) = batches::in_flight_item(conn, batch_id, &parsed.custom_id)? else {
+        let Some(whose) = batches::in_flight_whose(conn, batch_id, item_id)? else {
             continue;
         };
         let head = ResultHead::read(parsed.result);
@@ -119,9 +122,10 @@ pub fn apply_results(
                     ..Default::default()
                 };
                 batches::close_attempt(conn, item_id, &record, replan.now)?;
-                ledger::record(
+                ledger::record_for(
                     conn,
                     &replan.rules.prices,
+                    &whose,
                     item_id,
                     Lane::Batch,
                     &usage,
@@ -416,9 +420,10 @@ mod tests {
             rpm_for: &|_| None,
             rules: &Rules::default(),
         };
+        let ids = batches::in_flight_ids(&conn, batch_id).expect("ids");
         let lines = vec![
-            r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned(),
-            r#"{"custom_id":"b","result":{"type":"expired"}}"#.to_owned(),
+            (ids["a"], r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned()),
+            (ids["b"], r#"{"custom_id":"b","result":{"type":"expired"}}"#.to_owned()),
         ];
         assert_eq!(
             apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("apply"),

@@ -12,6 +12,7 @@
 pub mod apply;
 mod create;
 mod poll;
+pub mod staged;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +31,9 @@ use apply::Replan;
 
 /// How far from the create call a found batch's creation time may be (clocks differ, calls queue).
 pub(super) const RECONCILE_WINDOW_MS: i64 = 10 * 60_000;
-/// Result lines per transaction.
-pub(super) const APPLY_LINES: usize = 1_000;
+/// Result lines per transaction, at most, and their bytes (a transaction of its own each).
+pub(super) const APPLY_LINES: usize = 5_000;
+pub(super) const APPLY_BYTES: u64 = 16 << 20;
 /// Pages of the batch list searched at most when reconciling.
 pub(super) const MAX_LIST_PAGES: u32 = 50;
 /// How often items are re-routed between the lanes as deadlines near.
@@ -53,6 +55,8 @@ pub struct BatchLane {
     /// Poked for the real-time lane when items come back routed to it.
     pub realtime_wake: Arc<Notify>,
     pub results_wake: Arc<Notify>,
+    /// Where downloaded results wait to be applied (see [`staged`]).
+    pub staging_dir: std::path::PathBuf,
 }
 
 /// Spaces calls to the batch endpoints under their RPM.

@@ -1,9 +1,10 @@
-//! Following a created batch: polls with growing intervals, cancels when asked, and streams and
-//! applies the results of an ended batch (a transaction per chunk of lines, idempotent).
+//! Following a created batch: polls with growing intervals, cancels when asked, and downloads
+//! the results of an ended batch into a staged file, then applies them in item order (a
+//! transaction per chunk of lines, idempotent).
 
 use tokio_util::sync::CancellationToken;
 
-use super::{APPLY_LINES, BatchLane, Lane, MAX_REFUSALS, Next, apply};
+use super::{APPLY_BYTES, APPLY_LINES, BatchLane, Lane, MAX_REFUSALS, Next, apply, staged};
 use crate::api::batches::BatchCall;
 use crate::model::state::BatchState;
 use crate::store::batches::{self, BatchRow};
@@ -171,42 +172,41 @@ impl BatchLane {
                 return self.refused(id, format!("HTTP {status}: {message}")).await;
             }
         };
-        let mut pending: Vec<u8> = Vec::new();
-        let mut lines: Vec<String> = Vec::with_capacity(APPLY_LINES);
-        let mut applied = 0usize;
+        let mut download = match staged::Download::start(&self.staging_dir, id).await {
+            Ok(d) => d,
+            Err(e) => return self.staging_failed(id, e).await,
+        };
         loop {
             let Some(chunk) = self.call(shutdown, response.chunk()).await else {
-                return Ok(Next::Now); // applied so far stays; the rest at the next start
+                return Ok(Next::Now); // nothing applied yet; downloaded again at the next start
             };
             let chunk = match chunk {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "batch results cut off; applying again later (it is idempotent)");
+                    tracing::warn!(error = %e, "batch results cut off; downloading them again later");
                     return self
                         .later(id, now_ms() + poll_min, Some(e.to_string()))
                         .await;
                 }
             };
-            pending.extend_from_slice(&chunk);
-            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=i).collect();
-                let text = String::from_utf8_lossy(&line).trim().to_owned();
-                if !text.is_empty() {
-                    lines.push(text);
-                }
-            }
-            if lines.len() >= APPLY_LINES {
-                applied += self
-                    .apply_chunk(id, api_id, std::mem::take(&mut lines))
-                    .await?;
+            if let Err(e) = download.write(&chunk).await {
+                return self.staging_failed(id, e).await;
             }
         }
-        let rest = String::from_utf8_lossy(&pending).trim().to_owned();
-        if !rest.is_empty() {
-            lines.push(rest);
-        }
-        applied += self.apply_chunk(id, api_id, lines).await?;
+        let path = match download.finish().await {
+            Ok(path) => path,
+            Err(e) => return self.staging_failed(id, e).await,
+        };
+        let applied = match self.apply_staged(id, api_id, &path, shutdown).await {
+            Ok(Some(applied)) => applied,
+            Ok(None) => return Ok(Next::Now), // shutdown: the rest at the next start
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+        };
+        let _ = tokio::fs::remove_file(&path).await;
         let leftovers = self
             .replanning(move |c, replan| apply::finish_results(c, id, replan))
             .await?;
@@ -221,20 +221,64 @@ impl BatchLane {
         Ok(Next::Now)
     }
 
-    pub(super) async fn apply_chunk(
+    /// Applies a staged results file in item order, a transaction per chunk. None: stopped by
+    /// shutdown part-way (what is applied stays; the rest is applied after the next download).
+    async fn apply_staged(
         &self,
         id: i64,
         api_id: &str,
-        lines: Vec<String>,
-    ) -> anyhow::Result<usize> {
-        if lines.is_empty() {
-            return Ok(0);
-        }
-        let api_id = api_id.to_owned();
-        let n = self
-            .replanning(move |c, replan| apply::apply_results(c, id, &api_id, &lines, replan))
+        path: &std::path::Path,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<usize>> {
+        let waiting = self
+            .store
+            .call(move |c| batches::in_flight_ids(c, id))
             .await?;
-        self.results_wake.notify_one();
-        Ok(n)
+        let read = path.to_owned();
+        let index = tokio::task::spawn_blocking(move || staged::index(&read, &waiting)).await??;
+        if index.unreadable > 0 {
+            tracing::warn!(
+                lines = index.unreadable,
+                "batch results lines that are not results; skipped"
+            );
+        }
+        let file = std::sync::Arc::new(std::fs::File::open(path)?);
+        let mut applied = 0;
+        for chunk in staged::chunks(&index.places, APPLY_LINES, APPLY_BYTES) {
+            if shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            let (file, chunk) = (file.clone(), chunk.to_vec());
+            let lines = tokio::task::spawn_blocking(move || staged::read(&file, &chunk)).await??;
+            let api_id = api_id.to_owned();
+            let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
+            let rules = self.rules.get();
+            applied += self
+                .store
+                .call_alone(move |c| {
+                    let replan = apply::Replan {
+                        now: now_ms(),
+                        max_attempts,
+                        rpm_for: &*rpm_for,
+                        rules: &rules,
+                    };
+                    apply::apply_results(c, id, &api_id, &lines, &replan)
+                })
+                .await?;
+            self.results_wake.notify_one();
+        }
+        Ok(Some(applied))
+    }
+
+    /// The results could not be staged (a full disk, say): nothing is applied; try again later,
+    /// with the reason where `status` shows it.
+    async fn staging_failed(&self, id: i64, e: std::io::Error) -> anyhow::Result<Next> {
+        let message = format!(
+            "cannot keep the downloaded results in {}: {e}",
+            self.staging_dir.display()
+        );
+        tracing::error!(error = %message, "batch results not applied; trying again");
+        let at = now_ms() + self.settings.poll_min.as_millis().max(1000) as i64;
+        self.later(id, at, Some(message)).await
     }
 }
