@@ -490,6 +490,16 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
         packing.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The fake makes a batch's results when it is first looked at after it ends: look now, so
+    // that its work is not timed.
+    let client = crate::api::ApiClient::new(&config.api, &key)?;
+    let conn = crate::store::open_read_only(&config.db_path())?;
+    for batch in crate::store::batches::open(&conn)? {
+        if let Some(api_id) = &batch.api_id {
+            let _ = client.get_batch(api_id).await;
+        }
+    }
+    drop(conn);
 
     std::fs::write(
         &config_path,
@@ -500,15 +510,28 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     let peak_reset = reset_peak_rss();
     let started = Instant::now();
     let daemon = daemon::spawn(config.clone(), key);
-    let job = demo::wait_until_done(
-        &config.db_path(),
-        &config.results_dir(),
-        "bench",
-        Duration::from_secs(3600),
-        |_| {},
-    )
-    .await?;
+    // Polled often: the clock stops within a few milliseconds of the job's end.
+    let job = loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Ok(conn) = crate::store::open_read_only(&config.db_path()) else {
+            continue;
+        };
+        let Some(row) = crate::store::jobs::find_by_name(&conn, "bench")? else {
+            continue;
+        };
+        if row.finished_at.is_some() {
+            break row;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "the results were not all applied within an hour"
+        );
+    };
     let elapsed = started.elapsed();
+    let counts = {
+        let conn = crate::store::open_read_only(&config.db_path())?;
+        crate::store::items::counts(&conn, job.id)?
+    };
     let peak = peak_rss_bytes();
     daemon.stop().await?;
     let written = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(
@@ -517,13 +540,13 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     .count();
     println!(
         "results of {batches} batches downloaded, {} lines applied and {written} written and synced in {:.2} s: {:.0} lines/s",
-        job.counts.succeeded + job.counts.errored + job.counts.expired + job.counts.canceled,
+        counts.succeeded + counts.errored + counts.expired + counts.canceled,
         elapsed.as_secs_f64(),
         written as f64 / elapsed.as_secs_f64()
     );
     println!(
         "  succeeded {}, errored {}, expired {}",
-        job.counts.succeeded, job.counts.errored, job.counts.expired
+        counts.succeeded, counts.errored, counts.expired
     );
     if let (true, Some(peak)) = (peak_reset, peak) {
         println!(
