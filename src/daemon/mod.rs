@@ -177,10 +177,12 @@ pub async fn run(
         initial_concurrency: config.realtime.concurrency.min(4),
     };
     let calls = Arc::new(crate::lanes::calls::CallCounters::default());
-    let quota = Arc::new(Mutex::new(Quota::new(
+    let mut quota = Quota::new(
         move |model| limits_config.get().class_limits(model),
         quota_settings,
-    )));
+    );
+    restore_learned(&store, &mut quota, &key.fingerprint()).await;
+    let quota = Arc::new(Mutex::new(quota));
     let lane = RealtimeLane {
         store: store.clone(),
         client,
@@ -525,4 +527,36 @@ async fn intake_loop(
         }
     }
     Ok(())
+}
+
+/// Gives the quota controller back what it learned before the last stop under this key, so a
+/// backlog resumes at the learned rate. What cannot be read is left out: the controller then
+/// starts from a probe, as on a first start.
+async fn restore_learned(store: &Store, quota: &mut Quota, key_id: &str) {
+    let key_id = key_id.to_owned();
+    let rows = match store
+        .call(move |c| crate::store::quota::learned(c, &key_id))
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read what the quota controller learned; starting from a probe");
+            return;
+        }
+    };
+    let (now_ms, now) = (now_ms(), std::time::Instant::now());
+    for (json, updated_at) in rows {
+        let Ok(learned) = serde_json::from_str::<crate::policy::quota::Learned>(&json) else {
+            tracing::warn!("a quota state that cannot be read; that class starts from a probe");
+            continue;
+        };
+        let age = std::time::Duration::from_millis((now_ms - updated_at).max(0) as u64);
+        tracing::info!(
+            model = %learned.model,
+            concurrency = learned.concurrency,
+            age_secs = age.as_secs(),
+            "resuming at the limits learned before the restart"
+        );
+        quota.restore(&learned, age, now);
+    }
 }

@@ -453,21 +453,37 @@ impl RealtimeLane {
         }
     }
 
-    /// Writes the controller's view of each class for `nightshift limits`, every few seconds.
+    /// Writes the controller's view of each class for `nightshift limits`, and what it learned for
+    /// the next start, every few seconds.
     pub async fn publish_quota(self, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stop.cancelled() => return,
             }
-            let snapshot = crate::lock(&self.quota).snapshot(Instant::now());
+            let (snapshot, learned) = {
+                let mut quota = crate::lock(&self.quota);
+                (
+                    quota.snapshot(Instant::now()),
+                    quota.learned(Instant::now()),
+                )
+            };
             let key_id = self.key_id.clone();
             let saved = self
                 .store
                 .call(move |c| {
-                    for class in &snapshot {
+                    for (class, (name, learned)) in snapshot.iter().zip(&learned) {
+                        debug_assert_eq!(&class.class, name);
                         let json = serde_json::to_string(class).unwrap_or_default();
-                        crate::store::quota::save_state(c, &class.class, &json, &key_id, now_ms())?;
+                        let learned = serde_json::to_string(learned).unwrap_or_default();
+                        crate::store::quota::save_state(
+                            c,
+                            &class.class,
+                            &json,
+                            &learned,
+                            &key_id,
+                            now_ms(),
+                        )?;
                     }
                     Ok(())
                 })

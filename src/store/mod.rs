@@ -36,12 +36,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0005_budgets.sql")),
         M::up(include_str!("../../migrations/0006_daemon.sql")),
         M::up(include_str!("../../migrations/0007_results.sql")),
+        M::up(include_str!("../../migrations/0008_learned.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    7
+    8
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -190,20 +190,33 @@ pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A class's state as the CLI shows it (`snapshot_json`) and what it learned (`learned_json`),
+/// under the key it was learned with.
 pub fn save_state(
     conn: &Connection,
     class: &str,
     snapshot_json: &str,
+    learned_json: &str,
     key_id: &str,
     now: i64,
 ) -> Result<()> {
     // Every class, every few seconds: a cached statement.
     conn.prepare_cached(
-        "INSERT INTO quota_state (class, snapshot, key_id, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(class) DO UPDATE SET snapshot = ?2, key_id = ?3, updated_at = ?4",
+        "INSERT INTO quota_state (class, snapshot, learned, key_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(class) DO UPDATE SET snapshot = ?2, learned = ?3, key_id = ?4, updated_at = ?5",
     )?
-    .execute(params![class, snapshot_json, key_id, now])?;
+    .execute(params![class, snapshot_json, learned_json, key_id, now])?;
     Ok(())
+}
+
+/// What each class learned under `key_id` (another key may be another organisation, with other
+/// limits): (learned JSON, updated at).
+pub fn learned(conn: &Connection, key_id: &str) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT learned, updated_at FROM quota_state WHERE key_id = ?1 AND learned IS NOT NULL ORDER BY class",
+    )?;
+    let rows = stmt.query_map([key_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 /// (class, snapshot JSON, key id, updated at).

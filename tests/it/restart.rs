@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use nightshift::fake_api::FakeConfig;
+use nightshift::fake_api::{FakeConfig, FakeLimits};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_job_then_restart_completes_each_item_once() {
@@ -79,5 +79,69 @@ async fn sigkill_mid_job_then_restart_completes_each_item_once() {
     assert!(
         log.contains("their outcome is unknown"),
         "the restart says what it recovered"
+    );
+}
+
+/// The quota state `limits --json` shows, once the running daemon has published it after
+/// `since_ms`.
+async fn published_limits(env: &TestEnv, since_ms: i64) -> serde_json::Value {
+    let db = env.data_dir().join("nightshift.db");
+    for _ in 0..100 {
+        let fresh = nightshift::store::open_read_only(&db)
+            .and_then(|c| nightshift::store::quota::states(&c))
+            .is_ok_and(|states| states.iter().any(|s| s.3 > since_ms));
+        if fresh {
+            let out = env.cli(&["limits", "--json"]);
+            return serde_json::from_slice(&out.stdout).expect("limits --json");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no quota state published after {since_ms}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_at_the_learned_limits_and_concurrency() {
+    let env = TestEnv::new(
+        FakeConfig {
+            limits: Some(FakeLimits {
+                rpm: 3_000,
+                itpm: 10_000_000,
+                otpm: 10_000_000,
+                burst_seconds: 2.0,
+            }),
+            latency: Duration::from_millis(100),
+            ..FakeConfig::default()
+        },
+        // Nothing configured: a tier preset is the first guess, the headers say the rest.
+        "[realtime]\nconcurrency = 24\n",
+    )
+    .await;
+    let (ids, body) = job_of("learn", 300);
+    env.write_job("learn", &body);
+    let daemon = env.start_daemon();
+    env.wait_done("learn", Duration::from_secs(120)).await;
+    assert_each_once(&env.results("learn"), &ids);
+    let learned = published_limits(&env, nightshift::store::now_ms()).await;
+    daemon.stop().await;
+    let class = &learned["classes"][0];
+    let concurrency = class["concurrency"].as_u64().expect("concurrency");
+    assert!(concurrency > 4, "it grew past the first 4: {learned}");
+    assert_eq!(class["dims"][0]["limit_per_minute"], 3000.0, "{learned}");
+
+    // The next start, with nothing to send: what it shows is what it restored, not a probe.
+    let restarted_at = nightshift::store::now_ms();
+    let daemon = env.start_daemon();
+    let restored = published_limits(&env, restarted_at).await;
+    daemon.stop().await;
+    let class = &restored["classes"][0];
+    assert_eq!(
+        class["concurrency"].as_u64(),
+        Some(concurrency),
+        "{restored}"
+    );
+    assert_eq!(class["dims"][0]["limit_per_minute"], 3000.0, "{restored}");
+    assert!(
+        class["dims"][0]["capacity"].as_f64().expect("capacity") > 50.0,
+        "the bucket size learned (2 s of 3,000 RPM), not a probe of 1 s: {restored}"
     );
 }

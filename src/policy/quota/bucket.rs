@@ -46,6 +46,44 @@ impl Bucket {
         }
     }
 
+    /// What this bucket learned, to outlive a restart.
+    pub(super) fn learned(&mut self, now: Instant) -> super::LearnedDim {
+        self.refill(now);
+        super::LearnedDim {
+            api_limit: self.api_limit,
+            capacity_seen: self.capacity_seen.iter().copied().collect(),
+            capacity_assumed: self.capacity_assumed,
+            level: self.level,
+        }
+    }
+
+    /// Takes back what was learned `age_secs` ago: the API's limit (under a configured ceiling
+    /// still), the sizes seen, and the level refilled for the time passed (never above the
+    /// bucket's lower size). Odd values (negative, not finite) are left out.
+    pub(super) fn restore(&mut self, learned: &super::LearnedDim, age_secs: f64, now: Instant) {
+        let sane = |v: f64| v.is_finite() && v >= 0.0;
+        if let Some(api) = learned.api_limit.filter(|l| sane(*l) && *l > 0.0) {
+            self.api_limit = Some(api);
+            self.limit = Some(self.configured.map_or(api, |c| c.min(api)));
+        }
+        let seen: Vec<f64> = learned
+            .capacity_seen
+            .iter()
+            .copied()
+            .filter(|c| sane(*c))
+            .collect();
+        let skip = seen.len().saturating_sub(CAPACITY_WINDOW);
+        self.capacity_seen = seen.into_iter().skip(skip).collect();
+        if sane(learned.capacity_assumed) && learned.capacity_assumed > 0.0 {
+            self.capacity_assumed = learned.capacity_assumed;
+        }
+        let age = if sane(age_secs) { age_secs } else { 0.0 };
+        if sane(learned.level) {
+            self.level = (learned.level + age * self.rate()).min(self.capacity_low());
+        }
+        self.updated = now;
+    }
+
     pub(super) fn rate(&self) -> f64 {
         self.limit.unwrap_or(0.0) / 60.0
     }

@@ -154,6 +154,29 @@ pub struct DimSnapshot {
     pub last_remaining: Option<u64>,
 }
 
+/// What a class learned that outlives a restart: the API's limits, the sizes of its buckets,
+/// the concurrency that went through and the calibration of the estimates. Restored at start, a
+/// backlog resumes at the learned rate (the first answers correct it) instead of from a probe.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Learned {
+    /// A model of the class, to look its configured limits up.
+    pub model: String,
+    pub concurrency: usize,
+    pub input_ratio: f64,
+    /// Recent (max_tokens, output tokens) of answers.
+    pub outputs: Vec<(u64, u64)>,
+    /// Requests, input tokens, output tokens.
+    pub dims: Vec<LearnedDim>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LearnedDim {
+    pub api_limit: Option<f64>,
+    pub capacity_seen: Vec<f64>,
+    pub capacity_assumed: f64,
+    pub level: f64,
+}
+
 /// The controllers of every class.
 pub struct Quota {
     configured: Box<dyn Fn(&str) -> ClassLimits + Send>,
@@ -390,6 +413,48 @@ impl Quota {
             idle = Some(idle.unwrap_or(true) && remaining as f64 >= share * limit);
         }
         idle
+    }
+
+    /// What every class learned, by class.
+    pub fn learned(&mut self, now: Instant) -> Vec<(String, Learned)> {
+        let mut out: Vec<(String, Learned)> = self
+            .classes
+            .iter_mut()
+            .map(|(class, c)| {
+                let dims = c.buckets.iter_mut().map(|b| b.learned(now)).collect();
+                let learned = Learned {
+                    model: c.model.clone(),
+                    concurrency: c.concurrency,
+                    input_ratio: c.input_ratio,
+                    outputs: c.outputs.iter().copied().collect(),
+                    dims,
+                };
+                (class.clone(), learned)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Takes back what a class learned `age` ago (see [`Learned`]), within this run's settings:
+    /// the concurrency under its maximum, limits under configured ceilings. A class already
+    /// running is left alone.
+    pub fn restore(&mut self, learned: &Learned, age: Duration, now: Instant) {
+        if learned.model.is_empty() || self.classes.contains_key(&limit_class(&learned.model)) {
+            return;
+        }
+        let max_concurrency = self.settings.max_concurrency.max(1);
+        let (_, c) = self.class(&learned.model, now);
+        for (bucket, dim) in c.buckets.iter_mut().zip(&learned.dims) {
+            bucket.restore(dim, age.as_secs_f64(), now);
+        }
+        c.concurrency = learned.concurrency.clamp(1, max_concurrency);
+        if learned.input_ratio.is_finite() {
+            c.input_ratio = learned.input_ratio.clamp(0.05, 20.0);
+        }
+        for output in &learned.outputs {
+            push_bounded(&mut c.outputs, *output, 200);
+        }
     }
 
     /// The concurrency of the model's class now.

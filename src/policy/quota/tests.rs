@@ -639,3 +639,79 @@ fn tiers_come_from_the_public_tables() {
     );
     assert_eq!(tier_limits("gold", "claude-opus-5"), None);
 }
+
+#[test]
+fn a_restart_resumes_at_what_was_learned_not_from_a_probe() {
+    let t0 = Instant::now();
+    // A tier guess of 50 RPM; the API says 600, with a bucket of 60 requests.
+    let start = QuotaSettings {
+        initial_concurrency: 4,
+        ..settings(0.0)
+    };
+    let guess = |_: &str| ClassLimits {
+        limits: limits(50, 600_000, 600_000),
+        is_ceiling: false,
+    };
+    let mut q = Quota::new(guess, start);
+    // Calls at full concurrency go through: it grows.
+    for _ in 0..3 {
+        let tickets: Vec<Ticket> =
+            std::iter::from_fn(|| q.try_admit(&req(Priority::Nightly, 10, 10), t0).ok())
+                .take(64)
+                .collect();
+        for t in &tickets {
+            q.settle(
+                t,
+                Answer::Ran,
+                Some(&ran(10, 10)),
+                &headers([
+                    (600, 50, 1.0),
+                    (600_000, 599_000, 1.0),
+                    (600_000, 599_000, 1.0),
+                ]),
+                t0,
+            );
+        }
+    }
+    let learned = q.learned(t0);
+    assert_eq!(learned.len(), 1);
+    let (class, learned) = &learned[0];
+    assert_eq!(class, "m");
+    assert!(learned.concurrency > 4, "{}", learned.concurrency);
+    let json = serde_json::to_string(learned).expect("to json");
+    let learned: Learned = serde_json::from_str(&json).expect("from json");
+
+    // A fresh controller, as at the next start: the probe lets a few calls through, then waits.
+    let mut fresh = Quota::new(guess, start);
+    let probe_burst = (0..100)
+        .take_while(|_| fresh.try_admit(&req(Priority::Nightly, 10, 10), t0).is_ok())
+        .count();
+    assert!(probe_burst <= 4, "{probe_burst}");
+
+    // Restored 30 s later: the API's limit, the learned concurrency, the bucket refilled.
+    let t1 = t0 + Duration::from_secs(30);
+    let mut restored = Quota::new(guess, start);
+    restored.restore(&learned, Duration::from_secs(30), t1);
+    let snap = restored.snapshot(t1);
+    assert_eq!(snap[0].dims[0].limit_per_minute, Some(600.0));
+    assert_eq!(snap[0].concurrency, learned.concurrency);
+    let burst = (0..100)
+        .take_while(|_| {
+            restored
+                .try_admit(&req(Priority::Nightly, 10, 10), t1)
+                .is_ok()
+        })
+        .count();
+    assert_eq!(
+        burst, learned.concurrency,
+        "as many as the learned concurrency at once"
+    );
+
+    // Under a configured ceiling below the learned limit, the ceiling holds.
+    let mut capped = Quota::new(
+        |_| ClassLimits::ceiling(limits(100, 600_000, 600_000)),
+        start,
+    );
+    capped.restore(&learned, Duration::from_secs(30), t1);
+    assert_eq!(capped.snapshot(t1)[0].dims[0].limit_per_minute, Some(100.0));
+}
