@@ -102,13 +102,28 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, applies migrations, and starts the writer.
     pub fn open(path: &Path) -> Result<Store> {
         let conn = open_read_write(path)?;
-        // The writer's page cache: 16 MiB, not SQLite's 2 MiB, so that a chunk of batch results
+        // The writer's page cache: 32 MiB, not SQLite's 2 MiB, so that a chunk of batch results
         // (thousands of rows and their index entries) is changed in memory and written once.
         conn.pragma_update(None, "cache_size", -32_768)?;
+        // Checkpoints run beside the writer (see `checkpoints`), not inside its commits; this is
+        // only the fallback should they fall far behind (a reader holding an old snapshot).
+        conn.pragma_update(None, "wal_autocheckpoint", 65_536)?;
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
         let (ops, rx) = mpsc::unbounded_channel();
+        let db = path.to_owned();
         let writer = std::thread::Builder::new()
             .name("nightshift-store".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || {
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
+                let checkpointer = std::thread::Builder::new()
+                    .name("nightshift-checkpoint".into())
+                    .spawn(move || checkpoints(&db, &stopped));
+                writer_loop(conn, rx);
+                drop(stop);
+                if let Ok(handle) = checkpointer {
+                    let _ = handle.join();
+                }
+            })
             .map_err(|e| StoreError::Invalid(format!("cannot start the database writer: {e}")))?;
         Ok(Store {
             ops,
@@ -184,6 +199,32 @@ impl Store {
         let _ = self.ops.send(Msg::Close);
         if let Some(handle) = writer {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+/// How often the WAL is copied back into the database beside the writer.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies committed pages from the WAL into the database file on a connection of its own, every
+/// [`CHECKPOINT_EVERY`], until `stop` is dropped: the writer's commits then only append to the
+/// WAL (the copying and its sync run on another core). Passive: it never waits for, or blocks,
+/// the writer or a reader; what it cannot copy now it copies next time.
+fn checkpoints(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
+    let conn = match Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoints beside the writer; its commits make them");
+            return;
+        }
+    };
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint put off");
         }
     }
 }

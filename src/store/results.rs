@@ -42,15 +42,17 @@ pub struct Unwritten {
     pub line: String,
 }
 
+/// CROSS JOIN keeps the jobs outside: each job's lines are then a range of the index past its
+/// cursor, never a scan of every line ever written.
+const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes
+     FROM jobs j CROSS JOIN results r ON r.job_id = j.id AND r.seq > j.results_seq
+     WHERE j.finished_at IS NULL
+     ORDER BY j.id, r.seq LIMIT ?1";
+
 /// Lines past their job's cursor, in job and file order: at most `max_lines`, and no more than
 /// `max_bytes` of them (but always at least one).
 pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes
-         FROM jobs j JOIN results r ON r.job_id = j.id AND r.seq > j.results_seq
-         WHERE j.finished_at IS NULL
-         ORDER BY r.job_id, r.seq LIMIT ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(UNWRITTEN)?;
     let mut rows = stmt.query([max_lines])?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
@@ -95,4 +97,30 @@ pub fn reset(conn: &Connection, job_id: i64) -> Result<()> {
         [job_id],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_reads_each_job_past_its_cursor_not_every_line_ever_written() {
+        let conn = crate::store::test_connection();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNWRITTEN}"))
+            .expect("plan")
+            .query_map([10], |r| r.get::<_, String>(3))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan rows");
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("SEARCH r USING INDEX results_job (job_id=? AND seq>?)")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
+    }
 }
