@@ -385,14 +385,17 @@ pub fn in_flight_whose(
     item_id: i64,
 ) -> Result<Option<super::ledger::Whose>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT tenant, job_id, model FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
-        )?
+        .prepare_cached(&format!(
+            "SELECT i.tenant, i.job_id, i.model, {} FROM items i
+             WHERE i.id = ?1 AND i.batch_id = ?2 AND i.state = 'in_flight'",
+            super::ledger::RETRY_OF_UNKNOWN
+        ))?
         .query_row(params![item_id, batch_id], |r| {
             Ok(super::ledger::Whose {
                 tenant: r.get(0)?,
                 job_id: r.get(1)?,
                 model: r.get(2)?,
+                retry_of_unknown: Some(r.get(3)?),
             })
         })
         .optional()?)
@@ -432,6 +435,21 @@ pub fn end_item(
     conn.prepare_cached("UPDATE items SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
         .execute(params![item_id, state.as_str(), error, now])?;
     super::results::append(conn, item_id, line)
+}
+
+/// As [`end_item`], for a caller that knows the item's job.
+pub fn end_item_of(
+    conn: &Connection,
+    job_id: i64,
+    item_id: i64,
+    state: ItemState,
+    line: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    conn.prepare_cached("UPDATE items SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
+        .execute(params![item_id, state.as_str(), error, now])?;
+    super::results::append_to(conn, job_id, item_id, line)
 }
 
 /// An item of a batch goes back to pending in `lane` (the planner's new choice); `counts`:

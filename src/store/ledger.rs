@@ -26,6 +26,7 @@ pub fn record(
                 tenant: r.get(0)?,
                 job_id: r.get(1)?,
                 model: r.get(2)?,
+                retry_of_unknown: None,
             })
         })?;
     record_for(conn, prices, &whose, item_id, lane, usage, request_id, now)
@@ -37,7 +38,13 @@ pub struct Whose {
     pub tenant: String,
     pub job_id: i64,
     pub model: String,
+    /// Whether an earlier call of the item had an unknown outcome; None: not read yet.
+    pub retry_of_unknown: Option<bool>,
 }
+
+/// The SQL of [`Whose::retry_of_unknown`] for an item `i`, to read with it.
+pub const RETRY_OF_UNKNOWN: &str =
+    "EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = i.id AND a.outcome = 'unknown')";
 
 /// As [`record`], for a caller that read the item already.
 #[allow(clippy::too_many_arguments)]
@@ -51,11 +58,14 @@ pub fn record_for(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let retry_of_unknown: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS(SELECT 1 FROM attempts WHERE item_id = ?1 AND outcome = 'unknown')",
-        )?
-        .query_row([item_id], |r| r.get(0))?;
+    let retry_of_unknown: bool = match whose.retry_of_unknown {
+        Some(known) => known,
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {RETRY_OF_UNKNOWN} FROM items i WHERE i.id = ?1"
+            ))?
+            .query_row([item_id], |r| r.get(0))?,
+    };
     let model = &whose.model;
     let cost = prices.cost_micro_usd(model, usage, lane == Lane::Batch);
     if cost.is_none() {

@@ -132,7 +132,15 @@ pub fn apply_results(
                     Some(api_id),
                     replan.now,
                 )?;
-                batches::end_item(conn, item_id, ItemState::Succeeded, &line, None, replan.now)?;
+                batches::end_item_of(
+                    conn,
+                    whose.job_id,
+                    item_id,
+                    ItemState::Succeeded,
+                    &line,
+                    None,
+                    replan.now,
+                )?;
             }
             Verdict::Fatal {
                 record,
@@ -140,8 +148,9 @@ pub fn apply_results(
                 error,
             } => {
                 batches::close_attempt(conn, item_id, &record, replan.now)?;
-                batches::end_item(
+                batches::end_item_of(
                     conn,
+                    whose.job_id,
                     item_id,
                     ItemState::Errored,
                     &line,
