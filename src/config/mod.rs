@@ -146,6 +146,7 @@ struct RawBatch {
 struct RawDaemon {
     scan_interval_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    disk_low_mb: Option<u64>,
 }
 
 /// What the config takes from the process environment. The caller (the CLI) reads it and passes
@@ -235,6 +236,8 @@ pub struct BatchSettings {
 pub struct DaemonSettings {
     pub scan_interval: Duration,
     pub shutdown_grace: Duration,
+    /// Under this many free bytes on the data dir's disk, `status` says the disk is low.
+    pub disk_low_bytes: u64,
 }
 
 impl Config {
@@ -506,6 +509,11 @@ impl Config {
                     raw.daemon.scan_interval_ms.unwrap_or(1000).max(10),
                 ),
                 shutdown_grace: Duration::from_secs(raw.daemon.shutdown_grace_secs.unwrap_or(30)),
+                disk_low_bytes: raw
+                    .daemon
+                    .disk_low_mb
+                    .unwrap_or(1024)
+                    .saturating_mul(1 << 20),
             },
             limits: raw.limits,
             prices,

@@ -30,6 +30,8 @@ pub struct Scrape {
     pub tenants: Vec<TenantTotals>,
     pub calls: Vec<((String, &'static str), u64)>,
     pub classes: Vec<ClassSnapshot>,
+    /// Told whatever the store's state (a locked database leaves the parts above empty).
+    pub health: crate::lanes::health::Health,
 }
 
 /// The Prometheus text format (version 0.0.4) of a scrape.
@@ -161,6 +163,42 @@ pub fn render(s: &Scrape) -> String {
             .map(|(state, n)| (labels(&[("state", state)]), *n as f64))
             .collect(),
     );
+    let h = &s.health;
+    family(
+        "nightshift_health_trouble",
+        "gauge",
+        "1 while a part is in trouble (store: the database takes no writes; results: results cannot be written; api: the API cannot be reached).",
+        ["store", "results", "api"]
+            .iter()
+            .map(|part| {
+                let trouble = h.troubles.contains_key(*part);
+                (labels(&[("part", part)]), f64::from(u8::from(trouble)))
+            })
+            .collect(),
+    );
+    family(
+        "nightshift_health_trouble_since_seconds",
+        "gauge",
+        "When each current trouble began, Unix seconds.",
+        h.troubles
+            .iter()
+            .map(|(part, t)| (labels(&[("part", part)]), (t.since / 1000) as f64))
+            .collect(),
+    );
+    family(
+        "nightshift_disk_free_bytes",
+        "gauge",
+        "Free bytes on the data dir's file system.",
+        h.disk_free_bytes
+            .map(|b| vec![(String::new(), b as f64)])
+            .unwrap_or_default(),
+    );
+    family(
+        "nightshift_disk_low",
+        "gauge",
+        "1 while the data dir's free space is under daemon.disk_low_mb.",
+        vec![(String::new(), f64::from(u8::from(h.disk_low)))],
+    );
     out
 }
 
@@ -184,19 +222,45 @@ pub struct Sources {
     pub db_path: PathBuf,
     pub calls: Arc<CallCounters>,
     pub quota: Arc<Mutex<Quota>>,
+    pub health: crate::lanes::health::Board,
+    pub data_dir: PathBuf,
+    pub disk_low_bytes: u64,
 }
 
 impl Sources {
     fn gather(&self) -> anyhow::Result<Scrape> {
-        let conn = crate::store::open_read_only(&self.db_path)?;
         let classes = crate::lock(&self.quota).snapshot(Instant::now());
-        Ok(Scrape {
-            items: facts::items_by_state(&conn)?,
-            batches: facts::batches_by_state(&conn)?,
-            tenants: facts::tenant_totals(&conn)?,
+        let free = crate::daemon::health::disk_free_bytes(&self.data_dir);
+        let health = crate::lanes::health::Health {
+            at: crate::store::now_ms(),
+            disk_free_bytes: free,
+            disk_low_bytes: self.disk_low_bytes,
+            disk_low: free.is_some_and(|f| f < self.disk_low_bytes),
+            troubles: self.health.troubles(),
+        };
+        let mut scrape = Scrape {
             calls: self.calls.snapshot(),
             classes,
-        })
+            health,
+            ..Scrape::default()
+        };
+        // A locked or unreadable database leaves its parts out; the health says why.
+        let read = crate::store::open_read_only(&self.db_path).and_then(|conn| {
+            Ok((
+                facts::items_by_state(&conn)?,
+                facts::batches_by_state(&conn)?,
+                facts::tenant_totals(&conn)?,
+            ))
+        });
+        match read {
+            Ok((items, batches, tenants)) => {
+                scrape.items = items;
+                scrape.batches = batches;
+                scrape.tenants = tenants;
+            }
+            Err(e) => tracing::debug!(error = %e, "metrics: the database cannot be read now"),
+        }
+        Ok(scrape)
     }
 }
 

@@ -2,6 +2,7 @@
 //! real-time lane and the results writer until `shutdown` resolves. Then it stops in order: intake,
 //! admission (calls in flight get a grace period), the last results, the store.
 
+pub mod health;
 pub mod metrics;
 mod reload;
 pub mod systemd;
@@ -146,7 +147,13 @@ pub async fn run(
     }
     let work_wake = Arc::new(Notify::new());
     let results_wake = Arc::new(Notify::new());
-    let writer = ResultsWriter::new(store.clone(), config.results_dir(), results_wake.clone());
+    let board = crate::lanes::health::Board::default();
+    let writer = ResultsWriter::new(
+        store.clone(),
+        config.results_dir(),
+        results_wake.clone(),
+        board.clone(),
+    );
     writer.recover().await?;
 
     let client = ApiClient::new(&config.api, &key)?;
@@ -197,6 +204,7 @@ pub async fn run(
         batch_wake: batch_wake.clone(),
         calls: calls.clone(),
         idle_probes: Default::default(),
+        health: board.clone(),
     };
     let reloader = reload::Reloader {
         source: config.source.clone(),
@@ -234,7 +242,17 @@ pub async fn run(
     let watchdog_task = tokio::spawn(watchdog_loop(store.clone(), stop_lane.clone()));
     // Beats until the very end of shutdown, so `status` does not call a long, orderly stop stuck.
     let stop_heartbeat = CancellationToken::new();
-    let heartbeat_task = tokio::spawn(heartbeat_loop(store.clone(), stop_heartbeat.clone()));
+    let heartbeat_task = tokio::spawn(heartbeat_loop(
+        store.clone(),
+        board.clone(),
+        stop_heartbeat.clone(),
+    ));
+    let health_task = tokio::spawn(health::run(
+        config.data_dir.clone(),
+        board.clone(),
+        config.daemon.disk_low_bytes,
+        stop_heartbeat.clone(),
+    ));
     let schedule_task = tokio::spawn(crate::lanes::schedules::run(
         store.clone(),
         config.jobs_dir.clone(),
@@ -253,6 +271,9 @@ pub async fn run(
                 db_path: db_path.clone(),
                 calls: calls.clone(),
                 quota: reloader.quota.clone(),
+                health: board.clone(),
+                data_dir: config.data_dir.clone(),
+                disk_low_bytes: config.daemon.disk_low_bytes,
             };
             Some(tokio::spawn(crate::daemon::metrics::serve(
                 listener,
@@ -324,6 +345,7 @@ pub async fn run(
     let results_result = by_deadline(deadline, "the results writer", results_task).await;
     stop_heartbeat.cancel();
     let _ = by_deadline(deadline, "the heartbeat", heartbeat_task).await;
+    let _ = by_deadline(deadline, "the health file", health_task).await;
     // Stopped in order: `status` says no daemon runs (a crash leaves the heartbeat to go stale).
     let gone = store.call(|c| {
         crate::store::facts::clear(c, DAEMON_FACT)?;
@@ -446,7 +468,7 @@ pub const HEARTBEAT_FACT: &str = "heartbeat";
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Says who runs on this data dir and beats until `stop`.
-async fn heartbeat_loop(store: Store, stop: CancellationToken) {
+async fn heartbeat_loop(store: Store, board: crate::lanes::health::Board, stop: CancellationToken) {
     let since = now_ms();
     let who = serde_json::json!({
         "pid": std::process::id(),
@@ -464,8 +486,13 @@ async fn heartbeat_loop(store: Store, stop: CancellationToken) {
                 crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now)
             })
             .await;
-        if let Err(e) = beat {
-            tracing::debug!(error = %e, "no heartbeat written");
+        match beat {
+            Ok(()) => board.clear("store"),
+            Err(e) => {
+                let error = e.to_string();
+                let what = crate::lanes::health::store_trouble(&error);
+                board.set("store", what, &error, now, None);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}

@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod batch;
 pub mod calls;
+pub mod health;
 pub mod intake;
 pub mod realtime;
 pub mod results;

@@ -56,6 +56,8 @@ pub struct RealtimeLane {
     pub calls: Arc<crate::lanes::calls::CallCounters>,
     /// Open while the API cannot be reached: one probe at a time instead of every item.
     pub circuit: Arc<Mutex<Circuit>>,
+    /// Where the API's reachability shows beside the store (`status`, metrics).
+    pub health: crate::lanes::health::Board,
     /// When each class last sent a probe call for `when_idle` work.
     pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
@@ -360,6 +362,19 @@ impl RealtimeLane {
             (change, was_open)
         };
         let at = now_ms();
+        match change {
+            circuit::Change::Opened { next_probe } => {
+                let error = match outcome {
+                    Outcome::Retryable { message, .. } => message.as_str(),
+                    _ => "",
+                };
+                let next = at + next_probe.saturating_duration_since(now).as_millis() as i64;
+                self.health
+                    .set("api", "the API cannot be reached", error, at, Some(next));
+            }
+            circuit::Change::Closed => self.health.clear("api"),
+            circuit::Change::None => {}
+        }
         // A blocked account's pause (5 minutes, with its own reason) stays what status shows.
         let blocked = self.paused_until().is_some();
         let recorded = match change {

@@ -37,6 +37,8 @@ pub struct ResultsWriter {
     wake: Arc<Notify>,
     /// The file each job's lines went to (device, inode), as last seen by this writer.
     files: Mutex<HashMap<i64, FileId>>,
+    /// Where a failing write shows beside the store (`status`, metrics).
+    health: crate::lanes::health::Board,
 }
 
 /// Which file a path names: a deleted and recreated (or swapped) file is another.
@@ -64,12 +66,18 @@ const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 impl ResultsWriter {
-    pub fn new(store: Store, results_dir: PathBuf, wake: Arc<Notify>) -> ResultsWriter {
+    pub fn new(
+        store: Store,
+        results_dir: PathBuf,
+        wake: Arc<Notify>,
+        health: crate::lanes::health::Board,
+    ) -> ResultsWriter {
         ResultsWriter {
             store,
             results_dir,
             wake,
             files: Mutex::new(HashMap::new()),
+            health,
         }
     }
 
@@ -102,9 +110,25 @@ impl ResultsWriter {
             let wrote = match self.write_round().await {
                 Ok(wrote) => {
                     pause = FIRST_PAUSE;
+                    self.health.clear("results");
                     wrote
                 }
                 Err(e) => {
+                    let error = format!("{e:#}");
+                    let next = Some(now_ms() + pause.as_millis() as i64);
+                    // The database refusing is the store's trouble; the file's is the results'.
+                    if e.downcast_ref::<crate::store::StoreError>().is_some() {
+                        let what = crate::lanes::health::store_trouble(&error);
+                        self.health.set("store", what, &error, now_ms(), next);
+                    } else {
+                        self.health.set(
+                            "results",
+                            "results cannot be written (they wait in the database)",
+                            &error,
+                            now_ms(),
+                            next,
+                        );
+                    }
                     // A full disk or a busy database: nothing is lost (the lines wait in the
                     // database, the file is back at its committed length); try again.
                     tracing::error!(

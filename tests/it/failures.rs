@@ -132,10 +132,89 @@ async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing(
     // and are tried again; answers received meanwhile are kept, appended lines not yet recorded
     // are cut back.
     let lock = DbLock::take(env.config().db_path()).await;
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    let locked = Instant::now();
+    // Status says so, though the daemon cannot write to its database.
+    let busy = health_until(&env, Duration::from_secs(15), |h| {
+        h["troubles"]["store"]["what"]
+            .as_str()
+            .is_some_and(|w| w.contains("busy"))
+    })
+    .await;
+    assert!(
+        busy["troubles"]["store"]["since"].as_i64().is_some(),
+        "{busy}"
+    );
+    let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("store: the database is busy"), "{text}");
+    tokio::time::sleep(Duration::from_secs(16).saturating_sub(locked.elapsed())).await;
     lock.release().await;
     assert_whole(&env, "locked", &ids).await;
+    health_until(&env, Duration::from_secs(15), |h| {
+        h["troubles"].as_object().is_some_and(|t| t.is_empty())
+    })
+    .await;
     daemon.stop().await;
+}
+
+/// The daemon's health in `status --json` once `ok` holds of it (it is written every 2 s).
+async fn health_until(
+    env: &TestEnv,
+    within: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let health = env.try_status_json()["daemon"]["health"].clone();
+        if ok(&health) {
+            return health;
+        }
+        assert!(
+            started.elapsed() < within,
+            "health not as expected after {within:?}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_say_when_the_disk_is_low() {
+    // Any real disk is under 100 TB free.
+    let env = TestEnv::new(FakeConfig::default(), "[metrics]\nport = 0\n").await;
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &env.config_path,
+        text.replace("[daemon]\n", "[daemon]\ndisk_low_mb = 100000000\n"),
+    )
+    .expect("config");
+    let daemon = env.start_daemon();
+    let health = health_until(&env, Duration::from_secs(10), |h| h["disk_low"] == true).await;
+    assert!(
+        health["disk_free_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{health}"
+    );
+    let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("disk low:"), "{text}");
+    let url = env.status_json()["metrics_url"]
+        .as_str()
+        .expect("metrics url")
+        .to_owned();
+    let metrics = reqwest::get(&url)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    assert!(metrics.contains("nightshift_disk_low 1"), "{metrics}");
+    assert!(
+        metrics.contains("nightshift_health_trouble{part=\"store\"} 0"),
+        "{metrics}"
+    );
+    daemon.stop().await;
+    let status = env.status_json();
+    assert!(
+        status["daemon"]["health"].is_null(),
+        "a stopped daemon tells no health: {status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +424,13 @@ async fn an_outage_longer_than_every_attempt_uses_none_and_the_backlog_completes
     // not one per item per backoff.
     assert!(not_sent <= 12, "{not_sent} calls into the outage");
     assert!(paused_seen, "status says the API cannot be reached");
+    let health = env.status_json()["daemon"]["health"].clone();
+    let api = &health["troubles"]["api"];
+    assert_eq!(api["what"], "the API cannot be reached", "{health}");
+    assert!(
+        api["next_try_at"].as_i64().is_some(),
+        "the next probe: {health}"
+    );
 
     env.fake.set_reachable(true);
     // The backlog is done once the API is back.
@@ -352,6 +438,10 @@ async fn an_outage_longer_than_every_attempt_uses_none_and_the_backlog_completes
     let status = env.status_json();
     let still_paused = status["paused"].as_array().is_some_and(|p| !p.is_empty());
     assert!(!still_paused, "the pause ends with the outage: {status}");
+    health_until(&env, Duration::from_secs(10), |h| {
+        h["troubles"].get("api").is_none()
+    })
+    .await;
     daemon.stop().await;
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::format_time;
 use crate::daemon::{DAEMON_FACT, HEARTBEAT_EVERY, HEARTBEAT_FACT};
+use crate::lanes::health::{self, Health};
 use crate::store::facts;
 
 /// A heartbeat older than this many beats says something is wrong.
@@ -26,6 +27,9 @@ pub struct DaemonStatus {
     pub heartbeat_age_secs: Option<i64>,
     /// What needs a person, if anything: a stale heartbeat, a daemon gone without a word.
     pub problem: Option<String>,
+    /// What the running daemon says is wrong now (kept beside the store, so it is told while the
+    /// database is locked or the disk full). None: no daemon runs, or it has not said yet.
+    pub health: Option<Health>,
 }
 
 #[derive(serde::Deserialize)]
@@ -55,6 +59,11 @@ pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus
         });
     let age = beat.map(|at| (now - at).max(0) / 1000);
     let (running, problem) = judge(who.as_ref().map(|w| w.pid), alive, age);
+    let health = data_dir
+        .as_deref()
+        .filter(|_| alive)
+        .and_then(|dir| health::read(&dir.join(health::FILE)))
+        .filter(|h| h.at > 0);
     Ok(DaemonStatus {
         running,
         pid: who.as_ref().map(|w| w.pid),
@@ -63,6 +72,7 @@ pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus
         last_heartbeat: beat.map(format_time),
         heartbeat_age_secs: age,
         problem,
+        health,
     })
 }
 
@@ -126,8 +136,43 @@ impl DaemonStatus {
         if let Some(problem) = &self.problem {
             out.push_str(&format!("  {problem}\n"));
         }
+        if let Some(h) = &self.health {
+            out.push_str(&health_text(h));
+        }
         out
     }
+}
+
+/// The health lines: what is wrong, since when, what was said; the disk when it is low.
+fn health_text(h: &Health) -> String {
+    let mut out = String::new();
+    let mib = |b: u64| b / (1 << 20);
+    if h.disk_low {
+        out.push_str(&format!(
+            "  disk low: {} MiB free on the data dir (under {} MiB); free space before it fills\n",
+            h.disk_free_bytes.map_or(0, mib),
+            mib(h.disk_low_bytes)
+        ));
+    }
+    for (part, t) in &h.troubles {
+        out.push_str(&format!(
+            "  {part}: {} since {} ({})",
+            t.what,
+            format_time(t.since),
+            t.error
+        ));
+        if let Some(next) = t.next_try_at {
+            out.push_str(&format!("; next try {}", format_time(next)));
+        }
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str(&format!(
+            "  health: well ({} MiB free on the data dir)\n",
+            h.disk_free_bytes.map_or(0, mib)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

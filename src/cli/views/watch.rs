@@ -244,6 +244,7 @@ mod tests {
                 last_heartbeat: None,
                 heartbeat_age_secs: Some(1),
                 problem: None,
+                health: None,
             },
             jobs: vec![JobStatus {
                 name: "backfill".into(),
