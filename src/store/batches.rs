@@ -386,18 +386,10 @@ pub fn in_flight_whose(
 ) -> Result<Option<super::ledger::Whose>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT i.tenant, i.job_id, i.model, {} FROM items i
-             WHERE i.id = ?1 AND i.batch_id = ?2 AND i.state = 'in_flight'",
-            super::ledger::RETRY_OF_UNKNOWN
+            "SELECT {} FROM items i WHERE i.id = ?1 AND i.batch_id = ?2 AND i.state = 'in_flight'",
+            super::ledger::WHOSE
         ))?
-        .query_row(params![item_id, batch_id], |r| {
-            Ok(super::ledger::Whose {
-                tenant: r.get(0)?,
-                job_id: r.get(1)?,
-                model: r.get(2)?,
-                retry_of_unknown: Some(r.get(3)?),
-            })
-        })
+        .query_row(params![item_id, batch_id], super::ledger::Whose::from_row)
         .optional()?)
 }
 
@@ -432,9 +424,10 @@ pub fn end_item(
     error: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    conn.prepare_cached("UPDATE items SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1")?
-        .execute(params![item_id, state.as_str(), error, now])?;
-    super::results::append(conn, item_id, line)
+    let job_id: i64 = conn
+        .prepare_cached("SELECT job_id FROM items WHERE id = ?1")?
+        .query_row([item_id], |r| r.get(0))?;
+    end_item_of(conn, job_id, item_id, state, line, error, now)
 }
 
 /// As [`end_item`], for a caller that knows the item's job.

@@ -20,15 +20,8 @@ pub fn record(
     now: i64,
 ) -> Result<()> {
     let whose = conn
-        .prepare_cached("SELECT tenant, job_id, model FROM items WHERE id = ?1")?
-        .query_row([item_id], |r| {
-            Ok(Whose {
-                tenant: r.get(0)?,
-                job_id: r.get(1)?,
-                model: r.get(2)?,
-                retry_of_unknown: None,
-            })
-        })?;
+        .prepare_cached(&format!("SELECT {WHOSE} FROM items i WHERE i.id = ?1"))?
+        .query_row([item_id], Whose::from_row)?;
     record_for(conn, prices, &whose, item_id, lane, usage, request_id, now)
 }
 
@@ -38,13 +31,24 @@ pub struct Whose {
     pub tenant: String,
     pub job_id: i64,
     pub model: String,
-    /// Whether an earlier call of the item had an unknown outcome; None: not read yet.
-    pub retry_of_unknown: Option<bool>,
+    /// Whether an earlier call of the item had an unknown outcome (this one may repeat it).
+    pub retry_of_unknown: bool,
 }
 
-/// The SQL of [`Whose::retry_of_unknown`] for an item `i`, to read with it.
-pub const RETRY_OF_UNKNOWN: &str =
-    "EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = i.id AND a.outcome = 'unknown')";
+/// The columns [`Whose::from_row`] reads, of an item `i`.
+pub const WHOSE: &str = "i.tenant, i.job_id, i.model,
+     EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = i.id AND a.outcome = 'unknown')";
+
+impl Whose {
+    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Whose> {
+        Ok(Whose {
+            tenant: r.get(0)?,
+            job_id: r.get(1)?,
+            model: r.get(2)?,
+            retry_of_unknown: r.get(3)?,
+        })
+    }
+}
 
 /// As [`record`], for a caller that read the item already.
 #[allow(clippy::too_many_arguments)]
@@ -58,14 +62,7 @@ pub fn record_for(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let retry_of_unknown: bool = match whose.retry_of_unknown {
-        Some(known) => known,
-        None => conn
-            .prepare_cached(&format!(
-                "SELECT {RETRY_OF_UNKNOWN} FROM items i WHERE i.id = ?1"
-            ))?
-            .query_row([item_id], |r| r.get(0))?,
-    };
+    let retry_of_unknown = whose.retry_of_unknown;
     let model = &whose.model;
     let cost = prices.cost_micro_usd(model, usage, lane == Lane::Batch);
     if cost.is_none() {
