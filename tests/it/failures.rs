@@ -480,3 +480,31 @@ async fn a_deleted_lock_file_does_not_let_a_second_daemon_in() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_that_meet_a_full_disk_mid_write_are_cut_back_and_written_once() {
+    // Everywhere (no root needed): the results writer's appends fail as on a disk that fills
+    // mid-write, half a round's bytes in the file each time.
+    let (env, ids, daemon) = mid_job("fullseam").await;
+    let results_dir = env.config().results_dir();
+    nightshift::lanes::results::seam::set_disk_full(&results_dir, true);
+    let health = health_until(&env, Duration::from_secs(15), |h| {
+        h["troubles"]["results"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left"))
+    })
+    .await;
+    assert!(
+        health["troubles"]["results"]["since"].as_i64().is_some(),
+        "{health}"
+    );
+    // Answers keep coming meanwhile; none is lost, none written twice, no fragment stays.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nightshift::lanes::results::seam::set_disk_full(&results_dir, false);
+    assert_whole(&env, "fullseam", &ids).await;
+    health_until(&env, Duration::from_secs(10), |h| {
+        h["troubles"].get("results").is_none()
+    })
+    .await;
+    daemon.stop().await;
+}
