@@ -198,15 +198,12 @@ impl BatchLane {
             Ok(path) => path,
             Err(e) => return self.staging_failed(id, e).await,
         };
-        let applied = match self.apply_staged(id, api_id, &path, shutdown).await {
-            Ok(Some(applied)) => applied,
-            Ok(None) => return Ok(Next::Now), // shutdown: the rest at the next start
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(e);
-            }
-        };
+        let applied = self.apply_staged(id, api_id, &path, shutdown).await;
+        // Applied or not, the copy is done with: what is left is downloaded again.
         let _ = tokio::fs::remove_file(&path).await;
+        let Some(applied) = applied? else {
+            return Ok(Next::Now); // shutdown: the rest at the next start
+        };
         let leftovers = self
             .replanning(move |c, replan| apply::finish_results(c, id, replan))
             .await?;
