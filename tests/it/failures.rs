@@ -350,10 +350,22 @@ async fn a_disk_that_fills_mid_job_and_frees_loses_tears_and_repeats_nothing() {
     let daemon = env.start_daemon();
     wait_lines(&env, "full", 15).await;
     let filler = disk.fill();
+    let filled = Instant::now();
+    // Status tells it while it lasts: the disk low, and what cannot be written.
+    let health = health_until(&env, Duration::from_secs(15), |h| {
+        h["disk_low"] == true && h["troubles"].as_object().is_some_and(|t| !t.is_empty())
+    })
+    .await;
+    assert!(
+        health["disk_free_bytes"]
+            .as_u64()
+            .is_some_and(|b| b < 1 << 20),
+        "{health}"
+    );
     // Full for two seconds; then a few pages free, which a write of several lines overruns (a
     // torn line, were it kept), for 14 more: answers keep coming and cannot be recorded for longer
     // than any fixed number of tries would last. Then the space is back.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(filled.elapsed())).await;
     let len = std::fs::metadata(&filler).expect("filler").len();
     std::fs::OpenOptions::new()
         .write(true)
