@@ -104,7 +104,8 @@ pub fn to_file_bytes(health: &Health) -> Vec<u8> {
         // Too many troubles to tell in full: the parts, without their errors.
         let mut short = health.clone();
         for t in short.troubles.values_mut() {
-            t.error.truncate(200);
+            let end = t.error.floor_char_boundary(200);
+            t.error.truncate(end);
         }
         bytes = serde_json::to_vec(&short).unwrap_or_default();
         bytes.truncate(FILE_BYTES - 1);
@@ -170,5 +171,16 @@ mod tests {
         assert_eq!(read(&dir.path().join(FILE)), Some(health));
         board.clear("store");
         assert!(board.troubles().is_empty());
+
+        // Errors too long for the file are cut, on a character boundary.
+        board.set("api", "x", &"é".repeat(5_000), 50, None);
+        let long = Health {
+            troubles: board.troubles(),
+            ..Default::default()
+        };
+        let bytes = to_file_bytes(&long);
+        assert_eq!(bytes.len(), FILE_BYTES);
+        let back: Health = serde_json::from_slice(&bytes).expect("still JSON");
+        assert_eq!(back.troubles["api"].error.chars().count(), 100);
     }
 }
