@@ -27,27 +27,22 @@ pub async fn run(data_dir: PathBuf, board: Board, disk_low_bytes: u64, stop: Can
     };
     let mut last_low = false;
     loop {
-        let free = disk_free_bytes(&data_dir);
-        let low = free.is_some_and(|f| f < disk_low_bytes);
-        if low != last_low {
-            if low {
+        let now = current(&board, &data_dir, disk_low_bytes);
+        if now.disk_low != last_low {
+            if now.disk_low {
                 tracing::error!(
-                    free_bytes = free,
+                    free_bytes = now.disk_free_bytes,
                     threshold_bytes = disk_low_bytes,
                     "health: the disk is nearly full"
                 );
             } else {
-                tracing::warn!(free_bytes = free, "health: the disk has room again");
+                tracing::warn!(
+                    free_bytes = now.disk_free_bytes,
+                    "health: the disk has room again"
+                );
             }
-            last_low = low;
+            last_low = now.disk_low;
         }
-        let now = Health {
-            at: now_ms(),
-            disk_free_bytes: free,
-            disk_low_bytes,
-            disk_low: low,
-            troubles: board.troubles(),
-        };
         if let Some(file) = &file
             && let Err(e) = file.write_all_at(&health::to_file_bytes(&now), 0)
         {
@@ -59,6 +54,18 @@ pub async fn run(data_dir: PathBuf, board: Board, disk_low_bytes: u64, stop: Can
         }
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// The health now: the board's troubles and the data dir's free space against `disk_low_bytes`.
+pub fn current(board: &Board, data_dir: &Path, disk_low_bytes: u64) -> Health {
+    let free = disk_free_bytes(data_dir);
+    Health {
+        at: now_ms(),
+        disk_free_bytes: free,
+        disk_low_bytes,
+        disk_low: free.is_some_and(|f| f < disk_low_bytes),
+        troubles: board.troubles(),
+    }
 }
 
 /// The file at its full size, private to this user.

@@ -168,7 +168,7 @@ pub fn render(s: &Scrape) -> String {
         "nightshift_health_trouble",
         "gauge",
         "1 while a part is in trouble (store: the database takes no writes; results: results cannot be written; api: the API cannot be reached).",
-        ["store", "results", "api"]
+        crate::lanes::health::PARTS
             .iter()
             .map(|part| {
                 let trouble = h.troubles.contains_key(*part);
@@ -230,14 +230,8 @@ pub struct Sources {
 impl Sources {
     fn gather(&self) -> anyhow::Result<Scrape> {
         let classes = crate::lock(&self.quota).snapshot(Instant::now());
-        let free = crate::daemon::health::disk_free_bytes(&self.data_dir);
-        let health = crate::lanes::health::Health {
-            at: crate::store::now_ms(),
-            disk_free_bytes: free,
-            disk_low_bytes: self.disk_low_bytes,
-            disk_low: free.is_some_and(|f| f < self.disk_low_bytes),
-            troubles: self.health.troubles(),
-        };
+        let health =
+            crate::daemon::health::current(&self.health, &self.data_dir, self.disk_low_bytes);
         let mut scrape = Scrape {
             calls: self.calls.snapshot(),
             classes,

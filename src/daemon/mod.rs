@@ -487,11 +487,11 @@ async fn heartbeat_loop(store: Store, board: crate::lanes::health::Board, stop: 
             })
             .await;
         match beat {
-            Ok(()) => board.clear("store"),
+            Ok(()) => board.clear(crate::lanes::health::STORE),
             Err(e) => {
                 let error = e.to_string();
                 let what = crate::lanes::health::store_trouble(&error);
-                board.set("store", what, &error, now, None);
+                board.set(crate::lanes::health::STORE, what, &error, now, None);
             }
         }
         tokio::select! {

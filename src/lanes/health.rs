@@ -17,6 +17,12 @@ pub const FILE: &str = "health.json";
 /// The file's fixed size: the JSON, padded with spaces.
 pub const FILE_BYTES: usize = 8192;
 
+/// The parts a trouble belongs to: the database, the results files, the API.
+pub const STORE: &str = "store";
+pub const RESULTS: &str = "results";
+pub const API: &str = "api";
+pub const PARTS: [&str; 3] = [STORE, RESULTS, API];
+
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trouble {
@@ -30,7 +36,7 @@ pub struct Trouble {
     pub next_try_at: Option<i64>,
 }
 
-/// What is wrong now, by part: `store`, `results`, `api`.
+/// What is wrong now, by part ([`PARTS`]).
 #[derive(Debug, Clone, Default)]
 pub struct Board(Arc<Mutex<BTreeMap<&'static str, Trouble>>>);
 

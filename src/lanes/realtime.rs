@@ -362,17 +362,22 @@ impl RealtimeLane {
             (change, was_open)
         };
         let at = now_ms();
+        let error = match outcome {
+            Outcome::Retryable { message, .. } => message.as_str(),
+            _ => "",
+        };
         match change {
             circuit::Change::Opened { next_probe } => {
-                let error = match outcome {
-                    Outcome::Retryable { message, .. } => message.as_str(),
-                    _ => "",
-                };
                 let next = at + next_probe.saturating_duration_since(now).as_millis() as i64;
-                self.health
-                    .set("api", "the API cannot be reached", error, at, Some(next));
+                self.health.set(
+                    crate::lanes::health::API,
+                    "the API cannot be reached",
+                    error,
+                    at,
+                    Some(next),
+                );
             }
-            circuit::Change::Closed => self.health.clear("api"),
+            circuit::Change::Closed => self.health.clear(crate::lanes::health::API),
             circuit::Change::None => {}
         }
         // A blocked account's pause (5 minutes, with its own reason) stays what status shows.
@@ -381,10 +386,6 @@ impl RealtimeLane {
             circuit::Change::None => return,
             circuit::Change::Opened { .. } | circuit::Change::Closed if blocked => return,
             circuit::Change::Opened { next_probe } => {
-                let error = match outcome {
-                    Outcome::Retryable { message, .. } => message.as_str(),
-                    _ => "",
-                };
                 let probe_in_ms = next_probe.saturating_duration_since(now).as_millis() as i64;
                 if was_open {
                     tracing::debug!(error, probe_in_ms, "the API still cannot be reached");

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::lanes::health;
 use crate::model::results::results_path;
 use crate::store::{Store, jobs, now_ms, results};
 
@@ -38,7 +39,7 @@ pub struct ResultsWriter {
     /// The file each job's lines went to (device, inode), as last seen by this writer.
     files: Mutex<HashMap<i64, FileId>>,
     /// Where a failing write shows beside the store (`status`, metrics).
-    health: crate::lanes::health::Board,
+    health: health::Board,
 }
 
 /// Which file a path names: a deleted and recreated (or swapped) file is another.
@@ -70,7 +71,7 @@ impl ResultsWriter {
         store: Store,
         results_dir: PathBuf,
         wake: Arc<Notify>,
-        health: crate::lanes::health::Board,
+        health: health::Board,
     ) -> ResultsWriter {
         ResultsWriter {
             store,
@@ -110,29 +111,27 @@ impl ResultsWriter {
             let wrote = match self.write_round().await {
                 Ok(wrote) => {
                     pause = FIRST_PAUSE;
-                    self.health.clear("results");
+                    self.health.clear(health::RESULTS);
                     wrote
                 }
                 Err(e) => {
                     let error = format!("{e:#}");
-                    let next = Some(now_ms() + pause.as_millis() as i64);
+                    let now = now_ms();
+                    let next = Some(now + pause.as_millis() as i64);
                     // The database refusing is the store's trouble; the file's is the results'.
-                    if e.downcast_ref::<crate::store::StoreError>().is_some() {
-                        let what = crate::lanes::health::store_trouble(&error);
-                        self.health.set("store", what, &error, now_ms(), next);
+                    let (part, what) = if e.downcast_ref::<crate::store::StoreError>().is_some() {
+                        (health::STORE, health::store_trouble(&error))
                     } else {
-                        self.health.set(
-                            "results",
+                        (
+                            health::RESULTS,
                             "results cannot be written (they wait in the database)",
-                            &error,
-                            now_ms(),
-                            next,
-                        );
-                    }
+                        )
+                    };
+                    self.health.set(part, what, &error, now, next);
                     // A full disk or a busy database: nothing is lost (the lines wait in the
                     // database, the file is back at its committed length); try again.
                     tracing::error!(
-                        error = format!("{e:#}"),
+                        %error,
                         retry_in_ms = pause.as_millis() as u64,
                         "writing results failed; trying again"
                     );
@@ -266,8 +265,8 @@ impl ResultsWriter {
     }
 
     /// Makes the job's results file what the store says it is: cut back to `committed` bytes if
-    /// longer; written again from the start (every line marked unwritten) if it is gone, shorter
-    /// or not the file this writer wrote. Returns the file if it was sound.
+    /// longer; written again from the start (the job's cursor back to its first line) if it is
+    /// gone, shorter or not the file this writer wrote. Returns the file if it was sound.
     async fn check_file(
         &self,
         job_id: i64,

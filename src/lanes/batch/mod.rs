@@ -184,20 +184,26 @@ impl BatchLane {
         &self,
         f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        Ok(self.store.call(self.with_replan(f)).await?)
+    }
+
+    /// `f` as a store op, given what sending items back to the planner needs (read now, `now`
+    /// taken when it runs).
+    pub(super) fn with_replan<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
+    ) -> impl FnOnce(&rusqlite::Connection) -> crate::store::Result<T> + Send + 'static {
         let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
         let rules = self.rules.get();
-        Ok(self
-            .store
-            .call(move |c| {
-                let replan = Replan {
-                    now: now_ms(),
-                    max_attempts,
-                    rpm_for: &*rpm_for,
-                    rules: &rules,
-                };
-                f(c, &replan)
-            })
-            .await?)
+        move |c| {
+            let replan = Replan {
+                now: now_ms(),
+                max_attempts,
+                rpm_for: &*rpm_for,
+                rules: &rules,
+            };
+            f(c, &replan)
+        }
     }
 
     /// Packs batches for jobs whose waiting items should go now: the job is fully read, a full

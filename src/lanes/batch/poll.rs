@@ -248,20 +248,9 @@ impl BatchLane {
             let (file, chunk) = (file.clone(), chunk.to_vec());
             let lines = tokio::task::spawn_blocking(move || staged::read(&file, &chunk)).await??;
             let api_id = api_id.to_owned();
-            let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
-            let rules = self.rules.get();
-            applied += self
-                .store
-                .call_alone(move |c| {
-                    let replan = apply::Replan {
-                        now: now_ms(),
-                        max_attempts,
-                        rpm_for: &*rpm_for,
-                        rules: &rules,
-                    };
-                    apply::apply_results(c, id, &api_id, &lines, &replan)
-                })
-                .await?;
+            let op = self
+                .with_replan(move |c, replan| apply::apply_results(c, id, &api_id, &lines, replan));
+            applied += self.store.call_alone(op).await?;
             self.results_wake.notify_one();
         }
         Ok(Some(applied))
