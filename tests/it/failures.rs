@@ -134,16 +134,7 @@ async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing(
     let lock = DbLock::take(env.config().db_path()).await;
     let locked = Instant::now();
     // Status says so, though the daemon cannot write to its database.
-    let busy = health_until(&env, Duration::from_secs(15), |h| {
-        h["troubles"]["store"]["what"]
-            .as_str()
-            .is_some_and(|w| w.contains("busy"))
-    })
-    .await;
-    assert!(
-        busy["troubles"]["store"]["since"].as_i64().is_some(),
-        "{busy}"
-    );
+    trouble_until(&env, "store", "what", "busy").await;
     let text = String::from_utf8_lossy(&env.cli(&["status"]).stdout).into_owned();
     assert!(text.contains("store: the database is busy"), "{text}");
     tokio::time::sleep(Duration::from_secs(16).saturating_sub(locked.elapsed())).await;
@@ -154,6 +145,21 @@ async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing(
     })
     .await;
     daemon.stop().await;
+}
+
+/// Waits (15 s at most) until `status --json` shows a trouble of `part` whose `field` contains
+/// `needle`, with the time it began.
+async fn trouble_until(env: &TestEnv, part: &str, field: &str, needle: &str) {
+    let health = health_until(env, Duration::from_secs(15), |h| {
+        h["troubles"][part][field]
+            .as_str()
+            .is_some_and(|v| v.contains(needle))
+    })
+    .await;
+    assert!(
+        health["troubles"][part]["since"].as_i64().is_some(),
+        "{health}"
+    );
 }
 
 /// The daemon's health in `status --json` once `ok` holds of it (it is written every 2 s).
@@ -500,16 +506,7 @@ async fn results_that_meet_a_full_disk_mid_write_are_cut_back_and_written_once()
     let (env, ids, daemon) = mid_job("fullseam").await;
     let results_dir = env.config().results_dir();
     nightshift::lanes::results::seam::set_disk_full(&results_dir, true);
-    let health = health_until(&env, Duration::from_secs(15), |h| {
-        h["troubles"]["results"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("No space left"))
-    })
-    .await;
-    assert!(
-        health["troubles"]["results"]["since"].as_i64().is_some(),
-        "{health}"
-    );
+    trouble_until(&env, "results", "error", "No space left").await;
     // Answers keep coming meanwhile; none is lost, none written twice, no fragment stays.
     tokio::time::sleep(Duration::from_secs(2)).await;
     nightshift::lanes::results::seam::set_disk_full(&results_dir, false);
