@@ -170,7 +170,7 @@ impl ResultsWriter {
     pub async fn write_round(&self) -> anyhow::Result<usize> {
         let lines = self
             .store
-            .call(|c| results::unwritten(c, ROUND_LINES, ROUND_BYTES))
+            .read(|c| results::unwritten(c, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
         let mut by_job: BTreeMap<(i64, String, i64), Vec<(i64, String)>> = BTreeMap::new();

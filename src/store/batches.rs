@@ -386,10 +386,34 @@ pub fn in_flight_whose(
 ) -> Result<Option<super::ledger::Whose>> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {} FROM items i WHERE i.id = ?1 AND i.batch_id = ?2 AND i.state = 'in_flight'",
+            "SELECT {} FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
             super::ledger::WHOSE
         ))?
         .query_row(params![item_id, batch_id], super::ledger::Whose::from_row)
+        .optional()?)
+}
+
+/// An item of the batch ends (its final state and error for people), if it is still in flight
+/// there; then whose it is. None: it is not (applied already, say), and nothing changed.
+pub fn end_in_flight(
+    conn: &Connection,
+    batch_id: i64,
+    item_id: i64,
+    state: ItemState,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Option<super::ledger::Whose>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "UPDATE items SET state = ?3, error = ?4, updated_at = ?5
+             WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'
+             RETURNING {}",
+            super::ledger::WHOSE
+        ))?
+        .query_row(
+            params![item_id, batch_id, state.as_str(), error, now],
+            super::ledger::Whose::from_row,
+        )
         .optional()?)
 }
 

@@ -20,7 +20,7 @@ pub fn record(
     now: i64,
 ) -> Result<()> {
     let whose = conn
-        .prepare_cached(&format!("SELECT {WHOSE} FROM items i WHERE i.id = ?1"))?
+        .prepare_cached(&format!("SELECT {WHOSE} FROM items WHERE id = ?1"))?
         .query_row([item_id], Whose::from_row)?;
     record_for(conn, prices, &whose, item_id, lane, usage, request_id, now)
 }
@@ -35,9 +35,10 @@ pub struct Whose {
     pub retry_of_unknown: bool,
 }
 
-/// The columns [`Whose::from_row`] reads, of an item `i`.
-pub const WHOSE: &str = "i.tenant, i.job_id, i.model,
-     EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = i.id AND a.outcome = 'unknown')";
+/// The columns [`Whose::from_row`] reads, of a row of `items` (not aliased: a RETURNING clause
+/// cannot name an alias).
+pub const WHOSE: &str = "items.tenant, items.job_id, items.model,
+     EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = items.id AND a.outcome = 'unknown')";
 
 impl Whose {
     pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Whose> {

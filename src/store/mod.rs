@@ -96,6 +96,9 @@ enum Msg {
 pub struct Store {
     ops: mpsc::UnboundedSender<Msg>,
     writer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    path: std::sync::Arc<std::path::PathBuf>,
+    /// Read-only connections kept between [`Store::read`]s.
+    readers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
 }
 
 impl Store {
@@ -128,7 +131,33 @@ impl Store {
         Ok(Store {
             ops,
             writer: std::sync::Arc::new(std::sync::Mutex::new(Some(writer))),
+            path: std::sync::Arc::new(path.to_owned()),
+            readers: Default::default(),
         })
+    }
+
+    /// Runs `f` on a read-only connection, off the writer thread (reading thousands of rows
+    /// there would hold up every write); it sees what is committed.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (readers, path) = (self.readers.clone(), self.path.clone());
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let kept = crate::lock(&readers).pop();
+            let conn = match kept {
+                Some(conn) => conn,
+                None => open_read_only(&path)?,
+            };
+            let out = f(&conn);
+            crate::lock(&readers).push(conn);
+            out
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` in a transaction on the writer thread; answers after the commit.
@@ -140,19 +169,19 @@ impl Store {
         self.submit(f).await.map_err(|_| StoreError::Closed)?
     }
 
-    /// As [`Store::call`], in a transaction of its own (committed, or rolled back whole if `f`
-    /// fails): for an op that changes many rows, which needs no savepoint to fail alone.
-    pub async fn call_alone<T, F>(&self, f: F) -> Result<T>
+    /// Queues `f` for the writer thread to run in a transaction of its own (committed, or rolled
+    /// back whole if `f` fails), and returns at once: for an op that changes many rows, which
+    /// needs no savepoint to fail alone. The receiver gets the answer after the commit; queuing
+    /// the next such op before it comes keeps the writer going from one to the next.
+    pub fn submit_alone<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let op = Self::op(f, tx);
-        self.ops
-            .send(Msg::Alone(op))
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        // If the writer is gone the op (and its sender) is dropped: the receiver then sees Closed.
+        let _ = self.ops.send(Msg::Alone(Self::op(f, tx)));
+        rx
     }
 
     /// Queues `f` for the writer thread and returns at once; the receiver gets the answer after
@@ -195,6 +224,8 @@ impl Store {
     /// Stops the writer once every op sent before is done, and waits for it. Clones that outlive
     /// this (a task abandoned at shutdown) get [`StoreError::Closed`].
     pub async fn close(self) {
+        // The writer closes last: its close checkpoints the WAL and removes it.
+        crate::lock(&self.readers).clear();
         let writer = crate::lock(&self.writer).take();
         let _ = self.ops.send(Msg::Close);
         if let Some(handle) = writer {
@@ -696,15 +727,18 @@ mod tests {
             }
         };
         // Ops in their own transactions, between the grouped ones.
-        let bad_alone = store.call_alone(insert("c", true));
-        let good_alone = store.call_alone(insert("d", false));
+        let bad_alone = store.submit_alone(insert("c", true));
+        let good_alone = store.submit_alone(insert("d", false));
         let (bad, good, bad_alone, good_alone) = tokio::join!(bad, good, bad_alone, good_alone);
-        assert!(bad.is_err() && bad_alone.is_err());
+        assert!(bad.is_err() && bad_alone.expect("answered").is_err());
         good.expect("good call commits");
-        good_alone.expect("good call alone commits");
+        good_alone
+            .expect("answered")
+            .expect("good call alone commits");
         let names: Vec<String> = store
             .call(|conn| {
-                let mut stmt = conn.prepare("SELECT file_name FROM rejected_files")?;
+                let mut stmt =
+                    conn.prepare("SELECT file_name FROM rejected_files ORDER BY file_name")?;
                 let rows = stmt.query_map([], |r| r.get(0))?;
                 Ok(rows.collect::<Result<Vec<String>, _>>()?)
             })

@@ -87,81 +87,88 @@ pub fn pack(
     batches::create_intent(conn, job_id, &chosen, bytes, now).map(Some)
 }
 
-/// Applies result lines of a batch, each with the item its custom_id names (see
-/// [`batches::in_flight_ids`]); in item order they touch each page of the items once. Idempotent:
-/// a line whose item is no longer in flight in this batch (applied before a crash, say) changes
-/// nothing. Returns how many lines changed an item.
+/// Judges result lines of a batch (`lines`: each with the item its custom_id names, see
+/// [`batches::in_flight_ids`]). Pure, and done before the store's writer takes them: it then
+/// only writes.
+pub fn judge_lines(api_id: &str, lines: Vec<(i64, String)>) -> Vec<(i64, Verdict)> {
+    lines
+        .into_iter()
+        .filter_map(|(item_id, line)| {
+            let Some(parsed) = BatchResultLine::read(&line) else {
+                tracing::warn!(
+                    batch = api_id,
+                    "a results line that is not a result; skipped"
+                );
+                return None;
+            };
+            let head = ResultHead::read(parsed.result);
+            Some((item_id, judge(&parsed.custom_id, &line, head, api_id)))
+        })
+        .collect()
+}
+
+/// Applies judged result lines of a batch; in item order they touch each page of the items once.
+/// Idempotent: a line whose item is no longer in flight in this batch (applied before a crash,
+/// say) changes nothing. Returns how many lines changed an item.
 pub fn apply_results(
     conn: &Connection,
     batch_id: i64,
     api_id: &str,
-    lines: &[(i64, String)],
+    judged: &[(i64, Verdict)],
     replan: &Replan<'_>,
 ) -> store::Result<usize> {
     let mut applied = 0;
-    for (item_id, line) in lines {
+    for (item_id, verdict) in judged {
         let item_id = *item_id;
-        let Some(parsed) = BatchResultLine::read(line) else {
-            tracing::warn!(
-                batch = api_id,
-                "a results line that is not a result; skipped"
-            );
-            continue;
-        };
-        let Some(whose) = batches::in_flight_whose(conn, batch_id, item_id)? else {
-            continue;
-        };
-        let head = ResultHead::read(parsed.result);
-        match judge(&parsed.custom_id, line, head, api_id) {
+        // The item ends (if it is still in flight here) in the statement that reads whose it is.
+        let (state, line, error, record, usage) = match verdict {
             Verdict::Succeeded { usage, line } => {
                 let record = AttemptRecord {
                     outcome: AttemptOutcome::Succeeded,
-                    request_id: Some(api_id.to_owned()),
                     input_tokens: Some(usage.input_tokens),
                     output_tokens: Some(usage.output_tokens),
                     ..Default::default()
                 };
-                batches::close_attempt(conn, item_id, &record, replan.now)?;
-                ledger::record_for(
-                    conn,
-                    &replan.rules.prices,
-                    &whose,
-                    item_id,
-                    Lane::Batch,
-                    &usage,
-                    Some(api_id),
-                    replan.now,
-                )?;
-                batches::end_item_of(
-                    conn,
-                    whose.job_id,
-                    item_id,
-                    ItemState::Succeeded,
-                    &line,
-                    None,
-                    replan.now,
-                )?;
+                (ItemState::Succeeded, line, None, record, Some(usage))
             }
             Verdict::Fatal {
                 record,
                 line,
                 error,
-            } => {
-                batches::close_attempt(conn, item_id, &record, replan.now)?;
-                batches::end_item_of(
-                    conn,
-                    whose.job_id,
-                    item_id,
-                    ItemState::Errored,
-                    &line,
-                    Some(&error),
-                    replan.now,
-                )?;
-            }
+            } => (
+                ItemState::Errored,
+                line,
+                Some(error.as_str()),
+                record.clone(),
+                None,
+            ),
             Verdict::SendBack { outcome, why } => {
-                send_back(conn, item_id, outcome, &why, replan, true)?
+                if batches::in_flight_whose(conn, batch_id, item_id)?.is_some() {
+                    send_back(conn, item_id, *outcome, why, replan, true)?;
+                    applied += 1;
+                }
+                continue;
             }
+        };
+        let Some(whose) =
+            batches::end_in_flight(conn, batch_id, item_id, state, error, replan.now)?
+        else {
+            continue;
+        };
+        batches::close_attempt(conn, item_id, &record, replan.now)?;
+        if let Some(usage) = usage {
+            ledger::record_for(
+                conn,
+                &replan.rules.prices,
+                &whose,
+                item_id,
+                Lane::Batch,
+                usage,
+                Some(api_id),
+                replan.now,
+            )?;
         }
+        store::results::append_to(conn, whose.job_id, item_id, line)?;
         applied += 1;
     }
     Ok(applied)
@@ -434,12 +441,13 @@ mod tests {
             (ids["a"], r#"{"custom_id":"a","result":{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}}"#.to_owned()),
             (ids["b"], r#"{"custom_id":"b","result":{"type":"expired"}}"#.to_owned()),
         ];
+        let judged = judge_lines("msgbatch_1", lines);
         assert_eq!(
-            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("apply"),
+            apply_results(&conn, batch_id, "msgbatch_1", &judged, &replan).expect("apply"),
             2
         );
         assert_eq!(
-            apply_results(&conn, batch_id, "msgbatch_1", &lines, &replan).expect("again"),
+            apply_results(&conn, batch_id, "msgbatch_1", &judged, &replan).expect("again"),
             0,
             "idempotent"
         );

@@ -220,6 +220,8 @@ impl BatchLane {
 
     /// Applies a staged results file in item order, a transaction per chunk. None: stopped by
     /// shutdown part-way (what is applied stays; the rest is applied after the next download).
+    /// While the writer applies a chunk, the next is read and judged and queued behind it: the
+    /// writer goes from one to the next without waiting for this task.
     async fn apply_staged(
         &self,
         id: i64,
@@ -240,18 +242,38 @@ impl BatchLane {
             );
         }
         let file = std::sync::Arc::new(std::fs::File::open(path)?);
+        let judge = |chunk: &[staged::Place]| {
+            let (file, chunk, api_id) = (file.clone(), chunk.to_vec(), api_id.to_owned());
+            tokio::task::spawn_blocking(move || {
+                staged::read(&file, &chunk).map(|lines| apply::judge_lines(&api_id, lines))
+            })
+        };
+        let chunks = staged::chunks(&index.places, APPLY_LINES, APPLY_BYTES);
+        let mut next = chunks.first().map(|c| judge(c));
+        let mut applying = None;
         let mut applied = 0;
-        for chunk in staged::chunks(&index.places, APPLY_LINES, APPLY_BYTES) {
-            if shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            let (file, chunk) = (file.clone(), chunk.to_vec());
-            let lines = tokio::task::spawn_blocking(move || staged::read(&file, &chunk)).await??;
+        for i in 0..chunks.len() {
+            let Some(judging) = next.take() else { break };
+            let judged = judging.await??;
+            next = chunks.get(i + 1).map(|c| judge(c));
             let api_id = api_id.to_owned();
-            let op = self
-                .with_replan(move |c, replan| apply::apply_results(c, id, &api_id, &lines, replan));
-            applied += self.store.call_alone(op).await?;
+            let queued = self.store.submit_alone(self.with_replan(move |c, replan| {
+                apply::apply_results(c, id, &api_id, &judged, replan)
+            }));
+            if let Some(done) = applying.replace(queued) {
+                applied += done.await.map_err(|_| crate::store::StoreError::Closed)??;
+                self.results_wake.notify_one();
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+        if let Some(done) = applying {
+            applied += done.await.map_err(|_| crate::store::StoreError::Closed)??;
             self.results_wake.notify_one();
+        }
+        if next.is_some() {
+            return Ok(None); // stopped by shutdown before the last chunk
         }
         Ok(Some(applied))
     }
