@@ -378,43 +378,58 @@ pub fn in_flight_ids(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// Whose the item is, if it is still in flight in the batch (None: applied already, say).
-pub fn in_flight_whose(
-    conn: &Connection,
-    batch_id: i64,
-    item_id: i64,
-) -> Result<Option<super::ledger::Whose>> {
+/// Whether the item is still in flight in the batch (not: applied already, say).
+pub fn is_in_flight(conn: &Connection, batch_id: i64, item_id: i64) -> Result<bool> {
     Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {} FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
-            super::ledger::WHOSE
-        ))?
-        .query_row(params![item_id, batch_id], super::ledger::Whose::from_row)
-        .optional()?)
+        .prepare_cached(
+            "SELECT 1 FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
+        )?
+        .exists(params![item_id, batch_id])?)
 }
 
-/// An item of the batch ends (its final state and error for people), if it is still in flight
-/// there; then whose it is. None: it is not (applied already, say), and nothing changed.
+/// Items of the batch end, each with its final state and error for people: those still in
+/// flight there. Returns whose each one that ended is; the others (applied already, say) are left
+/// as they are.
 pub fn end_in_flight(
     conn: &Connection,
     batch_id: i64,
-    item_id: i64,
-    state: ItemState,
-    error: Option<&str>,
+    ends: &[(i64, ItemState, Option<&str>)],
     now: i64,
-) -> Result<Option<super::ledger::Whose>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "UPDATE items SET state = ?3, error = ?4, updated_at = ?5
-             WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'
-             RETURNING {}",
-            super::ledger::WHOSE
-        ))?
-        .query_row(
-            params![item_id, batch_id, state.as_str(), error, now],
-            super::ledger::Whose::from_row,
-        )
-        .optional()?)
+) -> Result<std::collections::HashMap<i64, super::ledger::Whose>> {
+    let mut whose = std::collections::HashMap::with_capacity(ends.len());
+    for group in ends.chunks(super::ROWS_PER_STATEMENT) {
+        let sql = end_in_flight_sql(group.len());
+        let states: Vec<&str> = group.iter().map(|(_, state, _)| state.as_str()).collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &batch_id];
+        for ((item_id, _, error), state) in group.iter().zip(&states) {
+            values.extend([item_id as &dyn rusqlite::ToSql, state, error]);
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+        while let Some(r) = rows.next()? {
+            let item_id: i64 = r.get(0)?;
+            let w = super::ledger::Whose {
+                tenant: r.get(1)?,
+                job_id: r.get(2)?,
+                model: r.get(3)?,
+                retry_of_unknown: r.get(4)?,
+            };
+            whose.insert(item_id, w);
+        }
+    }
+    Ok(whose)
+}
+
+/// [`end_in_flight`] for `rows` items: `now`, the batch, then (item, state, error) each.
+fn end_in_flight_sql(rows: usize) -> String {
+    format!(
+        "UPDATE items SET state = v.column2, error = v.column3, updated_at = ?1
+         FROM (VALUES {}) AS v
+         WHERE items.id = v.column1 AND items.batch_id = ?2 AND items.state = 'in_flight'
+         RETURNING items.id, {}",
+        super::value_rows(rows, 3, 2),
+        super::ledger::WHOSE
+    )
 }
 
 /// Closes an item's open batch attempt.
@@ -424,19 +439,54 @@ pub fn close_attempt(
     record: &AttemptRecord,
     now: i64,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE attempts SET finished_at = ?2, outcome = ?3, error = ?4, input_tokens = ?5, output_tokens = ?6
-         WHERE item_id = ?1 AND outcome IS NULL AND lane = 'batch'",
-    )?
-    .execute(params![
-        item_id,
-        now,
-        record.outcome.as_str(),
-        record.error,
-        record.input_tokens.map(|n| n as i64),
-        record.output_tokens.map(|n| n as i64),
-    ])?;
+    close_attempts(conn, &[(item_id, record)], now)
+}
+
+/// As [`close_attempt`], for many items at once.
+pub fn close_attempts(
+    conn: &Connection,
+    closing: &[(i64, &AttemptRecord)],
+    now: i64,
+) -> Result<()> {
+    for group in closing.chunks(super::ROWS_PER_STATEMENT) {
+        let sql = close_attempts_sql(group.len());
+        let rows: Vec<_> = group
+            .iter()
+            .map(|(_, r)| {
+                (
+                    r.outcome.as_str(),
+                    r.input_tokens.map(|n| n as i64),
+                    r.output_tokens.map(|n| n as i64),
+                )
+            })
+            .collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
+        for ((item_id, record), (outcome, input, output)) in group.iter().zip(&rows) {
+            values.extend([
+                item_id as &dyn rusqlite::ToSql,
+                outcome,
+                &record.error,
+                input,
+                output,
+            ]);
+        }
+        conn.prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(values))?;
+    }
     Ok(())
+}
+
+/// [`close_attempts`] for `rows` items: `now`, then (item, outcome, error, input tokens,
+/// output tokens) each.
+fn close_attempts_sql(rows: usize) -> String {
+    format!(
+        "UPDATE attempts SET finished_at = ?1, outcome = v.column2, error = v.column3,
+                input_tokens = v.column4, output_tokens = v.column5
+         FROM (VALUES {}) AS v
+         WHERE attempts.item_id = v.column1 AND attempts.outcome IS NULL
+           AND attempts.lane = 'batch'",
+        super::value_rows(rows, 5, 1)
+    )
 }
 
 /// An item of a batch ends: its final state, result line and error for people.
@@ -574,4 +624,46 @@ pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan");
+        let mut rows = stmt.raw_query();
+        let mut steps = Vec::new();
+        while let Some(r) = rows.next().expect("plan row") {
+            steps.push(r.get::<_, String>(3).expect("detail"));
+        }
+        steps
+    }
+
+    #[test]
+    fn a_group_of_results_looks_each_item_and_attempt_up_never_scans_them() {
+        let conn = crate::store::test_connection();
+        let items = plan(&conn, &end_in_flight_sql(3));
+        assert!(
+            items
+                .iter()
+                .any(|s| s.contains("SEARCH items USING INTEGER PRIMARY KEY")),
+            "{items:?}"
+        );
+        let attempts = plan(&conn, &close_attempts_sql(3));
+        assert!(
+            attempts
+                .iter()
+                .any(|s| s.contains("SEARCH attempts USING INDEX attempts_open")),
+            "{attempts:?}"
+        );
+        for step in items.iter().chain(&attempts) {
+            assert!(
+                !step.starts_with("SCAN items") && !step.starts_with("SCAN attempts"),
+                "{step}"
+            );
+        }
+    }
 }

@@ -63,32 +63,83 @@ pub fn record_for(
     request_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
-    let retry_of_unknown = whose.retry_of_unknown;
-    let model = &whose.model;
-    let cost = prices.cost_micro_usd(model, usage, lane == Lane::Batch);
-    if cost.is_none() {
-        tracing::warn!(%model, item = item_id, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
-    }
-    conn.prepare_cached(
-        "INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens, output_tokens,
-                cache_creation_input_tokens, cache_read_input_tokens, cost_micro_usd, request_id, retry_of_unknown)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?
-    .execute(params![
-        now,
-        whose.tenant,
-        whose.job_id,
+    let charge = Charge {
         item_id,
-        model,
-        lane.as_str(),
-        usage.input_tokens as i64,
-        usage.output_tokens as i64,
-        usage.cache_creation_input_tokens.unwrap_or(0) as i64,
-        usage.cache_read_input_tokens.unwrap_or(0) as i64,
-        cost,
-        request_id,
-        retry_of_unknown,
-    ])?;
+        whose,
+        usage,
+    };
+    record_all(conn, prices, lane, request_id, &[charge], now)
+}
+
+/// A billed call of an item, for [`record_all`].
+pub struct Charge<'a> {
+    pub item_id: i64,
+    pub whose: &'a Whose,
+    pub usage: &'a Usage,
+}
+
+/// As [`record_for`], for many calls of one lane with one request id (a chunk of a batch's
+/// results: the batch's id) at once.
+pub fn record_all(
+    conn: &Connection,
+    prices: &PriceTable,
+    lane: Lane,
+    request_id: Option<&str>,
+    charges: &[Charge<'_>],
+    now: i64,
+) -> Result<()> {
+    let mut unpriced = std::collections::BTreeSet::new();
+    for group in charges.chunks(super::ROWS_PER_STATEMENT) {
+        let rows: Vec<_> = group
+            .iter()
+            .map(|c| {
+                let (w, u) = (c.whose, c.usage);
+                let cost = prices.cost_micro_usd(&w.model, u, lane == Lane::Batch);
+                if cost.is_none() {
+                    unpriced.insert(w.model.as_str());
+                }
+                (
+                    u.input_tokens as i64,
+                    u.output_tokens as i64,
+                    u.cache_creation_input_tokens.unwrap_or(0) as i64,
+                    u.cache_read_input_tokens.unwrap_or(0) as i64,
+                    cost,
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO ledger (at, lane, request_id, tenant, job_id, item_id, model, input_tokens,
+                    output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                    cost_micro_usd, retry_of_unknown)
+             VALUES {}",
+            super::value_rows(group.len(), 13, 0)
+        );
+        let lane = lane.as_str();
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 13);
+        for (c, (input, output, written, read, cost)) in group.iter().zip(&rows) {
+            let w = c.whose;
+            values.extend([
+                &now as &dyn rusqlite::ToSql,
+                &lane,
+                &request_id,
+                &w.tenant,
+                &w.job_id,
+                &c.item_id,
+                &w.model,
+                input,
+                output,
+                written,
+                read,
+                cost,
+                &w.retry_of_unknown,
+            ]);
+        }
+        conn.prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(values))?;
+    }
+    for model in unpriced {
+        tracing::warn!(%model, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
+    }
     Ok(())
 }
 

@@ -356,6 +356,23 @@ fn run_alone(conn: &mut Connection, op: Op) {
     }
 }
 
+/// Rows per statement when many change at once (a chunk of batch results is thousands): a
+/// statement over a group of rows costs far less than a statement each.
+pub(crate) const ROWS_PER_STATEMENT: usize = 100;
+
+/// A VALUES list of `rows` rows of `cols` parameters each, numbered after the statement's own
+/// `?1`…`?after`: `(?3, ?4), (?5, ?6)` for 2, 2, 2.
+pub(crate) fn value_rows(rows: usize, cols: usize, after: usize) -> String {
+    let numbers: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = after + row * cols + 1;
+            let row: Vec<String> = (first..first + cols).map(|n| format!("?{n}")).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
+    numbers.join(", ")
+}
+
 /// Opens the database for writing, sets the pragmas (read back, not assumed) and migrates.
 pub fn open_read_write(path: &Path) -> Result<Connection> {
     if let Some(dir) = path.parent() {
@@ -582,6 +599,12 @@ pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_rows_are_numbered_after_the_statements_own_parameters() {
+        assert_eq!(value_rows(2, 2, 2), "(?3, ?4), (?5, ?6)");
+        assert_eq!(value_rows(1, 3, 0), "(?1, ?2, ?3)");
+    }
 
     #[test]
     fn migrations_are_valid() {

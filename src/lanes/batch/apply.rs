@@ -109,7 +109,8 @@ pub fn judge_lines(api_id: &str, lines: Vec<(i64, String)>) -> Vec<(i64, Verdict
 
 /// Applies judged result lines of a batch; in item order they touch each page of the items once.
 /// Idempotent: a line whose item is no longer in flight in this batch (applied before a crash,
-/// say) changes nothing. Returns how many lines changed an item.
+/// say) changes nothing. The lines that end their items are written a group of rows per
+/// statement. Returns how many lines changed an item.
 pub fn apply_results(
     conn: &Connection,
     batch_id: i64,
@@ -117,11 +118,13 @@ pub fn apply_results(
     judged: &[(i64, Verdict)],
     replan: &Replan<'_>,
 ) -> store::Result<usize> {
-    let mut applied = 0;
+    // (item, state, error), its attempt's record and what it is billed.
+    let mut ends = Vec::with_capacity(judged.len());
+    let mut records = Vec::with_capacity(judged.len());
+    let mut sent_back = 0;
     for (item_id, verdict) in judged {
         let item_id = *item_id;
-        // The item ends (if it is still in flight here) in the statement that reads whose it is.
-        let (state, line, error, record, usage) = match verdict {
+        match verdict {
             Verdict::Succeeded { usage, line } => {
                 let record = AttemptRecord {
                     outcome: AttemptOutcome::Succeeded,
@@ -129,49 +132,59 @@ pub fn apply_results(
                     output_tokens: Some(usage.output_tokens),
                     ..Default::default()
                 };
-                (ItemState::Succeeded, line, None, record, Some(usage))
+                ends.push((item_id, ItemState::Succeeded, None));
+                records.push((record, line, Some(usage)));
             }
             Verdict::Fatal {
                 record,
                 line,
                 error,
-            } => (
-                ItemState::Errored,
-                line,
-                Some(error.as_str()),
-                record.clone(),
-                None,
-            ),
-            Verdict::SendBack { outcome, why } => {
-                if batches::in_flight_whose(conn, batch_id, item_id)?.is_some() {
-                    send_back(conn, item_id, *outcome, why, replan, true)?;
-                    applied += 1;
-                }
-                continue;
+            } => {
+                ends.push((item_id, ItemState::Errored, Some(error.as_str())));
+                records.push((record.clone(), line, None));
             }
-        };
-        let Some(whose) =
-            batches::end_in_flight(conn, batch_id, item_id, state, error, replan.now)?
-        else {
-            continue;
-        };
-        batches::close_attempt(conn, item_id, &record, replan.now)?;
-        if let Some(usage) = usage {
-            ledger::record_for(
-                conn,
-                &replan.rules.prices,
-                &whose,
-                item_id,
-                Lane::Batch,
-                usage,
-                Some(api_id),
-                replan.now,
-            )?;
+            Verdict::SendBack { outcome, why } => {
+                if batches::is_in_flight(conn, batch_id, item_id)? {
+                    send_back(conn, item_id, *outcome, why, replan, true)?;
+                    sent_back += 1;
+                }
+            }
         }
-        store::results::append_to(conn, whose.job_id, item_id, line)?;
-        applied += 1;
     }
-    Ok(applied)
+    // The items end (those still in flight here) in the statements that read whose they are.
+    // Taken out of `whose` as each is met: a line repeated in the file ends its item once.
+    let mut whose = batches::end_in_flight(conn, batch_id, &ends, replan.now)?;
+    let ended: Vec<_> = ends
+        .iter()
+        .zip(&records)
+        .filter_map(|((item_id, ..), (record, line, usage))| {
+            let w = whose.remove(item_id)?;
+            Some((*item_id, w, record, line.as_str(), *usage))
+        })
+        .collect();
+    let closing: Vec<_> = ended.iter().map(|e| (e.0, e.2)).collect();
+    batches::close_attempts(conn, &closing, replan.now)?;
+    let charges: Vec<_> = ended
+        .iter()
+        .filter_map(|(item_id, whose, _, _, usage)| {
+            Some(ledger::Charge {
+                item_id: *item_id,
+                whose,
+                usage: (*usage)?,
+            })
+        })
+        .collect();
+    ledger::record_all(
+        conn,
+        &replan.rules.prices,
+        Lane::Batch,
+        Some(api_id),
+        &charges,
+        replan.now,
+    )?;
+    let lines: Vec<_> = ended.iter().map(|e| (e.1.job_id, e.0, e.3)).collect();
+    store::results::append_all(conn, &lines)?;
+    Ok(ended.len() + sent_back)
 }
 
 /// After all result lines are applied: items of the batch still in flight had no line (which the
@@ -454,6 +467,72 @@ mod tests {
         let c = items::counts(&conn, job_id).expect("counts");
         assert_eq!((c.succeeded, c.pending, c.in_flight), (1, 1, 0));
         assert_eq!(finish_results(&conn, batch_id, &replan).expect("finish"), 0);
+    }
+
+    #[test]
+    fn a_chunk_of_many_groups_ends_each_item_once_with_its_ledger_row_and_line() {
+        let lines: Vec<String> = (0..250)
+            .map(|i| BATCH_LINE.replace("\"a\"", &format!("\"r{i}\"")))
+            .collect();
+        let conn = test_connection();
+        let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let batch_id = pack(&conn, job_id, 1000, 1 << 30, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        let replan = Replan {
+            now: 10,
+            max_attempts: 8,
+            rpm_for: &|_| None,
+            rules: &Rules::default(),
+        };
+        let ids = batches::in_flight_ids(&conn, batch_id).expect("ids");
+        let result = |i: usize| {
+            let result = if i.is_multiple_of(10) {
+                r#"{"type":"errored","error":{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}}"#
+            } else {
+                r#"{"type":"succeeded","message":{"type":"message","usage":{"input_tokens":3,"output_tokens":4}}}"#
+            };
+            let id = format!("r{i}");
+            (
+                ids[&id],
+                format!(r#"{{"custom_id":"{id}","result":{result}}}"#),
+            )
+        };
+        // In item order, as staged; item 120's line twice (which the API should never send).
+        let mut lines: Vec<_> = (0..250).map(result).collect();
+        lines.insert(121, result(120));
+        let judged = judge_lines("msgbatch_1", lines);
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &judged, &replan).expect("apply"),
+            250
+        );
+        let c = items::counts(&conn, job_id).expect("counts");
+        assert_eq!((c.succeeded, c.errored, c.in_flight), (225, 25, 0));
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+        assert_eq!(count("SELECT count(*) FROM results"), 250);
+        assert_eq!(count("SELECT count(DISTINCT item_id) FROM results"), 250);
+        assert_eq!(
+            count("SELECT count(*) FROM ledger"),
+            225,
+            "the errored are not billed"
+        );
+        assert_eq!(count("SELECT sum(input_tokens) FROM ledger"), 225 * 3);
+        assert_eq!(
+            count("SELECT count(*) FROM attempts WHERE outcome IS NULL"),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM attempts WHERE outcome = 'succeeded' AND output_tokens = 4"
+            ),
+            225
+        );
+        assert_eq!(
+            apply_results(&conn, batch_id, "msgbatch_1", &judged, &replan).expect("again"),
+            0,
+            "idempotent"
+        );
+        assert_eq!(count("SELECT count(*) FROM ledger"), 225);
     }
 
     #[test]

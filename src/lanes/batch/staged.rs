@@ -70,7 +70,7 @@ pub struct Index {
     pub places: Vec<Place>,
     /// Lines that are not result lines at all.
     pub unreadable: usize,
-    /// Result lines for no item waiting in this batch (applied before a crash, say).
+    /// Result lines for no item waiting in this batch (applied before a crash, say), or repeats.
     pub unmatched: usize,
 }
 
@@ -107,7 +107,11 @@ pub fn index(path: &Path, waiting: &HashMap<String, i64>) -> std::io::Result<Ind
             None => index.unmatched += 1,
         }
     }
-    index.places.sort_unstable_by_key(|p| p.item_id);
+    // Stable: of lines repeated in the file (which the API should never write), the first stays.
+    index.places.sort_by_key(|p| p.item_id);
+    let lines = index.places.len();
+    index.places.dedup_by_key(|p| p.item_id);
+    index.unmatched += lines - index.places.len();
     Ok(index)
 }
 
