@@ -397,14 +397,13 @@ pub fn end_in_flight(
     now: i64,
 ) -> Result<std::collections::HashMap<i64, super::ledger::Whose>> {
     let mut whose = std::collections::HashMap::with_capacity(ends.len());
-    for group in ends.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = end_in_flight_sql(group.len());
+    super::in_groups(ends, end_in_flight_sql, |sql, group| {
         let states: Vec<&str> = group.iter().map(|(_, state, _)| state.as_str()).collect();
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &batch_id];
         for ((item_id, _, error), state) in group.iter().zip(&states) {
             values.extend([item_id as &dyn rusqlite::ToSql, state, error]);
         }
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
         while let Some(r) = rows.next()? {
             let item_id: i64 = r.get(0)?;
@@ -416,7 +415,8 @@ pub fn end_in_flight(
             };
             whose.insert(item_id, w);
         }
-    }
+        Ok(())
+    })?;
     Ok(whose)
 }
 
@@ -448,8 +448,7 @@ pub fn close_attempts(
     closing: &[(i64, &AttemptRecord)],
     now: i64,
 ) -> Result<()> {
-    for group in closing.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = close_attempts_sql(group.len());
+    super::in_groups(closing, close_attempts_sql, |sql, group| {
         let rows: Vec<_> = group
             .iter()
             .map(|(_, r)| {
@@ -470,10 +469,10 @@ pub fn close_attempts(
                 output,
             ]);
         }
-        conn.prepare_cached(&sql)?
+        conn.prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(values))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// [`close_attempts`] for `rows` items: `now`, then (item, outcome, error, input tokens,

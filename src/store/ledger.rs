@@ -89,7 +89,17 @@ pub fn record_all(
     now: i64,
 ) -> Result<()> {
     let mut unpriced = std::collections::BTreeSet::new();
-    for group in charges.chunks(super::ROWS_PER_STATEMENT) {
+    let sql = |rows| {
+        format!(
+            "INSERT INTO ledger (at, lane, request_id, tenant, job_id, item_id, model, input_tokens,
+                    output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                    cost_micro_usd, retry_of_unknown)
+             VALUES {}",
+            super::value_rows(rows, 13, 0)
+        )
+    };
+    let lane_name = lane.as_str();
+    super::in_groups(charges, sql, |sql, group| {
         let rows: Vec<_> = group
             .iter()
             .map(|c| {
@@ -107,20 +117,12 @@ pub fn record_all(
                 )
             })
             .collect();
-        let sql = format!(
-            "INSERT INTO ledger (at, lane, request_id, tenant, job_id, item_id, model, input_tokens,
-                    output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-                    cost_micro_usd, retry_of_unknown)
-             VALUES {}",
-            super::value_rows(group.len(), 13, 0)
-        );
-        let lane = lane.as_str();
         let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 13);
         for (c, (input, output, written, read, cost)) in group.iter().zip(&rows) {
             let w = c.whose;
             values.extend([
                 &now as &dyn rusqlite::ToSql,
-                &lane,
+                &lane_name,
                 &request_id,
                 &w.tenant,
                 &w.job_id,
@@ -134,9 +136,10 @@ pub fn record_all(
                 &w.retry_of_unknown,
             ]);
         }
-        conn.prepare_cached(&sql)?
+        conn.prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(values))?;
-    }
+        Ok(())
+    })?;
     for model in unpriced {
         tracing::warn!(%model, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
     }

@@ -262,30 +262,33 @@ fn checkpoints(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
 
 fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut group: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    // Ops to run alone, in the order sent. Ops sent meanwhile go first: a small change (an
+    // answer, a result written) never waits behind more than one large one.
+    let mut alone: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
     let mut closing = false;
-    while !closing {
-        // An op to run alone after the group (or with no group before it).
-        let mut alone = None;
-        match rx.blocking_recv() {
-            Some(Msg::Op(op)) => group.push(op),
-            Some(Msg::Alone(op)) => alone = Some(op),
-            Some(Msg::Close) | None => break,
+    loop {
+        if alone.is_empty() {
+            if closing {
+                break;
+            }
+            match rx.blocking_recv() {
+                Some(Msg::Op(op)) => group.push(op),
+                Some(Msg::Alone(op)) => alone.push_back(op),
+                Some(Msg::Close) | None => break,
+            }
         }
-        while alone.is_none() && group.len() < MAX_OPS_PER_COMMIT {
+        while !closing && group.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {
                 Ok(Msg::Op(op)) => group.push(op),
-                Ok(Msg::Alone(op)) => alone = Some(op),
-                Ok(Msg::Close) => {
-                    closing = true;
-                    break;
-                }
+                Ok(Msg::Alone(op)) => alone.push_back(op),
+                Ok(Msg::Close) => closing = true,
                 Err(_) => break,
             }
         }
         if !group.is_empty() {
             run_group(&mut conn, group.drain(..));
         }
-        if let Some(op) = alone {
+        if let Some(op) = alone.pop_front() {
             run_alone(&mut conn, op);
         }
     }
@@ -360,17 +363,38 @@ fn run_alone(conn: &mut Connection, op: Op) {
 /// statement over a group of rows costs far less than a statement each.
 pub(crate) const ROWS_PER_STATEMENT: usize = 100;
 
+/// Runs `each` over `rows` a group of at most [`ROWS_PER_STATEMENT`] at a time, with the SQL
+/// `sql` makes for a group of that size (made once for all the full groups).
+pub(crate) fn in_groups<T>(
+    rows: &[T],
+    sql: impl Fn(usize) -> String,
+    mut each: impl FnMut(&str, &[T]) -> Result<()>,
+) -> Result<()> {
+    let mut full = None;
+    for group in rows.chunks(ROWS_PER_STATEMENT) {
+        if group.len() == ROWS_PER_STATEMENT {
+            each(full.get_or_insert_with(|| sql(ROWS_PER_STATEMENT)), group)?;
+        } else {
+            each(&sql(group.len()), group)?;
+        }
+    }
+    Ok(())
+}
+
 /// A VALUES list of `rows` rows of `cols` parameters each, numbered after the statement's own
 /// `?1`…`?after`: `(?3, ?4), (?5, ?6)` for 2, 2, 2.
 pub(crate) fn value_rows(rows: usize, cols: usize, after: usize) -> String {
-    let numbers: Vec<String> = (0..rows)
-        .map(|row| {
-            let first = after + row * cols + 1;
-            let row: Vec<String> = (first..first + cols).map(|n| format!("?{n}")).collect();
-            format!("({})", row.join(", "))
-        })
-        .collect();
-    numbers.join(", ")
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows * cols * 7);
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for col in 0..cols {
+            let sep = if col == 0 { "" } else { ", " };
+            let _ = write!(out, "{sep}?{}", after + row * cols + col + 1);
+        }
+        out.push(')');
+    }
+    out
 }
 
 /// Opens the database for writing, sets the pragmas (read back, not assumed) and migrates.
@@ -717,6 +741,35 @@ mod tests {
         store.close().await;
         let err = clone.call(|_| Ok(())).await.expect_err("closed");
         assert!(matches!(err, StoreError::Closed), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_small_change_waits_for_one_large_one_at_most() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let step = |name: &'static str, pause: u64| {
+            let order = order.clone();
+            move |_: &Connection| {
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+                crate::lock(&order).push(name);
+                Ok(())
+            }
+        };
+        // Two large changes queued, then a small one: it goes before the second.
+        let first = store.submit_alone(step("first large", 200));
+        let second = store.submit_alone(step("second large", 0));
+        store.call(step("small", 0)).await.expect("small");
+        first.await.expect("answered").expect("first");
+        second.await.expect("answered").expect("second");
+        let order = crate::lock(&order).clone();
+        let at = |name| order.iter().position(|n| *n == name).expect("ran");
+        assert!(at("small") < at("second large"), "{order:?}");
+        assert!(
+            at("first large") < at("second large"),
+            "large ones in order: {order:?}"
+        );
+        store.close().await;
     }
 
     #[tokio::test]

@@ -24,19 +24,19 @@ pub fn append_to(conn: &Connection, job_id: i64, item_id: i64, line: &str) -> Re
 /// As [`append_to`], for many items at once (a chunk of a batch's results), in the order given:
 /// (job, item, line) each.
 pub fn append_all(conn: &Connection, lines: &[(i64, i64, &str)]) -> Result<()> {
-    for group in lines.chunks(super::ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO results (job_id, item_id, line) VALUES {}",
-            super::value_rows(group.len(), 3, 0)
-        );
+    let sql = |rows| {
+        let values = super::value_rows(rows, 3, 0);
+        format!("INSERT INTO results (job_id, item_id, line) VALUES {values}")
+    };
+    super::in_groups(lines, sql, |sql, group| {
         let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 3);
         for (job_id, item_id, line) in group {
             values.extend([job_id as &dyn rusqlite::ToSql, item_id, line]);
         }
-        conn.prepare_cached(&sql)?
+        conn.prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(values))?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The result line of an item, if it has one.

@@ -79,6 +79,37 @@ pub(super) struct Lane {
     pub(super) paused_until: Option<Instant>,
     /// Lowered when the API answers 413 to a batch of this size.
     pub(super) max_bytes: i64,
+    /// The batch whose results are being applied beside the lane, if any.
+    pub(super) applying: Option<Applying>,
+}
+
+/// A batch's staged results being applied by a task of their own.
+pub(super) struct Applying {
+    pub(super) batch_id: i64,
+    pub(super) task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Lane {
+    /// Waits until no batch's results are being applied. A failure is logged: the batch is
+    /// still due, and its results are downloaded and applied again.
+    pub(super) async fn applied(&mut self) {
+        let Some(Applying { batch_id, task }) = self.applying.take() else {
+            return;
+        };
+        let error = match task.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => format!("the task stopped: {e}"),
+        };
+        tracing::error!(batch = batch_id, %error, "applying batch results failed; trying again");
+    }
+
+    /// Whether `batch_id`'s results are being applied (the lane leaves it alone meanwhile).
+    fn is_applying(&self, batch_id: i64) -> bool {
+        self.applying
+            .as_ref()
+            .is_some_and(|a| a.batch_id == batch_id)
+    }
 }
 
 /// What the last action on a batch asks of the loop.
@@ -99,6 +130,7 @@ impl BatchLane {
             },
             paused_until: None,
             max_bytes: self.settings.max_bytes as i64,
+            applying: None,
         };
         let mut last_reroute = Instant::now();
         // After a start, every batch under way is looked at once: it may have ended meanwhile.
@@ -134,6 +166,7 @@ impl BatchLane {
                 _ = shutdown.cancelled() => {}
             }
         }
+        lane.applied().await; // it stops at its next chunk
         Ok(())
     }
 
@@ -145,6 +178,9 @@ impl BatchLane {
         last_reroute: &mut Instant,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<i64>> {
+        if lane.applying.as_ref().is_some_and(|a| a.task.is_finished()) {
+            lane.applied().await;
+        }
         let canceled = self
             .store
             .call(|c| batches::take_cancel_requests(c, now_ms()))
@@ -277,6 +313,9 @@ impl BatchLane {
         for batch in open {
             if shutdown.is_cancelled() {
                 break;
+            }
+            if lane.is_applying(batch.id) {
+                continue;
             }
             if batch.next_action_at > now_ms() {
                 next = Some(next.map_or(batch.next_action_at, |n| n.min(batch.next_action_at)));

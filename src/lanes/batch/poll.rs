@@ -4,7 +4,11 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{APPLY_BYTES, APPLY_LINES, BatchLane, Lane, MAX_REFUSALS, Next, apply, staged};
+use tracing::Instrument;
+
+use super::{
+    APPLY_BYTES, APPLY_LINES, Applying, BatchLane, Lane, MAX_REFUSALS, Next, apply, staged,
+};
 use crate::api::batches::BatchCall;
 use crate::model::state::BatchState;
 use crate::store::batches::{self, BatchRow};
@@ -198,11 +202,43 @@ impl BatchLane {
             Ok(path) => path,
             Err(e) => return self.staging_failed(id, e).await,
         };
-        let applied = self.apply_staged(id, api_id, &path, shutdown).await;
+        let index = match self.index_staged(id, &path).await {
+            Ok(index) => index,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+        };
+        // One batch's results are applied at a time; while they are, the lane goes on (the
+        // next batch's results are downloaded and indexed meanwhile).
+        lane.applied().await;
+        let (this, api_id, shutdown) = (self.clone(), api_id.to_owned(), shutdown.clone());
+        let task = tokio::spawn(
+            async move {
+                this.apply_and_finish(id, &api_id, &path, &index, &shutdown)
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        );
+        lane.applying = Some(Applying { batch_id: id, task });
+        Ok(Next::Now)
+    }
+
+    /// Applies a staged results file, removes it, and ends the batch: items it had no line for go
+    /// back to the planner.
+    async fn apply_and_finish(
+        &self,
+        id: i64,
+        api_id: &str,
+        path: &std::path::Path,
+        index: &staged::Index,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let applied = self.apply_staged(id, api_id, path, index, shutdown).await;
         // Applied or not, the copy is done with: what is left is downloaded again.
-        let _ = tokio::fs::remove_file(&path).await;
+        let _ = tokio::fs::remove_file(path).await;
         let Some(applied) = applied? else {
-            return Ok(Next::Now); // shutdown: the rest at the next start
+            return Ok(()); // shutdown: the rest at the next start
         };
         let leftovers = self
             .replanning(move |c, replan| apply::finish_results(c, id, replan))
@@ -215,7 +251,25 @@ impl BatchLane {
         }
         tracing::info!(applied, "batch results applied");
         self.wake_all();
-        Ok(Next::Now)
+        Ok(())
+    }
+
+    /// Where each line of a staged results file is, for the items still waiting for it.
+    async fn index_staged(&self, id: i64, path: &std::path::Path) -> anyhow::Result<staged::Index> {
+        // Read beside the writer, which may be busy applying the batch before.
+        let waiting = self
+            .store
+            .read(move |c| batches::in_flight_ids(c, id))
+            .await?;
+        let path = path.to_owned();
+        let index = tokio::task::spawn_blocking(move || staged::index(&path, &waiting)).await??;
+        if index.unreadable > 0 {
+            tracing::warn!(
+                lines = index.unreadable,
+                "batch results lines that are not results; skipped"
+            );
+        }
+        Ok(index)
     }
 
     /// Applies a staged results file in item order, a transaction per chunk. None: stopped by
@@ -227,20 +281,9 @@ impl BatchLane {
         id: i64,
         api_id: &str,
         path: &std::path::Path,
+        index: &staged::Index,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<usize>> {
-        let waiting = self
-            .store
-            .call(move |c| batches::in_flight_ids(c, id))
-            .await?;
-        let read = path.to_owned();
-        let index = tokio::task::spawn_blocking(move || staged::index(&read, &waiting)).await??;
-        if index.unreadable > 0 {
-            tracing::warn!(
-                lines = index.unreadable,
-                "batch results lines that are not results; skipped"
-            );
-        }
         let file = std::sync::Arc::new(std::fs::File::open(path)?);
         let judge = |chunk: &[staged::Place]| {
             let (file, chunk, api_id) = (file.clone(), chunk.to_vec(), api_id.to_owned());
@@ -248,14 +291,13 @@ impl BatchLane {
                 staged::read(&file, &chunk).map(|lines| apply::judge_lines(&api_id, lines))
             })
         };
-        let chunks = staged::chunks(&index.places, APPLY_LINES, APPLY_BYTES);
-        let mut next = chunks.first().map(|c| judge(c));
+        let mut chunks = staged::chunks(&index.places, APPLY_LINES, APPLY_BYTES).into_iter();
+        let mut next = chunks.next().map(judge);
         let mut applying = None;
         let mut applied = 0;
-        for i in 0..chunks.len() {
-            let Some(judging) = next.take() else { break };
+        while let Some(judging) = next.take() {
             let judged = judging.await??;
-            next = chunks.get(i + 1).map(|c| judge(c));
+            next = chunks.next().map(judge);
             let api_id = api_id.to_owned();
             let queued = self.store.submit_alone(self.with_replan(move |c, replan| {
                 apply::apply_results(c, id, &api_id, &judged, replan)
