@@ -85,7 +85,12 @@ const MAX_OPS_PER_COMMIT: usize = 256;
 enum Msg {
     Op(Op),
     /// An op that runs in a transaction of its own, without a savepoint: for large changes (a
-    /// chunk of batch results), whose pages a savepoint would first copy aside.
+    /// chunk of batch results), whose pages a savepoint would first copy aside. Its commit does
+    /// not wait for the disk (`synchronous = NORMAL`): only a power cut can undo it, and only
+    /// until the next commit of any other op, or the next checkpoint, syncs the log. A sync can
+    /// wait for other files' pending writes too (ext4 orders them), which under a stream of
+    /// large changes (and the checkpoints and results files they cause) costs more than the
+    /// changes. So only for changes that can be made again from where they came from.
     Alone(Op),
     /// Finish what was sent before, then stop; later calls get [`StoreError::Closed`].
     Close,
@@ -173,6 +178,11 @@ impl Store {
     /// back whole if `f` fails), and returns at once: for an op that changes many rows, which
     /// needs no savepoint to fail alone. The receiver gets the answer after the commit; queuing
     /// the next such op before it comes keeps the writer going from one to the next.
+    ///
+    /// A power cut (not a crash: the system keeps what was written) may undo the commit until
+    /// the next commit of another op or checkpoint, so `f` must be a change that can be made
+    /// again from its source: a chunk of batch results, which the API keeps for 29 days (the
+    /// batch is marked applied by an ordinary, synced op, after its chunks).
     pub fn submit_alone<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
     where
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -338,6 +348,17 @@ fn run_group(conn: &mut Connection, ops: impl Iterator<Item = Op>) {
 
 /// Runs one op in a transaction of its own: committed if it succeeded, rolled back if not.
 fn run_alone(conn: &mut Connection, op: Op) {
+    // Committed without waiting for the disk (see `Msg::Alone`); back to FULL for the others.
+    if let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
+        tracing::warn!(error = %e, "a large change is committed with a sync");
+    }
+    run_in_own_transaction(conn, op);
+    if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+        tracing::error!(error = %e, "cannot set the database back to syncing each commit");
+    }
+}
+
+fn run_in_own_transaction(conn: &mut Connection, op: Op) {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
@@ -769,6 +790,21 @@ mod tests {
             at("first large") < at("second large"),
             "large ones in order: {order:?}"
         );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn only_large_changes_commit_without_a_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let synchronous = |conn: &Connection| -> Result<i64> {
+            Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+        };
+        let before = store.call(synchronous).await.expect("before");
+        let large = store.submit_alone(synchronous).await.expect("answered");
+        let after = store.call(synchronous).await.expect("after");
+        // 2 is FULL, 1 NORMAL.
+        assert_eq!((before, large.expect("large"), after), (2, 1, 2));
         store.close().await;
     }
 
