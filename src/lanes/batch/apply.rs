@@ -162,7 +162,10 @@ pub fn apply_results(
             Some((*item_id, w, record, line.as_str(), *usage))
         })
         .collect();
-    let closing: Vec<_> = ended.iter().map(|e| (e.0, e.2)).collect();
+    let closing: Vec<_> = ended
+        .iter()
+        .map(|(item_id, _, record, ..)| (*item_id, *record))
+        .collect();
     batches::close_attempts(conn, &closing, replan.now)?;
     let charges: Vec<_> = ended
         .iter()
@@ -182,7 +185,10 @@ pub fn apply_results(
         &charges,
         replan.now,
     )?;
-    let lines: Vec<_> = ended.iter().map(|e| (e.1.job_id, e.0, e.3)).collect();
+    let lines: Vec<_> = ended
+        .iter()
+        .map(|(item_id, whose, _, line, _)| (whose.job_id, *item_id, *line))
+        .collect();
     store::results::append_all(conn, &lines)?;
     Ok(ended.len() + sent_back)
 }
@@ -436,13 +442,20 @@ mod tests {
         );
     }
 
+    /// A job of `lines`, all packed into one batch: (job, batch).
+    fn packed_batch(conn: &Connection, lines: &[&str]) -> (i64, i64) {
+        let job_id = test_job(conn, lines);
+        let batch_id = pack(conn, job_id, 1000, 1 << 30, &Rules::default(), 5)
+            .expect("pack")
+            .expect("a batch");
+        (job_id, batch_id)
+    }
+
     #[test]
     fn results_apply_once_and_expired_items_go_back_to_the_planner() {
         let conn = test_connection();
-        let job_id = test_job(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
-        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
-            .expect("pack")
-            .expect("a batch");
+        let (job_id, batch_id) =
+            packed_batch(&conn, &[BATCH_LINE, &BATCH_LINE.replace("\"a\"", "\"b\"")]);
         let replan = Replan {
             now: 10,
             max_attempts: 8,
@@ -475,10 +488,8 @@ mod tests {
             .map(|i| BATCH_LINE.replace("\"a\"", &format!("\"r{i}\"")))
             .collect();
         let conn = test_connection();
-        let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
-        let batch_id = pack(&conn, job_id, 1000, 1 << 30, &Rules::default(), 5)
-            .expect("pack")
-            .expect("a batch");
+        let (job_id, batch_id) =
+            packed_batch(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         let replan = Replan {
             now: 10,
             max_attempts: 8,
