@@ -12,6 +12,7 @@ use nightshift::config::ConfigError;
 use nightshift::store::StoreError;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     // The demo draws its own progress; its log shows only what needs a person.
     let default_filter = match cli.command {
@@ -34,6 +35,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// glibc gives each thread that allocates an arena of its own, up to eight per core, and keeps
+/// what each arena ever held: applying a large batch's results from the runtime's pool of
+/// threads then grows the memory with the number of threads that took part, not with the work.
+/// Two arenas serve the writer and everything else on the cores this runs on.
+#[allow(unsafe_code)] // one libc call, before any thread starts
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
