@@ -406,14 +406,8 @@ pub fn end_in_flight(
         let mut stmt = conn.prepare_cached(sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
         while let Some(r) = rows.next()? {
-            let item_id: i64 = r.get(0)?;
-            let w = super::ledger::Whose {
-                tenant: r.get(1)?,
-                job_id: r.get(2)?,
-                model: r.get(3)?,
-                retry_of_unknown: r.get(4)?,
-            };
-            whose.insert(item_id, w);
+            // The item's id follows the columns `Whose::from_row` reads.
+            whose.insert(r.get(4)?, super::ledger::Whose::from_row(r)?);
         }
         Ok(())
     })?;
@@ -426,7 +420,7 @@ fn end_in_flight_sql(rows: usize) -> String {
         "UPDATE items SET state = v.column2, error = v.column3, updated_at = ?1
          FROM (VALUES {}) AS v
          WHERE items.id = v.column1 AND items.batch_id = ?2 AND items.state = 'in_flight'
-         RETURNING items.id, {}",
+         RETURNING {}, items.id",
         super::value_rows(rows, 3, 2),
         super::ledger::WHOSE
     )
@@ -628,18 +622,7 @@ pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut stmt = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .expect("plan");
-        let mut rows = stmt.raw_query();
-        let mut steps = Vec::new();
-        while let Some(r) = rows.next().expect("plan row") {
-            steps.push(r.get::<_, String>(3).expect("detail"));
-        }
-        steps
-    }
+    use crate::store::test_plan as plan;
 
     #[test]
     fn a_group_of_results_looks_each_item_and_attempt_up_never_scans_them() {

@@ -585,6 +585,21 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The steps of SQLite's plan for `sql` (parameters left unbound), for tests that a statement
+/// searches by an index instead of scanning.
+#[cfg(test)]
+pub fn test_plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .expect("plan");
+    let mut rows = stmt.raw_query();
+    let mut steps = Vec::new();
+    while let Some(r) = rows.next().expect("plan row") {
+        steps.push(r.get::<_, String>(3).expect("detail"));
+    }
+    steps
+}
+
 /// An in-memory database with the schema, for unit tests of the SQL functions.
 #[cfg(test)]
 pub fn test_connection() -> Connection {

@@ -122,13 +122,7 @@ mod tests {
     #[test]
     fn the_writer_reads_each_job_past_its_cursor_not_every_line_ever_written() {
         let conn = crate::store::test_connection();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {UNWRITTEN}"))
-            .expect("plan")
-            .query_map([10], |r| r.get::<_, String>(3))
-            .expect("rows")
-            .collect::<rusqlite::Result<_>>()
-            .expect("plan rows");
+        let plan = crate::store::test_plan(&conn, UNWRITTEN);
         assert!(
             plan.iter()
                 .any(|step| step.contains("SEARCH r USING INDEX results_job (job_id=? AND seq>?)")),

@@ -44,12 +44,17 @@ impl TestEnv {
 
     /// Adds a setting to the config's `[api]` table.
     pub fn set_api(&self, line: &str) {
+        self.edit_config("[api]\n", &format!("[api]\n{line}\n"));
+    }
+
+    /// Replaces `from` (which must be there) with `to` in the config file.
+    pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config_path).expect("config");
-        std::fs::write(
-            &self.config_path,
-            text.replacen("[api]\n", &format!("[api]\n{line}\n"), 1),
-        )
-        .expect("config");
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the config:\n{text}"
+        );
+        std::fs::write(&self.config_path, text.replace(from, to)).expect("config");
     }
 
     pub fn config(&self) -> Config {

@@ -186,12 +186,7 @@ async fn health_until(
 async fn status_and_metrics_say_when_the_disk_is_low() {
     // Any real disk is under 100 TB free.
     let env = TestEnv::new(FakeConfig::default(), "[metrics]\nport = 0\n").await;
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    std::fs::write(
-        &env.config_path,
-        text.replace("[daemon]\n", "[daemon]\ndisk_low_mb = 100000000\n"),
-    )
-    .expect("config");
+    env.edit_config("[daemon]\n", "[daemon]\ndisk_low_mb = 100000000\n");
     let daemon = env.start_daemon();
     let health = health_until(&env, Duration::from_secs(10), |h| h["disk_low"] == true).await;
     assert!(

@@ -70,12 +70,7 @@ async fn plan_names_the_binding_limit_and_counts_tokens_with_the_api_when_asked(
     assert_eq!(stats.messages_accepted, 0, "counting sends no message");
     // The fake bills exactly what it counts: send the same requests (without the low local
     // limit) and compare.
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    std::fs::write(
-        &env.config_path,
-        text.replace("rpm = 10\n", "rpm = 10000\n"),
-    )
-    .expect("config");
+    env.edit_config("rpm = 10\n", "rpm = 10000\n");
     let daemon = env.start_daemon();
     env.write_job("known", &body);
     env.wait_done("known", std::time::Duration::from_secs(60))

@@ -138,8 +138,7 @@ async fn sighup_puts_new_limits_in_force_without_a_restart() {
     })
     .await;
 
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    std::fs::write(&env.config_path, text.replace("rpm = 6000", "rpm = 7")).expect("config");
+    env.edit_config("rpm = 6000", "rpm = 7");
     signal(&daemon, libc::SIGHUP);
     wait_limits(&env, "the new limit is in force", |l| {
         rpm_limit(l) == Some(7.0)

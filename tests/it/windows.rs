@@ -105,9 +105,7 @@ async fn nightly_work_waits_for_its_window_and_goes_when_it_opens() {
     assert_eq!(status["jobs"][0]["counts"]["pending"], 8, "{status}");
 
     // Open the window and reload: the nightly work goes through both lanes.
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    let open = text.replace(&hours_from_now(2, 2), &hours_from_now(-1, 3));
-    std::fs::write(&env.config_path, open).expect("config");
+    env.edit_config(&hours_from_now(2, 2), &hours_from_now(-1, 3));
     daemon.reload();
     env.wait_done("mixed", Duration::from_secs(60)).await;
     daemon.stop().await;
