@@ -19,7 +19,7 @@ use super::messages::{
 };
 
 use super::reply::{ApiError, Reply, json_reply, reply};
-use super::shared::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, parse_json, read_body};
+use super::shared::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, read_body};
 
 /// The Messages endpoint: validate, draw faults, admit, wait, answer.
 pub(super) async fn messages(
@@ -30,7 +30,7 @@ pub(super) async fn messages(
     version: ApiVersion,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
-    let params = parse_json(&body)?;
+    let params = shared.parse_json(&body)?;
     let valid = validate_params(&params, version).map_err(params_error)?;
 
     // Faults, then admission, under one lock.
@@ -191,7 +191,7 @@ pub(super) async fn count_tokens(
     request_id: &str,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
-    let params = parse_json(&body)?;
+    let params = shared.parse_json(&body)?;
     let input_tokens = validate_count_params(&params).map_err(params_error)?;
     let mut state = shared.lock();
     if let Some(bucket) = state.count_tokens_rpm.as_mut() {
@@ -243,7 +243,13 @@ pub(super) async fn create_batch(
     version: ApiVersion,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, BATCH_MAX_BYTES).await?;
-    let body = parse_json(&body)?;
+    {
+        let mut state = shared.lock();
+        if !state.create_bodies.insert(hash_bytes(0, &body)) {
+            state.stats.repeated_batch_creates += 1;
+        }
+    }
+    let body = shared.parse_json(&body)?;
     let requests = batches::parse_create_body(&body).map_err(ApiError::invalid)?;
     let count = requests.len() as u64;
     let batch = {

@@ -51,6 +51,10 @@ pub struct FakeConfig {
     /// Requests per minute of `POST /v1/messages/count_tokens`, its own limit independent of the
     /// Messages limits (5,000 at the Start tier); only enforced when `limits` is set.
     pub count_tokens_rpm: u64,
+    /// The deepest nesting of arrays and objects a request body may have; deeper is a 400 "error
+    /// parsing the body", for a whole batch create. The real API does not publish its limit; the
+    /// default is that of serde_json, the fake's parser.
+    pub max_json_depth: usize,
     /// Seed of every random draw, so runs are reproducible.
     pub seed: u64,
 }
@@ -65,6 +69,7 @@ impl Default for FakeConfig {
             batch: BatchSettings::default(),
             otpm_rule: OtpmRule::default(),
             count_tokens_rpm: 5_000,
+            max_json_depth: 128,
             seed: 1,
         }
     }
@@ -152,6 +157,8 @@ pub struct FakeStats {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub batches_created: u64,
+    /// Batch create calls whose body is byte for byte one sent before (created or refused).
+    pub repeated_batch_creates: u64,
     pub batch_requests: u64,
     pub batch_succeeded: u64,
     pub batch_errored: u64,

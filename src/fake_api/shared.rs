@@ -30,6 +30,7 @@ pub(super) struct Shared {
     pub(super) seed: u64,
     pub(super) batch: BatchSettings,
     pub(super) count_tokens_rpm: u64,
+    pub(super) max_json_depth: usize,
     pub(super) base_url: String,
     pub(super) state: Mutex<State>,
 }
@@ -50,6 +51,8 @@ pub(super) struct State {
     /// RPM of `count_tokens` (only with limits).
     pub(super) count_tokens_rpm: Option<TokenBucket>,
     pub(super) batches: BatchStore,
+    /// Hashes of every batch create body seen.
+    pub(super) create_bodies: std::collections::HashSet<u64>,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             seed: config.seed,
             batch: config.batch,
             count_tokens_rpm: config.count_tokens_rpm,
+            max_json_depth: config.max_json_depth,
             base_url,
             state: Mutex::new(State {
                 limits: config.limits,
@@ -85,6 +89,7 @@ impl Shared {
                 batch_rpm,
                 count_tokens_rpm,
                 batches,
+                create_bodies: std::collections::HashSet::new(),
             }),
         }
     }
@@ -129,7 +134,58 @@ pub(super) async fn read_body(request: Request<Incoming>, max: usize) -> Result<
     }
 }
 
-pub(super) fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|error| ApiError::invalid(format!("There was an error parsing the body: {error}")))
+impl Shared {
+    /// A request body as JSON, or the 400 the API gives a body its parser cannot read.
+    pub(super) fn parse_json(&self, body: &[u8]) -> Result<Value, ApiError> {
+        let parse_error = |error: String| {
+            ApiError::invalid(format!("There was an error parsing the body: {error}"))
+        };
+        if nesting_depth(body) > self.max_json_depth {
+            return Err(parse_error(format!(
+                "nesting deeper than {} levels",
+                self.max_json_depth
+            )));
+        }
+        serde_json::from_slice(body).map_err(|error| parse_error(error.to_string()))
+    }
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (what is inside strings aside).
+fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nesting_depth;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert_eq!(nesting_depth(br#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(nesting_depth(br#"{"a":"[[[{{{\\\"[["}"#), 1);
+        assert_eq!(nesting_depth(b"7"), 0);
+    }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use serde_json::value::RawValue;
 
 use super::job::{Deadline, JobDefaults, Mode, Priority, check_tenant};
+use super::params_check;
 
 /// The fields a line may carry.
 const LINE_FIELDS: [&str; 6] = [
@@ -159,6 +160,9 @@ pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i6
         },
     };
     let fail = |field: &str, reason: String| invalid(Some(custom_id.clone()), Some(field), reason);
+    if let Err(problem) = params_check::check(text) {
+        return fail(&problem.field, problem.reason);
+    }
 
     let mut unknown: Vec<&str> = fields
         .keys()
@@ -384,6 +388,36 @@ mod tests {
             assert!(err.reason.contains(words), "{line}: {err:?}");
             let msg = err.message("jobs/x.jsonl");
             assert!(msg.starts_with("jobs/x.jsonl line 7"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn what_the_api_cannot_read_is_an_error_of_the_line_with_its_custom_id() {
+        let cases = [
+            (
+                r#"{"custom_id":"t","params":{"model":"m","max_tokens":5,"temperature":1e999,"messages":[1]}}"#
+                    .to_owned(),
+                "params.temperature",
+            ),
+            (
+                r#"{"custom_id":"t","params":{"model":"m","max_tokens":0,"max_tokens":16,"messages":[1]}}"#
+                    .to_owned(),
+                "params.max_tokens",
+            ),
+            (
+                format!(
+                    r#"{{"custom_id":"t","params":{{"model":"m","max_tokens":5,"messages":[1],"metadata":{}{}}}}}"#,
+                    "[".repeat(10_000),
+                    "]".repeat(10_000)
+                ),
+                "params.metadata[0]",
+            ),
+        ];
+        for (line, field) in cases {
+            let (id, err) = error_of(&line);
+            assert_eq!(id.as_deref(), Some("t"), "{err:?}");
+            let got = err.field.clone().unwrap_or_default();
+            assert!(got.starts_with(field), "{field}: {err:?}");
         }
     }
 

@@ -5,6 +5,7 @@ pub mod answer;
 pub mod batch;
 pub mod job;
 pub mod line;
+pub mod params_check;
 pub mod results;
 pub mod state;
 pub mod time;

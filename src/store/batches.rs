@@ -340,6 +340,54 @@ pub fn create_intent(
     Ok(batch_id)
 }
 
+/// Splits a batch not yet created in two: the later half of its items (in line order) moves to a
+/// new batch, also waiting to be created; both are created afresh (never the refused body again).
+/// Returns the new batch, or None when the batch holds fewer than two items.
+pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Option<i64>> {
+    let items = in_flight_items(conn, batch_id)?;
+    if items.len() < 2 {
+        return Ok(None);
+    }
+    let moved = &items[items.len() / 2..];
+    let job_id: i64 = conn
+        .prepare_cached("SELECT job_id FROM batches WHERE id = ?1")?
+        .query_row([batch_id], |r| r.get(0))?;
+    conn.execute(
+        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, error)
+         VALUES (?1, 'submitting', ?2, 0, ?3, ?3, ?4)",
+        params![job_id, moved.len() as i64, now, why],
+    )?;
+    let half = conn.last_insert_rowid();
+    conn.execute(
+        "UPDATE items SET batch_id = ?2, updated_at = ?4
+         WHERE batch_id = ?1 AND state = 'in_flight' AND id >= ?3",
+        params![batch_id, half, moved[0], now],
+    )?;
+    for id in [batch_id, half] {
+        conn.execute(
+            "UPDATE batches SET state = 'submitting', create_unknown = 0, create_sent_at = NULL,
+                    next_action_at = ?2, error = ?3,
+                    request_count = (SELECT count(*) FROM items WHERE batch_id = ?1 AND state = 'in_flight'),
+                    bytes = (SELECT COALESCE(sum(length(CAST(params AS BLOB)) + length(custom_id) + 40), 0)
+                             FROM items WHERE batch_id = ?1 AND state = 'in_flight')
+             WHERE id = ?1",
+            params![id, now, why],
+        )?;
+    }
+    Ok(Some(half))
+}
+
+/// The one item of a batch, with the job file and line it came from: (item, file, line).
+pub fn lone_item(conn: &Connection, batch_id: i64) -> Result<Option<(i64, String, i64)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
+             WHERE i.batch_id = ?1 AND i.state = 'in_flight'",
+        )?
+        .query_row([batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?)
+}
+
 /// The batch is failed (refused, abandoned, dropped): nothing more is done with it.
 pub fn mark_failed(conn: &Connection, batch_id: i64, error: &str, now: i64) -> Result<()> {
     conn.execute(
@@ -360,8 +408,9 @@ pub fn mark_results_applied(conn: &Connection, batch_id: i64, now: i64) -> Resul
 
 /// The items of a batch still in flight in it.
 pub fn in_flight_items(conn: &Connection, batch_id: i64) -> Result<Vec<i64>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM items WHERE batch_id = ?1 AND state = 'in_flight'")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM items WHERE batch_id = ?1 AND state = 'in_flight' ORDER BY id",
+    )?;
     let rows = stmt.query_map([batch_id], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
 }

@@ -137,3 +137,113 @@ async fn a_file_is_never_taken_twice_and_a_name_clash_is_rejected() {
     );
     assert!(env.jobs_dir().join("rejected").join("once.jsonl").exists());
 }
+
+/// Lines intake takes but the API's parser refuses (here: nesting deeper than the fake's parser
+/// goes) make the whole batch create answer 400. The batch is split by halves until the two
+/// culprits stand alone: they are errored naming their lines, the other 200 succeed, and no
+/// create body is ever sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_api_refuses_is_split_and_only_the_culprits_fail() {
+    let fake = FakeConfig {
+        max_json_depth: 32,
+        batch: nightshift::fake_api::BatchSettings {
+            processing_time: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..FakeConfig::default()
+    };
+    let env = TestEnv::new(
+        fake,
+        "[batch]\npoll_min_ms = 100\npoll_max_ms = 500\nrpm = 6000\n",
+    )
+    .await;
+    let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+    let (bad_at, mut body, mut good) = ([37usize, 150], String::new(), Vec::new());
+    for line_no in 1..=202 {
+        if bad_at.contains(&line_no) {
+            body.push_str(&format!(
+                r#"{{"custom_id":"deep-{line_no}","mode":"batch","params":{{"model":"claude-haiku-5-5","max_tokens":16,"metadata":{{"user_id":"u","x":{deep}}},"messages":[{{"role":"user","content":"hi"}}]}}}}"#
+            ));
+        } else {
+            let id = format!("good-{line_no:03}");
+            body.push_str(&planned_request(&id, r#""mode":"batch","#));
+            good.push(id);
+        }
+        body.push('\n');
+    }
+    env.write_job("corpus", body.as_bytes());
+    let daemon = env.start_daemon();
+    let job = env.wait_done("corpus", Duration::from_secs(120)).await;
+    daemon.stop().await;
+
+    assert_eq!((job.counts.succeeded, job.counts.errored), (200, 2));
+    let results = env.results("corpus");
+    let mut expected = good.clone();
+    expected.extend(bad_at.iter().map(|n| format!("deep-{n}")));
+    let by_id = assert_each_once(&results, &expected);
+    for id in &good {
+        assert_eq!(by_id[id]["result"]["type"], "succeeded", "{id}");
+    }
+    for n in bad_at {
+        let error = &by_id[&format!("deep-{n}")]["result"]["error"]["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().expect("a message");
+        assert!(message.contains(&format!("line {n} of")), "{message}");
+        assert!(message.contains("corpus.jsonl"), "{message}");
+        assert!(
+            message.contains("error parsing the body"),
+            "quotes the API: {message}"
+        );
+    }
+    let stats = env.fake.stats();
+    assert_eq!(
+        stats.repeated_batch_creates, 0,
+        "a refused body is never sent again"
+    );
+    assert_eq!(
+        stats.batch_succeeded, 200,
+        "each good request processed once"
+    );
+    assert!(
+        stats.invalid_4xx >= 3,
+        "the whole batch, then halves, were refused"
+    );
+}
+
+/// What the API cannot read at all is caught at intake, naming the field: a number no double
+/// holds, 10,000-deep nesting, a key written twice. These never reach a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_api_cannot_parse_is_errored_at_intake_naming_the_field() {
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let lines = [
+        request("ok-1", "fine"),
+        r#"{"custom_id":"huge","mode":"batch","params":{"model":"claude-haiku-5-5","max_tokens":16,"temperature":1e999,"messages":[{"role":"user","content":"hi"}]}}"#.to_owned(),
+        format!(r#"{{"custom_id":"nested","params":{{"model":"claude-haiku-5-5","max_tokens":16,"metadata":{deep},"messages":[{{"role":"user","content":"hi"}}]}}}}"#),
+        r#"{"custom_id":"twice","params":{"model":"claude-haiku-5-5","max_tokens":0,"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}}"#.to_owned(),
+    ];
+    env.write_job("odd", (lines.join("\n") + "\n").as_bytes());
+    let daemon = env.start_daemon();
+    let job = env.wait_done("odd", Duration::from_secs(30)).await;
+    daemon.stop().await;
+    assert_eq!((job.counts.succeeded, job.counts.errored), (1, 3));
+    let results = env.results("odd");
+    let by_id = assert_each_once(
+        &results,
+        &["ok-1", "huge", "nested", "twice"].map(String::from),
+    );
+    for (id, words) in [
+        ("huge", "line 2: field `params.temperature`"),
+        ("nested", "line 3: field `params.metadata[0]"),
+        (
+            "twice",
+            "line 4: field `params.max_tokens`: is written twice",
+        ),
+    ] {
+        let message = by_id[id]["result"]["error"]["error"]["message"]
+            .as_str()
+            .expect("a message");
+        assert!(message.contains(words), "{id}: {message}");
+    }
+    assert_eq!(env.fake.stats().batches_created, 0);
+}

@@ -285,6 +285,62 @@ pub fn fail_batch(
     Ok(())
 }
 
+/// What became of a batch whose create call the API refused as an invalid request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// Split in two, this batch and the one given, each to be created afresh: the culprit is in
+    /// one of them.
+    Split(i64),
+    /// It held one request, the culprit: errored, naming its file and line.
+    Errored { file: String, line: i64 },
+}
+
+/// The API refused to create a batch as an invalid request (a body its parser cannot read, say):
+/// the refused body is never sent again. A batch of several requests is split in two; a batch of
+/// one request errors it, with the API's message and where it came from.
+pub fn refuse_batch(
+    conn: &Connection,
+    batch_id: i64,
+    error: &str,
+    now: i64,
+) -> store::Result<Refused> {
+    if let Some(half) = batches::split(conn, batch_id, error, now)? {
+        return Ok(Refused::Split(half));
+    }
+    batches::mark_failed(conn, batch_id, error, now)?;
+    let Some((item_id, file, line)) = batches::lone_item(conn, batch_id)? else {
+        // Nothing was left in flight (canceled meanwhile): nothing to error.
+        return Ok(Refused::Errored {
+            file: String::new(),
+            line: 0,
+        });
+    };
+    let message =
+        format!("the API refused this request in a batch ({error}); it is line {line} of {file}");
+    let record = AttemptRecord {
+        outcome: AttemptOutcome::Fatal,
+        error: Some(message.clone()),
+        ..Default::default()
+    };
+    batches::close_attempt(conn, item_id, &record, now)?;
+    let custom_id = items::item(conn, item_id)?.custom_id;
+    let result = crate::model::results::errored_line(
+        custom_id.as_deref(),
+        "invalid_request_error",
+        &message,
+        None,
+    );
+    batches::end_item(
+        conn,
+        item_id,
+        ItemState::Errored,
+        &result,
+        Some(&message),
+        now,
+    )?;
+    Ok(Refused::Errored { file, line })
+}
+
 /// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
 /// batch, a refused create call): it ends if `policy::batch::ending` says so, else the planner
 /// decides its lane again. `counts`: whether this uses up one of the item's attempts (not when

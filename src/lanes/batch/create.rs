@@ -111,6 +111,30 @@ impl BatchLane {
                 .await?;
             return Ok(Next::At(at));
         }
+        if matches!(status, 400 | 422) {
+            // Something in the body the API will not take, from one request or a few: find them
+            // by halves, never send the refused body again.
+            let refused = self
+                .store
+                .call(move |c| apply::refuse_batch(c, id, &error, now_ms()))
+                .await?;
+            match refused {
+                apply::Refused::Split(half) => tracing::warn!(
+                    requests = batch.request_count,
+                    half,
+                    %message,
+                    "the API refused the batch as an invalid request; splitting it in two to find the request it refuses"
+                ),
+                apply::Refused::Errored { file, line } => tracing::error!(
+                    file,
+                    line,
+                    %message,
+                    "the API refuses this request in a batch: errored"
+                ),
+            }
+            self.wake_all();
+            return Ok(Next::Now);
+        }
         let too_large = status == 413;
         if too_large {
             lane.max_bytes = (lane.max_bytes / 2).max(1 << 20);
