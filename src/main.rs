@@ -12,6 +12,7 @@ use nightshift::config::ConfigError;
 use nightshift::store::StoreError;
 
 fn main() -> ExitCode {
+    private_umask();
     limit_malloc_arenas();
     let cli = Cli::parse();
     // The demo draws its own progress; its log shows only what needs a person.
@@ -42,6 +43,16 @@ fn main() -> ExitCode {
 /// what each arena ever held: applying a large batch's results from the runtime's pool of
 /// threads then grows the memory with the number of threads that took part, not with the work.
 /// Two arenas serve the writer and everything else on the cores this runs on.
+/// Everything nightshift creates is its owner's alone (the database and its WAL hold every prompt
+/// and answer): the process umask is 077, whatever the caller's.
+#[allow(unsafe_code)] // one libc call, before any thread starts
+fn private_umask() {
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 #[allow(unsafe_code)] // one libc call, before any thread starts
 fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.

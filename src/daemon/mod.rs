@@ -116,6 +116,19 @@ pub async fn run(
     for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // Files of an earlier version, or made under a wider umask, become private too.
+    for (dir, recurse) in [
+        (config.data_dir.clone(), true),
+        (
+            config.jobs_dir.join(crate::lanes::intake::INGESTED_DIR),
+            true,
+        ),
+    ] {
+        if dir.exists() {
+            crate::make_private(&dir, recurse)
+                .with_context(|| format!("making {} private (chmod -R go-rwx)", dir.display()))?;
+        }
+    }
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let db_path = config.db_path();
     // Migrating a large database (and copying it first) may outlast systemd's start timeout.

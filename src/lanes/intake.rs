@@ -584,6 +584,9 @@ fn move_aside(jobs_dir: &Path, folder: &str, path: &Path, sidecar: &Path) -> any
         }
         std::fs::rename(source, &target)
             .with_context(|| format!("moving {} to {}", source.display(), target.display()))?;
+        // A job file keeps its mode when moved: the copy kept here is nightshift's alone.
+        crate::make_private(&target, false)
+            .with_context(|| format!("making {} private", target.display()))?;
     }
     Ok(())
 }
@@ -660,6 +663,8 @@ fn copy_then_rename(source: &Path, dir: &Path, name: &str) -> anyhow::Result<()>
     let target = dir.join(name);
     std::fs::copy(source, &partial)
         .with_context(|| format!("copying {} to {}", source.display(), partial.display()))?;
+    // fs::copy keeps the source's mode.
+    crate::make_private(&partial, false)?;
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &target)
         .with_context(|| format!("renaming {} to {}", partial.display(), target.display()))?;

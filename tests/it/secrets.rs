@@ -121,3 +121,72 @@ async fn the_key_leaks_nowhere() {
         "{report}"
     );
 }
+
+/// Every file and folder in `path` (symlinks aside) whose mode lets the group or others in.
+fn not_private(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut open = Vec::new();
+    let meta = std::fs::symlink_metadata(path).expect("metadata");
+    if meta.file_type().is_symlink() {
+        return open;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        open.push(format!(
+            "{} {:o}",
+            path.display(),
+            meta.permissions().mode() & 0o7777
+        ));
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir") {
+            open.extend(not_private(&entry.expect("entry").path()));
+        }
+    }
+    open
+}
+
+/// Under umask 022, with a job file of mode 0644 and a results file an earlier version left
+/// readable to all: the database and its WAL, the results, the copy of the job file and a backup
+/// are all their owner's alone (0600, folders 0700).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_nightshift_keeps_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    #[allow(unsafe_code)]
+    // SAFETY: sets this test process's file-creation mask (the daemon inherits it); other tests
+    // only create files in their own temp dirs.
+    unsafe {
+        libc::umask(0o022);
+    }
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let old_results = env.config().results_dir();
+    std::fs::create_dir_all(&old_results).expect("results dir");
+    std::fs::write(old_results.join("earlier.jsonl"), b"").expect("old results");
+    std::fs::set_permissions(&old_results, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (ids, body) = job_of("modes", 3);
+    env.write_job("modes", &body);
+    let job_file = env.jobs_dir().join("modes.jsonl");
+    std::fs::set_permissions(&job_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    let mut daemon = env.spawn_binary_daemon(KEY, "daemon.log");
+    env.wait_done("modes", Duration::from_secs(60)).await;
+    assert!(
+        env.data_dir().join("nightshift.db-wal").exists(),
+        "checked while the WAL exists"
+    );
+    assert_eq!(not_private(&env.data_dir()), Vec::<String>::new());
+    let ingested = env.jobs_dir().join("ingested");
+    assert!(ingested.join("modes.jsonl").exists());
+    assert_eq!(not_private(&ingested), Vec::<String>::new());
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().expect("reaped").success());
+    assert_each_once(&env.results("modes"), &ids);
+
+    let backup = env.jobs_dir().join("backup.db");
+    let out = env.cli(&["backup", backup.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(not_private(&backup), Vec::<String>::new());
+}
