@@ -96,8 +96,16 @@ pub fn estimate_input_tokens(params: &str) -> u64 {
     (params.len() as u64).div_ceil(4).max(1)
 }
 
-/// Validates one line (without its newline). `intake_ms` resolves relative deadlines.
+/// The UTF-8 byte order mark some editors put before the first line.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Validates one line (without its newline). `intake_ms` resolves relative deadlines. A byte
+/// order mark before line 1 is not part of it.
 pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i64) -> ParsedLine {
+    let bytes = match bytes.strip_prefix(BOM) {
+        Some(rest) if line == 1 => rest,
+        _ => bytes,
+    };
     let invalid =
         |custom_id: Option<String>, field: Option<&str>, reason: String| ParsedLine::Invalid {
             custom_id,
@@ -419,6 +427,15 @@ mod tests {
             let got = err.field.clone().unwrap_or_default();
             assert!(got.starts_with(field), "{field}: {err:?}");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_line_1_is_skipped_and_elsewhere_refused() {
+        let with_bom = [BOM, GOOD.as_bytes()].concat();
+        let parsed = parse_line(&with_bom, 1, &JobDefaults::default(), 0);
+        assert!(matches!(parsed, ParsedLine::Valid(_)), "{parsed:?}");
+        let parsed = parse_line(&with_bom, 2, &JobDefaults::default(), 0);
+        assert!(matches!(parsed, ParsedLine::Invalid { .. }), "{parsed:?}");
     }
 
     #[test]

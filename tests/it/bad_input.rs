@@ -247,3 +247,17 @@ async fn what_the_api_cannot_parse_is_errored_at_intake_naming_the_field() {
     }
     assert_eq!(env.fake.stats().batches_created, 0);
 }
+
+/// A job file saved with a UTF-8 byte order mark loses no line (before: line 1 was "not valid
+/// JSON").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_order_mark_costs_no_line() {
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let (ids, body) = job_of("bom", 2);
+    env.write_job("bom", &[b"\xEF\xBB\xBF".as_slice(), &body].concat());
+    let daemon = env.start_daemon();
+    let job = env.wait_done("bom", Duration::from_secs(30)).await;
+    daemon.stop().await;
+    assert_eq!((job.counts.succeeded, job.counts.errored), (2, 0));
+    assert_each_once(&env.results("bom"), &ids);
+}
