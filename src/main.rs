@@ -9,6 +9,7 @@ use clap::Parser;
 use nightshift::cli::args::{Cli, Command};
 use nightshift::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
 use nightshift::config::ConfigError;
+use nightshift::daemon::journal;
 use nightshift::store::StoreError;
 
 fn main() -> ExitCode {
@@ -65,6 +66,20 @@ fn limit_malloc_arenas() {
 fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let journal = std::env::var("JOURNAL_STREAM").ok();
+    if journal::is_journal(journal.as_deref(), journal::stderr_identity()) {
+        // Under systemd: priorities the journal reads, and its timestamps instead of ours.
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false);
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .event_format(journal::WithPriority(format))
+            .init();
+        return;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,6 +3,7 @@
 //! admission (calls in flight get a grace period), the last results, the store.
 
 pub mod health;
+pub mod journal;
 pub mod metrics;
 mod reload;
 pub mod systemd;

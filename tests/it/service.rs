@@ -207,3 +207,54 @@ async fn sigterm_mid_job_loses_nothing() {
         "nothing was sent twice"
     );
 }
+
+/// Under journald (`$JOURNAL_STREAM` names stderr's device and inode) each log line starts with
+/// its syslog priority, so `journalctl -p warning` finds warnings; the journal's own timestamp is
+/// the only one. Before, every line was stored at priority 6 and carried a second timestamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_levels_reach_the_journal_as_priorities() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let log = env.jobs_dir().join("../journal.log");
+    let meta = std::fs::File::create(&log)
+        .expect("log")
+        .metadata()
+        .expect("meta");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let (_, body) = job_of("journal", 2);
+    env.write_job("journal", &body);
+    let mut daemon = env.spawn_binary_daemon_with(
+        "sk-test",
+        "journal.log",
+        &[("JOURNAL_STREAM", &stream), ("RUST_LOG", "info")],
+    );
+    env.wait_done("journal", Duration::from_secs(60)).await;
+    // A second file of the same name is rejected, an error.
+    env.write_job("journal", b"{}\n");
+    let rejected = env.jobs_dir().join("rejected").join("journal.jsonl");
+    let started = Instant::now();
+    while !rejected.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never rejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().expect("reaped").success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        assert!(
+            ["<3>", "<4>", "<6>"].iter().any(|p| line.starts_with(p)),
+            "no priority: {line}"
+        );
+        assert!(
+            !line[3..].starts_with("20"),
+            "a timestamp of its own: {line}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.starts_with("<6>")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<3>")), "{text}");
+}
