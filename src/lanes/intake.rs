@@ -7,7 +7,7 @@
 //! A job name is never taken twice; an interrupted intake resumes where its last chunk committed.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::sidecar::Manifest;
 use crate::model::job::JobDefaults;
-use crate::model::line::{LineError, ParsedLine, ValidLine, parse_line, valid_job_name};
+use crate::model::job_file::{JobFileReader, hex};
+use crate::model::line::{ParsedLine, ValidLine, valid_job_name};
 use crate::policy::planner;
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
@@ -26,8 +27,6 @@ use crate::store::{self, Store, StoreError, jobs, now_ms};
 const CHUNK_LINES: usize = 2_000;
 /// Bytes of lines per intake transaction, at most (long prompts make fewer lines per chunk).
 const CHUNK_BYTES: usize = 8 << 20;
-/// Longer lines are not read into memory: no request that large is accepted by the API (32 MB).
-const MAX_LINE_BYTES: usize = 32 << 20;
 pub const INGESTED_DIR: &str = "ingested";
 pub const REJECTED_DIR: &str = "rejected";
 
@@ -332,48 +331,13 @@ fn register_schedule(
     })
 }
 
-/// Reads one line (up to and without its `\n`) into `buf`, keeping at most `cap` bytes of it;
-/// every byte read goes into `hasher`. Returns the bytes read (0 at the end) and whether the line
-/// was longer than `cap`.
-fn read_line_capped(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    cap: usize,
-    hasher: &mut Sha256,
-) -> std::io::Result<(usize, bool)> {
-    let (mut read, mut too_long) = (0, false);
-    loop {
-        let available = reader.fill_buf()?;
-        if available.is_empty() {
-            return Ok((read, too_long));
-        }
-        let (take, done) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (available.len(), false),
-        };
-        let keep = take.min(cap.saturating_sub(buf.len()));
-        buf.extend_from_slice(&available[..keep]);
-        too_long |= keep < take;
-        hasher.update(&available[..take]);
-        reader.consume(take);
-        read += take;
-        if done {
-            return Ok((read, too_long));
-        }
-    }
-}
-
 /// Streams the file into the store in chunks; returns the number of lines, or None when stopped
 /// by the cancel token (what is committed stays; the next start resumes after it).
 fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Result<Option<u64>> {
     let store = &intake.store;
     let file = std::fs::File::open(path)?;
     let file_len = file.metadata()?.len().max(1);
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut hasher = Sha256::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut line_no: u64 = 0;
-    let mut offset: u64 = 0;
+    let mut reader = JobFileReader::new(BufReader::with_capacity(1 << 20, file));
     let mut chunk: Vec<(u64, ParsedLine)> = Vec::with_capacity(CHUNK_LINES);
     let mut chunk_bytes = 0usize;
     // One chunk may be committing while the next is parsed.
@@ -384,51 +348,24 @@ fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Res
         .unwrap_or_default();
     let defaults = job.defaults.clone();
     let resume_after = job.ingest_lines as u64;
-    loop {
-        buf.clear();
-        let (n, too_long) = read_line_capped(&mut reader, &mut buf, MAX_LINE_BYTES, &mut hasher)?;
-        if n == 0 {
+    while reader.line_no() < resume_after {
+        // Committed by an earlier, interrupted intake: check it is still the same file.
+        if !reader.skip()? {
             break;
         }
-        offset += n as u64;
-        line_no += 1;
-        if line_no <= resume_after {
-            // Committed by an earlier, interrupted intake: check it is still the same file.
-            if line_no == resume_after
-                && job.ingest_prefix_hash.as_deref()
-                    != Some(hex(&hasher.clone().finalize()).as_str())
-            {
-                return Err(IntakeError::ChangedDuringIntake {
-                    lines: resume_after,
-                }
-                .into());
-            }
-            continue;
+    }
+    if resume_after > 0
+        && (reader.line_no() < resume_after
+            || job.ingest_prefix_hash.as_deref() != Some(reader.prefix_hash().as_str()))
+    {
+        return Err(IntakeError::ChangedDuringIntake {
+            lines: resume_after,
         }
-        let mut line: &[u8] = &buf;
-        if let Some(rest) = line.strip_suffix(b"\n") {
-            line = rest;
-        }
-        if let Some(rest) = line.strip_suffix(b"\r") {
-            line = rest;
-        }
-        let parsed = if too_long {
-            ParsedLine::Invalid {
-                custom_id: None,
-                error: LineError::new(
-                    line_no,
-                    None,
-                    format!(
-                        "is longer than {} MiB, the API's request size limit",
-                        MAX_LINE_BYTES >> 20
-                    ),
-                ),
-            }
-        } else {
-            parse_line(line, line_no, &defaults, job.created_at)
-        };
-        chunk_bytes += line.len();
-        chunk.push((line_no, parsed));
+        .into());
+    }
+    while let Some(line) = reader.next_line(&defaults, job.created_at)? {
+        chunk_bytes += line.len;
+        chunk.push((line.line_no, line.parsed));
         if chunk.len() >= CHUNK_LINES || chunk_bytes >= CHUNK_BYTES {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
             chunk_bytes = 0;
@@ -439,19 +376,22 @@ fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Res
             if intake.cancel.is_cancelled() {
                 return Ok(None);
             }
+            let (line_no, offset) = (reader.line_no(), reader.offset());
             let progress = Progress {
                 lines: line_no,
                 offset,
-                prefix_hash: hex(&hasher.clone().finalize()),
+                prefix_hash: reader.prefix_hash(),
                 items_estimate: line_no.saturating_mul(file_len) / offset.max(1),
             };
             pending = Some(submit_chunk(intake, job.id, &display, full, progress));
         }
     }
+    let line_no = reader.line_no();
+    let offset = reader.offset();
     if let Some(rx) = pending.take() {
         wait(rx)?;
     }
-    let hash = hex(&hasher.finalize());
+    let hash = reader.prefix_hash();
     if !chunk.is_empty() {
         let progress = Progress {
             lines: line_no,
@@ -605,10 +545,6 @@ pub fn hash_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `nightshift submit`: copies `file` (and its sidecar `<stem>.toml`, if any) into `jobs_dir`

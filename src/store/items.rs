@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::Result;
 use crate::model::job::{Mode, Priority};
+use crate::model::job_file::repeated_custom_id;
 use crate::model::line::{ParsedLine, ValidLine};
 use crate::model::results;
 use crate::model::state::{ItemState, Lane};
@@ -77,22 +78,18 @@ pub fn insert_chunk(
                 .optional()?,
             None => None,
         };
-        let (field, reason, kept_id) = match (repeats, error) {
-            (Some(first), _) => (
-                Some("custom_id".to_owned()),
-                format!(
-                    "{:?} repeats line {first}; custom_ids must be unique in a job",
-                    custom_id.unwrap_or_default()
-                ),
-                None,
-            ),
-            (None, Some(error)) => (error.field.clone(), error.reason.clone(), custom_id),
+        let repeated;
+        let (error, kept_id) = match (repeats, error) {
+            (Some(first), _) => {
+                repeated =
+                    repeated_custom_id(line_no as u64, custom_id.unwrap_or_default(), first as u64);
+                (&repeated, None)
+            }
+            (None, Some(error)) => (error, custom_id),
             (None, None) => unreachable!("a valid line is only here when its custom_id repeats"),
         };
-        let message = match &field {
-            Some(f) => format!("{file} line {line_no}: field `{f}`: {reason}"),
-            None => format!("{file} line {line_no}: {reason}"),
-        };
+        let field = error.field.clone();
+        let message = error.message(file);
         let result = results::errored_line(
             kept_id,
             "invalid_request_error",

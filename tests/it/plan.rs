@@ -85,3 +85,52 @@ async fn plan_names_the_binding_limit_and_counts_tokens_with_the_api_when_asked(
         "the estimate errs high: {estimated} vs {counted}"
     );
 }
+
+/// Finding 6 of issue 13: `plan` counted a line past the size limit and a repeated custom_id as
+/// requests, where intake errors them. Both now read with the same reader and judge with the same
+/// checks, so on one corpus their counts agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_counts_what_intake_accepts() {
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    let mut body: Vec<u8> = b"\xEF\xBB\xBF".to_vec(); // a byte order mark costs no line
+    let mut push = |line: &[u8], end: &[u8]| {
+        body.extend_from_slice(line);
+        body.extend_from_slice(end);
+    };
+    push(request("c-1", "one").as_bytes(), b"\r\n");
+    push(request("c-2", "two").as_bytes(), b"\n");
+    push(request("c-1", "a repeat").as_bytes(), b"\n"); // custom_id repeats line 1
+    push(b"{\"custom_id\":\"c-7\",\"params\":", b"\n"); // cut short
+    push(br#"{"custom_id":"c-3","params":{}}"#, b"\n"); // no model, but its custom_id is read
+    // Past the API's 32 MiB request limit: neither reads it into memory.
+    let huge = format!(
+        r#"{{"custom_id":"c-4","params":{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
+        "y".repeat(33 << 20)
+    );
+    push(huge.as_bytes(), b"\n");
+    push(
+        br#"{"custom_id":"c-5","params":{"model":"claude-sonnet-4-5","max_tokens":5,"max_tokens":6,"messages":[]}}"#,
+        b"\n",
+    ); // a key written twice
+    push(request("c-3", "three").as_bytes(), b"\n"); // c-3's first line was invalid: it owns the id
+    push(request("c-6", "six").as_bytes(), b""); // no newline at the end
+    let file = env.dir.path().join("corpus.jsonl");
+    std::fs::write(&file, &body).expect("write");
+
+    let planned = plan(&env, file.to_str().expect("utf-8 path"), &[]);
+    let daemon = env.start_daemon();
+    env.write_job("corpus", &body);
+    let job = env
+        .wait_done("corpus", std::time::Duration::from_secs(120))
+        .await;
+    daemon.stop().await;
+
+    assert_eq!(job.counts.total, 9, "one item per line");
+    assert_eq!(
+        (planned["items"].as_u64(), planned["invalid_lines"].as_u64()),
+        (Some(job.counts.succeeded), Some(job.counts.errored)),
+        "plan: {planned}; intake: {:?}",
+        job.counts
+    );
+    assert_eq!((job.counts.succeeded, job.counts.errored), (3, 6));
+}

@@ -3,7 +3,7 @@
 //! would need under the configured limits, and which limit binds.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use anyhow::Context;
@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::model::job::JobDefaults;
-use crate::model::line::{ParsedLine, ValidLine, parse_line};
+use crate::model::job_file::{JobFileReader, Repeats};
+use crate::model::line::{ParsedLine, ValidLine};
 
 /// `nightshift plan --json`.
 #[derive(Debug, Serialize, PartialEq)]
@@ -224,16 +225,18 @@ pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> any
     } else {
         JobDefaults::default()
     };
-    let reader = BufReader::with_capacity(
-        1 << 20,
-        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
-    );
+    let file_handle =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut reader = JobFileReader::new(BufReader::with_capacity(1 << 20, file_handle));
+    let mut repeats = Repeats::default();
     let mut tally = Tally::default();
     let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("reading {}", file.display()))?;
-        let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        match parse_line(line, i as u64 + 1, &defaults, 0) {
+    // Intake's reading and judging, line by line: the counts agree with what intake accepts.
+    while let Some(line) = reader
+        .next_line(&defaults, 0)
+        .with_context(|| format!("reading {}", file.display()))?
+    {
+        match repeats.check(line.parsed, line.line_no) {
             ParsedLine::Valid(v) => chunk.push(v),
             ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
