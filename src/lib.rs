@@ -23,19 +23,19 @@
 //! benchmarks use it); it is its own tree and imports nothing of the others.
 //!
 //! Two helpers live at the root, for every layer: [`lock`], the single policy for poisoned locks,
-//! and [`make_private`], the single policy for file modes.
+//! and [`files`], the single policy for file modes, trusted folders and symlinks.
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fake_api;
+pub mod files;
 pub mod lanes;
 pub mod model;
 pub mod policy;
 pub mod store;
 
-use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Locks a mutex; a lock poisoned by a panic elsewhere is taken over, not propagated. Everything
@@ -46,26 +46,4 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[allow(clippy::disallowed_methods)]
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Makes a file nightshift keeps (the database, results, copies of job files, backups) readable
-/// by its owner only: 0600 for a file, 0700 for a folder, whatever the umask or the mode of the
-/// file it was copied from. A symlink is left alone (never followed). `recurse`: the folder's
-/// contents too.
-pub fn make_private(path: &Path, recurse: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
-    if meta.permissions().mode() & 0o7777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    if recurse && meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            make_private(&entry?.path(), true)?;
-        }
-    }
-    Ok(())
 }

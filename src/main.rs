@@ -26,7 +26,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<nightshift::files::Untrusted>().is_some()
+            {
                 ExitCode::from(EXIT_CONFIG)
             } else if matches!(
                 e.downcast_ref::<StoreError>(),

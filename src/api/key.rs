@@ -19,12 +19,14 @@ impl ApiKey {
     #[allow(clippy::disallowed_methods)] // the key is read at the edge, here, and nowhere else
     pub fn load(settings: &ApiSettings) -> anyhow::Result<ApiKey> {
         if let Some(path) = &settings.api_key_file {
-            return read_key_file(path);
+            return read_key_file(path, "`api.api_key_file`");
         }
         if let Ok(dir) = std::env::var("CREDENTIALS_DIRECTORY") {
             let path = Path::new(&dir).join("anthropic-api-key");
-            if path.is_file() {
-                return read_key_file(&path);
+            // Absent: the key comes from elsewhere. There but unreadable: say so, not "no key".
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                _ => return read_key_file(&path, "systemd's credential `anthropic-api-key`"),
             }
         }
         match std::env::var("ANTHROPIC_API_KEY") {
@@ -53,11 +55,12 @@ impl ApiKey {
     }
 }
 
-fn read_key_file(path: &Path) -> anyhow::Result<ApiKey> {
+fn read_key_file(path: &Path, what: &str) -> anyhow::Result<ApiKey> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         anyhow::anyhow!(
-            "cannot read the API key file {} (`api.api_key_file`): {e}",
-            path.display()
+            "cannot read the API key file {} ({what}): {e}; nightshift's user (uid {}) needs to read it",
+            path.display(),
+            rustix::process::geteuid().as_raw()
         )
     })?;
     let key = text.trim();

@@ -25,6 +25,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon in the foreground until SIGINT or SIGTERM.
     Run,
+    /// Make the running daemon read its config file again, and wait for its verdict: exit 0 when
+    /// the new config is in force, 78 when it was refused (the running one stays), 69 when no
+    /// daemon answered. What the unit's ExecReload runs.
+    Reload {
+        /// How long to wait for the daemon's verdict.
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        timeout_secs: u64,
+        /// The daemon's pid (the unit passes $MAINPID); default: the one in data_dir/nightshift.lock.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Show every job with its progress and counts (`--watch`: live, until Ctrl-C).
     Status(StatusArgs),
     /// Show one job in detail, with its errored lines and why.

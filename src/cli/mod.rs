@@ -27,6 +27,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Run => run::run(config),
+        Command::Reload { timeout_secs, pid } => {
+            reload::run(config, pid, std::time::Duration::from_secs(timeout_secs))
+        }
         Command::Status(flags) => status::run(config, &flags),
         Command::Job { name, json } => job::run(config, &name, json.json),
         Command::Limits(flags) => limits::run(config, flags.json),

@@ -5,7 +5,7 @@
 pub mod health;
 pub mod journal;
 pub mod metrics;
-mod reload;
+pub mod reload;
 pub mod systemd;
 
 use std::future::Future;
@@ -103,6 +103,24 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     Ok(dir)
 }
 
+/// Refuses folders other users could change: `jobs_dir` and `data_dir` and their parents
+/// ([`crate::files::check_folder`]), and symlinks where nightshift keeps results, templates and
+/// staged batches. Checked at start and at each reload.
+pub fn check_folders(config: &Config) -> Result<(), crate::files::Untrusted> {
+    crate::files::check_folder(&config.jobs_dir, "jobs_dir")?;
+    crate::files::check_folder(&config.data_dir, "data_dir")?;
+    for dir in [
+        config.results_dir(),
+        config.data_dir.join("templates"),
+        config.staging_dir(),
+    ] {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(crate::files::Untrusted::NotAFolder { path: dir });
+        }
+    }
+    Ok(())
+}
+
 /// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
 /// file. Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
 /// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
@@ -114,9 +132,13 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
-    for dir in [&config.jobs_dir, &config.data_dir, &config.results_dir()] {
+    for dir in [&config.jobs_dir, &config.data_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    check_folders(&config)?;
+    let results_dir = config.results_dir();
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("creating {}", results_dir.display()))?;
     // Files of an earlier version, or made under a wider umask, become private too.
     for (dir, recurse) in [
         (config.data_dir.clone(), true),
@@ -126,7 +148,7 @@ pub async fn run(
         ),
     ] {
         if dir.exists() {
-            crate::make_private(&dir, recurse)
+            crate::files::make_private(&dir, recurse)
                 .with_context(|| format!("making {} private (chmod -R go-rwx)", dir.display()))?;
         }
     }
@@ -220,7 +242,11 @@ pub async fn run(
         idle_probes: Default::default(),
         health: board.clone(),
     };
-    let reloader = reload::Reloader {
+    let verdict_path = config.data_dir.join(reload::VERDICT_FILE);
+    let mut reloader = reload::Reloader {
+        seq: reload::read_verdict(&verdict_path).map_or(0, |v| v.seq),
+        verdict_path,
+        board: board.clone(),
         source: config.source.clone(),
         config: live_config,
         rules,
@@ -237,6 +263,7 @@ pub async fn run(
         cancel: stop_intake.clone(),
         rpm_for,
         failures: Default::default(),
+        not_taken: Default::default(),
         templates_dir: config.data_dir.join("templates"),
     };
     let scan_interval = config.daemon.scan_interval;
@@ -326,9 +353,9 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => {
                 notifier.reloading();
-                reloader.reload();
+                let verdict = reloader.reload();
                 if first_scan.is_none() {
-                    notifier.ready("running (configuration reloaded)");
+                    notifier.ready(&format!("running; {}", verdict.message));
                 }
             }
             r = wait_failed(&intake_task) => { failure = Some(r); break; }

@@ -1,10 +1,14 @@
 //! SIGHUP: the config file is read again; limits, reserve, budgets and prices take effect at once,
 //! and a change that needs a restart is named in the log.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Live};
 use crate::lanes::admission::Rules;
+use crate::lanes::health::{self, Board};
 use crate::policy::quota::{Quota, QuotaSettings};
 
 /// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and
@@ -14,25 +18,91 @@ pub(super) struct Reloader {
     pub(super) config: Live<Config>,
     pub(super) rules: Live<Rules>,
     pub(super) quota: Arc<Mutex<Quota>>,
+    /// Where the verdict of each reload is written ([`VERDICT_FILE`] in the data dir).
+    pub(super) verdict_path: PathBuf,
+    /// Reloads so far, counted on from the last verdict file (`nightshift reload` waits for the
+    /// next number).
+    pub(super) seq: u64,
+    /// A refused config is a trouble until a reload takes.
+    pub(super) board: Board,
+}
+
+/// The verdict file's name in the data dir.
+pub const VERDICT_FILE: &str = "reload.json";
+
+/// What became of a reload, for `nightshift reload` (which waits for it) and the service status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Counts the reloads of this data dir.
+    pub seq: u64,
+    /// Unix ms.
+    pub at: i64,
+    /// The new config is in force.
+    pub ok: bool,
+    /// What took effect, or why the config file was refused.
+    pub message: String,
+}
+
+/// The last verdict written in `path`, if any.
+pub fn read_verdict(path: &std::path::Path) -> Option<Verdict> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 impl Reloader {
-    /// Reads the config file again. A file that does not load leaves everything as it was.
-    pub(super) fn reload(&self) {
-        let Some(path) = &self.source else {
-            tracing::warn!(
-                "reload asked, but the daemon runs on built-in defaults (no config file)"
-            );
-            return;
-        };
-        let old = self.config.get();
-        let new = match Config::load(path, &old.env) {
-            Ok(new) => new,
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; the running configuration stays in force");
-                return;
+    /// Reads the config file again and says what became of it (in the verdict file too). A file
+    /// that does not load, or folders other users could change, leave everything as it was.
+    pub(super) fn reload(&mut self) -> Verdict {
+        let outcome = self.apply();
+        self.seq += 1;
+        let now = crate::store::now_ms();
+        let verdict = match outcome {
+            Ok(message) => {
+                self.board.clear(health::CONFIG);
+                tracing::info!("{message}");
+                Verdict {
+                    seq: self.seq,
+                    at: now,
+                    ok: true,
+                    message,
+                }
+            }
+            Err(why) => {
+                let message = format!(
+                    "the reload was refused, the running configuration stays in force: {why}"
+                );
+                self.board.set(
+                    health::CONFIG,
+                    "the last reload was refused",
+                    &why,
+                    now,
+                    None,
+                );
+                tracing::error!(error = %why, "reload refused; the running configuration stays in force");
+                Verdict {
+                    seq: self.seq,
+                    at: now,
+                    ok: false,
+                    message,
+                }
             }
         };
+        if let Err(e) = write_verdict(&self.verdict_path, &verdict) {
+            tracing::warn!(error = %e, path = %self.verdict_path.display(), "cannot write the reload verdict; `nightshift reload` will not hear it");
+        }
+        verdict
+    }
+
+    fn apply(&self) -> Result<String, String> {
+        let Some(path) = &self.source else {
+            return Err(
+                "the daemon runs on built-in defaults (no config file): there is nothing to reload"
+                    .into(),
+            );
+        };
+        let old = self.config.get();
+        let new = Config::load(path, &old.env).map_err(|e| e.to_string())?;
+        super::check_folders(&old).map_err(|e| e.to_string())?;
+        let mut later = Vec::new();
         for (what, changed) in [
             (
                 "jobs_dir, data_dir",
@@ -48,6 +118,7 @@ impl Reloader {
                     "{what} changed in {}; that takes effect at the next restart",
                     path.display()
                 );
+                later.push(what);
             }
         }
         self.rules.set(Rules::from_config(&new));
@@ -59,6 +130,23 @@ impl Reloader {
         };
         self.config.set(new);
         crate::lock(&self.quota).reconfigure(settings, std::time::Instant::now());
-        tracing::info!(config = %path.display(), "configuration reloaded: limits, reserve, budgets and prices are in force");
+        let mut message = format!(
+            "configuration reloaded from {}: limits, reserve, budgets and prices are in force",
+            path.display()
+        );
+        if !later.is_empty() {
+            message.push_str(&format!(
+                "; {} changed and take effect at the next restart",
+                later.join(", ")
+            ));
+        }
+        Ok(message)
     }
+}
+
+/// Writes the verdict whole (a temporary file renamed over the last one).
+fn write_verdict(path: &std::path::Path, verdict: &Verdict) -> std::io::Result<()> {
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_vec(verdict).unwrap_or_default())?;
+    std::fs::rename(&partial, path)
 }

@@ -17,11 +17,13 @@ pub const FILE: &str = "health.json";
 /// The file's fixed size: the JSON, padded with spaces.
 pub const FILE_BYTES: usize = 8192;
 
-/// The parts a trouble belongs to: the database, the results files, the API.
+/// The parts a trouble belongs to: the database, the results files, the API, the config.
 pub const STORE: &str = "store";
 pub const RESULTS: &str = "results";
 pub const API: &str = "api";
-pub const PARTS: [&str; 3] = [STORE, RESULTS, API];
+/// The config file: the last reload refused it (the one before stays in force).
+pub const CONFIG: &str = "config";
+pub const PARTS: [&str; 4] = [STORE, RESULTS, API, CONFIG];
 
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! Ingested files move to `jobs_dir/ingested/`, files that cannot be jobs to `jobs_dir/rejected/`.
 //! A job name is never taken twice; an interrupted intake resumes where its last chunk committed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,22 +30,50 @@ const CHUNK_BYTES: usize = 8 << 20;
 pub const INGESTED_DIR: &str = "ingested";
 pub const REJECTED_DIR: &str = "rejected";
 
-/// The job files waiting in `jobs_dir`, oldest name first.
-pub fn waiting_files(jobs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// What `jobs_dir` holds: the job files to take, oldest name first, and every other entry with
+/// why it is not taken (hidden names, sidecars and nightshift's own folders are not listed).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub files: Vec<PathBuf>,
+    pub not_taken: BTreeMap<String, String>,
+}
+
+/// Lists `jobs_dir` without following any link in it.
+pub fn list_jobs_dir(jobs_dir: &Path) -> std::io::Result<Listing> {
+    let mut listing = Listing::default();
     for entry in std::fs::read_dir(jobs_dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".jsonl") {
+        let raw = entry.file_name();
+        let Some(name) = raw.to_str() else {
+            listing.not_taken.insert(
+                raw.to_string_lossy().into_owned(),
+                "its name is not UTF-8; rename it (job names are A-Z, a-z, 0-9, _, - and .)".into(),
+            );
+            continue;
+        };
+        if name.starts_with('.') || name.ends_with(".toml") {
+            continue; // being written (`submit`'s hidden names), or a sidecar
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() && (name == INGESTED_DIR || name == REJECTED_DIR) {
             continue;
         }
-        if entry.file_type()?.is_file() {
-            files.push(entry.path());
-        }
+        let why = if kind.is_symlink() {
+            "a symlink; nightshift never follows links in its folders: put the file itself there"
+        } else if kind.is_dir() {
+            "a folder, not a job file"
+        } else if !kind.is_file() {
+            "not a regular file (a FIFO, socket or device)"
+        } else if !name.ends_with(".jsonl") {
+            "not a job file: only NAME.jsonl files are taken (with their NAME.toml sidecars)"
+        } else {
+            listing.files.push(entry.path());
+            continue;
+        };
+        listing.not_taken.insert(name.to_owned(), why.to_owned());
     }
-    files.sort();
-    Ok(files)
+    listing.files.sort();
+    Ok(listing)
 }
 
 /// What happened to one file.
@@ -62,6 +90,12 @@ pub enum IntakeOutcome {
         file: String,
         reason: String,
     },
+    /// Left where it is for now, with why (a file nightshift cannot read yet): tried again at
+    /// each scan, and no job exists until it was read whole.
+    NotTaken {
+        file: String,
+        reason: String,
+    },
     /// Stopped part-way by shutdown; resumed at the next start.
     Interrupted {
         job: String,
@@ -71,6 +105,17 @@ pub enum IntakeOutcome {
         name: String,
         next_run_at: Option<i64>,
     },
+}
+
+/// The fact that lists the entries of `jobs_dir` intake does not take (JSON, [`NotTaken`]s).
+pub const NOT_TAKEN_FACT: &str = "intake.not_taken";
+
+/// An entry of `jobs_dir` that is not taken, and why; `since` in Unix ms.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NotTaken {
+    pub entry: String,
+    pub reason: String,
+    pub since: i64,
 }
 
 /// What intake works with.
@@ -86,6 +131,9 @@ pub struct Intake {
     pub rpm_for: crate::policy::planner::RpmFor,
     /// Failed attempts per file, to give up on a file that keeps failing.
     pub failures: Arc<std::sync::Mutex<HashMap<PathBuf, u32>>>,
+    /// The entries of `jobs_dir` the last scan did not take, with why and since when: each is
+    /// logged when it appears and published for `status` (the fact [`NOT_TAKEN_FACT`]).
+    pub not_taken: Arc<std::sync::Mutex<BTreeMap<String, NotTaken>>>,
     /// Where templates of recurring jobs are kept (`<data_dir>/templates`).
     pub templates_dir: PathBuf,
 }
@@ -100,11 +148,42 @@ impl Intake {
         }
     }
 
-    /// Takes in every waiting file, in name order.
+    /// Takes in every waiting file, in name order, if `jobs_dir` is safe from other users; says
+    /// what it did not take, and why.
     pub fn scan(&self) -> anyhow::Result<Vec<IntakeOutcome>> {
         use anyhow::Context;
-        let files = waiting_files(&self.jobs_dir)
-            .with_context(|| format!("listing the jobs folder {}", self.jobs_dir.display()))?;
+        let mut not_taken = BTreeMap::new();
+        let files = match crate::files::check_folder(&self.jobs_dir, "jobs_dir") {
+            Ok(_) => {
+                let listing = list_jobs_dir(&self.jobs_dir).with_context(|| {
+                    format!("listing the jobs folder {}", self.jobs_dir.display())
+                })?;
+                not_taken = listing.not_taken;
+                // Where files are moved must be nightshift's own folders, not links elsewhere.
+                let linked = [INGESTED_DIR, REJECTED_DIR].into_iter().find(|folder| {
+                    std::fs::symlink_metadata(self.jobs_dir.join(folder)).is_ok_and(|m| !m.is_dir())
+                });
+                match linked {
+                    None => listing.files,
+                    Some(folder) => {
+                        let path = self.jobs_dir.join(folder);
+                        let e = crate::files::Untrusted::NotAFolder { path };
+                        not_taken.insert(
+                            folder.to_owned(),
+                            format!("{e}; no job file is taken until then"),
+                        );
+                        Vec::new()
+                    }
+                }
+            }
+            Err(e) => {
+                not_taken.insert(
+                    self.jobs_dir.display().to_string(),
+                    format!("{e}; no job file is taken until then"),
+                );
+                Vec::new()
+            }
+        };
         let mut outcomes = Vec::new();
         for path in files {
             if self.cancel.is_cancelled() {
@@ -131,12 +210,64 @@ impl Intake {
                     let next = next_run_at.map(crate::model::time::format_time);
                     tracing::info!(schedule = %name, next = next.as_deref().unwrap_or("never"), "recurring job registered (its file is the template of each run)")
                 }
+                IntakeOutcome::NotTaken { file, reason } => {
+                    not_taken.insert(file.clone(), reason.clone());
+                }
                 IntakeOutcome::Rejected { .. } | IntakeOutcome::Interrupted { .. } => {}
             }
             outcomes.push(outcome);
         }
+        self.publish_not_taken(not_taken)?;
         self.close_vanished()?;
         Ok(outcomes)
+    }
+
+    /// Logs each entry not taken once, when it appears (and when it is gone), and publishes the
+    /// list for `status` when it changed.
+    fn publish_not_taken(&self, now_not_taken: BTreeMap<String, String>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let list = {
+            let mut known = crate::lock(&self.not_taken);
+            let before: Vec<NotTaken> = known.values().cloned().collect();
+            known.retain(|entry, _| {
+                let stays = now_not_taken.contains_key(entry);
+                if !stays {
+                    tracing::info!(entry = %entry, "an entry of the jobs folder that was not taken is gone or taken now");
+                }
+                stays
+            });
+            for (entry, reason) in now_not_taken {
+                match known.get_mut(&entry) {
+                    Some(seen) if seen.reason == reason => {}
+                    seen => {
+                        tracing::warn!(entry = %entry, %reason, "an entry of the jobs folder is not taken");
+                        let since = seen.map_or(now, |s| s.since);
+                        known.insert(
+                            entry.clone(),
+                            NotTaken {
+                                entry,
+                                reason,
+                                since,
+                            },
+                        );
+                    }
+                }
+            }
+            let list: Vec<NotTaken> = known.values().cloned().collect();
+            if list == before {
+                return Ok(());
+            }
+            list
+        };
+        let json = serde_json::to_string(&list)?;
+        block_on_store(&self.store, move |c| {
+            if list.is_empty() {
+                crate::store::facts::clear(c, NOT_TAKEN_FACT)
+            } else {
+                crate::store::facts::set(c, NOT_TAKEN_FACT, &json, now)
+            }
+        })?;
+        Ok(())
     }
 
     /// Counts a failure of `path`; after [`MAX_FILE_FAILURES`] (or at once when the file changed
@@ -223,11 +354,25 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
     }
 
+    // Opened before anything is recorded: a file nightshift cannot read (yet) makes no job, and
+    // is tried again at the next scan.
+    let file = match crate::files::open_regular(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(IntakeOutcome::NotTaken {
+                file: file_name,
+                reason: "it went away while being listed".into(),
+            });
+        }
+        Err(e) => return Ok(not_readable(file_name, path, &e)),
+    };
     // The sidecar, read once: a schedule makes the file a template; otherwise its defaults serve
     // a new job (a sidecar that does not parse rejects the file then).
-    let manifest = if sidecar.is_file() {
-        let text = std::fs::read_to_string(&sidecar)
-            .with_context(|| format!("reading {}", sidecar.display()))?;
+    let manifest = if std::fs::symlink_metadata(&sidecar).is_ok() {
+        let text = match read_sidecar(&sidecar) {
+            Ok(text) => text,
+            Err(e) => return Ok(not_readable(file_name, &sidecar, &e)),
+        };
         Manifest::parse(&text)
     } else {
         Ok(Manifest {
@@ -250,7 +395,7 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
     let job = match existing {
         Some(job) if job.ingested_at.is_some() => {
             // Taken before; the move afterwards did not happen, or it is another file of that name.
-            let hash = hash_file(path).with_context(|| format!("reading {}", path.display()))?;
+            let hash = hash_file(file).with_context(|| format!("reading {}", path.display()))?;
             if job.content_hash.as_deref() == Some(hash.as_str()) {
                 move_aside(jobs_dir, INGESTED_DIR, path, &sidecar)?;
                 return Ok(IntakeOutcome::AlreadyIngested { job: name });
@@ -279,8 +424,8 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         }
     };
 
-    let lines =
-        stream_lines(intake, &job, path).with_context(|| format!("reading {}", path.display()))?;
+    let lines = stream_lines(intake, &job, path, file)
+        .with_context(|| format!("reading {}", path.display()))?;
     let Some(lines) = lines else {
         return Ok(IntakeOutcome::Interrupted { job: name });
     };
@@ -333,9 +478,13 @@ fn register_schedule(
 
 /// Streams the file into the store in chunks; returns the number of lines, or None when stopped
 /// by the cancel token (what is committed stays; the next start resumes after it).
-fn stream_lines(intake: &Intake, job: &jobs::JobRow, path: &Path) -> anyhow::Result<Option<u64>> {
+fn stream_lines(
+    intake: &Intake,
+    job: &jobs::JobRow,
+    path: &Path,
+    file: std::fs::File,
+) -> anyhow::Result<Option<u64>> {
     let store = &intake.store;
-    let file = std::fs::File::open(path)?;
     let file_len = file.metadata()?.len().max(1);
     let mut reader = JobFileReader::new(BufReader::with_capacity(1 << 20, file));
     let mut chunk: Vec<(u64, ParsedLine)> = Vec::with_capacity(CHUNK_LINES);
@@ -501,40 +650,52 @@ fn reject(
     })
 }
 
-/// Moves the file and its sidecar into `jobs_dir/<folder>/`, never overwriting an earlier one.
+/// Moves the file and its sidecar into `jobs_dir/<folder>/`, never overwriting an earlier one
+/// and never through a symlink ([`crate::files::move_into`]).
 fn move_aside(jobs_dir: &Path, folder: &str, path: &Path, sidecar: &Path) -> anyhow::Result<()> {
     use anyhow::Context;
-    let dir = jobs_dir.join(folder);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // The job file first: once it is gone nothing takes it again, whatever happens to the sidecar.
     for source in [path, sidecar] {
-        if !source.exists() {
+        let Some(name) = source.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if std::fs::symlink_metadata(source).is_err() {
             continue;
         }
-        let name = source
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let mut target = dir.join(&name);
-        let mut n = 1;
-        while target.exists() {
-            target = dir.join(format!("{name}.{n}"));
-            n += 1;
-        }
-        std::fs::rename(source, &target)
-            .with_context(|| format!("moving {} to {}", source.display(), target.display()))?;
-        // A job file keeps its mode when moved: the copy kept here is nightshift's alone.
-        crate::make_private(&target, false)
-            .with_context(|| format!("making {} private", target.display()))?;
+        crate::files::move_into(jobs_dir, folder, name)
+            .with_context(|| format!("moving {} into {}/", source.display(), folder))?;
     }
     Ok(())
 }
 
-/// The sha256 of a whole file, as hex.
-pub fn hash_file(path: &Path) -> std::io::Result<String> {
+/// A file intake cannot open (unreadable, a symlink, not a regular file): not taken, with why.
+fn not_readable(file_name: String, path: &Path, e: &std::io::Error) -> IntakeOutcome {
+    let reason = if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "{} cannot be read by nightshift's user (uid {}): {e}; give it read access (chmod/chgrp) and it is taken in",
+            path.display(),
+            rustix::process::geteuid().as_raw()
+        )
+    } else {
+        format!("{} cannot be opened: {e}", path.display())
+    };
+    IntakeOutcome::NotTaken {
+        file: file_name,
+        reason,
+    }
+}
+
+/// Reads a sidecar, never through a symlink.
+fn read_sidecar(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    crate::files::open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The sha256 of a whole file, as hex.
+pub fn hash_file(mut file: std::fs::File) -> std::io::Result<String> {
+    use std::io::Read;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -600,7 +761,7 @@ fn copy_then_rename(source: &Path, dir: &Path, name: &str) -> anyhow::Result<()>
     std::fs::copy(source, &partial)
         .with_context(|| format!("copying {} to {}", source.display(), partial.display()))?;
     // fs::copy keeps the source's mode.
-    crate::make_private(&partial, false)?;
+    crate::files::make_private(&partial, false)?;
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &target)
         .with_context(|| format!("renaming {} to {}", partial.display(), target.display()))?;

@@ -67,7 +67,7 @@ fn write_run(row: &ScheduleRow, jobs_dir: &Path, name: &str) -> anyhow::Result<(
     let part = jobs_dir.join(format!(".{name}.jsonl.part"));
     std::fs::copy(template, &part)
         .with_context(|| format!("copying the template {}", template.display()))?;
-    crate::make_private(&part, false)?; // fs::copy keeps the template's mode
+    crate::files::make_private(&part, false)?; // fs::copy keeps the template's mode
     std::fs::File::open(&part)?.sync_all()?;
     std::fs::rename(&part, jobs_dir.join(format!("{name}.jsonl")))?;
     Ok(())

@@ -309,7 +309,13 @@ impl SmallDisk {
     fn mount(at: &std::path::Path, bytes: u64) -> Option<SmallDisk> {
         std::fs::create_dir_all(at).expect("mount point");
         let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .status()
             .is_ok_and(|s| s.success());

@@ -19,4 +19,5 @@ mod restart;
 mod schedules;
 mod secrets;
 mod service;
+mod trust;
 mod windows;

@@ -156,7 +156,7 @@ async fn sighup_puts_new_limits_in_force_without_a_restart() {
     assert_eq!(daemon.wait().expect("reaped").code(), Some(0));
     let log = std::fs::read_to_string(env.dir.path().join("hup.log")).expect("log");
     assert!(
-        log.contains("reload failed; the running configuration stays in force"),
+        log.contains("reload refused; the running configuration stays in force"),
         "{log}"
     );
 }

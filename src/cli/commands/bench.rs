@@ -63,6 +63,7 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         cancel: CancellationToken::new(),
         rpm_for: Arc::new(|_| None),
         failures: Default::default(),
+        not_taken: Default::default(),
         templates_dir: dir.path().join("templates"),
     };
     let started = Instant::now();

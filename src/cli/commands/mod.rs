@@ -10,6 +10,7 @@ pub mod job;
 pub mod ledger;
 pub mod limits;
 pub mod plan;
+pub mod reload;
 pub mod run;
 pub mod status;
 pub mod submit;

@@ -78,7 +78,8 @@ pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus
 
 /// Whether a daemon holds the data directory's lock: asked with a shared lock for an instant (a
 /// daemon starting meanwhile tries again). None: it cannot be asked.
-fn lock_held(data_dir: &std::path::Path) -> Option<bool> {
+/// Whether a daemon holds `data_dir` (None: the lock cannot be asked).
+pub fn lock_held(data_dir: &std::path::Path) -> Option<bool> {
     let dir = std::fs::File::open(data_dir).ok()?;
     match dir.try_lock_shared() {
         Ok(()) => Some(false),

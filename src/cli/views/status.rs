@@ -10,6 +10,7 @@ use super::daemon::{DaemonStatus, daemon_status};
 use super::limits::{Pause, pauses, pauses_text};
 use super::{finished, format_time, progress_bar, table};
 use crate::lanes::admission::Rules;
+use crate::lanes::intake::{NOT_TAKEN_FACT, NotTaken};
 use crate::model::batch::BatchCounts;
 use crate::model::results::results_path;
 use crate::model::state::BatchState;
@@ -26,6 +27,10 @@ pub struct StatusReport {
     pub jobs: Vec<JobStatus>,
     /// Files intake could not take as jobs (newest first).
     pub rejected_files: Vec<RejectedFile>,
+    /// Entries of the jobs folder the daemon's last scan left where they are, and why: folders,
+    /// symlinks, names that are not UTF-8, files it cannot read yet; or the folder itself, when
+    /// other users could write it.
+    pub not_taken: Vec<NotTakenEntry>,
     /// Lanes paused because the API refuses the account (key, spend cap, usage limit) or cannot
     /// be reached.
     pub paused: Vec<Pause>,
@@ -89,6 +94,13 @@ pub struct BatchStatus {
     pub counts: BatchCounts,
     /// Seconds since the batch was packed.
     pub age_secs: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NotTakenEntry {
+    pub entry: String,
+    pub reason: String,
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +174,16 @@ pub fn status(
         daemon: daemon_status(conn, now)?,
         jobs: Vec::new(),
         rejected_files: Vec::new(),
+        not_taken: crate::store::facts::get(conn, NOT_TAKEN_FACT)?
+            .and_then(|json| serde_json::from_str::<Vec<NotTaken>>(&json).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| NotTakenEntry {
+                entry: n.entry,
+                reason: n.reason,
+                since: format_time(n.since),
+            })
+            .collect(),
         paused,
         budgets: crate::store::budget::standing(conn, &rules.budgets, now)?,
         windows: rules
@@ -330,6 +352,12 @@ impl StatusReport {
         }
         if let Some(url) = &self.metrics_url {
             let _ = writeln!(out, "\nmetrics: {url}");
+        }
+        if !self.not_taken.is_empty() {
+            out.push_str("\nnot taken from the jobs folder (left where they are):\n");
+            for n in &self.not_taken {
+                let _ = writeln!(out, "  {}  {}: {}", n.since, n.entry, n.reason);
+            }
         }
         if !self.rejected_files.is_empty() {
             out.push_str("\nrejected files (moved to the jobs folder's rejected/):\n");

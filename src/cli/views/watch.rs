@@ -262,6 +262,7 @@ mod tests {
                 results_file: String::new(),
             }],
             rejected_files: vec![],
+            not_taken: vec![],
             paused: vec![],
             budgets: vec![],
             metrics_url: None,

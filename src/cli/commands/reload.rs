@@ -1,0 +1,79 @@
+//! `nightshift reload`: asks the running daemon to read its config file again (SIGHUP) and waits
+//! for its verdict, so a refused config fails the command (and `systemctl reload`, whose
+//! `ExecReload` runs it) instead of passing unseen. Exit 0: in force; 78: refused, the running
+//! configuration stays; 69: no daemon answered.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::cli::views::daemon::lock_held;
+use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE, load_config};
+use crate::daemon::reload::{VERDICT_FILE, read_verdict};
+
+pub fn run(config: Option<&Path>, pid: Option<i32>, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config) {
+        Ok(config) => config,
+        Err(e) => {
+            // The daemon would refuse it too. Told all the same (when its pid is known), so that
+            // its journal and `status` show the refused reload.
+            if let Some(pid) = pid {
+                let _ = hang_up(pid);
+            }
+            eprintln!("the reload was refused, the running configuration stays in force: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let data_dir = &config.data_dir;
+    if lock_held(data_dir) != Some(true) {
+        eprintln!(
+            "no nightshift daemon runs on {}; start it (systemctl start nightshift)",
+            data_dir.display()
+        );
+        return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+    }
+    let pid = match pid {
+        Some(pid) => pid,
+        None => {
+            let pid_file = data_dir.join("nightshift.lock");
+            std::fs::read_to_string(&pid_file)
+                .with_context(|| format!("reading the daemon's pid from {}", pid_file.display()))?
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a pid", pid_file.display()))?
+        }
+    };
+    let verdict_path = data_dir.join(VERDICT_FILE);
+    let before = read_verdict(&verdict_path).map_or(0, |v| v.seq);
+    hang_up(pid)?;
+    let asked = Instant::now();
+    loop {
+        if let Some(verdict) = read_verdict(&verdict_path).filter(|v| v.seq > before) {
+            if verdict.ok {
+                println!("{}", verdict.message);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("{}", verdict.message);
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        if asked.elapsed() > timeout {
+            eprintln!(
+                "the daemon (pid {}) did not say within {} s whether it took the config; see the journal (journalctl -u nightshift)",
+                pid,
+                timeout.as_secs()
+            );
+            return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGHUP to the daemon.
+fn hang_up(pid: i32) -> anyhow::Result<()> {
+    let target = rustix::process::Pid::from_raw(pid)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    rustix::process::kill_process(target, rustix::process::Signal::HUP)
+        .with_context(|| format!("signalling the daemon (pid {pid})"))
+}

@@ -1,0 +1,364 @@
+//! The single policy for nightshift's files and folders, for every layer:
+//!
+//! - what it keeps is its owner's alone ([`make_private`]: 0600 files, 0700 folders);
+//! - it works only in folders no one else can change under it ([`check_folder`], like OpenSSH's
+//!   StrictModes: the folder and every parent up to `/` owned by root or nightshift's user, and
+//!   writable by no one else, unless a parent has the sticky bit, as `/tmp` has);
+//! - it never follows a symlink inside its folders: job files are opened with `O_NOFOLLOW`
+//!   ([`open_regular`]), and moved with `renameat2` relative to folders opened with `O_NOFOLLOW`
+//!   ([`move_into`]), never overwriting.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, RenameFlags};
+
+/// Makes a file nightshift keeps (the database, results, copies of job files, backups) readable
+/// by its owner only: 0600 for a file, 0700 for a folder, whatever the umask or the mode of the
+/// file it was copied from. A symlink is left alone (never followed). `recurse`: the folder's
+/// contents too.
+pub fn make_private(path: &Path, recurse: bool) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    // Another user's file (a job file a submitter owns) cannot be changed, and needs not be: it
+    // is kept in a folder only nightshift can enter.
+    let mine =
+        meta.uid() == rustix::process::geteuid().as_raw() || rustix::process::geteuid().is_root();
+    if mine && meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    if recurse && meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            make_private(&entry?.path(), true)?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a folder is not safe to work in; each says what to run.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Untrusted {
+    #[error("{what} {path} cannot be checked: {error}")]
+    Unreadable {
+        what: String,
+        path: PathBuf,
+        error: String,
+    },
+    #[error(
+        "{what} {path} is writable by every user on this host, who could then submit, spend and read; fix: chmod o-w {path}"
+    )]
+    WorldWritable { what: String, path: PathBuf },
+    #[error(
+        "{what} {path} is writable by group {gid}, which nightshift does not run in; fix: chmod g-w {path} (or chgrp it to nightshift's group)"
+    )]
+    GroupWritable {
+        what: String,
+        path: PathBuf,
+        gid: u32,
+    },
+    #[error(
+        "{what} {path} belongs to user {uid}, who could change its modes; fix: chown {owner} {path}"
+    )]
+    ForeignOwner {
+        what: String,
+        path: PathBuf,
+        uid: u32,
+        owner: u32,
+    },
+    #[error(
+        "{path} is not a folder (a symlink or a file); nightshift never follows links in its folders: remove it, nightshift makes the folder"
+    )]
+    NotAFolder { path: PathBuf },
+}
+
+/// Who nightshift runs as: the user and the groups that may share its folders.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Identity {
+    /// This process's effective user and groups.
+    pub fn current() -> Identity {
+        let mut gids: Vec<u32> = rustix::process::getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        gids.push(rustix::process::getegid().as_raw());
+        Identity {
+            uid: rustix::process::geteuid().as_raw(),
+            gids,
+        }
+    }
+}
+
+/// The facts of one path that decide whether it can be trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Decides for one folder on the way to (and including) the one nightshift works in. Pure.
+/// `last`: the folder itself (a sticky bit does not make it safe: others could add job files).
+pub fn judge(
+    path: &Path,
+    what: &str,
+    facts: Facts,
+    me: &Identity,
+    last: bool,
+) -> Result<(), Untrusted> {
+    let (what, path) = (what.to_owned(), path.to_owned());
+    if facts.uid != 0 && facts.uid != me.uid {
+        return Err(Untrusted::ForeignOwner {
+            what,
+            path,
+            uid: facts.uid,
+            owner: me.uid,
+        });
+    }
+    let sticky = facts.mode & 0o1000 != 0 && !last;
+    if facts.mode & 0o002 != 0 && !sticky {
+        return Err(Untrusted::WorldWritable { what, path });
+    }
+    if facts.mode & 0o020 != 0 && !sticky && !me.gids.contains(&facts.gid) {
+        return Err(Untrusted::GroupWritable {
+            what,
+            path,
+            gid: facts.gid,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that `dir` (a folder nightshift works in, named `what` in messages, e.g. "jobs_dir")
+/// and every folder above it are safe from other users ([`judge`]). A symlink in the configured
+/// path itself is the operator's choice: the folder it leads to is checked. Returns that folder.
+pub fn check_folder(dir: &Path, what: &str) -> Result<PathBuf, Untrusted> {
+    let unreadable = |path: &Path, e: std::io::Error| Untrusted::Unreadable {
+        what: what.to_owned(),
+        path: path.to_owned(),
+        error: e.to_string(),
+    };
+    let real = std::fs::canonicalize(dir).map_err(|e| unreadable(dir, e))?;
+    let me = Identity::current();
+    let mut last = true;
+    for path in real.ancestors() {
+        let meta = std::fs::metadata(path).map_err(|e| unreadable(path, e))?;
+        if last && !meta.is_dir() {
+            return Err(Untrusted::NotAFolder { path: real });
+        }
+        let facts = Facts {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        };
+        let label = if last {
+            what.to_owned()
+        } else {
+            format!("{what}'s parent folder")
+        };
+        judge(path, &label, facts, &me, last)?;
+        last = false;
+    }
+    Ok(real)
+}
+
+/// Opens a file for reading, refusing a symlink (`O_NOFOLLOW`) and anything but a regular file
+/// (a FIFO is not waited on: `O_NONBLOCK`).
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| with_symlink_words(e.into(), path))?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// `ELOOP` from `O_NOFOLLOW` says "too many levels of symbolic links"; say what it means here.
+fn with_symlink_words(e: std::io::Error, path: &Path) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return std::io::Error::other(format!(
+            "{} is a symlink; nightshift never follows links in its folders: put the file itself there",
+            path.display()
+        ));
+    }
+    e
+}
+
+/// Opens `dir/name` as a folder, creating it (0700) if missing, refusing a symlink.
+fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result<OwnedFd> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let path = dir_path.join(name);
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => std::io::Error::other(format!(
+            "{} is not a folder (a symlink or a file); nightshift never follows links in its folders: remove it, nightshift makes the folder",
+            path.display()
+        )),
+        e => e.into(),
+    })
+}
+
+/// Moves `dir/name` into `dir/folder/` (made 0700 if missing), under its own name or, when that
+/// is taken, `name.1`, `name.2`…; never follows a symlink, never overwrites. The moved file is
+/// made private. Returns its new path.
+pub fn move_into(dir: &Path, folder: &str, name: &str) -> std::io::Result<PathBuf> {
+    let dir_fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let sub = open_subfolder(&dir_fd, dir, folder)?;
+    let mut target = name.to_owned();
+    let mut n = 0;
+    loop {
+        match rustix::fs::renameat_with(
+            &dir_fd,
+            name,
+            &sub,
+            target.as_str(),
+            RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::EXIST) => {
+                n += 1;
+                target = format!("{name}.{n}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // A job file keeps its mode when moved: the copy kept here is nightshift's alone.
+    let moved_path = dir.join(folder).join(&target);
+    let moved = match rustix::fs::openat(
+        &sub,
+        target.as_str(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // Another user's file nightshift may not open: the folder, 0700, keeps it private.
+        Err(rustix::io::Errno::ACCESS) => return Ok(moved_path),
+        Err(e) => return Err(e.into()),
+    };
+    if rustix::fs::fstat(&moved)?.st_mode & 0o7777 != 0o600 {
+        match rustix::fs::fchmod(&moved, Mode::from_raw_mode(0o600)) {
+            // Another user's file: the folder, 0700, keeps it private.
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(moved_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity {
+            uid: 1000,
+            gids: vec![1000, 50],
+        }
+    }
+
+    fn facts(mode: u32, uid: u32, gid: u32) -> Facts {
+        Facts { mode, uid, gid }
+    }
+
+    #[test]
+    fn folders_only_their_owner_and_its_groups_can_change_are_trusted() {
+        let p = Path::new("/srv/jobs");
+        let ok = |f: Facts, last: bool| judge(p, "jobs_dir", f, &me(), last);
+        assert_eq!(ok(facts(0o40700, 1000, 1000), true), Ok(()));
+        assert_eq!(ok(facts(0o40755, 0, 0), false), Ok(()), "root's /srv");
+        assert_eq!(
+            ok(facts(0o40770, 1000, 50), true),
+            Ok(()),
+            "a group nightshift is in"
+        );
+        assert!(matches!(
+            ok(facts(0o40777, 1000, 1000), true),
+            Err(Untrusted::WorldWritable { .. })
+        ));
+        assert!(matches!(
+            ok(facts(0o40775, 1000, 7), true),
+            Err(Untrusted::GroupWritable { gid: 7, .. })
+        ));
+        assert!(matches!(
+            ok(facts(0o40700, 1001, 1000), true),
+            Err(Untrusted::ForeignOwner { uid: 1001, .. })
+        ));
+        // /tmp: a sticky parent is fine, a sticky jobs_dir is not (anyone could add a job).
+        assert_eq!(ok(facts(0o41777, 0, 0), false), Ok(()));
+        assert!(ok(facts(0o41777, 1000, 1000), true).is_err());
+    }
+
+    #[test]
+    fn the_fix_is_named() {
+        let e = judge(
+            Path::new("/srv/jobs"),
+            "jobs_dir",
+            facts(0o40777, 1000, 1000),
+            &me(),
+            true,
+        )
+        .expect_err("world-writable");
+        assert!(e.to_string().contains("chmod o-w /srv/jobs"), "{e}");
+    }
+
+    #[test]
+    fn a_move_never_follows_a_link_nor_overwrites() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let elsewhere = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a.jsonl"), "1").expect("write");
+        let first = move_into(dir.path(), "ingested", "a.jsonl").expect("moved");
+        assert_eq!(first, dir.path().join("ingested/a.jsonl"));
+        std::fs::write(dir.path().join("a.jsonl"), "2").expect("write");
+        let second = move_into(dir.path(), "ingested", "a.jsonl").expect("moved");
+        assert_eq!(second, dir.path().join("ingested/a.jsonl.1"));
+        assert_eq!(std::fs::read_to_string(first).expect("read"), "1");
+        let mode = std::fs::metadata(&second).expect("stat").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A folder swapped for a link: nothing moves.
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("rejected")).expect("link");
+        std::fs::write(dir.path().join("b.jsonl"), "3").expect("write");
+        let e = move_into(dir.path(), "rejected", "b.jsonl").expect_err("refused");
+        assert!(e.to_string().contains("never follows links"), "{e}");
+        assert!(dir.path().join("b.jsonl").exists());
+        assert_eq!(
+            std::fs::read_dir(elsewhere.path()).expect("list").count(),
+            0
+        );
+        // A job file that is a link is not opened.
+        std::os::unix::fs::symlink(dir.path().join("b.jsonl"), dir.path().join("c.jsonl"))
+            .expect("link");
+        let e = open_regular(&dir.path().join("c.jsonl")).expect_err("refused");
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+        assert!(open_regular(&dir.path().join("b.jsonl")).is_ok());
+    }
+}
