@@ -70,6 +70,11 @@ pub enum Command {
         /// of estimating them.
         #[arg(long)]
         count_tokens: bool,
+        /// Check each request shape (model, tools, system and the other top-level fields) with one
+        /// free count_tokens call, as the batch lane does before a batch: exit 65 if the API
+        /// refuses any, naming the lines.
+        #[arg(long)]
+        check: bool,
         /// Most count_tokens calls per minute (that endpoint's own limit: 5,000 at the Start tier,
         /// 100 at the old Tier 1; 429s are waited out either way).
         #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]

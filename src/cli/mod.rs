@@ -16,9 +16,11 @@ use commands::*;
 use crate::api::ApiKey;
 use crate::config::{Config, ConfigError, Env};
 
-/// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 69 no database yet,
-/// 78 bad configuration (sysexits' EX_CONFIG).
+/// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 65 the API refuses requests
+/// of the file (`plan --check`; sysexits' EX_DATAERR), 69 no database yet or no daemon answered,
+/// 78 bad configuration or a refused reload (sysexits' EX_CONFIG).
 pub const EXIT_NOT_FOUND: u8 = 3;
+pub const EXIT_REFUSED: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -37,9 +39,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan {
             file,
             count_tokens,
+            check,
             count_tokens_rpm,
             json,
-        } => plan::run(config, &file, count_tokens, count_tokens_rpm, json.json),
+        } => plan::run(
+            config,
+            &file,
+            plan::Asks {
+                count_tokens,
+                check,
+                rpm: count_tokens_rpm,
+            },
+            json.json,
+        ),
         Command::Ledger(args) => ledger::run(config, &args),
         Command::Cancel { name } => cancel::run(config, &name),
         Command::Unschedule { name } => unschedule::run(config, &name),

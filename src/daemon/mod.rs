@@ -211,6 +211,7 @@ pub async fn run(
         realtime_wake: work_wake.clone(),
         results_wake: results_wake.clone(),
         staging_dir: config.staging_dir(),
+        shapes: Default::default(),
     };
     let limits_config = live_config.clone();
     let quota_settings = QuotaSettings {
@@ -265,6 +266,7 @@ pub async fn run(
         failures: Default::default(),
         not_taken: Default::default(),
         templates_dir: config.data_dir.join("templates"),
+        api_version: config.api.anthropic_version.clone(),
     };
     let scan_interval = config.daemon.scan_interval;
     let (scanned, first_scan) = tokio::sync::oneshot::channel();

@@ -3,7 +3,8 @@
 
 use serde_json::{Value, json};
 
-/// Model ids the fake knows (fact sheet §0), each with its rate-limit class.
+/// Model ids the fake serves (fact sheet §0; `claude-sonnet-4-5` retired on 2026-11-30, §11),
+/// each with its rate-limit class.
 ///
 /// Opus 4.x models share one bucket, Sonnet 4.x models share one; every other model has its
 /// own bucket (its class is its own id).
@@ -24,7 +25,6 @@ const MODELS: &[(&str, &str)] = &[
     ("claude-opus-4-6", "claude-opus-4.x"),
     ("claude-opus-4-5", "claude-opus-4.x"),
     ("claude-sonnet-4-6", "claude-sonnet-4.x"),
-    ("claude-sonnet-4-5", "claude-sonnet-4.x"),
     ("claude-haiku-4-5", "claude-haiku-4-5"),
 ];
 
@@ -142,6 +142,7 @@ pub(crate) fn validate_params(
     let Some(class) = model_class(&model) else {
         return Err(ParamsError::UnknownModel(format!("model: {model}")));
     };
+    model_rules(&model, object)?;
     Ok(ValidParams {
         model,
         class,
@@ -180,7 +181,33 @@ pub(crate) fn validate_count_params(params: &Value) -> Result<u64, ParamsError> 
     if model_class(model).is_none() {
         return Err(ParamsError::UnknownModel(format!("model: {model}")));
     }
+    model_rules(model, object)?;
     Ok(count_input_tokens(params))
+}
+
+/// The request rules that differ per model (fact sheet §11): Opus 5.5 and Fable 5.1 refuse
+/// setting thinking; they and Sonnet 5.5 refuse forced tool use.
+fn model_rules(model: &str, object: &serde_json::Map<String, Value>) -> Result<(), ParamsError> {
+    let base = strip_date_suffix(model);
+    let kind = |field: &str| {
+        object
+            .get(field)
+            .and_then(|v| v.get("type"))
+            .and_then(Value::as_str)
+    };
+    let thinking_fixed = ["claude-opus-5-5", "claude-fable-5-1"].contains(&base);
+    if thinking_fixed && matches!(kind("thinking"), Some("disabled" | "enabled")) {
+        return Err(invalid(format!(
+            "thinking.type: {model} does not support setting thinking; omit it"
+        )));
+    }
+    let no_forced = ["claude-opus-5-5", "claude-fable-5-1", "claude-sonnet-5-5"].contains(&base);
+    if no_forced && matches!(kind("tool_choice"), Some("any" | "tool")) {
+        return Err(invalid(format!(
+            "tool_choice.type: {model} does not support forced tool use"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_messages(messages: Option<&Value>) -> Result<(), ParamsError> {

@@ -138,7 +138,7 @@ mod tests {
 
     fn line(id: &str, mode: &str) -> String {
         format!(
-            r#"{{"custom_id":"{id}","tenant":"acme","mode":"{mode}","params":{{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[{{"role":"user","content":"q"}}]}}}}"#
+            r#"{{"custom_id":"{id}","tenant":"acme","mode":"{mode}","params":{{"model":"claude-sonnet-4-6","max_tokens":1000,"messages":[{{"role":"user","content":"q"}}]}}}}"#
         )
     }
 
@@ -292,7 +292,7 @@ mod tests {
         );
         assert_eq!(
             (model.as_str(), from.as_str()),
-            ("claude-haiku-4-5", "claude-sonnet-4-5")
+            ("claude-haiku-4-5", "claude-sonnet-4-6")
         );
         // The cap is soft for the downgraded call: it goes.
         assert!(matches!(mark(&conn, id, &rules), Marked::InFlight(_)));

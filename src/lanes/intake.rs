@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::sidecar::Manifest;
 use crate::model::job::JobDefaults;
 use crate::model::job_file::{JobFileReader, hex};
-use crate::model::line::{ParsedLine, ValidLine, valid_job_name};
+use crate::model::line::{LineContext, ParsedLine, ValidLine, valid_job_name};
 use crate::policy::planner;
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
@@ -136,6 +136,8 @@ pub struct Intake {
     pub not_taken: Arc<std::sync::Mutex<BTreeMap<String, NotTaken>>>,
     /// Where templates of recurring jobs are kept (`<data_dir>/templates`).
     pub templates_dir: PathBuf,
+    /// The `anthropic-version` nightshift sends: some fields are refused on some versions.
+    pub api_version: String,
 }
 
 /// Attempts at a file that keeps failing (unreadable, vanishing) before it is rejected.
@@ -512,7 +514,24 @@ fn stream_lines(
         }
         .into());
     }
-    while let Some(line) = reader.next_line(&defaults, job.created_at)? {
+    let ctx = LineContext {
+        defaults: &defaults,
+        intake_ms: job.created_at,
+        api_version: &intake.api_version,
+    };
+    let today = crate::model::catalog::day_of(job.created_at);
+    // Deprecated models the job uses, each warned of once (in the log and the job's note).
+    let mut deprecated: BTreeMap<String, Option<String>> = BTreeMap::new();
+    while let Some(line) = reader.next_line(&ctx)? {
+        if let ParsedLine::Valid(v) = &line.parsed
+            && !deprecated.contains_key(&v.model)
+        {
+            let warning = crate::model::catalog::deprecation(&v.model, &today);
+            if let Some(w) = &warning {
+                tracing::warn!(job = %job.name, model = %v.model, "{w}");
+            }
+            deprecated.insert(v.model.clone(), warning);
+        }
         chunk_bytes += line.len;
         chunk.push((line.line_no, line.parsed));
         if chunk.len() >= CHUNK_LINES || chunk_bytes >= CHUNK_BYTES {
@@ -551,7 +570,14 @@ fn stream_lines(
         wait(submit_chunk(intake, job.id, &display, chunk, progress))?;
     }
     let job_id = job.id;
-    let note = (line_no == 0).then(|| "the file is empty: there is nothing to run".to_owned());
+    let warnings: Vec<String> = deprecated.into_values().flatten().collect();
+    let note = if line_no == 0 {
+        Some("the file is empty: there is nothing to run".to_owned())
+    } else if !warnings.is_empty() {
+        Some(warnings.join("; "))
+    } else {
+        None
+    };
     block_on_store(store, move |conn| {
         jobs::finish_intake(
             conn,

@@ -9,8 +9,7 @@ use std::io::BufRead;
 
 use sha2::{Digest, Sha256};
 
-use super::job::JobDefaults;
-use super::line::{LineError, ParsedLine, parse_line};
+use super::line::{LineContext, LineError, ParsedLine, parse_line};
 
 /// Longer lines are not read into memory: no request that large is accepted by the API (32 MB).
 pub const MAX_LINE_BYTES: usize = 32 << 20;
@@ -66,13 +65,8 @@ impl<R: BufRead> JobFileReader<R> {
         Ok(self.read_raw()?.is_some())
     }
 
-    /// Reads and judges the next line; None at the end of the file. `intake_ms` resolves relative
-    /// deadlines.
-    pub fn next_line(
-        &mut self,
-        defaults: &JobDefaults,
-        intake_ms: i64,
-    ) -> std::io::Result<Option<ReadLine>> {
+    /// Reads and judges the next line in `ctx`; None at the end of the file.
+    pub fn next_line(&mut self, ctx: &LineContext<'_>) -> std::io::Result<Option<ReadLine>> {
         let Some(too_long) = self.read_raw()? else {
             return Ok(None);
         };
@@ -96,7 +90,7 @@ impl<R: BufRead> JobFileReader<R> {
                 ),
             }
         } else {
-            parse_line(line, self.line_no, defaults, intake_ms)
+            parse_line(line, self.line_no, ctx)
         };
         Ok(Some(ReadLine {
             line_no: self.line_no,
@@ -187,7 +181,13 @@ mod tests {
     fn read_all(bytes: &[u8]) -> Vec<ReadLine> {
         let mut reader = JobFileReader::new(std::io::BufReader::with_capacity(7, bytes));
         let mut lines = Vec::new();
-        while let Some(line) = reader.next_line(&JobDefaults::default(), 0).expect("read") {
+        let defaults = crate::model::job::JobDefaults::default();
+        let ctx = LineContext {
+            defaults: &defaults,
+            intake_ms: 0,
+            api_version: "2023-06-01",
+        };
+        while let Some(line) = reader.next_line(&ctx).expect("read") {
             lines.push(line);
         }
         assert_eq!(reader.offset(), bytes.len() as u64);

@@ -8,7 +8,7 @@ use std::fmt;
 use serde_json::value::RawValue;
 
 use super::job::{Deadline, JobDefaults, Mode, Priority, check_tenant};
-use super::params_check;
+use super::{catalog, params_check};
 
 /// The fields a line may carry.
 const LINE_FIELDS: [&str; 6] = [
@@ -99,9 +99,33 @@ pub fn estimate_input_tokens(params: &str) -> u64 {
 /// The UTF-8 byte order mark some editors put before the first line.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Validates one line (without its newline). `intake_ms` resolves relative deadlines. A byte
-/// order mark before line 1 is not part of it.
-pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i64) -> ParsedLine {
+/// What a line is judged against besides itself.
+#[derive(Debug, Clone, Copy)]
+pub struct LineContext<'a> {
+    pub defaults: &'a JobDefaults,
+    /// When the job was taken in (Unix ms): resolves relative deadlines, and dates the model
+    /// table (a model retires on a day).
+    pub intake_ms: i64,
+    /// The `anthropic-version` nightshift sends (`api.anthropic_version`).
+    pub api_version: &'a str,
+}
+
+#[cfg(test)]
+impl<'a> LineContext<'a> {
+    /// For tests: `defaults` and `intake_ms` on the default API version.
+    pub fn test(defaults: &'a JobDefaults, intake_ms: i64) -> LineContext<'a> {
+        LineContext {
+            defaults,
+            intake_ms,
+            api_version: "2023-06-01",
+        }
+    }
+}
+
+/// Validates one line (without its newline) in `ctx`. A byte order mark before line 1 is not
+/// part of it.
+pub fn parse_line(bytes: &[u8], line: u64, ctx: &LineContext<'_>) -> ParsedLine {
+    let (defaults, intake_ms) = (ctx.defaults, ctx.intake_ms);
     let bytes = match bytes.strip_prefix(BOM) {
         Some(rest) if line == 1 => rest,
         _ => bytes,
@@ -245,6 +269,21 @@ pub fn parse_line(bytes: &[u8], line: u64, defaults: &JobDefaults, intake_ms: i6
         Some(Err(_)) => return fail("params.messages", "must be an array of messages".into()),
     }
 
+    let field = |name: &str| {
+        params
+            .get(name)
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    };
+    if let Err((field, reason)) = catalog::check_request(
+        &model,
+        max_tokens,
+        &field,
+        ctx.api_version,
+        &catalog::day_of(intake_ms),
+    ) {
+        return fail(&field, reason);
+    }
+
     let params = params_raw.get().to_owned();
     ParsedLine::Valid(ValidLine {
         input_estimate: estimate_input_tokens(&params),
@@ -306,7 +345,11 @@ mod tests {
     use super::*;
 
     fn parse(line: &str) -> ParsedLine {
-        parse_line(line.as_bytes(), 7, &JobDefaults::default(), 1_000)
+        parse_line(
+            line.as_bytes(),
+            7,
+            &LineContext::test(&JobDefaults::default(), 1_000),
+        )
     }
 
     fn error_of(line: &str) -> (Option<String>, LineError) {
@@ -432,9 +475,9 @@ mod tests {
     #[test]
     fn a_byte_order_mark_before_line_1_is_skipped_and_elsewhere_refused() {
         let with_bom = [BOM, GOOD.as_bytes()].concat();
-        let parsed = parse_line(&with_bom, 1, &JobDefaults::default(), 0);
+        let parsed = parse_line(&with_bom, 1, &LineContext::test(&JobDefaults::default(), 0));
         assert!(matches!(parsed, ParsedLine::Valid(_)), "{parsed:?}");
-        let parsed = parse_line(&with_bom, 2, &JobDefaults::default(), 0);
+        let parsed = parse_line(&with_bom, 2, &LineContext::test(&JobDefaults::default(), 0));
         assert!(matches!(parsed, ParsedLine::Invalid { .. }), "{parsed:?}");
     }
 
@@ -448,9 +491,11 @@ mod tests {
 
     #[test]
     fn non_utf8_is_reported_with_its_column() {
-        let ParsedLine::Invalid { error, .. } =
-            parse_line(b"{\"a\xff", 3, &JobDefaults::default(), 0)
-        else {
+        let ParsedLine::Invalid { error, .. } = parse_line(
+            b"{\"a\xff",
+            3,
+            &LineContext::test(&JobDefaults::default(), 0),
+        ) else {
             panic!("invalid")
         };
         assert!(error.reason.contains("UTF-8"), "{error:?}");

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod batch;
+pub mod catalog;
 pub mod job;
 pub mod job_file;
 pub mod line;

@@ -15,6 +15,7 @@ pub mod circuit;
 pub mod cron;
 pub mod outcome;
 pub mod planner;
+pub mod preflight;
 pub mod prices;
 pub mod quota;
 pub mod realtime;

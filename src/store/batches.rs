@@ -366,15 +366,45 @@ pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Op
     for id in [batch_id, half] {
         conn.execute(
             "UPDATE batches SET state = 'submitting', create_unknown = 0, create_sent_at = NULL,
-                    next_action_at = ?2, error = ?3,
-                    request_count = (SELECT count(*) FROM items WHERE batch_id = ?1 AND state = 'in_flight'),
-                    bytes = (SELECT COALESCE(sum(length(CAST(params AS BLOB)) + length(custom_id) + 40), 0)
-                             FROM items WHERE batch_id = ?1 AND state = 'in_flight')
-             WHERE id = ?1",
+                    next_action_at = ?2, error = ?3 WHERE id = ?1",
             params![id, now, why],
         )?;
+        recount(conn, id)?;
     }
     Ok(Some(half))
+}
+
+/// Sets a batch not yet created to the requests still in flight in it; returns how many.
+pub fn recount(conn: &Connection, batch_id: i64) -> Result<i64> {
+    conn.execute(
+        "UPDATE batches SET
+                request_count = (SELECT count(*) FROM items WHERE batch_id = ?1 AND state = 'in_flight'),
+                bytes = (SELECT COALESCE(sum(length(CAST(params AS BLOB)) + length(custom_id) + 40), 0)
+                         FROM items WHERE batch_id = ?1 AND state = 'in_flight')
+         WHERE id = ?1",
+        [batch_id],
+    )?;
+    Ok(conn
+        .prepare_cached("SELECT request_count FROM batches WHERE id = ?1")?
+        .query_row([batch_id], |r| r.get(0))?)
+}
+
+/// The item of a batch in flight under `custom_id`, with the job file and line it came from:
+/// (item, file, line).
+pub fn in_flight_by_custom_id(
+    conn: &Connection,
+    batch_id: i64,
+    custom_id: &str,
+) -> Result<Option<(i64, String, i64)>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
+             WHERE i.batch_id = ?1 AND i.custom_id = ?2 AND i.state = 'in_flight'",
+        )?
+        .query_row(params![batch_id, custom_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?)
 }
 
 /// The one item of a batch, with the job file and line it came from: (item, file, line).

@@ -633,7 +633,16 @@ pub fn test_insert(conn: &Connection, job_id: i64, lines: &[&str]) {
     use crate::model::line::parse_line;
     let parsed: Vec<_> = (1..)
         .zip(lines)
-        .map(|(n, l)| (n, parse_line(l.as_bytes(), n, &JobDefaults::default(), 0)))
+        .map(|(n, l)| {
+            (
+                n,
+                parse_line(
+                    l.as_bytes(),
+                    n,
+                    &crate::model::line::LineContext::test(&JobDefaults::default(), 0),
+                ),
+            )
+        })
         .collect();
     let turnaround = batches::turnaround_ms(conn).expect("turnaround");
     let plan = |line: &crate::model::line::ValidLine| {

@@ -116,7 +116,7 @@ async fn a_downgrading_cap_moves_calls_to_the_cheaper_model() {
     )
     .await;
     let (ids, body) = job("dg", 30, |id| {
-        line(id, "beta", "claude-sonnet-4-5", r#""mode":"realtime","#)
+        line(id, "beta", "claude-sonnet-4-6", r#""mode":"realtime","#)
     });
     env.write_job("cheaper", &body);
     let daemon = env.start_daemon();
@@ -135,7 +135,7 @@ async fn a_downgrading_cap_moves_calls_to_the_cheaper_model() {
         .map(|r| r["result"]["message"]["model"].as_str().unwrap_or_default())
         .collect();
     let on_haiku = models.iter().filter(|m| **m == "claude-haiku-5-5").count();
-    let on_sonnet = models.iter().filter(|m| **m == "claude-sonnet-4-5").count();
+    let on_sonnet = models.iter().filter(|m| **m == "claude-sonnet-4-6").count();
     assert!(
         (1..=5).contains(&on_sonnet) && on_haiku + on_sonnet == 30,
         "{on_sonnet} on Sonnet, {on_haiku} on Haiku"
@@ -150,12 +150,12 @@ async fn a_downgrading_cap_moves_calls_to_the_cheaper_model() {
             .map_or(0, |g| g["requests"].as_u64().unwrap_or(0))
     };
     assert_eq!(requests("claude-haiku-5-5"), on_haiku as u64);
-    assert_eq!(requests("claude-sonnet-4-5"), on_sonnet as u64);
+    assert_eq!(requests("claude-sonnet-4-6"), on_sonnet as u64);
     let job = env.job_json("cheaper");
     assert_eq!(job["budget"]["downgraded"], on_haiku, "{job}");
     let reason = job["budget"]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("downgraded from claude-sonnet-4-5 to claude-haiku-5-5"),
+        reason.contains("downgraded from claude-sonnet-4-6 to claude-haiku-5-5"),
         "{reason}"
     );
 }

@@ -14,6 +14,7 @@ mod faults;
 mod ledger;
 mod metrics;
 mod plan;
+mod preflight;
 mod quota;
 mod restart;
 mod schedules;

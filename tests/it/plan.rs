@@ -104,12 +104,12 @@ async fn plan_counts_what_intake_accepts() {
     push(br#"{"custom_id":"c-3","params":{}}"#, b"\n"); // no model, but its custom_id is read
     // Past the API's 32 MiB request limit: neither reads it into memory.
     let huge = format!(
-        r#"{{"custom_id":"c-4","params":{{"model":"claude-sonnet-4-5","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
+        r#"{{"custom_id":"c-4","params":{{"model":"claude-sonnet-4-6","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
         "y".repeat(33 << 20)
     );
     push(huge.as_bytes(), b"\n");
     push(
-        br#"{"custom_id":"c-5","params":{"model":"claude-sonnet-4-5","max_tokens":5,"max_tokens":6,"messages":[]}}"#,
+        br#"{"custom_id":"c-5","params":{"model":"claude-sonnet-4-6","max_tokens":5,"max_tokens":6,"messages":[]}}"#,
         b"\n",
     ); // a key written twice
     push(request("c-3", "three").as_bytes(), b"\n"); // c-3's first line was invalid: it owns the id

@@ -65,6 +65,7 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         failures: Default::default(),
         not_taken: Default::default(),
         templates_dir: dir.path().join("templates"),
+        api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
     };
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;

@@ -2,7 +2,7 @@
 //! would take: estimated tokens, cost through batches vs real time, how long the real-time lane
 //! would need under the configured limits, and which limit binds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::model::job::JobDefaults;
 use crate::model::job_file::{JobFileReader, Repeats};
-use crate::model::line::{ParsedLine, ValidLine};
+use crate::model::line::{LineContext, ParsedLine, ValidLine};
 
 /// `nightshift plan --json`.
 #[derive(Debug, Serialize, PartialEq)]
@@ -35,6 +35,50 @@ pub struct Plan {
     pub binding: Option<&'static str>,
     /// Models without a price: their calls are not in `cost_usd`.
     pub unpriced_models: Vec<String>,
+    /// A warning per deprecated model the file uses (its retirement day and replacement).
+    pub deprecated_models: Vec<String>,
+    /// `--check`: what the API said of each request shape; null when not asked.
+    pub check: Option<ShapeCheck>,
+}
+
+/// `plan --check` → `check`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ShapeCheck {
+    /// Distinct request shapes (model, tools, system and the other top-level fields).
+    pub shapes: u64,
+    /// Shapes the API could not be asked about (rate-limited or unreachable after retries).
+    pub unchecked: u64,
+    /// What the API refuses, each with the lines it refuses.
+    pub refused: Vec<RefusedShape>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct RefusedShape {
+    /// The API's status and message, e.g. "HTTP 404: model: claude-x".
+    pub error: String,
+    /// Requests refused.
+    pub requests: u64,
+    /// Their lines, the first [`MAX_LINES_LISTED`].
+    pub lines: Vec<u64>,
+}
+
+/// Lines listed per refused shape, at most.
+const MAX_LINES_LISTED: usize = 20;
+
+/// Asks the API whether it takes a request (its shape): Ok(None) it does, or it could not be
+/// asked; Ok(Some((status, message))) it refuses it.
+pub type ShapeChecker<'a> = dyn FnMut(&str) -> anyhow::Result<Answer> + 'a;
+
+/// What the API said of one counted request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Taken,
+    Refused {
+        status: u16,
+        message: String,
+    },
+    /// Not asked: rate-limited or unreachable after retries.
+    Unasked,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -128,12 +172,50 @@ impl ApiCounter {
     }
 }
 
+impl ApiCounter {
+    /// Asks the API whether it takes `params` (one count_tokens call, paced like [`Self::count`]).
+    pub fn check(&mut self, params: &str) -> anyhow::Result<Answer> {
+        let start = self
+            .next
+            .max(self.runtime.block_on(async { tokio::time::Instant::now() }));
+        self.next = start + self.interval;
+        let client = self.client.clone();
+        let params = params.to_owned();
+        self.runtime.block_on(async move {
+            tokio::time::sleep_until(start).await;
+            ask_one(&client, &params).await
+        })
+    }
+}
+
 async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Option<u64>> {
+    Ok(match ask(client, params).await? {
+        Asked::Counted(n) => Some(n),
+        Asked::Refused { .. } | Asked::Unasked => None,
+    })
+}
+
+async fn ask_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Answer> {
+    Ok(match ask(client, params).await? {
+        Asked::Counted(_) => Answer::Taken,
+        Asked::Refused { status, message } => Answer::Refused { status, message },
+        Asked::Unasked => Answer::Unasked,
+    })
+}
+
+enum Asked {
+    Counted(u64),
+    Refused { status: u16, message: String },
+    Unasked,
+}
+
+/// One count_tokens call, with 429s waited out and passing failures tried again.
+async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Asked> {
     use crate::model::answer::Outcome;
     use std::time::Duration;
     for attempt in 0..8u32 {
         let wait = match client.count_tokens(params).await {
-            Ok(n) => return Ok(Some(n)),
+            Ok(n) => return Ok(Asked::Counted(n)),
             Err(Outcome::RateLimited { retry_after, .. }) => {
                 retry_after.unwrap_or(Duration::from_secs(1))
             }
@@ -144,13 +226,20 @@ async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Resu
             Err(Outcome::Blocked {
                 status, message, ..
             }) => anyhow::bail!(
-                "the API refuses token counting (HTTP {status}: {message}); check the key, or plan without --count-tokens"
+                "the API refuses token counting (HTTP {status}: {message}); check the key, or plan without --count-tokens and --check"
             ),
-            Err(Outcome::Fatal { .. } | Outcome::Succeeded { .. }) => return Ok(None),
+            Err(Outcome::Fatal { status, body, .. }) => {
+                let message = body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no message")
+                    .to_owned();
+                return Ok(Asked::Refused { status, message });
+            }
+            Err(Outcome::Succeeded { .. }) => return Ok(Asked::Unasked),
         };
         tokio::time::sleep(wait).await;
     }
-    Ok(None)
+    Ok(Asked::Unasked)
 }
 
 /// Running sums over the file.
@@ -166,12 +255,15 @@ struct Tally {
     unpriced: Vec<String>,
     /// Requests whose input is the estimate (no count was asked for, or the count failed).
     estimated: u64,
+    /// Per model seen: its deprecation warning, if any.
+    deprecated: BTreeMap<String, Option<String>>,
 }
 
 impl Tally {
     fn add(
         &mut self,
         config: &Config,
+        today: &str,
         chunk: &[ValidLine],
         counter: &mut InputCounter<'_>,
     ) -> anyhow::Result<()> {
@@ -180,6 +272,10 @@ impl Tally {
         }
         let counts = counter(chunk)?;
         for (v, count) in chunk.iter().zip(counts) {
+            if !self.deprecated.contains_key(&v.model) {
+                let warning = crate::model::catalog::deprecation(&v.model, today);
+                self.deprecated.insert(v.model.clone(), warning);
+            }
             let input = count.unwrap_or(v.input_estimate);
             self.estimated += u64::from(count.is_none());
             self.items += 1;
@@ -214,8 +310,91 @@ impl Tally {
     }
 }
 
-/// Plans `file` with input tokens from `counter` ([`estimated`], or the API's `count_tokens`).
-pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> anyhow::Result<Plan> {
+/// Shapes seen in a file: each with its first request's body, its requests and their first lines.
+#[derive(Default)]
+struct Shapes {
+    order: Vec<String>,
+    by_key: HashMap<String, ShapeSeen>,
+}
+
+struct ShapeSeen {
+    first_params: String,
+    first_line: u64,
+    requests: u64,
+    lines: Vec<u64>,
+}
+
+impl Shapes {
+    fn add(&mut self, v: &ValidLine, line: u64) {
+        let Some(key) = crate::policy::preflight::shape_key(&v.params) else {
+            return;
+        };
+        let seen = self.by_key.entry(key.clone()).or_insert_with(|| {
+            self.order.push(key);
+            ShapeSeen {
+                first_params: v.params.clone(),
+                first_line: line,
+                requests: 0,
+                lines: Vec::new(),
+            }
+        });
+        seen.requests += 1;
+        if seen.lines.len() < MAX_LINES_LISTED {
+            seen.lines.push(line);
+        }
+    }
+
+    /// Asks `checker` of each shape, by its first request.
+    fn check(self, checker: &mut ShapeChecker<'_>) -> anyhow::Result<ShapeCheck> {
+        use crate::policy::preflight::{Blame, blame};
+        let mut report = ShapeCheck {
+            shapes: self.order.len() as u64,
+            unchecked: 0,
+            refused: Vec::new(),
+        };
+        let mut by_key = self.by_key;
+        for (n, key) in self.order.iter().enumerate() {
+            let Some(seen) = by_key.remove(key) else {
+                continue;
+            };
+            if n > 0 && n % 500 == 0 {
+                eprintln!("checking request shapes: {n} of {} so far", report.shapes);
+            }
+            match checker(&seen.first_params)? {
+                Answer::Taken => {}
+                Answer::Unasked => report.unchecked += 1,
+                Answer::Refused { status, message } => {
+                    let error = format!("HTTP {status}: {message}");
+                    report.refused.push(match blame(&message) {
+                        Blame::Shape => RefusedShape {
+                            error,
+                            requests: seen.requests,
+                            lines: seen.lines,
+                        },
+                        // The counted request's own conversation: that line alone.
+                        Blame::Request => RefusedShape {
+                            error,
+                            requests: 1,
+                            lines: vec![seen.first_line],
+                        },
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Plans `file` with input tokens from `counter` ([`estimated`], or the API's `count_tokens`),
+/// and with `checker`, asks the API whether it takes each request shape (`--check`). `now`
+/// (Unix ms) dates the model table and resolves relative deadlines.
+pub fn plan(
+    config: &Config,
+    file: &Path,
+    now: i64,
+    counter: &mut InputCounter<'_>,
+    checker: Option<&mut ShapeChecker<'_>>,
+) -> anyhow::Result<Plan> {
     let sidecar = file.with_extension("toml");
     let defaults = if sidecar.is_file() {
         let text = std::fs::read_to_string(&sidecar)
@@ -229,23 +408,39 @@ pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> any
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut reader = JobFileReader::new(BufReader::with_capacity(1 << 20, file_handle));
     let mut repeats = Repeats::default();
+    let mut shapes = Shapes::default();
+    let today = crate::model::catalog::day_of(now);
+    let ctx = LineContext {
+        defaults: &defaults,
+        intake_ms: now,
+        api_version: &config.api.anthropic_version,
+    };
     let mut tally = Tally::default();
     let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
     // Intake's reading and judging, line by line: the counts agree with what intake accepts.
     while let Some(line) = reader
-        .next_line(&defaults, 0)
+        .next_line(&ctx)
         .with_context(|| format!("reading {}", file.display()))?
     {
         match repeats.check(line.parsed, line.line_no) {
-            ParsedLine::Valid(v) => chunk.push(v),
+            ParsedLine::Valid(v) => {
+                if checker.is_some() {
+                    shapes.add(&v, line.line_no);
+                }
+                chunk.push(v)
+            }
             ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
         if chunk.len() == CHUNK {
-            tally.add(config, &chunk, counter)?;
+            tally.add(config, &today, &chunk, counter)?;
             chunk.clear();
         }
     }
-    tally.add(config, &chunk, counter)?;
+    tally.add(config, &today, &chunk, counter)?;
+    let check = match checker {
+        Some(checker) => Some(shapes.check(checker)?),
+        None => None,
+    };
     let Tally {
         classes,
         items,
@@ -256,6 +451,7 @@ pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> any
         realtime_micro,
         unpriced,
         estimated,
+        deprecated,
     } = tally;
     // Classes drain side by side; the slowest decides, and within it the slowest dimension.
     let mut drain: Option<(f64, &'static str)> = Some((0.0, "rpm"));
@@ -295,6 +491,8 @@ pub fn plan(config: &Config, file: &Path, counter: &mut InputCounter<'_>) -> any
         drain_seconds_realtime: drain.map(|(s, _)| s),
         binding: drain.filter(|_| items > 0).map(|(_, b)| b),
         unpriced_models: unpriced,
+        deprecated_models: deprecated.into_values().flatten().collect(),
+        check,
     })
 }
 
@@ -321,6 +519,34 @@ impl Plan {
             )),
             _ => out.push_str("  real time      unknown: some models have no configured limits ([limits] or [quota] tier)\n"),
         }
+        if let Some(check) = &self.check {
+            out.push_str(&format!(
+                "  check          {} request shapes asked of the API (count_tokens){}\n",
+                check.shapes,
+                if check.unchecked > 0 {
+                    format!(", {} could not be asked", check.unchecked)
+                } else {
+                    String::new()
+                }
+            ));
+            for r in &check.refused {
+                let more = if r.requests > r.lines.len() as u64 {
+                    ", …"
+                } else {
+                    ""
+                };
+                let lines: Vec<String> = r.lines.iter().map(u64::to_string).collect();
+                out.push_str(&format!(
+                    "  REFUSED        {} requests (lines {}{more}): {}\n",
+                    r.requests,
+                    lines.join(", "),
+                    r.error
+                ));
+            }
+        }
+        for warning in &self.deprecated_models {
+            out.push_str(&format!("  deprecated: {warning}\n"));
+        }
         if !self.unpriced_models.is_empty() {
             out.push_str(&format!(
                 "  no price for: {} (not in the cost)\n",
@@ -334,6 +560,9 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 2026-12-02.
+    const NOW: i64 = 1_796_212_800_000;
 
     fn config(limits: &str) -> Config {
         Config::parse(
@@ -355,7 +584,7 @@ mod tests {
 
     fn line(i: usize, prompt_chars: usize, max_tokens: u64) -> String {
         format!(
-            r#"{{"custom_id":"p-{i}","params":{{"model":"claude-sonnet-4-5","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
+            r#"{{"custom_id":"p-{i}","params":{{"model":"claude-sonnet-4-6","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"{}"}}]}}}}"#,
             "x".repeat(prompt_chars)
         )
     }
@@ -365,14 +594,14 @@ mod tests {
         let limits = "[limits.default]\nrpm = 1000\nitpm = 10000\notpm = 100000\n";
         // Long prompts, short answers: input tokens bind.
         let file = write(&(0..10).map(|i| line(i, 4_000, 16)).collect::<Vec<_>>());
-        let p = plan(&config(limits), file.path(), &mut estimated).expect("plan");
+        let p = plan(&config(limits), file.path(), NOW, &mut estimated, None).expect("plan");
         assert_eq!(p.items, 10);
         assert_eq!(p.binding, Some("itpm"));
         assert!(p.drain_seconds_realtime.expect("known") > 60.0);
         // Short prompts, long answers: output tokens bind.
         let file = write(&(0..10).map(|i| line(i, 10, 50_000)).collect::<Vec<_>>());
         assert_eq!(
-            plan(&config(limits), file.path(), &mut estimated)
+            plan(&config(limits), file.path(), NOW, &mut estimated, None)
                 .expect("plan")
                 .binding,
             Some("otpm")
@@ -380,7 +609,7 @@ mod tests {
         // Many small requests under a low RPM: requests bind.
         let low_rpm = "[limits.default]\nrpm = 50\nitpm = 10000\notpm = 100000\n";
         let file = write(&(0..200).map(|i| line(i, 10, 1)).collect::<Vec<_>>());
-        let p = plan(&config(low_rpm), file.path(), &mut estimated).expect("plan");
+        let p = plan(&config(low_rpm), file.path(), NOW, &mut estimated, None).expect("plan");
         assert_eq!(p.binding, Some("rpm"));
         assert_eq!(
             p.drain_seconds_realtime,
@@ -394,7 +623,7 @@ mod tests {
         let mut lines: Vec<String> = (0..4).map(|i| line(i, 400, 100)).collect();
         lines.push("{not json".into());
         let file = write(&lines);
-        let p = plan(&config(""), file.path(), &mut estimated).expect("plan");
+        let p = plan(&config(""), file.path(), NOW, &mut estimated, None).expect("plan");
         assert_eq!((p.items, p.invalid_lines), (4, 1));
         assert!((p.cost_usd.batch * 2.0 - p.cost_usd.realtime).abs() < 1e-6);
         assert_eq!(p.drain_seconds_realtime, None, "no limits configured");

@@ -317,28 +317,68 @@ pub fn refuse_batch(
     };
     let message =
         format!("the API refused this request in a batch ({error}); it is line {line} of {file}");
+    error_refused(conn, item_id, "invalid_request_error", &message, now)?;
+    Ok(Refused::Errored { file, line })
+}
+
+/// The batch preflight found requests of a batch not yet created that the API refuses (`refused`:
+/// custom_id, the API's error type and its answer): each is errored, naming its file and line and quoting the
+/// API, and leaves the batch. Returns how many requests the batch still has; with none left it
+/// is failed (nothing to create).
+pub fn refuse_requests(
+    conn: &Connection,
+    batch_id: i64,
+    refused: &[(String, String, String)],
+    now: i64,
+) -> store::Result<i64> {
+    for (custom_id, kind, answer) in refused {
+        let Some((item_id, file, line)) =
+            batches::in_flight_by_custom_id(conn, batch_id, custom_id)?
+        else {
+            continue; // canceled meanwhile
+        };
+        let message = format!(
+            "the API refuses this request ({answer}; found by counting its tokens before the batch was created); it is line {line} of {file}"
+        );
+        error_refused(conn, item_id, kind, &message, now)?;
+    }
+    let left = batches::recount(conn, batch_id)?;
+    if left == 0 {
+        batches::mark_failed(
+            conn,
+            batch_id,
+            "the API refuses every request of this batch",
+            now,
+        )?;
+    }
+    Ok(left)
+}
+
+/// An item of a batch the API refuses ends errored (with the API's error type), its attempt
+/// closed.
+fn error_refused(
+    conn: &Connection,
+    item_id: i64,
+    kind: &str,
+    message: &str,
+    now: i64,
+) -> store::Result<()> {
     let record = AttemptRecord {
         outcome: AttemptOutcome::Fatal,
-        error: Some(message.clone()),
+        error: Some(message.to_owned()),
         ..Default::default()
     };
     batches::close_attempt(conn, item_id, &record, now)?;
     let custom_id = items::item(conn, item_id)?.custom_id;
-    let result = crate::model::results::errored_line(
-        custom_id.as_deref(),
-        "invalid_request_error",
-        &message,
-        None,
-    );
+    let result = crate::model::results::errored_line(custom_id.as_deref(), kind, message, None);
     batches::end_item(
         conn,
         item_id,
         ItemState::Errored,
         &result,
-        Some(&message),
+        Some(message),
         now,
-    )?;
-    Ok(Refused::Errored { file, line })
+    )
 }
 
 /// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled

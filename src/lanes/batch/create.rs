@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::preflight::Checked;
 use super::{BatchLane, Lane, MAX_LIST_PAGES, Next, RECONCILE_WINDOW_MS, apply};
 use crate::api::batches::{ApiBatch, BatchCall};
 use crate::api::messages::without_stream;
@@ -21,6 +22,10 @@ impl BatchLane {
     ) -> anyhow::Result<Next> {
         let id = batch.id;
         let requests = self.store.call(move |c| batches::requests(c, id)).await?;
+        let requests = match self.preflight(id, requests, shutdown).await? {
+            Checked::Send(requests) => requests,
+            Checked::Empty | Checked::Stopped => return Ok(Next::Now),
+        };
         let mut body = String::with_capacity(
             requests
                 .iter()

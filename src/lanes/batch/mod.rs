@@ -12,8 +12,10 @@
 pub mod apply;
 mod create;
 mod poll;
+mod preflight;
 pub mod staged;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ use crate::api::ApiClient;
 use crate::config::{BatchSettings, Live};
 use crate::lanes::admission::Rules;
 use crate::model::state::BatchState;
+use crate::policy::preflight::ShapeVerdict;
 use crate::store::batches::{self, BatchRow};
 use crate::store::{Store, now_ms};
 use apply::Replan;
@@ -57,6 +60,8 @@ pub struct BatchLane {
     pub results_wake: Arc<Notify>,
     /// Where downloaded results wait to be applied (see [`staged`]).
     pub staging_dir: std::path::PathBuf,
+    /// What the API said of each request shape counted before a batch (see [`preflight`]).
+    pub shapes: Arc<std::sync::Mutex<HashMap<String, ShapeVerdict>>>,
 }
 
 /// Spaces calls to the batch endpoints under their RPM.

@@ -1,0 +1,119 @@
+//! The preflight of a batch: the API validates a batch's requests only once the batch has ended
+//! (hours later), but its free `count_tokens` endpoint answers the same 400s and 404s for a
+//! request's shape at once. So before a batch is created, one request per distinct shape (the
+//! model, tools, system and every other top-level field; everything but the conversation and
+//! `max_tokens`) is counted, and the requests of a shape the API refuses are errored in seconds.
+//! Pure: the lane makes the calls.
+
+use std::collections::HashMap;
+
+/// Shapes counted before one batch is created, at most; the rest go unchecked (the API still
+/// validates them, when the batch ends). Jobs whose every request has its own system prompt
+/// would otherwise cost a call per request.
+pub const MAX_SHAPES_PER_BATCH: usize = 32;
+
+/// The fields of a request that are not its shape: the conversation and the output size, which
+/// differ per request, and fields `count_tokens` does not take or check.
+const NOT_SHAPE: [&str; 3] = ["messages", "max_tokens", "metadata"];
+
+/// A request's shape key: the sha256 (hex) of its body without [`NOT_SHAPE`], as written. None
+/// for a body that is not a JSON object (intake lets none through).
+pub fn shape_key(params: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(params).ok()?;
+    for field in NOT_SHAPE {
+        map.remove(field);
+    }
+    let digest = Sha256::digest(serde_json::to_string(&map).ok()?.as_bytes());
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Shapes remembered at most; past that the memory starts afresh (they are counted again).
+pub const MAX_SHAPES_KNOWN: usize = 10_000;
+
+/// What the API said of a shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeVerdict {
+    Accepted,
+    /// Refused: every request of this shape would be (the API's status, error type and message).
+    Refused {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+}
+
+/// Whose fault a refusal of the counted request is: its shape (the field named is not in the
+/// conversation; every request of the shape would meet it), or the one request counted (the
+/// message names its `messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Shape,
+    Request,
+}
+
+pub fn blame(message: &str) -> Blame {
+    if message.trim_start().starts_with("messages") {
+        Blame::Request
+    } else {
+        Blame::Shape
+    }
+}
+
+/// The shapes of a batch's requests, each with the index of the request to count for it (its
+/// first), in order of first appearance, at most [`MAX_SHAPES_PER_BATCH`] not yet `known`.
+pub fn shapes_to_check<'a>(
+    keys: &'a [Option<String>],
+    known: &HashMap<String, ShapeVerdict>,
+) -> Vec<(&'a str, usize)> {
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let Some(key) = key.as_deref() else { continue };
+        if known.contains_key(key) || seen.insert(key, ()).is_some() {
+            continue;
+        }
+        out.push((key, i));
+        if out.len() == MAX_SHAPES_PER_BATCH {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_is_everything_but_the_conversation_and_the_output_size() {
+        let a = shape_key(
+            r#"{"model":"m","max_tokens":5,"system":"s","messages":[{"role":"user","content":"1"}]}"#,
+        );
+        let b = shape_key(
+            r#"{"model":"m","max_tokens":9,"system":"s","messages":[{"role":"user","content":"2"}],"metadata":{"user_id":"u"}}"#,
+        );
+        let c = shape_key(r#"{"model":"m","max_tokens":5,"system":"t","messages":[]}"#);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(shape_key("[1]"), None);
+    }
+
+    #[test]
+    fn each_unknown_shape_is_counted_once_by_its_first_request() {
+        let keys: Vec<Option<String>> = ["x", "y", "x", "z", "y"]
+            .iter()
+            .map(|k| Some((*k).to_owned()))
+            .collect();
+        let mut known = HashMap::new();
+        known.insert("z".to_owned(), ShapeVerdict::Accepted);
+        assert_eq!(shapes_to_check(&keys, &known), vec![("x", 0), ("y", 1)]);
+    }
+
+    #[test]
+    fn a_refusal_naming_the_conversation_blames_the_request() {
+        assert_eq!(blame("messages.0.content: Field required"), Blame::Request);
+        assert_eq!(blame("tool_choice.type: forced tool use"), Blame::Shape);
+        assert_eq!(blame("model: claude-x"), Blame::Shape);
+    }
+}
