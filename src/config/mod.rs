@@ -80,6 +80,7 @@ struct RawWindow {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     port: Option<u16>,
+    token_file: Option<PathBuf>,
 }
 
 /// `[prices."model"]`: USD per million tokens. Cache prices default to 1.25× (write) and 0.1×
@@ -181,6 +182,9 @@ pub struct Config {
     /// The Prometheus endpoint's port on 127.0.0.1 (`[metrics] port`); None: off. 0 picks a free
     /// port (see `nightshift status`).
     pub metrics_port: Option<u16>,
+    /// A file holding the bearer token a scrape must send (`[metrics] token_file`); None: none
+    /// is asked. Read by the daemon at start; the token is never logged.
+    pub metrics_token_file: Option<PathBuf>,
     pub budgets: crate::policy::budget::Budgets,
 }
 
@@ -519,6 +523,7 @@ impl Config {
             prices,
             budgets,
             metrics_port: raw.metrics.port,
+            metrics_token_file: raw.metrics.token_file.map(resolve),
             windows,
         })
     }

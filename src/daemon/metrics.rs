@@ -258,8 +258,48 @@ impl Sources {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
+/// The bearer token a scrape must send (`[metrics] token_file`). Never printed.
+#[derive(Clone)]
+pub struct Token(Arc<str>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+impl Token {
+    /// Reads the token from its file (whitespace around it is not part of it).
+    pub fn read(path: &std::path::Path) -> std::io::Result<Token> {
+        let text = std::fs::read_to_string(path)?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(std::io::Error::other("the file is empty"));
+        }
+        Ok(Token(token.into()))
+    }
+
+    /// Whether an `authorization` header carries this token (compared in constant time).
+    pub fn allows(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+        let Some(given) = header
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`; with a `token`, only to scrapes that send it
+/// (`Authorization: Bearer …`).
+pub async fn serve(
+    listener: TcpListener,
+    sources: Sources,
+    token: Option<Token>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -271,11 +311,11 @@ pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationTo
             },
             _ = stop.cancelled() => return,
         };
-        let sources = sources.clone();
+        let (sources, token) = (sources.clone(), token.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let sources = sources.clone();
-                async move { Ok::<_, Infallible>(answer(request, sources).await) }
+                let (sources, token) = (sources.clone(), token.clone());
+                async move { Ok::<_, Infallible>(answer(request, sources, token).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -285,7 +325,11 @@ pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationTo
     }
 }
 
-async fn answer(request: Request<Incoming>, sources: Sources) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    sources: Sources,
+    token: Option<Token>,
+) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &str, body: String| {
         Response::builder()
             .status(status)
@@ -299,6 +343,21 @@ async fn answer(request: Request<Incoming>, sources: Sources) -> Response<Full<B
             "text/plain",
             "nightshift serves GET /metrics\n".into(),
         );
+    }
+    if let Some(token) = token
+        && !token.allows(request.headers().get(hyper::header::AUTHORIZATION))
+    {
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "nightshift's metrics need `Authorization: Bearer <token>` ([metrics] token_file)\n"
+                .into(),
+        );
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
     }
     match tokio::task::spawn_blocking(move || sources.gather()).await {
         Ok(Ok(scrape)) => reply(
@@ -322,6 +381,18 @@ async fn answer(request: Request<Incoming>, sources: Sources) -> Response<Full<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_bearer_token_itself_is_allowed() {
+        let token = Token("abc123".into());
+        let header = |v: &str| hyper::header::HeaderValue::from_str(v).expect("header");
+        assert!(token.allows(Some(&header("Bearer abc123"))));
+        assert!(!token.allows(Some(&header("Bearer abc124"))));
+        assert!(!token.allows(Some(&header("Bearer abc1234"))));
+        assert!(!token.allows(Some(&header("Basic abc123"))));
+        assert!(!token.allows(None));
+        assert_eq!(format!("{token:?}"), "Token(…)", "never printed");
+    }
 
     #[test]
     fn the_text_format_has_help_type_and_escaped_labels() {

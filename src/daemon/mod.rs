@@ -161,6 +161,19 @@ pub async fn run(
     })
     .await?
     .with_context(|| format!("opening the database {}", db_path.display()))?;
+    let metrics_token = match &config.metrics_token_file {
+        None => None,
+        Some(path) => Some(crate::daemon::metrics::Token::read(path).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                path: config.source.clone().unwrap_or_default(),
+                key: "metrics.token_file".into(),
+                problem: format!(
+                    "names {}, which cannot be read ({e}); nightshift's user must be able to read it",
+                    path.display()
+                ),
+            }
+        })?),
+    };
     let metrics_listener = match config.metrics_port {
         None => None,
         Some(port) => Some(
@@ -321,6 +334,7 @@ pub async fn run(
             Some(tokio::spawn(crate::daemon::metrics::serve(
                 listener,
                 sources,
+                metrics_token.clone(),
                 stop_lane.clone(),
             )))
         }

@@ -170,3 +170,57 @@ async fn status_watch_prints_plain_progress_lines_when_piped_and_stops_on_ctrl_c
     );
     assert!(text.contains("quota claude-haiku-5-5: "), "{text}");
 }
+
+/// `[metrics] token_file`: a scrape without the bearer token (or with another) gets 401; with it,
+/// the metrics. A token file nightshift cannot read stops the start (exit 78) naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_bearer_token() {
+    let env = TestEnv::new(
+        FakeConfig::default(),
+        "[metrics]\nport = 0\ntoken_file = \"metrics-token\"\n",
+    )
+    .await;
+    let mut refused = env.spawn_binary_daemon("sk-ant-test-metrics-0000", "no-token.log");
+    let code = refused.wait().expect("exits").code();
+    let log = std::fs::read_to_string(env.dir.path().join("no-token.log")).expect("log");
+    assert_eq!(code, Some(78), "{log}");
+    assert!(log.contains("metrics.token_file"), "{log}");
+
+    std::fs::write(
+        env.dir.path().join("metrics-token"),
+        "s3cret-scrape-token\n",
+    )
+    .expect("token");
+    let daemon = env.start_daemon();
+    let started = std::time::Instant::now();
+    let url = loop {
+        if let Some(url) = env.try_status_json()["metrics_url"].as_str() {
+            break url.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no metrics URL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let client = reqwest::Client::new();
+    let bare = client.get(&url).send().await.expect("scrape");
+    assert_eq!(bare.status(), 401);
+    assert_eq!(bare.headers()["www-authenticate"], "Bearer");
+    let wrong = client
+        .get(&url)
+        .bearer_auth("s3cret-scrape-tokeN")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(&url)
+        .bearer_auth("s3cret-scrape-token")
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(right.status(), 200);
+    assert!(right.text().await.expect("body").contains("nightshift_"));
+    daemon.stop().await;
+}
