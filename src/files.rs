@@ -1,6 +1,7 @@
 //! The single policy for nightshift's files and folders, for every layer:
 //!
-//! - what it keeps is its owner's alone ([`make_private`]: 0600 files, 0700 folders);
+//! - what it keeps is its owner's alone ([`make_private`]: 0600 files, 0700 folders), or also a
+//!   configured readers group's ([`share_with`]: 0640 files, 2750 folders);
 //! - it works only in folders no one else can change under it ([`check_folder`], like OpenSSH's
 //!   StrictModes: the folder and every parent up to `/` owned by root or nightshift's user, and
 //!   writable by no one else, unless a parent has the sticky bit, as `/tmp` has);
@@ -15,22 +16,74 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
+/// The group that may read what the daemon keeps (`[daemon] readers_group`), once set.
+static READERS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// From now on what this process keeps is readable by group `gid` too: files 0640, folders 2750
+/// (the setgid bit hands the group to what is made in them), in that group. Set once, by the
+/// daemon, before it makes anything; the umask then is 027.
+pub fn share_with(gid: u32) {
+    let _ = READERS.set(gid);
+    rustix::process::umask(Mode::from_raw_mode(0o027));
+}
+
+/// The modes of a kept file and folder, and the group they are shared with, if any.
+fn kept_modes() -> (u32, u32, Option<u32>) {
+    match READERS.get() {
+        Some(&gid) => (0o640, 0o2750, Some(gid)),
+        None => (0o600, 0o700, None),
+    }
+}
+
+/// The gid of a group given by name (looked up in /etc/group) or number.
+pub fn group_id(group: &str) -> std::io::Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            if fields.next() != Some(group) {
+                return None;
+            }
+            fields.nth(1).and_then(|gid| gid.parse().ok())
+        })
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("there is no group {group:?} in /etc/group (give its number instead)"),
+            )
+        })
+}
+
+/// Whether this process owns what `uid` owns (root owns everything).
+fn is_mine(uid: u32) -> bool {
+    let me = rustix::process::geteuid();
+    me.is_root() || me.as_raw() == uid
+}
+
 /// Makes a file nightshift keeps (the database, results, copies of job files, backups) readable
 /// by its owner only: 0600 for a file, 0700 for a folder, whatever the umask or the mode of the
-/// file it was copied from. A symlink is left alone (never followed). `recurse`: the folder's
-/// contents too.
+/// file it was copied from; or, with a readers group ([`share_with`]), 0640 and 2750 in that
+/// group. A symlink is left alone (never followed). `recurse`: the folder's contents too.
 pub fn make_private(path: &Path, recurse: bool) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(path)?;
     if meta.file_type().is_symlink() {
         return Ok(());
     }
-    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    let (file_mode, dir_mode, group) = kept_modes();
+    let mode = if meta.is_dir() { dir_mode } else { file_mode };
     // Another user's file (a job file a submitter owns) cannot be changed, and needs not be: it
-    // is kept in a folder only nightshift can enter.
-    let mine =
-        meta.uid() == rustix::process::geteuid().as_raw() || rustix::process::geteuid().is_root();
-    if mine && meta.permissions().mode() & 0o7777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // is kept in a folder only nightshift (and its readers) can enter.
+    if is_mine(meta.uid()) {
+        if let Some(gid) = group.filter(|&g| g != meta.gid()) {
+            std::os::unix::fs::lchown(path, None, Some(gid))?;
+        }
+        if meta.permissions().mode() & 0o7777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
     }
     if recurse && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
@@ -205,7 +258,8 @@ fn with_symlink_words(e: std::io::Error, path: &Path) -> std::io::Error {
 /// Opens `dir/name` as a folder, creating it (0700) if missing, refusing a symlink.
 fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result<OwnedFd> {
     match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Ok(()) => make_private(&dir_path.join(name), false)?,
+        Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(e.into()),
     }
     let path = dir_path.join(name);
@@ -265,12 +319,16 @@ pub fn move_into(dir: &Path, folder: &str, name: &str) -> std::io::Result<PathBu
         Err(rustix::io::Errno::ACCESS) => return Ok(moved_path),
         Err(e) => return Err(e.into()),
     };
-    if rustix::fs::fstat(&moved)?.st_mode & 0o7777 != 0o600 {
-        match rustix::fs::fchmod(&moved, Mode::from_raw_mode(0o600)) {
-            // Another user's file: the folder, 0700, keeps it private.
-            Ok(()) | Err(rustix::io::Errno::PERM) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let (file_mode, _, group) = kept_modes();
+    let stat = rustix::fs::fstat(&moved)?;
+    if !is_mine(stat.st_uid) {
+        return Ok(moved_path); // another user's file: the folder keeps it private
+    }
+    if let Some(gid) = group.filter(|&g| g != stat.st_gid) {
+        rustix::fs::fchown(&moved, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+    }
+    if stat.st_mode & 0o7777 != file_mode {
+        rustix::fs::fchmod(&moved, Mode::from_raw_mode(file_mode))?;
     }
     Ok(moved_path)
 }

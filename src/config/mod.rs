@@ -148,6 +148,7 @@ struct RawDaemon {
     scan_interval_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     disk_low_mb: Option<u64>,
+    readers_group: Option<String>,
 }
 
 /// What the config takes from the process environment. The caller (the CLI) reads it and passes
@@ -242,6 +243,9 @@ pub struct DaemonSettings {
     pub shutdown_grace: Duration,
     /// Under this many free bytes on the data dir's disk, `status` says the disk is low.
     pub disk_low_bytes: u64,
+    /// A group (name or gid) whose members may read what the daemon keeps with the CLI
+    /// (`[daemon] readers_group`): files 0640, folders 2750 in it. None: nightshift's user alone.
+    pub readers_group: Option<String>,
 }
 
 impl Config {
@@ -518,6 +522,7 @@ impl Config {
                     .disk_low_mb
                     .unwrap_or(1024)
                     .saturating_mul(1 << 20),
+                readers_group: raw.daemon.readers_group.filter(|g| !g.trim().is_empty()),
             },
             limits: raw.limits,
             prices,

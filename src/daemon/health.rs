@@ -75,7 +75,7 @@ fn make(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
-        .mode(0o600)
+        .mode(0o640) // the umask makes it 0600, or 0640 with a readers group
         .open(path)?;
     file.write_all_at(&health::to_file_bytes(&Health::default()), 0)?;
     file.set_len(health::FILE_BYTES as u64)?;

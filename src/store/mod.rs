@@ -488,13 +488,35 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             path: path.to_owned(),
         });
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    check_not_newer(&conn, path)?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let open = |conn: Connection| -> Result<(Connection, i64)> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        check_not_newer(&conn, path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok((conn, version))
+    };
+    let (conn, version) = match open(Connection::open_with_flags(path, flags)?) {
+        // A reader who may not write the folder (a member of `[daemon] readers_group`) cannot
+        // make the WAL's index when no daemon holds it open: the database is then read as it
+        // is on disk, whole (the daemon folds the WAL in when it stops).
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == rusqlite::ErrorCode::ReadOnly
+                || e.code == rusqlite::ErrorCode::CannotOpen =>
+        {
+            let escaped = path
+                .display()
+                .to_string()
+                .replace('%', "%25")
+                .replace('?', "%3f")
+                .replace('#', "%23");
+            let uri = format!("file:{escaped}?immutable=1");
+            open(Connection::open_with_flags(
+                uri,
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )?)?
+        }
+        other => other?,
+    };
     if version == 0 {
         return Err(StoreError::Missing {
             path: path.to_owned(),

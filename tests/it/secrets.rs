@@ -190,3 +190,94 @@ async fn what_nightshift_keeps_is_private_whatever_the_umask() {
     );
     assert_eq!(not_private(&backup), Vec::<String>::new());
 }
+
+/// Every kept file and folder under `path` that is not as `[daemon] readers_group` makes it:
+/// files 0640 and folders 2750, in group `gid`.
+fn not_shared(path: &Path, gid: u32) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).expect("metadata");
+    let want = if meta.is_dir() { 0o2750 } else { 0o640 };
+    let mut wrong = Vec::new();
+    if meta.mode() & 0o7777 != want || meta.gid() != gid {
+        wrong.push(format!(
+            "{} {:o} gid {}",
+            path.display(),
+            meta.mode() & 0o7777,
+            meta.gid()
+        ));
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read dir") {
+            wrong.extend(not_shared(&entry.expect("entry").path(), gid));
+        }
+    }
+    wrong
+}
+
+/// `[daemon] readers_group`: what the daemon keeps is readable by that group (files 0640, folders
+/// 2750 in it), so its members can use the CLI; other users still cannot. (As root the test reads
+/// as another user, in the group and not; as another user it checks the modes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_group_may_read_what_nightshift_keeps() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let root = rustix::process::geteuid().is_root();
+    let gid = if root {
+        54_321
+    } else {
+        rustix::process::getegid().as_raw()
+    };
+    let env = TestEnv::new(FakeConfig::default(), "").await;
+    env.edit_config(
+        "[daemon]\n",
+        &format!("[daemon]\nreaders_group = \"{gid}\"\n"),
+    );
+    // The reader must reach the folders and read the config.
+    for path in [env.dir.path(), env.config_path.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let (ids, body) = job_of("shared", 3);
+    env.write_job("shared", &body);
+    let mut daemon = env.spawn_binary_daemon(KEY, "daemon.log");
+    env.wait_done("shared", Duration::from_secs(60)).await;
+    assert_eq!(not_shared(&env.data_dir(), gid), Vec::<String>::new());
+    assert_eq!(
+        not_shared(&env.jobs_dir().join("ingested"), gid),
+        Vec::<String>::new()
+    );
+    let read_as = |reader_gid: u32| {
+        let mut command = std::process::Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&env.config_path)
+            .args(["job", "shared", "--json"])
+            .uid(65_534)
+            .gid(reader_gid);
+        command.output().expect("nightshift runs")
+    };
+    if root {
+        let member = read_as(gid);
+        assert!(
+            member.status.success(),
+            "{}",
+            String::from_utf8_lossy(&member.stderr)
+        );
+        let outsider = read_as(65_534);
+        assert!(
+            !outsider.status.success(),
+            "a user outside the group reads nothing"
+        );
+    }
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().expect("reaped").success());
+    if root {
+        // With the daemon stopped (its WAL folded in and gone), members still read.
+        let member = read_as(gid);
+        assert!(
+            member.status.success(),
+            "{}",
+            String::from_utf8_lossy(&member.stderr)
+        );
+    }
+    assert_each_once(&env.results("shared"), &ids);
+}

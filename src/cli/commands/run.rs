@@ -5,11 +5,16 @@ use std::process::ExitCode;
 
 use crate::cli::signals::{reload_signals, shutdown_signal};
 use crate::cli::{load_config, load_key, runtime};
+use crate::config::{Config, ConfigError};
 use crate::daemon;
+use crate::files::{Identity, group_id, share_with};
 
 pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let key = load_key(&config)?;
+    if let Some(group) = &config.daemon.readers_group {
+        share_with_readers(&config, group)?;
+    }
     let runtime = runtime()?;
     let ran = runtime
         .block_on(async { daemon::run(config, key, shutdown_signal(), reload_signals()).await });
@@ -18,4 +23,24 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     ran?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[daemon] readers_group`: what the daemon keeps is shared with that group, which this process
+/// must be in (it hands its files to it).
+fn share_with_readers(config: &Config, group: &str) -> Result<(), ConfigError> {
+    let invalid = |problem: String| ConfigError::Invalid {
+        path: config.source.clone().unwrap_or_default(),
+        key: "daemon.readers_group".into(),
+        problem,
+    };
+    let gid = group_id(group).map_err(|e| invalid(format!("is {group:?}: {e}")))?;
+    let me = Identity::current();
+    if me.uid != 0 && !me.gids.contains(&gid) {
+        return Err(invalid(format!(
+            "is {group:?}, a group nightshift's user (uid {}) is not in; add it (usermod -aG {group} <user>) and restart",
+            me.uid
+        )));
+    }
+    share_with(gid);
+    Ok(())
 }

@@ -44,7 +44,7 @@ impl Download {
             .create(true)
             .write(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(0o640) // the umask makes it 0600, or 0640 with a readers group
             .open(&path)
             .await?;
         Ok(Download {
