@@ -54,14 +54,30 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "<{}>", priority(*event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
+        // Each line of a message (an error's chain may span several) carries the priority, or
+        // journald stores the later ones at the default.
+        let prefix = format!("<{}>", priority(*event.metadata().level()));
+        let mut text = String::new();
+        self.0.format_event(ctx, Writer::new(&mut text), event)?;
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        writeln!(writer, "{prefix}{}", prefixed(body, &prefix))
     }
+}
+
+/// `text` with `prefix` after each newline in it.
+fn prefixed(text: &str, prefix: &str) -> String {
+    text.replace('\n', &format!("\n{prefix}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_of_a_message_carries_the_priority() {
+        assert_eq!(prefixed("one\ntwo", "<3>"), "one\n<3>two");
+        assert_eq!(prefixed("one", "<3>"), "one");
+    }
 
     #[test]
     fn levels_map_to_syslog_priorities() {

@@ -408,75 +408,71 @@ mod tests {
 
     #[test]
     fn per_model_rules_and_the_new_version() {
-        let today = "2026-12-02";
-        let v = "2023-06-01";
-        let e = check(
-            "claude-opus-5-5",
-            10,
-            json!({"thinking": {"type": "disabled"}}),
-            v,
-            today,
-        )
-        .expect_err("thinking");
-        assert_eq!(e.0, "params.thinking.type");
-        assert!(
-            check(
+        let (old, new) = ("2023-06-01", "2026-10-21");
+        // (model, params, version, the field refused or None)
+        let cases = [
+            (
                 "claude-opus-5-5",
-                10,
-                json!({"thinking": {"type": "adaptive"}}),
-                v,
-                today
-            )
-            .is_ok()
-        );
-        assert!(
-            check(
-                "claude-opus-4-8",
-                10,
                 json!({"thinking": {"type": "disabled"}}),
-                v,
-                today
-            )
-            .is_ok()
-        );
-        let e = check(
-            "claude-sonnet-5-5",
-            10,
-            json!({"tool_choice": {"type": "any"}}),
-            v,
-            today,
-        )
-        .expect_err("tools");
-        assert_eq!(e.0, "params.tool_choice.type");
-        assert!(
-            check(
+                old,
+                Some("params.thinking.type"),
+            ),
+            (
+                "claude-fable-5-1",
+                json!({"thinking": {"type": "enabled"}}),
+                old,
+                Some("params.thinking.type"),
+            ),
+            (
+                "claude-opus-5-5",
+                json!({"thinking": {"type": "adaptive"}}),
+                old,
+                None,
+            ),
+            (
+                "claude-opus-4-8",
+                json!({"thinking": {"type": "disabled"}}),
+                old,
+                None,
+            ),
+            (
                 "claude-sonnet-5-5",
-                10,
+                json!({"tool_choice": {"type": "any"}}),
+                old,
+                Some("params.tool_choice.type"),
+            ),
+            (
+                "claude-opus-5-5",
+                json!({"tool_choice": {"type": "tool", "name": "t"}}),
+                old,
+                Some("params.tool_choice.type"),
+            ),
+            (
+                "claude-sonnet-5-5",
                 json!({"tool_choice": {"type": "auto"}}),
-                v,
-                today
-            )
-            .is_ok()
-        );
-        let e = check(
-            "claude-haiku-5-5",
-            10,
-            json!({"temperature": 1.0}),
-            "2026-10-21",
-            today,
-        )
-        .expect_err("sampling");
-        assert_eq!(e.0, "params.temperature");
-        assert!(
-            check(
+                old,
+                None,
+            ),
+            (
                 "claude-haiku-5-5",
-                10,
                 json!({"temperature": 1.0}),
-                v,
-                today
-            )
-            .is_ok()
-        );
+                new,
+                Some("params.temperature"),
+            ),
+            (
+                "claude-haiku-5-5",
+                json!({"top_k": 5}),
+                new,
+                Some("params.top_k"),
+            ),
+            ("claude-haiku-5-5", json!({"temperature": 1.0}), old, None),
+        ];
+        for (model, params, version, refused) in cases {
+            let got = check(model, 10, params.clone(), version, "2026-12-02")
+                .err()
+                .map(|e| e.0);
+            assert_eq!(got.as_deref(), refused, "{model} {params} on {version}");
+        }
     }
 
     #[test]

@@ -352,10 +352,13 @@ pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Op
     let job_id: i64 = conn
         .prepare_cached("SELECT job_id FROM batches WHERE id = ?1")?
         .query_row([batch_id], |r| r.get(0))?;
+    // A cancel that came while the refused create was under way holds for both halves.
     conn.execute(
-        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, error)
-         VALUES (?1, 'submitting', ?2, 0, ?3, ?3, ?4)",
-        params![job_id, moved.len() as i64, now, why],
+        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, error,
+                              cancel_requested)
+         VALUES (?1, 'submitting', ?2, 0, ?3, ?3, ?4,
+                 (SELECT cancel_requested FROM batches WHERE id = ?5))",
+        params![job_id, moved.len() as i64, now, why, batch_id],
     )?;
     let half = conn.last_insert_rowid();
     conn.execute(

@@ -253,31 +253,23 @@ async fn a_readers_group_may_read_what_nightshift_keeps() {
             .args(["job", "shared", "--json"])
             .uid(65_534)
             .gid(reader_gid);
-        command.output().expect("nightshift runs")
+        let out = command.output().expect("nightshift runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     if root {
-        let member = read_as(gid);
-        assert!(
-            member.status.success(),
-            "{}",
-            String::from_utf8_lossy(&member.stderr)
-        );
-        let outsider = read_as(65_534);
-        assert!(
-            !outsider.status.success(),
-            "a user outside the group reads nothing"
-        );
+        let (read, error) = read_as(gid);
+        assert!(read, "{error}");
+        assert!(!read_as(65_534).0, "a user outside the group reads nothing");
     }
     signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().expect("reaped").success());
     if root {
         // With the daemon stopped (its WAL folded in and gone), members still read.
-        let member = read_as(gid);
-        assert!(
-            member.status.success(),
-            "{}",
-            String::from_utf8_lossy(&member.stderr)
-        );
+        let (read, error) = read_as(gid);
+        assert!(read, "{error}");
     }
     assert_each_once(&env.results("shared"), &ids);
 }

@@ -293,6 +293,8 @@ pub enum Refused {
     Split(i64),
     /// It held one request, the culprit: errored, naming its file and line.
     Errored { file: String, line: i64 },
+    /// Nothing was left in flight in it (canceled meanwhile): it is failed, nothing is errored.
+    Empty,
 }
 
 /// The API refused to create a batch as an invalid request (a body its parser cannot read, say):
@@ -309,11 +311,7 @@ pub fn refuse_batch(
     }
     batches::mark_failed(conn, batch_id, error, now)?;
     let Some((item_id, file, line)) = batches::lone_item(conn, batch_id)? else {
-        // Nothing was left in flight (canceled meanwhile): nothing to error.
-        return Ok(Refused::Errored {
-            file: String::new(),
-            line: 0,
-        });
+        return Ok(Refused::Empty);
     };
     let message =
         format!("the API refused this request in a batch ({error}); it is line {line} of {file}");
@@ -536,6 +534,93 @@ mod tests {
                 .is_none(),
             "nothing left"
         );
+    }
+
+    fn line_with_id(id: &str) -> String {
+        BATCH_LINE.replace("\"a\"", &format!("\"{id}\""))
+    }
+
+    fn state_of(conn: &Connection, batch: i64) -> (String, i64, bool) {
+        conn.query_row(
+            "SELECT state, request_count, cancel_requested FROM batches WHERE id = ?1",
+            [batch],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("batch")
+    }
+
+    #[test]
+    fn a_refused_batch_splits_by_halves_down_to_its_culprit_and_a_cancel_holds_for_both() {
+        let conn = test_connection();
+        let lines: Vec<String> = (0..4).map(|i| line_with_id(&format!("r{i}"))).collect();
+        let (_, batch) = packed_batch(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        // A cancel came while the create call was under way.
+        conn.execute(
+            "UPDATE batches SET cancel_requested = 1 WHERE id = ?1",
+            [batch],
+        )
+        .expect("cancel");
+        let Refused::Split(half) = refuse_batch(&conn, batch, "HTTP 400: x", 9).expect("refuse")
+        else {
+            panic!("split expected")
+        };
+        assert_eq!(state_of(&conn, batch), ("submitting".into(), 2, true));
+        assert_eq!(state_of(&conn, half), ("submitting".into(), 2, true));
+        // One request left: it is the culprit, errored naming its line.
+        let Refused::Split(quarter) = refuse_batch(&conn, half, "HTTP 400: x", 9).expect("refuse")
+        else {
+            panic!("split expected")
+        };
+        match refuse_batch(&conn, quarter, "HTTP 400: x", 9).expect("refuse") {
+            Refused::Errored { file, line } => assert_eq!((file.as_str(), line), ("j.jsonl", 4)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state_of(&conn, quarter).0, "failed");
+        // A batch whose requests were all canceled meanwhile errors nothing.
+        conn.execute(
+            "UPDATE items SET state = 'canceled' WHERE batch_id = ?1",
+            [half],
+        )
+        .expect("cancel items");
+        assert_eq!(
+            refuse_batch(&conn, half, "HTTP 400: x", 9).expect("refuse"),
+            Refused::Empty
+        );
+    }
+
+    #[test]
+    fn requests_the_preflight_refuses_leave_the_batch_errored() {
+        let conn = test_connection();
+        let (_, batch) = packed_batch(&conn, &[&line_with_id("p0"), &line_with_id("p1")]);
+        let refused = [(
+            "p1".to_owned(),
+            "not_found_error".to_owned(),
+            "HTTP 404: model: x".to_owned(),
+        )];
+        assert_eq!(
+            refuse_requests(&conn, batch, &refused, 9).expect("refuse"),
+            1
+        );
+        assert_eq!(state_of(&conn, batch), ("submitting".into(), 1, false));
+        let (state, error): (String, String) = conn
+            .query_row(
+                "SELECT state, error FROM items WHERE custom_id = 'p1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("item");
+        assert_eq!(state, "errored");
+        assert!(
+            error.contains("HTTP 404") && error.contains("line 2 of j.jsonl"),
+            "{error}"
+        );
+        let rest = [(
+            "p0".to_owned(),
+            "invalid_request_error".to_owned(),
+            "HTTP 400: y".to_owned(),
+        )];
+        assert_eq!(refuse_requests(&conn, batch, &rest, 9).expect("refuse"), 0);
+        assert_eq!(state_of(&conn, batch).0, "failed", "nothing left to create");
     }
 
     /// A job of `lines`, all packed into one batch: (job, batch).

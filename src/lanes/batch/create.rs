@@ -130,6 +130,9 @@ impl BatchLane {
                     %message,
                     "the API refused the batch as an invalid request; splitting it in two to find the request it refuses"
                 ),
+                apply::Refused::Empty => tracing::info!(
+                    "the API refused the batch, whose requests were canceled meanwhile"
+                ),
                 apply::Refused::Errored { file, line } => tracing::error!(
                     file,
                     line,
