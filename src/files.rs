@@ -78,16 +78,23 @@ pub fn make_private(path: &Path, recurse: bool) -> std::io::Result<()> {
     // Another user's file (a job file a submitter owns) cannot be changed, and needs not be: it
     // is kept in a folder only nightshift (and its readers) can enter.
     if is_mine(meta.uid()) {
+        let named =
+            |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
         if let Some(gid) = group.filter(|&g| g != meta.gid()) {
-            std::os::unix::fs::lchown(path, None, Some(gid))?;
+            std::os::unix::fs::lchown(path, None, Some(gid)).map_err(named)?;
         }
         if meta.permissions().mode() & 0o7777 != mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(named)?;
         }
     }
     if recurse && meta.is_dir() {
         for entry in std::fs::read_dir(path)? {
-            make_private(&entry?.path(), true)?;
+            let child = entry?.path();
+            match make_private(&child, true) {
+                // Gone meanwhile (a submit's hidden file renamed in, say): nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
         }
     }
     Ok(())

@@ -21,11 +21,19 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "nightshift=error",
         _ => "nightshift=info",
     };
-    init_tracing(default_filter);
+    let to_journal = init_tracing(default_filter);
     match nightshift::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            if to_journal {
+                // At priority 3, so `journalctl -p warning` shows why the service stopped.
+                eprintln!(
+                    "{}",
+                    journal::lines(tracing::Level::ERROR, &format!("error: {e:#}"))
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
             if e.downcast_ref::<ConfigError>().is_some()
                 || e.downcast_ref::<nightshift::files::Untrusted>().is_some()
             {
@@ -65,7 +73,8 @@ fn limit_malloc_arenas() {
 }
 
 #[allow(clippy::disallowed_methods)] // NO_COLOR is read here, at the edge
-fn init_tracing(default_filter: &str) {
+/// Sets up the logs; true when stderr is the journal.
+fn init_tracing(default_filter: &str) -> bool {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let journal = std::env::var("JOURNAL_STREAM").ok();
@@ -80,11 +89,12 @@ fn init_tracing(default_filter: &str) {
             .with_ansi(false)
             .event_format(journal::WithPriority(format))
             .init();
-        return;
+        return true;
     }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
+    false
 }

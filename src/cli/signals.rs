@@ -20,19 +20,36 @@ pub fn reload_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
     rx
 }
 
-/// Resolves on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Listens for SIGTERM (systemd stop) and SIGINT (Ctrl-C) from this call on, so a stop that comes
+/// while the daemon starts is orderly too (before, the handlers were set when the future was first
+/// polled, and an early SIGTERM killed the process); the future resolves on either. Call it inside
+/// the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops nightshift");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let listen = |kind: SignalKind, name: &'static str| {
+        let stream = signal(kind);
+        async move {
+            match stream {
+                Ok(mut stream) => {
+                    stream.recv().await;
+                    name
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for {name}; the other signal stops nightshift");
+                    std::future::pending().await
+                }
+            }
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    let (term, int) = (
+        listen(SignalKind::terminate(), "SIGTERM"),
+        listen(SignalKind::interrupt(), "SIGINT"),
+    );
+    async move {
+        let which = tokio::select! {
+            which = term => which,
+            which = int => which,
+        };
+        tracing::info!("{which} received");
     }
 }

@@ -64,6 +64,12 @@ where
     }
 }
 
+/// `text` as journal lines of priority `level` (each of its lines prefixed).
+pub fn lines(level: Level, text: &str) -> String {
+    let prefix = format!("<{}>", priority(level));
+    format!("{prefix}{}", prefixed(text, &prefix))
+}
+
 /// `text` with `prefix` after each newline in it.
 fn prefixed(text: &str, prefix: &str) -> String {
     text.replace('\n', &format!("\n{prefix}"))

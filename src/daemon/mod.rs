@@ -139,6 +139,8 @@ pub async fn run(
     let results_dir = config.results_dir();
     std::fs::create_dir_all(&results_dir)
         .with_context(|| format!("creating {}", results_dir.display()))?;
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
+    // (After the lock: a second daemon must not touch the first one's files.)
     // Files of an earlier version, or made under a wider umask, become private too.
     for (dir, recurse) in [
         (config.data_dir.clone(), true),
@@ -147,12 +149,12 @@ pub async fn run(
             true,
         ),
     ] {
-        if dir.exists() {
+        // The configured path may be a link (the operator's choice): what it leads to is swept.
+        if let Ok(dir) = std::fs::canonicalize(&dir) {
             crate::files::make_private(&dir, recurse)
                 .with_context(|| format!("making {} private (chmod -R go-rwx)", dir.display()))?;
         }
     }
-    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let db_path = config.db_path();
     // Migrating a large database (and copying it first) may outlast systemd's start timeout.
     let opening = db_path.clone();

@@ -162,7 +162,8 @@ impl<'de> Visitor<'de> for Node<'_> {
                 .walk
                 .fail(format!("nests deeper than {MAX_DEPTH} levels")));
         }
-        let mut keys: Vec<String> = Vec::new();
+        // A set: a line may hold an object of millions of keys.
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
             let repeated = keys.contains(&key);
             self.walk.path.push(Step::Key(key.clone()));
@@ -174,7 +175,7 @@ impl<'de> Visitor<'de> for Node<'_> {
             }
             map.next_value_seed(Node { walk: self.walk })?;
             self.walk.path.pop();
-            keys.push(key);
+            keys.insert(key);
         }
         Ok(())
     }

@@ -10,10 +10,12 @@ use crate::model::state::{AttemptOutcome, ItemState};
 /// sending more cannot succeed until a person acts.
 pub const BLOCKED_WAIT: Duration = Duration::from_secs(300);
 
-/// Whether an HTTP 400's message says the account's own usage limit is reached (the API answers
-/// so, not with a 429, when a self-set limit in the Console is hit).
+/// Whether an HTTP 400's message says the account cannot be used now: its own usage limit is
+/// reached (the API answers so, not with a 429, when a self-set limit in the Console is hit), or
+/// its prepaid credit is used up ("Your credit balance is too low to access the Anthropic API").
 pub fn usage_limit_reached(message: &str) -> bool {
-    message.contains("reached your specified") && message.contains("usage limits")
+    (message.contains("reached your specified") && message.contains("usage limits"))
+        || message.contains("credit balance is too low")
 }
 
 /// Whether a refusal stops every call of the account alike (key refused, usage limit), so a
@@ -47,4 +49,21 @@ pub struct AttemptRecord {
     pub output_tokens: Option<u64>,
     /// The API's usage of a call it ran; a billed call gets a ledger row.
     pub usage: Option<Usage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_credit_balance_blocks_the_account() {
+        let credit = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.";
+        assert!(account_blocked(400, credit));
+        assert!(account_blocked(
+            400,
+            "You have reached your specified API usage limits."
+        ));
+        assert!(!account_blocked(400, "messages.0.content: Field required"));
+        assert!(account_blocked(401, "invalid x-api-key"));
+    }
 }

@@ -378,4 +378,21 @@ async fn every_entry_of_the_jobs_folder_gets_an_answer_and_no_link_is_followed()
         .filter(|l| l.contains("is not taken") && l.contains("link.jsonl"))
         .count();
     assert_eq!(said, 1, "{text}");
+
+    // `ingested/` now holds a file of another user (locked.jsonl, root's when the daemon runs as
+    // another user), which the start's sweep cannot chmod: it starts all the same.
+    let log = env.dir.path().join("again.log");
+    let mut again = spawn_daemon_as(&env, daemon_uid, &log);
+    let pid = again.id();
+    status_until(&env, "the daemon runs again", |s| {
+        s["daemon"]["running"] == true && s["daemon"]["pid"] == pid
+    })
+    .await;
+    assert!(
+        again.try_wait().expect("wait").is_none(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    signal(&again, libc::SIGTERM);
+    assert!(again.wait().expect("reaped").success());
 }
