@@ -514,19 +514,14 @@ fn stream_lines(
         }
         .into());
     }
-    let ctx = LineContext {
-        defaults: &defaults,
-        intake_ms: job.created_at,
-        api_version: &intake.api_version,
-    };
-    let today = crate::model::catalog::day_of(job.created_at);
+    let ctx = LineContext::new(&defaults, job.created_at, &intake.api_version);
     // Deprecated models the job uses, each warned of once (in the log and the job's note).
     let mut deprecated: BTreeMap<String, Option<String>> = BTreeMap::new();
     while let Some(line) = reader.next_line(&ctx)? {
         if let ParsedLine::Valid(v) = &line.parsed
             && !deprecated.contains_key(&v.model)
         {
-            let warning = crate::model::catalog::deprecation(&v.model, &today);
+            let warning = crate::model::catalog::deprecation(&v.model, &ctx.today);
             if let Some(w) = &warning {
                 tracing::warn!(job = %job.name, model = %v.model, "{w}");
             }

@@ -182,11 +182,7 @@ mod tests {
         let mut reader = JobFileReader::new(std::io::BufReader::with_capacity(7, bytes));
         let mut lines = Vec::new();
         let defaults = crate::model::job::JobDefaults::default();
-        let ctx = LineContext {
-            defaults: &defaults,
-            intake_ms: 0,
-            api_version: "2023-06-01",
-        };
+        let ctx = LineContext::new(&defaults, 0, "2023-06-01");
         while let Some(line) = reader.next_line(&ctx).expect("read") {
             lines.push(line);
         }

@@ -100,25 +100,32 @@ pub fn estimate_input_tokens(params: &str) -> u64 {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// What a line is judged against besides itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LineContext<'a> {
     pub defaults: &'a JobDefaults,
-    /// When the job was taken in (Unix ms): resolves relative deadlines, and dates the model
-    /// table (a model retires on a day).
+    /// When the job was taken in (Unix ms): resolves relative deadlines.
     pub intake_ms: i64,
     /// The `anthropic-version` nightshift sends (`api.anthropic_version`).
     pub api_version: &'a str,
+    /// The UTC day of `intake_ms` (YYYY-MM-DD), which dates the model table (a model retires on
+    /// a day); worked out once, not per line.
+    pub today: String,
 }
 
-#[cfg(test)]
 impl<'a> LineContext<'a> {
-    /// For tests: `defaults` and `intake_ms` on the default API version.
-    pub fn test(defaults: &'a JobDefaults, intake_ms: i64) -> LineContext<'a> {
+    pub fn new(defaults: &'a JobDefaults, intake_ms: i64, api_version: &'a str) -> LineContext<'a> {
         LineContext {
             defaults,
             intake_ms,
-            api_version: "2023-06-01",
+            api_version,
+            today: catalog::day_of(intake_ms),
         }
+    }
+
+    /// For tests: `defaults` and `intake_ms` on the default API version.
+    #[cfg(test)]
+    pub fn test(defaults: &'a JobDefaults, intake_ms: i64) -> LineContext<'a> {
+        LineContext::new(defaults, intake_ms, "2023-06-01")
     }
 }
 
@@ -274,13 +281,9 @@ pub fn parse_line(bytes: &[u8], line: u64, ctx: &LineContext<'_>) -> ParsedLine 
             .get(name)
             .and_then(|raw| serde_json::from_str(raw.get()).ok())
     };
-    if let Err((field, reason)) = catalog::check_request(
-        &model,
-        max_tokens,
-        &field,
-        ctx.api_version,
-        &catalog::day_of(intake_ms),
-    ) {
+    if let Err((field, reason)) =
+        catalog::check_request(&model, max_tokens, &field, ctx.api_version, &ctx.today)
+    {
         return fail(&field, reason);
     }
 

@@ -409,12 +409,7 @@ pub fn plan(
     let mut reader = JobFileReader::new(BufReader::with_capacity(1 << 20, file_handle));
     let mut repeats = Repeats::default();
     let mut shapes = Shapes::default();
-    let today = crate::model::catalog::day_of(now);
-    let ctx = LineContext {
-        defaults: &defaults,
-        intake_ms: now,
-        api_version: &config.api.anthropic_version,
-    };
+    let ctx = LineContext::new(&defaults, now, &config.api.anthropic_version);
     let mut tally = Tally::default();
     let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
     // Intake's reading and judging, line by line: the counts agree with what intake accepts.
@@ -432,11 +427,11 @@ pub fn plan(
             ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
         if chunk.len() == CHUNK {
-            tally.add(config, &today, &chunk, counter)?;
+            tally.add(config, &ctx.today, &chunk, counter)?;
             chunk.clear();
         }
     }
-    tally.add(config, &today, &chunk, counter)?;
+    tally.add(config, &ctx.today, &chunk, counter)?;
     let check = match checker {
         Some(checker) => Some(shapes.check(checker)?),
         None => None,
