@@ -134,6 +134,10 @@ pub enum Untrusted {
         "{path} is not a folder (a symlink or a file); nightshift never follows links in its folders: remove it, nightshift makes the folder"
     )]
     NotAFolder { path: PathBuf },
+    #[error(
+        "{path} (owner uid {uid}, mode {mode:o}) is not nightshift's own folder, or others may write it; nightshift moves files only into its own: remove it (nightshift makes it again)"
+    )]
+    NotOwn { path: PathBuf, uid: u32, mode: u32 },
 }
 
 /// Who nightshift runs as: the user and the groups that may share its folders.
@@ -262,6 +266,29 @@ fn with_symlink_words(e: std::io::Error, path: &Path) -> std::io::Error {
     e
 }
 
+/// Checks a folder nightshift keeps files in (`ingested/`, `rejected/`, `results/`…), if it exists:
+/// a real folder (not a link), nightshift's own (or root's), that no group or other user may
+/// write. In a jobs folder submitters may write, one could otherwise rename nightshift's
+/// `ingested/` away and put a folder of their own in its place.
+pub fn check_own_folder(path: &Path) -> Result<(), Untrusted> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(()); // not there yet: nightshift makes it
+    };
+    if !meta.is_dir() {
+        return Err(Untrusted::NotAFolder {
+            path: path.to_owned(),
+        });
+    }
+    if !is_mine(meta.uid()) || meta.mode() & 0o022 != 0 {
+        return Err(Untrusted::NotOwn {
+            path: path.to_owned(),
+            uid: meta.uid(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    Ok(())
+}
+
 /// Opens `dir/name` as a folder, creating it (0700) if missing, refusing a symlink.
 fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result<OwnedFd> {
     match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
@@ -270,7 +297,7 @@ fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result
         Err(e) => return Err(e.into()),
     }
     let path = dir_path.join(name);
-    rustix::fs::openat(
+    let folder = rustix::fs::openat(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -282,7 +309,18 @@ fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result
             path.display()
         )),
         e => e.into(),
-    })
+    })?;
+    // The folder opened is the one moved into: check it is nightshift's own.
+    let stat = rustix::fs::fstat(&folder)?;
+    if !is_mine(stat.st_uid) || stat.st_mode & 0o022 != 0 {
+        let e = Untrusted::NotOwn {
+            path,
+            uid: stat.st_uid,
+            mode: stat.st_mode & 0o7777,
+        };
+        return Err(std::io::Error::other(e.to_string()));
+    }
+    Ok(folder)
 }
 
 /// Moves `dir/name` into `dir/folder/` (made 0700 if missing), under its own name or, when that
@@ -310,6 +348,27 @@ pub fn move_into(dir: &Path, folder: &str, name: &str) -> std::io::Result<PathBu
                 n += 1;
                 target = format!("{name}.{n}");
             }
+            // A file system without RENAME_NOREPLACE (NFS, older ZFS): a hard link, which never
+            // overwrites either, then the old name goes.
+            Err(rustix::io::Errno::INVAL) => {
+                match rustix::fs::linkat(
+                    &dir_fd,
+                    name,
+                    &sub,
+                    target.as_str(),
+                    rustix::fs::AtFlags::empty(),
+                ) {
+                    Ok(()) => {
+                        rustix::fs::unlinkat(&dir_fd, name, rustix::fs::AtFlags::empty())?;
+                        break;
+                    }
+                    Err(rustix::io::Errno::EXIST) => {
+                        n += 1;
+                        target = format!("{name}.{n}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -322,8 +381,11 @@ pub fn move_into(dir: &Path, folder: &str, name: &str) -> std::io::Result<PathBu
         Mode::empty(),
     ) {
         Ok(fd) => fd,
-        // Another user's file nightshift may not open: the folder, 0700, keeps it private.
-        Err(rustix::io::Errno::ACCESS) => return Ok(moved_path),
+        // Another user's file nightshift may not open (the folder keeps it private), or a link
+        // or a device that was moved as it is: it moved, its mode is left alone.
+        Err(rustix::io::Errno::ACCESS | rustix::io::Errno::LOOP | rustix::io::Errno::NXIO) => {
+            return Ok(moved_path);
+        }
         Err(e) => return Err(e.into()),
     };
     let (file_mode, _, group) = kept_modes();
@@ -394,6 +456,26 @@ mod tests {
         )
         .expect_err("world-writable");
         assert!(e.to_string().contains("chmod o-w /srv/jobs"), "{e}");
+    }
+
+    #[test]
+    fn only_its_own_folder_is_moved_into() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ingested = dir.path().join("ingested");
+        assert_eq!(check_own_folder(&ingested), Ok(()), "not there yet");
+        std::fs::create_dir(&ingested).expect("mkdir");
+        std::fs::set_permissions(&ingested, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(check_own_folder(&ingested), Ok(()));
+        // A folder anyone may write, put in place of nightshift's.
+        std::fs::set_permissions(&ingested, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(matches!(
+            check_own_folder(&ingested),
+            Err(Untrusted::NotOwn { mode: 0o777, .. })
+        ));
+        std::fs::write(dir.path().join("a.jsonl"), "1").expect("write");
+        let e = move_into(dir.path(), "ingested", "a.jsonl").expect_err("refused");
+        assert!(e.to_string().contains("not nightshift's own folder"), "{e}");
+        assert!(dir.path().join("a.jsonl").exists(), "nothing moved");
     }
 
     #[test]

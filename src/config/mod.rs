@@ -140,6 +140,7 @@ struct RawBatch {
     poll_min_ms: Option<u64>,
     poll_max_ms: Option<u64>,
     rpm: Option<u64>,
+    preflight: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,6 +236,9 @@ pub struct BatchSettings {
     pub poll_max: Duration,
     /// Calls per minute to the batch endpoints (all of them share one limit at the API).
     pub rpm: u64,
+    /// Count one request per shape with `count_tokens` before a batch is created, to error what
+    /// the API refuses in seconds (`[batch] preflight`, default on).
+    pub preflight: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -405,6 +409,7 @@ impl Config {
             poll_min,
             poll_max,
             rpm: raw.batch.rpm.unwrap_or(100).max(1),
+            preflight: raw.batch.preflight.unwrap_or(true),
         };
 
         let reserve = raw.quota.reserve.unwrap_or(0.2);

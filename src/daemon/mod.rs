@@ -188,7 +188,11 @@ pub async fn run(
     };
 
     let requeued = store
-        .call(|c| items::requeue_in_flight(c, now_ms()))
+        .call(|c| {
+            // What an earlier daemon found in the jobs folder is told afresh by the first scan.
+            crate::store::facts::clear(c, crate::lanes::intake::NOT_TAKEN_FACT)?;
+            items::requeue_in_flight(c, now_ms())
+        })
         .await?;
     if requeued > 0 {
         tracing::warn!(
@@ -227,6 +231,7 @@ pub async fn run(
         results_wake: results_wake.clone(),
         staging_dir: config.staging_dir(),
         shapes: Default::default(),
+        preflight_on: Arc::new(std::sync::atomic::AtomicBool::new(config.batch.preflight)),
     };
     let limits_config = live_config.clone();
     let quota_settings = QuotaSettings {

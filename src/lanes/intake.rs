@@ -162,14 +162,14 @@ impl Intake {
                 })?;
                 not_taken = listing.not_taken;
                 // Where files are moved must be nightshift's own folders, not links elsewhere.
-                let linked = [INGESTED_DIR, REJECTED_DIR].into_iter().find(|folder| {
-                    std::fs::symlink_metadata(self.jobs_dir.join(folder)).is_ok_and(|m| !m.is_dir())
+                let foreign = [INGESTED_DIR, REJECTED_DIR].into_iter().find_map(|folder| {
+                    crate::files::check_own_folder(&self.jobs_dir.join(folder))
+                        .err()
+                        .map(|e| (folder, e))
                 });
-                match linked {
+                match foreign {
                     None => listing.files,
-                    Some(folder) => {
-                        let path = self.jobs_dir.join(folder);
-                        let e = crate::files::Untrusted::NotAFolder { path };
+                    Some((folder, e)) => {
                         not_taken.insert(
                             folder.to_owned(),
                             format!("{e}; no job file is taken until then"),
@@ -386,7 +386,14 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         Ok(Manifest {
             defaults,
             schedule: Some((expr, timezone)),
-        }) => return register_schedule(intake, path, &sidecar, &name, defaults, expr, timezone),
+        }) => {
+            let template = Template {
+                file,
+                sidecar: &sidecar,
+                name: &name,
+            };
+            return register_schedule(intake, path, template, defaults, expr, timezone);
+        }
         other => other,
     };
 
@@ -437,11 +444,17 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
 
 /// A job file whose sidecar has a `schedule`: keeps a copy as the template of each run, registers
 /// (or replaces) the schedule, and moves the file aside like a job taken in.
+/// A job file with a schedule, opened (never through a link) to be kept as the template.
+struct Template<'a> {
+    file: std::fs::File,
+    sidecar: &'a Path,
+    name: &'a str,
+}
+
 fn register_schedule(
     intake: &Intake,
     path: &Path,
-    sidecar: &Path,
-    name: &str,
+    template: Template<'_>,
     defaults: JobDefaults,
     expr: String,
     timezone: Option<String>,
@@ -449,7 +462,13 @@ fn register_schedule(
     use anyhow::Context;
     std::fs::create_dir_all(&intake.templates_dir)
         .with_context(|| format!("creating {}", intake.templates_dir.display()))?;
-    copy_then_rename(path, &intake.templates_dir, &format!("{name}.jsonl"))?;
+    let Template {
+        file,
+        sidecar,
+        name,
+    } = template;
+    // From the file opened, not by its name again (which a link could have taken meanwhile).
+    copy_file_then_rename(file, &intake.templates_dir, &format!("{name}.jsonl"), None)?;
     let now = now_ms();
     let mut row = crate::store::schedules::ScheduleRow {
         name: name.to_owned(),
@@ -775,14 +794,40 @@ pub fn submit(
     Ok(target)
 }
 
+/// `submit`'s copy. Into a jobs folder of another user (a submitters' folder nightshift owns),
+/// the copy is 0640, so nightshift can read it through the folder's group; else 0600.
 fn copy_then_rename(source: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::MetadataExt;
+    let file =
+        std::fs::File::open(source).with_context(|| format!("opening {}", source.display()))?;
+    let others_folder =
+        std::fs::metadata(dir).is_ok_and(|m| m.uid() != rustix::process::geteuid().as_raw());
+    copy_file_then_rename(file, dir, name, others_folder.then_some(0o640))
+}
+
+/// Copies `source` into `dir` under a hidden name, made private (or `mode`), syncs it, then
+/// renames it to `name`.
+fn copy_file_then_rename(
+    mut source: std::fs::File,
+    dir: &Path,
+    name: &str,
+    mode: Option<u32>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let partial = dir.join(format!(".{name}.partial"));
     let target = dir.join(name);
-    std::fs::copy(source, &partial)
-        .with_context(|| format!("copying {} to {}", source.display(), partial.display()))?;
-    // fs::copy keeps the source's mode.
+    {
+        let mut out = std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        std::io::copy(&mut source, &mut out)
+            .with_context(|| format!("copying to {}", partial.display()))?;
+    }
     crate::files::make_private(&partial, false)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(mode))?;
+    }
     std::fs::File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, &target)
         .with_context(|| format!("renaming {} to {}", partial.display(), target.display()))?;

@@ -43,6 +43,51 @@ pub enum ShapeVerdict {
     },
 }
 
+/// What a 4xx answer to a count means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The API refuses the request: its error type and message.
+    Refused { kind: String, message: String },
+    /// Not the API's judgement of a request (a gateway without the endpoint, an HTML page, a 404
+    /// that names no model): the preflight cannot be trusted here and is switched off.
+    NotTheApi,
+}
+
+/// Reads a 400/404/422 answer to `count_tokens`: the API's own refusals are JSON errors of type
+/// `invalid_request_error`, or `not_found_error` naming the model.
+pub fn refusal(status: u16, body: &serde_json::Value) -> Refusal {
+    let (Some(kind), Some(message)) = (
+        body["error"]["type"].as_str(),
+        body["error"]["message"].as_str(),
+    ) else {
+        return Refusal::NotTheApi;
+    };
+    let api_refusal = match (status, kind) {
+        (400 | 422, "invalid_request_error") => true,
+        (404, "not_found_error") => message.contains("model"),
+        _ => false,
+    };
+    if !api_refusal {
+        return Refusal::NotTheApi;
+    }
+    Refusal::Refused {
+        kind: kind.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The request with its conversation replaced by one short user turn: counting it tells a shape
+/// the API refuses from one request whose own conversation it refuses (too many cache
+/// breakpoints in it, a tool result without its tool use, …).
+pub fn minimal_conversation(params: &str) -> Option<String> {
+    let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(params).ok()?;
+    map.insert(
+        "messages".into(),
+        serde_json::json!([{"role": "user", "content": "."}]),
+    );
+    serde_json::to_string(&map).ok()
+}
+
 /// Whose fault a refusal of the counted request is: its shape (the field named is not in the
 /// conversation; every request of the shape would meet it), or the one request counted (the
 /// message names its `messages`).
@@ -108,6 +153,45 @@ mod tests {
         let mut known = HashMap::new();
         known.insert("z".to_owned(), ShapeVerdict::Accepted);
         assert_eq!(shapes_to_check(&keys, &known), vec![("x", 0), ("y", 1)]);
+    }
+
+    #[test]
+    fn only_the_apis_own_refusals_count() {
+        let body = |kind: &str, message: &str| serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+        assert!(matches!(
+            refusal(404, &body("not_found_error", "model: claude-x")),
+            Refusal::Refused { .. }
+        ));
+        assert!(matches!(
+            refusal(400, &body("invalid_request_error", "system.0.type: …")),
+            Refusal::Refused { .. }
+        ));
+        assert_eq!(
+            refusal(404, &body("not_found_error", "Not Found")),
+            Refusal::NotTheApi,
+            "no such endpoint"
+        );
+        assert_eq!(
+            refusal(404, &serde_json::json!("<html>")),
+            Refusal::NotTheApi
+        );
+        assert_eq!(
+            refusal(400, &body("billing_error", "x")),
+            Refusal::NotTheApi
+        );
+    }
+
+    #[test]
+    fn the_probe_keeps_the_shape_and_drops_the_conversation() {
+        let probe = minimal_conversation(
+            r#"{"model":"m","system":"s","messages":[{"role":"user","content":"long"}]}"#,
+        )
+        .expect("object");
+        assert_eq!(
+            shape_key(&probe),
+            shape_key(r#"{"model":"m","system":"s","messages":[]}"#)
+        );
+        assert!(probe.contains(r#""content":".""#));
     }
 
     #[test]

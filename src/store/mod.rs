@@ -497,11 +497,13 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     };
     let (conn, version) = match open(Connection::open_with_flags(path, flags)?) {
         // A reader who may not write the folder (a member of `[daemon] readers_group`) cannot
-        // make the WAL's index when no daemon holds it open: the database is then read as it
-        // is on disk, whole (the daemon folds the WAL in when it stops).
+        // make the WAL's index when no daemon holds it open: with no daemon running, the
+        // database is read as it is on disk (a daemon that stopped in order folded its WAL in;
+        // after a crash, what the WAL still holds shows once a daemon runs again).
         Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-            if e.code == rusqlite::ErrorCode::ReadOnly
-                || e.code == rusqlite::ErrorCode::CannotOpen =>
+            if (e.code == rusqlite::ErrorCode::ReadOnly
+                || e.code == rusqlite::ErrorCode::CannotOpen)
+                && no_daemon_holds(path) =>
         {
             let escaped = path
                 .display()
@@ -531,6 +533,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
         )));
     }
     Ok(conn)
+}
+
+/// Whether no daemon holds the data folder of the database at `path` (its lock on the folder): only
+/// then is the file on disk the whole database, with no WAL being written beside it.
+fn no_daemon_holds(path: &Path) -> bool {
+    path.parent()
+        .and_then(|dir| std::fs::File::open(dir).ok())
+        .is_some_and(|dir| dir.try_lock_shared().is_ok())
 }
 
 /// Asks the daemon to cancel a job (`nightshift cancel`): the CLI's one write, a row the daemon

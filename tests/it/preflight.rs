@@ -77,15 +77,22 @@ async fn what_the_model_table_knows_is_errored_at_intake() {
         .output()
         .expect("plan runs");
     let planned: Value = serde_json::from_slice(&out.stdout).expect("plan --json");
+    // claude-opus-4-5 retires on 2027-01-22: from that day on the table errors it too (the test
+    // checks whichever holds on the day it runs).
+    let today = nightshift::model::catalog::day_of(nightshift::store::now_ms());
+    let still_deprecated =
+        nightshift::model::catalog::deprecation("claude-opus-4-5", &today).is_some();
+    let (ok, bad) = if still_deprecated { (2, 6) } else { (1, 7) };
     assert_eq!(
         (planned["items"].as_u64(), planned["invalid_lines"].as_u64()),
-        (Some(2), Some(6)),
+        (Some(ok), Some(bad)),
         "{planned}"
     );
     let deprecated = planned["deprecated_models"].to_string();
-    assert!(
+    assert_eq!(
         deprecated.contains("claude-opus-4-5 is deprecated")
             && deprecated.contains("claude-opus-5-5"),
+        still_deprecated,
         "{planned}"
     );
 
@@ -93,7 +100,7 @@ async fn what_the_model_table_knows_is_errored_at_intake() {
     env.write_job("rules", body.as_bytes());
     let job = env.wait_done("rules", Duration::from_secs(120)).await;
     daemon.stop().await;
-    assert_eq!((job.counts.succeeded, job.counts.errored), (2, 6));
+    assert_eq!((job.counts.succeeded, job.counts.errored), (ok, bad));
     let errors = errors(&env, "rules");
     let expect = [
         (
@@ -142,10 +149,18 @@ async fn what_the_model_table_knows_is_errored_at_intake() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    assert!(
-        note.contains("claude-opus-4-5 is deprecated since 2026-11-23 and retires on 2027-01-22"),
-        "{note}"
-    );
+    if still_deprecated {
+        assert!(
+            note.contains(
+                "claude-opus-4-5 is deprecated since 2026-11-23 and retires on 2027-01-22"
+            ),
+            "{note}"
+        );
+    } else {
+        let (field, message) = &errors["deprecated"];
+        assert_eq!(field, "params.model");
+        assert!(message.contains("retired on 2027-01-22"), "{message}");
+    }
 }
 
 /// Shapes only the API can judge (a model id the table does not know, a system block it refuses)
@@ -223,9 +238,14 @@ async fn a_shape_the_api_refuses_is_errored_before_the_batch_is_created() {
     assert_eq!(find("HTTP 404")["requests"], 10);
     assert_eq!(find("HTTP 404")["lines"][0], 3);
     assert_eq!(find("system.0.type")["requests"], 10);
-    // Each of the three shapes was asked once, and each refused (the fake counts those as 4xx).
+    // Each of the three shapes was asked once, and each refused (the fake counts those as 4xx);
+    // the two whose refusal names no message were asked again with one short turn in place of
+    // the conversation (refused too: it is the shape), the bad role not.
     let refused_by_plan = env.fake.stats().invalid_4xx;
-    assert_eq!(refused_by_plan, 3, "one call per shape");
+    assert_eq!(
+        refused_by_plan, 5,
+        "one call per shape, and a probe for two"
+    );
 
     let daemon = env.start_daemon();
     env.write_job("shapes", body.as_bytes());
@@ -239,8 +259,8 @@ async fn a_shape_the_api_refuses_is_errored_before_the_batch_is_created() {
     );
     assert_eq!(
         stats.invalid_4xx - refused_by_plan,
-        3,
-        "one call per shape, nothing else refused"
+        5,
+        "as plan: one call per shape and two probes, nothing else refused"
     );
     assert_eq!(
         stats.batch_errored, 0,

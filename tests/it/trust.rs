@@ -128,8 +128,17 @@ async fn folders_others_can_change_are_refused_and_a_refused_reload_fails() {
         )),
         "{text}"
     );
-    // With the sticky bit (as /tmp has) only owners may rename their entries: fine.
+    // With the sticky bit (as /tmp has) only owners may rename their entries: fine, it starts.
     chmod(&open, 0o1777);
+    let sticky = env.spawn_binary_daemon(KEY, "sticky.log");
+    let pid = sticky.id();
+    status_until(&env, "a daemon under a sticky parent", |s| {
+        s["daemon"]["running"] == true && s["daemon"]["pid"] == pid
+    })
+    .await;
+    signal(&sticky, libc::SIGTERM);
+    let (code, text) = exit_of(sticky, &env.dir.path().join("sticky.log"));
+    assert_eq!(code, Some(0), "{text}");
     env.edit_config("jobs_dir = \"open/jobs\"", "jobs_dir = \"jobs\"");
 
     if rustix::process::geteuid().is_root() {
@@ -178,6 +187,17 @@ async fn folders_others_can_change_are_refused_and_a_refused_reload_fails() {
         text.contains("refused") && text.contains("no_such_setting"),
         "{text}"
     );
+    // The daemon was told (the CLI, which cannot read the config either, does not wait for it):
+    // its log says so before the file is put right.
+    let log = env.dir.path().join("daemon.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("reload refused")
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "the daemon heard no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // (`status` needs a config that loads too.) Until a reload takes, status shows the refusal.
     env.edit_config("[daemon]\nno_such_setting = 1\n", "[daemon]\n");
     status_until(&env, "the refused config in status", |s| {

@@ -34,17 +34,22 @@ pub fn run(config: Option<&Path>, pid: Option<i32>, timeout: Duration) -> anyhow
         );
         return Ok(ExitCode::from(EXIT_UNAVAILABLE));
     }
-    let pid = match pid {
-        Some(pid) => pid,
-        None => {
-            let pid_file = data_dir.join("nightshift.lock");
-            std::fs::read_to_string(&pid_file)
-                .with_context(|| format!("reading the daemon's pid from {}", pid_file.display()))?
-                .trim()
-                .parse()
-                .with_context(|| format!("{} does not hold a pid", pid_file.display()))?
-        }
-    };
+    let pid_file = data_dir.join("nightshift.lock");
+    let holder: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading the daemon's pid from {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+    // A pid given must be the daemon's: SIGHUP ends most other processes.
+    if let Some(given) = pid
+        && given != holder
+    {
+        anyhow::bail!(
+            "pid {given} is not the daemon on {} (that is pid {holder}); nothing was signalled",
+            data_dir.display()
+        );
+    }
+    let pid = holder;
     let verdict_path = data_dir.join(VERDICT_FILE);
     let before = read_verdict(&verdict_path).map_or(0, |v| v.seq);
     hang_up(pid)?;

@@ -229,11 +229,15 @@ async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Ask
                 "the API refuses token counting (HTTP {status}: {message}); check the key, or plan without --count-tokens and --check"
             ),
             Err(Outcome::Fatal { status, body, .. }) => {
-                let message = body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("no message")
-                    .to_owned();
-                return Ok(Asked::Refused { status, message });
+                use crate::policy::preflight::{Refusal, refusal};
+                match refusal(status, &body) {
+                    Refusal::Refused { message, .. } => {
+                        return Ok(Asked::Refused { status, message });
+                    }
+                    Refusal::NotTheApi => anyhow::bail!(
+                        "count_tokens answered HTTP {status} other than the API does: is the endpoint there at api.base_url? ({body})"
+                    ),
+                }
             }
             Err(Outcome::Succeeded { .. }) => return Ok(Asked::Unasked),
         };
@@ -346,7 +350,7 @@ impl Shapes {
 
     /// Asks `checker` of each shape, by its first request.
     fn check(self, checker: &mut ShapeChecker<'_>) -> anyhow::Result<ShapeCheck> {
-        use crate::policy::preflight::{Blame, blame};
+        use crate::policy::preflight::{Blame, blame, minimal_conversation};
         let mut report = ShapeCheck {
             shapes: self.order.len() as u64,
             unchecked: 0,
@@ -364,16 +368,27 @@ impl Shapes {
                 Answer::Taken => {}
                 Answer::Unasked => report.unchecked += 1,
                 Answer::Refused { status, message } => {
-                    let error = format!("HTTP {status}: {message}");
-                    report.refused.push(match blame(&message) {
-                        Blame::Shape => RefusedShape {
-                            error,
+                    // The shape, if one short turn in place of the conversation is refused too;
+                    // else the counted line alone.
+                    let probe = match blame(&message) {
+                        Blame::Request => None,
+                        Blame::Shape => minimal_conversation(&seen.first_params),
+                    };
+                    let shape_refused = match probe {
+                        Some(probe) => match checker(&probe)? {
+                            Answer::Refused { status, message } => Some((status, message)),
+                            Answer::Taken | Answer::Unasked => None,
+                        },
+                        None => None,
+                    };
+                    report.refused.push(match shape_refused {
+                        Some((status, message)) => RefusedShape {
+                            error: format!("HTTP {status}: {message}"),
                             requests: seen.requests,
                             lines: seen.lines,
                         },
-                        // The counted request's own conversation: that line alone.
-                        Blame::Request => RefusedShape {
-                            error,
+                        None => RefusedShape {
+                            error: format!("HTTP {status}: {message}"),
                             requests: 1,
                             lines: vec![seen.first_line],
                         },

@@ -62,6 +62,9 @@ pub struct BatchLane {
     pub staging_dir: std::path::PathBuf,
     /// What the API said of each request shape counted before a batch (see [`preflight`]).
     pub shapes: Arc<std::sync::Mutex<HashMap<String, ShapeVerdict>>>,
+    /// Whether the preflight runs (`[batch] preflight`; off for good once `count_tokens` answers
+    /// other than the API does).
+    pub preflight_on: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Spaces calls to the batch endpoints under their RPM.

@@ -1,14 +1,20 @@
 //! Before a batch is created: one free `count_tokens` call per request shape not yet known
 //! ([`crate::policy::preflight`]), so that requests the API refuses are errored in seconds, not
 //! when the batch ends. A shape that cannot be counted now (a 429, an outage, a refused key) is
-//! not held up: the batch goes as it is and the API validates it as usual.
+//! not held up: the batch goes as it is and the API validates it as usual. A request the API
+//! refuses is errored; its shape only if one short turn in place of its conversation is refused
+//! too. `[batch] preflight = false` turns it off.
 
 use tokio_util::sync::CancellationToken;
 
 use super::{BatchLane, apply};
 use crate::model::answer::Outcome;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
 use crate::policy::preflight::{
-    Blame, MAX_SHAPES_KNOWN, ShapeVerdict, blame, shape_key, shapes_to_check,
+    Blame, MAX_SHAPES_KNOWN, Refusal, ShapeVerdict, blame, minimal_conversation, refusal,
+    shape_key, shapes_to_check,
 };
 
 /// What the preflight leaves of a batch's requests.
@@ -21,7 +27,51 @@ pub(super) enum Checked {
     Stopped,
 }
 
+/// One count.
+enum Asked {
+    Counted,
+    Refused {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+    /// Not now (a 429, an outage, a refused key): unchecked.
+    Unasked,
+}
+
 impl BatchLane {
+    /// Counts `params`; None when shutdown came first. An answer that is not the API's judgement
+    /// of the request switches the preflight off for this process.
+    async fn ask(&self, params: &str, shutdown: &CancellationToken) -> Option<Asked> {
+        let answer = self
+            .call(shutdown, self.client.count_tokens(params))
+            .await?;
+        Some(match answer {
+            Ok(_) => Asked::Counted,
+            Err(Outcome::Fatal { status, body, .. }) if matches!(status, 400 | 404 | 422) => {
+                match refusal(status, &body) {
+                    Refusal::Refused { kind, message } => Asked::Refused {
+                        status,
+                        kind,
+                        message,
+                    },
+                    Refusal::NotTheApi => {
+                        self.preflight_on.store(false, Ordering::Relaxed);
+                        tracing::warn!(
+                            status,
+                            "count_tokens answered other than the API does (is the endpoint there at this base_url?); the batch preflight is off until a restart"
+                        );
+                        Asked::Unasked
+                    }
+                }
+            }
+            Err(other) => {
+                tracing::debug!(outcome = ?other, "a request could not be counted before the batch; it goes unchecked");
+                Asked::Unasked
+            }
+        })
+    }
+
     /// Counts one request of each unknown shape of `requests` (custom_id, params) and errors the
     /// requests the API refuses.
     pub(super) async fn preflight(
@@ -30,6 +80,9 @@ impl BatchLane {
         requests: Vec<(String, String)>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Checked> {
+        if !self.preflight_on.load(Ordering::Relaxed) {
+            return Ok(Checked::Send(requests));
+        }
         let keys: Vec<Option<String>> = requests.iter().map(|(_, p)| shape_key(p)).collect();
         let to_check: Vec<(String, usize)> = {
             let known = crate::lock(&self.shapes);
@@ -40,39 +93,49 @@ impl BatchLane {
         };
         // (custom_id, the API's error type, its answer) of each request refused.
         let mut refused: Vec<(String, String, String)> = Vec::new();
+        let mut refused_ids: HashSet<String> = HashSet::new();
         for (key, i) in to_check {
+            if !self.preflight_on.load(Ordering::Relaxed) {
+                break;
+            }
             let (custom_id, params) = &requests[i];
-            let Some(answer) = self.call(shutdown, self.client.count_tokens(params)).await else {
+            let Some(first) = self.ask(params, shutdown).await else {
                 return Ok(Checked::Stopped);
             };
-            let verdict = match answer {
-                Ok(_) => Some(ShapeVerdict::Accepted),
-                Err(Outcome::Fatal { status, body, .. }) if matches!(status, 400 | 404 | 422) => {
-                    let message = body["error"]["message"]
-                        .as_str()
-                        .unwrap_or("no message")
-                        .to_owned();
-                    let kind = body["error"]["type"]
-                        .as_str()
-                        .unwrap_or("invalid_request_error")
-                        .to_owned();
-                    match blame(&message) {
-                        Blame::Shape => Some(ShapeVerdict::Refused {
-                            status,
-                            kind,
-                            message,
-                        }),
-                        Blame::Request => {
-                            // That request's own conversation: it alone is refused.
-                            let answer = format!("HTTP {status}: {message}");
-                            refused.push((custom_id.clone(), kind, answer));
-                            None
-                        }
+            let verdict = match first {
+                Asked::Counted => Some(ShapeVerdict::Accepted),
+                Asked::Unasked => None,
+                Asked::Refused {
+                    status,
+                    kind,
+                    message,
+                } => {
+                    // That request is refused, whatever the others: the API said so of it.
+                    refused_ids.insert(custom_id.clone());
+                    let answer = format!("HTTP {status}: {message}");
+                    refused.push((custom_id.clone(), kind, answer));
+                    // Its shape too, if one short turn in its place is refused as well.
+                    let probe = match blame(&message) {
+                        Blame::Request => None,
+                        Blame::Shape => minimal_conversation(params),
+                    };
+                    match probe {
+                        None => None,
+                        Some(probe) => match self.ask(&probe, shutdown).await {
+                            None => return Ok(Checked::Stopped),
+                            Some(Asked::Refused {
+                                status,
+                                kind,
+                                message,
+                            }) => Some(ShapeVerdict::Refused {
+                                status,
+                                kind,
+                                message,
+                            }),
+                            Some(Asked::Counted) => Some(ShapeVerdict::Accepted),
+                            Some(Asked::Unasked) => None,
+                        },
                     }
-                }
-                Err(other) => {
-                    tracing::debug!(outcome = ?other, "a request shape could not be counted before the batch; it goes unchecked");
-                    None
                 }
             };
             if let Some(verdict) = verdict {
@@ -97,7 +160,7 @@ impl BatchLane {
                     kind,
                     message,
                 }) = key.as_ref().and_then(|k| known.get(k))
-                    && !refused.iter().any(|(id, ..)| id == custom_id)
+                    && refused_ids.insert(custom_id.clone())
                 {
                     let answer = format!("HTTP {status}: {message}");
                     refused.push((custom_id.clone(), kind.clone(), answer));
@@ -107,8 +170,6 @@ impl BatchLane {
         if refused.is_empty() {
             return Ok(Checked::Send(requests));
         }
-        let gone: std::collections::HashSet<String> =
-            refused.iter().map(|(id, ..)| id.clone()).collect();
         let count = refused.len();
         let left = self
             .store
@@ -126,7 +187,7 @@ impl BatchLane {
         Ok(Checked::Send(
             requests
                 .into_iter()
-                .filter(|(id, _)| !gone.contains(id))
+                .filter(|(id, _)| !refused_ids.contains(id))
                 .collect(),
         ))
     }
