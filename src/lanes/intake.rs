@@ -262,14 +262,18 @@ impl Intake {
             list
         };
         let json = serde_json::to_string(&list)?;
-        block_on_store(&self.store, move |c| {
+        let written = block_on_store(&self.store, move |c| {
             if list.is_empty() {
                 crate::store::facts::clear(c, NOT_TAKEN_FACT)
             } else {
                 crate::store::facts::set(c, NOT_TAKEN_FACT, &json, now)
             }
-        })?;
-        Ok(())
+        });
+        if written.is_err() {
+            // Not published (a busy database): the next scan publishes it again.
+            crate::lock(&self.not_taken).clear();
+        }
+        Ok(written?)
     }
 
     /// Counts a failure of `path`; after [`MAX_FILE_FAILURES`] (or at once when the file changed
@@ -442,8 +446,6 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
     Ok(IntakeOutcome::Ingested { job: name, lines })
 }
 
-/// A job file whose sidecar has a `schedule`: keeps a copy as the template of each run, registers
-/// (or replaces) the schedule, and moves the file aside like a job taken in.
 /// A job file with a schedule, opened (never through a link) to be kept as the template.
 struct Template<'a> {
     file: std::fs::File,
@@ -451,6 +453,8 @@ struct Template<'a> {
     name: &'a str,
 }
 
+/// A job file whose sidecar has a `schedule`: keeps a copy as the template of each run, registers
+/// (or replaces) the schedule, and moves the file aside like a job taken in.
 fn register_schedule(
     intake: &Intake,
     path: &Path,

@@ -195,7 +195,10 @@ async fn folders_others_can_change_are_refused_and_a_refused_reload_fails() {
         .unwrap_or_default()
         .contains("reload refused")
     {
-        assert!(started.elapsed() < Duration::from_secs(30), "the daemon heard no reload");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the daemon heard no reload"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // (`status` needs a config that loads too.) Until a reload takes, status shows the refusal.
