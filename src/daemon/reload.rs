@@ -29,6 +29,10 @@ pub(super) struct Reloader {
 
 /// The verdict file's name in the data dir.
 pub const VERDICT_FILE: &str = "reload.json";
+/// Where `nightshift reload` leaves a token before it signals; the reload that reads it (before
+/// it reads the config file) names it in its verdict, so the command hears the verdict on the
+/// config as it was when it asked, not one a reload already under way had read before.
+pub const REQUEST_FILE: &str = "reload.request";
 
 /// What became of a reload, for `nightshift reload` (which waits for it) and the service status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +45,9 @@ pub struct Verdict {
     pub ok: bool,
     /// What took effect, or why the config file was refused.
     pub message: String,
+    /// The token of the `nightshift reload` that asked, if one did ([`REQUEST_FILE`]).
+    #[serde(default)]
+    pub request: Option<String>,
 }
 
 /// The last verdict written in `path`, if any.
@@ -52,6 +59,13 @@ impl Reloader {
     /// Reads the config file again and says what became of it (in the verdict file too). A file
     /// that does not load, or folders other users could change, leave everything as it was.
     pub(super) fn reload(&mut self) -> Verdict {
+        // The request is read before the config file: a verdict that names it judged the file
+        // as it was when the request was made, or later.
+        let request = self
+            .verdict_path
+            .parent()
+            .and_then(|dir| std::fs::read_to_string(dir.join(REQUEST_FILE)).ok())
+            .map(|token| token.trim().to_owned());
         let outcome = self.apply();
         self.seq += 1;
         let now = crate::store::now_ms();
@@ -64,6 +78,7 @@ impl Reloader {
                     at: now,
                     ok: true,
                     message,
+                    request,
                 }
             }
             Err(why) => {
@@ -83,6 +98,7 @@ impl Reloader {
                     at: now,
                     ok: false,
                     message,
+                    request,
                 }
             }
         };

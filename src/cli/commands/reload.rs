@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::cli::views::daemon::lock_held;
 use crate::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE, load_config};
-use crate::daemon::reload::{VERDICT_FILE, read_verdict};
+use crate::daemon::reload::{REQUEST_FILE, VERDICT_FILE, read_verdict};
 
 pub fn run(config: Option<&Path>, pid: Option<i32>, timeout: Duration) -> anyhow::Result<ExitCode> {
     let config = match load_config(config) {
@@ -52,10 +52,25 @@ pub fn run(config: Option<&Path>, pid: Option<i32>, timeout: Duration) -> anyhow
     let pid = holder;
     let verdict_path = data_dir.join(VERDICT_FILE);
     let before = read_verdict(&verdict_path).map_or(0, |v| v.seq);
+    // A token the daemon echoes in the verdict of the reload that read it (see REQUEST_FILE);
+    // who cannot write the data folder waits for the next verdict instead.
+    // "<ms>-<pid>": a verdict naming this request or a later one (another `reload` meanwhile)
+    // judged the config as it is now.
+    let asked_at = crate::store::now_ms();
+    let token = format!("{asked_at}-{}", std::process::id());
+    let answers = |request: Option<&str>| {
+        request
+            .and_then(|r| r.split('-').next())
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .is_some_and(|ms| ms >= asked_at)
+    };
+    let requested = std::fs::write(data_dir.join(REQUEST_FILE), &token).is_ok();
     hang_up(pid)?;
     let asked = Instant::now();
     loop {
-        if let Some(verdict) = read_verdict(&verdict_path).filter(|v| v.seq > before) {
+        if let Some(verdict) = read_verdict(&verdict_path)
+            .filter(|v| v.seq > before && (!requested || answers(v.request.as_deref())))
+        {
             if verdict.ok {
                 println!("{}", verdict.message);
                 return Ok(ExitCode::SUCCESS);
