@@ -279,11 +279,17 @@ pub fn check_own_folder(path: &Path) -> Result<(), Untrusted> {
             path: path.to_owned(),
         });
     }
-    if !is_mine(meta.uid()) || meta.mode() & 0o022 != 0 {
+    own_folder(path, meta.uid(), meta.mode())
+}
+
+/// A folder of owner `uid` and `mode` is nightshift's own: its (or root's), and no group or
+/// other user may write it.
+fn own_folder(path: &Path, uid: u32, mode: u32) -> Result<(), Untrusted> {
+    if !is_mine(uid) || mode & 0o022 != 0 {
         return Err(Untrusted::NotOwn {
             path: path.to_owned(),
-            uid: meta.uid(),
-            mode: meta.mode() & 0o7777,
+            uid,
+            mode: mode & 0o7777,
         });
     }
     Ok(())
@@ -304,23 +310,34 @@ fn open_subfolder(dir: &OwnedFd, dir_path: &Path, name: &str) -> std::io::Result
         Mode::empty(),
     )
     .map_err(|e| match e {
-        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => std::io::Error::other(format!(
-            "{} is not a folder (a symlink or a file); nightshift never follows links in its folders: remove it, nightshift makes the folder",
-            path.display()
-        )),
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            std::io::Error::other(Untrusted::NotAFolder { path: path.clone() }.to_string())
+        }
         e => e.into(),
     })?;
     // The folder opened is the one moved into: check it is nightshift's own.
     let stat = rustix::fs::fstat(&folder)?;
-    if !is_mine(stat.st_uid) || stat.st_mode & 0o022 != 0 {
-        let e = Untrusted::NotOwn {
-            path,
-            uid: stat.st_uid,
-            mode: stat.st_mode & 0o7777,
-        };
-        return Err(std::io::Error::other(e.to_string()));
-    }
+    own_folder(&path, stat.st_uid, stat.st_mode)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(folder)
+}
+
+/// Renames `from/name` to `to/target` unless `target` exists (`EXIST` then). Where the file system
+/// has no `RENAME_NOREPLACE` (NFS, older ZFS): a hard link, which never overwrites either, then
+/// the old name goes.
+fn move_no_replace(
+    from: &OwnedFd,
+    name: &str,
+    to: &OwnedFd,
+    target: &str,
+) -> Result<(), rustix::io::Errno> {
+    match rustix::fs::renameat_with(from, name, to, target, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) => {
+            rustix::fs::linkat(from, name, to, target, rustix::fs::AtFlags::empty())?;
+            rustix::fs::unlinkat(from, name, rustix::fs::AtFlags::empty())
+        }
+        other => other,
+    }
 }
 
 /// Moves `dir/name` into `dir/folder/` (made 0700 if missing), under its own name or, when that
@@ -336,38 +353,11 @@ pub fn move_into(dir: &Path, folder: &str, name: &str) -> std::io::Result<PathBu
     let mut target = name.to_owned();
     let mut n = 0;
     loop {
-        match rustix::fs::renameat_with(
-            &dir_fd,
-            name,
-            &sub,
-            target.as_str(),
-            RenameFlags::NOREPLACE,
-        ) {
+        match move_no_replace(&dir_fd, name, &sub, &target) {
             Ok(()) => break,
             Err(rustix::io::Errno::EXIST) => {
                 n += 1;
                 target = format!("{name}.{n}");
-            }
-            // A file system without RENAME_NOREPLACE (NFS, older ZFS): a hard link, which never
-            // overwrites either, then the old name goes.
-            Err(rustix::io::Errno::INVAL) => {
-                match rustix::fs::linkat(
-                    &dir_fd,
-                    name,
-                    &sub,
-                    target.as_str(),
-                    rustix::fs::AtFlags::empty(),
-                ) {
-                    Ok(()) => {
-                        rustix::fs::unlinkat(&dir_fd, name, rustix::fs::AtFlags::empty())?;
-                        break;
-                    }
-                    Err(rustix::io::Errno::EXIST) => {
-                        n += 1;
-                        target = format!("{name}.{n}");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
             }
             Err(e) => return Err(e.into()),
         }

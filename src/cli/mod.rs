@@ -101,14 +101,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// The API key from `api.api_key_file`, the systemd credential or `ANTHROPIC_API_KEY`; its absence
 /// is a configuration error naming where it was looked for.
 fn load_key(config: &Config) -> Result<ApiKey, ConfigError> {
-    ApiKey::load(&config.api).map_err(|e| ConfigError::Invalid {
-        path: config.source.clone().unwrap_or_default(),
-        key: if config.api.api_key_file.is_some() {
-            "api.api_key_file".into()
+    ApiKey::load(&config.api).map_err(|e| {
+        let key = if config.api.api_key_file.is_some() {
+            "api.api_key_file"
         } else {
-            "ANTHROPIC_API_KEY".into()
-        },
-        problem: format!("gives no key: {e}"),
+            "ANTHROPIC_API_KEY"
+        };
+        config.invalid(key, format!("gives no key: {e}"))
     })
 }
 

@@ -566,6 +566,16 @@ impl Config {
             .unwrap_or_default()
     }
 
+    /// The error of setting `key` (of this config's file), which `problem` says what is wrong
+    /// with; for settings checked after loading (a key file, a group, a token file).
+    pub fn invalid(&self, key: &str, problem: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone().unwrap_or_default(),
+            key: key.to_owned(),
+            problem,
+        }
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("nightshift.db")
     }

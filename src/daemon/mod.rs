@@ -60,6 +60,9 @@ impl Handle {
     }
 }
 
+/// The file in the data dir that names the daemon's pid (the lock is on the folder itself).
+pub const PID_FILE: &str = "nightshift.lock";
+
 /// One daemon per data directory: a second one would send the first one's calls again. The lock
 /// (`flock`) is held on the directory itself, which cannot be deleted from under a running daemon
 /// the way a lock file can; `nightshift.lock` in it names the holder's pid, for people. Held until
@@ -84,7 +87,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         }
     };
     if held {
-        let holder = std::fs::read_to_string(data_dir.join("nightshift.lock")).unwrap_or_default();
+        let holder = std::fs::read_to_string(data_dir.join(PID_FILE)).unwrap_or_default();
         let holder = holder.trim();
         anyhow::bail!(
             "another nightshift daemon is running on {}{}; stop it first",
@@ -96,7 +99,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
             }
         );
     }
-    let note = data_dir.join("nightshift.lock");
+    let note = data_dir.join(PID_FILE);
     if let Err(e) = std::fs::write(&note, format!("{}\n", std::process::id())) {
         tracing::warn!(error = %e, path = %note.display(), "cannot write the pid file; the lock holds anyway");
     }
@@ -166,14 +169,13 @@ pub async fn run(
     let metrics_token = match &config.metrics_token_file {
         None => None,
         Some(path) => Some(crate::daemon::metrics::Token::read(path).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                path: config.source.clone().unwrap_or_default(),
-                key: "metrics.token_file".into(),
-                problem: format!(
+            config.invalid(
+                "metrics.token_file",
+                format!(
                     "names {}, which cannot be read ({e}); nightshift's user must be able to read it",
                     path.display()
                 ),
-            }
+            )
         })?),
     };
     let metrics_listener = match config.metrics_port {

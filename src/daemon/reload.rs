@@ -69,22 +69,13 @@ impl Reloader {
         let outcome = self.apply();
         self.seq += 1;
         let now = crate::store::now_ms();
-        let verdict = match outcome {
+        let (ok, message) = match outcome {
             Ok(message) => {
                 self.board.clear(health::CONFIG);
                 tracing::info!("{message}");
-                Verdict {
-                    seq: self.seq,
-                    at: now,
-                    ok: true,
-                    message,
-                    request,
-                }
+                (true, message)
             }
             Err(why) => {
-                let message = format!(
-                    "the reload was refused, the running configuration stays in force: {why}"
-                );
                 self.board.set(
                     health::CONFIG,
                     "the last reload was refused",
@@ -93,14 +84,20 @@ impl Reloader {
                     None,
                 );
                 tracing::error!(error = %why, "reload refused; the running configuration stays in force");
-                Verdict {
-                    seq: self.seq,
-                    at: now,
-                    ok: false,
-                    message,
-                    request,
-                }
+                (
+                    false,
+                    format!(
+                        "the reload was refused, the running configuration stays in force: {why}"
+                    ),
+                )
             }
+        };
+        let verdict = Verdict {
+            seq: self.seq,
+            at: now,
+            ok,
+            message,
+            request,
         };
         if let Err(e) = write_verdict(&self.verdict_path, &verdict) {
             tracing::warn!(error = %e, path = %self.verdict_path.display(), "cannot write the reload verdict; `nightshift reload` will not hear it");

@@ -539,16 +539,12 @@ fn stream_lines(
     }
     let ctx = LineContext::new(&defaults, job.created_at, &intake.api_version);
     // Deprecated models the job uses, each warned of once (in the log and the job's note).
-    let mut deprecated: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut deprecated = crate::model::catalog::Deprecations::default();
     while let Some(line) = reader.next_line(&ctx)? {
         if let ParsedLine::Valid(v) = &line.parsed
-            && !deprecated.contains_key(&v.model)
+            && let Some(warning) = deprecated.note(&v.model, &ctx.today)
         {
-            let warning = crate::model::catalog::deprecation(&v.model, &ctx.today);
-            if let Some(w) = &warning {
-                tracing::warn!(job = %job.name, model = %v.model, "{w}");
-            }
-            deprecated.insert(v.model.clone(), warning);
+            tracing::warn!(job = %job.name, model = %v.model, "{warning}");
         }
         chunk_bytes += line.len;
         chunk.push((line.line_no, line.parsed));
@@ -588,7 +584,7 @@ fn stream_lines(
         wait(submit_chunk(intake, job.id, &display, chunk, progress))?;
     }
     let job_id = job.id;
-    let warnings: Vec<String> = deprecated.into_values().flatten().collect();
+    let warnings = deprecated.warnings();
     let note = if line_no == 0 {
         Some("the file is empty: there is nothing to run".to_owned())
     } else if !warnings.is_empty() {

@@ -202,6 +202,31 @@ pub fn deprecation(model: &str, today: &str) -> Option<String> {
     }
 }
 
+/// The deprecated models a job uses, each looked up once.
+#[derive(Debug, Default)]
+pub struct Deprecations {
+    seen: std::collections::BTreeMap<String, Option<String>>,
+}
+
+impl Deprecations {
+    /// Notes a request's model on `today`; its warning the first time a deprecated one is met.
+    pub fn note(&mut self, model: &str, today: &str) -> Option<&str> {
+        if self.seen.contains_key(model) {
+            return None;
+        }
+        let warning = deprecation(model, today);
+        self.seen
+            .entry(model.to_owned())
+            .or_insert(warning)
+            .as_deref()
+    }
+
+    /// One warning per deprecated model met, by model name.
+    pub fn warnings(self) -> Vec<String> {
+        self.seen.into_values().flatten().collect()
+    }
+}
+
 /// Checks a request against the table and the API version: `Err((field, reason))` for what the
 /// API would refuse. `field` gives a top-level field of the request body, if it has it; `today`
 /// is YYYY-MM-DD (UTC).
@@ -367,6 +392,15 @@ mod tests {
         );
         assert_eq!(deprecation("claude-haiku-5-5", "2026-12-02"), None);
         assert_eq!(deprecation("claude-unknown-9", "2026-12-02"), None);
+    }
+
+    #[test]
+    fn each_deprecated_model_is_warned_of_once() {
+        let mut seen = Deprecations::default();
+        assert!(seen.note("claude-opus-4-5", "2026-12-02").is_some());
+        assert_eq!(seen.note("claude-opus-4-5", "2026-12-02"), None, "once");
+        assert_eq!(seen.note("claude-haiku-5-5", "2026-12-02"), None);
+        assert_eq!(seen.warnings().len(), 1);
     }
 
     #[test]

@@ -88,6 +88,16 @@ pub fn minimal_conversation(params: &str) -> Option<String> {
     serde_json::to_string(&map).ok()
 }
 
+/// What to count to tell whether a refusal of `params` (answered `message`) is its shape's: the
+/// same request with one short turn for its conversation; None when the message names the
+/// request's own `messages` (then it is that request's alone).
+pub fn shape_probe(params: &str, message: &str) -> Option<String> {
+    match blame(message) {
+        Blame::Request => None,
+        Blame::Shape => minimal_conversation(params),
+    }
+}
+
 /// Whose fault a refusal of the counted request is: its shape (the field named is not in the
 /// conversation; every request of the shape would meet it), or the one request counted (the
 /// message names its `messages`).

@@ -146,17 +146,9 @@ async fn a_file_is_never_taken_twice_and_a_name_clash_is_rejected() {
 async fn a_batch_the_api_refuses_is_split_and_only_the_culprits_fail() {
     let fake = FakeConfig {
         max_json_depth: 32,
-        batch: nightshift::fake_api::BatchSettings {
-            processing_time: Duration::from_millis(200),
-            ..Default::default()
-        },
-        ..FakeConfig::default()
+        ..fast_batch_fake(200)
     };
-    let env = TestEnv::new(
-        fake,
-        "[batch]\npoll_min_ms = 100\npoll_max_ms = 500\nrpm = 6000\n",
-    )
-    .await;
+    let env = TestEnv::new(fake, FAST_BATCHES).await;
     let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
     let (bad_at, mut body, mut good) = ([37usize, 150], String::new(), Vec::new());
     for line_no in 1..=202 {

@@ -6,21 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-use nightshift::fake_api::{BatchSettings, FakeConfig, count_input_tokens};
+use nightshift::fake_api::count_input_tokens;
 use serde_json::Value;
-
-/// Fast polling and a generous batch RPM, so tests take seconds.
-const FAST_BATCHES: &str = "[batch]\npoll_min_ms = 100\npoll_max_ms = 500\nrpm = 6000\n";
-
-fn fake(processing_ms: u64) -> FakeConfig {
-    FakeConfig {
-        batch: BatchSettings {
-            processing_time: Duration::from_millis(processing_ms),
-            ..BatchSettings::default()
-        },
-        ..FakeConfig::default()
-    }
-}
 
 /// `n` nightly lines of different lengths, so each custom_id's answer can be told apart.
 fn nightly_job(prefix: &str, n: usize) -> (Vec<String>, Vec<u8>, HashMap<String, u64>) {
@@ -47,7 +34,11 @@ fn nightly_job(prefix: &str, n: usize) -> (Vec<String>, Vec<u8>, HashMap<String,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2000_item_nightly_job_completes_through_batches() {
-    let env = TestEnv::new(fake(300), &format!("{FAST_BATCHES}max_requests = 600\n")).await;
+    let env = TestEnv::new(
+        fast_batch_fake(300),
+        &format!("{FAST_BATCHES}max_requests = 600\n"),
+    )
+    .await;
     let (ids, body, expected_input) = nightly_job("night", 2000);
     env.write_job("night", &body);
     let daemon = env.start_daemon();
@@ -98,7 +89,7 @@ async fn a_2000_item_nightly_job_completes_through_batches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_mixing_deadlines_splits_between_the_lanes_as_the_planner_says() {
-    let env = TestEnv::new(fake(300), FAST_BATCHES).await;
+    let env = TestEnv::new(fast_batch_fake(300), FAST_BATCHES).await;
     let mut body = String::new();
     let mut ids = Vec::new();
     for i in 0..30 {
@@ -133,7 +124,7 @@ async fn a_job_mixing_deadlines_splits_between_the_lanes_as_the_planner_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_errored_batch_items_are_retried_and_invalid_ones_are_not() {
-    let mut config = fake(200);
+    let mut config = fast_batch_fake(200);
     config.batch.expire_fraction = 0.25;
     config.batch.error_fraction = 0.25;
     config.seed = 3;
@@ -178,7 +169,7 @@ async fn expired_and_errored_batch_items_are_retried_and_invalid_ones_are_not() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_create_and_recording_the_id_makes_no_duplicate_batch() {
-    let mut config = fake(300);
+    let mut config = fast_batch_fake(300);
     // The fake creates the batch, then holds its answer: the daemon dies while waiting.
     config.batch.create_latency = Duration::from_secs(5);
     let env = TestEnv::new(config, FAST_BATCHES).await;
@@ -218,7 +209,7 @@ async fn sigkill_between_create_and_recording_the_id_makes_no_duplicate_batch() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_while_batches_are_in_progress_resumes_polling() {
-    let env = TestEnv::new(fake(3000), FAST_BATCHES).await;
+    let env = TestEnv::new(fast_batch_fake(3000), FAST_BATCHES).await;
     let (ids, body, _) = nightly_job("resume", 100);
     env.write_job("resume", &body);
 
@@ -255,7 +246,7 @@ async fn a_restart_while_batches_are_in_progress_resumes_polling() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_ends_pending_items_and_cancels_the_batches() {
-    let env = TestEnv::new(fake(60_000), FAST_BATCHES).await;
+    let env = TestEnv::new(fast_batch_fake(60_000), FAST_BATCHES).await;
     let (ids, body, _) = nightly_job("stop", 40);
     env.write_job("stop", &body);
     let daemon = env.start_daemon();

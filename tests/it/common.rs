@@ -14,6 +14,20 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nightshift");
 
+/// Fast polling and a generous batch RPM, so tests take seconds.
+pub const FAST_BATCHES: &str = "[batch]\npoll_min_ms = 100\npoll_max_ms = 500\nrpm = 6000\n";
+
+/// A fake whose batches end after `processing_ms`.
+pub fn fast_batch_fake(processing_ms: u64) -> FakeConfig {
+    FakeConfig {
+        batch: nightshift::fake_api::BatchSettings {
+            processing_time: Duration::from_millis(processing_ms),
+            ..Default::default()
+        },
+        ..FakeConfig::default()
+    }
+}
+
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub fake: FakeApi,

@@ -169,18 +169,7 @@ async fn what_the_model_table_knows_is_errored_at_intake() {
 /// the batch carries only the rest. `plan --check` says the same, exit 65.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shape_the_api_refuses_is_errored_before_the_batch_is_created() {
-    let fake = FakeConfig {
-        batch: nightshift::fake_api::BatchSettings {
-            processing_time: Duration::from_millis(200),
-            ..Default::default()
-        },
-        ..FakeConfig::default()
-    };
-    let env = TestEnv::new(
-        fake,
-        "[batch]\npoll_min_ms = 100\npoll_max_ms = 500\nrpm = 6000\n",
-    )
-    .await;
+    let env = TestEnv::new(fast_batch_fake(200), FAST_BATCHES).await;
     let good = r#""model":"claude-haiku-5-5","max_tokens":16"#;
     let mut lines = vec![
         // First of the good shape, counted for it: its own conversation is refused.

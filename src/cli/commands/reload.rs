@@ -34,7 +34,7 @@ pub fn run(config: Option<&Path>, pid: Option<i32>, timeout: Duration) -> anyhow
         );
         return Ok(ExitCode::from(EXIT_UNAVAILABLE));
     }
-    let pid_file = data_dir.join("nightshift.lock");
+    let pid_file = data_dir.join(crate::daemon::PID_FILE);
     let holder: i32 = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("reading the daemon's pid from {}", pid_file.display()))?
         .trim()

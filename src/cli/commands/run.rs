@@ -28,11 +28,7 @@ pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 /// `[daemon] readers_group`: what the daemon keeps is shared with that group, which this process
 /// must be in (it hands its files to it).
 fn share_with_readers(config: &Config, group: &str) -> Result<(), ConfigError> {
-    let invalid = |problem: String| ConfigError::Invalid {
-        path: config.source.clone().unwrap_or_default(),
-        key: "daemon.readers_group".into(),
-        problem,
-    };
+    let invalid = |problem: String| config.invalid("daemon.readers_group", problem);
     let gid = group_id(group).map_err(|e| invalid(format!("is {group:?}: {e}")))?;
     let me = Identity::current();
     if me.uid != 0 && !me.gids.contains(&gid) {

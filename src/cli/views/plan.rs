@@ -65,14 +65,14 @@ pub struct RefusedShape {
 /// Lines listed per refused shape, at most.
 const MAX_LINES_LISTED: usize = 20;
 
-/// Asks the API whether it takes a request (its shape): Ok(None) it does, or it could not be
-/// asked; Ok(Some((status, message))) it refuses it.
+/// Asks the API whether it takes a request (its shape), by counting it.
 pub type ShapeChecker<'a> = dyn FnMut(&str) -> anyhow::Result<Answer> + 'a;
 
 /// What the API said of one counted request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
-    Taken,
+    /// Taken: its input tokens.
+    Counted(u64),
     Refused {
         status: u16,
         message: String,
@@ -183,39 +183,25 @@ impl ApiCounter {
         let params = params.to_owned();
         self.runtime.block_on(async move {
             tokio::time::sleep_until(start).await;
-            ask_one(&client, &params).await
+            ask(&client, &params).await
         })
     }
 }
 
 async fn count_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Option<u64>> {
     Ok(match ask(client, params).await? {
-        Asked::Counted(n) => Some(n),
-        Asked::Refused { .. } | Asked::Unasked => None,
+        Answer::Counted(n) => Some(n),
+        Answer::Refused { .. } | Answer::Unasked => None,
     })
-}
-
-async fn ask_one(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Answer> {
-    Ok(match ask(client, params).await? {
-        Asked::Counted(_) => Answer::Taken,
-        Asked::Refused { status, message } => Answer::Refused { status, message },
-        Asked::Unasked => Answer::Unasked,
-    })
-}
-
-enum Asked {
-    Counted(u64),
-    Refused { status: u16, message: String },
-    Unasked,
 }
 
 /// One count_tokens call, with 429s waited out and passing failures tried again.
-async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Asked> {
+async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Answer> {
     use crate::model::answer::Outcome;
     use std::time::Duration;
     for attempt in 0..8u32 {
         let wait = match client.count_tokens(params).await {
-            Ok(n) => return Ok(Asked::Counted(n)),
+            Ok(n) => return Ok(Answer::Counted(n)),
             Err(Outcome::RateLimited { retry_after, .. }) => {
                 retry_after.unwrap_or(Duration::from_secs(1))
             }
@@ -232,18 +218,18 @@ async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Ask
                 use crate::policy::preflight::{Refusal, refusal};
                 match refusal(status, &body) {
                     Refusal::Refused { message, .. } => {
-                        return Ok(Asked::Refused { status, message });
+                        return Ok(Answer::Refused { status, message });
                     }
                     Refusal::NotTheApi => anyhow::bail!(
                         "count_tokens answered HTTP {status} other than the API does: is the endpoint there at api.base_url? ({body})"
                     ),
                 }
             }
-            Err(Outcome::Succeeded { .. }) => return Ok(Asked::Unasked),
+            Err(Outcome::Succeeded { .. }) => return Ok(Answer::Unasked),
         };
         tokio::time::sleep(wait).await;
     }
-    Ok(Asked::Unasked)
+    Ok(Answer::Unasked)
 }
 
 /// Running sums over the file.
@@ -259,8 +245,8 @@ struct Tally {
     unpriced: Vec<String>,
     /// Requests whose input is the estimate (no count was asked for, or the count failed).
     estimated: u64,
-    /// Per model seen: its deprecation warning, if any.
-    deprecated: BTreeMap<String, Option<String>>,
+    /// The deprecated models the file uses.
+    deprecated: crate::model::catalog::Deprecations,
 }
 
 impl Tally {
@@ -276,10 +262,7 @@ impl Tally {
         }
         let counts = counter(chunk)?;
         for (v, count) in chunk.iter().zip(counts) {
-            if !self.deprecated.contains_key(&v.model) {
-                let warning = crate::model::catalog::deprecation(&v.model, today);
-                self.deprecated.insert(v.model.clone(), warning);
-            }
+            self.deprecated.note(&v.model, today);
             let input = count.unwrap_or(v.input_estimate);
             self.estimated += u64::from(count.is_none());
             self.items += 1;
@@ -350,7 +333,7 @@ impl Shapes {
 
     /// Asks `checker` of each shape, by its first request.
     fn check(self, checker: &mut ShapeChecker<'_>) -> anyhow::Result<ShapeCheck> {
-        use crate::policy::preflight::{Blame, blame, minimal_conversation};
+        use crate::policy::preflight::shape_probe;
         let mut report = ShapeCheck {
             shapes: self.order.len() as u64,
             unchecked: 0,
@@ -365,19 +348,15 @@ impl Shapes {
                 eprintln!("checking request shapes: {n} of {} so far", report.shapes);
             }
             match checker(&seen.first_params)? {
-                Answer::Taken => {}
+                Answer::Counted(_) => {}
                 Answer::Unasked => report.unchecked += 1,
                 Answer::Refused { status, message } => {
                     // The shape, if one short turn in place of the conversation is refused too;
                     // else the counted line alone.
-                    let probe = match blame(&message) {
-                        Blame::Request => None,
-                        Blame::Shape => minimal_conversation(&seen.first_params),
-                    };
-                    let shape_refused = match probe {
+                    let shape_refused = match shape_probe(&seen.first_params, &message) {
                         Some(probe) => match checker(&probe)? {
                             Answer::Refused { status, message } => Some((status, message)),
-                            Answer::Taken | Answer::Unasked => None,
+                            Answer::Counted(_) | Answer::Unasked => None,
                         },
                         None => None,
                     };
@@ -501,7 +480,7 @@ pub fn plan(
         drain_seconds_realtime: drain.map(|(s, _)| s),
         binding: drain.filter(|_| items > 0).map(|(_, b)| b),
         unpriced_models: unpriced,
-        deprecated_models: deprecated.into_values().flatten().collect(),
+        deprecated_models: deprecated.warnings(),
         check,
     })
 }

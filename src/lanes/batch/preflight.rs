@@ -13,8 +13,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use crate::policy::preflight::{
-    Blame, MAX_SHAPES_KNOWN, Refusal, ShapeVerdict, blame, minimal_conversation, refusal,
-    shape_key, shapes_to_check,
+    MAX_SHAPES_KNOWN, Refusal, ShapeVerdict, refusal, shape_key, shape_probe, shapes_to_check,
 };
 
 /// What the preflight leaves of a batch's requests.
@@ -115,11 +114,7 @@ impl BatchLane {
                     let answer = format!("HTTP {status}: {message}");
                     refused.push((custom_id.clone(), kind, answer));
                     // Its shape too, if one short turn in its place is refused as well.
-                    let probe = match blame(&message) {
-                        Blame::Request => None,
-                        Blame::Shape => minimal_conversation(params),
-                    };
-                    match probe {
+                    match shape_probe(params, &message) {
                         None => None,
                         Some(probe) => match self.ask(&probe, shutdown).await {
                             None => return Ok(Checked::Stopped),
