@@ -437,6 +437,28 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU time this process has used so far (user, system), from `/proc/self/stat` (in ticks of
+/// 1/100 s, Linux's USER_HZ); zero where that cannot be read. On a shared machine it varies less
+/// from run to run than the time on the clock.
+fn cpu_time() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (
+        Duration::from_millis(ticks(11) * 10),
+        Duration::from_millis(ticks(12) * 10),
+    )
+}
+
 /// `bench batch-results`: an `n`-line batch job is packed and created against the fake (in a
 /// child process), the daemon stops, the fake ends every batch; then a daemon starts again and
 /// the clock runs from its start (it polls every batch at once and downloads the results) to
@@ -510,6 +532,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     )?;
     let config = Config::load(&config_path, &Default::default())?;
     let peak_reset = reset_peak_rss();
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let daemon = daemon::spawn(config.clone(), key);
     // Polled often, on one connection: the clock stops within milliseconds of the job's end.
@@ -528,6 +551,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
         );
     };
     let elapsed = started.elapsed();
+    let cpu_after = cpu_time();
     let counts = crate::store::items::counts(&conn, job.id)?;
     drop(conn);
     let peak = peak_rss_bytes();
@@ -552,5 +576,13 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
             peak as f64 / (1024.0 * 1024.0)
         );
     }
+    let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    println!(
+        "  CPU while applying {:.1} s (user {:.1}, system {:.1}): {:.1} µs a line",
+        (user + system).as_secs_f64(),
+        user.as_secs_f64(),
+        system.as_secs_f64(),
+        (user + system).as_secs_f64() * 1e6 / written.max(1) as f64
+    );
     Ok(())
 }

@@ -236,7 +236,7 @@ impl BatchLane {
     ) -> anyhow::Result<()> {
         let applied = self.apply_staged(id, api_id, path, index, shutdown).await;
         // Applied or not, the copy is done with: what is left is downloaded again.
-        let _ = tokio::fs::remove_file(path).await;
+        staged::recycle(path).await;
         let Some(applied) = applied? else {
             return Ok(()); // shutdown: the rest at the next start
         };
