@@ -158,15 +158,20 @@ pub struct FakeApiArgs {
     /// Port on 127.0.0.1 (0: any free port; the address is printed).
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
-    /// Requests per minute per model class (rate limits are off unless all three are given).
-    #[arg(long)]
+    /// Requests per minute per model class (each limit left out is the Start tier's: 1,000 RPM,
+    /// 2,000,000 ITPM, 400,000 OTPM, and the answers carry the rate-limit headers as the API's do).
+    #[arg(long, conflicts_with = "no_limits")]
     pub rpm: Option<u64>,
     /// Input tokens per minute per model class.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_limits")]
     pub itpm: Option<u64>,
     /// Output tokens per minute per model class.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_limits")]
     pub otpm: Option<u64>,
+    /// No rate limits and no rate-limit headers (no real organization is unlimited; for
+    /// benchmarks of nightshift's own speed).
+    #[arg(long)]
+    pub no_limits: bool,
     /// Seconds of refill each bucket holds.
     #[arg(long, default_value_t = 10.0)]
     pub burst_secs: f64,

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::FakeStats;
+use super::cache::Cache;
 use super::messages::{
     ApiVersion, ParamsError, hash_bytes, message_json, plan_generation, validate_params,
 };
@@ -212,7 +213,7 @@ impl BatchStore {
     }
 
     /// Resolves every batch whose time has come (or that was canceled).
-    pub(crate) fn refresh(&mut self, now: Instant, stats: &mut FakeStats) {
+    pub(crate) fn refresh(&mut self, now: Instant, stats: &mut FakeStats, cache: &mut Cache) {
         let due: Vec<String> = self
             .batches
             .values()
@@ -221,7 +222,7 @@ impl BatchStore {
             .collect();
         for id in due {
             if let Some(mut batch) = self.batches.remove(&id) {
-                self.resolve(&mut batch, stats);
+                self.resolve(&mut batch, stats, cache);
                 self.batches.insert(id, batch);
             }
         }
@@ -376,7 +377,10 @@ impl BatchStore {
     }
 
     /// Decides every request's result and counts them in `stats`.
-    fn resolve(&mut self, batch: &mut Batch, stats: &mut FakeStats) {
+    /// Requests are processed one after another when the batch ends, reading and writing the
+    /// prompt cache as Messages calls do: the first of a shared prefix writes it, the others
+    /// read it.
+    fn resolve(&mut self, batch: &mut Batch, stats: &mut FakeStats, cache: &mut Cache) {
         let mut outcome = Outcome::default();
         let requests = std::mem::take(&mut batch.requests);
         if let Some(canceled_at) = batch.cancel_initiated_at {
@@ -389,7 +393,7 @@ impl BatchStore {
         } else {
             outcome.ended_at = batch.ends_at_wall;
             for request in &requests {
-                let result = self.resolve_one(request, batch.version, stats);
+                let result = self.resolve_one(request, batch.version, batch.ends_at, stats, cache);
                 match result["type"].as_str() {
                     Some("succeeded") => outcome.succeeded += 1,
                     Some("errored") => outcome.errored += 1,
@@ -411,7 +415,9 @@ impl BatchStore {
         &mut self,
         request: &BatchRequest,
         version: ApiVersion,
+        at: Instant,
         stats: &mut FakeStats,
+        cache: &mut Cache,
     ) -> Value {
         let valid = match validate_params(&request.params, version) {
             Ok(valid) => valid,
@@ -444,12 +450,16 @@ impl BatchStore {
         let body = serde_json::to_vec(&request.params).unwrap_or_default();
         let hash = hash_bytes(self.settings.seed, &body);
         let generation = plan_generation(hash, valid.max_tokens);
-        stats.batch_input_tokens += valid.input_tokens;
+        let usage = cache.serve(&valid.model, &valid.layout, at, at);
+        stats.batch_input_tokens += usage.uncached;
         stats.batch_output_tokens += generation.output_tokens;
+        stats.batch_cache_read_input_tokens += usage.read;
+        stats.batch_cache_write_5m_tokens += usage.write_5m;
+        stats.batch_cache_write_1h_tokens += usage.write_1h;
         let id = random_id(&mut self.rng, "msg_");
         json!({
             "type": "succeeded",
-            "message": message_json(&id, &valid.model, valid.input_tokens, hash, generation, "batch"),
+            "message": message_json(&id, &valid.model, usage, hash, generation, "batch"),
         })
     }
 }
@@ -534,7 +544,11 @@ mod tests {
         assert_eq!(store.processing(), 2);
         assert!(store.results(&id).is_err());
 
-        store.refresh(t0 + Duration::from_secs(10), &mut stats);
+        store.refresh(
+            t0 + Duration::from_secs(10),
+            &mut stats,
+            &mut Cache::default(),
+        );
         let ended = store.get(&id, "http://x").expect("exists");
         assert_eq!(ended["processing_status"], "ended");
         assert_eq!(ended["request_counts"]["succeeded"], 1);
@@ -550,7 +564,11 @@ mod tests {
         assert!(jsonl.contains("not_found_error"));
         assert!(jsonl.contains("\"service_tier\":\"batch\""));
         // Counted once only.
-        store.refresh(t0 + Duration::from_secs(20), &mut stats);
+        store.refresh(
+            t0 + Duration::from_secs(20),
+            &mut stats,
+            &mut Cache::default(),
+        );
         assert_eq!(stats.batch_succeeded, 1);
         assert!(store.delete(&id).is_ok());
         assert!(store.get(&id, "http://x").is_err());
@@ -581,14 +599,18 @@ mod tests {
         let canceling = store.cancel(a_id, wall, "").expect("exists");
         assert_eq!(canceling["processing_status"], "canceling");
         assert!(store.delete(b_id).is_err());
-        store.refresh(t0, &mut stats);
+        store.refresh(t0, &mut stats, &mut Cache::default());
         assert_eq!(
             store.get(a_id, "").expect("exists")["request_counts"]["canceled"],
             1
         );
         assert_eq!(store.queue_wait(1, 1, t0), Some(10.0));
         assert_eq!(store.queue_wait(1, 2, t0), None);
-        store.refresh(t0 + Duration::from_secs(10), &mut stats);
+        store.refresh(
+            t0 + Duration::from_secs(10),
+            &mut stats,
+            &mut Cache::default(),
+        );
         assert_eq!(
             store.get(b_id, "").expect("exists")["request_counts"]["expired"],
             1

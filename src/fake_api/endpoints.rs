@@ -34,7 +34,7 @@ pub(super) async fn messages(
     let valid = validate_params(&params, version).map_err(params_error)?;
 
     // Faults, then admission, under one lock.
-    let (ticket, extra_latency, drop_connection) = {
+    let (ticket, extra_latency, drop_connection, cache) = {
         let mut state = shared.lock();
         let state = &mut *state;
         let now = Instant::now();
@@ -54,31 +54,35 @@ pub(super) async fn messages(
             Duration::ZERO
         };
         let otpm_rule = shared.otpm_rule;
+        // ITPM is charged what is not read from the cache: its input and what it writes.
+        let plan = state.cache.plan(&valid.model, &valid.layout, now);
+        let charged = plan.usage.uncached + plan.usage.written();
         let ticket = match class_limits(state, valid.class, now) {
             None => None,
-            Some(class) => {
-                match class.admit(valid.input_tokens, valid.max_tokens, otpm_rule, now) {
-                    Ok(ticket) => Some(ticket),
-                    Err(refusal) => {
-                        let what = match refusal.dimension {
-                            Dimension::Requests => "requests",
-                            Dimension::InputTokens => "input tokens",
-                            Dimension::OutputTokens => "output tokens",
-                        };
-                        let mut error = ApiError::rate_limited(
-                            format!(
-                                "This request would exceed your organization's rate limit of {} {what} per minute (model class {}). For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
-                                refusal.limit_per_minute, valid.class
-                            ),
-                            refusal.retry_after_secs,
-                        );
-                        error.headers.extend(class.headers(now, Timestamp::now()));
-                        return Err(error);
-                    }
+            Some(class) => match class.admit(charged, valid.max_tokens, otpm_rule, now) {
+                Ok(ticket) => Some(ticket),
+                Err(refusal) => {
+                    let what = match refusal.dimension {
+                        Dimension::Requests => "requests",
+                        Dimension::InputTokens => "input tokens",
+                        Dimension::OutputTokens => "output tokens",
+                    };
+                    let mut error = ApiError::rate_limited(
+                        format!(
+                            "This request would exceed your organization's rate limit of {} {what} per minute (model class {}). For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
+                            refusal.limit_per_minute, valid.class
+                        ),
+                        refusal.retry_after_secs,
+                    );
+                    error.headers.extend(class.headers(now, Timestamp::now()));
+                    return Err(error);
                 }
-            }
+            },
         };
-        (ticket, extra_latency, drop_connection)
+        // What it writes is readable once its answer begins (after the latency).
+        let begins_at = now + shared.latency + extra_latency;
+        let cache = state.cache.commit(&plan, now, begins_at);
+        (ticket, extra_latency, drop_connection, cache)
     };
 
     let latency = shared.latency + extra_latency;
@@ -99,8 +103,11 @@ pub(super) async fn messages(
             class.complete(ticket, generation.output_tokens, now);
             headers = class.headers(now, Timestamp::now());
         }
-        state.stats.input_tokens += valid.input_tokens;
+        state.stats.input_tokens += cache.uncached;
         state.stats.output_tokens += generation.output_tokens;
+        state.stats.cache_read_input_tokens += cache.read;
+        state.stats.cache_write_5m_tokens += cache.write_5m;
+        state.stats.cache_write_1h_tokens += cache.write_1h;
         if drop_connection {
             state.stats.messages_dropped += 1;
         } else {
@@ -118,7 +125,7 @@ pub(super) async fn messages(
     let message = message_json(
         &message_id,
         &valid.model,
-        valid.input_tokens,
+        cache,
         hash,
         generation,
         "standard",
@@ -256,7 +263,9 @@ pub(super) async fn create_batch(
         let mut state = shared.lock();
         let state = &mut *state;
         let now = Instant::now();
-        state.batches.refresh(now, &mut state.stats);
+        state
+            .batches
+            .refresh(now, &mut state.stats, &mut state.cache);
         if let Some(wait) = state.batches.queue_wait(count, shared.batch.queue_cap, now) {
             return Err(ApiError::rate_limited(
                 format!(

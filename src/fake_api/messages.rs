@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use super::cache::{self, CacheUsage, Layout};
+
 /// Model ids the fake serves (fact sheet §0; `claude-sonnet-4-5` retired on 2026-11-30, §11),
 /// each with its rate-limit class.
 ///
@@ -39,7 +41,7 @@ pub fn model_class(model: &str) -> Option<&'static str> {
 }
 
 /// `claude-x-1-20260101` -> `claude-x-1`; anything else unchanged.
-fn strip_date_suffix(model: &str) -> &str {
+pub(crate) fn strip_date_suffix(model: &str) -> &str {
     match model.rsplit_once('-') {
         Some((base, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => base,
         _ => model,
@@ -93,7 +95,8 @@ pub(crate) struct ValidParams {
     pub model: String,
     pub class: &'static str,
     pub max_tokens: u64,
-    pub input_tokens: u64,
+    /// The prompt as the cache sees it; `layout.total` is its input tokens.
+    pub layout: Layout,
 }
 
 fn invalid(message: impl Into<String>) -> ParamsError {
@@ -143,11 +146,12 @@ pub(crate) fn validate_params(
         return Err(ParamsError::UnknownModel(format!("model: {model}")));
     };
     model_rules(&model, object)?;
+    let layout = cache::layout(params).map_err(ParamsError::Invalid)?;
     Ok(ValidParams {
         model,
         class,
         max_tokens,
-        input_tokens: count_input_tokens(params),
+        layout,
     })
 }
 
@@ -182,7 +186,7 @@ pub(crate) fn validate_count_params(params: &Value) -> Result<u64, ParamsError> 
         return Err(ParamsError::UnknownModel(format!("model: {model}")));
     }
     model_rules(model, object)?;
-    Ok(count_input_tokens(params))
+    Ok(cache::layout(params).map_err(ParamsError::Invalid)?.total)
 }
 
 /// The request rules that differ per model (fact sheet §11): Opus 5.5 and Fable 5.1 refuse
@@ -246,6 +250,11 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ParamsError> {
                             "messages.{i}.content.{j}.type: Field required"
                         )));
                     }
+                    if empty_text(block) {
+                        return Err(invalid(format!(
+                            "messages.{i}.content.{j}.text: text content blocks must be non-empty"
+                        )));
+                    }
                 }
             }
             Some(_) => {
@@ -269,6 +278,11 @@ fn validate_system(system: Option<&Value>) -> Result<(), ParamsError> {
                 if !block.get("text").is_some_and(Value::is_string) {
                     return Err(invalid(format!("system.{j}.text: Field required")));
                 }
+                if empty_text(block) {
+                    return Err(invalid(format!(
+                        "system.{j}.text: text content blocks must be non-empty"
+                    )));
+                }
             }
             Ok(())
         }
@@ -276,40 +290,17 @@ fn validate_system(system: Option<&Value>) -> Result<(), ParamsError> {
     }
 }
 
-/// Deterministic input-token estimate: ceil(chars / 4) over the text in `system` and the
-/// message contents (non-text blocks count their JSON length), plus 3 per message, plus 7.
+/// A text block whose text is empty, which the API refuses.
+fn empty_text(block: &Value) -> bool {
+    block.get("type").and_then(Value::as_str) == Some("text")
+        && block.get("text").and_then(Value::as_str) == Some("")
+}
+
+/// Deterministic input-token count (what `count_tokens` answers): about 4 characters a token,
+/// block by block over the tools, the system prompt and the messages, plus 3 per message and 7
+/// per request (see [`cache::layout`]). 0 for a body whose breakpoints the API refuses.
 pub fn count_input_tokens(params: &Value) -> u64 {
-    let mut chars = 0u64;
-    if let Some(system) = params.get("system") {
-        chars += content_chars(system);
-    }
-    let mut message_count = 0u64;
-    if let Some(messages) = params.get("messages").and_then(Value::as_array) {
-        for message in messages {
-            message_count += 1;
-            if let Some(content) = message.get("content") {
-                chars += content_chars(content);
-            }
-        }
-    }
-    chars.div_ceil(4) + 3 * message_count + 7
-}
-
-/// Characters of a string or of an array of blocks.
-fn content_chars(content: &Value) -> u64 {
-    match content {
-        Value::String(text) => text.chars().count() as u64,
-        Value::Array(blocks) => blocks.iter().map(block_chars).sum(),
-        other => other.to_string().len() as u64,
-    }
-}
-
-fn block_chars(block: &Value) -> u64 {
-    let is_text = block.get("type").and_then(Value::as_str) == Some("text");
-    match block.get("text") {
-        Some(Value::String(text)) if is_text => text.chars().count() as u64,
-        _ => block.to_string().len() as u64,
-    }
+    cache::layout(params).map_or(0, |layout| layout.total)
 }
 
 /// FNV-1a, used to derive deterministic answers from a request.
@@ -365,7 +356,7 @@ pub(crate) fn generate_text(hash: u64, tokens: u64) -> String {
 pub(crate) fn message_json(
     id: &str,
     model: &str,
-    input_tokens: u64,
+    cache: CacheUsage,
     hash: u64,
     generation: Generation,
     service_tier: &str,
@@ -379,9 +370,13 @@ pub(crate) fn message_json(
         "stop_reason": if generation.clipped { "max_tokens" } else { "end_turn" },
         "stop_sequence": null,
         "usage": {
-            "input_tokens": input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "input_tokens": cache.uncached,
+            "cache_creation_input_tokens": cache.written(),
+            "cache_read_input_tokens": cache.read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cache.write_5m,
+                "ephemeral_1h_input_tokens": cache.write_1h,
+            },
             "output_tokens": generation.output_tokens,
             "service_tier": service_tier,
         }
@@ -424,8 +419,8 @@ mod tests {
                 {"role": "assistant", "content": "x"}
             ]
         });
-        // 4 + 5 + 1 = 10 chars -> 3, + 6 + 7.
-        assert_eq!(count_input_tokens(&with_system), 16);
+        // Block by block: 4 -> 1, 5 -> 2, 1 -> 1; + 6 + 7.
+        assert_eq!(count_input_tokens(&with_system), 17);
     }
 
     #[test]
@@ -460,7 +455,15 @@ mod tests {
         );
         let ok = validate_params(&body(), v).expect("valid");
         assert_eq!(ok.class, "claude-haiku-4-5");
-        assert_eq!(ok.input_tokens, 13);
+        assert_eq!(ok.layout.total, 13);
+        let mut b = body();
+        b["messages"][0]["content"] = json!([{"type": "text", "text": ""}]);
+        assert_eq!(
+            validate_params(&b, v),
+            Err(ParamsError::Invalid(
+                "messages.0.content.0.text: text content blocks must be non-empty".into()
+            ))
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! [`FakeConfig::seed`]; answer lengths come from a hash of the request.
 
 mod batches;
+mod cache;
 mod endpoints;
 mod limits;
 mod load;
@@ -153,9 +154,13 @@ pub struct FakeStats {
     pub server_error_500: u64,
     /// 400/401/404/413 answers.
     pub invalid_4xx: u64,
-    /// Over processed Messages requests (accepted + dropped).
+    /// Over processed Messages requests (accepted + dropped), as their `usage` says:
+    /// `input_tokens` is the input neither read from nor written to the cache.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    pub cache_read_input_tokens: u64,
+    pub cache_write_5m_tokens: u64,
+    pub cache_write_1h_tokens: u64,
     pub batches_created: u64,
     /// Batch create calls whose body is byte for byte one sent before (created or refused).
     pub repeated_batch_creates: u64,
@@ -166,6 +171,9 @@ pub struct FakeStats {
     pub batch_canceled: u64,
     pub batch_input_tokens: u64,
     pub batch_output_tokens: u64,
+    pub batch_cache_read_input_tokens: u64,
+    pub batch_cache_write_5m_tokens: u64,
+    pub batch_cache_write_1h_tokens: u64,
     /// `count_tokens` requests answered with a count.
     pub count_tokens_calls: u64,
 }

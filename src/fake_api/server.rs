@@ -330,7 +330,9 @@ pub(super) async fn route(
             let (limit, after_id, before_id) = parse_list_query(query)?;
             let mut state = shared.lock();
             let state = &mut *state;
-            state.batches.refresh(Instant::now(), &mut state.stats);
+            state
+                .batches
+                .refresh(Instant::now(), &mut state.stats, &mut state.cache);
             let page =
                 state
                     .batches
@@ -371,7 +373,9 @@ pub(super) fn with_batches<T>(
 ) -> Result<T, ApiError> {
     let mut state = shared.lock();
     let state = &mut *state;
-    state.batches.refresh(Instant::now(), &mut state.stats);
+    state
+        .batches
+        .refresh(Instant::now(), &mut state.stats, &mut state.cache);
     Ok(f(&mut state.batches)?)
 }
 

@@ -13,6 +13,7 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 
 use super::batches::{BatchStore, ResolveSettings};
+use super::cache::Cache;
 use super::limits::{ClassLimits, TokenBucket};
 use super::reply::ApiError;
 use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OtpmRule};
@@ -51,6 +52,8 @@ pub(super) struct State {
     /// RPM of `count_tokens` (only with limits).
     pub(super) count_tokens_rpm: Option<TokenBucket>,
     pub(super) batches: BatchStore,
+    /// The prompt cache, which Messages calls and batch requests share.
+    pub(super) cache: Cache,
     /// Hashes of every batch create body seen.
     pub(super) create_bodies: std::collections::HashSet<u64>,
 }
@@ -89,6 +92,7 @@ impl Shared {
                 batch_rpm,
                 count_tokens_rpm,
                 batches,
+                cache: Cache::default(),
                 create_bodies: std::collections::HashSet::new(),
             }),
         }
@@ -103,7 +107,9 @@ impl Shared {
     pub(super) fn stats_snapshot(&self) -> FakeStats {
         let mut state = self.lock();
         let state = &mut *state;
-        state.batches.refresh(Instant::now(), &mut state.stats);
+        state
+            .batches
+            .refresh(Instant::now(), &mut state.stats, &mut state.cache);
         state.stats.clone()
     }
 }

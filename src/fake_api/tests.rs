@@ -727,3 +727,178 @@ async fn count_tokens_counts_what_messages_bills_and_refuses_extra_fields() {
     let stats = fake.stats();
     assert_eq!((stats.count_tokens_calls, stats.messages_accepted), (1, 1));
 }
+
+/// A call sharing a 2,000-token system prompt marked for the cache, then asking `question`.
+fn cached_body(question: &str, ttl: &str) -> Value {
+    json!({
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 20,
+        "system": [{
+            "type": "text",
+            "text": "Grade the answer against the rubric. ".repeat(216),
+            "cache_control": {"type": "ephemeral", "ttl": ttl}
+        }],
+        "messages": [{"role": "user", "content": question}]
+    })
+}
+
+async fn usage_of(client: &reqwest::Client, base: &str, body: &Value) -> Value {
+    let response = post(client, format!("{base}/v1/messages"), body)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.expect("json");
+    message["usage"].clone()
+}
+
+#[tokio::test]
+async fn the_cache_is_written_once_read_after_and_charged_to_itpm_only_for_what_is_not_read() {
+    // 30,000 ITPM a minute over a 6 s burst: 3,000 tokens in the bucket, room for the prefix
+    // once, not twice.
+    let fake = start(FakeConfig {
+        limits: Some(FakeLimits {
+            rpm: 1_000,
+            itpm: 30_000,
+            otpm: 100_000,
+            burst_seconds: 6.0,
+        }),
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let total = count_input_tokens(&cached_body("Is 2 + 2 = 4?", "5m"));
+    assert!((2_000..3_000).contains(&total), "{total}");
+    let first = usage_of(&client, &base, &cached_body("Is 2 + 2 = 4?", "5m")).await;
+    let written = first["cache_creation_input_tokens"]
+        .as_u64()
+        .expect("written");
+    assert_eq!(
+        first["cache_creation"]["ephemeral_5m_input_tokens"],
+        written
+    );
+    assert_eq!(first["cache_read_input_tokens"], 0);
+    assert_eq!(
+        written + first["input_tokens"].as_u64().expect("input"),
+        total
+    );
+    // Less than the prefix is left in the bucket, yet the next calls are admitted: what they
+    // read is not charged, and they send only a few tokens of their own.
+    for i in 0..5 {
+        let usage = usage_of(&client, &base, &cached_body(&format!("Is {i} even?"), "5m")).await;
+        assert_eq!(usage["cache_read_input_tokens"], written, "{usage}");
+        assert_eq!(usage["cache_creation_input_tokens"], 0);
+        assert!(usage["input_tokens"].as_u64().expect("input") < 20);
+    }
+    let stats = fake.stats();
+    assert_eq!(stats.cache_write_5m_tokens, written);
+    assert_eq!(stats.cache_read_input_tokens, 5 * written);
+    assert_eq!(stats.rate_limited_429, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn identical_first_calls_at_once_all_write_and_five_breakpoints_are_refused() {
+    let fake = start(FakeConfig {
+        latency: Duration::from_millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (client, base) = (client.clone(), base.clone());
+            tokio::spawn(async move {
+                usage_of(&client, &base, &cached_body(&format!("q{i}"), "1h")).await
+            })
+        })
+        .collect();
+    let mut usages = Vec::new();
+    for call in calls {
+        usages.push(call.await.expect("call"));
+    }
+    for usage in &usages {
+        assert!(usage["cache_creation"]["ephemeral_1h_input_tokens"].as_u64() > Some(1_000));
+        assert_eq!(usage["cache_read_input_tokens"], 0);
+    }
+    // Their answers have begun: now it is read.
+    let after = usage_of(&client, &base, &cached_body("q9", "1h")).await;
+    assert!(after["cache_read_input_tokens"].as_u64() > Some(1_000));
+
+    let block = json!({"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}});
+    let mut five = message_body();
+    five["system"] = json!([block, block, block, block, block]);
+    let response = post(&client, format!("{base}/v1/messages"), &five)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(
+        error["error"]["message"],
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    );
+    let mut empty = message_body();
+    empty["messages"][0]["content"] = json!([{"type": "text", "text": ""}]);
+    let response = post(&client, format!("{base}/v1/messages"), &empty)
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 400);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn batch_requests_read_and_write_the_same_cache_as_messages_calls() {
+    let fake = start(FakeConfig {
+        batch: BatchSettings {
+            processing_time: Duration::from_millis(100),
+            ..BatchSettings::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let requests: Vec<Value> = (0..4)
+        .map(|i| json!({"custom_id": format!("r{i}"), "params": cached_body(&format!("q{i}"), "1h")}))
+        .collect();
+    let response = post(
+        &client,
+        format!("{base}/v1/messages/batches"),
+        &json!({"requests": requests}),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let jsonl = get(&client, format!("{base}/v1/messages/batches/{id}/results"))
+        .await
+        .text()
+        .await
+        .expect("text");
+    let (mut writes, mut reads) = (0, 0);
+    for line in jsonl.lines() {
+        let line: Value = serde_json::from_str(line).expect("json");
+        let usage = &line["result"]["message"]["usage"];
+        writes += usage["cache_creation"]["ephemeral_1h_input_tokens"]
+            .as_u64()
+            .expect("1h");
+        reads += usage["cache_read_input_tokens"].as_u64().expect("read");
+    }
+    let stats = fake.stats();
+    assert_eq!(stats.batch_cache_write_1h_tokens, writes);
+    assert_eq!(stats.batch_cache_read_input_tokens, reads);
+    assert_eq!(
+        reads,
+        3 * writes,
+        "the first writes the prefix, the other three read it"
+    );
+    // A Messages call after the batch reads what the batch wrote.
+    let usage = usage_of(&client, &base, &cached_body("later", "1h")).await;
+    assert_eq!(usage["cache_read_input_tokens"].as_u64(), Some(writes));
+    fake.shutdown().await;
+}

@@ -465,7 +465,7 @@ fn cpu_time() -> (Duration, Duration) {
 /// every line applied in the store and the job's results file complete and synced.
 pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut fake = FakeChild::spawn(&["--batch-secs", "1"])?;
+    let mut fake = FakeChild::spawn(&["--batch-secs", "1", "--no-limits"])?;
     let config_path = dir.path().join("nightshift.toml");
     // Polls far apart: no batch is looked at before the daemon is restarted.
     std::fs::write(

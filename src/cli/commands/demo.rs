@@ -24,15 +24,13 @@ const MARKER: &str = ".nightshift-demo";
 
 /// The fake's settings from `nightshift fake-api` flags.
 pub fn fake_config_from_args(args: &FakeApiArgs) -> FakeConfig {
-    let limits = match (args.rpm, args.itpm, args.otpm) {
-        (Some(rpm), Some(itpm), Some(otpm)) => Some(FakeLimits {
-            rpm,
-            itpm,
-            otpm,
-            burst_seconds: args.burst_secs,
-        }),
-        _ => None,
-    };
+    // The Start tier's limits for most model classes (fact sheet §2.4), each unless given.
+    let limits = (!args.no_limits).then(|| FakeLimits {
+        rpm: args.rpm.unwrap_or(1_000),
+        itpm: args.itpm.unwrap_or(2_000_000),
+        otpm: args.otpm.unwrap_or(400_000),
+        burst_seconds: args.burst_secs,
+    });
     FakeConfig {
         limits,
         latency: Duration::from_millis(args.latency_ms),

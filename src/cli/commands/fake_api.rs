@@ -28,3 +28,33 @@ pub fn run(args: &FakeApiArgs) -> anyhow::Result<ExitCode> {
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::args::{Cli, Command};
+
+    fn limits_of(args: &[&str]) -> Option<crate::fake_api::FakeLimits> {
+        let cli = Cli::try_parse_from([&["nightshift", "fake-api"], args].concat()).expect("args");
+        let Command::FakeApi(args) = cli.command else {
+            panic!("not fake-api")
+        };
+        super::fake_config_from_args(&args).limits
+    }
+
+    #[test]
+    fn limits_left_out_are_the_start_tiers_so_answers_carry_the_headers() {
+        let limits = limits_of(&[]).expect("limits by default");
+        assert_eq!(
+            (limits.rpm, limits.itpm, limits.otpm),
+            (1_000, 2_000_000, 400_000)
+        );
+        let limits = limits_of(&["--rpm", "50"]).expect("limits");
+        assert_eq!(
+            (limits.rpm, limits.itpm, limits.otpm),
+            (50, 2_000_000, 400_000)
+        );
+        assert_eq!(limits_of(&["--no-limits"]), None);
+    }
+}
