@@ -83,14 +83,15 @@ struct RawMetrics {
     token_file: Option<PathBuf>,
 }
 
-/// `[prices."model"]`: USD per million tokens. Cache prices default to 1.25× (write) and 0.1×
-/// (read) the input price.
+/// `[prices."model"]`: USD per million tokens. Cache prices default to 1.25× (5-minute write),
+/// 2× (1-hour write) and 0.1× (read) the input price.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPrice {
     input: f64,
     output: f64,
     cache_write: Option<f64>,
+    cache_write_1h: Option<f64>,
     cache_read: Option<f64>,
 }
 
@@ -452,6 +453,7 @@ impl Config {
                 input: p.input,
                 output: p.output,
                 cache_write: p.cache_write.unwrap_or(p.input * 1.25),
+                cache_write_1h: p.cache_write_1h.unwrap_or(p.input * 2.0),
                 cache_read: p.cache_read.unwrap_or(p.input * 0.1),
                 long_prompt: None,
             };
@@ -459,6 +461,7 @@ impl Config {
                 ("input", price.input),
                 ("output", price.output),
                 ("cache_write", price.cache_write),
+                ("cache_write_1h", price.cache_write_1h),
                 ("cache_read", price.cache_read),
             ] {
                 if !(value.is_finite() && value >= 0.0) {

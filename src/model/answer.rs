@@ -17,9 +17,32 @@ pub struct Usage {
     pub cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     pub cache_read_input_tokens: Option<u64>,
+    /// The cache writes split by lifetime (absent from older answers).
+    #[serde(default)]
+    pub cache_creation: Option<CacheCreation>,
+}
+
+/// `usage.cache_creation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct CacheCreation {
+    #[serde(default)]
+    pub ephemeral_5m_input_tokens: u64,
+    #[serde(default)]
+    pub ephemeral_1h_input_tokens: u64,
 }
 
 impl Usage {
+    /// The cache writes as (5-minute, 1-hour) tokens: the split when the answer gives it, what
+    /// it leaves of `cache_creation_input_tokens` counted as 5-minute writes.
+    pub fn cache_writes(&self) -> (u64, u64) {
+        let total = self.cache_creation_input_tokens.unwrap_or(0);
+        let one_hour = self
+            .cache_creation
+            .map_or(0, |c| c.ephemeral_1h_input_tokens)
+            .min(total);
+        (total - one_hour, one_hour)
+    }
+
     /// What counts toward the input-tokens-per-minute limit.
     pub fn rate_limited_input(&self) -> u64 {
         self.input_tokens + self.cache_creation_input_tokens.unwrap_or(0)

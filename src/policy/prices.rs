@@ -1,7 +1,8 @@
 //! List prices of Claude models, USD per million tokens, as published on the pricing page
-//! (`../shared/anthropic-api.md` §7, read 2026-10). Batches cost half. Cache writes are priced at
-//! the 5-minute rate (1.25× input); cache reads at the model's own rate (0.1× input, but 0.025× on
-//! Fable 5.1 and 0.05× on Opus 5.5 and Sonnet 5.5).
+//! (`../shared/anthropic-api.md` §7, read 2026-10). Batches cost half. Cache writes are priced by
+//! their lifetime, as `usage.cache_creation` splits them: 5 minutes at 1.25× input, an hour at 2×
+//! (writes the split does not cover at the 5-minute rate); cache reads at the model's own rate
+//! (0.1× input, but 0.025× on Fable 5.1 and 0.05× on Opus 5.5 and Sonnet 5.5).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,10 @@ use crate::model::answer::Usage;
 pub struct Price {
     pub input: f64,
     pub output: f64,
+    /// A 5-minute cache write.
     pub cache_write: f64,
+    /// A 1-hour cache write.
+    pub cache_write_1h: f64,
     pub cache_read: f64,
     /// A request whose prompt (input, cache write and cache read tokens) is above this many
     /// tokens costs this factor on every token (Haiku 5.5 over 100K: 5×).
@@ -65,16 +69,15 @@ impl PriceTable {
     /// halves it. None when the model has no price.
     pub fn cost_micro_usd(&self, model: &str, usage: &Usage, batch: bool) -> Option<i64> {
         let p = self.price(model)?;
-        let (write, read) = (
-            usage.cache_creation_input_tokens.unwrap_or(0),
-            usage.cache_read_input_tokens.unwrap_or(0),
-        );
+        let (write_5m, write_1h) = usage.cache_writes();
+        let read = usage.cache_read_input_tokens.unwrap_or(0);
         // Prices are per million tokens, so tokens × price is already in millionths of a dollar.
         let full = usage.input_tokens as f64 * p.input
             + usage.output_tokens as f64 * p.output
-            + write as f64 * p.cache_write
+            + write_5m as f64 * p.cache_write
+            + write_1h as f64 * p.cache_write_1h
             + read as f64 * p.cache_read;
-        Some(p.charge(usage.input_tokens + write + read, full, batch))
+        Some(p.charge(usage.input_tokens + write_5m + write_1h + read, full, batch))
     }
 
     /// The most a request can cost, in millionths of a dollar: its input (priced as a 1-hour cache
@@ -89,7 +92,7 @@ impl PriceTable {
     ) -> Option<i64> {
         let p = self.price(model)?;
         let input_price = if caches {
-            p.cache_write.max(p.input * 2.0)
+            p.cache_write.max(p.cache_write_1h)
         } else {
             p.input
         };
@@ -139,6 +142,7 @@ pub fn list_price(model: &str) -> Option<Price> {
         input,
         output,
         cache_write: input * 1.25,
+        cache_write_1h: input * 2.0,
         cache_read: input * read_factor,
         long_prompt: (base == "claude-haiku-5-5").then_some((100_000, 5.0)),
     })
@@ -184,6 +188,7 @@ mod tests {
             output_tokens: 100,
             cache_creation_input_tokens: Some(2_000),
             cache_read_input_tokens: Some(10_000),
+            cache_creation: None,
         };
         // Sonnet 4.5: 3 in, 15 out, 3.75 write, 0.30 read per MTok.
         assert_eq!(
@@ -195,6 +200,24 @@ mod tests {
             Some(7_500)
         );
         assert_eq!(cost_micro_usd("claude-mystery-1", &usage, false), None);
+        // Split by lifetime: 1,500 of the writes for an hour (6 per MTok), 500 for 5 minutes.
+        let split = crate::model::answer::Usage {
+            cache_creation: Some(crate::model::answer::CacheCreation {
+                ephemeral_5m_input_tokens: 500,
+                ephemeral_1h_input_tokens: 1_500,
+            }),
+            ..usage
+        };
+        assert_eq!(split.cache_writes(), (500, 1_500));
+        assert_eq!(
+            cost_micro_usd("claude-sonnet-4-5", &split, false),
+            Some(3_000 + 1_500 + 1_875 + 9_000 + 3_000)
+        );
+        // Opus 5.5 reads at 0.05x: 10,000 × 0.20 = 2,000.
+        assert_eq!(
+            cost_micro_usd("claude-opus-5-5", &split, false),
+            Some(4_000 + 2_000 + 2_500 + 12_000 + 2_000)
+        );
     }
 
     #[test]
@@ -231,6 +254,7 @@ mod tests {
             input: 1.0,
             output: 2.0,
             cache_write: 1.25,
+            cache_write_1h: 2.0,
             cache_read: 0.1,
             long_prompt: None,
         };

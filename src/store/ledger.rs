@@ -93,9 +93,9 @@ pub fn record_all(
         format!(
             "INSERT INTO ledger (at, lane, request_id, tenant, job_id, item_id, model, input_tokens,
                     output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-                    cost_micro_usd, retry_of_unknown)
+                    cache_write_1h_tokens, cost_micro_usd, retry_of_unknown)
              VALUES {}",
-            super::value_rows(rows, 13, 0)
+            super::value_rows(rows, 14, 0)
         )
     };
     let lane_name = lane.as_str();
@@ -113,12 +113,13 @@ pub fn record_all(
                     u.output_tokens as i64,
                     u.cache_creation_input_tokens.unwrap_or(0) as i64,
                     u.cache_read_input_tokens.unwrap_or(0) as i64,
+                    u.cache_writes().1 as i64,
                     cost,
                 )
             })
             .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 13);
-        for (c, (input, output, written, read, cost)) in group.iter().zip(&rows) {
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 14);
+        for (c, (input, output, written, read, written_1h, cost)) in group.iter().zip(&rows) {
             let w = c.whose;
             values.extend([
                 &now as &dyn rusqlite::ToSql,
@@ -132,6 +133,7 @@ pub fn record_all(
                 output,
                 written,
                 read,
+                written_1h,
                 cost,
                 &w.retry_of_unknown,
             ]);

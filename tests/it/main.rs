@@ -7,6 +7,7 @@ mod common;
 mod bad_input;
 mod batches;
 mod budgets;
+mod cache;
 mod cli;
 mod end_to_end;
 mod failures;

@@ -1,0 +1,86 @@
+//! Prompt caching: what the fake's cache charged is what the ledger holds, to the micro-dollar.
+
+use std::time::Duration;
+
+use crate::common::*;
+use nightshift::fake_api::FakeConfig;
+use serde_json::Value;
+
+/// A real-time request sharing a ~2,000-token rubric marked for the cache for an hour.
+fn cached_request(custom_id: &str, mode: &str) -> String {
+    let rubric = "Grade the answer against the rubric, point by point. ".repeat(160);
+    format!(
+        r#"{{"custom_id":"{custom_id}","mode":"{mode}","params":{{"model":"claude-sonnet-5-5","max_tokens":32,"system":[{{"type":"text","text":"{rubric}","cache_control":{{"type":"ephemeral","ttl":"1h"}}}}],"messages":[{{"role":"user","content":"Answer {custom_id}: the parcel arrived late."}}]}}}}"#
+    )
+}
+
+/// Sonnet 5.5 per token, in millionths of a dollar: input 2, 1-hour write 4, read 0.10, output 10.
+fn priced(usage: &Value, batch: bool) -> i64 {
+    let n = |k: &str| usage[k].as_u64().unwrap_or(0) as f64;
+    let one_hour = usage["cache_creation"]["ephemeral_1h_input_tokens"]
+        .as_u64()
+        .unwrap_or(0) as f64;
+    let five_minutes = n("cache_creation_input_tokens") - one_hour;
+    let full = n("input_tokens") * 2.0
+        + five_minutes * 2.5
+        + one_hour * 4.0
+        + n("cache_read_input_tokens") * 0.10
+        + n("output_tokens") * 10.0;
+    (if batch { full / 2.0 } else { full }).round() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_holds_what_the_cache_charged_in_both_lanes() {
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(50),
+            ..fast_batch_fake(300)
+        },
+        FAST_BATCHES,
+    )
+    .await;
+    let mut body = String::new();
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let id = format!("c-{i:03}");
+        body.push_str(&cached_request(
+            &id,
+            if i < 20 { "realtime" } else { "batch" },
+        ));
+        body.push('\n');
+        ids.push(id);
+    }
+    env.write_job("graded", body.as_bytes());
+    let daemon = env.start_daemon();
+    env.wait_done("graded", Duration::from_secs(60)).await;
+    daemon.stop().await;
+    let results = env.results("graded");
+    let by_id = assert_each_once(&results, &ids);
+    assert_eq!(succeeded(&results), 30);
+
+    let stats = env.fake.stats();
+    let written = stats.cache_write_1h_tokens + stats.batch_cache_write_1h_tokens;
+    let read = stats.cache_read_input_tokens + stats.batch_cache_read_input_tokens;
+    assert!(
+        written > 0 && read > written,
+        "reads {read}, writes {written}"
+    );
+    let ledger: Value =
+        serde_json::from_slice(&env.cli(&["ledger", "--json"]).stdout).expect("ledger --json");
+    let total = &ledger["total"];
+    assert_eq!(total["cache_creation_input_tokens"].as_u64(), Some(written));
+    assert_eq!(total["cache_read_input_tokens"].as_u64(), Some(read));
+    assert_eq!(
+        total["input_tokens"].as_u64(),
+        Some(stats.input_tokens + stats.batch_input_tokens)
+    );
+    // Each call priced from its own usage, as the results file has it, adds up to the ledger's
+    // cost exactly (both round each call to the micro-dollar).
+    let expected: i64 = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| priced(&by_id[id.as_str()]["result"]["message"]["usage"], i >= 20))
+        .sum();
+    let micros = (total["cost_usd"].as_f64().expect("cost") * 1e6).round() as i64;
+    assert_eq!(micros, expected, "{total}");
+}
