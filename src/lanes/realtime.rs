@@ -32,6 +32,8 @@ const IDLE_FRESH: Duration = Duration::from_secs(30);
 const IDLE_SHARE: f64 = 0.9;
 /// With time windows configured, the lane looks at least this often (a window may open).
 const WINDOW_LOOK: Duration = Duration::from_secs(1);
+/// An item waiting for another call to write its cached prefix is looked at again this soon.
+const CACHE_LOOK: Duration = Duration::from_millis(50);
 
 /// Everything the lane needs; cheap to clone into each call's task.
 #[derive(Clone)]
@@ -196,6 +198,15 @@ impl RealtimeLane {
                     if admitted.len() >= max_admit {
                         break;
                     }
+                    // Warm, then burst: an item whose cached prefix another call is writing
+                    // waits for that call's answer, then reads it; others go meanwhile.
+                    if let Some(prefix) = &item.cache
+                        && quota.cache_waits(&item.model, prefix, now)
+                    {
+                        let again = now + CACHE_LOOK;
+                        next_try = Some(next_try.map_or(again, |t: Instant| t.min(again)));
+                        continue;
+                    }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
                         break;
                     };
@@ -204,6 +215,7 @@ impl RealtimeLane {
                         priority,
                         input_estimate: item.input_estimate,
                         max_tokens: item.max_tokens,
+                        cache: item.cache,
                     };
                     match quota.try_admit(&request, now) {
                         Ok(ticket) => admitted.push((item.id, ticket, permit)),

@@ -65,6 +65,8 @@ pub struct ValidLine {
     pub model: String,
     pub max_tokens: u64,
     pub input_estimate: u64,
+    /// The prefix it marks for the prompt cache, if any.
+    pub cache: Option<crate::model::prompt_cache::CachePrefix>,
     pub tenant: String,
     pub priority: Priority,
     pub mode: Mode,
@@ -290,6 +292,7 @@ pub fn parse_line(bytes: &[u8], line: u64, ctx: &LineContext<'_>) -> ParsedLine 
     let params = params_raw.get().to_owned();
     ParsedLine::Valid(ValidLine {
         input_estimate: estimate_input_tokens(&params),
+        cache: crate::model::prompt_cache::prefix(&params),
         custom_id,
         params,
         model,

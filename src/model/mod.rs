@@ -8,6 +8,7 @@ pub mod job;
 pub mod job_file;
 pub mod line;
 pub mod params_check;
+pub mod prompt_cache;
 pub mod results;
 pub mod state;
 pub mod time;

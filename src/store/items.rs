@@ -32,8 +32,9 @@ pub fn insert_chunk(
     let default_rank = priority.parse::<Priority>().map(|p| p.rank()).unwrap_or(3);
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
-                            tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15)",
+                            tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok,
+                            cache_key, cache_tokens, cache_ttl_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18)",
     )?;
     let mut insert_errored = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, updated_at)
@@ -62,6 +63,9 @@ pub fn insert_chunk(
                     lane.reason,
                     now,
                     batch_unsupported_field(&v.params).is_none(),
+                    v.cache.map(|c| c.key),
+                    v.cache.map(|c| c.tokens as i64),
+                    v.cache.map(|c| c.ttl_ms as i64),
                 ]);
                 match inserted {
                     Ok(_) => continue,
@@ -147,6 +151,7 @@ pub struct ReadyItem {
     pub max_tokens: u64,
     pub input_estimate: u64,
     pub priority: i64,
+    pub cache: Option<crate::model::prompt_cache::CachePrefix>,
 }
 
 /// Pending real-time items whose backoff has passed, highest priority first, then in line order,
@@ -164,7 +169,8 @@ pub fn ready_realtime(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT id, model, max_tokens, input_estimate, priority FROM items
+        "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms
+         FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
            AND priority IN (SELECT value FROM json_each(?3)) {}
          ORDER BY priority, id LIMIT ?2",
@@ -188,6 +194,14 @@ pub fn ready_realtime(
             max_tokens: r.get::<_, i64>(2)? as u64,
             input_estimate: r.get::<_, i64>(3)? as u64,
             priority: r.get(4)?,
+            cache: match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<i64>>(6)?) {
+                (Some(key), Some(tokens)) => Some(crate::model::prompt_cache::CachePrefix {
+                    key,
+                    tokens: tokens as u64,
+                    ttl_ms: r.get::<_, Option<i64>>(7)?.unwrap_or(300_000) as u64,
+                }),
+                _ => None,
+            },
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -38,12 +38,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0007_results.sql")),
         M::up(include_str!("../../migrations/0008_learned.sql")),
         M::up(include_str!("../../migrations/0009_cache_ttl.sql")),
+        M::up(include_str!("../../migrations/0010_cache_prefix.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    9
+    10
 }
 
 #[derive(Debug, thiserror::Error)]

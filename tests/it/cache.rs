@@ -84,3 +84,57 @@ async fn the_ledger_holds_what_the_cache_charged_in_both_lanes() {
     let micros = (total["cost_usd"].as_f64().expect("cost") * 1e6).round() as i64;
     assert_eq!(micros, expected, "{total}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_itpm_bound_job_whose_prefix_is_cached_is_charged_only_what_is_not_read() {
+    // 20,000 ITPM: uncharged, the 40 prompts of ~2,100 tokens would take over four minutes.
+    let env = TestEnv::new(
+        FakeConfig {
+            limits: Some(nightshift::fake_api::FakeLimits {
+                rpm: 600,
+                itpm: 20_000,
+                otpm: 100_000,
+                burst_seconds: 10.0,
+            }),
+            latency: Duration::from_millis(100),
+            ..FakeConfig::default()
+        },
+        "",
+    )
+    .await;
+    let mut body = String::new();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = format!("p-{i:03}");
+        body.push_str(&cached_request(&id, "realtime"));
+        body.push('\n');
+        ids.push(id);
+    }
+    env.write_job("paced", body.as_bytes());
+    let daemon = env.start_daemon();
+    env.wait_done("paced", Duration::from_secs(90)).await;
+    daemon.stop().await;
+    let results = env.results("paced");
+    assert_each_once(&results, &ids);
+    assert_eq!(succeeded(&results), 40);
+    let stats = env.fake.stats();
+    assert_eq!(stats.rate_limited_429, 0, "{stats:?}");
+    // Warm, then burst: one call wrote the prefix, the 39 others read it.
+    let prefix = stats.cache_write_1h_tokens;
+    assert!(prefix > 1_500, "{stats:?}");
+    assert_eq!(stats.cache_read_input_tokens, 39 * prefix, "{stats:?}");
+    // What each call reserved of ITPM: the writer all of its prompt, every reader only what
+    // follows the prefix (an estimate learned from answers alone would charge the first
+    // readers the whole prompt).
+    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("database");
+    let reserved: Vec<i64> = conn
+        .prepare("SELECT input_estimate FROM attempts ORDER BY started_at, id")
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(reserved.len(), 40);
+    assert!(reserved[0] > 2_000, "{reserved:?}");
+    assert!(reserved[1..].iter().all(|&r| r < 100), "{reserved:?}");
+}

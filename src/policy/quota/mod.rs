@@ -25,6 +25,7 @@
 //! Everything here is pure: `now` is passed in, nothing reads the clock.
 
 mod bucket;
+pub mod cache_book;
 mod class;
 mod controller;
 #[cfg(test)]
@@ -36,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use crate::model::answer::{RateLimitHeaders, Usage};
 use crate::model::job::Priority;
+use crate::model::prompt_cache::CachePrefix;
+use cache_book::{CacheBook, Prediction};
 
 pub use class::{ClassLimits, ModelLimits, limit_class};
 pub use tiers::{TIER_TABLES_AS_OF, TIERS, tier_limits};
@@ -94,6 +97,9 @@ pub struct QuotaSettings {
     pub initial_concurrency: usize,
 }
 
+/// How long a call whose prefix another call is writing waits before asking again.
+const CACHE_WAIT: Duration = Duration::from_millis(50);
+
 /// What the lane asks to send.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
@@ -102,6 +108,9 @@ pub struct Request<'a> {
     /// The uncalibrated input estimate (a token per four bytes of body).
     pub input_estimate: u64,
     pub max_tokens: u64,
+    /// The prefix it marks for the prompt cache: ITPM is charged only what the API is expected
+    /// not to read from the cache.
+    pub cache: Option<CachePrefix>,
 }
 
 /// What an admitted call holds until it is settled.
@@ -111,10 +120,16 @@ pub struct Ticket {
     pub seq: u64,
     /// Reserved: requests (1), input tokens (calibrated estimate), output tokens.
     pub reserved: [f64; 3],
+    /// The input estimate it was charged for: all of it, or what follows a prefix expected to
+    /// be read from the cache.
     pub raw_input_estimate: u64,
     pub max_tokens: u64,
     /// The class's concurrency when it was admitted.
     pub concurrency: usize,
+    pub model: String,
+    /// Its cached prefix and what was expected of it.
+    pub cache: Option<(CachePrefix, Prediction)>,
+    pub admitted_at: Instant,
 }
 
 /// How an answer went, for the controller.
@@ -183,6 +198,7 @@ pub struct Quota {
     settings: QuotaSettings,
     classes: HashMap<String, Controller>,
     next_seq: u64,
+    cache_book: CacheBook,
 }
 
 impl Quota {
@@ -196,6 +212,7 @@ impl Quota {
             settings,
             classes: HashMap::new(),
             next_seq: 0,
+            cache_book: CacheBook::default(),
         }
     }
 
@@ -234,6 +251,20 @@ impl Quota {
     pub fn try_admit(&mut self, request: &Request<'_>, now: Instant) -> Result<Ticket, Instant> {
         let settings = self.settings;
         let seq = self.next_seq;
+        let cache = request
+            .cache
+            .map(|p| (p, self.cache_book.expect(request.model, &p, now)));
+        if let Some((_, Prediction::Wait)) = cache {
+            // Another call is writing its prefix: ask again once that one is answered.
+            return Err(now + CACHE_WAIT);
+        }
+        // A prefix read from the cache is not charged to ITPM.
+        let charged_input = match cache {
+            Some((prefix, Prediction::Read)) => {
+                request.input_estimate.saturating_sub(prefix.tokens).max(1)
+            }
+            _ => request.input_estimate,
+        };
         let (class, c) = self.class(request.model, now);
         if let Some(until) = c.paused_until {
             if now < until {
@@ -244,7 +275,7 @@ impl Quota {
         if c.in_flight.len() >= c.concurrency {
             return Err(now + Duration::from_secs(1));
         }
-        let input = (request.input_estimate as f64 * c.input_ratio).max(1.0);
+        let input = (charged_input as f64 * c.input_ratio).max(1.0);
         let output = c.output_reservation(request.max_tokens, settings.output_reservation);
         let costs = [1.0, input, output];
         let mut wait = Duration::ZERO;
@@ -266,13 +297,23 @@ impl Quota {
         c.in_flight.insert(seq, (costs, request.max_tokens));
         let concurrency = c.concurrency;
         self.next_seq += 1;
+        if let Some((prefix, prediction)) = cache {
+            self.cache_book
+                .sent(request.model, &prefix, prediction, seq, now);
+        }
+        if seq.is_multiple_of(1024) {
+            self.cache_book.forget_expired(now);
+        }
         Ok(Ticket {
             class,
             seq,
             reserved: costs,
-            raw_input_estimate: request.input_estimate,
+            raw_input_estimate: charged_input,
             max_tokens: request.max_tokens,
             concurrency,
+            model: request.model.to_owned(),
+            cache,
+            admitted_at: now,
         })
     }
 
@@ -287,6 +328,27 @@ impl Quota {
         now: Instant,
     ) {
         let max_concurrency = self.settings.max_concurrency.max(1);
+        let ran = match (answer, usage) {
+            (Answer::Ran, Some(u)) => Some(u),
+            _ => None,
+        };
+        // Whether the cache did as expected: only then does the answer calibrate the estimate
+        // (a prefix expected read and written instead says nothing of the estimate's error).
+        let mut as_expected = true;
+        if let Some((prefix, prediction)) = &ticket.cache {
+            self.cache_book.answered(
+                &ticket.model,
+                prefix,
+                ticket.seq,
+                ticket.admitted_at,
+                ran,
+                now,
+            );
+            if let Some(u) = ran {
+                let read = u.cache_read_input_tokens.unwrap_or(0) > 0;
+                as_expected = read == (*prediction == Prediction::Read);
+            }
+        }
         let Some(c) = self.classes.get_mut(&ticket.class) else {
             return;
         };
@@ -329,7 +391,7 @@ impl Quota {
                 b.level = (b.level + ticket.reserved[i] - used[i]).min(b.capacity_low());
             }
         }
-        if let (Answer::Ran, Some(u)) = (answer, usage) {
+        if let (Answer::Ran, Some(u), true) = (answer, usage, as_expected) {
             let actual = u.rate_limited_input() as f64;
             let raw = ticket.raw_input_estimate.max(1) as f64;
             let error = (ticket.reserved[1] - actual).abs() / actual.max(1.0);
@@ -348,6 +410,12 @@ impl Quota {
             }
             _ => {}
         }
+    }
+
+    /// Whether a call of `model` marking `prefix` would wait now for another call writing it
+    /// (the lane then leaves it for later and sends what it can meanwhile).
+    pub fn cache_waits(&self, model: &str, prefix: &CachePrefix, now: Instant) -> bool {
+        self.cache_book.expect(model, prefix, now) == Prediction::Wait
     }
 
     /// Holds every call of the model's class until `until` (`retry-after`).

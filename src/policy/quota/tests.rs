@@ -26,6 +26,7 @@ fn req(priority: Priority, input: u64, max_tokens: u64) -> Request<'static> {
         priority,
         input_estimate: input,
         max_tokens,
+        cache: None,
     }
 }
 
@@ -714,4 +715,68 @@ fn a_restart_resumes_at_what_was_learned_not_from_a_probe() {
     );
     capped.restore(&learned, Duration::from_secs(30), t1);
     assert_eq!(capped.snapshot(t1)[0].dims[0].limit_per_minute, Some(100.0));
+}
+
+#[test]
+fn a_prefix_read_from_the_cache_is_not_charged_and_its_first_call_is_waited_for() {
+    let t0 = Instant::now();
+    let prefix = crate::model::prompt_cache::CachePrefix {
+        key: 9,
+        tokens: 2_000,
+        ttl_ms: 300_000,
+    };
+    let cached = |input| Request {
+        cache: Some(prefix),
+        ..req(Priority::Nightly, input, 10)
+    };
+    let mut q = Quota::new(
+        |_| ClassLimits::ceiling(limits(6_000, 60_000, 600_000)),
+        settings(0.0),
+    );
+    // The first call writes: it is charged all of its 2,050 estimated tokens.
+    let first = q.try_admit(&cached(2_050), t0).expect("the writer");
+    assert_eq!(first.reserved[1], 2_050.0);
+    // The next calls sharing the prefix wait for its answer.
+    assert!(q.cache_waits("m", &prefix, t0));
+    assert!(q.try_admit(&cached(2_050), t0).is_err());
+    let written = Usage {
+        input_tokens: 50,
+        output_tokens: 10,
+        cache_creation_input_tokens: Some(2_000),
+        ..Default::default()
+    };
+    // Answered at once; two seconds later the bucket has refilled what the write took.
+    q.settle(&first, Answer::Ran, Some(&written), &Default::default(), t0);
+    let t1 = t0 + Duration::from_secs(2);
+    assert!(!q.cache_waits("m", &prefix, t1));
+    // Then each is charged only what follows the prefix: a second of 60,000 ITPM (1,000 tokens)
+    // holds many calls, where one uncached call would take 2,050.
+    let mut reads = Vec::new();
+    for _ in 0..15 {
+        let t = q.try_admit(&cached(2_050), t1).expect("a read");
+        assert!(t.reserved[1] < 100.0, "{:?}", t.reserved);
+        reads.push(t);
+    }
+    // An answer that did not read (the entry expired early) is charged in full next time.
+    let missed = Usage {
+        cache_read_input_tokens: Some(0),
+        ..written
+    };
+    q.settle(
+        &reads[0],
+        Answer::Ran,
+        Some(&missed),
+        &Default::default(),
+        t1,
+    );
+    let uncached = q
+        .try_admit(
+            &Request {
+                cache: None,
+                ..cached(2_050)
+            },
+            t1 + Duration::from_secs(60),
+        )
+        .expect("admitted");
+    assert!(uncached.reserved[1] > 1_000.0, "{:?}", uncached.reserved);
 }
