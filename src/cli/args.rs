@@ -214,6 +214,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         lines: u64,
     },
+    /// A job sharing a prefix the job marks for the prompt cache, on tier-like limits, alone and
+    /// beside interactive traffic: input tokens a minute against ITPM, hit rate, the binding
+    /// limit as a % of what it allows, cost against the same calls uncached.
+    Cache {
+        /// `tier1` (the default: 50 RPM / 30,000 ITPM / 8,000 OTPM) or `fast`.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Seconds each run lasts.
+        #[arg(long, default_value_t = 120)]
+        secs: u64,
+        /// Tokens of the shared, cached prefix.
+        #[arg(long, default_value_t = 4_000)]
+        prefix_tokens: u64,
+    },
     /// The quota controller against tier-like limits, alone and beside interactive traffic:
     /// throughput on the binding dimension as a % of the limit, 429s on both sides.
     Quota {

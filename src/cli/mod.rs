@@ -68,6 +68,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 secs,
                 both_rules,
             } => runtime()?.block_on(bench::quota_runs(profile.as_deref(), secs, both_rules)),
+            BenchCommand::Cache {
+                profile,
+                secs,
+                prefix_tokens,
+            } => runtime()?.block_on(bench::cache_runs(profile.as_deref(), secs, prefix_tokens)),
             BenchCommand::BatchResults { lines } => {
                 runtime()?.block_on(bench::batch_results(lines))
             }

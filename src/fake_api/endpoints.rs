@@ -106,6 +106,7 @@ pub(super) async fn messages(
         state.stats.input_tokens += cache.uncached;
         state.stats.output_tokens += generation.output_tokens;
         state.stats.cache_read_input_tokens += cache.read;
+        state.stats.cache_hit_calls += u64::from(cache.read > 0);
         state.stats.cache_write_5m_tokens += cache.write_5m;
         state.stats.cache_write_1h_tokens += cache.write_1h;
         if drop_connection {

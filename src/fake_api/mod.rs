@@ -161,6 +161,8 @@ pub struct FakeStats {
     pub cache_read_input_tokens: u64,
     pub cache_write_5m_tokens: u64,
     pub cache_write_1h_tokens: u64,
+    /// Messages calls that read from the cache.
+    pub cache_hit_calls: u64,
     pub batches_created: u64,
     /// Batch create calls whose body is byte for byte one sent before (created or refused).
     pub repeated_batch_creates: u64,

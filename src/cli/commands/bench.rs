@@ -177,6 +177,19 @@ pub const PROFILES: [Profile; 2] = [
     },
 ];
 
+/// What the cache did in a run of `bench cache`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheRun {
+    pub itpm: u64,
+    /// Input, cache writes and cache reads per minute: what the job's prompts came to.
+    pub effective_input_per_min: f64,
+    /// Cache reads over cache reads and writes, in tokens.
+    pub hit_rate: f64,
+    pub calls_read: u64,
+    /// The bill against the same calls without caching.
+    pub cost_share: f64,
+}
+
 /// One measured run of the quota benchmark.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QuotaRun {
@@ -192,6 +205,8 @@ pub struct QuotaRun {
     pub nightshift_calls: u64,
     pub nightshift_429: u64,
     pub interactive: Option<crate::fake_api::LoadReport>,
+    /// `bench cache` only.
+    pub cache: Option<CacheRun>,
 }
 
 /// `bench quota`: each profile (or the one named), alone and beside interactive traffic, under
@@ -206,10 +221,71 @@ pub async fn quota_runs(profile: Option<&str>, secs: u64, both_rules: bool) -> a
     for p in profiles {
         for &rule in rules {
             for interactive in [false, true] {
-                let run = quota(p, secs, interactive, rule).await?;
+                let run = quota(p, secs, interactive, rule, Job::Plain).await?;
                 println!("{}", run.to_text());
             }
         }
+    }
+    Ok(())
+}
+
+/// The job a quota run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Haiku 5.5 tickets of ~400 tokens, nothing cached.
+    Plain,
+    /// Sonnet 5.5 items sharing a system prompt of about `prefix_tokens` tokens that the job
+    /// marks for the cache itself (5-minute TTL), then a short question of their own.
+    Cached { prefix_tokens: u64 },
+}
+
+impl Job {
+    fn model(self) -> &'static str {
+        match self {
+            Job::Plain => "claude-haiku-5-5",
+            Job::Cached { .. } => "claude-sonnet-5-5",
+        }
+    }
+
+    fn line(self, i: u64) -> String {
+        match self {
+            Job::Plain => format!(
+                r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":256,"messages":[{{"role":"user","content":"Ticket {i}: {}"}}]}}}}"#,
+                "the parcel arrived late and damaged, please advise; ".repeat(30)
+            ),
+            Job::Cached { prefix_tokens } => {
+                // A token is about four characters.
+                let sentence = "Grade the answer against the rubric, citing each point. ";
+                let rubric = sentence.repeat((prefix_tokens * 4) as usize / sentence.len() + 1);
+                format!(
+                    r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-sonnet-5-5","max_tokens":256,"system":[{{"type":"text","text":"{rubric}","cache_control":{{"type":"ephemeral"}}}}],"messages":[{{"role":"user","content":"Answer {i}: the parcel arrived late; grade it."}}]}}}}"#
+                )
+            }
+        }
+    }
+}
+
+/// `nightshift bench cache`: [`quota`] runs of a job sharing a marked prefix, alone and beside
+/// interactive traffic.
+pub async fn cache_runs(
+    profile: Option<&str>,
+    secs: u64,
+    prefix_tokens: u64,
+) -> anyhow::Result<()> {
+    let profile = PROFILES
+        .into_iter()
+        .find(|p| p.name == profile.unwrap_or("tier1"))
+        .context("unknown profile; use tier1 or fast")?;
+    for interactive in [false, true] {
+        let run = quota(
+            profile,
+            secs,
+            interactive,
+            false,
+            Job::Cached { prefix_tokens },
+        )
+        .await?;
+        println!("{}", run.to_text());
     }
     Ok(())
 }
@@ -221,6 +297,7 @@ pub async fn quota(
     secs: u64,
     interactive: bool,
     max_tokens_rule: bool,
+    job: Job,
 ) -> anyhow::Result<QuotaRun> {
     use crate::fake_api::{FakeLimits, LoadSpec, OtpmRule, run_load};
     let dir = tempfile::tempdir()?;
@@ -264,11 +341,7 @@ pub async fn quota(
     {
         let mut out = BufWriter::new(std::fs::File::create(&file)?);
         for i in 0..items {
-            writeln!(
-                out,
-                r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":256,"messages":[{{"role":"user","content":"Ticket {i}: {}"}}]}}}}"#,
-                "the parcel arrived late and damaged, please advise; ".repeat(30)
-            )?;
+            writeln!(out, "{}", job.line(i))?;
         }
         out.flush()?;
     }
@@ -285,7 +358,7 @@ pub async fn quota(
             LoadSpec {
                 base_url: fake.base_url(),
                 api_key: "sk-interactive-app".into(),
-                model: "claude-haiku-5-5".into(),
+                model: job.model().into(),
                 rpm: interactive_rpm,
                 duration: Duration::from_secs(secs),
                 max_tokens: 128,
@@ -306,11 +379,33 @@ pub async fn quota(
     let (i_ok, i_429, i_in, i_out) = interactive_report.as_ref().map_or((0, 0, 0, 0), |r| {
         (r.ok, r.rate_limited_429, r.input_tokens, r.output_tokens)
     });
+    // ITPM counts input and cache writes, never cache reads (the interactive load caches none).
+    let written = stats.cache_write_5m_tokens + stats.cache_write_1h_tokens;
     let used = [
         stats.messages_accepted.saturating_sub(i_ok),
-        stats.input_tokens.saturating_sub(i_in),
+        (stats.input_tokens + written).saturating_sub(i_in),
         stats.output_tokens.saturating_sub(i_out),
     ];
+    let cache = matches!(job, Job::Cached { .. }).then(|| {
+        let input = stats.input_tokens.saturating_sub(i_in);
+        let read = stats.cache_read_input_tokens;
+        // Sonnet 5.5, USD per million tokens: input 2, 5-minute write 2.50, 1-hour write 4,
+        // read 0.10, output 10.
+        let output = used[2] as f64 * 10.0;
+        let cost = input as f64 * 2.0
+            + stats.cache_write_5m_tokens as f64 * 2.5
+            + stats.cache_write_1h_tokens as f64 * 4.0
+            + read as f64 * 0.10
+            + output;
+        let uncached = (input + written + read) as f64 * 2.0 + output;
+        CacheRun {
+            itpm: profile.itpm,
+            effective_input_per_min: (input + written + read) as f64 / elapsed * 60.0,
+            hit_rate: read as f64 / (read + written).max(1) as f64,
+            calls_read: stats.cache_hit_calls,
+            cost_share: cost / uncached.max(1.0),
+        }
+    });
     let interactive_used = [i_ok, i_in, i_out];
     let mut dims = Vec::new();
     let (mut binding, mut binding_percent) = (String::new(), 0.0);
@@ -346,6 +441,7 @@ pub async fn quota(
         nightshift_calls: used[0] + stats.rate_limited_429.saturating_sub(i_429),
         nightshift_429: stats.rate_limited_429.saturating_sub(i_429),
         interactive: interactive_report,
+        cache,
     })
 }
 
@@ -376,6 +472,17 @@ impl QuotaRun {
             self.nightshift_calls,
             self.nightshift_429 as f64 / self.nightshift_calls.max(1) as f64 * 100.0
         ));
+        if let Some(c) = &self.cache {
+            out.push_str(&format!(
+                "  cache: {:.0} input tokens a minute in all (input, writes and reads) against {} ITPM; \
+                 hit rate {:.1}% of the prefix tokens ({} calls read it); cost {:.1}% of the same calls uncached\n",
+                c.effective_input_per_min,
+                c.itpm,
+                c.hit_rate * 100.0,
+                c.calls_read,
+                c.cost_share * 100.0
+            ));
+        }
         if let Some(i) = &self.interactive {
             out.push_str(&format!(
                 "  interactive: {} sent, {} ok, {} x 429, latency p50 {:.0} ms, p99 {:.0} ms\n",
