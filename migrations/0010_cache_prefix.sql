@@ -5,3 +5,8 @@
 ALTER TABLE items ADD COLUMN cache_key INTEGER;
 ALTER TABLE items ADD COLUMN cache_tokens INTEGER;
 ALTER TABLE items ADD COLUMN cache_ttl_ms INTEGER;
+-- 1 when `cache = "auto"` added the breakpoint (the item's `params` are then what is sent, not
+-- the line as written).
+ALTER TABLE items ADD COLUMN cache_added INTEGER NOT NULL DEFAULT 0;
+-- The job's `cache` (auto | off), settled when it was taken in; NULL for jobs from before (off).
+ALTER TABLE jobs ADD COLUMN cache TEXT;

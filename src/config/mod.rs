@@ -45,6 +45,7 @@ pub enum ConfigError {
 struct RawConfig {
     jobs_dir: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    cache: Option<String>,
     #[serde(default)]
     api: RawApi,
     #[serde(default)]
@@ -171,6 +172,8 @@ pub struct Config {
     pub env: Env,
     pub jobs_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// `cache`: whether jobs without their own `cache` get breakpoints placed (default auto).
+    pub cache: crate::model::job::CacheMode,
     pub api: ApiSettings,
     pub realtime: RealtimeSettings,
     pub daemon: DaemonSettings,
@@ -447,6 +450,10 @@ impl Config {
             output_reservation,
         };
 
+        let cache = match raw.cache.as_deref() {
+            None => crate::model::job::CacheMode::Auto,
+            Some(text) => text.parse().map_err(|e: String| invalid("cache", e))?,
+        };
         let mut overrides = BTreeMap::new();
         for (model, p) in raw.prices {
             let price = crate::policy::prices::Price {
@@ -538,6 +545,7 @@ impl Config {
             metrics_port: raw.metrics.port,
             metrics_token_file: raw.metrics.token_file.map(resolve),
             windows,
+            cache,
         })
     }
 

@@ -1,4 +1,4 @@
-//! A job's sidecar, `<job>.toml`: the job's defaults (tenant, priority, mode, deadline) and, for a
+//! A job's sidecar, `<job>.toml`: the job's defaults (tenant, priority, mode, deadline, cache) and, for a
 //! template of recurring runs, its schedule.
 
 use serde::Deserialize;
@@ -13,6 +13,7 @@ struct RawSidecar {
     priority: Option<String>,
     mode: Option<String>,
     deadline: Option<String>,
+    cache: Option<String>,
     schedule: Option<String>,
     timezone: Option<String>,
 }
@@ -72,6 +73,9 @@ impl RawSidecar {
             let parsed = d.parse().map_err(|e| format!("`deadline` {e}"))?;
             defaults.deadline = Some((d, parsed));
         }
+        if let Some(c) = raw.cache {
+            defaults.cache = Some(c.parse().map_err(|e| format!("`cache` {e}"))?);
+        }
         Ok(defaults)
     }
 }
@@ -86,6 +90,9 @@ pub fn to_toml(defaults: &JobDefaults) -> String {
     );
     if let Some((text, _)) = &defaults.deadline {
         out.push_str(&format!("deadline = {}\n", toml_string(text)));
+    }
+    if let Some(cache) = defaults.cache {
+        out.push_str(&format!("cache = \"{}\"\n", cache.as_str()));
     }
     out
 }

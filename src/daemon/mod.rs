@@ -289,6 +289,7 @@ pub async fn run(
         not_taken: Default::default(),
         templates_dir: config.data_dir.join("templates"),
         api_version: config.api.anthropic_version.clone(),
+        cache_default: config.cache,
     };
     let scan_interval = config.daemon.scan_interval;
     let (scanned, first_scan) = tokio::sync::oneshot::channel();

@@ -30,6 +30,9 @@ pub(super) async fn messages(
     version: ApiVersion,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
+    if shared.keep_bodies {
+        shared.lock().message_bodies.push(body.clone());
+    }
     let params = shared.parse_json(&body)?;
     let valid = validate_params(&params, version).map_err(params_error)?;
 

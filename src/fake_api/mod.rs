@@ -58,6 +58,8 @@ pub struct FakeConfig {
     pub max_json_depth: usize,
     /// Seed of every random draw, so runs are reproducible.
     pub seed: u64,
+    /// Keep the body of every Messages call, as received ([`FakeApi::message_bodies`]).
+    pub keep_bodies: bool,
 }
 
 impl Default for FakeConfig {
@@ -72,6 +74,7 @@ impl Default for FakeConfig {
             count_tokens_rpm: 5_000,
             max_json_depth: 128,
             seed: 1,
+            keep_bodies: false,
         }
     }
 }

@@ -90,6 +90,12 @@ impl FakeApi {
         self.shared.stats_snapshot()
     }
 
+    /// The body of every Messages call so far, as received (only with
+    /// [`super::FakeConfig::keep_bodies`]).
+    pub fn message_bodies(&self) -> Vec<bytes::Bytes> {
+        self.shared.lock().message_bodies.clone()
+    }
+
     /// The current Messages rate limits (`None`: no limits).
     pub fn limits(&self) -> Option<FakeLimits> {
         self.shared.lock().limits

@@ -32,6 +32,7 @@ pub(super) struct Shared {
     pub(super) batch: BatchSettings,
     pub(super) count_tokens_rpm: u64,
     pub(super) max_json_depth: usize,
+    pub(super) keep_bodies: bool,
     pub(super) base_url: String,
     pub(super) state: Mutex<State>,
 }
@@ -54,6 +55,8 @@ pub(super) struct State {
     pub(super) batches: BatchStore,
     /// The prompt cache, which Messages calls and batch requests share.
     pub(super) cache: Cache,
+    /// Messages bodies as received, when kept.
+    pub(super) message_bodies: Vec<Bytes>,
     /// Hashes of every batch create body seen.
     pub(super) create_bodies: std::collections::HashSet<u64>,
 }
@@ -81,6 +84,7 @@ impl Shared {
             batch: config.batch,
             count_tokens_rpm: config.count_tokens_rpm,
             max_json_depth: config.max_json_depth,
+            keep_bodies: config.keep_bodies,
             base_url,
             state: Mutex::new(State {
                 limits: config.limits,
@@ -93,6 +97,7 @@ impl Shared {
                 count_tokens_rpm,
                 batches,
                 cache: Cache::default(),
+                message_bodies: Vec::new(),
                 create_bodies: std::collections::HashSet::new(),
             }),
         }

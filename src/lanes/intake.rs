@@ -20,6 +20,7 @@ use crate::config::sidecar::Manifest;
 use crate::model::job::JobDefaults;
 use crate::model::job_file::{JobFileReader, hex};
 use crate::model::line::{LineContext, ParsedLine, ValidLine, valid_job_name};
+use crate::model::prompt_cache;
 use crate::policy::planner;
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
@@ -138,6 +139,8 @@ pub struct Intake {
     pub templates_dir: PathBuf,
     /// The `anthropic-version` nightshift sends: some fields are refused on some versions.
     pub api_version: String,
+    /// `cache` for jobs whose sidecar does not say.
+    pub cache_default: crate::model::job::CacheMode,
 }
 
 /// Attempts at a file that keeps failing (unreadable, vanishing) before it is rejected.
@@ -420,13 +423,14 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
         }
         Some(job) => job, // an interrupted intake: resume it
         None => {
-            let defaults = match manifest {
+            let mut defaults = match manifest {
                 Ok(m) => m.defaults,
                 Err(e) => {
                     let reason = format!("its sidecar {}: {e}", sidecar.display());
                     return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
                 }
             };
+            defaults.cache.get_or_insert(intake.cache_default);
             let new = jobs::NewJob {
                 name: name.clone(),
                 source_path: path.display().to_string(),
@@ -538,6 +542,16 @@ fn stream_lines(
         .into());
     }
     let ctx = LineContext::new(&defaults, job.created_at, &intake.api_version);
+    // `cache = "auto"`: the prefixes found shared so far, which later chunks' requests share too.
+    let auto_cache = defaults.cache == Some(crate::model::job::CacheMode::Auto);
+    let mut shared_prefixes = std::collections::HashSet::new();
+    let mut marks_of = |chunk: &[(u64, ParsedLine)]| {
+        if auto_cache {
+            auto_marks(chunk, &mut shared_prefixes)
+        } else {
+            Vec::new()
+        }
+    };
     // Deprecated models the job uses, each warned of once (in the log and the job's note).
     let mut deprecated = crate::model::catalog::Deprecations::default();
     while let Some(line) = reader.next_line(&ctx)? {
@@ -565,7 +579,10 @@ fn stream_lines(
                 prefix_hash: reader.prefix_hash(),
                 items_estimate: line_no.saturating_mul(file_len) / offset.max(1),
             };
-            pending = Some(submit_chunk(intake, job.id, &display, full, progress));
+            let marks = marks_of(&full);
+            pending = Some(submit_chunk(
+                intake, job.id, &display, full, marks, progress,
+            ));
         }
     }
     let line_no = reader.line_no();
@@ -581,7 +598,10 @@ fn stream_lines(
             prefix_hash: hash.clone(),
             items_estimate: line_no,
         };
-        wait(submit_chunk(intake, job.id, &display, chunk, progress))?;
+        let marks = marks_of(&chunk);
+        wait(submit_chunk(
+            intake, job.id, &display, chunk, marks, progress,
+        ))?;
     }
     let job_id = job.id;
     let warnings = deprecated.warnings();
@@ -616,11 +636,43 @@ struct Progress {
     items_estimate: u64,
 }
 
+/// `cache = "auto"`: for each line of a chunk, the block to put a breakpoint on (see
+/// [`prompt_cache::choose_marks`]), if any.
+fn auto_marks(
+    chunk: &[(u64, ParsedLine)],
+    shared: &mut std::collections::HashSet<u64>,
+) -> Vec<Option<usize>> {
+    let requests: Vec<_> = chunk
+        .iter()
+        .map(|(_, parsed)| match parsed {
+            ParsedLine::Valid(v) => {
+                let min = crate::model::catalog::min_cacheable_tokens(&v.model);
+                prompt_cache::candidate_ends(&v.params, min).map(|ends| (ends, min))
+            }
+            ParsedLine::Invalid { .. } => None,
+        })
+        .collect();
+    prompt_cache::choose_marks(&requests, shared)
+}
+
+/// Puts the breakpoint `cache = "auto"` chose on a line, for an hour in the batch lane (which
+/// can take longer than 5 minutes to reach every request) and 5 minutes in real time (each read
+/// renews it).
+fn add_mark(line: &mut ValidLine, block: usize, lane: crate::model::state::Lane) {
+    let one_hour = lane == crate::model::state::Lane::Batch;
+    if let Some(params) = prompt_cache::add_breakpoint(&line.params, block, one_hour) {
+        line.cache = prompt_cache::prefix(&params);
+        line.params = params;
+        line.cache_added = true;
+    }
+}
+
 fn submit_chunk(
     intake: &Intake,
     job_id: i64,
     file: &str,
-    chunk: Vec<(u64, ParsedLine)>,
+    mut chunk: Vec<(u64, ParsedLine)>,
+    marks: Vec<Option<usize>>,
     progress: Progress,
 ) -> tokio::sync::oneshot::Receiver<store::Result<()>> {
     let file = file.to_owned();
@@ -638,6 +690,12 @@ fn submit_chunk(
             };
             planner::decide_line(line, &lanes)
         };
+        for ((_, parsed), mark) in chunk.iter_mut().zip(&marks) {
+            if let (ParsedLine::Valid(line), Some(block)) = (parsed, mark) {
+                let lane = plan(line).lane;
+                add_mark(line, *block, lane);
+            }
+        }
         store::items::insert_chunk(conn, job_id, &file, &chunk, now, &plan)?;
         jobs::record_intake_progress(
             conn,

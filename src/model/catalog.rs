@@ -187,6 +187,17 @@ fn standing(info: &ModelInfo, today: &str) -> Lifecycle {
     }
 }
 
+/// The fewest tokens a prefix must have for the API to cache it: 1,024 on most models, more on
+/// some Haiku and Opus versions (fact sheet §11 gives no figures for those; these are the
+/// built-in fake's, 2,048 and 4,096).
+pub fn min_cacheable_tokens(model: &str) -> u64 {
+    match strip_date_suffix(model) {
+        "claude-haiku-4-5" | "claude-opus-4-5" => 4096,
+        "claude-haiku-5-5" => 2048,
+        _ => 1024,
+    }
+}
+
 /// A warning for a model that is deprecated on `today`, for `plan`, `job` and the log.
 pub fn deprecation(model: &str, today: &str) -> Option<String> {
     let info = lookup(model)?;

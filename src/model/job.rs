@@ -84,6 +84,36 @@ impl FromStr for Mode {
     }
 }
 
+/// Whether nightshift places prompt-cache breakpoints itself (`cache` in a sidecar or the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// A prefix shared by two or more of the job's requests, long enough to be cached, gets a
+    /// breakpoint (requests that mark the cache themselves are left as written).
+    Auto,
+    /// Requests are sent exactly as written.
+    Off,
+}
+
+impl CacheMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Auto => "auto",
+            CacheMode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(CacheMode::Auto),
+            "off" => Ok(CacheMode::Off),
+            _ => Err(format!("must be auto or off; got {s:?}")),
+        }
+    }
+}
+
 /// When a result is needed: a point in time, or a duration counted from intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -125,6 +155,8 @@ pub struct JobDefaults {
     pub mode: Mode,
     /// As written, so relative deadlines resolve against each job's intake time.
     pub deadline: Option<(String, Deadline)>,
+    /// None: the config's `cache` (settled when the job is taken in).
+    pub cache: Option<CacheMode>,
 }
 
 impl Default for JobDefaults {
@@ -134,6 +166,7 @@ impl Default for JobDefaults {
             priority: Priority::Nightly,
             mode: Mode::Auto,
             deadline: None,
+            cache: None,
         }
     }
 }

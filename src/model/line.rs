@@ -67,6 +67,8 @@ pub struct ValidLine {
     pub input_estimate: u64,
     /// The prefix it marks for the prompt cache, if any.
     pub cache: Option<crate::model::prompt_cache::CachePrefix>,
+    /// `cache = "auto"` put a breakpoint in `params` (which are then what is sent).
+    pub cache_added: bool,
     pub tenant: String,
     pub priority: Priority,
     pub mode: Mode,
@@ -293,6 +295,7 @@ pub fn parse_line(bytes: &[u8], line: u64, ctx: &LineContext<'_>) -> ParsedLine 
     ParsedLine::Valid(ValidLine {
         input_estimate: estimate_input_tokens(&params),
         cache: crate::model::prompt_cache::prefix(&params),
+        cache_added: false,
         custom_id,
         params,
         model,

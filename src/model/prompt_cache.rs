@@ -20,13 +20,8 @@ pub struct CachePrefix {
 const FIVE_MINUTES_MS: u64 = 5 * 60 * 1000;
 const ONE_HOUR_MS: u64 = 60 * 60 * 1000;
 
-/// The prefix of a request body (`params` as written), or None when it marks none. The top-level
-/// form (`cache_control` beside `messages`) marks the last block, so the whole prompt.
-pub fn prefix(params: &str) -> Option<CachePrefix> {
-    if !params.contains("\"cache_control\"") {
-        return None; // the common case, without parsing
-    }
-    let params: Value = serde_json::from_str(params).ok()?;
+/// The blocks of a request in the cache's order, each with its kind (what the hash mixes in).
+fn blocks(params: &Value) -> Vec<(&'static str, &Value)> {
     let mut blocks: Vec<(&'static str, &Value)> = Vec::new();
     if let Some(tools) = params.get("tools").and_then(Value::as_array) {
         blocks.extend(tools.iter().map(|t| ("tool", t)));
@@ -52,6 +47,41 @@ pub fn prefix(params: &str) -> Option<CachePrefix> {
             None => {}
         }
     }
+    blocks
+}
+
+/// After each block: the hash of the prefix up to it and its size in bytes of JSON (the
+/// blocks' `cache_control` marks left out).
+fn prefix_ends(blocks: &[(&'static str, &Value)]) -> Vec<(u64, u64)> {
+    let (mut hash, mut bytes) = (FNV_OFFSET, 0u64);
+    blocks
+        .iter()
+        .map(|(kind, block)| {
+            let json = match block.get("cache_control") {
+                Some(_) => {
+                    let mut bare = (*block).clone();
+                    if let Some(object) = bare.as_object_mut() {
+                        object.remove("cache_control");
+                    }
+                    bare.to_string()
+                }
+                None => block.to_string(),
+            };
+            bytes += json.len() as u64;
+            hash = fnv(fnv(hash, kind.as_bytes()), json.as_bytes());
+            (hash, bytes)
+        })
+        .collect()
+}
+
+/// The prefix of a request body (`params` as written), or None when it marks none. The top-level
+/// form (`cache_control` beside `messages`) marks the last block, so the whole prompt.
+pub fn prefix(params: &str) -> Option<CachePrefix> {
+    if !params.contains("\"cache_control\"") {
+        return None; // the common case, without parsing
+    }
+    let params: Value = serde_json::from_str(params).ok()?;
+    let blocks = blocks(&params);
     let marked = |b: &Value| b.get("cache_control").cloned();
     let (end, control) = match blocks.iter().rposition(|(_, b)| marked(b).is_some()) {
         Some(i) => (i, marked(blocks[i].1)?),
@@ -64,21 +94,108 @@ pub fn prefix(params: &str) -> Option<CachePrefix> {
         Some("1h") => ONE_HOUR_MS,
         _ => FIVE_MINUTES_MS,
     };
-    let (mut hash, mut bytes) = (FNV_OFFSET, 0u64);
-    for (kind, block) in &blocks[..=end] {
-        let mut bare = (*block).clone();
-        if let Some(object) = bare.as_object_mut() {
-            object.remove("cache_control");
-        }
-        let json = bare.to_string();
-        bytes += json.len() as u64;
-        hash = fnv(fnv(hash, kind.as_bytes()), json.as_bytes());
-    }
+    let (hash, bytes) = prefix_ends(&blocks[..=end])[end];
     Some(CachePrefix {
         key: hash as i64,
         tokens: bytes.div_ceil(4),
         ttl_ms,
     })
+}
+
+/// After each block of a request: the hash of the prefix up to it, and its bytes.
+pub type PrefixEnds = Vec<(u64, u64)>;
+
+/// `cache = "auto"`: the prefixes a request could share, as (hash, bytes) after each block, for
+/// [`choose_marks`]. None for a request that marks the cache itself (left as written), one too
+/// short to hold a prefix of `min_tokens`, or one that cannot be read.
+pub fn candidate_ends(params: &str, min_tokens: u64) -> Option<PrefixEnds> {
+    if (params.len() as u64) < min_tokens * 4 || params.contains("\"cache_control\"") {
+        return None; // too short to cache anything, or marked already: without parsing
+    }
+    let params: Value = serde_json::from_str(params).ok()?;
+    Some(prefix_ends(&blocks(&params)))
+}
+
+/// For each request of a job (its [`candidate_ends`], with its model's minimum cacheable size
+/// in tokens), the block to mark: the last block of the longest prefix it shares with another
+/// request of the job, when that prefix is at least the minimum (a token per four bytes).
+/// `known` carries the prefixes found shared in earlier chunks of the job, so a request shares
+/// with those too.
+pub fn choose_marks(
+    requests: &[Option<(PrefixEnds, u64)>],
+    known: &mut std::collections::HashSet<u64>,
+) -> Vec<Option<usize>> {
+    let mut seen: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    for (ends, _) in requests.iter().flatten() {
+        for (hash, _) in ends {
+            *seen.entry(*hash).or_default() += 1;
+        }
+    }
+    requests
+        .iter()
+        .map(|request| {
+            let (ends, min_tokens) = request.as_ref()?;
+            let block = ends.iter().rposition(|(hash, bytes)| {
+                bytes.div_ceil(4) >= *min_tokens
+                    && (seen.get(hash).is_some_and(|n| *n >= 2) || known.contains(hash))
+            })?;
+            known.insert(ends[block].0);
+            Some(block)
+        })
+        .collect()
+}
+
+/// The request with a `cache_control` breakpoint on block `block` (in [`blocks`] order), for an
+/// hour or 5 minutes; a string system prompt or message content becomes one text block to carry
+/// it. None if the body cannot be read or has no such block.
+pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<String> {
+    let mut params: Value = serde_json::from_str(params).ok()?;
+    let mut control = serde_json::json!({"type": "ephemeral"});
+    if one_hour {
+        control["ttl"] = "1h".into();
+    }
+    let mut left = block;
+    // Each place a block can be, in order: a list of blocks, or one string to turn into a block.
+    let mark = |slot: &mut Value, left: &mut usize| -> Option<bool> {
+        match slot {
+            Value::Array(items) => {
+                if *left < items.len() {
+                    items[*left]
+                        .as_object_mut()?
+                        .insert("cache_control".into(), control.clone());
+                    return Some(true);
+                }
+                *left -= items.len();
+                Some(false)
+            }
+            Value::String(text) if *left == 0 => {
+                *slot =
+                    serde_json::json!([{"type": "text", "text": text, "cache_control": control}]);
+                Some(true)
+            }
+            Value::String(_) => {
+                *left -= 1;
+                Some(false)
+            }
+            _ => Some(false),
+        }
+    };
+    let object = params.as_object_mut()?;
+    for key in ["tools", "system"] {
+        if let Some(slot) = object.get_mut(key)
+            && mark(slot, &mut left)?
+        {
+            return serde_json::to_string(&params).ok();
+        }
+    }
+    for message in object.get_mut("messages")?.as_array_mut()? {
+        if let Some(slot) = message.get_mut("content")
+            && mark(slot, &mut left)?
+        {
+            return serde_json::to_string(&params).ok();
+        }
+    }
+    None
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -125,5 +242,64 @@ mod tests {
         let whole = prefix(auto).expect("marked");
         assert_eq!(whole.ttl_ms, 300_000);
         assert_eq!(whole.tokens, 1, "\"hi\" is 4 bytes of JSON");
+    }
+
+    fn plain(system: &str, question: &str) -> String {
+        serde_json::json!({
+            "model": "claude-sonnet-5-5", "max_tokens": 5, "system": system,
+            "messages": [{"role": "user", "content": question}]
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn auto_marks_the_longest_prefix_two_requests_share_when_it_is_long_enough() {
+        let rubric = "rubric ".repeat(1_000); // ~1,750 tokens
+        let requests: Vec<String> = vec![
+            plain(&rubric, "first?"),
+            plain(&rubric, "second?"),
+            plain("short", "third?"),
+            plain("short", "fourth?"),
+            plain(&"lonely ".repeat(1_000), "fifth?"),
+        ];
+        let ends: Vec<_> = requests
+            .iter()
+            .map(|r| candidate_ends(r, 1_024).map(|e| (e, 1_024)))
+            .collect();
+        assert!(ends[2].is_none(), "too short to hold a cacheable prefix");
+        let mut known = std::collections::HashSet::new();
+        let marks = choose_marks(&ends, &mut known);
+        // The rubric (block 0) is shared by the first two; the fifth shares nothing.
+        assert_eq!(marks, vec![Some(0), Some(0), None, None, None]);
+        // A later chunk's request with the same rubric is marked by what was found before.
+        let later = vec![candidate_ends(&plain(&rubric, "sixth?"), 1_024).map(|e| (e, 1_024))];
+        assert_eq!(choose_marks(&later, &mut known), vec![Some(0)]);
+        // The mark: the string system prompt becomes a block that carries it.
+        let marked = add_breakpoint(&requests[0], 0, true).expect("marked");
+        let value: Value = serde_json::from_str(&marked).expect("json");
+        assert_eq!(value["system"][0]["text"], rubric.as_str());
+        assert_eq!(value["system"][0]["cache_control"]["ttl"], "1h");
+        assert_eq!(
+            value["messages"],
+            serde_json::from_str::<Value>(&requests[0]).expect("json")["messages"]
+        );
+        let p = prefix(&marked).expect("a prefix");
+        assert_eq!(p.ttl_ms, 3_600_000);
+        assert_eq!(
+            p.key,
+            prefix(&add_breakpoint(&requests[1], 0, false).expect("marked"))
+                .expect("a prefix")
+                .key
+        );
+        // Requests that mark the cache themselves are left to themselves.
+        assert_eq!(candidate_ends(&marked, 1_024), None);
+        // A message block can carry it too: block 1 is the first message's content.
+        let in_message = add_breakpoint(&requests[0], 1, false).expect("marked");
+        let value: Value = serde_json::from_str(&in_message).expect("json");
+        assert_eq!(
+            value["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+        assert_eq!(add_breakpoint(&requests[0], 2, false), None);
     }
 }

@@ -33,8 +33,8 @@ pub fn insert_chunk(
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
                             tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok,
-                            cache_key, cache_tokens, cache_ttl_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18)",
+                            cache_key, cache_tokens, cache_ttl_ms, cache_added)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18, ?19)",
     )?;
     let mut insert_errored = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, updated_at)
@@ -66,6 +66,7 @@ pub fn insert_chunk(
                     v.cache.map(|c| c.key),
                     v.cache.map(|c| c.tokens as i64),
                     v.cache.map(|c| c.ttl_ms as i64),
+                    v.cache_added,
                 ]);
                 match inserted {
                     Ok(_) => continue,

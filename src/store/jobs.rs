@@ -32,7 +32,7 @@ pub struct NewJob {
 }
 
 const COLUMNS: &str = "id, name, source_path, tenant, priority, mode, deadline, created_at, ingest_lines, \
-     ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at";
+     ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at, cache";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     let priority: String = row.get(4)?;
@@ -52,6 +52,11 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
                 let parsed: Deadline = text.parse().ok()?;
                 Some((text, parsed))
             }),
+            cache: Some(
+                row.get::<_, Option<String>>(17)?
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(crate::model::job::CacheMode::Off),
+            ),
         },
         created_at: row.get(7)?,
         ingest_lines: row.get(8)?,
@@ -68,8 +73,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
 
 pub fn create(conn: &Connection, job: &NewJob) -> Result<JobRow> {
     conn.execute(
-        "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at, cache)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             job.name,
             job.source_path,
@@ -81,6 +86,7 @@ pub fn create(conn: &Connection, job: &NewJob) -> Result<JobRow> {
                 .as_ref()
                 .map(|(text, _)| text.as_str()),
             job.created_at,
+            job.defaults.cache.map(|c| c.as_str()),
         ],
     )?;
     let id = conn.last_insert_rowid();

@@ -138,3 +138,71 @@ async fn an_itpm_bound_job_whose_prefix_is_cached_is_charged_only_what_is_not_re
     assert!(reserved[0] > 2_000, "{reserved:?}");
     assert!(reserved[1..].iter().all(|&r| r < 100), "{reserved:?}");
 }
+
+/// A real-time request with a ~2,000-token system prompt, as a plain string, marking nothing.
+fn unmarked_request(custom_id: &str) -> String {
+    let rubric = "Grade the answer against the rubric, point by point. ".repeat(160);
+    format!(
+        r#"{{"custom_id":"{custom_id}","mode":"realtime","params":{{"model":"claude-sonnet-5-5","max_tokens":32,"system":"{rubric}","messages":[{{"role":"user","content":"Answer {custom_id}: the parcel arrived late."}}]}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_auto_marks_a_shared_prefix_and_off_sends_the_bodies_as_written() {
+    let env = TestEnv::new(
+        FakeConfig {
+            latency: Duration::from_millis(50),
+            keep_bodies: true,
+            ..FakeConfig::default()
+        },
+        "",
+    )
+    .await;
+    let lines: Vec<String> = (0..20)
+        .map(|i| unmarked_request(&format!("a-{i:03}")))
+        .collect();
+    env.write_job("auto", (lines.join("\n") + "\n").as_bytes());
+    let daemon = env.start_daemon();
+    env.wait_done("auto", Duration::from_secs(60)).await;
+    let stats = env.fake.stats();
+    // The default is auto: one call wrote the rubric, the others read it.
+    assert!(stats.cache_write_5m_tokens > 1_500, "{stats:?}");
+    assert_eq!(
+        stats.cache_read_input_tokens,
+        19 * stats.cache_write_5m_tokens
+    );
+    let job = env.job_json("auto");
+    assert_eq!(job["cache"]["mode"], "auto");
+    assert_eq!(job["cache"]["breakpoints_added"], 20);
+    let ids: Vec<String> = (0..20).map(|i| format!("a-{i:03}")).collect();
+    assert_each_once(&env.results("auto"), &ids);
+
+    // The same requests with `cache = "off"`: sent byte for byte as the file has them.
+    let sent_before = env.fake.message_bodies().len();
+    std::fs::write(env.jobs_dir().join("off.toml"), "cache = \"off\"\n").expect("sidecar");
+    let lines: Vec<String> = (0..5)
+        .map(|i| unmarked_request(&format!("o-{i:03}")))
+        .collect();
+    env.write_job("off", (lines.join("\n") + "\n").as_bytes());
+    env.wait_done("off", Duration::from_secs(60)).await;
+    daemon.stop().await;
+    let mut sent: Vec<String> = env.fake.message_bodies()[sent_before..]
+        .iter()
+        .map(|b| String::from_utf8(b.to_vec()).expect("utf-8"))
+        .collect();
+    sent.sort();
+    let mut written: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let start = l.find(r#""params":"#).expect("params") + r#""params":"#.len();
+            l[start..l.len() - 1].to_owned()
+        })
+        .collect();
+    written.sort();
+    assert_eq!(sent, written);
+    assert_eq!(env.job_json("off")["cache"]["breakpoints_added"], 0);
+    assert_eq!(
+        env.fake.stats().cache_write_5m_tokens,
+        stats.cache_write_5m_tokens
+    );
+}

@@ -66,6 +66,8 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         not_taken: Default::default(),
         templates_dir: dir.path().join("templates"),
         api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
+        // The default, as a daemon takes jobs in.
+        cache_default: crate::model::job::CacheMode::Auto,
     };
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;

@@ -33,6 +33,22 @@ pub struct JobReport {
     pub unknown_outcomes: Vec<UnknownOutcome>,
     /// What budget caps did to the job's items (rejections are among `errored_lines`).
     pub budget: JobBudget,
+    /// The prompt cache: what `cache = "auto"` added and what the API read.
+    pub cache: JobCache,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct JobCache {
+    /// `auto` or `off`.
+    pub mode: &'static str,
+    /// Items whose request got a breakpoint from nightshift (its `params` as sent differ from
+    /// the line as written by that `cache_control` alone).
+    pub breakpoints_added: i64,
+    /// Items that mark a prefix for the cache (added or their own).
+    pub items_cached: i64,
+    /// Billed tokens read from and written to the cache (the ledger's).
+    pub read_tokens: i64,
+    pub written_tokens: i64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -92,7 +108,27 @@ pub fn job(
             error,
         })
         .collect();
+    let (breakpoints_added, items_cached, read_tokens, written_tokens) = conn.query_row(
+        "SELECT (SELECT COALESCE(SUM(cache_added), 0) FROM items WHERE job_id = ?1),
+                (SELECT COUNT(*) FROM items WHERE job_id = ?1 AND cache_key IS NOT NULL),
+                (SELECT COALESCE(SUM(cache_read_input_tokens), 0) FROM ledger WHERE job_id = ?1),
+                (SELECT COALESCE(SUM(cache_creation_input_tokens), 0) FROM ledger WHERE job_id = ?1)",
+        [job.id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let cache = JobCache {
+        mode: job
+            .defaults
+            .cache
+            .unwrap_or(crate::model::job::CacheMode::Off)
+            .as_str(),
+        breakpoints_added,
+        items_cached,
+        read_tokens,
+        written_tokens,
+    };
     Ok(Some(JobReport {
+        cache,
         status,
         source: job.source_path.clone(),
         tenant: job.defaults.tenant.clone(),
@@ -158,6 +194,12 @@ impl JobReport {
             out,
             "lanes      {} items by batch, {} real time",
             s.lanes.batch, s.lanes.realtime
+        );
+        let k = &self.cache;
+        let _ = writeln!(
+            out,
+            "cache      {}: {} items mark a prefix ({} breakpoints added by nightshift); {} tokens read, {} written",
+            k.mode, k.items_cached, k.breakpoints_added, k.read_tokens, k.written_tokens
         );
         let b = &self.budget;
         if b.downgraded > 0 || b.held > 0 {
