@@ -227,6 +227,9 @@ pub enum BenchCommand {
         /// Tokens of the shared, cached prefix.
         #[arg(long, default_value_t = 4_000)]
         prefix_tokens: u64,
+        /// The job marks nothing: `cache = "auto"` is to find the prefix.
+        #[arg(long)]
+        auto: bool,
     },
     /// The quota controller against tier-like limits, alone and beside interactive traffic:
     /// throughput on the binding dimension as a % of the limit, 429s on both sides.

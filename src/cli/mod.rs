@@ -72,7 +72,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 profile,
                 secs,
                 prefix_tokens,
-            } => runtime()?.block_on(bench::cache_runs(profile.as_deref(), secs, prefix_tokens)),
+                auto,
+            } => runtime()?.block_on(bench::cache_runs(
+                profile.as_deref(),
+                secs,
+                prefix_tokens,
+                auto,
+            )),
             BenchCommand::BatchResults { lines } => {
                 runtime()?.block_on(bench::batch_results(lines))
             }

@@ -545,11 +545,16 @@ fn stream_lines(
     // `cache = "auto"`: the prefixes found shared so far, which later chunks' requests share too.
     let auto_cache = defaults.cache == Some(crate::model::job::CacheMode::Auto);
     let mut shared_prefixes = std::collections::HashSet::new();
-    let mut marks_of = |chunk: &[(u64, ParsedLine)]| {
+    // Marked here, off the store's writer (which only turns a mark into a 1-hour one for
+    // the batch lane).
+    let mut mark_chunk = |chunk: &mut Vec<(u64, ParsedLine)>| {
         if auto_cache {
-            auto_marks(chunk, &mut shared_prefixes)
-        } else {
-            Vec::new()
+            let marks = auto_marks(chunk, &mut shared_prefixes);
+            for ((_, parsed), mark) in chunk.iter_mut().zip(marks) {
+                if let (ParsedLine::Valid(line), Some(block)) = (parsed, mark) {
+                    add_mark(line, block);
+                }
+            }
         }
     };
     // Deprecated models the job uses, each warned of once (in the log and the job's note).
@@ -579,10 +584,9 @@ fn stream_lines(
                 prefix_hash: reader.prefix_hash(),
                 items_estimate: line_no.saturating_mul(file_len) / offset.max(1),
             };
-            let marks = marks_of(&full);
-            pending = Some(submit_chunk(
-                intake, job.id, &display, full, marks, progress,
-            ));
+            let mut full = full;
+            mark_chunk(&mut full);
+            pending = Some(submit_chunk(intake, job.id, &display, full, progress));
         }
     }
     let line_no = reader.line_no();
@@ -598,10 +602,9 @@ fn stream_lines(
             prefix_hash: hash.clone(),
             items_estimate: line_no,
         };
-        let marks = marks_of(&chunk);
-        wait(submit_chunk(
-            intake, job.id, &display, chunk, marks, progress,
-        ))?;
+        let mut chunk = chunk;
+        mark_chunk(&mut chunk);
+        wait(submit_chunk(intake, job.id, &display, chunk, progress))?;
     }
     let job_id = job.id;
     let warnings = deprecated.warnings();
@@ -655,15 +658,25 @@ fn auto_marks(
     prompt_cache::choose_marks(&requests, shared)
 }
 
-/// Puts the breakpoint `cache = "auto"` chose on a line, for an hour in the batch lane (which
-/// can take longer than 5 minutes to reach every request) and 5 minutes in real time (each read
-/// renews it).
-fn add_mark(line: &mut ValidLine, block: usize, lane: crate::model::state::Lane) {
-    let one_hour = lane == crate::model::state::Lane::Batch;
-    if let Some(params) = prompt_cache::add_breakpoint(&line.params, block, one_hour) {
+/// Puts the breakpoint `cache = "auto"` chose on a line, for 5 minutes (each read in real time
+/// renews it; [`for_batches`] makes it an hour once the line's lane is known).
+fn add_mark(line: &mut ValidLine, block: usize) {
+    if let Some(params) = prompt_cache::add_breakpoint(&line.params, block, false) {
         line.cache = prompt_cache::prefix(&params);
         line.params = params;
         line.cache_added = true;
+    }
+}
+
+/// A breakpoint `cache = "auto"` added, made an hour long for the batch lane: a batch can take
+/// longer than 5 minutes to reach every request, and the docs recommend the hour. The prefix is
+/// the same (its key leaves the mark out).
+fn for_batches(line: &mut ValidLine) {
+    if let Some(params) = prompt_cache::to_one_hour(&line.params) {
+        line.params = params;
+        if let Some(cache) = &mut line.cache {
+            cache.ttl_ms = prompt_cache::ONE_HOUR_MS;
+        }
     }
 }
 
@@ -672,7 +685,6 @@ fn submit_chunk(
     job_id: i64,
     file: &str,
     mut chunk: Vec<(u64, ParsedLine)>,
-    marks: Vec<Option<usize>>,
     progress: Progress,
 ) -> tokio::sync::oneshot::Receiver<store::Result<()>> {
     let file = file.to_owned();
@@ -690,10 +702,12 @@ fn submit_chunk(
             };
             planner::decide_line(line, &lanes)
         };
-        for ((_, parsed), mark) in chunk.iter_mut().zip(&marks) {
-            if let (ParsedLine::Valid(line), Some(block)) = (parsed, mark) {
-                let lane = plan(line).lane;
-                add_mark(line, *block, lane);
+        for (_, parsed) in chunk.iter_mut() {
+            if let ParsedLine::Valid(line) = parsed
+                && line.cache_added
+                && plan(line).lane == crate::model::state::Lane::Batch
+            {
+                for_batches(line);
             }
         }
         store::items::insert_chunk(conn, job_id, &file, &chunk, now, &plan)?;

@@ -18,7 +18,11 @@ pub struct CachePrefix {
 }
 
 const FIVE_MINUTES_MS: u64 = 5 * 60 * 1000;
-const ONE_HOUR_MS: u64 = 60 * 60 * 1000;
+pub const ONE_HOUR_MS: u64 = 60 * 60 * 1000;
+
+/// The mark [`add_breakpoint`] writes for 5 minutes, and for an hour.
+const MARK_5M: &str = r#""cache_control":{"type":"ephemeral"}"#;
+const MARK_1H: &str = r#""cache_control":{"type":"ephemeral","ttl":"1h"}"#;
 
 /// The blocks of a request in the cache's order, each with its kind (what the hash mixes in).
 fn blocks(params: &Value) -> Vec<(&'static str, &Value)> {
@@ -143,6 +147,14 @@ pub fn choose_marks(
             Some(block)
         })
         .collect()
+}
+
+/// A body [`add_breakpoint`] marked for 5 minutes, marked for an hour instead (a string
+/// replacement: the body had no other `cache_control`). None if it holds no such mark.
+pub fn to_one_hour(params: &str) -> Option<String> {
+    params
+        .contains(MARK_5M)
+        .then(|| params.replacen(MARK_5M, MARK_1H, 1))
 }
 
 /// The request with a `cache_control` breakpoint on block `block` (in [`blocks`] order), for an
@@ -279,6 +291,8 @@ mod tests {
         let value: Value = serde_json::from_str(&marked).expect("json");
         assert_eq!(value["system"][0]["text"], rubric.as_str());
         assert_eq!(value["system"][0]["cache_control"]["ttl"], "1h");
+        let five = add_breakpoint(&requests[0], 0, false).expect("marked");
+        assert_eq!(to_one_hour(&five).as_deref(), Some(marked.as_str()));
         assert_eq!(
             value["messages"],
             serde_json::from_str::<Value>(&requests[0]).expect("json")["messages"]

@@ -206,3 +206,37 @@ async fn cache_auto_marks_a_shared_prefix_and_off_sends_the_bodies_as_written() 
         stats.cache_write_5m_tokens
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_job_with_cache_auto_costs_under_a_third_of_the_same_batch_uncached() {
+    let env = TestEnv::new(fast_batch_fake(300), FAST_BATCHES).await;
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            unmarked_request(&format!("b-{i:03}"))
+                .replace(r#""mode":"realtime""#, r#""mode":"batch""#)
+        })
+        .collect();
+    env.write_job("nightly", (lines.join("\n") + "\n").as_bytes());
+    let daemon = env.start_daemon();
+    env.wait_done("nightly", Duration::from_secs(60)).await;
+    daemon.stop().await;
+    let results = env.results("nightly");
+    assert_eq!(succeeded(&results), 20);
+    let stats = env.fake.stats();
+    // Marked for an hour in the batch lane: the first request wrote it, the others read it.
+    assert!(stats.batch_cache_write_1h_tokens > 1_500, "{stats:?}");
+    assert_eq!(stats.batch_cache_write_5m_tokens, 0);
+    assert_eq!(
+        stats.batch_cache_read_input_tokens,
+        19 * stats.batch_cache_write_1h_tokens
+    );
+    let ledger: Value =
+        serde_json::from_slice(&env.cli(&["ledger", "--json"]).stdout).expect("ledger --json");
+    let cost = ledger["total"]["cost_usd"].as_f64().expect("cost");
+    // The same calls uncached: every prompt token at the input price (batches at half).
+    let prompt = stats.batch_input_tokens
+        + stats.batch_cache_write_1h_tokens
+        + stats.batch_cache_read_input_tokens;
+    let uncached = (prompt as f64 * 2.0 + stats.batch_output_tokens as f64 * 10.0) / 2.0 / 1e6;
+    assert!(cost < uncached * 0.3, "{cost} against {uncached} uncached");
+}

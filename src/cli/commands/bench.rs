@@ -236,9 +236,10 @@ pub async fn quota_runs(profile: Option<&str>, secs: u64, both_rules: bool) -> a
 pub enum Job {
     /// Haiku 5.5 tickets of ~400 tokens, nothing cached.
     Plain,
-    /// Sonnet 5.5 items sharing a system prompt of about `prefix_tokens` tokens that the job
-    /// marks for the cache itself (5-minute TTL), then a short question of their own.
-    Cached { prefix_tokens: u64 },
+    /// Sonnet 5.5 items sharing a system prompt of about `prefix_tokens` tokens, then a short
+    /// question of their own; `marked`: the job marks the prompt for the cache itself (5-minute
+    /// TTL), else it marks nothing and `cache = "auto"` is left to find it.
+    Cached { prefix_tokens: u64, marked: bool },
 }
 
 impl Job {
@@ -255,12 +256,22 @@ impl Job {
                 r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":256,"messages":[{{"role":"user","content":"Ticket {i}: {}"}}]}}}}"#,
                 "the parcel arrived late and damaged, please advise; ".repeat(30)
             ),
-            Job::Cached { prefix_tokens } => {
+            Job::Cached {
+                prefix_tokens,
+                marked,
+            } => {
                 // A token is about four characters.
                 let sentence = "Grade the answer against the rubric, citing each point. ";
                 let rubric = sentence.repeat((prefix_tokens * 4) as usize / sentence.len() + 1);
+                let system = if marked {
+                    format!(
+                        r#"[{{"type":"text","text":"{rubric}","cache_control":{{"type":"ephemeral"}}}}]"#
+                    )
+                } else {
+                    format!(r#""{rubric}""#)
+                };
                 format!(
-                    r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-sonnet-5-5","max_tokens":256,"system":[{{"type":"text","text":"{rubric}","cache_control":{{"type":"ephemeral"}}}}],"messages":[{{"role":"user","content":"Answer {i}: the parcel arrived late; grade it."}}]}}}}"#
+                    r#"{{"custom_id":"q-{i:07}","mode":"realtime","params":{{"model":"claude-sonnet-5-5","max_tokens":256,"system":{system},"messages":[{{"role":"user","content":"Answer {i}: the parcel arrived late; grade it."}}]}}}}"#
                 )
             }
         }
@@ -273,20 +284,26 @@ pub async fn cache_runs(
     profile: Option<&str>,
     secs: u64,
     prefix_tokens: u64,
+    auto: bool,
 ) -> anyhow::Result<()> {
     let profile = PROFILES
         .into_iter()
         .find(|p| p.name == profile.unwrap_or("tier1"))
         .context("unknown profile; use tier1 or fast")?;
+    let job = Job::Cached {
+        prefix_tokens,
+        marked: !auto,
+    };
+    println!(
+        "{}",
+        if auto {
+            "the job marks nothing; cache = \"auto\" places the breakpoint"
+        } else {
+            "the job marks its prefix itself"
+        }
+    );
     for interactive in [false, true] {
-        let run = quota(
-            profile,
-            secs,
-            interactive,
-            false,
-            Job::Cached { prefix_tokens },
-        )
-        .await?;
+        let run = quota(profile, secs, interactive, false, job).await?;
         println!("{}", run.to_text());
     }
     Ok(())
