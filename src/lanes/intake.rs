@@ -650,7 +650,7 @@ fn auto_marks(
         .map(|(_, parsed)| match parsed {
             ParsedLine::Valid(v) => {
                 let min = crate::model::catalog::min_cacheable_tokens(&v.model);
-                prompt_cache::candidate_ends(&v.params, min).map(|ends| (ends, min))
+                prompt_cache::candidate_ends(&v.params, &v.model, min).map(|ends| (ends, min))
             }
             ParsedLine::Invalid { .. } => None,
         })

@@ -142,16 +142,18 @@ impl RealtimeLane {
         let mut admitted: Vec<(i64, Ticket, OwnedSemaphorePermit)> = Vec::new();
         // Models the quota holds back are left out of the next look, so they cannot starve others.
         let mut held: Vec<String> = Vec::new();
+        // Cached prefixes another call is writing: their items are left out of the next look too.
+        let mut waiting: Vec<i64> = Vec::new();
         let mut next_try: Option<Instant> = None;
         for _ in 0..8 {
             let now = now_ms();
-            let (skip, skip_ranks) = (held.clone(), closed.clone());
+            let (skip, skip_ranks, skip_prefixes) = (held.clone(), closed.clone(), waiting.clone());
             let found = self
                 .store
                 .call(move |c| {
                     // Items a budget parked until now are ready again.
                     crate::store::budget::unpark_due(c, now)?;
-                    items::ready_realtime(c, now, limit, &skip, &skip_ranks)
+                    items::ready_realtime(c, now, limit, &skip, &skip_ranks, &skip_prefixes)
                 })
                 .await;
             let ready = match found {
@@ -175,7 +177,8 @@ impl RealtimeLane {
                 }
                 break;
             }
-            let (held_before, closed_before) = (held.len(), closed.len());
+            let (held_before, closed_before, waiting_before) =
+                (held.len(), closed.len(), waiting.len());
             {
                 let mut quota = crate::lock(&self.quota);
                 let now = Instant::now();
@@ -205,6 +208,9 @@ impl RealtimeLane {
                     {
                         let again = now + CACHE_LOOK;
                         next_try = Some(next_try.map_or(again, |t: Instant| t.min(again)));
+                        if !waiting.contains(&prefix.key) {
+                            waiting.push(prefix.key);
+                        }
                         continue;
                     }
                     let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -227,7 +233,9 @@ impl RealtimeLane {
                 }
             }
             // Look again only if a model or class was newly held back and permits are left.
-            let newly_held = held.len() > held_before || closed.len() > closed_before;
+            let newly_held = held.len() > held_before
+                || closed.len() > closed_before
+                || waiting.len() > waiting_before;
             if !newly_held || permits.available_permits() == 0 || admitted.len() >= max_admit {
                 break;
             }

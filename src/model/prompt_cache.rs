@@ -106,32 +106,59 @@ pub fn prefix(params: &str) -> Option<CachePrefix> {
     })
 }
 
-/// After each block of a request: the hash of the prefix up to it, and its bytes.
-pub type PrefixEnds = Vec<(u64, u64)>;
+/// After each block of a request: the hash of the prefix up to it (and the model: caches are per
+/// model), its bytes, and whether the block may carry a breakpoint.
+pub type PrefixEnds = Vec<(u64, u64, bool)>;
 
-/// `cache = "auto"`: the prefixes a request could share, as (hash, bytes) after each block, for
+/// Whether the API takes `cache_control` on a block: not on thinking blocks, nor on an empty
+/// text (which it refuses anyway, marked or not).
+fn markable(block: &Value) -> bool {
+    match block {
+        Value::String(text) => !text.is_empty(),
+        Value::Object(object) => match object.get("type").and_then(Value::as_str) {
+            Some("thinking" | "redacted_thinking") | None => false,
+            Some("text") => object
+                .get("text")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty()),
+            Some(_) => true,
+        },
+        _ => false,
+    }
+}
+
+/// `cache = "auto"`: the prefixes a request of `model` could share, after each block, for
 /// [`choose_marks`]. None for a request that marks the cache itself (left as written), one too
 /// short to hold a prefix of `min_tokens`, or one that cannot be read.
-pub fn candidate_ends(params: &str, min_tokens: u64) -> Option<PrefixEnds> {
+pub fn candidate_ends(params: &str, model: &str, min_tokens: u64) -> Option<PrefixEnds> {
     if (params.len() as u64) < min_tokens * 4 || params.contains("\"cache_control\"") {
         return None; // too short to cache anything, or marked already: without parsing
     }
     let params: Value = serde_json::from_str(params).ok()?;
-    Some(prefix_ends(&blocks(&params)))
+    let blocks = blocks(&params);
+    Some(
+        prefix_ends(&blocks)
+            .into_iter()
+            .zip(&blocks)
+            .map(|((hash, bytes), (_, block))| {
+                (fnv(hash, model.as_bytes()), bytes, markable(block))
+            })
+            .collect(),
+    )
 }
 
 /// For each request of a job (its [`candidate_ends`], with its model's minimum cacheable size
 /// in tokens), the block to mark: the last block of the longest prefix it shares with another
-/// request of the job, when that prefix is at least the minimum (a token per four bytes).
-/// `known` carries the prefixes found shared in earlier chunks of the job, so a request shares
-/// with those too.
+/// request of the job on the same model, when that prefix is at least the minimum (a token per
+/// four bytes) and its last block may carry a breakpoint. `known` carries the prefixes found
+/// shared in earlier chunks of the job, so a request shares with those too.
 pub fn choose_marks(
     requests: &[Option<(PrefixEnds, u64)>],
     known: &mut std::collections::HashSet<u64>,
 ) -> Vec<Option<usize>> {
     let mut seen: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     for (ends, _) in requests.iter().flatten() {
-        for (hash, _) in ends {
+        for (hash, ..) in ends {
             *seen.entry(*hash).or_default() += 1;
         }
     }
@@ -139,8 +166,9 @@ pub fn choose_marks(
         .iter()
         .map(|request| {
             let (ends, min_tokens) = request.as_ref()?;
-            let block = ends.iter().rposition(|(hash, bytes)| {
-                bytes.div_ceil(4) >= *min_tokens
+            let block = ends.iter().rposition(|(hash, bytes, markable)| {
+                *markable
+                    && bytes.div_ceil(4) >= *min_tokens
                     && (seen.get(hash).is_some_and(|n| *n >= 2) || known.contains(hash))
             })?;
             known.insert(ends[block].0);
@@ -168,7 +196,8 @@ pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<Stri
     }
     let mut left = block;
     // Each place a block can be, in order: a list of blocks, or one string to turn into a block.
-    let mark = |slot: &mut Value, left: &mut usize| -> Option<bool> {
+    // `counted`: a value that is neither is a block of its own (message content), or none.
+    let mark = |slot: &mut Value, left: &mut usize, counted: bool| -> Option<bool> {
         match slot {
             Value::Array(items) => {
                 if *left < items.len() {
@@ -189,20 +218,24 @@ pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<Stri
                 *left -= 1;
                 Some(false)
             }
-            _ => Some(false),
+            _ if counted && *left == 0 => None,
+            _ => {
+                *left -= usize::from(counted);
+                Some(false)
+            }
         }
     };
     let object = params.as_object_mut()?;
     for key in ["tools", "system"] {
         if let Some(slot) = object.get_mut(key)
-            && mark(slot, &mut left)?
+            && mark(slot, &mut left, false)?
         {
             return serde_json::to_string(&params).ok();
         }
     }
     for message in object.get_mut("messages")?.as_array_mut()? {
         if let Some(slot) = message.get_mut("content")
-            && mark(slot, &mut left)?
+            && mark(slot, &mut left, true)?
         {
             return serde_json::to_string(&params).ok();
         }
@@ -276,7 +309,7 @@ mod tests {
         ];
         let ends: Vec<_> = requests
             .iter()
-            .map(|r| candidate_ends(r, 1_024).map(|e| (e, 1_024)))
+            .map(|r| candidate_ends(r, "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)))
             .collect();
         assert!(ends[2].is_none(), "too short to hold a cacheable prefix");
         let mut known = std::collections::HashSet::new();
@@ -284,7 +317,10 @@ mod tests {
         // The rubric (block 0) is shared by the first two; the fifth shares nothing.
         assert_eq!(marks, vec![Some(0), Some(0), None, None, None]);
         // A later chunk's request with the same rubric is marked by what was found before.
-        let later = vec![candidate_ends(&plain(&rubric, "sixth?"), 1_024).map(|e| (e, 1_024))];
+        let later = vec![
+            candidate_ends(&plain(&rubric, "sixth?"), "claude-sonnet-5-5", 1_024)
+                .map(|e| (e, 1_024)),
+        ];
         assert_eq!(choose_marks(&later, &mut known), vec![Some(0)]);
         // The mark: the string system prompt becomes a block that carries it.
         let marked = add_breakpoint(&requests[0], 0, true).expect("marked");
@@ -306,7 +342,37 @@ mod tests {
                 .key
         );
         // Requests that mark the cache themselves are left to themselves.
-        assert_eq!(candidate_ends(&marked, 1_024), None);
+        assert_eq!(candidate_ends(&marked, "claude-sonnet-5-5", 1_024), None);
+        // The same rubric on another model shares nothing with it (caches are per model).
+        let other_model = requests[0].replace("claude-sonnet-5-5", "claude-opus-5-5");
+        let pair = vec![
+            candidate_ends(&requests[0], "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)),
+            candidate_ends(&other_model, "claude-opus-5-5", 1_024).map(|e| (e, 1_024)),
+        ];
+        assert_eq!(
+            choose_marks(&pair, &mut std::collections::HashSet::new()),
+            vec![None, None]
+        );
+        // A shared thinking block is not marked: the mark goes on the shared block before it.
+        let thinking = |question: &str| {
+            serde_json::json!({
+                "model": "claude-sonnet-5-5", "max_tokens": 5, "system": rubric,
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": [{"type": "thinking", "thinking": "t", "signature": "s"}]},
+                    {"role": "user", "content": question}
+                ]
+            })
+            .to_string()
+        };
+        let turns = vec![
+            candidate_ends(&thinking("a?"), "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)),
+            candidate_ends(&thinking("b?"), "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)),
+        ];
+        assert_eq!(
+            choose_marks(&turns, &mut std::collections::HashSet::new()),
+            vec![Some(1), Some(1)]
+        );
         // A message block can carry it too: block 1 is the first message's content.
         let in_message = add_breakpoint(&requests[0], 1, false).expect("marked");
         let value: Value = serde_json::from_str(&in_message).expect("json");

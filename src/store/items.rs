@@ -156,24 +156,27 @@ pub struct ReadyItem {
 }
 
 /// Pending real-time items whose backoff has passed, highest priority first, then in line order,
-/// leaving out models in `skip` (held by the quota), so they cannot starve the others, and
-/// priority classes in `closed_ranks` (outside their time window).
+/// leaving out models in `skip` (held by the quota), so they cannot starve the others, priority
+/// classes in `closed_ranks` (outside their time window), and items marking a cached prefix in
+/// `waiting_prefixes` (another call is writing it).
 pub fn ready_realtime(
     conn: &Connection,
     now: i64,
     limit: i64,
     skip: &[String],
     closed_ranks: &[i64],
+    waiting_prefixes: &[i64],
 ) -> Result<Vec<ReadyItem>> {
     let placeholders = (0..skip.len())
-        .map(|i| format!("?{}", i + 4))
+        .map(|i| format!("?{}", i + 5))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms
          FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
-           AND priority IN (SELECT value FROM json_each(?3)) {}
+           AND priority IN (SELECT value FROM json_each(?3))
+           AND (cache_key IS NULL OR cache_key NOT IN (SELECT value FROM json_each(?4))) {}
          ORDER BY priority, id LIMIT ?2",
         if skip.is_empty() {
             String::new()
@@ -186,7 +189,8 @@ pub fn ready_realtime(
     // past every item of a closed one (0.1 ms instead of 90 ms with a million held nightly items).
     let open = crate::policy::window::open_ranks(closed_ranks);
     let open = serde_json::to_string(&open).unwrap_or_else(|_| "[]".into());
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open];
+    let waiting = serde_json::to_string(waiting_prefixes).unwrap_or_else(|_| "[]".into());
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open, &waiting];
     values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
     let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
@@ -543,7 +547,7 @@ mod tests {
         let conn = test_connection();
         let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a")]);
-        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
         let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
@@ -570,7 +574,7 @@ mod tests {
         )
         .expect("record");
         assert!(
-            ready_realtime(&conn, 20, 10, &[], &[])
+            ready_realtime(&conn, 20, 10, &[], &[], &[])
                 .expect("ready")
                 .is_empty()
         );
@@ -615,7 +619,7 @@ mod tests {
                 with("h", "high"),
             ],
         );
-        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         let order: Vec<i64> = ready.iter().map(|r| r.priority).collect();
         assert_eq!(
             order,
@@ -629,7 +633,7 @@ mod tests {
         let conn = test_connection();
         let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
-        let ready = ready_realtime(&conn, 10, 10, &[], &[]).expect("ready");
+        let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
         let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 30).expect("mark");

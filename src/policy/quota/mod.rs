@@ -332,9 +332,11 @@ impl Quota {
             (Answer::Ran, Some(u)) => Some(u),
             _ => None,
         };
-        // Whether the cache did as expected: only then does the answer calibrate the estimate
-        // (a prefix expected read and written instead says nothing of the estimate's error).
-        let mut as_expected = true;
+        // Whether the answer may calibrate the estimate: not when the cache did otherwise than
+        // expected, nor when it read the prefix (what is charged then is mostly the body's JSON
+        // wrapping, a different ratio of tokens to bytes from a whole prompt's, which would
+        // make the ratio under-reserve every uncached call of the class).
+        let mut calibrates = true;
         if let Some((prefix, prediction)) = &ticket.cache {
             self.cache_book.answered(
                 &ticket.model,
@@ -346,7 +348,7 @@ impl Quota {
             );
             if let Some(u) = ran {
                 let read = u.cache_read_input_tokens.unwrap_or(0) > 0;
-                as_expected = read == (*prediction == Prediction::Read);
+                calibrates = !read && *prediction != Prediction::Read;
             }
         }
         let Some(c) = self.classes.get_mut(&ticket.class) else {
@@ -391,7 +393,7 @@ impl Quota {
                 b.level = (b.level + ticket.reserved[i] - used[i]).min(b.capacity_low());
             }
         }
-        if let (Answer::Ran, Some(u), true) = (answer, usage, as_expected) {
+        if let (Answer::Ran, Some(u), true) = (answer, usage, calibrates) {
             let actual = u.rate_limited_input() as f64;
             let raw = ticket.raw_input_estimate.max(1) as f64;
             let error = (ticket.reserved[1] - actual).abs() / actual.max(1.0);

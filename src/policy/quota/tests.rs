@@ -757,26 +757,26 @@ fn a_prefix_read_from_the_cache_is_not_charged_and_its_first_call_is_waited_for(
         assert!(t.reserved[1] < 100.0, "{:?}", t.reserved);
         reads.push(t);
     }
-    // An answer that did not read (the entry expired early) is charged in full next time.
-    let missed = Usage {
+    // An answer that neither read nor wrote (the API did not cache it): the next call marking
+    // the prefix is charged in full, and is not made to wait.
+    let not_cached = Usage {
+        input_tokens: 2_050,
+        output_tokens: 10,
+        cache_creation_input_tokens: Some(0),
         cache_read_input_tokens: Some(0),
-        ..written
+        ..Default::default()
     };
     q.settle(
         &reads[0],
         Answer::Ran,
-        Some(&missed),
+        Some(&not_cached),
         &Default::default(),
         t1,
     );
-    let uncached = q
-        .try_admit(
-            &Request {
-                cache: None,
-                ..cached(2_050)
-            },
-            t1 + Duration::from_secs(60),
-        )
+    assert!(!q.cache_waits("m", &prefix, t1));
+    let full = q
+        .try_admit(&cached(2_050), t1 + Duration::from_secs(60))
         .expect("admitted");
-    assert!(uncached.reserved[1] > 1_000.0, "{:?}", uncached.reserved);
+    assert_eq!(full.raw_input_estimate, 2_050, "{full:?}");
+    assert!(full.reserved[1] > 1_000.0, "{:?}", full.reserved);
 }
