@@ -661,8 +661,8 @@ fn auto_marks(
 /// Puts the breakpoint `cache = "auto"` chose on a line, for 5 minutes (each read in real time
 /// renews it; [`for_batches`] makes it an hour once the line's lane is known).
 fn add_mark(line: &mut ValidLine, block: usize) {
-    if let Some(params) = prompt_cache::add_breakpoint(&line.params, block, false) {
-        line.cache = prompt_cache::prefix(&params);
+    if let Some((params, prefix)) = prompt_cache::add_breakpoint(&line.params, block, false) {
+        line.cache = Some(prefix);
         line.params = params;
         line.cache_added = true;
     }

@@ -84,8 +84,12 @@ pub fn prefix(params: &str) -> Option<CachePrefix> {
     if !params.contains("\"cache_control\"") {
         return None; // the common case, without parsing
     }
-    let params: Value = serde_json::from_str(params).ok()?;
-    let blocks = blocks(&params);
+    prefix_of(&serde_json::from_str(params).ok()?)
+}
+
+/// [`prefix`] of a body already parsed.
+fn prefix_of(params: &Value) -> Option<CachePrefix> {
+    let blocks = blocks(params);
     let marked = |b: &Value| b.get("cache_control").cloned();
     let (end, control) = match blocks.iter().rposition(|(_, b)| marked(b).is_some()) {
         Some(i) => (i, marked(blocks[i].1)?),
@@ -186,9 +190,9 @@ pub fn to_one_hour(params: &str) -> Option<String> {
 }
 
 /// The request with a `cache_control` breakpoint on block `block` (in [`blocks`] order), for an
-/// hour or 5 minutes; a string system prompt or message content becomes one text block to carry
-/// it. None if the body cannot be read or has no such block.
-pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<String> {
+/// hour or 5 minutes, and the prefix it now marks; a string system prompt or message content
+/// becomes one text block to carry it. None if the body cannot be read or has no such block.
+pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<(String, CachePrefix)> {
     let mut params: Value = serde_json::from_str(params).ok()?;
     let mut control = serde_json::json!({"type": "ephemeral"});
     if one_hour {
@@ -226,21 +230,25 @@ pub fn add_breakpoint(params: &str, block: usize, one_hour: bool) -> Option<Stri
         }
     };
     let object = params.as_object_mut()?;
+    let mut found = false;
     for key in ["tools", "system"] {
         if let Some(slot) = object.get_mut(key)
-            && mark(slot, &mut left, false)?
+            && !found
         {
-            return serde_json::to_string(&params).ok();
+            found = mark(slot, &mut left, false)?;
         }
     }
     for message in object.get_mut("messages")?.as_array_mut()? {
         if let Some(slot) = message.get_mut("content")
-            && mark(slot, &mut left, true)?
+            && !found
         {
-            return serde_json::to_string(&params).ok();
+            found = mark(slot, &mut left, true)?;
         }
     }
-    None
+    if !found {
+        return None;
+    }
+    Some((serde_json::to_string(&params).ok()?, prefix_of(&params)?))
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -323,24 +331,21 @@ mod tests {
         ];
         assert_eq!(choose_marks(&later, &mut known), vec![Some(0)]);
         // The mark: the string system prompt becomes a block that carries it.
-        let marked = add_breakpoint(&requests[0], 0, true).expect("marked");
+        let (marked, p) = add_breakpoint(&requests[0], 0, true).expect("marked");
         let value: Value = serde_json::from_str(&marked).expect("json");
         assert_eq!(value["system"][0]["text"], rubric.as_str());
         assert_eq!(value["system"][0]["cache_control"]["ttl"], "1h");
-        let five = add_breakpoint(&requests[0], 0, false).expect("marked");
+        let (five, _) = add_breakpoint(&requests[0], 0, false).expect("marked");
         assert_eq!(to_one_hour(&five).as_deref(), Some(marked.as_str()));
         assert_eq!(
             value["messages"],
             serde_json::from_str::<Value>(&requests[0]).expect("json")["messages"]
         );
-        let p = prefix(&marked).expect("a prefix");
+        // The prefix it returns is the one the marked body names.
+        assert_eq!(prefix(&marked), Some(p));
         assert_eq!(p.ttl_ms, 3_600_000);
-        assert_eq!(
-            p.key,
-            prefix(&add_breakpoint(&requests[1], 0, false).expect("marked"))
-                .expect("a prefix")
-                .key
-        );
+        let (_, other) = add_breakpoint(&requests[1], 0, false).expect("marked");
+        assert_eq!(p.key, other.key);
         // Requests that mark the cache themselves are left to themselves.
         assert_eq!(candidate_ends(&marked, "claude-sonnet-5-5", 1_024), None);
         // The same rubric on another model shares nothing with it (caches are per model).
@@ -374,7 +379,7 @@ mod tests {
             vec![Some(1), Some(1)]
         );
         // A message block can carry it too: block 1 is the first message's content.
-        let in_message = add_breakpoint(&requests[0], 1, false).expect("marked");
+        let (in_message, _) = add_breakpoint(&requests[0], 1, false).expect("marked");
         let value: Value = serde_json::from_str(&in_message).expect("json");
         assert_eq!(
             value["messages"][0]["content"][0]["cache_control"]["type"],

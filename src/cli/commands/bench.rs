@@ -408,15 +408,27 @@ pub async fn quota(
     let cache = matches!(job, Job::Cached { .. }).then(|| {
         let input = stats.input_tokens.saturating_sub(i_in);
         let read = stats.cache_read_input_tokens;
-        // Sonnet 5.5, USD per million tokens: input 2, 5-minute write 2.50, 1-hour write 4,
-        // read 0.10, output 10.
-        let output = used[2] as f64 * 10.0;
-        let cost = input as f64 * 2.0
-            + stats.cache_write_5m_tokens as f64 * 2.5
-            + stats.cache_write_1h_tokens as f64 * 4.0
-            + read as f64 * 0.10
-            + output;
-        let uncached = (input + written + read) as f64 * 2.0 + output;
+        // The run's usage at list prices, and the same prompts without the cache.
+        let prices = crate::policy::prices::PriceTable::default();
+        let usage = crate::model::answer::Usage {
+            input_tokens: input,
+            output_tokens: used[2],
+            cache_creation_input_tokens: Some(written),
+            cache_read_input_tokens: Some(read),
+            cache_creation: Some(crate::model::answer::CacheCreation {
+                ephemeral_5m_input_tokens: stats.cache_write_5m_tokens,
+                ephemeral_1h_input_tokens: stats.cache_write_1h_tokens,
+            }),
+        };
+        let uncached_usage = crate::model::answer::Usage {
+            input_tokens: input + written + read,
+            output_tokens: used[2],
+            ..Default::default()
+        };
+        let price = |u: &crate::model::answer::Usage| {
+            prices.cost_micro_usd(job.model(), u, false).unwrap_or(0) as f64
+        };
+        let (cost, uncached) = (price(&usage), price(&uncached_usage));
         CacheRun {
             itpm: profile.itpm,
             effective_input_per_min: (input + written + read) as f64 / elapsed * 60.0,
