@@ -106,6 +106,35 @@ pub fn render(s: &Scrape) -> String {
             })
             .collect(),
     );
+    family(
+        "nightshift_cache_saved_usd_total",
+        "counter",
+        "What the prompt cache saved, US dollars by tenant, from the ledger: the calls' cost had their cache tokens been plain input, less their cost (it falls when a write costs more than reads repay).",
+        s.tenants
+            .iter()
+            .map(|t| {
+                (
+                    labels(&[("tenant", &t.tenant)]),
+                    t.totals.cache_saved_micro_usd as f64 / 1e6,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "nightshift_cache_hit_ratio",
+        "gauge",
+        "Share of the prompt-cache tokens read rather than written, by tenant, from the ledger (tenants that used the cache).",
+        s.tenants
+            .iter()
+            .filter_map(|t| {
+                let hit = crate::policy::prices::cache_hit_ratio(
+                    t.totals.cache_read_input_tokens,
+                    t.totals.cache_creation_input_tokens,
+                )?;
+                Some((labels(&[("tenant", &t.tenant)]), hit))
+            })
+            .collect(),
+    );
     let dims =
         |f: &dyn Fn(&crate::policy::quota::DimSnapshot) -> Option<f64>| -> Vec<(String, f64)> {
             let mut out = Vec::new();
@@ -405,6 +434,9 @@ mod tests {
                     input_tokens: 10,
                     output_tokens: 20,
                     cost_micro_usd: 1_500,
+                    cache_read_input_tokens: 900,
+                    cache_creation_input_tokens: 100,
+                    cache_saved_micro_usd: 2_500,
                     ..Default::default()
                 },
             }],
@@ -425,6 +457,14 @@ mod tests {
         );
         assert!(
             text.contains("nightshift_cost_usd_total{tenant=\"acme \\\"eu\\\"\"} 0.0015\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nightshift_cache_saved_usd_total{tenant=\"acme \\\"eu\\\"\"} 0.0025\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nightshift_cache_hit_ratio{tenant=\"acme \\\"eu\\\"\"} 0.9\n"),
             "{text}"
         );
         assert!(

@@ -80,6 +80,23 @@ impl PriceTable {
         Some(p.charge(usage.input_tokens + write_5m + write_1h + read, full, batch))
     }
 
+    /// What the prompt cache saved on a call, in millionths of a dollar: its cost had every token
+    /// it wrote to or read from the cache been plain input, less its cost. Negative when a write
+    /// cost more than the reads saved. None when the model has no price.
+    pub fn cache_saved_micro_usd(&self, model: &str, usage: &Usage, batch: bool) -> Option<i64> {
+        let uncached = Usage {
+            input_tokens: usage.input_tokens
+                + usage.cache_creation_input_tokens.unwrap_or(0)
+                + usage.cache_read_input_tokens.unwrap_or(0),
+            output_tokens: usage.output_tokens,
+            ..Default::default()
+        };
+        Some(
+            self.cost_micro_usd(model, &uncached, batch)?
+                - self.cost_micro_usd(model, usage, batch)?,
+        )
+    }
+
     /// The most a request can cost, in millionths of a dollar: its input (priced as a 1-hour cache
     /// write, 2× input, when it asks for caching: the dearest case) and all of its `max_tokens`.
     pub fn worst_case_micro_usd(
@@ -115,6 +132,13 @@ impl PriceTable {
         };
         Some(self.cost_micro_usd(model, &usage, batch)? as f64 / 1e6)
     }
+}
+
+/// The prompt cache's hit rate: the share of cache tokens read rather than written (None when the
+/// cache was not used).
+pub fn cache_hit_ratio(read_tokens: i64, written_tokens: i64) -> Option<f64> {
+    let all = read_tokens + written_tokens;
+    (all > 0).then(|| read_tokens as f64 / all as f64)
 }
 
 /// The list price of a model (dated ids such as `claude-haiku-4-5-20251001` included), or None
@@ -217,6 +241,29 @@ mod tests {
         assert_eq!(
             cost_micro_usd("claude-opus-5-5", &split, false),
             Some(4_000 + 2_000 + 2_500 + 12_000 + 2_000)
+        );
+        // Saved: the 12,000 cache tokens as plain input (36,000) against what they cost
+        // (1,875 + 9,000 + 3,000); halved in a batch.
+        let saved = |u: &Usage, batch| {
+            PriceTable::default().cache_saved_micro_usd("claude-sonnet-4-5", u, batch)
+        };
+        assert_eq!(saved(&split, false), Some(36_000 - 13_875));
+        assert_eq!(
+            saved(&split, true),
+            Some(20_250 - 9_188),
+            "each side rounded"
+        );
+        // A write no read repays costs more than it saves.
+        let write_only = Usage {
+            input_tokens: 10,
+            cache_creation_input_tokens: Some(1_000),
+            ..Default::default()
+        };
+        assert_eq!(saved(&write_only, false), Some(3_030 - 3_780));
+        assert_eq!(saved(&Usage::default(), false), Some(0));
+        assert_eq!(
+            PriceTable::default().cache_saved_micro_usd("claude-mystery-1", &split, false),
+            None
         );
     }
 

@@ -67,7 +67,8 @@ pub struct TenantTotals {
 pub fn tenant_totals(conn: &Connection) -> Result<Vec<TenantTotals>> {
     let mut stmt = conn.prepare(
         "SELECT tenant, SUM(requests), SUM(input_tokens), SUM(output_tokens),
-                SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens), SUM(spent_micro_usd)
+                SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens), SUM(spent_micro_usd),
+                SUM(cache_saved_micro_usd)
          FROM tenant_days GROUP BY tenant ORDER BY tenant",
     )?;
     let rows = stmt.query_map([], |r| {

@@ -93,9 +93,9 @@ pub fn record_all(
         format!(
             "INSERT INTO ledger (at, lane, request_id, tenant, job_id, item_id, model, input_tokens,
                     output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-                    cache_write_1h_tokens, cost_micro_usd, retry_of_unknown)
+                    cache_write_1h_tokens, cost_micro_usd, retry_of_unknown, cache_saved_micro_usd)
              VALUES {}",
-            super::value_rows(rows, 14, 0)
+            super::value_rows(rows, 15, 0)
         )
     };
     let lane_name = lane.as_str();
@@ -104,7 +104,8 @@ pub fn record_all(
             .iter()
             .map(|c| {
                 let (w, u) = (c.whose, c.usage);
-                let cost = prices.cost_micro_usd(&w.model, u, lane == Lane::Batch);
+                let batch = lane == Lane::Batch;
+                let cost = prices.cost_micro_usd(&w.model, u, batch);
                 if cost.is_none() {
                     unpriced.insert(w.model.as_str());
                 }
@@ -115,11 +116,15 @@ pub fn record_all(
                     u.cache_read_input_tokens.unwrap_or(0) as i64,
                     u.cache_writes().1 as i64,
                     cost,
+                    prices
+                        .cache_saved_micro_usd(&w.model, u, batch)
+                        .unwrap_or(0),
                 )
             })
             .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 14);
-        for (c, (input, output, written, read, written_1h, cost)) in group.iter().zip(&rows) {
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 15);
+        for (c, (input, output, written, read, written_1h, cost, saved)) in group.iter().zip(&rows)
+        {
             let w = c.whose;
             values.extend([
                 &now as &dyn rusqlite::ToSql,
@@ -136,6 +141,7 @@ pub fn record_all(
                 written_1h,
                 cost,
                 &w.retry_of_unknown,
+                saved,
             ]);
         }
         conn.prepare_cached(sql)?
@@ -146,6 +152,31 @@ pub fn record_all(
         tracing::warn!(%model, "this model has no price: its cost is left out of the ledger's sums and flagged; add [prices.\"{model}\"] to the config");
     }
     Ok(())
+}
+
+/// A job's use of the prompt cache, from its ledger rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CacheUse {
+    pub read_tokens: i64,
+    pub written_tokens: i64,
+    pub saved_micro_usd: i64,
+}
+
+pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(cache_read_input_tokens), 0),
+                    COALESCE(SUM(cache_creation_input_tokens), 0),
+                    COALESCE(SUM(cache_saved_micro_usd), 0)
+             FROM ledger WHERE job_id = ?1",
+        )?
+        .query_row([job_id], |r| {
+            Ok(CacheUse {
+                read_tokens: r.get(0)?,
+                written_tokens: r.get(1)?,
+                saved_micro_usd: r.get(2)?,
+            })
+        })?)
 }
 
 /// How `nightshift ledger` groups rows.
@@ -177,6 +208,9 @@ pub struct Sums {
     pub cache_creation_input_tokens: i64,
     pub cache_read_input_tokens: i64,
     pub cost_micro_usd: i64,
+    /// What the prompt cache saved: these calls' cost had their cache tokens been plain input,
+    /// less their cost (negative when writes cost more than reads saved).
+    pub cache_saved_micro_usd: i64,
     /// Rows whose model has no price: their cost is not in `cost_micro_usd`.
     pub unpriced_requests: i64,
     /// Billed calls that retried an unknown outcome (the API may have run the request twice).
@@ -184,8 +218,8 @@ pub struct Sums {
 }
 
 impl Sums {
-    /// The six billed columns from column `first` on: requests, input, output, cache writes,
-    /// cache reads, cost (the other two sums 0).
+    /// The seven billed columns from column `first` on: requests, input, output, cache writes,
+    /// cache reads, cost, cache savings (the other two sums 0).
     pub fn billed_columns(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
         Ok(Sums {
             requests: r.get(first)?,
@@ -194,6 +228,7 @@ impl Sums {
             cache_creation_input_tokens: r.get(first + 3)?,
             cache_read_input_tokens: r.get(first + 4)?,
             cost_micro_usd: r.get(first + 5)?,
+            cache_saved_micro_usd: r.get(first + 6)?,
             unpriced_requests: 0,
             retries_of_unknown: 0,
         })
@@ -206,6 +241,7 @@ impl Sums {
         self.cache_creation_input_tokens += other.cache_creation_input_tokens;
         self.cache_read_input_tokens += other.cache_read_input_tokens;
         self.cost_micro_usd += other.cost_micro_usd;
+        self.cache_saved_micro_usd += other.cache_saved_micro_usd;
         self.unpriced_requests += other.unpriced_requests;
         self.retries_of_unknown += other.retries_of_unknown;
     }
@@ -222,7 +258,7 @@ pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(S
     let sql = format!(
         "SELECT {key}, COUNT(*), SUM(l.input_tokens), SUM(l.output_tokens), SUM(l.cache_creation_input_tokens),
                 SUM(l.cache_read_input_tokens), COALESCE(SUM(l.cost_micro_usd), 0),
-                SUM(l.cost_micro_usd IS NULL), SUM(l.retry_of_unknown)
+                SUM(l.cache_saved_micro_usd), SUM(l.cost_micro_usd IS NULL), SUM(l.retry_of_unknown)
          FROM ledger l JOIN jobs j ON j.id = l.job_id
          WHERE (?1 IS NULL OR l.tenant = ?1) AND (?2 IS NULL OR j.name = ?2)
            AND (?3 IS NULL OR l.at >= ?3) AND (?4 IS NULL OR l.at < ?4)
@@ -235,8 +271,8 @@ pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(S
             Ok((
                 r.get::<_, String>(0)?,
                 Sums {
-                    unpriced_requests: r.get(7)?,
-                    retries_of_unknown: r.get(8)?,
+                    unpriced_requests: r.get(8)?,
+                    retries_of_unknown: r.get(9)?,
                     ..Sums::billed_columns(r, 1)?
                 },
             ))

@@ -39,12 +39,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0008_learned.sql")),
         M::up(include_str!("../../migrations/0009_cache_ttl.sql")),
         M::up(include_str!("../../migrations/0010_cache_prefix.sql")),
+        M::up(include_str!("../../migrations/0011_cache_saved.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    10
+    11
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,50 @@ async fn the_ledger_holds_what_the_cache_charged_in_both_lanes() {
         .sum();
     let micros = (total["cost_usd"].as_f64().expect("cost") * 1e6).round() as i64;
     assert_eq!(micros, expected, "{total}");
+    // What the cache saved: each call priced with its cache tokens as plain input, less its cost.
+    let saved: i64 = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let usage = &by_id[id.as_str()]["result"]["message"]["usage"];
+            let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+            let plain = serde_json::json!({
+                "input_tokens": n("input_tokens") + n("cache_creation_input_tokens")
+                    + n("cache_read_input_tokens"),
+                "output_tokens": n("output_tokens"),
+            });
+            priced(&plain, i >= 20) - priced(usage, i >= 20)
+        })
+        .sum();
+    assert!(
+        saved > micros,
+        "reads of a 2,000-token rubric save most of it"
+    );
+    let usd = |v: &Value| (v.as_f64().expect("usd") * 1e6).round() as i64;
+    assert_eq!(usd(&total["cache_saved_usd"]), saved, "{total}");
+    // `job` and `status` show the same hit rate and savings.
+    let job: Value =
+        serde_json::from_slice(&env.cli(&["job", "graded", "--json"]).stdout).expect("job --json");
+    let hit = read as f64 / (read + written) as f64;
+    assert!(
+        (job["cache"]["hit_rate"].as_f64().expect("hit rate") - hit).abs() < 1e-9,
+        "{job}"
+    );
+    assert_eq!(usd(&job["cache"]["saved_usd"]), saved);
+    let text = String::from_utf8(env.cli(&["job", "graded"]).stdout).expect("utf-8");
+    assert!(
+        text.contains(&format!(
+            "hit rate {:.1} %, ${:.4} saved",
+            hit * 100.0,
+            saved as f64 / 1e6
+        )),
+        "{text}"
+    );
+    let status: Value =
+        serde_json::from_slice(&env.cli(&["status", "--json"]).stdout).expect("status --json");
+    let graded = &status["jobs"][0];
+    assert_eq!(graded["cache_hit_rate"], job["cache"]["hit_rate"]);
+    assert_eq!(usd(&graded["cache_saved_usd"]), saved);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,11 @@ pub struct JobCache {
     /// Billed tokens read from and written to the cache (the ledger's).
     pub read_tokens: i64,
     pub written_tokens: i64,
+    /// `read_tokens` over both (null when the cache was not used).
+    pub hit_rate: Option<f64>,
+    /// What the cache saved, USD: the calls' cost had their cache tokens been plain input, less
+    /// their cost (negative when writes cost more than reads saved).
+    pub saved_usd: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -108,14 +113,13 @@ pub fn job(
             error,
         })
         .collect();
-    let (breakpoints_added, items_cached, read_tokens, written_tokens) = conn.query_row(
+    let (breakpoints_added, items_cached) = conn.query_row(
         "SELECT (SELECT COALESCE(SUM(cache_added), 0) FROM items WHERE job_id = ?1),
-                (SELECT COUNT(*) FROM items WHERE job_id = ?1 AND cache_key IS NOT NULL),
-                (SELECT COALESCE(SUM(cache_read_input_tokens), 0) FROM ledger WHERE job_id = ?1),
-                (SELECT COALESCE(SUM(cache_creation_input_tokens), 0) FROM ledger WHERE job_id = ?1)",
+                (SELECT COUNT(*) FROM items WHERE job_id = ?1 AND cache_key IS NOT NULL)",
         [job.id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
+    let used = crate::store::ledger::job_cache_use(conn, job.id)?;
     let cache = JobCache {
         mode: job
             .defaults
@@ -124,8 +128,10 @@ pub fn job(
             .as_str(),
         breakpoints_added,
         items_cached,
-        read_tokens,
-        written_tokens,
+        read_tokens: used.read_tokens,
+        written_tokens: used.written_tokens,
+        hit_rate: status.cache_hit_rate,
+        saved_usd: status.cache_saved_usd,
     };
     Ok(Some(JobReport {
         cache,
@@ -198,8 +204,20 @@ impl JobReport {
         let k = &self.cache;
         let _ = writeln!(
             out,
-            "cache      {}: {} items mark a prefix ({} breakpoints added by nightshift); {} tokens read, {} written",
-            k.mode, k.items_cached, k.breakpoints_added, k.read_tokens, k.written_tokens
+            "cache      {}: {} items mark a prefix ({} breakpoints added by nightshift); {} tokens read, {} written{}",
+            k.mode,
+            k.items_cached,
+            k.breakpoints_added,
+            k.read_tokens,
+            k.written_tokens,
+            match k.hit_rate {
+                Some(hit) => format!(
+                    "; hit rate {:.1} %, {} saved",
+                    hit * 100.0,
+                    super::format_usd(k.saved_usd)
+                ),
+                None => String::new(),
+            }
         );
         let b = &self.budget;
         if b.downgraded > 0 || b.held > 0 {

@@ -76,6 +76,11 @@ pub struct JobStatus {
     pub lanes: Lanes,
     pub batches: Vec<BatchStatus>,
     pub results_file: String,
+    /// The prompt cache's hit rate: the share of its tokens read rather than written (null when
+    /// the job has not used the cache).
+    pub cache_hit_rate: Option<f64>,
+    /// What the cache saved the job so far, USD (see `nightshift ledger`'s `cache_saved_usd`).
+    pub cache_saved_usd: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -152,7 +157,13 @@ pub(super) fn job_status(
             }
         })
         .collect();
+    let cache = crate::store::ledger::job_cache_use(conn, job.id)?;
     Ok(JobStatus {
+        cache_hit_rate: crate::policy::prices::cache_hit_ratio(
+            cache.read_tokens,
+            cache.written_tokens,
+        ),
+        cache_saved_usd: cache.saved_micro_usd as f64 / 1e6,
         name: job.name.clone(),
         state: job_state(conn, job, &counts)?,
         counts,

@@ -42,6 +42,9 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
             c.in_flight,
             c.errored
         ));
+        if let Some(cache) = super::cache_summary(job.cache_hit_rate, job.cache_saved_usd) {
+            lines.push(format!("{:<name_width$}  {cache}", ""));
+        }
     }
     if !limits.classes.is_empty() {
         lines.push(String::new());
@@ -84,8 +87,11 @@ pub fn plain_lines(status: &StatusReport, limits: &LimitsReport) -> Vec<String> 
         let c = &job.counts;
         let done = finished(c);
         let percent = (done * 100).checked_div(c.total).unwrap_or(100);
+        let cache = super::cache_summary(job.cache_hit_rate, job.cache_saved_usd)
+            .map(|c| format!(", {c}"))
+            .unwrap_or_default();
         lines.push(format!(
-            "job {}: {} {done}/{} ({percent}%), {} in flight, {} succeeded, {} errored",
+            "job {}: {} {done}/{} ({percent}%), {} in flight, {} succeeded, {} errored{cache}",
             job.name, job.state, c.total, c.in_flight, c.succeeded, c.errored
         ));
     }
@@ -260,6 +266,8 @@ mod tests {
                 lanes: Lanes::default(),
                 batches: vec![],
                 results_file: String::new(),
+                cache_hit_rate: Some(0.99),
+                cache_saved_usd: 1.5,
             }],
             rejected_files: vec![],
             not_taken: vec![],
@@ -303,6 +311,10 @@ mod tests {
         assert!(text.contains("45%") && text.contains("90/200"), "{text}");
         assert!(text.contains("RPM [#########.]  90%"), "{text}");
         assert!(text.contains("10/16 in flight"), "{text}");
+        assert!(
+            text.contains("\n          cache 99.0 % hit, $1.5000 saved\n"),
+            "the job's cache line, under its progress: {text}"
+        );
         let narrow = frame(&status(), &limits(), "now", 30);
         assert!(narrow.iter().all(|l| l.chars().count() <= 30), "{narrow:?}");
     }
@@ -313,7 +325,7 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "job backfill: running 90/200 (45%), 10 in flight, 88 succeeded, 2 errored",
+                "job backfill: running 90/200 (45%), 10 in flight, 88 succeeded, 2 errored, cache 99.0 % hit, $1.5000 saved",
                 "quota claude-haiku-5-5: 10 in flight, RPM 90%",
             ]
         );
