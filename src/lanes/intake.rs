@@ -542,19 +542,20 @@ fn stream_lines(
         .into());
     }
     let ctx = LineContext::new(&defaults, job.created_at, &intake.api_version);
-    // `cache = "auto"`: the prefixes found shared so far, which later chunks' requests share too.
+    // `cache = "auto"`: marked here, off the store's writer (which only makes a mark an hour
+    // long, or takes it away, for the batch lane).
     let auto_cache = defaults.cache == Some(crate::model::job::CacheMode::Auto);
-    let mut shared_prefixes = std::collections::HashSet::new();
-    // Marked here, off the store's writer (which only turns a mark into a 1-hour one for
-    // the batch lane).
+    let mut marker = prompt_cache::AutoMarker::default();
     let mut mark_chunk = |chunk: &mut Vec<(u64, ParsedLine)>| {
         if auto_cache {
-            let marks = auto_marks(chunk, &mut shared_prefixes);
-            for ((_, parsed), mark) in chunk.iter_mut().zip(marks) {
-                if let (ParsedLine::Valid(line), Some(block)) = (parsed, mark) {
-                    add_mark(line, block);
-                }
-            }
+            let mut lines: Vec<&mut ValidLine> = chunk
+                .iter_mut()
+                .filter_map(|(_, parsed)| match parsed {
+                    ParsedLine::Valid(v) => Some(v),
+                    ParsedLine::Invalid { .. } => None,
+                })
+                .collect();
+            marker.mark(&mut lines);
         }
     };
     // Deprecated models the job uses, each warned of once (in the log and the job's note).
@@ -639,47 +640,6 @@ struct Progress {
     items_estimate: u64,
 }
 
-/// `cache = "auto"`: for each line of a chunk, the block to put a breakpoint on (see
-/// [`prompt_cache::choose_marks`]), if any.
-fn auto_marks(
-    chunk: &[(u64, ParsedLine)],
-    shared: &mut std::collections::HashSet<u64>,
-) -> Vec<Option<usize>> {
-    let requests: Vec<_> = chunk
-        .iter()
-        .map(|(_, parsed)| match parsed {
-            ParsedLine::Valid(v) => {
-                let min = crate::model::catalog::min_cacheable_tokens(&v.model);
-                prompt_cache::candidate_ends(&v.params, &v.model, min).map(|ends| (ends, min))
-            }
-            ParsedLine::Invalid { .. } => None,
-        })
-        .collect();
-    prompt_cache::choose_marks(&requests, shared)
-}
-
-/// Puts the breakpoint `cache = "auto"` chose on a line, for 5 minutes (each read in real time
-/// renews it; [`for_batches`] makes it an hour once the line's lane is known).
-fn add_mark(line: &mut ValidLine, block: usize) {
-    if let Some((params, prefix)) = prompt_cache::add_breakpoint(&line.params, block, false) {
-        line.cache = Some(prefix);
-        line.params = params;
-        line.cache_added = true;
-    }
-}
-
-/// A breakpoint `cache = "auto"` added, made an hour long for the batch lane: a batch can take
-/// longer than 5 minutes to reach every request, and the docs recommend the hour. The prefix is
-/// the same (its key leaves the mark out).
-fn for_batches(line: &mut ValidLine) {
-    if let Some(params) = prompt_cache::to_one_hour(&line.params) {
-        line.params = params;
-        if let Some(cache) = &mut line.cache {
-            cache.ttl_ms = prompt_cache::ONE_HOUR_MS;
-        }
-    }
-}
-
 fn submit_chunk(
     intake: &Intake,
     job_id: i64,
@@ -707,7 +667,7 @@ fn submit_chunk(
                 && line.cache_added
                 && plan(line).lane == crate::model::state::Lane::Batch
             {
-                for_batches(line);
+                prompt_cache::for_batches(line);
             }
         }
         store::items::insert_chunk(conn, job_id, &file, &chunk, now, &plan)?;

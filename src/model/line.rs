@@ -69,6 +69,9 @@ pub struct ValidLine {
     pub cache: Option<crate::model::prompt_cache::CachePrefix>,
     /// `cache = "auto"` put a breakpoint in `params` (which are then what is sent).
     pub cache_added: bool,
+    /// The body as written, kept beside the one `cache = "auto"` marked while only two requests
+    /// are known to share its prefix: the batch lane sends it (an hour's write would not pay).
+    pub unmarked: Option<String>,
     pub tenant: String,
     pub priority: Priority,
     pub mode: Mode,
@@ -296,6 +299,7 @@ pub fn parse_line(bytes: &[u8], line: u64, ctx: &LineContext<'_>) -> ParsedLine 
         input_estimate: estimate_input_tokens(&params),
         cache: crate::model::prompt_cache::prefix(&params),
         cache_added: false,
+        unmarked: None,
         custom_id,
         params,
         model,

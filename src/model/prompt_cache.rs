@@ -4,7 +4,11 @@
 //! the prefix is named by a hash of what it holds (its `cache_control` marks left out, so a
 //! prefix marked in one request is the same as in one that marks a later block).
 
+use std::collections::HashMap;
+
 use serde_json::Value;
+
+use super::line::ValidLine;
 
 /// The prefix a request marks for the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,33 +156,112 @@ pub fn candidate_ends(params: &str, model: &str, min_tokens: u64) -> Option<Pref
 }
 
 /// For each request of a job (its [`candidate_ends`], with its model's minimum cacheable size
-/// in tokens), the block to mark: the last block of the longest prefix it shares with another
-/// request of the job on the same model, when that prefix is at least the minimum (a token per
-/// four bytes) and its last block may carry a breakpoint. `known` carries the prefixes found
-/// shared in earlier chunks of the job, so a request shares with those too.
+/// in tokens), the block to mark and how many of the job's requests are known to share the
+/// prefix up to it: the last block of the longest prefix it shares with another request of the
+/// job on the same model, when that prefix is at least the minimum (a token per four bytes) and
+/// its last block may carry a breakpoint. `known` carries the prefixes found shared in earlier
+/// chunks of the job and how many requests marked each, so a request shares with those too.
 pub fn choose_marks(
     requests: &[Option<(PrefixEnds, u64)>],
-    known: &mut std::collections::HashSet<u64>,
-) -> Vec<Option<usize>> {
-    let mut seen: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    known: &mut HashMap<u64, u32>,
+) -> Vec<Option<(usize, u32)>> {
+    let mut seen: HashMap<u64, u32> = HashMap::new();
     for (ends, _) in requests.iter().flatten() {
         for (hash, ..) in ends {
             *seen.entry(*hash).or_default() += 1;
         }
     }
-    requests
+    let marks: Vec<Option<(usize, u32)>> = requests
         .iter()
         .map(|request| {
             let (ends, min_tokens) = request.as_ref()?;
-            let block = ends.iter().rposition(|(hash, bytes, markable)| {
-                *markable
-                    && bytes.div_ceil(4) >= *min_tokens
-                    && (seen.get(hash).is_some_and(|n| *n >= 2) || known.contains(hash))
-            })?;
-            known.insert(ends[block].0);
-            Some(block)
+            let shared = |hash: &u64| {
+                let here = seen.get(hash).copied().unwrap_or(0);
+                let before = known.get(hash).copied().unwrap_or(0);
+                (here >= 2 || before > 0).then_some(here + before)
+            };
+            ends.iter()
+                .enumerate()
+                .rev()
+                .find_map(|(block, (hash, bytes, markable))| {
+                    if !*markable || bytes.div_ceil(4) < *min_tokens {
+                        return None;
+                    }
+                    Some((block, shared(hash)?))
+                })
         })
-        .collect()
+        .collect();
+    for ((ends, _), mark) in requests
+        .iter()
+        .zip(&marks)
+        .filter_map(|(r, m)| Some((r.as_ref()?, m)))
+    {
+        if let Some((block, _)) = mark {
+            *known.entry(ends[*block].0).or_default() += 1;
+        }
+    }
+    marks
+}
+
+/// Fewest requests sharing a prefix for a 1-hour mark to pay: it is written at 2× the input
+/// price and read at 0.1× (less on some models), so n requests cost 2 + 0.1·(n − 1) input-prices
+/// against n uncached: two requests pay more cached (2.1 against 2), three pay less. A 5-minute
+/// mark (1.25×) pays from two.
+pub const ONE_HOUR_MARK_MIN_SHARERS: u32 = 3;
+
+/// `cache = "auto"` over one job's requests, chunk by chunk, in file order: it remembers the
+/// prefixes found shared so far, which later chunks' requests share too.
+#[derive(Debug, Default)]
+pub struct AutoMarker {
+    known: HashMap<u64, u32>,
+}
+
+impl AutoMarker {
+    /// Puts a breakpoint, for 5 minutes, on each line of a chunk that shares a long enough prefix
+    /// with another of the job's requests ([`choose_marks`]); [`for_batches`] makes it an hour
+    /// once the line's lane is known. A line whose prefix only one other request is known to
+    /// share keeps its body as written beside (`unmarked`), for the batch lane.
+    pub fn mark(&mut self, lines: &mut [&mut ValidLine]) {
+        let requests: Vec<_> = lines
+            .iter()
+            .map(|v| {
+                let min = crate::model::catalog::min_cacheable_tokens(&v.model);
+                candidate_ends(&v.params, &v.model, min).map(|ends| (ends, min))
+            })
+            .collect();
+        let marks = choose_marks(&requests, &mut self.known);
+        for (line, mark) in lines.iter_mut().zip(marks) {
+            let Some((block, sharers)) = mark else {
+                continue;
+            };
+            if let Some((params, prefix)) = add_breakpoint(&line.params, block, false) {
+                let as_written = std::mem::replace(&mut line.params, params);
+                line.unmarked = (sharers < ONE_HOUR_MARK_MIN_SHARERS).then_some(as_written);
+                line.cache = Some(prefix);
+                line.cache_added = true;
+            }
+        }
+    }
+}
+
+/// A breakpoint `cache = "auto"` added, for the batch lane: made an hour long (a batch can take
+/// longer than 5 minutes to reach every request, and the docs recommend the hour; the prefix
+/// keeps its key, which leaves the mark out), or taken away when too few requests share the
+/// prefix for an hour's write to pay ([`ONE_HOUR_MARK_MIN_SHARERS`]).
+pub fn for_batches(line: &mut ValidLine) {
+    if !line.cache_added {
+        return;
+    }
+    if let Some(as_written) = line.unmarked.take() {
+        line.params = as_written;
+        line.cache = None;
+        line.cache_added = false;
+    } else if let Some(params) = to_one_hour(&line.params) {
+        line.params = params;
+        if let Some(cache) = &mut line.cache {
+            cache.ttl_ms = ONE_HOUR_MS;
+        }
+    }
 }
 
 /// A body [`add_breakpoint`] marked for 5 minutes, marked for an hour instead (a string
@@ -320,16 +403,20 @@ mod tests {
             .map(|r| candidate_ends(r, "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)))
             .collect();
         assert!(ends[2].is_none(), "too short to hold a cacheable prefix");
-        let mut known = std::collections::HashSet::new();
+        let mut known = HashMap::new();
         let marks = choose_marks(&ends, &mut known);
         // The rubric (block 0) is shared by the first two; the fifth shares nothing.
-        assert_eq!(marks, vec![Some(0), Some(0), None, None, None]);
+        assert_eq!(marks, vec![Some((0, 2)), Some((0, 2)), None, None, None]);
         // A later chunk's request with the same rubric is marked by what was found before.
         let later = vec![
             candidate_ends(&plain(&rubric, "sixth?"), "claude-sonnet-5-5", 1_024)
                 .map(|e| (e, 1_024)),
         ];
-        assert_eq!(choose_marks(&later, &mut known), vec![Some(0)]);
+        assert_eq!(
+            choose_marks(&later, &mut known),
+            vec![Some((0, 3))],
+            "the third to share it"
+        );
         // The mark: the string system prompt becomes a block that carries it.
         let (marked, p) = add_breakpoint(&requests[0], 0, true).expect("marked");
         let value: Value = serde_json::from_str(&marked).expect("json");
@@ -354,10 +441,7 @@ mod tests {
             candidate_ends(&requests[0], "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)),
             candidate_ends(&other_model, "claude-opus-5-5", 1_024).map(|e| (e, 1_024)),
         ];
-        assert_eq!(
-            choose_marks(&pair, &mut std::collections::HashSet::new()),
-            vec![None, None]
-        );
+        assert_eq!(choose_marks(&pair, &mut HashMap::new()), vec![None, None]);
         // A shared thinking block is not marked: the mark goes on the shared block before it.
         let thinking = |question: &str| {
             serde_json::json!({
@@ -375,8 +459,8 @@ mod tests {
             candidate_ends(&thinking("b?"), "claude-sonnet-5-5", 1_024).map(|e| (e, 1_024)),
         ];
         assert_eq!(
-            choose_marks(&turns, &mut std::collections::HashSet::new()),
-            vec![Some(1), Some(1)]
+            choose_marks(&turns, &mut HashMap::new()),
+            vec![Some((1, 2)), Some((1, 2))]
         );
         // A message block can carry it too: block 1 is the first message's content.
         let (in_message, _) = add_breakpoint(&requests[0], 1, false).expect("marked");
@@ -386,5 +470,56 @@ mod tests {
             "ephemeral"
         );
         assert_eq!(add_breakpoint(&requests[0], 2, false), None);
+    }
+
+    fn valid(custom_id: &str, params: &str) -> ValidLine {
+        let line = format!(r#"{{"custom_id":"{custom_id}","params":{params}}}"#);
+        let defaults = crate::model::job::JobDefaults::default();
+        match crate::model::line::parse_line(
+            line.as_bytes(),
+            1,
+            &crate::model::line::LineContext::test(&defaults, 1_796_212_800_000),
+        ) {
+            crate::model::line::ParsedLine::Valid(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_prefix_two_requests_share_is_marked_for_real_time_but_not_for_an_hour_in_a_batch() {
+        let rubric = "rubric ".repeat(1_000);
+        let (one, two) = (plain(&rubric, "first?"), plain(&rubric, "second?"));
+        let mut pair = [valid("a", &one), valid("b", &two)];
+        let mut marker = AutoMarker::default();
+        marker.mark(&mut pair.iter_mut().collect::<Vec<_>>());
+        assert!(pair.iter().all(|v| v.cache_added && v.cache.is_some()));
+        assert_eq!(pair[0].cache.map(|c| c.ttl_ms), Some(300_000));
+        // In real time the 5-minute mark stays; in a batch the line goes as written.
+        let mut batch = pair[1].clone();
+        for_batches(&mut batch);
+        assert_eq!(batch.params, two);
+        assert_eq!((batch.cache, batch.cache_added), (None, false));
+        // A third request sharing it, in a later chunk: an hour's write pays, for all three.
+        let mut third = [valid("c", &plain(&rubric, "third?"))];
+        marker.mark(&mut third.iter_mut().collect::<Vec<_>>());
+        assert_eq!(third[0].unmarked, None);
+        let mut batch = third[0].clone();
+        for_batches(&mut batch);
+        assert!(batch.params.contains(MARK_1H), "{}", batch.params);
+        assert_eq!(batch.cache.map(|c| c.ttl_ms), Some(ONE_HOUR_MS));
+        // Many in one chunk: every one gets the hour in a batch.
+        let mut many: Vec<ValidLine> = (0..3)
+            .map(|i| {
+                valid(
+                    &format!("m{i}"),
+                    &plain(&"policy ".repeat(1_000), &format!("{i}?")),
+                )
+            })
+            .collect();
+        AutoMarker::default().mark(&mut many.iter_mut().collect::<Vec<_>>());
+        for mut v in many {
+            for_batches(&mut v);
+            assert!(v.params.contains(MARK_1H) && v.cache_added);
+        }
     }
 }
