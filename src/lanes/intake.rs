@@ -24,10 +24,11 @@ use crate::model::prompt_cache;
 use crate::policy::planner;
 use crate::store::{self, Store, StoreError, jobs, now_ms};
 
-/// Lines per intake transaction, at most.
-const CHUNK_LINES: usize = 2_000;
+/// Lines per intake transaction, at most (also the span `cache = "auto"` compares requests in;
+/// `plan` uses the same).
+pub const CHUNK_LINES: usize = 2_000;
 /// Bytes of lines per intake transaction, at most (long prompts make fewer lines per chunk).
-const CHUNK_BYTES: usize = 8 << 20;
+pub const CHUNK_BYTES: usize = 8 << 20;
 pub const INGESTED_DIR: &str = "ingested";
 pub const REJECTED_DIR: &str = "rejected";
 

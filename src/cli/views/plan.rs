@@ -39,6 +39,34 @@ pub struct Plan {
     pub deprecated_models: Vec<String>,
     /// `--check`: what the API said of each request shape; null when not asked.
     pub check: Option<ShapeCheck>,
+    /// The same requests with the prompt cache (the figures above are without it); null when no
+    /// request marks a prefix, nor would get one from `cache = "auto"`.
+    pub cache: Option<CachePlan>,
+}
+
+/// `plan` → `cache`: what the prompt cache would do, predicted from the prefixes the requests
+/// mark (their own breakpoints, and those `cache = "auto"` would add), on the assumption that
+/// each entry lives from one of its requests to the next (an hour's, or 5 minutes' renewed by
+/// each read): each prefix is written once per model and read by every later request.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CachePlan {
+    /// The job's `cache` (its sidecar's, else the config's): `auto` or `off`.
+    pub mode: &'static str,
+    /// Requests that mark a prefix, and the distinct prefixes they mark.
+    pub requests: u64,
+    pub prefixes: u64,
+    /// Tokens written to and read from the cache, in real time (estimated: a token per four
+    /// bytes of the prefix). In a batch, `cache = "auto"` leaves out a prefix only two requests
+    /// share (an hour's write would cost more than it saves), so it reads a little less there.
+    pub write_tokens: u64,
+    pub read_tokens: u64,
+    /// `read_tokens` over both.
+    pub hit_rate: f64,
+    /// With the cache: through batches (1-hour writes where auto marks) and real time.
+    pub cost_usd: Cost,
+    /// Real time at the configured limits with the cache: reads do not count toward ITPM.
+    pub drain_seconds_realtime: Option<f64>,
+    pub binding: Option<&'static str>,
 }
 
 /// `plan --check` → `check`.
@@ -232,6 +260,59 @@ async fn ask(client: &crate::api::ApiClient, params: &str) -> anyhow::Result<Ans
     Ok(Answer::Unasked)
 }
 
+/// The prompt cache's part of one lane's plan: the prefixes seen (per model) and what the calls
+/// would be billed, written and read.
+#[derive(Default)]
+struct CacheLane {
+    seen: std::collections::HashSet<(String, i64)>,
+    requests: u64,
+    written: u64,
+    read: u64,
+    micro: i64,
+    /// Per limit class, as [`Tally::classes`] but with ITPM charged only the input not read.
+    classes: BTreeMap<String, ClassTotals>,
+}
+
+impl CacheLane {
+    /// Adds a call of `line` with `input` tokens of prompt: the first of its prefix writes it,
+    /// the others read it.
+    fn add(&mut self, config: &Config, line: &ValidLine, input: u64, batch: bool) {
+        use crate::model::answer::{CacheCreation, Usage};
+        let mut usage = Usage {
+            input_tokens: input,
+            output_tokens: line.max_tokens,
+            ..Default::default()
+        };
+        let mut charged = input;
+        if let Some(prefix) = line.cache {
+            let tokens = prefix.tokens.min(input);
+            self.requests += 1;
+            usage.input_tokens = input - tokens;
+            if self.seen.insert((line.model.clone(), prefix.key)) {
+                self.written += tokens;
+                let one_hour = prefix.ttl_ms >= crate::model::prompt_cache::ONE_HOUR_MS;
+                usage.cache_creation_input_tokens = Some(tokens);
+                usage.cache_creation = Some(CacheCreation {
+                    ephemeral_5m_input_tokens: if one_hour { 0 } else { tokens },
+                    ephemeral_1h_input_tokens: if one_hour { tokens } else { 0 },
+                });
+            } else {
+                self.read += tokens;
+                usage.cache_read_input_tokens = Some(tokens);
+                charged = input - tokens;
+            }
+        }
+        self.micro += config
+            .prices
+            .cost_micro_usd(&line.model, &usage, batch)
+            .unwrap_or(0);
+        self.classes
+            .entry(crate::policy::quota::limit_class(&line.model))
+            .or_default()
+            .add(&line.model, charged, line.max_tokens);
+    }
+}
+
 /// Running sums over the file.
 #[derive(Default)]
 struct Tally {
@@ -247,6 +328,18 @@ struct Tally {
     estimated: u64,
     /// The deprecated models the file uses.
     deprecated: crate::model::catalog::Deprecations,
+    /// With the prompt cache, in each lane.
+    cache_batch: CacheLane,
+    cache_realtime: CacheLane,
+}
+
+impl ClassTotals {
+    fn add(&mut self, model: &str, input: u64, output: u64) {
+        self.requests += 1;
+        self.input += input;
+        self.output += output;
+        model.clone_into(&mut self.model);
+    }
 }
 
 impl Tally {
@@ -284,14 +377,18 @@ impl Tally {
                 _ if !self.unpriced.contains(&v.model) => self.unpriced.push(v.model.clone()),
                 _ => {}
             }
-            let totals = self
-                .classes
+            self.classes
                 .entry(crate::policy::quota::limit_class(&v.model))
-                .or_default();
-            totals.requests += 1;
-            totals.input += input;
-            totals.output += v.max_tokens;
-            totals.model = v.model.clone();
+                .or_default()
+                .add(&v.model, input, v.max_tokens);
+            self.cache_realtime.add(config, v, input, false);
+            if v.cache_added {
+                let mut in_batch = v.clone();
+                crate::model::prompt_cache::for_batches(&mut in_batch);
+                self.cache_batch.add(config, &in_batch, input, true);
+            } else {
+                self.cache_batch.add(config, v, input, true);
+            }
         }
         Ok(())
     }
@@ -405,12 +502,27 @@ pub fn plan(
     let mut shapes = Shapes::default();
     let ctx = LineContext::new(&defaults, now, &config.api.anthropic_version);
     let mut tally = Tally::default();
+    let cache_mode = defaults.cache.unwrap_or(config.cache);
+    let mut marker = crate::model::prompt_cache::AutoMarker::default();
+    // Intake's chunks: `cache = "auto"` compares the requests of one chunk with each other.
     let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
+    let mut chunk_bytes = 0usize;
+    let mut add_chunk = |tally: &mut Tally, chunk: &mut Vec<ValidLine>| -> anyhow::Result<()> {
+        if cache_mode == crate::model::job::CacheMode::Auto {
+            marker.mark(&mut chunk.iter_mut().collect::<Vec<_>>());
+        }
+        for part in chunk.chunks(CHUNK) {
+            tally.add(config, &ctx.today, part, counter)?;
+        }
+        chunk.clear();
+        Ok(())
+    };
     // Intake's reading and judging, line by line: the counts agree with what intake accepts.
     while let Some(line) = reader
         .next_line(&ctx)
         .with_context(|| format!("reading {}", file.display()))?
     {
+        chunk_bytes += line.len;
         match repeats.check(line.parsed, line.line_no) {
             ParsedLine::Valid(v) => {
                 if checker.is_some() {
@@ -420,12 +532,14 @@ pub fn plan(
             }
             ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
-        if chunk.len() == CHUNK {
-            tally.add(config, &ctx.today, &chunk, counter)?;
-            chunk.clear();
+        if chunk.len() >= crate::lanes::intake::CHUNK_LINES
+            || chunk_bytes >= crate::lanes::intake::CHUNK_BYTES
+        {
+            add_chunk(&mut tally, &mut chunk)?;
+            chunk_bytes = 0;
         }
     }
-    tally.add(config, &ctx.today, &chunk, counter)?;
+    add_chunk(&mut tally, &mut chunk)?;
     let check = match checker {
         Some(checker) => Some(shapes.check(checker)?),
         None => None,
@@ -441,32 +555,29 @@ pub fn plan(
         unpriced,
         estimated,
         deprecated,
+        cache_batch,
+        cache_realtime,
     } = tally;
-    // Classes drain side by side; the slowest decides, and within it the slowest dimension.
-    let mut drain: Option<(f64, &'static str)> = Some((0.0, "rpm"));
-    for totals in classes.values() {
-        let limits = config.limits_for(&totals.model);
-        let dims = [
-            ("rpm", totals.requests, limits.rpm),
-            ("itpm", totals.input, limits.itpm),
-            ("otpm", totals.output, limits.otpm),
-        ];
-        if dims.iter().any(|(_, _, limit)| limit.is_none()) {
-            drain = None;
-            break;
+    let drain = drain_time(config, &classes, items);
+    let cache = (cache_realtime.requests > 0 || cache_batch.requests > 0).then(|| {
+        let with_cache = drain_time(config, &cache_realtime.classes, items);
+        let (written, read) = (cache_realtime.written, cache_realtime.read);
+        CachePlan {
+            mode: cache_mode.as_str(),
+            requests: cache_realtime.requests,
+            prefixes: cache_realtime.seen.len() as u64,
+            write_tokens: written,
+            read_tokens: read,
+            hit_rate: crate::policy::prices::cache_hit_ratio(read as i64, written as i64)
+                .unwrap_or(0.0),
+            cost_usd: Cost {
+                batch: cache_batch.micro as f64 / 1_000_000.0,
+                realtime: cache_realtime.micro as f64 / 1_000_000.0,
+            },
+            drain_seconds_realtime: with_cache.map(|(s, _)| s),
+            binding: with_cache.filter(|_| items > 0).map(|(_, b)| b),
         }
-        for (name, amount, limit) in dims {
-            let secs = amount as f64 / limit.unwrap_or(1) as f64 * 60.0;
-            if let Some((worst, _)) = drain
-                && secs > worst
-            {
-                drain = Some((secs, name));
-            }
-        }
-    }
-    if items == 0 {
-        drain = Some((0.0, "rpm"));
-    }
+    });
     Ok(Plan {
         items,
         invalid_lines: invalid,
@@ -482,7 +593,36 @@ pub fn plan(
         unpriced_models: unpriced,
         deprecated_models: deprecated.warnings(),
         check,
+        cache,
     })
+}
+
+/// How long the real-time lane needs for `classes` at the configured limits, and which limit
+/// binds: classes drain side by side, the slowest decides, and within it the slowest dimension.
+/// None when a class has no configured limits.
+fn drain_time(
+    config: &Config,
+    classes: &BTreeMap<String, ClassTotals>,
+    items: u64,
+) -> Option<(f64, &'static str)> {
+    if items == 0 {
+        return Some((0.0, "rpm"));
+    }
+    let mut drain = (0.0, "rpm");
+    for totals in classes.values() {
+        let limits = config.limits_for(&totals.model);
+        for (name, amount, limit) in [
+            ("rpm", totals.requests, limits.rpm),
+            ("itpm", totals.input, limits.itpm),
+            ("otpm", totals.output, limits.otpm),
+        ] {
+            let secs = amount as f64 / limit? as f64 * 60.0;
+            if secs > drain.0 {
+                drain = (secs, name);
+            }
+        }
+    }
+    Some(drain)
 }
 
 impl Plan {
@@ -507,6 +647,26 @@ impl Plan {
                 secs
             )),
             _ => out.push_str("  real time      unknown: some models have no configured limits ([limits] or [quota] tier)\n"),
+        }
+        if let Some(c) = &self.cache {
+            out.push_str(&format!(
+                "  with the cache {} requests mark {} prefix{} (cache = {}): ~{} tokens written, ~{} read, hit rate {:.1} %\n                 ${:.4} through batches, ${:.4} real time (at most); ",
+                c.requests,
+                c.prefixes,
+                if c.prefixes == 1 { "" } else { "es" },
+                c.mode,
+                c.write_tokens,
+                c.read_tokens,
+                c.hit_rate * 100.0,
+                c.cost_usd.batch,
+                c.cost_usd.realtime
+            ));
+            match (c.drain_seconds_realtime, c.binding) {
+                (Some(secs), Some(binding)) => {
+                    out.push_str(&format!("real time about {secs:.0} s, {binding} binds\n"))
+                }
+                _ => out.push_str("real time unknown\n"),
+            }
         }
         if let Some(check) = &self.check {
             out.push_str(&format!(
@@ -605,6 +765,67 @@ mod tests {
             Some(240.0),
             "200 requests at 50 RPM"
         );
+    }
+
+    /// A request sharing a ~4,000-token system prompt (16,000 bytes), marked or not.
+    fn rubric_line(i: usize, marked: bool) -> String {
+        let mark = if marked {
+            r#","cache_control":{"type":"ephemeral"}"#
+        } else {
+            ""
+        };
+        format!(
+            r#"{{"custom_id":"r-{i}","params":{{"model":"claude-sonnet-5-5","max_tokens":10,"system":[{{"type":"text","text":"{}"{mark}}}],"messages":[{{"role":"user","content":"item {i}"}}]}}}}"#,
+            "abcd".repeat(4_000)
+        )
+    }
+
+    #[test]
+    fn the_cache_is_predicted_beside_the_plan_without_it() {
+        let tier = "[limits.default]\nrpm = 50\nitpm = 30000\notpm = 8000\n";
+        // cache = "auto" (the config's default): nothing marked, auto would mark the rubric.
+        let file = write(&(0..10).map(|i| rubric_line(i, false)).collect::<Vec<_>>());
+        let p = plan(&config(tier), file.path(), NOW, &mut estimated, None).expect("plan");
+        assert_eq!(
+            p.binding,
+            Some("itpm"),
+            "uncached, 10 x ~4,000 tokens against 30k ITPM"
+        );
+        let c = p.cache.as_ref().expect("a cache plan");
+        assert_eq!((c.mode, c.requests, c.prefixes), ("auto", 10, 1));
+        assert!((3_990..4_100).contains(&c.write_tokens), "{c:?}");
+        assert_eq!(c.read_tokens, 9 * c.write_tokens);
+        assert!((c.hit_rate - 0.9).abs() < 1e-9);
+        // Reads do not count toward ITPM: requests bind, 10 at 50 RPM.
+        assert_eq!(
+            (c.binding, c.drain_seconds_realtime),
+            (Some("rpm"), Some(12.0))
+        );
+        assert!(c.cost_usd.realtime < p.cost_usd.realtime * 0.3, "{p:?}");
+        assert!(c.cost_usd.batch < p.cost_usd.batch * 0.4, "{p:?}");
+        assert!(p.to_text().contains("hit rate 90.0 %"), "{}", p.to_text());
+        // cache = "off" in the sidecar: nothing would be marked, so no prediction.
+        std::fs::write(file.path().with_extension("toml"), "cache = \"off\"\n").expect("sidecar");
+        let off = plan(&config(tier), file.path(), NOW, &mut estimated, None).expect("plan");
+        assert_eq!(off.cache, None);
+        // ...but a file's own breakpoints are predicted whatever the mode.
+        let marked = write(&(0..10).map(|i| rubric_line(i, true)).collect::<Vec<_>>());
+        std::fs::write(marked.path().with_extension("toml"), "cache = \"off\"\n").expect("sidecar");
+        let own = plan(&config(tier), marked.path(), NOW, &mut estimated, None).expect("plan");
+        let c = own.cache.expect("a cache plan");
+        assert_eq!((c.mode, c.requests, c.prefixes), ("off", 10, 1));
+        // Two requests sharing a prefix: auto marks it in real time, not for an hour in a batch.
+        let pair = write(&(0..2).map(|i| rubric_line(i, false)).collect::<Vec<_>>());
+        let p = plan(&config(tier), pair.path(), NOW, &mut estimated, None).expect("plan");
+        let c = p.cache.expect("a cache plan");
+        assert!(c.cost_usd.realtime < p.cost_usd.realtime);
+        assert_eq!(
+            c.cost_usd.batch, p.cost_usd.batch,
+            "sent as written in a batch"
+        );
+        for f in [&file, &marked] {
+            let _ = std::fs::remove_file(f.path().with_extension("toml"));
+        }
     }
 
     #[test]
