@@ -288,24 +288,47 @@ pub fn record_refusal(conn: &Connection, batch_id: i64, next_at: i64, error: &st
     )?)
 }
 
-/// Waiting batch items of a job in one priority class, in line order after item `after`: their
-/// ids and request sizes (bytes in a create call's body), at most `limit`.
+/// Where [`pack_candidates`] goes on from: the prefix key (0 for none) and id of the last item
+/// looked at.
+pub type PackCursor = (i64, i64);
+
+/// The cursor before every item.
+pub const PACK_START: PackCursor = (i64::MIN, i64::MIN);
+
+/// A waiting batch item, for packing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackCandidate {
+    pub id: i64,
+    /// Bytes in a create call's body.
+    pub size: i64,
+    pub cursor: PackCursor,
+}
+
+/// Waiting batch items of a job in one priority class after `after`, at most `limit`: in prefix
+/// order (the items sharing a cached prefix side by side, so they go in the same batch and read
+/// what the first of them wrote), then line order.
 pub fn pack_candidates(
     conn: &Connection,
     job_id: i64,
     rank: i64,
-    after: i64,
+    after: PackCursor,
     limit: i64,
     now: i64,
-) -> Result<Vec<(i64, i64)>> {
+) -> Result<Vec<PackCandidate>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40 FROM items
+        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, COALESCE(cache_key, 0)
+         FROM items
          WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
-           AND parked = 0 AND not_before <= ?3 AND id > ?4
-         ORDER BY id LIMIT ?2",
+           AND parked = 0 AND not_before <= ?3 AND (COALESCE(cache_key, 0), id) > (?4, ?6)
+         ORDER BY COALESCE(cache_key, 0), id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![job_id, limit, now, after, rank], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    let rows = stmt.query_map(params![job_id, limit, now, after.0, rank, after.1], |r| {
+        let id = r.get(0)?;
+        Ok(PackCandidate {
+            id,
+            size: r.get(1)?,
+            cursor: (r.get(2)?, id),
+        })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -40,12 +40,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0009_cache_ttl.sql")),
         M::up(include_str!("../../migrations/0010_cache_prefix.sql")),
         M::up(include_str!("../../migrations/0011_cache_saved.sql")),
+        M::up(include_str!("../../migrations/0012_pack_by_prefix.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    11
+    12
 }
 
 #[derive(Debug, thiserror::Error)]

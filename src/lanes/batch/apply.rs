@@ -43,12 +43,13 @@ pub fn pack(
     let mut chosen = Vec::new();
     let mut bytes = 0i64;
     let mut stopped_total = 0;
-    // Class by class (those whose window is open), highest first, in line order within a class.
+    // Class by class (those whose window is open), highest first; within a class, the items
+    // sharing a cached prefix together, in line order.
     // Items the budget stops leave the candidates; look further until a batch fills or none are
     // left, but stop a long run of them early: the store's writer must not be held for long (the
     // lane packs again within a second, and the stopped items are no longer candidates).
     'fill: for rank in open_ranks(&closed) {
-        let mut after = 0i64;
+        let mut after = batches::PACK_START;
         loop {
             let limit = max_requests - chosen.len() as i64;
             if limit <= 0 {
@@ -56,11 +57,11 @@ pub fn pack(
             }
             let candidates = batches::pack_candidates(conn, job_id, rank, after, limit, now)?;
             let mut stopped = 0;
-            for (id, size) in candidates {
+            for batches::PackCandidate { id, size, cursor } in candidates {
                 if !chosen.is_empty() && bytes + size > max_bytes {
                     break 'fill;
                 }
-                after = id;
+                after = cursor;
                 let mut admitted = admission::admit(conn, id, Lane::Batch, rules, now)?;
                 if admitted == Admission::Downgraded {
                     admitted = admission::admit(conn, id, Lane::Batch, rules, now)?;
@@ -504,6 +505,70 @@ mod tests {
             .expect("pack")
             .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 2);
+    }
+
+    #[test]
+    fn items_sharing_a_cached_prefix_are_packed_into_the_same_batch() {
+        // Two rubrics marked for the cache, alternating line by line, and four plain lines.
+        let line = |i: usize, rubric: Option<&str>| {
+            let system = match rubric {
+                Some(r) => format!(
+                    r#","system":[{{"type":"text","text":"{r}","cache_control":{{"type":"ephemeral","ttl":"1h"}}}}]"#
+                ),
+                None => String::new(),
+            };
+            format!(
+                r#"{{"custom_id":"i{i}","mode":"batch","params":{{"model":"m","max_tokens":5{system},"messages":[{{"role":"user","content":"q{i}"}}]}}}}"#
+            )
+        };
+        let lines: Vec<String> = (0..8)
+            .map(|i| line(i, Some(if i % 2 == 0 { "rubric A" } else { "rubric B" })))
+            .chain((8..12).map(|i| line(i, None)))
+            .collect();
+        let conn = test_connection();
+        let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut packed: Vec<Vec<String>> = Vec::new();
+        while let Some(batch) =
+            pack(&conn, job_id, 4, 1 << 20, &Rules::default(), i64::MAX).expect("pack")
+        {
+            packed.push(
+                batches::requests(&conn, batch)
+                    .expect("requests")
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect(),
+            );
+        }
+        let mut groups: Vec<Vec<&str>> = packed
+            .iter()
+            .map(|b| b.iter().map(String::as_str).collect())
+            .collect();
+        groups.sort();
+        assert_eq!(
+            groups,
+            vec![
+                vec!["i0", "i2", "i4", "i6"],
+                vec!["i1", "i3", "i5", "i7"],
+                vec!["i8", "i9", "i10", "i11"]
+            ],
+            "one batch per prefix, in line order within it"
+        );
+        // The packing query walks its index in order: no sort of the job's items.
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id FROM items
+                 WHERE job_id = 1 AND priority = 2 AND state = 'pending' AND lane = 'batch'
+                   AND parked = 0 AND not_before <= 5 AND (COALESCE(cache_key, 0), id) > (0, 0)
+                 ORDER BY COALESCE(cache_key, 0), id LIMIT 10",
+            )
+            .expect("explain")
+            .query_map([], |r| r.get::<_, String>(3))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan");
+        let plan = plan.join("; ");
+        assert!(plan.contains("items_waiting_batch_prefix"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 
     #[test]
