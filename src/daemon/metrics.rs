@@ -107,9 +107,9 @@ pub fn render(s: &Scrape) -> String {
             .collect(),
     );
     family(
-        "nightshift_cache_saved_usd_total",
-        "counter",
-        "What the prompt cache saved, US dollars by tenant, from the ledger: the calls' cost had their cache tokens been plain input, less their cost (it falls when a write costs more than reads repay).",
+        "nightshift_cache_saved_usd",
+        "gauge",
+        "What the prompt cache saved so far, US dollars by tenant, from the ledger: the calls' cost had their cache tokens been plain input, less their cost (a gauge: it falls when a write costs more than reads repay).",
         s.tenants
             .iter()
             .map(|t| {
@@ -460,7 +460,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("nightshift_cache_saved_usd_total{tenant=\"acme \\\"eu\\\"\"} 0.0025\n"),
+            text.contains("nightshift_cache_saved_usd{tenant=\"acme \\\"eu\\\"\"} 0.0025\n"),
             "{text}"
         );
         assert!(

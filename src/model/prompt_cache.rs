@@ -155,15 +155,26 @@ pub fn candidate_ends(params: &str, model: &str, min_tokens: u64) -> Option<Pref
     )
 }
 
+/// What [`choose_marks`] remembers of a prefix marked in earlier chunks of a job: how many
+/// requests marked it, and how many of those were known to share it with enough others for a
+/// 1-hour mark ([`ONE_HOUR_MARK_MIN_SHARERS`]; the rest go unmarked in a batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    pub marked: u32,
+    pub hour_marked: u32,
+}
+
 /// For each request of a job (its [`candidate_ends`], with its model's minimum cacheable size
-/// in tokens), the block to mark and how many of the job's requests are known to share the
+/// in tokens), the block to mark and how many requests would share an hour's entry of the
 /// prefix up to it: the last block of the longest prefix it shares with another request of the
 /// job on the same model, when that prefix is at least the minimum (a token per four bytes) and
-/// its last block may carry a breakpoint. `known` carries the prefixes found shared in earlier
-/// chunks of the job and how many requests marked each, so a request shares with those too.
+/// its last block may carry a breakpoint. The sharers are the chunk's requests holding the
+/// prefix and the earlier chunks' requests that marked it for an hour (those marked by fewer
+/// go unmarked in a batch, so they write nothing a later request could read). `known` carries
+/// the prefixes marked in earlier chunks, so a request shares with those too.
 pub fn choose_marks(
     requests: &[Option<(PrefixEnds, u64)>],
-    known: &mut HashMap<u64, u32>,
+    known: &mut HashMap<u64, Known>,
 ) -> Vec<Option<(usize, u32)>> {
     let mut seen: HashMap<u64, u32> = HashMap::new();
     for (ends, _) in requests.iter().flatten() {
@@ -177,8 +188,8 @@ pub fn choose_marks(
             let (ends, min_tokens) = request.as_ref()?;
             let shared = |hash: &u64| {
                 let here = seen.get(hash).copied().unwrap_or(0);
-                let before = known.get(hash).copied().unwrap_or(0);
-                (here >= 2 || before > 0).then_some(here + before)
+                let before = known.get(hash).copied().unwrap_or_default();
+                (here >= 2 || before.marked > 0).then_some(here + before.hour_marked)
             };
             ends.iter()
                 .enumerate()
@@ -191,13 +202,11 @@ pub fn choose_marks(
                 })
         })
         .collect();
-    for ((ends, _), mark) in requests
-        .iter()
-        .zip(&marks)
-        .filter_map(|(r, m)| Some((r.as_ref()?, m)))
-    {
-        if let Some((block, _)) = mark {
-            *known.entry(ends[*block].0).or_default() += 1;
+    for (request, mark) in requests.iter().zip(&marks) {
+        if let (Some((ends, _)), Some((block, sharers))) = (request, mark) {
+            let entry = known.entry(ends[*block].0).or_default();
+            entry.marked += 1;
+            entry.hour_marked += u32::from(*sharers >= ONE_HOUR_MARK_MIN_SHARERS);
         }
     }
     marks
@@ -213,7 +222,7 @@ pub const ONE_HOUR_MARK_MIN_SHARERS: u32 = 3;
 /// prefixes found shared so far, which later chunks' requests share too.
 #[derive(Debug, Default)]
 pub struct AutoMarker {
-    known: HashMap<u64, u32>,
+    known: HashMap<u64, Known>,
 }
 
 impl AutoMarker {
@@ -414,8 +423,8 @@ mod tests {
         ];
         assert_eq!(
             choose_marks(&later, &mut known),
-            vec![Some((0, 3))],
-            "the third to share it"
+            vec![Some((0, 1))],
+            "marked, but the first two go unmarked in a batch: an hour's entry would be its own"
         );
         // The mark: the string system prompt becomes a block that carries it.
         let (marked, p) = add_breakpoint(&requests[0], 0, true).expect("marked");
@@ -499,27 +508,24 @@ mod tests {
         for_batches(&mut batch);
         assert_eq!(batch.params, two);
         assert_eq!((batch.cache, batch.cache_added), (None, false));
-        // A third request sharing it, in a later chunk: an hour's write pays, for all three.
+        // A third request sharing it, in a later chunk: the first two wrote nothing in a batch,
+        // so its hour's write would be read by none: it goes as written there too.
         let mut third = [valid("c", &plain(&rubric, "third?"))];
         marker.mark(&mut third.iter_mut().collect::<Vec<_>>());
-        assert_eq!(third[0].unmarked, None);
-        let mut batch = third[0].clone();
-        for_batches(&mut batch);
-        assert!(batch.params.contains(MARK_1H), "{}", batch.params);
-        assert_eq!(batch.cache.map(|c| c.ttl_ms), Some(ONE_HOUR_MS));
-        // Many in one chunk: every one gets the hour in a batch.
+        assert!(third[0].cache_added && third[0].unmarked.is_some());
+        // Three in one chunk: every one gets the hour in a batch, and so does a later one.
+        let policy = "policy ".repeat(1_000);
         let mut many: Vec<ValidLine> = (0..3)
-            .map(|i| {
-                valid(
-                    &format!("m{i}"),
-                    &plain(&"policy ".repeat(1_000), &format!("{i}?")),
-                )
-            })
+            .map(|i| valid(&format!("m{i}"), &plain(&policy, &format!("{i}?"))))
             .collect();
-        AutoMarker::default().mark(&mut many.iter_mut().collect::<Vec<_>>());
-        for mut v in many {
+        marker.mark(&mut many.iter_mut().collect::<Vec<_>>());
+        let mut later = [valid("m3", &plain(&policy, "3?"))];
+        marker.mark(&mut later.iter_mut().collect::<Vec<_>>());
+        for mut v in many.into_iter().chain(later) {
+            assert_eq!(v.unmarked, None);
             for_batches(&mut v);
-            assert!(v.params.contains(MARK_1H) && v.cache_added);
+            assert!(v.params.contains(MARK_1H) && v.cache_added, "{}", v.params);
+            assert_eq!(v.cache.map(|c| c.ttl_ms), Some(ONE_HOUR_MS));
         }
     }
 }

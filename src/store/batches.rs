@@ -316,11 +316,11 @@ pub fn pack_candidates(
     now: i64,
 ) -> Result<Vec<PackCandidate>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, COALESCE(cache_key, 0)
+        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, pack_key
          FROM items
          WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
-           AND parked = 0 AND not_before <= ?3 AND (COALESCE(cache_key, 0), id) > (?4, ?6)
-         ORDER BY COALESCE(cache_key, 0), id LIMIT ?2",
+           AND parked = 0 AND not_before <= ?3 AND (pack_key, id) > (?4, ?6)
+         ORDER BY pack_key, id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![job_id, limit, now, after.0, rank, after.1], |r| {
         let id = r.get(0)?;

@@ -162,13 +162,14 @@ pub struct CacheUse {
     pub saved_micro_usd: i64,
 }
 
+/// A job's [`CacheUse`], from the per-job rollup the ledger's trigger keeps (one row read,
+/// however long the ledger).
 pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
+    use rusqlite::OptionalExtension;
     Ok(conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(cache_read_input_tokens), 0),
-                    COALESCE(SUM(cache_creation_input_tokens), 0),
-                    COALESCE(SUM(cache_saved_micro_usd), 0)
-             FROM ledger WHERE job_id = ?1",
+            "SELECT read_tokens, written_tokens, saved_micro_usd FROM job_cache_use
+             WHERE job_id = ?1",
         )?
         .query_row([job_id], |r| {
             Ok(CacheUse {
@@ -176,7 +177,9 @@ pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
                 written_tokens: r.get(1)?,
                 saved_micro_usd: r.get(2)?,
             })
-        })?)
+        })
+        .optional()?
+        .unwrap_or_default())
 }
 
 /// How `nightshift ledger` groups rows.

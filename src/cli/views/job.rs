@@ -119,7 +119,6 @@ pub fn job(
         [job.id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let used = crate::store::ledger::job_cache_use(conn, job.id)?;
     let cache = JobCache {
         mode: job
             .defaults
@@ -128,8 +127,8 @@ pub fn job(
             .as_str(),
         breakpoints_added,
         items_cached,
-        read_tokens: used.read_tokens,
-        written_tokens: used.written_tokens,
+        read_tokens: status.cache_read_tokens,
+        written_tokens: status.cache_written_tokens,
         hit_rate: status.cache_hit_rate,
         saved_usd: status.cache_saved_usd,
     };

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::table;
 
 /// `nightshift ledger --json`: `{"groups": [{"key", "requests", "input_tokens", "output_tokens",
-/// "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd", "cache_saved_usd", …}],
-/// "total": {…}}`.
+/// "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd", "unpriced_requests",
+/// "retries_of_unknown", "cache_saved_usd"}], "total": {…}}`.
 #[derive(Debug, Serialize)]
 pub struct LedgerReport {
     pub groups: Vec<LedgerGroup>,
@@ -27,12 +27,12 @@ pub struct LedgerGroup {
     pub cache_read_input_tokens: i64,
     /// USD, exact to the millionth (the ledger keeps millionths, so groups add up to the total).
     pub cost_usd: f64,
-    /// What the prompt cache saved these calls, USD (their cost with every cache token as plain
-    /// input, less `cost_usd`; negative when writes cost more than reads saved).
-    pub cache_saved_usd: f64,
     /// Calls of models without a price: not in `cost_usd`.
     pub unpriced_requests: i64,
     pub retries_of_unknown: i64,
+    /// What the prompt cache saved these calls, USD (their cost with every cache token as plain
+    /// input, less `cost_usd`; negative when writes cost more than reads saved).
+    pub cache_saved_usd: f64,
 }
 
 impl LedgerGroup {
@@ -45,9 +45,9 @@ impl LedgerGroup {
             cache_creation_input_tokens: s.cache_creation_input_tokens,
             cache_read_input_tokens: s.cache_read_input_tokens,
             cost_usd: s.cost_micro_usd as f64 / 1_000_000.0,
-            cache_saved_usd: s.cache_saved_micro_usd as f64 / 1_000_000.0,
             unpriced_requests: s.unpriced_requests,
             retries_of_unknown: s.retries_of_unknown,
+            cache_saved_usd: s.cache_saved_micro_usd as f64 / 1_000_000.0,
         }
     }
 }
@@ -83,6 +83,7 @@ impl LedgerReport {
                 g.cache_read_input_tokens.to_string(),
                 format!("{:.6}", g.cost_usd),
                 g.unpriced_requests.to_string(),
+                format!("{:.6}", g.cache_saved_usd),
             ]
         };
         let mut rows: Vec<Vec<String>> = self
@@ -94,7 +95,7 @@ impl LedgerReport {
         rows
     }
 
-    const HEADER: [&'static str; 8] = [
+    const HEADER: [&'static str; 9] = [
         "KEY",
         "REQUESTS",
         "INPUT",
@@ -103,6 +104,7 @@ impl LedgerReport {
         "CACHE READ",
         "COST USD",
         "UNPRICED",
+        "CACHE SAVED USD",
     ];
 
     pub fn to_text(&self) -> String {
@@ -124,7 +126,7 @@ impl LedgerReport {
 
     pub fn to_csv(&self) -> String {
         let mut out = String::from(
-            "key,requests,input_tokens,output_tokens,cache_creation_input_tokens,cache_read_input_tokens,cost_usd,unpriced_requests\n",
+            "key,requests,input_tokens,output_tokens,cache_creation_input_tokens,cache_read_input_tokens,cost_usd,unpriced_requests,cache_saved_usd\n",
         );
         for row in self.rows() {
             let quoted: Vec<String> = row

@@ -60,8 +60,9 @@ pub struct CachePlan {
     /// share (an hour's write would cost more than it saves), so it reads a little less there.
     pub write_tokens: u64,
     pub read_tokens: u64,
-    /// `read_tokens` over both.
-    pub hit_rate: f64,
+    /// `read_tokens` over both (null when nothing would be cached: every prefix is shorter than
+    /// its model's minimum).
+    pub hit_rate: Option<f64>,
     /// With the cache: through batches (1-hour writes where auto marks) and real time.
     pub cost_usd: Cost,
     /// Real time at the configured limits with the cache: reads do not count toward ITPM.
@@ -274,9 +275,18 @@ struct CacheLane {
 }
 
 impl CacheLane {
-    /// Adds a call of `line` with `input` tokens of prompt: the first of its prefix writes it,
-    /// the others read it.
-    fn add(&mut self, config: &Config, line: &ValidLine, input: u64, batch: bool) {
+    /// Adds a call of `line` with `input` tokens of prompt, marking `prefix` (as it goes in this
+    /// lane): the first of a prefix writes it, the others read it. A prefix shorter than the
+    /// model's minimum is not cached. Its size is the estimate's, scaled to `input` when the API
+    /// counted the request (the estimate runs high).
+    fn add(
+        &mut self,
+        config: &Config,
+        line: &ValidLine,
+        prefix: Option<crate::model::prompt_cache::CachePrefix>,
+        input: u64,
+        batch: bool,
+    ) {
         use crate::model::answer::{CacheCreation, Usage};
         let mut usage = Usage {
             input_tokens: input,
@@ -284,8 +294,15 @@ impl CacheLane {
             ..Default::default()
         };
         let mut charged = input;
-        if let Some(prefix) = line.cache {
-            let tokens = prefix.tokens.min(input);
+        let scaled = |tokens: u64| {
+            let scaled =
+                u128::from(tokens) * u128::from(input) / u128::from(line.input_estimate.max(1));
+            u64::try_from(scaled).unwrap_or(u64::MAX).min(input)
+        };
+        let prefix = prefix.map(|p| (p, scaled(p.tokens))).filter(|(_, tokens)| {
+            *tokens >= crate::model::catalog::min_cacheable_tokens(&line.model)
+        });
+        if let Some((prefix, tokens)) = prefix {
             self.requests += 1;
             usage.input_tokens = input - tokens;
             if self.seen.insert((line.model.clone(), prefix.key)) {
@@ -381,14 +398,17 @@ impl Tally {
                 .entry(crate::policy::quota::limit_class(&v.model))
                 .or_default()
                 .add(&v.model, input, v.max_tokens);
-            self.cache_realtime.add(config, v, input, false);
-            if v.cache_added {
-                let mut in_batch = v.clone();
-                crate::model::prompt_cache::for_batches(&mut in_batch);
-                self.cache_batch.add(config, &in_batch, input, true);
-            } else {
-                self.cache_batch.add(config, v, input, true);
-            }
+            self.cache_realtime.add(config, v, v.cache, input, false);
+            // What `prompt_cache::for_batches` makes of the line in a batch.
+            let in_batch = match (v.cache_added, &v.unmarked) {
+                (true, Some(_)) => None,
+                (true, None) => v.cache.map(|p| crate::model::prompt_cache::CachePrefix {
+                    ttl_ms: crate::model::prompt_cache::ONE_HOUR_MS,
+                    ..p
+                }),
+                (false, _) => v.cache,
+            };
+            self.cache_batch.add(config, v, in_batch, input, true);
         }
         Ok(())
     }
@@ -505,41 +525,54 @@ pub fn plan(
     let cache_mode = defaults.cache.unwrap_or(config.cache);
     let mut marker = crate::model::prompt_cache::AutoMarker::default();
     // Intake's chunks: `cache = "auto"` compares the requests of one chunk with each other.
+    // The valid lines of a chunk and their line numbers.
     let mut chunk: Vec<ValidLine> = Vec::with_capacity(CHUNK);
-    let mut chunk_bytes = 0usize;
-    let mut add_chunk = |tally: &mut Tally, chunk: &mut Vec<ValidLine>| -> anyhow::Result<()> {
+    let mut line_nos: Vec<u64> = Vec::with_capacity(CHUNK);
+    let (mut chunk_lines, mut chunk_bytes) = (0usize, 0usize);
+    let asks_shapes = checker.is_some();
+    let mut add_chunk = |tally: &mut Tally,
+                         chunk: &mut Vec<ValidLine>,
+                         line_nos: &mut Vec<u64>|
+     -> anyhow::Result<()> {
         if cache_mode == crate::model::job::CacheMode::Auto {
             marker.mark(&mut chunk.iter_mut().collect::<Vec<_>>());
+        }
+        if asks_shapes {
+            // The bodies as intake will store them (with the marks auto adds).
+            for (v, line_no) in chunk.iter().zip(line_nos.iter()) {
+                shapes.add(v, *line_no);
+            }
         }
         for part in chunk.chunks(CHUNK) {
             tally.add(config, &ctx.today, part, counter)?;
         }
         chunk.clear();
+        line_nos.clear();
         Ok(())
     };
-    // Intake's reading and judging, line by line: the counts agree with what intake accepts.
+    // Intake's reading and judging, line by line: the counts agree with what intake accepts,
+    // and the chunks are intake's (every line counts toward one), so auto's marks agree too.
     while let Some(line) = reader
         .next_line(&ctx)
         .with_context(|| format!("reading {}", file.display()))?
     {
+        chunk_lines += 1;
         chunk_bytes += line.len;
         match repeats.check(line.parsed, line.line_no) {
             ParsedLine::Valid(v) => {
-                if checker.is_some() {
-                    shapes.add(&v, line.line_no);
-                }
-                chunk.push(v)
+                chunk.push(v);
+                line_nos.push(line.line_no);
             }
             ParsedLine::Invalid { .. } => tally.invalid += 1,
         }
-        if chunk.len() >= crate::lanes::intake::CHUNK_LINES
+        if chunk_lines >= crate::lanes::intake::CHUNK_LINES
             || chunk_bytes >= crate::lanes::intake::CHUNK_BYTES
         {
-            add_chunk(&mut tally, &mut chunk)?;
-            chunk_bytes = 0;
+            add_chunk(&mut tally, &mut chunk, &mut line_nos)?;
+            (chunk_lines, chunk_bytes) = (0, 0);
         }
     }
-    add_chunk(&mut tally, &mut chunk)?;
+    add_chunk(&mut tally, &mut chunk, &mut line_nos)?;
     let check = match checker {
         Some(checker) => Some(shapes.check(checker)?),
         None => None,
@@ -568,8 +601,7 @@ pub fn plan(
             prefixes: cache_realtime.seen.len() as u64,
             write_tokens: written,
             read_tokens: read,
-            hit_rate: crate::policy::prices::cache_hit_ratio(read as i64, written as i64)
-                .unwrap_or(0.0),
+            hit_rate: crate::policy::prices::cache_hit_ratio(read as i64, written as i64),
             cost_usd: Cost {
                 batch: cache_batch.micro as f64 / 1_000_000.0,
                 realtime: cache_realtime.micro as f64 / 1_000_000.0,
@@ -650,14 +682,15 @@ impl Plan {
         }
         if let Some(c) = &self.cache {
             out.push_str(&format!(
-                "  with the cache {} requests mark {} prefix{} (cache = {}): ~{} tokens written, ~{} read, hit rate {:.1} %\n                 ${:.4} through batches, ${:.4} real time (at most); ",
+                "  with the cache {} requests mark {} prefix{} (cache = {}): ~{} tokens written, ~{} read, hit rate {}\n                 ${:.4} through batches, ${:.4} real time (at most); ",
                 c.requests,
                 c.prefixes,
                 if c.prefixes == 1 { "" } else { "es" },
                 c.mode,
                 c.write_tokens,
                 c.read_tokens,
-                c.hit_rate * 100.0,
+                c.hit_rate
+                    .map_or("-".to_owned(), |h| format!("{:.1} %", h * 100.0)),
                 c.cost_usd.batch,
                 c.cost_usd.realtime
             ));
@@ -795,7 +828,7 @@ mod tests {
         assert_eq!((c.mode, c.requests, c.prefixes), ("auto", 10, 1));
         assert!((3_990..4_100).contains(&c.write_tokens), "{c:?}");
         assert_eq!(c.read_tokens, 9 * c.write_tokens);
-        assert!((c.hit_rate - 0.9).abs() < 1e-9);
+        assert!((c.hit_rate.expect("a hit rate") - 0.9).abs() < 1e-9);
         // Reads do not count toward ITPM: requests bind, 10 at 50 RPM.
         assert_eq!(
             (c.binding, c.drain_seconds_realtime),
@@ -823,6 +856,14 @@ mod tests {
             c.cost_usd.batch, p.cost_usd.batch,
             "sent as written in a batch"
         );
+        // A prefix marked but shorter than the model's minimum: the API caches nothing.
+        let short = write(
+            &(0..10)
+                .map(|i| rubric_line(i, true).replace(&"abcd".repeat(4_000), "short rubric"))
+                .collect::<Vec<_>>(),
+        );
+        let p = plan(&config(tier), short.path(), NOW, &mut estimated, None).expect("plan");
+        assert_eq!(p.cache, None);
         for f in [&file, &marked] {
             let _ = std::fs::remove_file(f.path().with_extension("toml"));
         }

@@ -81,6 +81,11 @@ pub struct JobStatus {
     pub cache_hit_rate: Option<f64>,
     /// What the cache saved the job so far, USD (see `nightshift ledger`'s `cache_saved_usd`).
     pub cache_saved_usd: f64,
+    /// Billed tokens read from and written to the cache (`job` shows them).
+    #[serde(skip)]
+    pub cache_read_tokens: i64,
+    #[serde(skip)]
+    pub cache_written_tokens: i64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -164,6 +169,8 @@ pub(super) fn job_status(
             cache.written_tokens,
         ),
         cache_saved_usd: cache.saved_micro_usd as f64 / 1e6,
+        cache_read_tokens: cache.read_tokens,
+        cache_written_tokens: cache.written_tokens,
         name: job.name.clone(),
         state: job_state(conn, job, &counts)?,
         counts,

@@ -268,6 +268,8 @@ mod tests {
                 results_file: String::new(),
                 cache_hit_rate: Some(0.99),
                 cache_saved_usd: 1.5,
+                cache_read_tokens: 99,
+                cache_written_tokens: 1,
             }],
             rejected_files: vec![],
             not_taken: vec![],

@@ -553,13 +553,14 @@ mod tests {
             ],
             "one batch per prefix, in line order within it"
         );
-        // The packing query walks its index in order: no sort of the job's items.
+        // The packing query seeks its index at the cursor's prefix and walks it in order: no
+        // walk from the start of the class, no sort of the job's items.
         let plan: Vec<String> = conn
             .prepare(
                 "EXPLAIN QUERY PLAN SELECT id FROM items
                  WHERE job_id = 1 AND priority = 2 AND state = 'pending' AND lane = 'batch'
-                   AND parked = 0 AND not_before <= 5 AND (COALESCE(cache_key, 0), id) > (0, 0)
-                 ORDER BY COALESCE(cache_key, 0), id LIMIT 10",
+                   AND parked = 0 AND not_before <= 5 AND (pack_key, id) > (0, 0)
+                 ORDER BY pack_key, id LIMIT 10",
             )
             .expect("explain")
             .query_map([], |r| r.get::<_, String>(3))
@@ -567,7 +568,10 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .expect("plan");
         let plan = plan.join("; ");
-        assert!(plan.contains("items_waiting_batch_prefix"), "{plan}");
+        assert!(
+            plan.contains("items_waiting_batch_prefix (job_id=? AND priority=? AND pack_key>?)"),
+            "{plan}"
+        );
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
     }
 
