@@ -45,11 +45,63 @@ pub enum Command {
         #[command(flatten)]
         json: JsonFlag,
     },
+    /// Show one item in full: state, lane, every call (outcome, request-id, retry-after), its
+    /// batch, its cost, its result line, and the lines it had before a retry.
+    Item {
+        /// The job's name.
+        job: String,
+        /// The item's custom_id (a line without a usable one is nightshift:line:N).
+        custom_id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
     /// Cancel a job: its pending items end canceled, its batches are canceled at the API. Calls
     /// already in flight finish.
     Cancel {
         /// The job's name.
         name: String,
+    },
+    /// Send a job's errored and expired items again (or those chosen): their history is kept,
+    /// and the job's results file ends with each custom_id once, with the latest outcome.
+    Retry {
+        /// The job's name.
+        job: String,
+        /// The errored items (with neither flag nor --ids: errored and expired).
+        #[arg(long)]
+        errored: bool,
+        /// The expired items.
+        #[arg(long)]
+        expired: bool,
+        /// These custom_ids, one per line, whatever their outcome.
+        #[arg(long, value_name = "FILE")]
+        ids: Option<PathBuf>,
+    },
+    /// Clear finished jobs from `status` (kept for `job`, `item`, the ledger and the metrics), or
+    /// with --purge --yes delete them: rows, results files and ingested job files.
+    Clean {
+        /// Only jobs finished at least this long ago (e.g. 12h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Delete the jobs instead: their rows (the tenants' daily spend stays) and files.
+        #[arg(long)]
+        purge: bool,
+        /// Confirms --purge.
+        #[arg(long, requires = "purge")]
+        yes: bool,
+    },
+    /// Pause a job or a tenant: its pending items wait until `resume` (calls in flight finish;
+    /// batches already sent run on unless --cancel-batches). Survives restarts.
+    Pause {
+        #[command(flatten)]
+        on: HoldArgs,
+        /// Also cancel its batches under way at the API; their requests wait with the rest.
+        #[arg(long)]
+        cancel_batches: bool,
+    },
+    /// Let a paused job or tenant go again.
+    Resume {
+        #[command(flatten)]
+        on: HoldArgs,
     },
     /// Stop a recurring job: its schedule is removed (runs already taken in go on).
     Unschedule {
@@ -121,6 +173,27 @@ pub struct StatusArgs {
     /// Seconds between redraws with --watch.
     #[arg(long, default_value = "1", value_parser = seconds, requires = "watch")]
     pub interval: Duration,
+}
+
+/// A job by name, or a tenant.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct HoldArgs {
+    /// The job's name.
+    pub job: Option<String>,
+    /// A tenant: every item of it, in every job.
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+impl HoldArgs {
+    pub fn on(&self) -> crate::store::HoldOn {
+        match (&self.job, &self.tenant) {
+            (_, Some(tenant)) => crate::store::HoldOn::Tenant(tenant.clone()),
+            (Some(job), None) => crate::store::HoldOn::Job(job.clone()),
+            (None, None) => unreachable!("clap requires one of them"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(flags) => status::run(config, &flags),
         Command::Job { name, json } => job::run(config, &name, json.json),
+        Command::Item {
+            job,
+            custom_id,
+            json,
+        } => item::run(config, &job, &custom_id, json.json),
         Command::Limits(flags) => limits::run(config, flags.json),
         Command::Diagnose(flags) => diagnose::run(config, flags.json),
         Command::Plan {
@@ -54,6 +59,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Ledger(args) => ledger::run(config, &args),
         Command::Cancel { name } => cancel::run(config, &name),
+        Command::Retry {
+            job,
+            errored,
+            expired,
+            ids,
+        } => retry::run(config, &job, errored, expired, ids.as_deref()),
+        Command::Clean {
+            older_than,
+            purge,
+            yes,
+        } => clean::run(config, older_than.as_deref(), purge, yes),
+        Command::Pause { on, cancel_batches } => pause::pause(config, &on.on(), cancel_batches),
+        Command::Resume { on } => pause::resume(config, &on.on()),
         Command::Unschedule { name } => unschedule::run(config, &name),
         Command::Backup { file } => backup::run(config, &file),
         Command::Submit { file, name } => submit::run(config, &file, name.as_deref()),
@@ -87,6 +105,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         .map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Who runs this command, for what it records (a pause): the user's name and uid, from the
+/// password file (not the environment, which anyone can set).
+fn operator() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+        });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
     }
 }
 

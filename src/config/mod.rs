@@ -66,6 +66,15 @@ struct RawConfig {
     prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     budgets: BTreeMap<String, RawBudget>,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+/// `[hooks]`: commands run when things happen (no shell: program, then its arguments).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_job_done: Option<Vec<String>>,
 }
 
 /// `[windows.<class>]`: when that priority class may run.
@@ -192,6 +201,9 @@ pub struct Config {
     /// is asked. Read by the daemon at start; the token is never logged.
     pub metrics_token_file: Option<PathBuf>,
     pub budgets: crate::policy::budget::Budgets,
+    /// `[hooks] on_job_done`: the program (resolved against the config's folder) and its
+    /// arguments, run when a job ends. Read at start.
+    pub on_job_done: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -454,6 +466,23 @@ impl Config {
             None => crate::model::job::CacheMode::Auto,
             Some(text) => text.parse().map_err(|e: String| invalid("cache", e))?,
         };
+        let on_job_done = match raw.hooks.on_job_done {
+            None => None,
+            Some(command) if command.first().is_none_or(|p| p.trim().is_empty()) => {
+                return Err(invalid(
+                    "hooks.on_job_done",
+                    "must name a program first, e.g. [\"/usr/local/bin/notify\", \"--channel\", \"ops\"]".into(),
+                ));
+            }
+            Some(mut command) => {
+                // A relative program is the config folder's, as the other paths are; a bare name
+                // is looked up in PATH.
+                if command[0].contains('/') {
+                    command[0] = resolve(PathBuf::from(&command[0])).display().to_string();
+                }
+                Some(command)
+            }
+        };
         let mut overrides = BTreeMap::new();
         for (model, p) in raw.prices {
             let price = crate::policy::prices::Price {
@@ -546,6 +575,7 @@ impl Config {
             metrics_token_file: raw.metrics.token_file.map(resolve),
             windows,
             cache,
+            on_job_done,
         })
     }
 

@@ -210,7 +210,8 @@ pub async fn run(
         config.results_dir(),
         results_wake.clone(),
         board.clone(),
-    );
+    )
+    .with_hook(config.on_job_done.clone());
     writer.recover().await?;
 
     let client = ApiClient::new(&config.api, &key)?;

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod batch;
 pub mod calls;
 pub mod health;
+pub mod hooks;
 pub mod intake;
 pub mod realtime;
 pub mod results;

@@ -34,6 +34,8 @@ const IDLE_SHARE: f64 = 0.9;
 const WINDOW_LOOK: Duration = Duration::from_secs(1);
 /// An item waiting for another call to write its cached prefix is looked at again this soon.
 const CACHE_LOOK: Duration = Duration::from_millis(50);
+/// The longest the lane waits before it looks again.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// Everything the lane needs; cheap to clone into each call's task.
 #[derive(Clone)]
@@ -84,7 +86,8 @@ impl RealtimeLane {
                     Some(Duration::from_secs(1))
                 }
             };
-            let sleep = next.unwrap_or(Duration::from_secs(1));
+            // At most a second: what the CLI writes beside the daemon (a resume) is seen soon.
+            let sleep = next.map_or(IDLE_LOOK, |n| n.min(IDLE_LOOK));
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}

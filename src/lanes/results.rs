@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::lanes::health;
+use crate::lanes::{health, hooks};
 use crate::model::results::results_path;
 use crate::store::{Store, jobs, now_ms, results};
 
@@ -40,6 +40,8 @@ pub struct ResultsWriter {
     files: Mutex<HashMap<i64, FileId>>,
     /// Where a failing write shows beside the store (`status`, metrics).
     health: health::Board,
+    /// `[hooks] on_job_done`, run as each job ends.
+    on_job_done: Option<Vec<String>>,
 }
 
 /// Which file a path names: a deleted and recreated (or swapped) file is another.
@@ -79,6 +81,47 @@ impl ResultsWriter {
             wake,
             files: Mutex::new(HashMap::new()),
             health,
+            on_job_done: None,
+        }
+    }
+
+    /// Runs `command` (program, arguments) as each job ends.
+    pub fn with_hook(mut self, command: Option<Vec<String>>) -> ResultsWriter {
+        self.on_job_done = command;
+        self
+    }
+
+    /// Marks the job done if it is complete (in the store's transaction `c`); returns what its
+    /// hook is told, if it just ended.
+    fn finish(
+        c: &rusqlite::Connection,
+        job_id: i64,
+        results_dir: &Path,
+    ) -> crate::store::Result<Option<hooks::JobEnded>> {
+        if !jobs::finish_if_complete(c, job_id, now_ms())? {
+            return Ok(None);
+        }
+        tracing::info!("job done: every result is written");
+        let Some(job) = jobs::by_id(c, job_id)? else {
+            return Ok(None);
+        };
+        Ok(Some(hooks::JobEnded {
+            state: if job.canceled_at.is_some() {
+                "canceled"
+            } else {
+                "done"
+            },
+            counts: crate::store::items::counts(c, job_id)?,
+            cost_usd: crate::store::ledger::job_cost_micro(c, job_id)? as f64 / 1e6,
+            results: results_path(results_dir, &job.name),
+            name: job.name,
+        }))
+    }
+
+    /// Runs the hook for a job that just ended, if one is set.
+    fn ended(&self, job: Option<hooks::JobEnded>) {
+        if let (Some(command), Some(job)) = (&self.on_job_done, job) {
+            hooks::run(command, job);
         }
     }
 
@@ -217,16 +260,13 @@ impl ResultsWriter {
             if job.ingested_at.is_none() {
                 continue;
             }
-            let id = job.id;
-            self.store
-                .call(move |c| {
-                    if jobs::finish_if_complete(c, id, now_ms())? {
-                        tracing::info!("job done: every result is written");
-                    }
-                    Ok(())
-                })
+            let (id, dir) = (job.id, self.results_dir.clone());
+            let ended = self
+                .store
+                .call(move |c| Self::finish(c, id, &dir))
                 .instrument(span)
                 .await?;
+            self.ended(ended);
         }
         Ok(rebuilt)
     }
@@ -252,15 +292,20 @@ impl ResultsWriter {
         })
         .await??;
         // If this fails the file is longer than recorded: the next round cuts it back first.
-        self.store
+        let dir = self.results_dir.clone();
+        let ended = self
+            .store
             .call(move |c| {
-                results::mark_written(c, job_id, last, bytes as i64, n)?;
-                if jobs::finish_if_complete(c, job_id, now_ms())? {
-                    tracing::info!("job done: every result is written");
+                if !results::mark_written(c, job_id, last, committed, bytes as i64, n)? {
+                    tracing::info!(
+                        "the job's results were reset meanwhile (a retry); they are written again"
+                    );
+                    return Ok(None);
                 }
-                Ok(())
+                Self::finish(c, job_id, &dir)
             })
             .await?;
+        self.ended(ended);
         Ok(())
     }
 

@@ -56,6 +56,17 @@ pub fn errored_line(
     api_errored_line(custom_id, &json!({"type": "error", "error": inner}))
 }
 
+/// The `custom_id` of the result line of a file line whose own cannot be used (unreadable, or a
+/// repeat of an earlier line's): `nightshift:line:N`. The colon is outside the characters a
+/// custom_id may hold (`A-Z a-z 0-9 _ -`), so it never collides with one of the job's, and every
+/// line carries a string `custom_id`, as the SDKs' result types require.
+pub fn line_custom_id(line_no: u64) -> String {
+    format!("{LINE_ID_PREFIX}{line_no}")
+}
+
+/// See [`line_custom_id`].
+pub const LINE_ID_PREFIX: &str = "nightshift:line:";
+
 pub fn results_path(results_dir: &Path, job_name: &str) -> PathBuf {
     results_dir.join(format!("{job_name}.jsonl"))
 }

@@ -106,3 +106,50 @@ pub fn cost(
     }
     Ok((actual, realtime, unpriced))
 }
+
+/// One call of an item, as `nightshift item` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Call {
+    pub attempt: i64,
+    pub lane: String,
+    pub model: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// succeeded, rate_limited, retryable, fatal, unknown, not_sent, blocked, expired, canceled…;
+    /// null while in flight.
+    pub outcome: Option<String>,
+    pub http_status: Option<i64>,
+    /// The API's request-id (for a batch: the batch's id).
+    pub request_id: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub error: Option<String>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+}
+
+/// Every call of an item, first first.
+pub fn of_item(conn: &Connection, item_id: i64) -> Result<Vec<Call>> {
+    let mut stmt = conn.prepare(
+        "SELECT attempt, lane, model, started_at, finished_at, outcome, http_status, request_id,
+                retry_after_ms, error, input_tokens, output_tokens
+         FROM attempts WHERE item_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([item_id], |r| {
+        Ok(Call {
+            attempt: r.get(0)?,
+            lane: r.get(1)?,
+            model: r.get(2)?,
+            started_at: r.get(3)?,
+            finished_at: r.get(4)?,
+            outcome: r.get(5)?,
+            http_status: r.get(6)?,
+            request_id: r.get(7)?,
+            retry_after_ms: r.get(8)?,
+            error: r.get(9)?,
+            input_tokens: r.get(10)?,
+            output_tokens: r.get(11)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}

@@ -95,8 +95,9 @@ pub fn insert_chunk(
         };
         let field = error.field.clone();
         let message = error.message(file);
+        let line_id = results::line_custom_id(line_no as u64);
         let result = results::errored_line(
-            kept_id,
+            Some(kept_id.unwrap_or(&line_id)),
             "invalid_request_error",
             &message,
             Some(json!({"file": file, "line": line_no, "field": field})),
@@ -297,6 +298,103 @@ pub fn item(conn: &Connection, item_id: i64) -> Result<ItemRow> {
                 job_lines: r.get(16)?,
             })
         })?)
+}
+
+/// The item of job `job_id` named `custom_id`: its own custom_id, or `nightshift:line:N` (the
+/// name a line without a usable custom_id has in the results).
+pub fn find(conn: &Connection, job_id: i64, custom_id: &str) -> Result<Option<i64>> {
+    let by_line = custom_id
+        .strip_prefix(results::LINE_ID_PREFIX)
+        .and_then(|n| n.parse::<i64>().ok());
+    let found = match by_line {
+        Some(line_no) => conn
+            .query_row(
+                "SELECT id FROM items WHERE job_id = ?1 AND line_no = ?2",
+                params![job_id, line_no],
+                |r| r.get(0),
+            )
+            .optional()?,
+        None => conn
+            .query_row(
+                "SELECT id FROM items WHERE job_id = ?1 AND custom_id = ?2",
+                params![job_id, custom_id],
+                |r| r.get(0),
+            )
+            .optional()?,
+    };
+    Ok(found)
+}
+
+/// What `nightshift item` shows of the item row itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ItemDetail {
+    /// Its line in the job file (from 1).
+    pub line: i64,
+    pub custom_id: Option<String>,
+    pub state: String,
+    /// `realtime` or `batch` (null for a line errored at intake).
+    pub lane: Option<String>,
+    /// Why the planner chose the lane (or what moved it since).
+    pub lane_reason: Option<String>,
+    pub tenant: String,
+    pub model: Option<String>,
+    /// The model the request asked for, when a budget cap downgraded it.
+    pub downgraded_from: Option<String>,
+    pub priority: &'static str,
+    pub mode: String,
+    /// Calls sent, and those that failed in a way that counts toward `max_attempts`.
+    pub attempts: i64,
+    pub failures: i64,
+    /// Why it errored, for people.
+    pub error: Option<String>,
+    /// Held: `paused` (nightshift pause) or `budget` (until its cap's next period); null if not.
+    pub held: Option<&'static str>,
+    /// The earliest it may be sent again (backoff, retry-after, a budget), Unix ms; 0: now.
+    pub not_before: i64,
+    /// The batch it is (or was last) in: the local id.
+    pub batch_id: Option<i64>,
+    /// The prefix it marks for the prompt cache, in estimated tokens, and whether
+    /// `cache = "auto"` added the breakpoint.
+    pub cache_prefix_tokens: Option<i64>,
+    pub cache_added: bool,
+    pub updated_at: i64,
+}
+
+pub fn detail(conn: &Connection, item_id: i64) -> Result<ItemDetail> {
+    Ok(conn.query_row(
+        "SELECT line_no, custom_id, state, lane, lane_reason, tenant, model, downgraded_from,
+                priority, mode, attempts, failures, error, parked, not_before, batch_id,
+                cache_tokens, cache_added, updated_at
+         FROM items WHERE id = ?1",
+        [item_id],
+        |r| {
+            Ok(ItemDetail {
+                line: r.get(0)?,
+                custom_id: r.get(1)?,
+                state: r.get(2)?,
+                lane: r.get(3)?,
+                lane_reason: r.get(4)?,
+                tenant: r.get(5)?,
+                model: r.get(6)?,
+                downgraded_from: r.get(7)?,
+                priority: Priority::from_rank(r.get(8)?).as_str(),
+                mode: r.get(9)?,
+                attempts: r.get(10)?,
+                failures: r.get(11)?,
+                error: r.get(12)?,
+                held: match r.get::<_, i64>(13)? {
+                    1 => Some("budget"),
+                    2 => Some("paused"),
+                    _ => None,
+                },
+                not_before: r.get(14)?,
+                batch_id: r.get(15)?,
+                cache_prefix_tokens: r.get(16)?,
+                cache_added: r.get(17)?,
+                updated_at: r.get(18)?,
+            })
+        },
+    )?)
 }
 
 /// Whether an item is still pending (not canceled, sent or ended meanwhile).
@@ -539,7 +637,13 @@ mod tests {
         assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
         let unwritten = super::super::results::unwritten(&conn, 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 2);
-        assert!(unwritten[0].line.contains("\"custom_id\":null"));
+        assert!(
+            unwritten[0]
+                .line
+                .contains("\"custom_id\":\"nightshift:line:3\""),
+            "the repeat's line is named by its file line: {}",
+            unwritten[0].line
+        );
     }
 
     #[test]

@@ -113,8 +113,21 @@ pub fn find_by_name(conn: &Connection, name: &str) -> Result<Option<JobRow>> {
         .optional()?)
 }
 
+pub fn by_id(conn: &Connection, id: i64) -> Result<Option<JobRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// The jobs `status` lists: all but those `nightshift clean` cleared away.
 pub fn list(conn: &Connection) -> Result<Vec<JobRow>> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM jobs ORDER BY id"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE cleaned_at IS NULL ORDER BY id"
+    ))?;
     let rows = stmt.query_map([], from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -201,4 +214,29 @@ pub fn finish_if_complete(conn: &Connection, job_id: i64, now: i64) -> Result<bo
         params![job_id, now],
     )?;
     Ok(changed > 0)
+}
+
+/// `nightshift clean`: jobs finished at or before `before` leave `status` (their rows stay, for
+/// `job`, `item`, the ledger and the metrics). Returns their names.
+pub fn clean(conn: &Connection, before: i64, now: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "UPDATE jobs SET cleaned_at = ?2
+         WHERE cleaned_at IS NULL AND finished_at IS NOT NULL AND finished_at <= ?1
+         RETURNING name",
+    )?;
+    let rows = stmt.query_map(params![before, now], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// `nightshift clean --purge`: jobs finished at or before `before` are deleted with every row of
+/// theirs (items, calls, batches, results, ledger rows; the tenants' daily spend stays, so
+/// budgets are unchanged). Returns their names and source paths, for their files. The cascades
+/// of the schema delete the rest: `conn` must have foreign keys on.
+pub fn purge(conn: &Connection, before: i64) -> Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= ?1
+         RETURNING name, source_path",
+    )?;
+    let rows = stmt.query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

@@ -182,6 +182,25 @@ pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
         .unwrap_or_default())
 }
 
+/// An item's billed calls: (calls, cost in millionths of a dollar, calls without a price).
+pub fn item_billed(conn: &Connection, item_id: i64) -> Result<(i64, i64, i64)> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(cost_micro_usd), 0), COALESCE(SUM(cost_micro_usd IS NULL), 0)
+         FROM ledger WHERE item_id = ?1",
+        [item_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?)
+}
+
+/// A job's billed cost so far, in millionths of a dollar (unpriced calls not in it).
+pub fn job_cost_micro(conn: &Connection, job_id: i64) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(SUM(cost_micro_usd), 0) FROM ledger WHERE job_id = ?1",
+        [job_id],
+        |r| r.get(0),
+    )?)
+}
+
 /// How `nightshift ledger` groups rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupBy {

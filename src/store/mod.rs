@@ -12,11 +12,13 @@ pub mod attempts;
 pub mod batches;
 pub mod budget;
 pub mod facts;
+pub mod holds;
 pub mod items;
 pub mod jobs;
 pub mod ledger;
 pub mod quota;
 pub mod results;
+pub mod retry;
 pub mod schedules;
 
 use std::path::{Path, PathBuf};
@@ -41,12 +43,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0010_cache_prefix.sql")),
         M::up(include_str!("../../migrations/0011_cache_saved.sql")),
         M::up(include_str!("../../migrations/0012_pack_by_prefix.sql")),
+        M::up(include_str!("../../migrations/0013_operator.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    12
+    13
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +570,81 @@ pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
         )?;
     }
     Ok(exists)
+}
+
+/// Asks the daemon to retry items of a job (`nightshift retry`). None if there is no such job;
+/// else the request's id, for [`retry_outcome`].
+pub fn request_retry(path: &Path, job: &str, choice: &retry::Choice) -> Result<Option<i64>> {
+    let conn = open_for_cli_write(path)?;
+    if jobs::find_by_name(&conn, job)?.is_none() {
+        return Ok(None);
+    }
+    retry::request(&conn, job, choice, now_ms()).map(Some)
+}
+
+/// What the daemon made of a retry request, once it has.
+pub fn retry_outcome(path: &Path, request_id: i64) -> Result<Option<String>> {
+    retry::outcome(&open_read_only(path)?, request_id)
+}
+
+/// `nightshift clean`: see [`jobs::clean`] and, with `purge`, [`jobs::purge`]. Returns the jobs
+/// cleared (name, source path).
+pub fn clean(path: &Path, before: i64, purge: bool) -> Result<Vec<(String, String)>> {
+    let mut conn = open_for_cli_write(path)?;
+    // Outside the transaction (it is a no-op inside one): the purge's cascades need it.
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let tx = conn.transaction()?;
+    let cleared = if purge {
+        jobs::purge(&tx, before)?
+    } else {
+        jobs::clean(&tx, before, now_ms())?
+            .into_iter()
+            .map(|name| (name, String::new()))
+            .collect()
+    };
+    tx.commit()?;
+    Ok(cleared)
+}
+
+/// What `nightshift pause` / `resume` names: a job (by name) or a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOn {
+    Job(String),
+    Tenant(String),
+}
+
+/// `nightshift pause`: holds a job or a tenant (see [`holds`]); with `cancel_batches` its
+/// batches under way are canceled by the daemon. None if there is no such job; else whether it
+/// was not held already.
+pub fn pause(path: &Path, on: &HoldOn, by: &str, cancel_batches: bool) -> Result<Option<bool>> {
+    let mut conn = open_for_cli_write(path)?;
+    let tx = conn.transaction()?;
+    let Some(target) = hold_target(&tx, on)? else {
+        return Ok(None);
+    };
+    let held = holds::hold(&tx, &target, by, cancel_batches, now_ms())?;
+    tx.commit()?;
+    Ok(Some(held))
+}
+
+/// `nightshift resume`: lets a job or a tenant go. None if there is no such job; else whether it
+/// was held.
+pub fn resume(path: &Path, on: &HoldOn) -> Result<Option<bool>> {
+    let mut conn = open_for_cli_write(path)?;
+    let tx = conn.transaction()?;
+    let Some(target) = hold_target(&tx, on)? else {
+        return Ok(None);
+    };
+    let released = holds::release(&tx, &target)?;
+    tx.commit()?;
+    Ok(Some(released))
+}
+
+fn hold_target(conn: &Connection, on: &HoldOn) -> Result<Option<holds::Target>> {
+    Ok(match on {
+        HoldOn::Job(name) => jobs::find_by_name(conn, name)?.map(|j| holds::Target::Job(j.id)),
+        HoldOn::Tenant(tenant) => Some(holds::Target::Tenant(tenant.clone())),
+    })
 }
 
 /// Removes a recurring job's schedule (`nightshift unschedule`); runs already taken in go on.

@@ -47,6 +47,14 @@ pub fn line_of(conn: &Connection, item_id: i64) -> Result<Option<String>> {
         .optional()?)
 }
 
+/// The result lines an item had before it was retried, oldest first: (line, retired at).
+pub fn retired_of(conn: &Connection, item_id: i64) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn
+        .prepare("SELECT line, retired_at FROM retired_results WHERE item_id = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([item_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 /// A result line waiting to be appended to its job's file.
 #[derive(Debug, Clone)]
 pub struct Unwritten {
@@ -89,20 +97,25 @@ pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<
     Ok(out)
 }
 
-/// The job's file now holds its lines up to `seq`: `lines` more lines, `bytes` more bytes.
+/// The job's file now holds its lines up to `seq`: `lines` more lines, `bytes` more bytes than
+/// the `committed` bytes they were appended after. Recorded only if the job's file is still at
+/// `committed` in the store: a retry that reset it meanwhile wins, and the next round cuts the
+/// file back and writes it again. Returns whether it was recorded.
 pub fn mark_written(
     conn: &Connection,
     job_id: i64,
     seq: i64,
+    committed: i64,
     bytes: i64,
     lines: i64,
-) -> Result<()> {
-    conn.prepare_cached(
-        "UPDATE jobs SET results_seq = ?2, results_bytes = results_bytes + ?3, results_lines = results_lines + ?4
-         WHERE id = ?1",
-    )?
-    .execute(params![job_id, seq, bytes, lines])?;
-    Ok(())
+) -> Result<bool> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE jobs SET results_seq = ?2, results_bytes = results_bytes + ?3, results_lines = results_lines + ?4
+             WHERE id = ?1 AND results_bytes = ?5",
+        )?
+        .execute(params![job_id, seq, bytes, lines, committed])?
+        == 1)
 }
 
 /// The results file is not what was recorded (a crash left it short, or it was deleted,

@@ -167,7 +167,7 @@ impl TestEnv {
     }
 
     /// The job as `status` shows it, if the database and the job exist yet.
-    fn job_status(&self, job: &str) -> Option<JobStatus> {
+    pub fn job_status(&self, job: &str) -> Option<JobStatus> {
         let config = self.config();
         let conn = nightshift::store::open_read_only(&config.db_path()).ok()?;
         let status = nightshift::cli::views::status::status(
@@ -180,12 +180,12 @@ impl TestEnv {
         status.jobs.into_iter().find(|j| j.name == job)
     }
 
-    /// Waits until the job is done (every item final, results complete).
+    /// Waits until the job is done (every item final, results complete), or canceled and so.
     pub async fn wait_done(&self, job: &str, timeout: Duration) -> JobStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.job_status(job)
-                && status.state == "done"
+                && (status.state == "done" || status.state == "canceled")
             {
                 return status;
             }

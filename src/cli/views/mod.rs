@@ -1,9 +1,10 @@
-//! The report views: what `status`, `job`, `limits`, `diagnose`, `ledger`, `plan` and
+//! The report views: what `status`, `job`, `item`, `limits`, `diagnose`, `ledger`, `plan` and
 //! `status --watch` show. Each gathers read queries into a documented serde struct, printed as
 //! JSON (`--json`, a stable shape) or as aligned text; the helpers here are what they share.
 
 pub mod daemon;
 pub mod diagnose;
+pub mod item;
 pub mod job;
 pub mod ledger;
 pub mod limits;

@@ -34,6 +34,8 @@ pub struct StatusReport {
     /// Lanes paused because the API refuses the account (key, spend cap, usage limit) or cannot
     /// be reached.
     pub paused: Vec<Pause>,
+    /// Jobs and tenants an operator paused (`nightshift pause`), by whom and since when.
+    pub holds: Vec<HoldStatus>,
     /// Tenants with budget caps in the config, and where they stand (UTC day and month).
     pub budgets: Vec<TenantBudget>,
     /// Where the running daemon serves Prometheus metrics, if it does.
@@ -42,6 +44,17 @@ pub struct StatusReport {
     pub schedules: Vec<ScheduleStatus>,
     /// Time windows of priority classes, and whether each is open now.
     pub windows: Vec<WindowStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HoldStatus {
+    /// The job paused, or null for a tenant.
+    pub job: Option<String>,
+    /// The tenant paused, or null for a job.
+    pub tenant: Option<String>,
+    pub by: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +82,9 @@ pub struct ScheduleStatus {
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
     pub name: String,
-    /// `queued` (nothing sent yet), `running`, or `done` (every item final, results file complete).
+    /// `queued` (nothing sent yet), `running`, `paused` (`nightshift pause` holds it or its
+    /// tenant), `done` (every item final, results file complete), `canceling` (canceled, calls in
+    /// flight finishing) or `canceled` (canceled and its results file complete).
     pub state: &'static str,
     pub counts: Counts,
     /// Items by the lane that produced their final outcome or is working on them now.
@@ -120,9 +135,19 @@ pub struct RejectedFile {
     pub at: String,
 }
 
-fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> rusqlite::Result<&'static str> {
-    if job.finished_at.is_some() {
-        return Ok("done");
+fn job_state(
+    conn: &Connection,
+    job: &JobRow,
+    counts: &Counts,
+) -> crate::store::Result<&'static str> {
+    match (job.finished_at, job.canceled_at) {
+        (Some(_), Some(_)) => return Ok("canceled"),
+        (Some(_), None) => return Ok("done"),
+        (None, Some(_)) => return Ok("canceling"),
+        (None, None) => {}
+    }
+    if crate::store::holds::of_job(conn, job.id, &job.defaults.tenant)?.is_some() {
+        return Ok("paused");
     }
     if counts.in_flight > 0 || counts.succeeded > 0 {
         return Ok("running");
@@ -203,6 +228,15 @@ pub fn status(
             })
             .collect(),
         paused,
+        holds: crate::store::holds::list(conn)?
+            .into_iter()
+            .map(|h| HoldStatus {
+                job: h.job,
+                tenant: h.tenant,
+                by: h.by,
+                since: format_time(h.at),
+            })
+            .collect(),
         budgets: crate::store::budget::standing(conn, &rules.budgets, now)?,
         windows: rules
             .windows
@@ -263,7 +297,18 @@ impl StatusReport {
     pub fn to_text(&self) -> String {
         let mut out = self.daemon.to_text();
         out.push_str(&pauses_text(&self.paused));
-        if !self.paused.is_empty() {
+        for h in &self.holds {
+            let what = match (&h.job, &h.tenant) {
+                (Some(job), _) => format!("job {job}"),
+                (None, Some(tenant)) => format!("tenant {tenant}"),
+                (None, None) => "?".into(),
+            };
+            out.push_str(&format!(
+                "PAUSED {what} by {} since {} (nightshift resume lets it go)\n",
+                h.by, h.since
+            ));
+        }
+        if !self.paused.is_empty() || !self.holds.is_empty() {
             out.push('\n');
         }
         if self.jobs.is_empty() {

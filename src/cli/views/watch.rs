@@ -33,7 +33,7 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
         let c = &job.counts;
         let done = finished(c);
         lines.push(format!(
-            "{:<name_width$}  {:<7} {}  {}/{}  {} in flight, {} errored",
+            "{:<name_width$}  {:<9} {}  {}/{}  {} in flight, {} errored",
             truncate(&job.name, name_width),
             job.state,
             progress_bar(done, c.total, 24),
@@ -274,6 +274,7 @@ mod tests {
             rejected_files: vec![],
             not_taken: vec![],
             paused: vec![],
+            holds: vec![],
             budgets: vec![],
             metrics_url: None,
             schedules: vec![],

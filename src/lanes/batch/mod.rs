@@ -13,6 +13,7 @@ pub mod apply;
 mod create;
 mod poll;
 mod preflight;
+mod retry;
 pub mod staged;
 
 use std::collections::HashMap;
@@ -195,6 +196,11 @@ impl BatchLane {
             .await?;
         for job in canceled {
             tracing::info!(job = %job, "job canceled: pending items end canceled, its batches are being canceled");
+            self.results_wake.notify_one();
+        }
+        let retried = self.replanning(retry::take_requests).await?;
+        if retried.iter().any(|(_, n)| *n > 0) {
+            self.realtime_wake.notify_one();
             self.results_wake.notify_one();
         }
         if last_reroute.elapsed() >= REROUTE_EVERY {

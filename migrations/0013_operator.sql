@@ -1,0 +1,60 @@
+-- The operator's chores: pause and resume, retry, clean, and looking up one item.
+
+-- `nightshift pause JOB | --tenant T`: a hold per job or tenant, until `resume`. Held items are
+-- parked out of the lanes' ready indexes (`parked = 2`; a budget's deferral is 1), whatever path
+-- makes them pending (intake, a retry, a batch sending them back, a budget's period rolling over).
+CREATE TABLE holds (
+    id      INTEGER PRIMARY KEY,
+    job_id  INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
+    tenant  TEXT,
+    by      TEXT    NOT NULL,                     -- who paused: "alice (uid 1000)"
+    at      INTEGER NOT NULL,
+    CHECK ((job_id IS NULL) <> (tenant IS NULL))
+);
+CREATE UNIQUE INDEX holds_job ON holds(job_id) WHERE job_id IS NOT NULL;
+CREATE UNIQUE INDEX holds_tenant ON holds(tenant) WHERE tenant IS NOT NULL;
+
+CREATE TRIGGER held_items_park_on_insert AFTER INSERT ON items
+WHEN new.state = 'pending' AND new.parked = 0
+     AND EXISTS (SELECT 1 FROM holds WHERE job_id = new.job_id OR tenant = new.tenant)
+BEGIN
+    UPDATE items SET parked = 2 WHERE id = new.id;
+END;
+
+CREATE TRIGGER held_items_park AFTER UPDATE OF state, parked ON items
+WHEN new.state = 'pending' AND new.parked = 0
+     AND EXISTS (SELECT 1 FROM holds WHERE job_id = new.job_id OR tenant = new.tenant)
+BEGIN
+    UPDATE items SET parked = 2 WHERE id = new.id;
+END;
+
+CREATE INDEX items_held ON items(job_id) WHERE parked = 2;
+
+-- `nightshift retry JOB`: asks; the daemon carries it out (the items go back to the planner, their
+-- result lines are retired, the job's results file is written again).
+CREATE TABLE retry_requests (
+    id       INTEGER PRIMARY KEY,
+    job_name TEXT    NOT NULL,
+    errored  INTEGER NOT NULL,                    -- 1: the errored items
+    expired  INTEGER NOT NULL,                    -- 1: the expired items
+    ids      TEXT,                                -- a JSON array of custom_ids, or NULL
+    at       INTEGER NOT NULL,
+    done_at  INTEGER,
+    outcome  TEXT                                 -- what was done, for the CLI that asked
+);
+
+-- The result lines retried items had before (`nightshift item` shows them; the results file holds
+-- only each item's latest).
+CREATE TABLE retired_results (
+    id         INTEGER PRIMARY KEY,
+    item_id    INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    line       TEXT    NOT NULL,
+    retired_at INTEGER NOT NULL
+);
+CREATE INDEX retired_results_item ON retired_results(item_id);
+
+-- `nightshift clean`: a finished job leaves `status` (kept for `job`, `item`, the ledger).
+ALTER TABLE jobs ADD COLUMN cleaned_at INTEGER;
+
+-- `nightshift item`: an item's billed calls.
+CREATE INDEX ledger_item ON ledger(item_id);

@@ -1,0 +1,193 @@
+//! SQL for holds (`nightshift pause` / `resume`): a job or a tenant paused. Its pending items are
+//! parked out of the lanes' ready indexes (`items.parked = 2`) — those pending now by `hold`, those
+//! that become pending later by the triggers of migration 0013 — so a paused backlog costs the
+//! lanes nothing; calls in flight finish, and batches already sent run on.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::Result;
+
+/// What a hold is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A job, by its id.
+    Job(i64),
+    Tenant(String),
+}
+
+/// A hold, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Hold {
+    /// The job held, or null for a tenant's hold.
+    pub job: Option<String>,
+    /// The tenant held, or null for a job's hold.
+    pub tenant: Option<String>,
+    /// Who paused it.
+    pub by: String,
+    /// Unix ms.
+    pub at: i64,
+}
+
+/// Holds `target` (if it is not already: then the first hold stays, and false is returned) and
+/// parks its pending items. With `cancel_batches`, its batches under way are flagged for the batch
+/// lane to cancel at the API (their requests come back pending, and wait too).
+pub fn hold(
+    conn: &Connection,
+    target: &Target,
+    by: &str,
+    cancel_batches: bool,
+    now: i64,
+) -> Result<bool> {
+    let (job_id, tenant) = columns(target);
+    let inserted = conn.execute(
+        "INSERT INTO holds (job_id, tenant, by, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+        params![job_id, tenant, by, now],
+    )? == 1;
+    conn.execute(
+        "UPDATE items SET parked = 2
+         WHERE state = 'pending' AND parked = 0 AND (job_id = ?1 OR tenant = ?2)",
+        params![job_id, tenant],
+    )?;
+    if cancel_batches {
+        conn.execute(
+            "UPDATE batches SET cancel_requested = 1, next_action_at = ?3
+             WHERE results_applied_at IS NULL AND state <> 'failed'
+               AND (job_id = ?1 OR id IN (SELECT batch_id FROM items
+                                          WHERE tenant = ?2 AND state = 'in_flight'
+                                            AND batch_id IS NOT NULL))",
+            params![job_id, tenant, now],
+        )?;
+    }
+    Ok(inserted)
+}
+
+/// Lets `target` go: its hold is removed and its parked items are ready again, but for those
+/// another hold still covers (the job's tenant, or the tenant's job). Returns false if it was not
+/// held.
+pub fn release(conn: &Connection, target: &Target) -> Result<bool> {
+    let (job_id, tenant) = columns(target);
+    let removed = conn.execute(
+        "DELETE FROM holds WHERE job_id IS ?1 AND tenant IS ?2",
+        params![job_id, tenant],
+    )? == 1;
+    conn.execute(
+        "UPDATE items SET parked = 0
+         WHERE parked = 2 AND (job_id = ?1 OR tenant = ?2)
+           AND NOT EXISTS (SELECT 1 FROM holds h
+                           WHERE h.job_id = items.job_id OR h.tenant = items.tenant)",
+        params![job_id, tenant],
+    )?;
+    Ok(removed)
+}
+
+/// Every hold, oldest first.
+pub fn list(conn: &Connection) -> Result<Vec<Hold>> {
+    let mut stmt = conn.prepare(
+        "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
+         ORDER BY h.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Hold {
+            job: r.get(0)?,
+            tenant: r.get(1)?,
+            by: r.get(2)?,
+            at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The hold that covers a job (its own, or its default tenant's), if any.
+pub fn of_job(conn: &Connection, job_id: i64, tenant: &str) -> Result<Option<Hold>> {
+    Ok(conn
+        .query_row(
+            "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
+             WHERE h.job_id = ?1 OR h.tenant = ?2 ORDER BY h.id LIMIT 1",
+            params![job_id, tenant],
+            |r| {
+                Ok(Hold {
+                    job: r.get(0)?,
+                    tenant: r.get(1)?,
+                    by: r.get(2)?,
+                    at: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+fn columns(target: &Target) -> (Option<i64>, Option<&str>) {
+    match target {
+        Target::Job(id) => (Some(*id), None),
+        Target::Tenant(t) => (None, Some(t.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_connection, test_job};
+
+    const LINE: &str = r#"{"custom_id":"ID","mode":"realtime","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
+
+    fn parked(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT parked FROM items ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn a_held_job_parks_its_pending_items_whatever_makes_them_pending() {
+        let conn = test_connection();
+        let job = test_job(&conn, &[&LINE.replace("ID", "a"), &LINE.replace("ID", "b")]);
+        assert!(hold(&conn, &Target::Job(job), "alice", false, 5).expect("hold"));
+        assert!(
+            !hold(&conn, &Target::Job(job), "bob", false, 6).expect("hold"),
+            "held already"
+        );
+        assert_eq!(parked(&conn), vec![2, 2]);
+        // Items the job gains later (more lines read) are parked as they come.
+        crate::store::test_insert(&conn, job, &[&LINE.replace("ID", "c")]);
+        assert_eq!(parked(&conn), vec![2, 2, 2]);
+        // An item sent and coming back pending (a failed call) is parked again.
+        conn.execute(
+            "UPDATE items SET parked = 0, state = 'in_flight' WHERE custom_id = 'a'",
+            [],
+        )
+        .expect("send");
+        conn.execute(
+            "UPDATE items SET state = 'pending' WHERE custom_id = 'a'",
+            [],
+        )
+        .expect("back");
+        assert_eq!(parked(&conn), vec![2, 2, 2]);
+        // The ready index leaves them out.
+        assert!(
+            crate::store::items::ready_realtime(&conn, i64::MAX, 10, &[], &[], &[])
+                .expect("ready")
+                .is_empty()
+        );
+        let holds = list(&conn).expect("list");
+        assert_eq!(holds.len(), 1);
+        assert_eq!((holds[0].by.as_str(), holds[0].at), ("alice", 5));
+        // A tenant hold over the same items keeps them parked when the job's is let go.
+        assert!(hold(&conn, &Target::Tenant("default".into()), "carol", false, 7).expect("hold"));
+        assert!(release(&conn, &Target::Job(job)).expect("release"));
+        assert_eq!(parked(&conn), vec![2, 2, 2]);
+        assert!(release(&conn, &Target::Tenant("default".into())).expect("release"));
+        assert_eq!(parked(&conn), vec![0, 0, 0]);
+        assert!(
+            !release(&conn, &Target::Job(job)).expect("release"),
+            "not held"
+        );
+        assert_eq!(
+            crate::store::items::ready_realtime(&conn, i64::MAX, 10, &[], &[], &[])
+                .expect("ready")
+                .len(),
+            3
+        );
+    }
+}
