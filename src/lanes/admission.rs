@@ -100,9 +100,11 @@ pub fn admit(
             tracing::warn!(tenant, item = item_id, "{message}");
             let line = results::errored_line(
                 item.custom_id.as_deref(),
-                "budget_exceeded_error",
+                // One of the API's own error types, so the SDKs read the line; `details` says
+                // it was nightshift's budget, not the API.
+                "billing_error",
                 &message,
-                Some(json!({"tenant": tenant})),
+                Some(json!({"tenant": tenant, "reason": "budget_exceeded"})),
             );
             store::budget::reject(conn, item_id, &line, &message, now)?;
             Ok(Admission::Rejected)
@@ -270,7 +272,11 @@ mod tests {
         let result = crate::store::results::line_of(&conn, id)
             .expect("line")
             .expect("a line");
-        assert!(result.contains("budget_exceeded_error"), "{result}");
+        assert!(result.contains("\"billing_error\""), "{result}");
+        assert!(
+            result.contains("\"reason\":\"budget_exceeded\""),
+            "{result}"
+        );
     }
 
     #[test]

@@ -75,7 +75,8 @@ async fn a_rejecting_cap_holds_under_concurrent_admission() {
     assert_eq!(sent + rejected.len(), 200);
     for r in &rejected {
         let error = &r["result"]["error"]["error"];
-        assert_eq!(error["type"], "budget_exceeded_error", "{r}");
+        assert_eq!(error["type"], "billing_error", "{r}");
+        assert_eq!(error["details"]["reason"], "budget_exceeded", "{r}");
         let message = error["message"].as_str().unwrap_or_default();
         assert!(message.contains("daily budget of $0.00"), "{message}");
     }
