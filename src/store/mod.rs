@@ -13,6 +13,7 @@ pub mod batches;
 pub mod budget;
 pub mod facts;
 pub mod items;
+pub mod job_status;
 pub mod jobs;
 pub mod ledger;
 pub mod quota;
