@@ -14,6 +14,7 @@ mod failures;
 mod faults;
 mod ledger;
 mod metrics;
+mod page;
 mod plan;
 mod preflight;
 mod quota;
