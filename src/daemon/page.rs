@@ -518,7 +518,7 @@ fn spend_section(out: &mut String, s: &Stored) {
         );
     }
     out.push_str("</ul>\n<div class=\"charts\">\n");
-    out.push_str(&chart("USD / min", &series, None, &usd));
+    out.push_str(&chart("USD / min", &series, None, &usd_short));
     out.push_str("</div>\n");
 }
 
@@ -527,6 +527,14 @@ struct Series<'a> {
     label: &'a str,
     values: &'a [f64],
     color: &'static str,
+}
+
+/// "$0.05", "$0.0604", "$0.00002": dollars short enough for an axis, small sums still told.
+fn usd_short(v: f64) -> String {
+    let digits = if v.abs() >= 0.01 || v == 0.0 { 4 } else { 6 };
+    let text = format!("{:.digits$}", v.abs());
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{}${text}", if v < 0.0 { "-" } else { "" })
 }
 
 /// "950", "1.25k", "12.5k", "3.2M": a count short enough for an axis.
@@ -566,7 +574,7 @@ fn nice_ceiling(v: f64) -> f64 {
 // The chart's geometry, in the SVG's own units (it scales to its column's width).
 const W: f64 = 320.0;
 const H: f64 = 130.0;
-const LEFT: f64 = 40.0;
+const LEFT: f64 = 46.0;
 const RIGHT: f64 = 6.0;
 const TOP: f64 = 8.0;
 const BOTTOM: f64 = 16.0;
@@ -935,5 +943,10 @@ mod tests {
         assert_eq!(count(12_500.0), "12.5k");
         assert_eq!(count(2_000_000.0), "2M");
         assert_eq!(count(0.0), "0");
+        assert_eq!(usd_short(0.05), "$0.05");
+        assert_eq!(usd_short(0.0604), "$0.0604");
+        assert_eq!(usd_short(0.00002), "$0.00002");
+        assert_eq!(usd_short(0.0), "$0");
+        assert_eq!(usd_short(-0.5), "-$0.5");
     }
 }
