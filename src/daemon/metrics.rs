@@ -5,6 +5,9 @@
 //! Counts that live in the database (items, batches, the ledger's rollups) are read at each
 //! scrape through a read-only connection; call counters and bucket levels come from the daemon's
 //! memory. [`render`] is pure, so the text format is unit-tested without a server.
+//!
+//! The same listener serves the status page (`GET /` and `/status`, [`super::page`]), read the
+//! same way and behind the same token.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -18,6 +21,9 @@ use hyper::{Request, Response, StatusCode, body::Incoming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::page::{self, PageFacts};
+use crate::config::Live;
+use crate::lanes::admission::Rules;
 use crate::lanes::calls::CallCounters;
 use crate::policy::quota::{ClassSnapshot, Quota};
 use crate::store::facts::{self, TenantTotals};
@@ -254,6 +260,10 @@ pub struct Sources {
     pub health: crate::lanes::health::Board,
     pub data_dir: PathBuf,
     pub disk_low_bytes: u64,
+    /// For the status page: where results files are (the jobs name theirs) and the budgets in
+    /// force (a reload changes them).
+    pub results_dir: PathBuf,
+    pub rules: Live<Rules>,
 }
 
 impl Sources {
@@ -284,6 +294,28 @@ impl Sources {
             Err(e) => tracing::debug!(error = %e, "metrics: the database cannot be read now"),
         }
         Ok(scrape)
+    }
+
+    /// The status page's facts at `now` (Unix ms).
+    fn page(&self, now: i64) -> PageFacts {
+        let limits = crate::lock(&self.quota).snapshot(Instant::now());
+        let health =
+            crate::daemon::health::current(&self.health, &self.data_dir, self.disk_low_bytes);
+        let budgets = &self.rules.get().budgets;
+        // A locked or unreadable database leaves the store's part out, and the page says why.
+        let stored = crate::store::open_read_only(&self.db_path)
+            .and_then(|conn| page::read(&conn, &self.results_dir, budgets, &limits, now))
+            .map_err(|e| {
+                tracing::debug!(error = %e, "status page: the database cannot be read now");
+                e.to_string()
+            });
+        PageFacts {
+            now,
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION"),
+            health,
+            stored,
+        }
     }
 }
 
@@ -321,8 +353,8 @@ impl Token {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`; with a `token`, only to scrapes that send it
-/// (`Authorization: Bearer …`).
+/// Serves `GET /metrics` and the status page (`GET /`, `GET /status`) on `listener` until `stop`;
+/// with a `token`, only to requests that send it (`Authorization: Bearer …`).
 pub async fn serve(
     listener: TcpListener,
     sources: Sources,
@@ -366,20 +398,24 @@ async fn answer(
             .body(Full::new(Bytes::from(body)))
             .expect("a valid response")
     };
-    if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "nightshift serves GET /metrics\n".into(),
-        );
-    }
+    let wants_page = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => false,
+        (&hyper::Method::GET, "/" | "/status") => true,
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "nightshift serves GET /metrics and its status page at GET /\n".into(),
+            );
+        }
+    };
     if let Some(token) = token
         && !token.allows(request.headers().get(hyper::header::AUTHORIZATION))
     {
         let mut response = reply(
             StatusCode::UNAUTHORIZED,
             "text/plain",
-            "nightshift's metrics need `Authorization: Bearer <token>` ([metrics] token_file)\n"
+            "nightshift's metrics and status page need `Authorization: Bearer <token>` ([metrics] token_file)\n"
                 .into(),
         );
         response.headers_mut().insert(
@@ -387,6 +423,28 @@ async fn answer(
             hyper::header::HeaderValue::from_static("Bearer"),
         );
         return response;
+    }
+    if wants_page {
+        let now = crate::store::now_ms();
+        return match tokio::task::spawn_blocking(move || sources.page(now)).await {
+            Ok(facts) => {
+                let mut response = reply(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    page::render(&facts),
+                );
+                let headers = response.headers_mut();
+                for (name, value) in PAGE_HEADERS {
+                    headers.insert(name, hyper::header::HeaderValue::from_static(value));
+                }
+                response
+            }
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("the status page failed: {e}\n"),
+            ),
+        };
     }
     match tokio::task::spawn_blocking(move || sources.gather()).await {
         Ok(Ok(scrape)) => reply(
@@ -406,6 +464,18 @@ async fn answer(
         ),
     }
 }
+
+/// The status page loads nothing and runs nothing: the policy says so to the browser too, so a
+/// string that slipped past the escaping could not run or fetch. Never cached: it is live.
+const PAGE_HEADERS: [(hyper::header::HeaderName, &str); 4] = [
+    (
+        hyper::header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (hyper::header::CACHE_CONTROL, "no-store"),
+    (hyper::header::REFERRER_POLICY, "no-referrer"),
+];
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 pub mod health;
 pub mod journal;
 pub mod metrics;
+pub mod page;
 pub mod reload;
 pub mod systemd;
 
@@ -341,6 +342,8 @@ pub async fn run(
                 health: board.clone(),
                 data_dir: config.data_dir.clone(),
                 disk_low_bytes: config.daemon.disk_low_bytes,
+                results_dir: config.results_dir(),
+                rules: reloader.rules.clone(),
             };
             Some(tokio::spawn(crate::daemon::metrics::serve(
                 listener,

@@ -302,3 +302,110 @@ pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(S
     )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// One model's billed real-time calls in one minute of a window (the status page's quota charts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMinute {
+    /// Minutes since the window's start.
+    pub minute: i64,
+    pub model: String,
+    pub requests: i64,
+    /// Input tokens and cache writes: what counts toward the input-tokens-per-minute limit
+    /// (cache reads do not).
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+/// Per minute from `from` (Unix ms) for `minutes` minutes, per model, the billed real-time calls.
+/// Batch rows are left out: they do not count toward the Messages API's per-minute limits, and a
+/// batch's results all land in the minute it ended. Grouped in SQL over the `at` index, so an
+/// hour with many rows returns at most `minutes` rows per model.
+pub fn realtime_per_minute(conn: &Connection, from: i64, minutes: i64) -> Result<Vec<ModelMinute>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT (at - ?1) / 60000, model, COUNT(*),
+                SUM(input_tokens + cache_creation_input_tokens), SUM(output_tokens)
+         FROM ledger WHERE at >= ?1 AND at < ?2 AND lane = 'realtime'
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let rows = stmt.query_map(params![from, from + minutes * 60_000], |r| {
+        Ok(ModelMinute {
+            minute: r.get(0)?,
+            model: r.get(1)?,
+            requests: r.get(2)?,
+            input_tokens: r.get(3)?,
+            output_tokens: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Per minute from `from` (Unix ms) for `minutes` minutes, per tenant, what both lanes' billed
+/// calls cost, in millionths of a dollar: (minute since `from`, tenant, cost). Unpriced calls
+/// count 0, as in every sum of the ledger.
+pub fn spend_per_minute(
+    conn: &Connection,
+    from: i64,
+    minutes: i64,
+) -> Result<Vec<(i64, String, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT (at - ?1) / 60000, tenant, COALESCE(SUM(cost_micro_usd), 0)
+         FROM ledger WHERE at >= ?1 AND at < ?2
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let rows = stmt.query_map(params![from, from + minutes * 60_000], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger row of job `job`, written directly (its item need not exist).
+    fn row(conn: &Connection, job: i64, at: i64, lane: &str, model: &str, tenant: &str) {
+        conn.execute(
+            "INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens,
+                    output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                    cost_micro_usd, retry_of_unknown)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, 100, 20, 30, 500, 7, 0)",
+            params![at, tenant, job, model, lane],
+        )
+        .expect("ledger row");
+    }
+
+    #[test]
+    fn minutes_count_real_time_use_with_cache_writes_and_spend_of_both_lanes() {
+        let conn = crate::store::test_connection();
+        let job = crate::store::test_empty_job(&conn);
+        let from = 600_000;
+        row(&conn, job, from - 1, "realtime", "m", "a"); // before the window
+        row(&conn, job, from, "realtime", "m", "a");
+        row(&conn, job, from + 59_999, "realtime", "m", "b");
+        row(&conn, job, from + 60_000, "batch", "m", "a");
+        row(&conn, job, from + 2 * 60_000, "realtime", "m", "a"); // after a 2-minute window
+        assert_eq!(
+            realtime_per_minute(&conn, from, 2).expect("minutes"),
+            vec![ModelMinute {
+                minute: 0,
+                model: "m".into(),
+                requests: 2,
+                input_tokens: 260,
+                output_tokens: 40,
+            }]
+        );
+        assert_eq!(
+            spend_per_minute(&conn, from, 2).expect("spend"),
+            vec![(0, "a".into(), 7), (0, "b".into(), 7), (1, "a".into(), 7)]
+        );
+        let plan = crate::store::test_plan(
+            &conn,
+            "SELECT (at - ?1) / 60000, tenant, COALESCE(SUM(cost_micro_usd), 0)
+             FROM ledger WHERE at >= ?1 AND at < ?2 GROUP BY 1, 2 ORDER BY 1, 2",
+        );
+        assert!(
+            plan.iter().any(|s| s.contains("ledger_at")),
+            "an hour is found by the index: {plan:?}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ pub mod budget;
 pub mod facts;
 pub mod holds;
 pub mod items;
+pub mod job_status;
 pub mod jobs;
 pub mod ledger;
 pub mod quota;

@@ -15,6 +15,7 @@ mod faults;
 mod ledger;
 mod metrics;
 mod operator;
+mod page;
 mod plan;
 mod preflight;
 mod quota;

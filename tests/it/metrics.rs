@@ -110,7 +110,8 @@ async fn metrics_serve_items_calls_tokens_cost_buckets_and_batches() {
         "{text}"
     );
 
-    let other = reqwest::get(url.replace("/metrics", "/"))
+    // (`/` is the status page now: tests/it/page.rs.)
+    let other = reqwest::get(url.replace("/metrics", "/nope"))
         .await
         .expect("get");
     assert_eq!(other.status(), 404);

@@ -94,7 +94,7 @@ pub fn job(
     let Some(job) = jobs::find_by_name(conn, name)? else {
         return Ok(None);
     };
-    let status = job_status(conn, &job, results_dir)?;
+    let status = job_status(conn, &job, results_dir, now)?;
     let (downgraded, held, held_until, reason) =
         crate::store::budget::job_effects(conn, job.id, now)?;
     let errored_lines = items::errored(conn, job.id, ERRORED_SHOWN)?

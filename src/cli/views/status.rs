@@ -11,13 +11,11 @@ use super::limits::{Pause, pauses, pauses_text};
 use super::{finished, format_time, progress_bar, table};
 use crate::lanes::admission::Rules;
 use crate::lanes::intake::{NOT_TAKEN_FACT, NotTaken};
-use crate::model::batch::BatchCounts;
-use crate::model::results::results_path;
-use crate::model::state::BatchState;
-use crate::store::batches;
 use crate::store::budget::TenantBudget;
-use crate::store::items::{self, Counts};
 use crate::store::jobs::{self, JobRow};
+// Where a job stands lives in the store, so the daemon's status page shows the same facts.
+use crate::store::job_status::batch_summary;
+pub use crate::store::job_status::{BatchStatus, JobStatus, Lanes};
 
 /// `nightshift status --json`.
 #[derive(Debug, Serialize)]
@@ -80,48 +78,6 @@ pub struct ScheduleStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct JobStatus {
-    pub name: String,
-    /// `queued` (nothing sent yet), `running`, `paused` (`nightshift pause` holds it or its
-    /// tenant), `done` (every item final, results file complete), `canceling` (canceled, calls in
-    /// flight finishing) or `canceled` (canceled and its results file complete).
-    pub state: &'static str,
-    pub counts: Counts,
-    /// Items by the lane that produced their final outcome or is working on them now.
-    pub lanes: Lanes,
-    pub batches: Vec<BatchStatus>,
-    pub results_file: String,
-    /// The prompt cache's hit rate: the share of its tokens read rather than written (null when
-    /// the job has not used the cache).
-    pub cache_hit_rate: Option<f64>,
-    /// What the cache saved the job so far, USD (see `nightshift ledger`'s `cache_saved_usd`).
-    pub cache_saved_usd: f64,
-    /// Billed tokens read from and written to the cache (`job` shows them).
-    #[serde(skip)]
-    pub cache_read_tokens: i64,
-    #[serde(skip)]
-    pub cache_written_tokens: i64,
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct Lanes {
-    pub batch: i64,
-    pub realtime: i64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchStatus {
-    /// The API's id (`msgbatch_…`), or null while it is being created.
-    pub id: Option<String>,
-    /// The API's `processing_status`, `submitting` before the id is known, or `failed`.
-    pub state: String,
-    /// The API's `request_counts`.
-    pub counts: BatchCounts,
-    /// Seconds since the batch was packed.
-    pub age_secs: i64,
-}
-
-#[derive(Debug, Serialize)]
 pub struct NotTakenEntry {
     pub entry: String,
     pub reason: String,
@@ -135,74 +91,19 @@ pub struct RejectedFile {
     pub at: String,
 }
 
-fn job_state(
-    conn: &Connection,
-    job: &JobRow,
-    counts: &Counts,
-) -> crate::store::Result<&'static str> {
-    match (job.finished_at, job.canceled_at) {
-        (Some(_), Some(_)) => return Ok("canceled"),
-        (Some(_), None) => return Ok("done"),
-        (None, Some(_)) => return Ok("canceling"),
-        (None, None) => {}
-    }
-    if crate::store::holds::of_job(conn, job.id, &job.defaults.tenant)?.is_some() {
-        return Ok("paused");
-    }
-    if counts.in_flight > 0 || counts.succeeded > 0 {
-        return Ok("running");
-    }
-    let sent: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1)",
-        [job.id],
-        |r| r.get(0),
-    )?;
-    Ok(if sent { "running" } else { "queued" })
-}
-
+/// Where `job` stands now (see [`crate::store::job_status`]).
 pub(super) fn job_status(
     conn: &Connection,
     job: &JobRow,
     results_dir: &Path,
+    now: i64,
 ) -> anyhow::Result<JobStatus> {
-    let counts = items::counts(conn, job.id)?;
-    let (batch, realtime) = batches::lanes(conn, job.id)?;
-    let now = crate::store::now_ms();
-    let batches = batches::by_job(conn, job.id)?
-        .into_iter()
-        .map(|b| {
-            let counts = if b.state == BatchState::Submitting {
-                BatchCounts {
-                    processing: b.request_count,
-                    ..Default::default()
-                }
-            } else {
-                b.counts
-            };
-            BatchStatus {
-                id: b.api_id,
-                state: b.state.as_str().to_owned(),
-                counts,
-                age_secs: (now - b.intent_at) / 1000,
-            }
-        })
-        .collect();
-    let cache = crate::store::ledger::job_cache_use(conn, job.id)?;
-    Ok(JobStatus {
-        cache_hit_rate: crate::policy::prices::cache_hit_ratio(
-            cache.read_tokens,
-            cache.written_tokens,
-        ),
-        cache_saved_usd: cache.saved_micro_usd as f64 / 1e6,
-        cache_read_tokens: cache.read_tokens,
-        cache_written_tokens: cache.written_tokens,
-        name: job.name.clone(),
-        state: job_state(conn, job, &counts)?,
-        counts,
-        lanes: Lanes { batch, realtime },
-        batches,
-        results_file: results_path(results_dir, &job.name).display().to_string(),
-    })
+    Ok(crate::store::job_status::job_status(
+        conn,
+        job,
+        results_dir,
+        now,
+    )?)
 }
 
 pub fn status(
@@ -265,7 +166,7 @@ pub fn status(
             .collect(),
     };
     for job in jobs::list(conn)? {
-        report.jobs.push(job_status(conn, &job, results_dir)?);
+        report.jobs.push(job_status(conn, &job, results_dir, now)?);
     }
     for (file, reason, at) in jobs::rejections(conn, 20)? {
         report.rejected_files.push(RejectedFile {
@@ -275,22 +176,6 @@ pub fn status(
         });
     }
     Ok(report)
-}
-
-/// "2 (1 in_progress, 1 ended)" or "-".
-pub(super) fn batch_summary(batches: &[BatchStatus]) -> String {
-    if batches.is_empty() {
-        return "-".into();
-    }
-    let mut by_state: Vec<(&str, usize)> = Vec::new();
-    for b in batches {
-        match by_state.iter_mut().find(|(s, _)| *s == b.state) {
-            Some((_, n)) => *n += 1,
-            None => by_state.push((&b.state, 1)),
-        }
-    }
-    let parts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    format!("{} ({})", batches.len(), parts.join(", "))
 }
 
 impl StatusReport {
