@@ -238,14 +238,19 @@ pub fn signal(child: &Child, signal: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
+/// A results file, line by line; every line must be one the official SDK reads
+/// (`crate::sdk`).
 pub fn read_results(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("results file exists");
-    text.lines()
+    let lines: Vec<Value> = text
+        .lines()
         .map(|l| {
             serde_json::from_str(l)
                 .unwrap_or_else(|e| panic!("results line is not JSON ({e}): {l}"))
         })
-        .collect()
+        .collect();
+    crate::sdk::assert_sdk_readable(&lines);
+    lines
 }
 
 /// A valid request line for the real-time lane.

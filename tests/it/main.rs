@@ -21,6 +21,7 @@ mod preflight;
 mod quota;
 mod restart;
 mod schedules;
+mod sdk;
 mod secrets;
 mod service;
 mod trust;
