@@ -715,6 +715,9 @@ mod tests {
                 batch: 5,
                 realtime: 20,
             },
+            per_lane: Default::default(),
+            items_per_sec: Some(2.5),
+            eta_secs: Some(90),
             batches: vec![BatchStatus {
                 id: Some("msgbatch_1".into()),
                 state: "ended".into(),

@@ -32,11 +32,111 @@ pub struct JobStatus {
     pub cache_hit_rate: Option<f64>,
     /// What the cache saved the job so far, USD (see `nightshift ledger`'s `cache_saved_usd`).
     pub cache_saved_usd: f64,
+    /// Per lane: items waiting, in flight and final (items errored at intake have no lane).
+    pub per_lane: PerLane,
+    /// Items that became final over the last minute, per second (null before any did).
+    pub items_per_sec: Option<f64>,
+    /// Seconds until every item is final, as far as can be told: the real-time items left at the
+    /// real-time lane's pace over the last minute, and the batch items by the batch turnaround
+    /// (the 95th percentile of the batches seen, or the planner's first guess); the later of the
+    /// two. Null when done, or when real-time items wait and none went through in the last minute.
+    pub eta_secs: Option<i64>,
     /// Billed tokens read from and written to the cache (`job` shows them).
     #[serde(skip)]
     pub cache_read_tokens: i64,
     #[serde(skip)]
     pub cache_written_tokens: i64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct PerLane {
+    pub realtime: LaneCounts,
+    pub batch: LaneCounts,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct LaneCounts {
+    pub pending: u64,
+    pub in_flight: u64,
+    /// Final: succeeded, errored, expired or canceled.
+    pub done: u64,
+}
+
+impl LaneCounts {
+    fn left(&self) -> u64 {
+        self.pending + self.in_flight
+    }
+}
+
+/// Items of a job by lane and state.
+fn per_lane(conn: &Connection, job_id: i64) -> Result<PerLane> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT lane, state, COUNT(*) FROM items WHERE job_id = ?1 AND lane IS NOT NULL
+         GROUP BY lane, state",
+    )?;
+    let mut out = PerLane::default();
+    let rows = stmt.query_map([job_id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (lane, state, n) = row?;
+        let lane = if lane == "batch" {
+            &mut out.batch
+        } else {
+            &mut out.realtime
+        };
+        let n = n as u64;
+        match state.as_str() {
+            "pending" => lane.pending += n,
+            "in_flight" => lane.in_flight += n,
+            _ => lane.done += n,
+        }
+    }
+    Ok(out)
+}
+
+/// Items of a job that became final since `since` (Unix ms): in all, and in the real-time lane.
+fn finished_since(conn: &Connection, job_id: i64, since: i64) -> Result<(u64, u64)> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(lane = 'realtime'), 0) FROM items
+             WHERE job_id = ?1 AND updated_at >= ?2
+               AND state IN ('succeeded', 'errored', 'expired', 'canceled')",
+        )?
+        .query_row(rusqlite::params![job_id, since], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?)
+}
+
+/// The ETA (see [`JobStatus::eta_secs`]): `realtime_per_sec` is the real-time lane's pace over
+/// the last minute; `batch_ends` when the job's open batches are expected to end and
+/// `turnaround_ms` how long a batch takes. Pure.
+pub fn eta_secs(
+    per_lane: &PerLane,
+    realtime_per_sec: f64,
+    batch_ends: &[i64],
+    turnaround_ms: i64,
+    now: i64,
+) -> Option<i64> {
+    let realtime = match per_lane.realtime.left() {
+        0 => 0.0,
+        _ if realtime_per_sec <= 0.0 => return None,
+        left => left as f64 / realtime_per_sec,
+    };
+    let mut batch_ms = 0i64;
+    if per_lane.batch.pending > 0 {
+        batch_ms = turnaround_ms;
+    }
+    if per_lane.batch.in_flight > 0 {
+        for end in batch_ends {
+            batch_ms = batch_ms.max(end - now);
+        }
+    }
+    Some(realtime.max(batch_ms.max(0) as f64 / 1000.0).ceil() as i64)
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -87,8 +187,10 @@ pub fn job_status(
 ) -> Result<JobStatus> {
     let counts = super::items::counts(conn, job.id)?;
     let (batch, realtime) = super::batches::lanes(conn, job.id)?;
-    let batches = super::batches::by_job(conn, job.id)?
-        .into_iter()
+    let batches_rows = super::batches::by_job(conn, job.id)?;
+    let batches = batches_rows
+        .iter()
+        .cloned()
         .map(|b| {
             let counts = if b.state == BatchState::Submitting {
                 BatchCounts {
@@ -107,7 +209,30 @@ pub fn job_status(
         })
         .collect();
     let cache = super::ledger::job_cache_use(conn, job.id)?;
+    let per_lane = per_lane(conn, job.id)?;
+    let (finished, realtime_finished) = finished_since(conn, job.id, now - 60_000)?;
+    let state = job_state(conn, job, &counts)?;
+    let eta = if job.finished_at.is_some() {
+        None
+    } else {
+        let turnaround = super::batches::turnaround_ms(conn)?;
+        let ends: Vec<i64> = batches_rows
+            .iter()
+            .filter(|b| b.ended_at.is_none())
+            .map(|b| b.api_created_at.unwrap_or(b.intent_at) + turnaround)
+            .collect();
+        eta_secs(
+            &per_lane,
+            realtime_finished as f64 / 60.0,
+            &ends,
+            turnaround,
+            now,
+        )
+    };
     Ok(JobStatus {
+        per_lane,
+        items_per_sec: (finished > 0).then(|| finished as f64 / 60.0),
+        eta_secs: eta,
         cache_hit_rate: crate::policy::prices::cache_hit_ratio(
             cache.read_tokens,
             cache.written_tokens,
@@ -116,7 +241,7 @@ pub fn job_status(
         cache_read_tokens: cache.read_tokens,
         cache_written_tokens: cache.written_tokens,
         name: job.name.clone(),
-        state: job_state(conn, job, &counts)?,
+        state,
         counts,
         lanes: Lanes { batch, realtime },
         batches,
@@ -138,4 +263,57 @@ pub fn batch_summary(batches: &[BatchStatus]) -> String {
     }
     let parts: Vec<String> = by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     format!("{} ({})", batches.len(), parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes(rt: (u64, u64), batch: (u64, u64)) -> PerLane {
+        PerLane {
+            realtime: LaneCounts {
+                pending: rt.0,
+                in_flight: rt.1,
+                done: 0,
+            },
+            batch: LaneCounts {
+                pending: batch.0,
+                in_flight: batch.1,
+                done: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn the_eta_is_the_later_of_the_real_time_pace_and_the_batch_turnaround() {
+        // 90 real-time items left at 3 a second: 30 s.
+        assert_eq!(
+            eta_secs(&lanes((80, 10), (0, 0)), 3.0, &[], 3_600_000, 0),
+            Some(30)
+        );
+        // Nothing went through yet: unknown.
+        assert_eq!(
+            eta_secs(&lanes((80, 10), (0, 0)), 0.0, &[], 3_600_000, 0),
+            None
+        );
+        // A batch under way, expected to end in 20 minutes, beside those 30 s.
+        assert_eq!(
+            eta_secs(&lanes((80, 10), (0, 5)), 3.0, &[1_200_000], 3_600_000, 0),
+            Some(1_200)
+        );
+        // Items waiting to be packed take a whole turnaround.
+        assert_eq!(
+            eta_secs(&lanes((0, 0), (5, 0)), 0.0, &[], 3_600_000, 0),
+            Some(3_600)
+        );
+        // A batch past its expected end: due any moment.
+        assert_eq!(
+            eta_secs(&lanes((0, 0), (0, 5)), 0.0, &[1_000], 3_600_000, 5_000),
+            Some(0)
+        );
+        assert_eq!(
+            eta_secs(&lanes((0, 0), (0, 0)), 0.0, &[], 3_600_000, 0),
+            Some(0)
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod diagnose;
 pub mod item;
 pub mod job;
+pub mod jobs_table;
 pub mod ledger;
 pub mod limits;
 pub mod plan;
@@ -80,8 +81,13 @@ pub fn table(rows: &[Vec<String>]) -> String {
                 line.push_str("  ");
             }
             let pad = widths[c] - cell.chars().count();
-            // Numbers align right, words left.
-            if c > 0 && cell.chars().all(|ch| ch.is_ascii_digit()) && !cell.is_empty() {
+            // Numbers (and counts such as 90/200 or rates such as 2.5) align right, words left.
+            if c > 0
+                && !cell.is_empty()
+                && cell
+                    .chars()
+                    .all(|ch| ch.is_ascii_digit() || ch == '.' || ch == '/')
+            {
                 line.push_str(&" ".repeat(pad));
                 line.push_str(cell);
             } else {
@@ -92,6 +98,16 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    out
+}
+
+/// `s` cut to `width` characters, with an ellipsis when cut.
+pub fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
     out
 }
 

@@ -8,13 +8,12 @@ use serde::Serialize;
 
 use super::daemon::{DaemonStatus, daemon_status};
 use super::limits::{Pause, pauses, pauses_text};
-use super::{finished, format_time, progress_bar, table};
+use super::{format_time, table};
 use crate::lanes::admission::Rules;
 use crate::lanes::intake::{NOT_TAKEN_FACT, NotTaken};
 use crate::store::budget::TenantBudget;
 use crate::store::jobs::{self, JobRow};
 // Where a job stands lives in the store, so the daemon's status page shows the same facts.
-use crate::store::job_status::batch_summary;
 pub use crate::store::job_status::{BatchStatus, JobStatus, Lanes};
 
 /// `nightshift status --json`.
@@ -180,6 +179,11 @@ pub fn status(
 
 impl StatusReport {
     pub fn to_text(&self) -> String {
+        self.to_text_within(None)
+    }
+
+    /// The text, its jobs table fitted to `width` columns (None: every column).
+    pub fn to_text_within(&self, width: Option<usize>) -> String {
         let mut out = self.daemon.to_text();
         out.push_str(&pauses_text(&self.paused));
         for h in &self.holds {
@@ -199,40 +203,7 @@ impl StatusReport {
         if self.jobs.is_empty() {
             out.push_str("no jobs yet: put a .jsonl file in the jobs folder (or use `nightshift submit FILE`)\n");
         } else {
-            let mut rows = vec![
-                [
-                    "JOB",
-                    "STATE",
-                    "PROGRESS",
-                    "TOTAL",
-                    "PENDING",
-                    "IN FLIGHT",
-                    "SUCCEEDED",
-                    "ERRORED",
-                    "EXPIRED",
-                    "CANCELED",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            for job in &self.jobs {
-                let c = &job.counts;
-                rows.push(vec![
-                    job.name.clone(),
-                    job.state.to_owned(),
-                    progress_bar(finished(c), c.total, 20),
-                    c.total.to_string(),
-                    c.pending.to_string(),
-                    c.in_flight.to_string(),
-                    c.succeeded.to_string(),
-                    c.errored.to_string(),
-                    c.expired.to_string(),
-                    c.canceled.to_string(),
-                    format!("{}b/{}rt", job.lanes.batch, job.lanes.realtime),
-                    batch_summary(&job.batches),
-                ]);
-            }
-            out.push_str(&table(&rows));
+            out.push_str(&super::jobs_table::jobs_table(&self.jobs, width));
         }
         if !self.budgets.is_empty() {
             let mut rows = vec![

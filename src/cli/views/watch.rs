@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::limits::LimitsReport;
 use super::status::StatusReport;
-use super::{finished, format_time, progress_bar};
+use super::{finished, format_age, format_time, progress_bar, truncate};
 
 /// The lines of one terminal frame, none wider than `width`.
 pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usize) -> Vec<String> {
@@ -21,30 +21,12 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
     ];
     if status.jobs.is_empty() {
         lines.push("no jobs yet".into());
-    }
-    let name_width = status
-        .jobs
-        .iter()
-        .map(|j| j.name.chars().count())
-        .max()
-        .unwrap_or(0)
-        .min(40);
-    for job in &status.jobs {
-        let c = &job.counts;
-        let done = finished(c);
-        lines.push(format!(
-            "{:<name_width$}  {:<9} {}  {}/{}  {} in flight, {} errored",
-            truncate(&job.name, name_width),
-            job.state,
-            progress_bar(done, c.total, 24),
-            done,
-            c.total,
-            c.in_flight,
-            c.errored
-        ));
-        if let Some(cache) = super::cache_summary(job.cache_hit_rate, job.cache_saved_usd) {
-            lines.push(format!("{:<name_width$}  {cache}", ""));
-        }
+    } else {
+        lines.extend(
+            super::jobs_table::jobs_table(&status.jobs, Some(width))
+                .lines()
+                .map(str::to_owned),
+        );
     }
     if !limits.classes.is_empty() {
         lines.push(String::new());
@@ -71,11 +53,39 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
             ));
         }
     }
+    if !status.budgets.is_empty() {
+        lines.push(String::new());
+        lines.push("spend today (UTC) against each tenant's daily cap:".into());
+        for b in &status.budgets {
+            lines.push(match b.daily_cap_usd {
+                Some(cap) if cap > 0.0 => format!(
+                    "{}  {} ${:.4} of ${cap:.2}",
+                    b.tenant,
+                    progress_bar(
+                        (b.daily_spent_usd / cap * 1000.0).clamp(0.0, 1000.0) as u64,
+                        1000,
+                        10
+                    ),
+                    b.daily_spent_usd
+                ),
+                _ => format!("{}  ${:.4} (no daily cap)", b.tenant, b.daily_spent_usd),
+            });
+        }
+    }
     for p in &limits.pauses {
         lines.push(format!(
             "PAUSED {}: {} (until {})",
             p.lane, p.reason, p.until
         ));
+    }
+    for h in &status.holds {
+        let what = h
+            .job
+            .as_ref()
+            .map(|j| format!("job {j}"))
+            .or_else(|| h.tenant.as_ref().map(|t| format!("tenant {t}")))
+            .unwrap_or_default();
+        lines.push(format!("PAUSED {what} by {} since {}", h.by, h.since));
     }
     lines.into_iter().map(|l| truncate(&l, width)).collect()
 }
@@ -90,8 +100,15 @@ pub fn plain_lines(status: &StatusReport, limits: &LimitsReport) -> Vec<String> 
         let cache = super::cache_summary(job.cache_hit_rate, job.cache_saved_usd)
             .map(|c| format!(", {c}"))
             .unwrap_or_default();
+        let pace = match (job.items_per_sec, job.eta_secs) {
+            (Some(rate), Some(eta)) if done < c.total => {
+                format!(", {rate:.1} items/s, about {} left", format_age(eta))
+            }
+            (Some(rate), _) if done < c.total => format!(", {rate:.1} items/s"),
+            _ => String::new(),
+        };
         lines.push(format!(
-            "job {}: {} {done}/{} ({percent}%), {} in flight, {} succeeded, {} errored{cache}",
+            "job {}: {} {done}/{} ({percent}%), {} in flight, {} succeeded, {} errored{pace}{cache}",
             job.name, job.state, c.total, c.in_flight, c.succeeded, c.errored
         ));
     }
@@ -124,15 +141,6 @@ fn short_dim(dim: &str) -> &str {
     }
 }
 
-fn truncate(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        return s.to_owned();
-    }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
 /// Restores the terminal (cursor shown, main screen back) however the watch ends.
 struct TerminalGuard;
 
@@ -152,9 +160,14 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// The terminal's width in columns, when stdout is a terminal.
+pub fn terminal_width() -> Option<usize> {
+    std::io::stdout().is_terminal().then(terminal_columns)
+}
+
 /// The terminal's width in columns (80 when it cannot be told).
 #[allow(unsafe_code)] // one libc call; std has no way to ask the terminal its size
-fn terminal_width() -> usize {
+fn terminal_columns() -> usize {
     let mut size = libc::winsize {
         ws_row: 0,
         ws_col: 0,
@@ -189,7 +202,7 @@ pub async fn run(
         let mut out = std::io::stdout().lock();
         match read(db) {
             Ok((status, limits)) if tty => {
-                last_frame = frame(&status, &limits, &now, terminal_width());
+                last_frame = frame(&status, &limits, &now, terminal_columns());
                 // Home, then each line cleared to its end, then the rest of the screen: the old
                 // frame is overwritten in place, never blanked first.
                 let mut text = String::from("\x1b[H");
@@ -265,6 +278,9 @@ mod tests {
                 },
                 lanes: Lanes::default(),
                 batches: vec![],
+                per_lane: Default::default(),
+                items_per_sec: Some(2.5),
+                eta_secs: Some(90),
                 results_file: String::new(),
                 cache_hit_rate: Some(0.99),
                 cache_saved_usd: 1.5,
@@ -308,15 +324,39 @@ mod tests {
 
     #[test]
     fn a_frame_shows_job_progress_and_quota_use_within_the_width() {
-        let lines = frame(&status(), &limits(), "2026-11-23T12:00:00Z", 100);
+        // A wide terminal: every column, the cache's among them.
+        let lines = frame(&status(), &limits(), "2026-11-23T12:00:00Z", 200);
         let text = lines.join("\n");
         assert!(text.contains("backfill  running"), "{text}");
         assert!(text.contains("45%") && text.contains("90/200"), "{text}");
+        assert!(text.contains("cache 99.0 % hit, $1.5000 saved"), "{text}");
         assert!(text.contains("RPM [#########.]  90%"), "{text}");
         assert!(text.contains("10/16 in flight"), "{text}");
+        // 80 columns: labelled columns that fit, the counts, the pace and the ETA kept.
+        let eighty = frame(&status(), &limits(), "2026-11-23T12:00:00Z", 80);
         assert!(
-            text.contains("\n          cache 99.0 % hit, $1.5000 saved\n"),
-            "the job's cache line, under its progress: {text}"
+            eighty.iter().all(|l| l.chars().count() <= 80),
+            "{eighty:#?}"
+        );
+        let text = eighty.join("\n");
+        let header = eighty
+            .iter()
+            .find(|l| l.starts_with("JOB"))
+            .expect("a header");
+        for label in [
+            "STATE",
+            "DONE/TOTAL",
+            "PENDING",
+            "IN FLIGHT",
+            "ERRORED",
+            "ITEMS/S",
+            "ETA",
+        ] {
+            assert!(header.contains(label), "{header}");
+        }
+        assert!(
+            text.contains("90/200") && text.contains("2.5") && text.contains("90s"),
+            "{text}"
         );
         let narrow = frame(&status(), &limits(), "now", 30);
         assert!(narrow.iter().all(|l| l.chars().count() <= 30), "{narrow:?}");
@@ -328,7 +368,7 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                "job backfill: running 90/200 (45%), 10 in flight, 88 succeeded, 2 errored, cache 99.0 % hit, $1.5000 saved",
+                "job backfill: running 90/200 (45%), 10 in flight, 88 succeeded, 2 errored, 2.5 items/s, about 90s left, cache 99.0 % hit, $1.5000 saved",
                 "quota claude-haiku-5-5: 10 in flight, RPM 90%",
             ]
         );
