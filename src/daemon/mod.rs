@@ -35,6 +35,9 @@ pub struct Handle {
 }
 
 /// Starts the daemon as a task of this process; [`Handle::stop`] shuts it down in order.
+/// The daemon's fact naming the config it runs with.
+pub const CONFIG_FACT: &str = "config";
+
 pub fn spawn(config: Config, key: ApiKey) -> Handle {
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -136,6 +139,18 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
+    match &config.source {
+        Some(path) => tracing::info!(config = %path.display(), "configuration read"),
+        // Say which defaults were taken, where the operator looks: with no file, a daemon set up
+        // in the default folders against the real API without a word would surprise.
+        None => tracing::warn!(
+            jobs_dir = %config.jobs_dir.display(),
+            data_dir = %config.data_dir.display(),
+            api = %config.api.base_url,
+            looked_at = crate::config::DEFAULT_CONFIG_PATHS.join(", "),
+            "no config file found: running on the built-in defaults (pass --config, or write one of the files looked at)"
+        ),
+    }
     for dir in [&config.jobs_dir, &config.data_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -326,6 +341,14 @@ pub async fn run(
         config.jobs_dir.clone(),
         stop_intake.clone(),
     ));
+    // Which config the daemon runs with, for `status` (a CLI run with another shows both).
+    let config_fact = config.source.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    store
+        .call(move |c| crate::store::facts::set(c, CONFIG_FACT, &config_fact, now_ms()))
+        .await?;
     let metrics_task = match metrics_listener {
         None => None,
         Some(listener) => {

@@ -125,6 +125,13 @@ impl Reloader {
             ("[realtime]", old.realtime != new.realtime),
             ("[batch]", old.batch != new.batch),
             ("[daemon]", old.daemon != new.daemon),
+            (
+                "[metrics]",
+                old.metrics_port != new.metrics_port
+                    || old.metrics_token_file != new.metrics_token_file,
+            ),
+            ("cache", old.cache != new.cache),
+            ("[hooks]", old.on_job_done != new.on_job_done),
         ] {
             if changed {
                 tracing::warn!(

@@ -144,6 +144,11 @@ async fn a_paused_tenant_or_job_waits_across_a_restart_until_resumed() {
     );
     let shown = text(&env.cli(&["status"]));
     assert!(shown.contains("PAUSED tenant acme by "), "{shown}");
+    // The config in use is named, the daemon's too when it differs.
+    assert!(
+        shown.contains(&format!("\nconfig: {}\n", env.config_path.display())),
+        "{shown}"
+    );
     daemon.stop().await;
 
     // Across a restart: still held.

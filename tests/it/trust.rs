@@ -177,6 +177,18 @@ async fn folders_others_can_change_are_refused_and_a_refused_reload_fails() {
     let (code, text) = reload(&env, &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("configuration reloaded"), "{text}");
+    // A setting only a restart changes is named, never ignored without a word.
+    std::fs::write(
+        &env.config_path,
+        std::fs::read_to_string(&env.config_path).expect("config") + "[metrics]\nport = 0\n",
+    )
+    .expect("config");
+    let (code, text) = reload(&env, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("[metrics] changed and take effect at the next restart"),
+        "{text}"
+    );
 
     // A config that does not load: the reload fails (78) and says why; status shows it.
     env.edit_config("[daemon]\n", "[daemon]\nno_such_setting = 1\n");

@@ -37,6 +37,10 @@ pub struct StatusReport {
     pub budgets: Vec<TenantBudget>,
     /// Where the running daemon serves Prometheus metrics, if it does.
     pub metrics_url: Option<String>,
+    /// The config this command read (a path, or "built-in defaults"), and the one the daemon
+    /// runs with (null before a daemon ran on this data dir).
+    pub config: String,
+    pub daemon_config: Option<String>,
     /// Recurring jobs and their next run.
     pub schedules: Vec<ScheduleStatus>,
     /// Time windows of priority classes, and whether each is open now.
@@ -151,6 +155,8 @@ pub fn status(
             })
             .collect(),
         metrics_url: crate::store::facts::get(conn, "metrics_url")?,
+        config: String::new(),
+        daemon_config: crate::store::facts::get(conn, crate::daemon::CONFIG_FACT)?,
         schedules: crate::store::schedules::list(conn)?
             .into_iter()
             .map(|s| ScheduleStatus {
@@ -268,6 +274,13 @@ impl StatusReport {
                 },
                 if w.open { "open now" } else { "closed now" }
             );
+        }
+        let _ = write!(out, "\nconfig: {}", self.config);
+        match &self.daemon_config {
+            Some(daemon) if *daemon != self.config => {
+                let _ = writeln!(out, " (the daemon runs with {daemon})");
+            }
+            _ => out.push('\n'),
         }
         if let Some(url) = &self.metrics_url {
             let _ = writeln!(out, "\nmetrics: {url}");

@@ -293,6 +293,8 @@ mod tests {
             holds: vec![],
             budgets: vec![],
             metrics_url: None,
+            config: "/etc/nightshift/nightshift.toml".into(),
+            daemon_config: None,
             schedules: vec![],
             windows: vec![],
         }
