@@ -117,6 +117,7 @@ pub enum Command {
     /// Read a job file without sending anything: estimated tokens, cost through batches vs real
     /// time, how long real time would take under the configured limits, and which limit binds.
     Plan {
+        /// The JSONL job file to read (as intake would; nothing is submitted).
         file: PathBuf,
         /// Count input tokens with the API's free count_tokens endpoint (needs the API key) instead
         /// of estimating them.
@@ -137,7 +138,10 @@ pub enum Command {
     /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
     Ledger(LedgerArgs),
     /// Write a consistent copy of the database to FILE, also while the daemon runs.
-    Backup { file: PathBuf },
+    Backup {
+        /// Where the copy goes: a new file (a backup never overwrites one).
+        file: PathBuf,
+    },
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.
@@ -205,8 +209,10 @@ pub struct JsonFlag {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
+    /// Only this tenant's calls.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Only this job's calls (by name).
     #[arg(long)]
     pub job: Option<String>,
     /// From this time (RFC 3339, or a duration back from now such as 24h or 7d).
@@ -272,18 +278,22 @@ pub struct FakeApiArgs {
 pub enum BenchCommand {
     /// Intake of a generated job file: lines/s and peak memory.
     Ingest {
+        /// Lines of the generated job file.
         #[arg(long, default_value_t = 1_000_000)]
         lines: u64,
     },
     /// The real-time lane against the fake API with no limits and no latency: items/s.
     Realtime {
+        /// Items of the generated job, all for the real-time lane.
         #[arg(long, default_value_t = 20_000)]
         items: u64,
+        /// Real-time calls in flight at once (the config's `realtime.concurrency`).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Applying batch results: from the download's start to every line applied and synced.
     BatchResults {
+        /// Lines of the generated batch job, and so of the results applied.
         #[arg(long, default_value_t = 100_000)]
         lines: u64,
     },
@@ -335,6 +345,39 @@ fn seconds(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help`, the completions and the man page are only as good as these strings: every
+    /// subcommand and every argument has one (clap's own `--help`, `--version` and `help` have theirs).
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    let name = match arg.get_long() {
+                        Some(long) => format!("--{long}"),
+                        None => arg.get_id().to_string().to_uppercase(),
+                    };
+                    missing.push(format!("{path} {name}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        // Built, so that the global --config and clap's own arguments are on every subcommand.
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "nightshift", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text (a doc comment on the field or variant): {missing:#?}"
+        );
+    }
 
     #[test]
     fn seconds_are_checked_not_panicked_on() {
