@@ -113,6 +113,7 @@ enum ErrorType {
 
 /// `ErrorObject`: a union over these `type`s, each with a `message`.
 #[derive(Deserialize)]
+#[allow(clippy::enum_variant_names)] // the SDK's tags
 #[serde(tag = "type", rename_all = "snake_case")]
 #[allow(dead_code)]
 enum ErrorObject {
