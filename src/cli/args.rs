@@ -158,6 +158,21 @@ pub enum Command {
         #[arg(long, default_value = "target/nightshift-demo")]
         dir: PathBuf,
     },
+    /// Print a shell completion script: `nightshift completions bash >
+    /// /etc/bash_completion.d/nightshift` (see the README for zsh and fish).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `nightshift man > /usr/local/share/man/man1/nightshift.1`; with
+    /// --dir, write it and a page per subcommand (nightshift-status.1, ...) into a folder.
+    Man {
+        /// Write nightshift.1 and every nightshift-SUBCOMMAND.1 into this folder (mode 0644),
+        /// instead of printing nightshift.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Measure: intake throughput and memory, or the real-time lane's own overhead.
     Bench {
         #[command(subcommand)]

@@ -75,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unschedule { name } => unschedule::run(config, &name),
         Command::Backup { file } => backup::run(config, &file),
         Command::Submit { file, name } => submit::run(config, &file, name.as_deref()),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Man { dir } => man::run(dir.as_deref()),
         Command::FakeApi(args) => fake_api::run(&args),
         Command::Demo { dir } => runtime()?
             .block_on(demo::run(&dir))

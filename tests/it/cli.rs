@@ -118,3 +118,87 @@ fn submit_renames_the_file_in_with_its_sidecar() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("priority"));
     assert!(!jobs.join("other.jsonl").exists());
 }
+
+/// Every subcommand's name, from the clap types themselves (a new one is covered at once).
+fn subcommands() -> Vec<String> {
+    let cli = <nightshift::cli::args::Cli as clap::CommandFactory>::command();
+    let names: Vec<String> = cli
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    names
+}
+
+#[test]
+fn completions_name_every_subcommand_for_each_shell() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = |shell: &str| {
+        let out = nightshift(dir.path(), &["completions", shell]);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let bash = script("bash");
+    assert!(bash.contains("_nightshift()"), "{bash}");
+    assert!(bash.contains("complete -F _nightshift"), "{bash}");
+    for name in subcommands() {
+        assert!(
+            bash.contains(&format!("nightshift,{name})")),
+            "bash: {name}"
+        );
+    }
+    assert!(script("zsh").starts_with("#compdef nightshift"));
+    let fish = script("fish");
+    for name in subcommands() {
+        assert!(fish.contains(&format!("-a \"{name}\"")), "fish: {name}");
+    }
+    let out = nightshift(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage");
+}
+
+#[test]
+fn the_man_page_is_roff_and_names_every_subcommand() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = nightshift(dir.path(), &["man"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(page.starts_with('.'), "roff requests first: {page}");
+    assert!(page.contains("\n.TH nightshift 1 "), "{page}");
+    assert!(page.contains("\n.SH SYNOPSIS\n"), "{page}");
+    for name in subcommands() {
+        // roff escapes the hyphen.
+        assert!(
+            page.contains(&format!("nightshift\\-{}(1)", name.replace('-', "\\-"))),
+            "{name} is not in the man page"
+        );
+    }
+    // --dir: a page per subcommand, readable by everyone despite nightshift's umask of 077.
+    let pages = dir.path().join("man1");
+    std::fs::create_dir(&pages).expect("dir");
+    let out = nightshift(dir.path(), &["man", "--dir", "man1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["nightshift".to_owned()]
+        .into_iter()
+        .chain(subcommands().iter().map(|s| format!("nightshift-{s}")))
+        .chain(["nightshift-bench-quota".to_owned()])
+    {
+        let path = pages.join(format!("{name}.1"));
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644, "{name}");
+        let text = std::fs::read_to_string(&path).expect("page");
+        assert!(text.contains(&format!(".TH {name} 1 ")), "{text}");
+    }
+}
