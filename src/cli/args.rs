@@ -5,10 +5,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `--version` prints after the name: `0.1.0 (commit 665b5a0c1d2e)`, the commit from
+/// `build.rs` (`unknown` when the build had no git and no packaged record of it).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NIGHTSHIFT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nightshift",
-    version,
+    version = VERSION,
     about = "Runs large Claude API workloads under rate limits"
 )]
 pub struct Cli {

@@ -202,3 +202,45 @@ fn the_man_page_is_roff_and_names_every_subcommand() {
         assert!(text.contains(&format!(".TH {name} 1 ")), "{text}");
     }
 }
+
+/// `--version` names the commit the binary was built from (build.rs): this checkout's HEAD when
+/// the tests run in a git checkout, `unknown` only where the build had no git.
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = nightshift(dir.path(), &["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let commit = text
+        .strip_prefix(concat!(
+            "nightshift ",
+            env!("CARGO_PKG_VERSION"),
+            " (commit "
+        ))
+        .and_then(|rest| rest.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("not `nightshift VERSION (commit C)`: {text:?}"));
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    // As build.rs does: only a repository whose top is the package tells its commit.
+    let own_repository = git(&["rev-parse", "--show-toplevel"]).is_some_and(|top| {
+        std::fs::canonicalize(top).ok() == std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).ok()
+    });
+    match own_repository
+        .then(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .flatten()
+    {
+        Some(head) => assert_eq!(commit, head, "{text}"),
+        None => assert!(
+            commit == "unknown"
+                || (commit.len() >= 7 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{text}"
+        ),
+    }
+}
