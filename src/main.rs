@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     private_umask();
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if !cli.command.holds_sockets() {
+        // `nightshift status | head -1` ends quietly, as `cat` would.
+        nightshift::cli::signals::default_sigpipe();
+    }
     // The demo draws its own progress; its log shows only what needs a person.
     let default_filter = match cli.command {
         Command::Demo { .. } => "nightshift=error",

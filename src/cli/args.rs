@@ -189,6 +189,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command writes to sockets: the daemon, the fake API, and the commands that run
+    /// them in-process (demo, bench) or call the API (plan's --count-tokens and --check). These
+    /// keep SIGPIPE ignored (`cli::signals::default_sigpipe` says why) and print through `out!`;
+    /// every other command ends by SIGPIPE's default action when its reader goes.
+    pub fn holds_sockets(&self) -> bool {
+        matches!(
+            self,
+            Command::Run
+                | Command::FakeApi(_)
+                | Command::Demo { .. }
+                | Command::Bench { .. }
+                | Command::Plan { .. }
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON (a documented, stable shape) instead of text.

@@ -244,3 +244,111 @@ fn version_names_the_commit_it_was_built_from() {
         ),
     }
 }
+
+/// `nightshift demo | head -1` ends quietly (it panicked: "failed printing to stdout: Broken pipe",
+/// exit 101), as the pipeline's reader expects.
+#[test]
+fn the_demo_piped_to_head_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = dir.path().join("demo");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" demo --dir "$1" | head -1"#)
+        .arg(BIN)
+        .arg(&demo)
+        .env_remove("NIGHTSHIFT_CONFIG")
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nightshift demo\n");
+}
+
+/// Every command whose standard output's reader has gone ends as SIGPIPE ends any Unix program:
+/// silently, by the signal. Those that hold no sockets by SIGPIPE's default action; those that
+/// keep it ignored for their sockets (demo, plan, bench, fake-api, the daemon) by noticing the
+/// closed pipe. The reader is closed before the command starts, so its first write meets it.
+#[tokio::test]
+async fn a_closed_pipe_ends_every_kind_of_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").expect("config");
+    std::fs::create_dir(dir.path().join("d")).expect("data dir");
+    let store = nightshift::store::Store::open(&dir.path().join("d").join("nightshift.db"))
+        .expect("a database for status");
+    store.close().await;
+    let job = dir.path().join("job.jsonl");
+    std::fs::write(&job, crate::common::request("a", "x") + "\n").expect("job");
+    let job = job.to_string_lossy().into_owned();
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    // What clap prints itself it prints before any command runs, and it ignores the closed pipe.
+    for args in ["--version", "--help"] {
+        let out = Command::new(BIN)
+            .arg(args)
+            .stdout(closed_pipe())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("runs");
+        assert!(out.status.success() && out.stderr.is_empty(), "{args}");
+    }
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["ledger"],
+        &["completions", "bash"],
+        &["man"],
+        &["plan", &job],
+        &["demo", "--dir", "demo"],
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["--config", "c.toml"])
+            .args(args)
+            .env_remove("ANTHROPIC_API_KEY")
+            .stdout(closed_pipe())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs")
+            .wait_with_output()
+            .expect("ends");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err, "", "{args:?}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
+/// The daemon keeps SIGPIPE ignored (only the commands without sockets take its default action):
+/// a client that closes its connection must be an error on that connection, never its death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_keeps_sigpipe_ignored() {
+    let env = crate::common::TestEnv::new(nightshift::fake_api::FakeConfig::default(), "").await;
+    let mut daemon = env.spawn_binary_daemon("sk-test-key", "daemon.log");
+    let started = std::time::Instant::now();
+    while env.try_status_json()["daemon"]["pid"] != daemon.id() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the daemon did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let proc_status =
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).expect("/proc");
+    let ignored = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .expect("SigIgn");
+    assert_ne!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{proc_status}");
+    crate::common::signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().expect("reaped").success());
+}
