@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use nightshift::cli::args::{Cli, Command};
-use nightshift::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
+use nightshift::cli::{EXIT_CONFIG, EXIT_NOPERM, EXIT_UNAVAILABLE};
 use nightshift::config::ConfigError;
 use nightshift::daemon::journal;
 use nightshift::store::StoreError;
@@ -47,6 +47,11 @@ fn main() -> ExitCode {
                 Some(StoreError::Missing { .. })
             ) {
                 ExitCode::from(EXIT_UNAVAILABLE)
+            } else if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::Unreadable { .. } | StoreError::Unwritable { .. })
+            ) {
+                ExitCode::from(EXIT_NOPERM)
             } else {
                 ExitCode::FAILURE
             }

@@ -37,10 +37,12 @@ use crate::config::{Config, ConfigError, Env};
 
 /// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 65 the API refuses requests
 /// of the file (`plan --check`; sysexits' EX_DATAERR), 69 no database yet or no daemon answered,
-/// 78 bad configuration or a refused reload (sysexits' EX_CONFIG).
+/// 77 a database this user may not read, or change (sysexits' EX_NOPERM), 78 bad configuration or
+/// a refused reload (sysexits' EX_CONFIG).
 pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_REFUSED: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_NOPERM: u8 = 77;
 pub const EXIT_CONFIG: u8 = 78;
 
 /// Runs a parsed command line; its exit code on success.

@@ -352,3 +352,91 @@ async fn the_daemon_keeps_sigpipe_ignored() {
     crate::common::signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait().expect("reaped").success());
 }
+
+/// A database this user may not read says so, naming it, with exit 77 (sysexits' EX_NOPERM); it
+/// said "does not exist yet: start the daemon" (69) when the folder was closed to the user, and
+/// "unable to open database file" when the file was. One it may read but not change says so for a
+/// command that writes. As root, the commands run as nobody (uid 65534) against root's 0700
+/// folder and 0600 file, as a user who is not nightshift's meets them; as another user they run as
+/// that user against modes that close them to their owner too.
+#[tokio::test]
+async fn a_database_this_user_may_not_read_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let root = rustix::process::geteuid().is_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The other user must reach the config.
+    chmod(dir.path(), 0o755);
+    std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").expect("config");
+    chmod(&dir.path().join("c.toml"), 0o644);
+    let data = dir.path().join("d");
+    std::fs::create_dir(&data).expect("data dir");
+    let db = data.join("nightshift.db");
+    nightshift::store::Store::open(&db)
+        .expect("a database")
+        .close()
+        .await;
+    let run = |args: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir.path())
+            .args(["--config", "c.toml"])
+            .args(args)
+            .env_remove("NIGHTSHIFT_CONFIG");
+        if root {
+            command.uid(65_534).gid(65_534);
+        }
+        let out = command.output().expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let names_the_file_and_the_fix = |err: &str, verb: &str| {
+        // The path as the config gives it (relative to the config file's folder).
+        err.contains(&format!(
+            "cannot {verb} ./d/nightshift.db: permission denied"
+        )) && err.contains("sudo -u nightshift")
+            && err.contains("readers_group")
+    };
+
+    // A data folder the user may not enter.
+    chmod(&data, if root { 0o700 } else { 0o000 });
+    for args in [
+        &["status"][..],
+        &["job", "x"],
+        &["ledger"],
+        &["limits"],
+        &["cancel", "x"],
+    ] {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(77), "{args:?}: {err}");
+        assert!(names_the_file_and_the_fix(&err, "read"), "{args:?}: {err}");
+        assert!(!err.contains("does not exist"), "{err}");
+    }
+
+    // A database file the user may not read, in a folder it may enter.
+    chmod(&data, 0o755);
+    chmod(&db, if root { 0o600 } else { 0o000 });
+    let (code, err) = run(&["status"]);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(names_the_file_and_the_fix(&err, "read"), "{err}");
+
+    // One it may read but not change: reads work, a command that writes says why it cannot.
+    chmod(&db, if root { 0o644 } else { 0o444 });
+    let (code, err) = run(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&["cancel", "x"]);
+    assert_eq!(code, Some(77), "{err}");
+    assert!(names_the_file_and_the_fix(&err, "change"), "{err}");
+
+    // Without the database, still the plain "start the daemon".
+    chmod(&db, 0o600);
+    std::fs::remove_file(&db).expect("remove");
+    let (code, err) = run(&["status"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("does not exist yet"), "{err}");
+}
