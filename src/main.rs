@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use nightshift::cli::args::{Cli, Command};
-use nightshift::cli::{EXIT_CONFIG, EXIT_UNAVAILABLE};
+use nightshift::cli::{EXIT_CONFIG, EXIT_NOPERM, EXIT_UNAVAILABLE};
 use nightshift::config::ConfigError;
 use nightshift::daemon::journal;
 use nightshift::store::StoreError;
@@ -16,6 +16,10 @@ fn main() -> ExitCode {
     private_umask();
     limit_malloc_arenas();
     let cli = Cli::parse();
+    if !cli.command.holds_sockets() {
+        // `nightshift status | head -1` ends quietly, as `cat` would.
+        nightshift::cli::signals::default_sigpipe();
+    }
     // The demo draws its own progress; its log shows only what needs a person.
     let default_filter = match cli.command {
         Command::Demo { .. } => "nightshift=error",
@@ -43,6 +47,11 @@ fn main() -> ExitCode {
                 Some(StoreError::Missing { .. })
             ) {
                 ExitCode::from(EXIT_UNAVAILABLE)
+            } else if matches!(
+                e.downcast_ref::<StoreError>(),
+                Some(StoreError::Unreadable { .. } | StoreError::Unwritable { .. })
+            ) {
+                ExitCode::from(EXIT_NOPERM)
             } else {
                 ExitCode::FAILURE
             }

@@ -5,10 +5,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `--version` prints after the name: `0.1.0 (commit 665b5a0c1d2e)`, the commit from
+/// `build.rs` (`unknown` when the build had no git and no packaged record of it).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NIGHTSHIFT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nightshift",
-    version,
+    version = VERSION,
     about = "Runs large Claude API workloads under rate limits"
 )]
 pub struct Cli {
@@ -117,6 +126,7 @@ pub enum Command {
     /// Read a job file without sending anything: estimated tokens, cost through batches vs real
     /// time, how long real time would take under the configured limits, and which limit binds.
     Plan {
+        /// The JSONL job file to read (as intake would; nothing is submitted).
         file: PathBuf,
         /// Count input tokens with the API's free count_tokens endpoint (needs the API key) instead
         /// of estimating them.
@@ -137,7 +147,10 @@ pub enum Command {
     /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
     Ledger(LedgerArgs),
     /// Write a consistent copy of the database to FILE, also while the daemon runs.
-    Backup { file: PathBuf },
+    Backup {
+        /// Where the copy goes: a new file (a backup never overwrites one).
+        file: PathBuf,
+    },
     /// Put a job file into the jobs folder atomically (copy to a hidden name, then rename).
     Submit {
         /// The JSONL job file. A sidecar FILE.toml beside it (same stem) goes along.
@@ -154,11 +167,43 @@ pub enum Command {
         #[arg(long, default_value = "target/nightshift-demo")]
         dir: PathBuf,
     },
+    /// Print a shell completion script: `nightshift completions bash >
+    /// /etc/bash_completion.d/nightshift` (see the README for zsh and fish).
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `nightshift man > /usr/local/share/man/man1/nightshift.1`; with
+    /// --dir, write it and a page per subcommand (nightshift-status.1, ...) into a folder.
+    Man {
+        /// Write nightshift.1 and every nightshift-SUBCOMMAND.1 into this folder (mode 0644),
+        /// instead of printing nightshift.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Measure: intake throughput and memory, or the real-time lane's own overhead.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+impl Command {
+    /// Whether the command writes to sockets: the daemon, the fake API, and the commands that run
+    /// them in-process (demo, bench) or call the API (plan's --count-tokens and --check). These
+    /// keep SIGPIPE ignored (`cli::signals::default_sigpipe` says why) and print through `out!`;
+    /// every other command ends by SIGPIPE's default action when its reader goes.
+    pub fn holds_sockets(&self) -> bool {
+        matches!(
+            self,
+            Command::Run
+                | Command::FakeApi(_)
+                | Command::Demo { .. }
+                | Command::Bench { .. }
+                | Command::Plan { .. }
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -205,8 +250,10 @@ pub struct JsonFlag {
 
 #[derive(Debug, Args)]
 pub struct LedgerArgs {
+    /// Only this tenant's calls.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Only this job's calls (by name).
     #[arg(long)]
     pub job: Option<String>,
     /// From this time (RFC 3339, or a duration back from now such as 24h or 7d).
@@ -272,18 +319,22 @@ pub struct FakeApiArgs {
 pub enum BenchCommand {
     /// Intake of a generated job file: lines/s and peak memory.
     Ingest {
+        /// Lines of the generated job file.
         #[arg(long, default_value_t = 1_000_000)]
         lines: u64,
     },
     /// The real-time lane against the fake API with no limits and no latency: items/s.
     Realtime {
+        /// Items of the generated job, all for the real-time lane.
         #[arg(long, default_value_t = 20_000)]
         items: u64,
+        /// Real-time calls in flight at once (the config's `realtime.concurrency`).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
     /// Applying batch results: from the download's start to every line applied and synced.
     BatchResults {
+        /// Lines of the generated batch job, and so of the results applied.
         #[arg(long, default_value_t = 100_000)]
         lines: u64,
     },
@@ -335,6 +386,39 @@ fn seconds(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--help`, the completions and the man page are only as good as these strings: every
+    /// subcommand and every argument has one (clap's own `--help`, `--version` and `help` have theirs).
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    let name = match arg.get_long() {
+                        Some(long) => format!("--{long}"),
+                        None => arg.get_id().to_string().to_uppercase(),
+                    };
+                    missing.push(format!("{path} {name}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        // Built, so that the global --config and clap's own arguments are on every subcommand.
+        cli.build();
+        let mut missing = Vec::new();
+        walk(&cli, "nightshift", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text (a doc comment on the field or variant): {missing:#?}"
+        );
+    }
 
     #[test]
     fn seconds_are_checked_not_panicked_on() {

@@ -2,6 +2,25 @@
 //! in [`commands`] (one per subcommand), and [`views`] are the reports they print (one per view).
 //! `main.rs` only parses, sets up tracing and maps errors to exit codes.
 
+/// `print!` for what the commands that keep SIGPIPE ignored print (demo, plan, bench, fake-api:
+/// see [`args::Command::holds_sockets`]): a reader that has gone ends the process as SIGPIPE
+/// ends the others, where `print!` would panic ("failed printing to stdout: Broken pipe").
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` as [`out!`] is `print!`.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod args;
 pub mod commands;
 pub mod signals;
@@ -18,10 +37,12 @@ use crate::config::{Config, ConfigError, Env};
 
 /// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 65 the API refuses requests
 /// of the file (`plan --check`; sysexits' EX_DATAERR), 69 no database yet or no daemon answered,
-/// 78 bad configuration or a refused reload (sysexits' EX_CONFIG).
+/// 77 a database this user may not read, or change (sysexits' EX_NOPERM), 78 bad configuration or
+/// a refused reload (sysexits' EX_CONFIG).
 pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_REFUSED: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_NOPERM: u8 = 77;
 pub const EXIT_CONFIG: u8 = 78;
 
 /// Runs a parsed command line; its exit code on success.
@@ -75,6 +96,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unschedule { name } => unschedule::run(config, &name),
         Command::Backup { file } => backup::run(config, &file),
         Command::Submit { file, name } => submit::run(config, &file, name.as_deref()),
+        Command::Completions { shell } => completions::run(shell),
+        Command::Man { dir } => man::run(dir.as_deref()),
         Command::FakeApi(args) => fake_api::run(&args),
         Command::Demo { dir } => runtime()?
             .block_on(demo::run(&dir))
@@ -166,11 +189,25 @@ fn print_report<T: serde::Serialize>(
     text: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", text(report));
+        out!("{}", text(report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What [`out!`] and [`outln!`] do: write to standard output (line-buffered, so a line is written
+/// when it ends). A reader that has gone ends the process as SIGPIPE would; any other failure (a
+/// full disk behind `>`) ends it with the error, exit 1.
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(text) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            signals::end_as_by_sigpipe();
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// `error: no job named "x" (see `nightshift status`)`, exit 3.

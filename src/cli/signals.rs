@@ -1,4 +1,5 @@
-//! The signals the daemon and the fake API answer: SIGTERM and SIGINT stop, SIGHUP reloads.
+//! The signals the daemon and the fake API answer: SIGTERM and SIGINT stop, SIGHUP reloads; and
+//! SIGPIPE, which ends the commands whose reader has gone (`nightshift status | head -1`).
 
 /// A message per SIGHUP: reload the config file.
 pub fn reload_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
@@ -52,4 +53,31 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         };
         tracing::info!("{which} received");
     }
+}
+
+/// Gives SIGPIPE back its default action, which Rust's runtime sets to "ignore" before `main`: a
+/// write to a pipe whose reader has gone then ends the process quietly, as it ends `cat`, instead
+/// of `println!` panicking on EPIPE. Only for commands that hold no sockets
+/// ([`crate::cli::args::Command::holds_sockets`]): writes to a socket (hyper's and rustls' go through
+/// `writev`, which has no `MSG_NOSIGNAL`) would get the signal too when the peer has closed, and a
+/// daemon must see that as an error on one connection, not die of it.
+#[allow(unsafe_code)] // one libc call, before any thread starts
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with a valid signal number and SIG_DFL; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Ends the process as SIGPIPE's default action does (the shell sees the same status, 141 under
+/// `set -o pipefail`, as for every other command): for a command that keeps SIGPIPE ignored and
+/// found its standard output's reader gone.
+#[allow(unsafe_code)] // one libc call
+pub fn end_as_by_sigpipe() -> ! {
+    default_sigpipe();
+    // SAFETY: raise(3) with a valid signal number; its default action ends the process.
+    unsafe {
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }

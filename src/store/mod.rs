@@ -64,6 +64,14 @@ pub enum StoreError {
     )]
     Missing { path: PathBuf },
     #[error(
+        "cannot read {path}: permission denied (on the file or a folder above it); run nightshift as its service user (`sudo -u nightshift nightshift ...`) or join its `[daemon] readers_group` (see \"Who can submit, spend and read\" in the README)"
+    )]
+    Unreadable { path: PathBuf },
+    #[error(
+        "cannot change {path}: permission denied; this command writes to the database, so run it as nightshift's service user (`sudo -u nightshift nightshift ...`): a `[daemon] readers_group` may only read"
+    )]
+    Unwritable { path: PathBuf },
+    #[error(
         "the database at {path} has schema version {found}, newer than this nightshift knows ({known}): upgrade nightshift"
     )]
     TooNew {
@@ -493,10 +501,27 @@ pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<
     Ok(Some(backup))
 }
 
-/// Opens the database for reading only; says plainly when there is none yet.
+/// Opens the database for reading only; says plainly when there is none yet, and when there is
+/// one this user may not read.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
-    if !path.exists() {
-        return Err(StoreError::Missing {
+    // `Path::exists` is false for a file in a folder this user may not enter (EACCES), which
+    // then read "does not exist yet: start the daemon" to someone who only lacked permission.
+    match std::fs::metadata(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(StoreError::Unreadable {
+                path: path.to_owned(),
+            });
+        }
+        Err(_) => {
+            return Err(StoreError::Missing {
+                path: path.to_owned(),
+            });
+        }
+    }
+    // SQLite would say only "unable to open database file" of a file this user may not read.
+    if denied(path, rustix::fs::Access::READ_OK) {
+        return Err(StoreError::Unreadable {
             path: path.to_owned(),
         });
     }
@@ -545,6 +570,15 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
         )));
     }
     Ok(conn)
+}
+
+/// Whether this user (its effective ids, as an open would be judged) is denied `access` to `path`;
+/// false for a file that is not there. Asked of the kernel without opening the file: closing a
+/// descriptor of the database in a process that also has it open through SQLite (the daemon
+/// reading beside its writer) would drop that process's POSIX locks on it.
+fn denied(path: &Path, access: rustix::fs::Access) -> bool {
+    rustix::fs::accessat(rustix::fs::CWD, path, access, rustix::fs::AtFlags::EACCESS)
+        == Err(rustix::io::Errno::ACCESS)
 }
 
 /// Whether no daemon holds the data folder of the database at `path` (its lock on the folder): only
@@ -658,8 +692,23 @@ pub fn remove_schedule(path: &Path, name: &str) -> Result<bool> {
 /// A short write from the CLI beside the running daemon (WAL lets both in; a busy timeout waits
 /// for the daemon's transaction). Only for a database of this build's schema.
 fn open_for_cli_write(path: &Path) -> Result<Connection> {
-    // Says plainly when there is no database, or one of another schema version.
+    // Says plainly when there is no database, one of another schema version, or one this user
+    // may not read.
     drop(open_read_only(path)?);
+    // And one this user may read but not change (a member of `[daemon] readers_group`): SQLite
+    // would say "attempt to write a readonly database", naming neither the file nor the fix. The
+    // log and the shared-memory index beside it, when the daemon keeps them, are written too.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let beside = ["-wal", "-shm"].map(|suffix| path.with_file_name(format!("{name}{suffix}")));
+    let write = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
+    if std::iter::once(path)
+        .chain(beside.iter().map(PathBuf::as_path))
+        .any(|file| denied(file, write))
+    {
+        return Err(StoreError::Unwritable {
+            path: path.to_owned(),
+        });
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

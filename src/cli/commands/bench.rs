@@ -49,7 +49,7 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
     let jobs_dir = dir.path().join("jobs");
     std::fs::create_dir_all(&jobs_dir)?;
     let file = dir.path().join("bench.jsonl");
-    println!("writing a {lines}-line job file ...");
+    outln!("writing a {lines}-line job file ...");
     let bytes = write_job_file(&file, lines, "auto")?;
     std::fs::rename(&file, jobs_dir.join("bench.jsonl"))?;
     let rss_before = peak_rss_bytes();
@@ -78,24 +78,24 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         other => anyhow::bail!("unexpected intake outcome: {other:?}"),
     };
     let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!(
+    outln!(
         "ingested {taken} lines ({:.0} MiB) in {:.2} s",
         mb(bytes),
         elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "  throughput      {:.0} lines/s, {:.0} MiB/s",
         taken as f64 / elapsed.as_secs_f64(),
         mb(bytes) / elapsed.as_secs_f64()
     );
     if let (Some(before), Some(after)) = (rss_before, peak_rss_bytes()) {
-        println!(
+        outln!(
             "  peak RSS        {:.1} MiB (before intake: {:.1} MiB)",
             mb(after),
             mb(before)
         );
     }
-    println!(
+    outln!(
         "  database size   {:.0} MiB",
         mb(std::fs::metadata(&db)?.len())
     );
@@ -133,15 +133,17 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     daemon.stop().await?;
     let stats = fake.stats();
     fake.shutdown().await;
-    println!(
+    outln!(
         "{} items through the real-time lane in {:.2} s: {:.0} items/s (concurrency {concurrency}, fake API in the same process, no limits, no latency)",
         job.counts.total,
         elapsed.as_secs_f64(),
         job.counts.total as f64 / elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "  succeeded {}, errored {}; the fake accepted {} calls",
-        job.counts.succeeded, job.counts.errored, stats.messages_accepted
+        job.counts.succeeded,
+        job.counts.errored,
+        stats.messages_accepted
     );
     Ok(())
 }
@@ -224,7 +226,7 @@ pub async fn quota_runs(profile: Option<&str>, secs: u64, both_rules: bool) -> a
         for &rule in rules {
             for interactive in [false, true] {
                 let run = quota(p, secs, interactive, rule, Job::Plain).await?;
-                println!("{}", run.to_text());
+                outln!("{}", run.to_text());
             }
         }
     }
@@ -294,7 +296,7 @@ pub async fn cache_runs(
         prefix_tokens,
         marked: !auto,
     };
-    println!(
+    outln!(
         "{}",
         if auto {
             "the job marks nothing; cache = \"auto\" places the breakpoint"
@@ -304,7 +306,7 @@ pub async fn cache_runs(
     );
     for interactive in [false, true] {
         let run = quota(profile, secs, interactive, false, job).await?;
-        println!("{}", run.to_text());
+        outln!("{}", run.to_text());
     }
     Ok(())
 }
@@ -617,7 +619,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     let config = Config::load(&config_path, &Default::default())?;
     std::fs::create_dir_all(&config.jobs_dir)?;
     let file = dir.path().join("bench.jsonl");
-    println!("writing a {lines}-line batch job ...");
+    outln!("writing a {lines}-line batch job ...");
     write_job_file(&file, lines, "batch")?;
     let key = ApiKey::new("sk-bench-batch");
     let daemon = daemon::spawn(config.clone(), key.clone());
@@ -647,7 +649,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
         );
     };
     daemon.stop().await?;
-    println!(
+    outln!(
         "{lines} items read, packed and sent in {batches} batches in {:.1} s; the fake ends them ...",
         packing.elapsed().as_secs_f64()
     );
@@ -698,24 +700,26 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
         crate::model::results::results_path(&config.results_dir(), "bench"),
     )?))
     .count();
-    println!(
+    outln!(
         "results of {batches} batches downloaded, {} lines applied and {written} written and synced in {:.2} s: {:.0} lines/s",
         counts.succeeded + counts.errored + counts.expired + counts.canceled,
         elapsed.as_secs_f64(),
         written as f64 / elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "  succeeded {}, errored {}, expired {}",
-        counts.succeeded, counts.errored, counts.expired
+        counts.succeeded,
+        counts.errored,
+        counts.expired
     );
     if let (true, Some(peak)) = (peak_reset, peak) {
-        println!(
+        outln!(
             "  peak RSS while applying {:.1} MiB (the fake runs in its own process)",
             peak as f64 / (1024.0 * 1024.0)
         );
     }
     let (user, system) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-    println!(
+    outln!(
         "  CPU while applying {:.1} s (user {:.1}, system {:.1}): {:.1} µs a line",
         (user + system).as_secs_f64(),
         user.as_secs_f64(),

@@ -166,15 +166,15 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     .await
     .context("starting the fake API")?;
     let config = write_config(&dir, &fake.base_url(), &limits, 16)?;
-    println!("nightshift demo");
-    println!(
+    outln!("nightshift demo");
+    outln!(
         "  fake Claude API  {}  (limits per model: {} RPM, {} ITPM, {} OTPM; 3% 529s, 2% 500s injected)",
         fake.base_url(),
         limits.rpm,
         limits.itpm,
         limits.otpm
     );
-    println!(
+    outln!(
         "  config           {}",
         dir.join("nightshift.toml").display()
     );
@@ -183,7 +183,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&source, EXAMPLE_JOB)?;
     std::fs::write(dir.join("example.toml"), EXAMPLE_SIDECAR)?;
     intake::submit(&config, &source, None)?;
-    println!(
+    outln!(
         "  job              example.jsonl ({} lines) submitted to {}\n",
         EXAMPLE_JOB.lines().count(),
         config.jobs_dir.display()
@@ -207,10 +207,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             last_print = Instant::now();
             let line = progress_line(job, &fake.stats(), started.elapsed());
             if tty {
-                print!("\r{line}\x1b[K");
+                out!("\r{line}\x1b[K");
                 let _ = std::io::stdout().flush();
             } else {
-                println!("{line}");
+                outln!("{line}");
             }
         },
     );
@@ -219,14 +219,14 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Ok(None),
     };
     if tty {
-        println!();
+        outln!();
     }
     let elapsed = started.elapsed();
     daemon.stop().await?;
     let stats = fake.stats();
     fake.shutdown().await;
     let Some(_) = outcome? else {
-        println!("interrupted; the state is kept in {}", dir.display());
+        outln!("interrupted; the state is kept in {}", dir.display());
         return Ok(());
     };
     print_summary(&config, &stats, elapsed)?;
@@ -278,14 +278,14 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
         .id;
     let c = &job.status.counts;
     let calls = &job.calls;
-    println!(
+    outln!(
         "\ndone in {:.1} s: {} lines -> {} succeeded, {} errored",
         elapsed.as_secs_f64(),
         c.total,
         c.succeeded,
         c.errored
     );
-    println!(
+    outln!(
         "  {:.1} items/s; {} calls sent: {} rate-limited (429, waited out), {} failed and retried (529/500), {} unknown outcomes",
         c.total as f64 / elapsed.as_secs_f64(),
         calls.calls,
@@ -293,13 +293,13 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
         calls.retryable,
         calls.unknown
     );
-    println!(
+    outln!(
         "  lanes: {} items through {} batch(es), {} real time",
         job.status.lanes.batch,
         job.status.batches.len(),
         job.status.lanes.realtime
     );
-    println!(
+    outln!(
         "  tokens: {} in, {} out (the fake API counted {} in, {} out: {} real-time calls, {} batch requests)",
         calls.input_tokens,
         calls.output_tokens,
@@ -310,31 +310,31 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
     );
     let (actual, realtime, _) = crate::store::attempts::cost(&conn, &config.prices, job_id)?;
     if realtime > 0.0 {
-        println!(
+        outln!(
             "  cost: ${actual:.4} as run, ${realtime:.4} had it all gone real time: {:.0}% saved (list prices of {})",
             (1.0 - actual / realtime) * 100.0,
             crate::policy::prices::PRICES_AS_OF
         );
     }
     if !job.errored_lines.is_empty() {
-        println!("\nerrored lines (bad input is reported, the rest of the job runs):");
+        outln!("\nerrored lines (bad input is reported, the rest of the job runs):");
         for e in &job.errored_lines {
-            println!("  {}", e.error);
+            outln!("  {}", e.error);
         }
     }
     let results: PathBuf = PathBuf::from(&job.status.results_file);
-    println!(
+    outln!(
         "\nresults: {} ({} lines)",
         results.display(),
         job.results_lines_written
     );
     let config_path = config.source.clone().unwrap_or_default();
-    println!("look closer:");
-    println!(
+    outln!("look closer:");
+    outln!(
         "  cargo run --release -- --config {} status",
         config_path.display()
     );
-    println!(
+    outln!(
         "  cargo run --release -- --config {} job example",
         config_path.display()
     );

@@ -17,8 +17,8 @@ pub fn run(args: &FakeApiArgs) -> anyhow::Result<ExitCode> {
         let fake = FakeApi::start(fake_config, addr)
             .await
             .with_context(|| format!("starting the fake API on {addr}"))?;
-        println!("fake Claude API listening on {}", fake.base_url());
-        println!(
+        outln!("fake Claude API listening on {}", fake.base_url());
+        outln!(
             "use it with: ANTHROPIC_BASE_URL={} ANTHROPIC_API_KEY=any",
             fake.base_url()
         );
