@@ -329,14 +329,41 @@ fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyho
         job.results_lines_written
     );
     let config_path = config.source.clone().unwrap_or_default();
+    let me = how_to_run_me(std::env::current_exe().ok().as_deref());
     outln!("look closer:");
-    outln!(
-        "  cargo run --release -- --config {} status",
-        config_path.display()
-    );
-    outln!(
-        "  cargo run --release -- --config {} job example",
-        config_path.display()
-    );
+    outln!("  {me} --config {} status", config_path.display());
+    outln!("  {me} --config {} job example", config_path.display());
     Ok(())
+}
+
+/// How the user runs this binary again: `cargo run --release --` when it is a build in a cargo
+/// `target/` folder (the README's demo command), else `nightshift` (installed).
+fn how_to_run_me(exe: Option<&Path>) -> &'static str {
+    let in_target = exe.and_then(Path::parent).is_some_and(|dir| {
+        dir.file_name()
+            .is_some_and(|n| n == "release" || n == "debug")
+            && dir
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|n| n == "target")
+    });
+    if in_target {
+        "cargo run --release --"
+    } else {
+        "nightshift"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hints_name_the_command_the_user_has() {
+        let built = Path::new("/home/a/nightshift/target/release/nightshift");
+        assert_eq!(how_to_run_me(Some(built)), "cargo run --release --");
+        let installed = Path::new("/usr/local/bin/nightshift");
+        assert_eq!(how_to_run_me(Some(installed)), "nightshift");
+        assert_eq!(how_to_run_me(None), "nightshift");
+    }
 }
