@@ -1,8 +1,10 @@
 -- The operator's chores: pause and resume, retry, clean, and looking up one item.
 
 -- `nightshift pause JOB | --tenant T`: a hold per job or tenant, until `resume`. Held items are
--- parked out of the lanes' ready indexes (`parked = 2`; a budget's deferral is 1), whatever path
--- makes them pending (intake, a retry, a batch sending them back, a budget's period rolling over).
+-- parked out of the lanes' ready indexes (`parked = 2`; a budget's deferral is 1) by every path
+-- that makes an item pending (intake, a failed call, a batch sending it back, a retry, a budget's
+-- period rolling over, the start's requeue): see `store::holds::PARK_IF_HELD`. (Not triggers: a
+-- trigger on items made every insert and update open a statement journal, and halved intake.)
 CREATE TABLE holds (
     id      INTEGER PRIMARY KEY,
     job_id  INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
@@ -14,19 +16,9 @@ CREATE TABLE holds (
 CREATE UNIQUE INDEX holds_job ON holds(job_id) WHERE job_id IS NOT NULL;
 CREATE UNIQUE INDEX holds_tenant ON holds(tenant) WHERE tenant IS NOT NULL;
 
-CREATE TRIGGER held_items_park_on_insert AFTER INSERT ON items
-WHEN new.state = 'pending' AND new.parked = 0
-     AND EXISTS (SELECT 1 FROM holds WHERE job_id = new.job_id OR tenant = new.tenant)
-BEGIN
-    UPDATE items SET parked = 2 WHERE id = new.id;
-END;
 
-CREATE TRIGGER held_items_park AFTER UPDATE OF state, parked ON items
-WHEN new.state = 'pending' AND new.parked = 0
-     AND EXISTS (SELECT 1 FROM holds WHERE job_id = new.job_id OR tenant = new.tenant)
-BEGIN
-    UPDATE items SET parked = 2 WHERE id = new.id;
-END;
+
+
 
 CREATE INDEX items_held ON items(job_id) WHERE parked = 2;
 
@@ -55,6 +47,11 @@ CREATE INDEX retired_results_item ON retired_results(item_id);
 
 -- `nightshift clean`: a finished job leaves `status` (kept for `job`, `item`, the ledger).
 ALTER TABLE jobs ADD COLUMN cleaned_at INTEGER;
+
+-- Counts the times a job's results file was reset (written again from the start: a retry, a file
+-- found lost). The results writer records what it appended only if the epoch it read the lines
+-- in is still the job's, so lines appended across a reset never stay in the file.
+ALTER TABLE jobs ADD COLUMN results_epoch INTEGER NOT NULL DEFAULT 0;
 
 -- `nightshift item`: an item's billed calls.
 CREATE INDEX ledger_item ON ledger(item_id);

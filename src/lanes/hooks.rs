@@ -2,8 +2,9 @@
 //! complete), as pueue's callbacks and Oban's hooks do. No shell: the first word is the program,
 //! the rest its arguments. It gets the job's facts in `NIGHTSHIFT_*` variables and nothing else of
 //! the daemon's environment (which holds the API key), with `PATH` set to the usual places. It
-//! runs beside the daemon: its failure, or its hanging past [`HOOK_TIMEOUT`], is logged and never
-//! holds anything up.
+//! runs beside the daemon, in a process group of its own: its failure, or its hanging past
+//! [`HOOK_TIMEOUT`] (then the group is killed), is logged and never holds anything up. A hook still
+//! running when the daemon stops is killed; one whose job ended just before a crash does not run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,10 +51,12 @@ pub fn run(command: &[String], job: JobEnded) {
         return;
     };
     let mut cmd = tokio::process::Command::new(program);
+    // A process group of its own, so a hook that runs too long is killed with what it started.
     cmd.args(args)
         .env_clear()
         .envs(job.env())
         .stdin(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
     let name = job.name.clone();
     let program = program.clone();
@@ -76,6 +79,12 @@ pub fn run(command: &[String], job: JobEnded) {
                 tracing::error!(job = %name, hook = %program, error = %e, "the on_job_done hook could not be waited for")
             }
             Err(_) => {
+                if let Some(pid) = child
+                    .id()
+                    .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+                {
+                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                }
                 let _ = child.kill().await;
                 tracing::error!(job = %name, hook = %program, timeout_secs = HOOK_TIMEOUT.as_secs(), "the on_job_done hook ran too long and was killed");
             }

@@ -216,20 +216,22 @@ impl ResultsWriter {
             .read(|c| results::unwritten(c, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
-        let mut by_job: BTreeMap<(i64, String, i64), Vec<(i64, String)>> = BTreeMap::new();
+        // Per job (id, name, committed bytes, epoch): its lines (seq, line).
+        type JobKey = (i64, String, i64, i64);
+        let mut by_job: BTreeMap<JobKey, Vec<(i64, String)>> = BTreeMap::new();
         for line in lines {
             by_job
-                .entry((line.job_id, line.job_name, line.committed_bytes))
+                .entry((line.job_id, line.job_name, line.committed_bytes, line.epoch))
                 .or_default()
                 .push((line.seq, line.line));
         }
         // A job whose file keeps failing (a full disk, a permission) must not hold the others up:
         // each goes on, and the first failure is reported after the round.
         let mut failure: Option<anyhow::Error> = None;
-        for ((job_id, job_name, committed), lines) in by_job {
+        for ((job_id, job_name, committed, epoch), lines) in by_job {
             let span = tracing::info_span!("results", job = %job_name);
             let appended = self
-                .append_job(job_id, job_name, committed, lines)
+                .append_job(job_id, job_name, (committed, epoch), lines)
                 .instrument(span)
                 .await;
             if let Err(e) = appended {
@@ -273,12 +275,12 @@ impl ResultsWriter {
 
     /// Appends one job's lines to a sound file, then records them written (and the job done, if it
     /// is). A file found lost is written again from the start instead.
-    /// `committed`: the file's committed length, read with the lines.
+    /// `committed`: the file's committed length and results epoch, read with the lines.
     async fn append_job(
         &self,
         job_id: i64,
         job_name: String,
-        committed: i64,
+        (committed, epoch): (i64, i64),
         lines: Vec<(i64, String)>,
     ) -> anyhow::Result<()> {
         let Some(file) = self.check_file(job_id, &job_name, committed).await? else {
@@ -296,7 +298,7 @@ impl ResultsWriter {
         let ended = self
             .store
             .call(move |c| {
-                if !results::mark_written(c, job_id, last, committed, bytes as i64, n)? {
+                if !results::mark_written(c, job_id, last, (committed, epoch), bytes as i64, n)? {
                     tracing::info!(
                         "the job's results were reset meanwhile (a retry); they are written again"
                     );

@@ -628,9 +628,12 @@ pub fn replan_item(
     now: i64,
 ) -> Result<()> {
     conn.prepare_cached(
-        "UPDATE items SET state = 'pending', batch_id = NULL, failures = failures + ?5, not_before = 0,
-                lane = ?2, lane_reason = ?3, updated_at = ?4
-         WHERE id = ?1",
+        &format!(
+            "UPDATE items SET state = 'pending', batch_id = NULL, failures = failures + ?5, not_before = 0,
+                    lane = ?2, lane_reason = ?3, updated_at = ?4, {}
+             WHERE id = ?1",
+            super::holds::PARK_IF_HELD
+        ),
     )?
     .execute(params![
         item_id,

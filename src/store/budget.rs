@@ -84,7 +84,10 @@ pub fn park_until(conn: &Connection, item_id: i64, at: i64, reason: &str, now: i
 /// Unparks items held until a time that has come (see migration 0006). Returns how many.
 pub fn unpark_due(conn: &Connection, now: i64) -> Result<usize> {
     Ok(conn
-        .prepare_cached("UPDATE items SET parked = 0 WHERE parked = 1 AND not_before <= ?1")?
+        .prepare_cached(&format!(
+            "UPDATE items SET {} WHERE parked = 1 AND not_before <= ?1",
+            super::holds::PARK_IF_HELD
+        ))?
         .execute([now])?)
 }
 

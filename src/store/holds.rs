@@ -1,11 +1,48 @@
 //! SQL for holds (`nightshift pause` / `resume`): a job or a tenant paused. Its pending items are
 //! parked out of the lanes' ready indexes (`items.parked = 2`) — those pending now by `hold`, those
-//! that become pending later by the triggers of migration 0013 — so a paused backlog costs the
-//! lanes nothing; calls in flight finish, and batches already sent run on.
+//! that become pending later by the statement that makes them so ([`PARK_IF_HELD`], [`Held`]) — so
+//! a paused backlog costs the lanes nothing; calls in flight finish, and batches already sent run
+//! on.
+
+use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Result;
+
+/// The `SET` term of every statement that makes an item pending: parked (2) when a hold covers
+/// its job or its tenant, else ready (0).
+pub const PARK_IF_HELD: &str = "parked = CASE WHEN EXISTS (SELECT 1 FROM holds h
+     WHERE h.job_id = items.job_id OR h.tenant = items.tenant) THEN 2 ELSE 0 END";
+
+/// The holds over a job's new items, read once per intake chunk (in its transaction).
+#[derive(Debug, Default)]
+pub struct Held {
+    job: bool,
+    tenants: HashSet<String>,
+}
+
+impl Held {
+    pub fn of_job(conn: &Connection, job_id: i64) -> Result<Held> {
+        let job = conn
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM holds WHERE job_id = ?1)")?
+            .query_row([job_id], |r| r.get(0))?;
+        let mut stmt = conn.prepare_cached("SELECT tenant FROM holds WHERE tenant IS NOT NULL")?;
+        let tenants = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<HashSet<String>>>()?;
+        Ok(Held { job, tenants })
+    }
+
+    /// `items.parked` for a new pending item of `tenant`.
+    pub fn parked(&self, tenant: &str) -> i64 {
+        if self.job || self.tenants.contains(tenant) {
+            2
+        } else {
+            0
+        }
+    }
+}
 
 /// What a hold is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,20 +80,37 @@ pub fn hold(
         "INSERT INTO holds (job_id, tenant, by, at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         params![job_id, tenant, by, now],
     )? == 1;
-    conn.execute(
-        "UPDATE items SET parked = 2
-         WHERE state = 'pending' AND parked = 0 AND (job_id = ?1 OR tenant = ?2)",
-        params![job_id, tenant],
-    )?;
+    // One statement per kind of target, so a job's goes through its index (a tenant has none:
+    // that one reads the items once).
+    match target {
+        Target::Job(id) => conn.execute(
+            "UPDATE items SET parked = 2 WHERE job_id = ?1 AND state = 'pending' AND parked = 0",
+            [id],
+        )?,
+        Target::Tenant(t) => conn.execute(
+            "UPDATE items SET parked = 2 WHERE tenant = ?1 AND state = 'pending' AND parked = 0",
+            [t],
+        )?,
+    };
     if cancel_batches {
-        conn.execute(
-            "UPDATE batches SET cancel_requested = 1, next_action_at = ?3
-             WHERE results_applied_at IS NULL AND state <> 'failed'
-               AND (job_id = ?1 OR id IN (SELECT batch_id FROM items
-                                          WHERE tenant = ?2 AND state = 'in_flight'
-                                            AND batch_id IS NOT NULL))",
-            params![job_id, tenant, now],
-        )?;
+        // Batches the API is processing (one still being created is left to be created: it
+        // cannot be canceled before it has an id). Their requests come back `canceled`, go back
+        // to pending without using up an attempt, and wait with the rest. A tenant's batches are
+        // those holding any of its items: a batch is one job's, and lines of other tenants in it
+        // are canceled and sent again too.
+        match target {
+            Target::Job(id) => conn.execute(
+                "UPDATE batches SET cancel_requested = 1, next_action_at = ?2
+                 WHERE job_id = ?1 AND api_id IS NOT NULL AND state = 'in_progress'",
+                params![id, now],
+            )?,
+            Target::Tenant(t) => conn.execute(
+                "UPDATE batches SET cancel_requested = 1, next_action_at = ?2
+                 WHERE api_id IS NOT NULL AND state = 'in_progress'
+                   AND EXISTS (SELECT 1 FROM items i WHERE i.batch_id = batches.id AND i.tenant = ?1)",
+                params![t, now],
+            )?,
+        };
     }
     Ok(inserted)
 }
@@ -70,11 +124,12 @@ pub fn release(conn: &Connection, target: &Target) -> Result<bool> {
         "DELETE FROM holds WHERE job_id IS ?1 AND tenant IS ?2",
         params![job_id, tenant],
     )? == 1;
+    // Held items are in `items_held`: the job's are a range of it, a tenant's a pass over it.
     conn.execute(
-        "UPDATE items SET parked = 0
-         WHERE parked = 2 AND (job_id = ?1 OR tenant = ?2)
-           AND NOT EXISTS (SELECT 1 FROM holds h
-                           WHERE h.job_id = items.job_id OR h.tenant = items.tenant)",
+        &format!(
+            "UPDATE items SET {PARK_IF_HELD}
+             WHERE parked = 2 AND (job_id = ?1 OR tenant = ?2)"
+        ),
         params![job_id, tenant],
     )?;
     Ok(removed)
@@ -97,12 +152,15 @@ pub fn list(conn: &Connection) -> Result<Vec<Hold>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// The hold that covers a job (its own, or its default tenant's), if any.
+/// The hold that covers a job: its own, its default tenant's, or that of a tenant some of its
+/// lines name and whose items are held now.
 pub fn of_job(conn: &Connection, job_id: i64, tenant: &str) -> Result<Option<Hold>> {
     Ok(conn
         .query_row(
             "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
-             WHERE h.job_id = ?1 OR h.tenant = ?2 ORDER BY h.id LIMIT 1",
+             WHERE h.job_id = ?1 OR h.tenant = ?2
+                OR h.tenant IN (SELECT tenant FROM items WHERE job_id = ?1 AND parked = 2)
+             ORDER BY h.id LIMIT 1",
             params![job_id, tenant],
             |r| {
                 Ok(Hold {
@@ -152,18 +210,60 @@ mod tests {
         // Items the job gains later (more lines read) are parked as they come.
         crate::store::test_insert(&conn, job, &[&LINE.replace("ID", "c")]);
         assert_eq!(parked(&conn), vec![2, 2, 2]);
-        // An item sent and coming back pending (a failed call) is parked again.
-        conn.execute(
-            "UPDATE items SET parked = 0, state = 'in_flight' WHERE custom_id = 'a'",
-            [],
+        // Each path back to pending parks it again: a failed call, the start's requeue, a batch
+        // sending it back, a budget's period rolling over, a retry.
+        let a: i64 = conn
+            .query_row("SELECT id FROM items WHERE custom_id = 'a'", [], |r| {
+                r.get(0)
+            })
+            .expect("a");
+        let send = |conn: &Connection| {
+            conn.execute(
+                "UPDATE items SET parked = 0, state = 'in_flight' WHERE id = ?1",
+                [a],
+            )
+            .expect("send");
+        };
+        send(&conn);
+        crate::store::items::record_outcome(
+            &conn,
+            &crate::policy::prices::PriceTable::default(),
+            a,
+            0,
+            &crate::policy::outcome::AttemptRecord::default(),
+            &crate::policy::outcome::ItemUpdate::Retry {
+                not_before: 0,
+                failed: true,
+            },
+            9,
         )
-        .expect("send");
-        conn.execute(
-            "UPDATE items SET state = 'pending' WHERE custom_id = 'a'",
-            [],
+        .expect("retry");
+        assert_eq!(parked(&conn)[0], 2, "a failed call");
+        send(&conn);
+        crate::store::items::requeue_in_flight(&conn, 9).expect("requeue");
+        assert_eq!(parked(&conn)[0], 2, "the start's requeue");
+        send(&conn);
+        crate::store::batches::replan_item(
+            &conn,
+            a,
+            crate::model::state::Lane::Realtime,
+            "back",
+            true,
+            9,
         )
-        .expect("back");
-        assert_eq!(parked(&conn), vec![2, 2, 2]);
+        .expect("replan");
+        assert_eq!(parked(&conn)[0], 2, "back from a batch");
+        conn.execute(
+            "UPDATE items SET parked = 1, not_before = 5 WHERE id = ?1",
+            [a],
+        )
+        .expect("budget");
+        crate::store::budget::unpark_due(&conn, 9).expect("unpark");
+        assert_eq!(parked(&conn)[0], 2, "a budget's period");
+        conn.execute("UPDATE items SET state = 'errored' WHERE id = ?1", [a])
+            .expect("end");
+        crate::store::retry::reopen_item(&conn, a, "realtime", "retried", 9).expect("reopen");
+        assert_eq!(parked(&conn)[0], 2, "a retry");
         // The ready index leaves them out.
         assert!(
             crate::store::items::ready_realtime(&conn, i64::MAX, 10, &[], &[], &[])

@@ -4,6 +4,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
+use super::holds::PARK_IF_HELD;
 use crate::model::job::{Mode, Priority};
 use crate::model::job_file::repeated_custom_id;
 use crate::model::line::{ParsedLine, ValidLine};
@@ -33,9 +34,11 @@ pub fn insert_chunk(
     let mut insert_valid = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
                             tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok,
-                            cache_key, cache_tokens, cache_ttl_ms, cache_added)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18, ?19)",
+                            cache_key, cache_tokens, cache_ttl_ms, cache_added, parked)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
     )?;
+    // A paused job or tenant: its new items wait with the rest.
+    let held = super::holds::Held::of_job(conn, job_id)?;
     let mut insert_errored = conn.prepare_cached(
         "INSERT INTO items (job_id, line_no, custom_id, tenant, priority, mode, state, error, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'auto', 'errored', ?6, ?7)",
@@ -67,6 +70,7 @@ pub fn insert_chunk(
                     v.cache.map(|c| c.tokens as i64),
                     v.cache.map(|c| c.ttl_ms as i64),
                     v.cache_added,
+                    held.parked(&v.tenant),
                 ]);
                 match inserted {
                     Ok(_) => continue,
@@ -400,7 +404,7 @@ pub fn detail(conn: &Connection, item_id: i64) -> Result<ItemDetail> {
 /// Whether an item is still pending (not canceled, sent or ended meanwhile).
 pub fn is_pending(conn: &Connection, item_id: i64) -> Result<bool> {
     Ok(conn
-        .prepare_cached("SELECT state = 'pending' FROM items WHERE id = ?1")?
+        .prepare_cached("SELECT state = 'pending' AND parked = 0 FROM items WHERE id = ?1")?
         .query_row([item_id], |r| r.get::<_, bool>(0))
         .optional()?
         .unwrap_or(false))
@@ -501,8 +505,11 @@ pub fn record_outcome(
         }
         ItemUpdate::Retry { not_before, failed } => {
             conn.execute(
-                "UPDATE items SET state = 'pending', not_before = ?2, failures = failures + ?3, updated_at = ?4
-                 WHERE id = ?1 AND state = 'in_flight'",
+                &format!(
+                    "UPDATE items SET state = 'pending', not_before = ?2, failures = failures + ?3, updated_at = ?4,
+                            {PARK_IF_HELD}
+                     WHERE id = ?1 AND state = 'in_flight'"
+                ),
                 params![item_id, not_before, i64::from(*failed), now],
             )?;
             // A job canceled while the call was out: no retry, the item ends canceled.
@@ -535,8 +542,10 @@ pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
         [now],
     )?;
     let n = conn.execute(
-        "UPDATE items SET state = 'pending', failures = failures + 1, updated_at = ?1
-         WHERE state = 'in_flight' AND batch_id IS NULL",
+        &format!(
+            "UPDATE items SET state = 'pending', failures = failures + 1, updated_at = ?1, {PARK_IF_HELD}
+             WHERE state = 'in_flight' AND batch_id IS NULL"
+        ),
         [now],
     )?;
     // Jobs canceled before the crash: what went back to pending ends canceled.

@@ -66,6 +66,10 @@ impl LaneCounts {
     fn left(&self) -> u64 {
         self.pending + self.in_flight
     }
+
+    fn total(&self) -> u64 {
+        self.left() + self.done
+    }
 }
 
 /// Items of a job by lane and state.
@@ -186,7 +190,6 @@ pub fn job_status(
     now: i64,
 ) -> Result<JobStatus> {
     let counts = super::items::counts(conn, job.id)?;
-    let (batch, realtime) = super::batches::lanes(conn, job.id)?;
     let batches_rows = super::batches::by_job(conn, job.id)?;
     let batches = batches_rows
         .iter()
@@ -210,8 +213,12 @@ pub fn job_status(
         .collect();
     let cache = super::ledger::job_cache_use(conn, job.id)?;
     let per_lane = per_lane(conn, job.id)?;
-    let (finished, realtime_finished) = finished_since(conn, job.id, now - 60_000)?;
     let state = job_state(conn, job, &counts)?;
+    // A finished job has no pace and no ETA: the last minute's items are not looked up.
+    let (finished, realtime_finished) = match job.finished_at {
+        Some(_) => (0, 0),
+        None => finished_since(conn, job.id, now - 60_000)?,
+    };
     let eta = if job.finished_at.is_some() {
         None
     } else {
@@ -243,7 +250,10 @@ pub fn job_status(
         name: job.name.clone(),
         state,
         counts,
-        lanes: Lanes { batch, realtime },
+        lanes: Lanes {
+            batch: per_lane.batch.total() as i64,
+            realtime: per_lane.realtime.total() as i64,
+        },
         batches,
         results_file: results_path(results_dir, &job.name).display().to_string(),
     })

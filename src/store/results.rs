@@ -62,13 +62,15 @@ pub struct Unwritten {
     pub job_name: String,
     /// The bytes of the job's results file committed as of this read.
     pub committed_bytes: i64,
+    /// The job's results epoch as of this read (see [`reset`]).
+    pub epoch: i64,
     pub seq: i64,
     pub line: String,
 }
 
 /// CROSS JOIN keeps the jobs outside: each job's lines are then a range of the index past its
 /// cursor, never a scan of every line ever written.
-const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes
+const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes, j.results_epoch
      FROM jobs j CROSS JOIN results r ON r.job_id = j.id AND r.seq > j.results_seq
      WHERE j.finished_at IS NULL
      ORDER BY j.id, r.seq LIMIT ?1";
@@ -92,37 +94,41 @@ pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<
             seq: r.get(2)?,
             line,
             committed_bytes: r.get(4)?,
+            epoch: r.get(5)?,
         });
     }
     Ok(out)
 }
 
 /// The job's file now holds its lines up to `seq`: `lines` more lines, `bytes` more bytes than
-/// the `committed` bytes they were appended after. Recorded only if the job's file is still at
-/// `committed` in the store: a retry that reset it meanwhile wins, and the next round cuts the
-/// file back and writes it again. Returns whether it was recorded.
+/// the `committed` bytes they were appended after, in results `epoch`. Recorded only if the job's
+/// file is still at that length and epoch in the store: a reset meanwhile (a retry) wins, and the
+/// next round cuts the file back and writes it again. Returns whether it was recorded.
 pub fn mark_written(
     conn: &Connection,
     job_id: i64,
     seq: i64,
-    committed: i64,
+    (committed, epoch): (i64, i64),
     bytes: i64,
     lines: i64,
 ) -> Result<bool> {
     Ok(conn
         .prepare_cached(
             "UPDATE jobs SET results_seq = ?2, results_bytes = results_bytes + ?3, results_lines = results_lines + ?4
-             WHERE id = ?1 AND results_bytes = ?5",
+             WHERE id = ?1 AND results_bytes = ?5 AND results_epoch = ?6",
         )?
-        .execute(params![job_id, seq, bytes, lines, committed])?
+        .execute(params![job_id, seq, bytes, lines, committed, epoch])?
         == 1)
 }
 
 /// The results file is not what was recorded (a crash left it short, or it was deleted,
-/// truncated or replaced): every line is to be written again, from the start.
+/// truncated or replaced), or a retry changed its lines: every line is to be written again, from
+/// the start, in a new epoch (what a writer appended from the old one is not recorded).
 pub fn reset(conn: &Connection, job_id: i64) -> Result<()> {
     conn.execute(
-        "UPDATE jobs SET results_seq = 0, results_bytes = 0, results_lines = 0 WHERE id = ?1",
+        "UPDATE jobs SET results_seq = 0, results_bytes = 0, results_lines = 0,
+                results_epoch = results_epoch + 1
+         WHERE id = ?1",
         [job_id],
     )?;
     Ok(())
@@ -131,6 +137,32 @@ pub fn reset(conn: &Connection, job_id: i64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_read_before_a_reset_are_not_recorded_written_after_it() {
+        let conn = crate::store::test_connection();
+        let job = crate::store::test_job(
+            &conn,
+            &[
+                r#"{"custom_id":"a","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#,
+            ],
+        );
+        let item: i64 = conn
+            .query_row("SELECT id FROM items", [], |r| r.get(0))
+            .expect("item");
+        append_to(&conn, job, item, "{\"line\":1}").expect("append");
+        let read = unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        let (seq, committed, epoch) = (read[0].seq, read[0].committed_bytes, read[0].epoch);
+        assert_eq!((committed, epoch), (0, 0));
+        // A retry resets the file while the writer holds those lines: the length is still 0, but
+        // the epoch moved, so what the writer appended is not recorded (it is cut and written
+        // again).
+        reset(&conn, job).expect("reset");
+        assert!(!mark_written(&conn, job, seq, (committed, epoch), 12, 1).expect("mark"));
+        let read = unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        assert_eq!(read[0].epoch, 1);
+        assert!(mark_written(&conn, job, seq, (0, 1), 12, 1).expect("mark"));
+    }
 
     #[test]
     fn the_writer_reads_each_job_past_its_cursor_not_every_line_ever_written() {

@@ -134,11 +134,12 @@ pub fn reopen_item(
     .execute(params![item_id, now])?;
     conn.prepare_cached("DELETE FROM results WHERE item_id = ?1")?
         .execute([item_id])?;
-    conn.prepare_cached(
+    conn.prepare_cached(&format!(
         "UPDATE items SET state = 'pending', batch_id = NULL, failures = 0, not_before = 0,
-                error = NULL, lane = ?2, lane_reason = ?3, updated_at = ?4
+                error = NULL, lane = ?2, lane_reason = ?3, updated_at = ?4, {}
          WHERE id = ?1",
-    )?
+        super::holds::PARK_IF_HELD
+    ))?
     .execute(params![item_id, lane, reason, now])?;
     Ok(())
 }
@@ -146,6 +147,10 @@ pub fn reopen_item(
 /// The job is open again: not finished, and its results file to be written anew from the store
 /// (the results writer cuts it back and writes each remaining line, then the new outcomes).
 pub fn reopen_job(conn: &Connection, job_id: i64) -> Result<()> {
-    conn.execute("UPDATE jobs SET finished_at = NULL WHERE id = ?1", [job_id])?;
+    // Running again: back in `status` if `clean` had cleared it.
+    conn.execute(
+        "UPDATE jobs SET finished_at = NULL, cleaned_at = NULL WHERE id = ?1",
+        [job_id],
+    )?;
     super::results::reset(conn, job_id)
 }

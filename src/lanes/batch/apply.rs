@@ -146,7 +146,10 @@ pub fn apply_results(
             }
             Verdict::SendBack { outcome, why } => {
                 if batches::is_in_flight(conn, batch_id, item_id)? {
-                    send_back(conn, item_id, *outcome, why, replan, true)?;
+                    // A canceled batch is an operator's doing (a cancel, a pause with
+                    // --cancel-batches), not the request's: it uses up no attempt.
+                    let counts = *outcome != AttemptOutcome::Canceled;
+                    send_back(conn, item_id, *outcome, why, replan, counts)?;
                     sent_back += 1;
                 }
             }

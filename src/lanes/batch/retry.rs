@@ -17,7 +17,20 @@ pub fn take_requests(
 ) -> store::Result<Vec<(String, usize)>> {
     let mut done = Vec::new();
     for request in retry::pending(conn)? {
-        let (outcome, count) = carry_out(conn, &request, replan)?;
+        // Each request in a savepoint of its own: one that fails is undone and answered with
+        // its error, and neither holds the others nor the batch lane's round up.
+        conn.execute_batch("SAVEPOINT retry_request")?;
+        let (outcome, count) = match carry_out(conn, &request, replan) {
+            Ok(done) => {
+                conn.execute_batch("RELEASE retry_request")?;
+                done
+            }
+            Err(e) => {
+                conn.execute_batch("ROLLBACK TO retry_request; RELEASE retry_request")?;
+                tracing::error!(job = %request.job_name, error = %e, "a retry request failed");
+                (format!("the retry failed, nothing was changed: {e}"), 0)
+            }
+        };
         retry::done(conn, request.id, &outcome, replan.now)?;
         tracing::info!(job = %request.job_name, items = count, "{outcome}");
         done.push((request.job_name, count));
