@@ -58,5 +58,7 @@ CREATE INDEX ledger_item ON ledger(item_id);
 
 -- `status`: items finished per job in the last minute (items/s and the ETA), a range of this
 -- index instead of a pass over the job's items; an item enters it once, when it becomes final.
+-- (Two comparisons, not an IN list: SQLite evaluates an index's WHERE on every insert, and an IN
+-- list there cost intake a quarter of its speed.)
 CREATE INDEX items_finished ON items(job_id, updated_at)
-    WHERE state IN ('succeeded', 'errored', 'expired', 'canceled');
+    WHERE state <> 'pending' AND state <> 'in_flight';
