@@ -32,25 +32,35 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
         lines.push(String::new());
         lines.push("quota use over the last minute (share of the limit):".into());
         for class in &limits.classes {
-            let dims: Vec<String> = class
-                .dims
-                .iter()
-                .map(|d| match d.utilisation {
-                    Some(u) => format!(
-                        "{} {}",
-                        short_dim(&d.dim),
-                        progress_bar((u.min(1.0) * 1000.0) as u64, 1000, 10)
-                    ),
-                    None => format!("{} (no limit known)", short_dim(&d.dim)),
-                })
-                .collect();
-            lines.push(format!(
-                "{}  {}  {}/{} in flight",
-                class.class,
-                dims.join("  "),
-                class.in_flight,
-                class.concurrency
-            ));
+            // Bars when they fit the width, else the shares alone: never a cut line.
+            let line = |bars: bool| {
+                let dims: Vec<String> = class
+                    .dims
+                    .iter()
+                    .map(|d| match d.utilisation {
+                        Some(u) if bars => format!(
+                            "{} {}",
+                            short_dim(&d.dim),
+                            progress_bar((u.min(1.0) * 1000.0) as u64, 1000, 10)
+                        ),
+                        Some(u) => format!("{} {:.0}%", short_dim(&d.dim), u * 100.0),
+                        None => format!("{} (no limit known)", short_dim(&d.dim)),
+                    })
+                    .collect();
+                format!(
+                    "{}  {}  {}/{} in flight",
+                    class.class,
+                    dims.join("  "),
+                    class.in_flight,
+                    class.concurrency
+                )
+            };
+            let with_bars = line(true);
+            lines.push(if with_bars.chars().count() <= width {
+                with_bars
+            } else {
+                line(false)
+            });
         }
     }
     if !status.budgets.is_empty() {
@@ -359,6 +369,16 @@ mod tests {
         assert!(
             text.contains("90/200") && text.contains("2.5") && text.contains("90s"),
             "{text}"
+        );
+        // The quota line gives its bars up before it would be cut.
+        assert!(
+            text.contains("claude-haiku-5-5  RPM [#########.]  90%  10/16 in flight"),
+            "{text}"
+        );
+        let fifty = frame(&status(), &limits(), "now", 50).join("\n");
+        assert!(
+            fifty.contains("claude-haiku-5-5  RPM 90%  10/16 in flight"),
+            "{fifty}"
         );
         let narrow = frame(&status(), &limits(), "now", 30);
         assert!(narrow.iter().all(|l| l.chars().count() <= 30), "{narrow:?}");
