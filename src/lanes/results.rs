@@ -102,7 +102,7 @@ impl ResultsWriter {
             return Ok(None);
         }
         tracing::info!("job done: every result is written");
-        let Some(job) = jobs::by_id(c, job_id)? else {
+        let Some(job) = jobs::get(c, job_id)? else {
             return Ok(None);
         };
         Ok(Some(hooks::JobEnded {

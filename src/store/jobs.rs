@@ -113,16 +113,6 @@ pub fn find_by_name(conn: &Connection, name: &str) -> Result<Option<JobRow>> {
         .optional()?)
 }
 
-pub fn by_id(conn: &Connection, id: i64) -> Result<Option<JobRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?)
-}
-
 /// The jobs `status` lists: all but those `nightshift clean` cleared away.
 pub fn list(conn: &Connection) -> Result<Vec<JobRow>> {
     let mut stmt = conn.prepare(&format!(

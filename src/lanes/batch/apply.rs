@@ -383,6 +383,28 @@ fn error_refused(
     )
 }
 
+/// The planner's lane for an item going back to it (from a batch, or a retry), with the batch
+/// turnaround `turnaround_ms`.
+pub(super) fn decide_again(
+    item: &items::ItemRow,
+    replan: &Replan<'_>,
+    turnaround_ms: i64,
+) -> planner::Plan {
+    let facts = planner::ItemFacts {
+        mode: item.mode,
+        priority: item.priority,
+        deadline_at: item.deadline_at,
+        params: &item.params,
+    };
+    let lanes = planner::LaneFacts {
+        now: replan.now,
+        batch_turnaround_ms: turnaround_ms,
+        job_items: item.job_lines.max(1) as u64,
+        realtime_rpm: (replan.rpm_for)(&item.model),
+    };
+    planner::decide(&facts, &lanes)
+}
+
 /// An item of a batch comes back without a final outcome (expired, a retryable error, a canceled
 /// batch, a refused create call): it ends if `policy::batch::ending` says so, else the planner
 /// decides its lane again. `counts`: whether this uses up one of the item's attempts (not when
@@ -423,19 +445,7 @@ fn send_back(
             replan.now,
         );
     }
-    let facts = planner::ItemFacts {
-        mode: item.mode,
-        priority: item.priority,
-        deadline_at: item.deadline_at,
-        params: &item.params,
-    };
-    let lanes = planner::LaneFacts {
-        now: replan.now,
-        batch_turnaround_ms: batches::turnaround_ms(conn)?,
-        job_items: item.job_lines.max(1) as u64,
-        realtime_rpm: (replan.rpm_for)(&item.model),
-    };
-    let plan = planner::decide(&facts, &lanes);
+    let plan = decide_again(&item, replan, batches::turnaround_ms(conn)?);
     batches::replan_item(
         conn,
         item_id,

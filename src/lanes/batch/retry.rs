@@ -7,7 +7,6 @@
 use rusqlite::Connection;
 
 use super::apply::Replan;
-use crate::policy::planner;
 use crate::store::{self, batches, items, jobs, retry};
 
 /// Carries out every pending retry request. Returns (job, items sent back) per request done.
@@ -62,19 +61,7 @@ fn carry_out(
     let turnaround = batches::turnaround_ms(conn)?;
     for &item_id in &chosen {
         let item = items::item(conn, item_id)?;
-        let facts = planner::ItemFacts {
-            mode: item.mode,
-            priority: item.priority,
-            deadline_at: item.deadline_at,
-            params: &item.params,
-        };
-        let lanes = planner::LaneFacts {
-            now: replan.now,
-            batch_turnaround_ms: turnaround,
-            job_items: item.job_lines.max(1) as u64,
-            realtime_rpm: (replan.rpm_for)(&item.model),
-        };
-        let plan = planner::decide(&facts, &lanes);
+        let plan = super::apply::decide_again(&item, replan, turnaround);
         retry::reopen_item(
             conn,
             item_id,
