@@ -617,6 +617,14 @@ impl Config {
         }
     }
 
+    /// The file it came from, or "built-in defaults".
+    pub fn source_name(&self) -> String {
+        self.source.as_ref().map_or_else(
+            || "built-in defaults".to_owned(),
+            |p| p.display().to_string(),
+        )
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("nightshift.db")
     }

@@ -342,10 +342,7 @@ pub async fn run(
         stop_intake.clone(),
     ));
     // Which config the daemon runs with, for `status` (a CLI run with another shows both).
-    let config_fact = config.source.as_ref().map_or_else(
-        || "built-in defaults".to_owned(),
-        |p| p.display().to_string(),
-    );
+    let config_fact = config.source_name();
     store
         .call(move |c| crate::store::facts::set(c, CONFIG_FACT, &config_fact, now_ms()))
         .await?;

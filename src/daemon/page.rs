@@ -16,6 +16,7 @@ use rusqlite::Connection;
 use crate::lanes::health::Health;
 use crate::model::time::format_time;
 use crate::policy::budget::Budgets;
+use crate::policy::prices::format_usd;
 use crate::policy::quota::ClassSnapshot;
 use crate::store::budget::TenantBudget;
 use crate::store::job_status::{JobStatus, batch_summary};
@@ -353,23 +354,7 @@ fn daemon_section(out: &mut String, f: &PageFacts) {
 
 /// "90.0 % hit, $0.0012 saved" for a job that used the prompt cache, else "-".
 fn cache_cell(job: &JobStatus) -> String {
-    match job.cache_hit_rate {
-        Some(hit) => format!(
-            "{:.1} % hit, {} saved",
-            hit * 100.0,
-            usd(job.cache_saved_usd)
-        ),
-        None => "-".into(),
-    }
-}
-
-/// "$1.2345", "-$0.0100": dollars to four places, as the CLI prints them.
-fn usd(v: f64) -> String {
-    if v < 0.0 {
-        format!("-${:.4}", -v)
-    } else {
-        format!("${v:.4}")
-    }
+    job.cache_summary().unwrap_or_else(|| "-".into())
 }
 
 fn jobs_section(out: &mut String, jobs: &[JobStatus]) {
@@ -442,11 +427,11 @@ fn budgets_section(out: &mut String, budgets: &[TenantBudget]) {
             "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{meter}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             escape(&b.tenant),
-            usd(b.daily_spent_usd),
+            format_usd(b.daily_spent_usd),
             cap(b.daily_cap_usd),
-            usd(b.monthly_spent_usd),
+            format_usd(b.monthly_spent_usd),
             cap(b.monthly_cap_usd),
-            usd(b.reserved_usd),
+            format_usd(b.reserved_usd),
         );
     }
     out.push_str("</tbody>\n</table></div>\n");
@@ -514,7 +499,7 @@ fn spend_section(out: &mut String, s: &Stored) {
             "<li><span class=\"swatch\" style=\"background:{}\"></span>{}: {} this hour</li>",
             s.color,
             escape(&t.tenant),
-            usd(t.per_minute.iter().sum())
+            format_usd(t.per_minute.iter().sum())
         );
     }
     out.push_str("</ul>\n<div class=\"charts\">\n");

@@ -134,6 +134,15 @@ impl PriceTable {
     }
 }
 
+/// "$1.2345", "-$0.0100": dollars to four places, as every view prints them.
+pub fn format_usd(usd: f64) -> String {
+    if usd < 0.0 {
+        format!("-${:.4}", -usd)
+    } else {
+        format!("${usd:.4}")
+    }
+}
+
 /// The prompt cache's hit rate: the share of cache tokens read rather than written (None when the
 /// cache was not used).
 pub fn cache_hit_ratio(read_tokens: i64, written_tokens: i64) -> Option<f64> {

@@ -581,18 +581,25 @@ pub fn counts(conn: &Connection, job_id: i64) -> Result<Counts> {
     })?;
     for row in rows {
         let (state, n) = row?;
-        counts.total += n;
+        counts.add(&state, n);
+    }
+    Ok(counts)
+}
+
+impl Counts {
+    /// Counts `n` more items in `state` (as the `items.state` column has it).
+    pub fn add(&mut self, state: &str, n: u64) {
+        self.total += n;
         match state.parse::<ItemState>() {
-            Ok(ItemState::Pending) => counts.pending += n,
-            Ok(ItemState::InFlight) => counts.in_flight += n,
-            Ok(ItemState::Succeeded) => counts.succeeded += n,
-            Ok(ItemState::Errored) => counts.errored += n,
-            Ok(ItemState::Expired) => counts.expired += n,
-            Ok(ItemState::Canceled) => counts.canceled += n,
+            Ok(ItemState::Pending) => self.pending += n,
+            Ok(ItemState::InFlight) => self.in_flight += n,
+            Ok(ItemState::Succeeded) => self.succeeded += n,
+            Ok(ItemState::Errored) => self.errored += n,
+            Ok(ItemState::Expired) => self.expired += n,
+            Ok(ItemState::Canceled) => self.canceled += n,
             Err(_) => {}
         }
     }
-    Ok(counts)
 }
 
 /// Errored items of a job, in line order: (line, custom_id, error).

@@ -73,35 +73,35 @@ impl LaneCounts {
     }
 }
 
-/// Items of a job by lane and state.
-fn per_lane(conn: &Connection, job_id: i64) -> Result<PerLane> {
+/// Items of a job by state, and by lane and state (items errored at intake have no lane): one
+/// pass over the job's items.
+fn counts_and_lanes(conn: &Connection, job_id: i64) -> Result<(Counts, PerLane)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT lane, state, COUNT(*) FROM items WHERE job_id = ?1 AND lane IS NOT NULL
-         GROUP BY lane, state",
+        "SELECT lane, state, COUNT(*) FROM items WHERE job_id = ?1 GROUP BY lane, state",
     )?;
-    let mut out = PerLane::default();
+    let (mut counts, mut per_lane) = (Counts::default(), PerLane::default());
     let rows = stmt.query_map([job_id], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(0)?,
             r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(2)? as u64,
         ))
     })?;
     for row in rows {
         let (lane, state, n) = row?;
-        let lane = if lane == "batch" {
-            &mut out.batch
-        } else {
-            &mut out.realtime
+        counts.add(&state, n);
+        let lane = match lane.as_deref() {
+            Some("batch") => &mut per_lane.batch,
+            Some(_) => &mut per_lane.realtime,
+            None => continue,
         };
-        let n = n as u64;
         match state.as_str() {
             "pending" => lane.pending += n,
             "in_flight" => lane.in_flight += n,
             _ => lane.done += n,
         }
     }
-    Ok(out)
+    Ok((counts, per_lane))
 }
 
 /// A range of `items_finished` (the terms of its WHERE spelled as it has them).
@@ -190,7 +190,7 @@ pub fn job_status(
     results_dir: &Path,
     now: i64,
 ) -> Result<JobStatus> {
-    let counts = super::items::counts(conn, job.id)?;
+    let (counts, per_lane) = counts_and_lanes(conn, job.id)?;
     let batches_rows = super::batches::by_job(conn, job.id)?;
     let batches = batches_rows
         .iter()
@@ -213,7 +213,6 @@ pub fn job_status(
         })
         .collect();
     let cache = super::ledger::job_cache_use(conn, job.id)?;
-    let per_lane = per_lane(conn, job.id)?;
     let state = job_state(conn, job, &counts)?;
     // A finished job has no pace and no ETA: the last minute's items are not looked up. The
     // pace is over the last minute, or since the job was taken in if that is less (a job 10 s
@@ -262,6 +261,18 @@ pub fn job_status(
         batches,
         results_file: results_path(results_dir, &job.name).display().to_string(),
     })
+}
+
+impl JobStatus {
+    /// "99.0 % hit, $1.2345 saved" when the job used the prompt cache, else None.
+    pub fn cache_summary(&self) -> Option<String> {
+        let hit = self.cache_hit_rate?;
+        Some(format!(
+            "{:.1} % hit, {} saved",
+            hit * 100.0,
+            crate::policy::prices::format_usd(self.cache_saved_usd)
+        ))
+    }
 }
 
 /// "2 (1 in_progress, 1 ended)" or "-".

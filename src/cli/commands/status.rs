@@ -30,10 +30,7 @@ pub fn run(config: Option<&Path>, flags: &StatusArgs) -> anyhow::Result<ExitCode
     }
     let conn = store::open_read_only(&config.db_path())?;
     let mut report = status::status(&conn, &results_dir, &rules, store::now_ms())?;
-    report.config = config.source.as_ref().map_or_else(
-        || "built-in defaults".to_owned(),
-        |p| p.display().to_string(),
-    );
+    report.config = config.source_name();
     // On a terminal the jobs table fits its width; into a pipe or a file it has every column.
     let width = watch::terminal_width();
     print_report(flags.json, &report, |r| r.to_text_within(width))

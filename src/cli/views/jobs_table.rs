@@ -2,7 +2,7 @@
 //! dropping the optional columns first (cache, batches, lanes, progress bar, …) and shortening job
 //! names last; the counts (done of total, pending, in flight, errored) always stay.
 
-use super::{cache_summary, finished, format_age, progress_bar, table};
+use super::{finished, format_age, progress_bar, table};
 use crate::store::job_status::{JobStatus, LaneCounts, batch_summary};
 
 /// A column: its header, whether it may be dropped (and in which order: lower goes first), and
@@ -91,7 +91,10 @@ const COLUMNS: &[Column] = &[
     Column {
         header: "CACHE",
         drop_order: Some(1),
-        cell: |j| cache_summary(j.cache_hit_rate, j.cache_saved_usd).unwrap_or_else(|| "-".into()),
+        cell: |j| {
+            j.cache_summary()
+                .map_or_else(|| "-".into(), |c| format!("cache {c}"))
+        },
     },
 ];
 

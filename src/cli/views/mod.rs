@@ -26,24 +26,7 @@ pub fn format_age(secs: i64) -> String {
     }
 }
 
-/// "$1.2345", "-$0.0100": dollars to four places.
-pub fn format_usd(usd: f64) -> String {
-    if usd < 0.0 {
-        format!("-${:.4}", -usd)
-    } else {
-        format!("${usd:.4}")
-    }
-}
-
-/// "cache 99.0 % hit, $1.2345 saved" for a job that used the prompt cache, else None.
-pub fn cache_summary(hit_rate: Option<f64>, saved_usd: f64) -> Option<String> {
-    let hit = hit_rate?;
-    Some(format!(
-        "cache {:.1} % hit, {} saved",
-        hit * 100.0,
-        format_usd(saved_usd)
-    ))
-}
+pub use crate::policy::prices::format_usd;
 
 /// A progress bar of `width` cells for `done` of `total`.
 pub fn progress_bar(done: u64, total: u64, width: usize) -> String {

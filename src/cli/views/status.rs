@@ -58,6 +58,18 @@ pub struct HoldStatus {
     pub since: String,
 }
 
+impl HoldStatus {
+    /// "PAUSED job nightly by alice (uid 1000) since 2026-12-06T01:00:00Z".
+    pub fn to_text(&self) -> String {
+        let what = match (&self.job, &self.tenant) {
+            (Some(job), _) => format!("job {job}"),
+            (None, Some(tenant)) => format!("tenant {tenant}"),
+            (None, None) => "?".into(),
+        };
+        format!("PAUSED {what} by {} since {}", self.by, self.since)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct WindowStatus {
     pub class: &'static str,
@@ -193,15 +205,7 @@ impl StatusReport {
         let mut out = self.daemon.to_text();
         out.push_str(&pauses_text(&self.paused));
         for h in &self.holds {
-            let what = match (&h.job, &h.tenant) {
-                (Some(job), _) => format!("job {job}"),
-                (None, Some(tenant)) => format!("tenant {tenant}"),
-                (None, None) => "?".into(),
-            };
-            out.push_str(&format!(
-                "PAUSED {what} by {} since {} (nightshift resume lets it go)\n",
-                h.by, h.since
-            ));
+            out.push_str(&format!("{} (nightshift resume lets it go)\n", h.to_text()));
         }
         if !self.paused.is_empty() || !self.holds.is_empty() {
             out.push('\n');

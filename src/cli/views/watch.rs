@@ -88,15 +88,7 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
             p.lane, p.reason, p.until
         ));
     }
-    for h in &status.holds {
-        let what = h
-            .job
-            .as_ref()
-            .map(|j| format!("job {j}"))
-            .or_else(|| h.tenant.as_ref().map(|t| format!("tenant {t}")))
-            .unwrap_or_default();
-        lines.push(format!("PAUSED {what} by {} since {}", h.by, h.since));
-    }
+    lines.extend(status.holds.iter().map(|h| h.to_text()));
     lines.into_iter().map(|l| truncate(&l, width)).collect()
 }
 
@@ -107,8 +99,9 @@ pub fn plain_lines(status: &StatusReport, limits: &LimitsReport) -> Vec<String> 
         let c = &job.counts;
         let done = finished(c);
         let percent = (done * 100).checked_div(c.total).unwrap_or(100);
-        let cache = super::cache_summary(job.cache_hit_rate, job.cache_saved_usd)
-            .map(|c| format!(", {c}"))
+        let cache = job
+            .cache_summary()
+            .map(|c| format!(", cache {c}"))
             .unwrap_or_default();
         let pace = match (job.items_per_sec, job.eta_secs) {
             (Some(rate), Some(eta)) if done < c.total => {
