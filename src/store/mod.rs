@@ -652,34 +652,35 @@ pub enum HoldOn {
 /// batches under way are canceled by the daemon. None if there is no such job; else whether it
 /// was not held already.
 pub fn pause(path: &Path, on: &HoldOn, by: &str, cancel_batches: bool) -> Result<Option<bool>> {
-    let mut conn = open_for_cli_write(path)?;
-    let tx = conn.transaction()?;
-    let Some(target) = hold_target(&tx, on)? else {
-        return Ok(None);
-    };
-    let held = holds::hold(&tx, &target, by, cancel_batches, now_ms())?;
-    tx.commit()?;
-    Ok(Some(held))
+    on_hold_target(path, on, |tx, target| {
+        holds::hold(tx, target, by, cancel_batches, now_ms())
+    })
 }
 
 /// `nightshift resume`: lets a job or a tenant go. None if there is no such job; else whether it
 /// was held.
 pub fn resume(path: &Path, on: &HoldOn) -> Result<Option<bool>> {
-    let mut conn = open_for_cli_write(path)?;
-    let tx = conn.transaction()?;
-    let Some(target) = hold_target(&tx, on)? else {
-        return Ok(None);
-    };
-    let released = holds::release(&tx, &target)?;
-    tx.commit()?;
-    Ok(Some(released))
+    on_hold_target(path, on, holds::release)
 }
 
-fn hold_target(conn: &Connection, on: &HoldOn) -> Result<Option<holds::Target>> {
-    Ok(match on {
-        HoldOn::Job(name) => jobs::find_by_name(conn, name)?.map(|j| holds::Target::Job(j.id)),
+/// Runs `f` on what `on` names, in one transaction of the CLI's; None if it names no job.
+fn on_hold_target(
+    path: &Path,
+    on: &HoldOn,
+    f: impl FnOnce(&Connection, &holds::Target) -> Result<bool>,
+) -> Result<Option<bool>> {
+    let mut conn = open_for_cli_write(path)?;
+    let tx = conn.transaction()?;
+    let target = match on {
+        HoldOn::Job(name) => jobs::find_by_name(&tx, name)?.map(|j| holds::Target::Job(j.id)),
         HoldOn::Tenant(tenant) => Some(holds::Target::Tenant(tenant.clone())),
-    })
+    };
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let done = f(&tx, &target)?;
+    tx.commit()?;
+    Ok(Some(done))
 }
 
 /// Removes a recurring job's schedule (`nightshift unschedule`); runs already taken in go on.
