@@ -68,6 +68,11 @@ impl Circuit {
         }
     }
 
+    /// The probe the gate allowed was not sent after all: another may go.
+    pub fn probe_dropped(&mut self) {
+        self.probing = false;
+    }
+
     pub fn is_open(&self) -> bool {
         self.open.is_some()
     }

@@ -147,6 +147,14 @@ pub enum Answer {
     Unknown,
 }
 
+/// A call found admissible, not yet taken.
+struct Checked {
+    class: String,
+    costs: [f64; 3],
+    charged_input: u64,
+    cache: Option<(CachePrefix, Prediction)>,
+}
+
 /// The state of one class, for `nightshift limits` and the benchmark.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ClassSnapshot {
@@ -192,9 +200,12 @@ pub struct LearnedDim {
     pub level: f64,
 }
 
-/// The controllers of every class.
+/// The configured (or tier) limits of a model.
+pub type Configured = std::sync::Arc<dyn Fn(&str) -> ClassLimits + Send + Sync>;
+
+/// The controllers of every class (of one organization: see [`crate::policy::routing`]).
 pub struct Quota {
-    configured: Box<dyn Fn(&str) -> ClassLimits + Send>,
+    configured: Configured,
     settings: QuotaSettings,
     classes: HashMap<String, Controller>,
     next_seq: u64,
@@ -204,11 +215,16 @@ pub struct Quota {
 impl Quota {
     /// `configured` gives the configured (or tier) limits of a model.
     pub fn new(
-        configured: impl Fn(&str) -> ClassLimits + Send + 'static,
+        configured: impl Fn(&str) -> ClassLimits + Send + Sync + 'static,
         settings: QuotaSettings,
     ) -> Quota {
+        Quota::with(std::sync::Arc::new(configured), settings)
+    }
+
+    /// As [`Quota::new`], sharing `configured` with other organizations' quotas.
+    pub fn with(configured: Configured, settings: QuotaSettings) -> Quota {
         Quota {
-            configured: Box::new(configured),
+            configured,
             settings,
             classes: HashMap::new(),
             next_seq: 0,
@@ -249,8 +265,33 @@ impl Quota {
 
     /// Admits a call now, or says when to ask again (a call finishing may allow one sooner).
     pub fn try_admit(&mut self, request: &Request<'_>, now: Instant) -> Result<Ticket, Instant> {
+        let checked = self.check(request, now)?;
+        Ok(self.take(request, checked, now))
+    }
+
+    /// How long until `request` would be admitted (zero: now), and the share of its tightest
+    /// bucket it would leave (for choosing between organizations). Changes nothing.
+    pub fn admits_in(&mut self, request: &Request<'_>, now: Instant) -> (Duration, f64) {
+        match self.check(request, now) {
+            Ok(checked) => {
+                let c = &self.classes[&checked.class];
+                let room = DIMS
+                    .iter()
+                    .filter_map(|d| {
+                        let b = &c.buckets[*d as usize];
+                        b.limit?;
+                        Some((b.level - checked.costs[*d as usize]) / b.capacity().max(1.0))
+                    })
+                    .fold(1.0, f64::min);
+                (Duration::ZERO, room)
+            }
+            Err(at) => (at.saturating_duration_since(now), -1.0),
+        }
+    }
+
+    /// Whether `request` may go now, and what it would cost.
+    fn check(&mut self, request: &Request<'_>, now: Instant) -> Result<Checked, Instant> {
         let settings = self.settings;
-        let seq = self.next_seq;
         let cache = request
             .cache
             .map(|p| (p, self.cache_book.expect(request.model, &p, now)));
@@ -291,6 +332,24 @@ impl Quota {
         if !wait.is_zero() {
             return Err(now + wait.max(Duration::from_millis(1)));
         }
+        Ok(Checked {
+            class,
+            costs,
+            charged_input,
+            cache,
+        })
+    }
+
+    /// Takes what a checked call costs and hands out its ticket.
+    fn take(&mut self, request: &Request<'_>, checked: Checked, now: Instant) -> Ticket {
+        let Checked {
+            class,
+            costs,
+            charged_input,
+            cache,
+        } = checked;
+        let seq = self.next_seq;
+        let c = self.classes.get_mut(&class).expect("checked");
         for dim in DIMS {
             c.buckets[dim as usize].level -= costs[dim as usize];
         }
@@ -304,7 +363,7 @@ impl Quota {
         if seq.is_multiple_of(1024) {
             self.cache_book.forget_expired(now);
         }
-        Ok(Ticket {
+        Ticket {
             class,
             seq,
             reserved: costs,
@@ -314,6 +373,58 @@ impl Quota {
             model: request.model.to_owned(),
             cache,
             admitted_at: now,
+        }
+    }
+
+    /// Our books of a call's class beside what its answer said, for judging who owns a 429
+    /// ([`crate::policy::owner`]). Call it before [`Quota::settle`], which merges the answer.
+    pub fn books(
+        &mut self,
+        ticket: &Ticket,
+        headers: &RateLimitHeaders,
+        now: Instant,
+    ) -> [crate::policy::owner::DimBooks; 3] {
+        let Some(c) = self.classes.get_mut(&ticket.class) else {
+            return Default::default();
+        };
+        let (uncounted, in_flight_input) =
+            c.in_flight
+                .iter()
+                .fold(([0.0; 3], 0.0), |(mut u, input), (seq, (costs, _))| {
+                    if *seq > ticket.seq {
+                        for i in 0..3 {
+                            u[i] += costs[i];
+                        }
+                    }
+                    (u, input + if *seq == ticket.seq { 0.0 } else { costs[1] })
+                });
+        // How far our input figures may be off: the recent error of the estimates (at least a
+        // tenth) over every call in flight; output of calls in flight is reserved in full.
+        let input_error = if c.input_errors.is_empty() {
+            0.1
+        } else {
+            (2.0 * c.input_errors.iter().sum::<f64>() / c.input_errors.len() as f64).max(0.1)
+        };
+        std::array::from_fn(|i| {
+            let b = &mut c.buckets[i];
+            b.refill(now);
+            let header = headers.dims[i];
+            // Token counts are rounded to thousands; a request's count is exact but another
+            // call may be in the middle of being counted.
+            let rounding = if i == 0 { 1.0 } else { 1000.0 };
+            let estimates = if i == 1 {
+                input_error * (in_flight_input + ticket.reserved[1])
+            } else {
+                0.0
+            };
+            crate::policy::owner::DimBooks {
+                name: DIMS[i].name(),
+                cost: ticket.reserved[i],
+                level: b.level,
+                uncounted: uncounted[i],
+                tolerance: rounding + estimates,
+                remaining: header.remaining,
+            }
         })
     }
 
@@ -417,7 +528,17 @@ impl Quota {
     /// Whether a call of `model` marking `prefix` would wait now for another call writing it
     /// (the lane then leaves it for later and sends what it can meanwhile).
     pub fn cache_waits(&self, model: &str, prefix: &CachePrefix, now: Instant) -> bool {
-        self.cache_book.expect(model, prefix, now) == Prediction::Wait
+        self.cache_expect(model, prefix, now) == Prediction::Wait
+    }
+
+    /// What a call of `model` marking `prefix` should expect of this organization's cache now.
+    pub fn cache_expect(&self, model: &str, prefix: &CachePrefix, now: Instant) -> Prediction {
+        self.cache_book.expect(model, prefix, now)
+    }
+
+    /// Calls in flight in every class.
+    pub fn in_flight(&self) -> usize {
+        self.classes.values().map(|c| c.in_flight.len()).sum()
     }
 
     /// Holds every call of the model's class until `until` (`retry-after`).

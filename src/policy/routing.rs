@@ -1,0 +1,798 @@
+//! Several routes, one scheduler. A route is a key and a base URL (the API, or a gateway in front
+//! of it) that some tenants may use. Limits follow **organizations**, not keys: each route learns
+//! its organization (and workspace) from its answers' `anthropic-organization-id` and
+//! `anthropic-workspace-id`, and routes that name the same one share one [`Quota`] — a second key
+//! of one organization buys no capacity, a second organization or workspace does.
+//!
+//! Until a route's first answer names its organization, it is a group of its own that sends one
+//! call at a time, so two keys of one organization are never counted twice for more than a call.
+//!
+//! Choosing a route per call: among the routes the item's tenant may use, not paused and
+//! reachable, the organization whose buckets admit the call soonest (with the most room left
+//! between those that admit it now); one whose route answered a storm of 529s or 5xx goes last.
+//! A call marking a cached prefix goes where that prefix is cached (caches are per organization)
+//! while the entry lives.
+//!
+//! Failover: a route whose key is refused pauses alone; a spend cap or a usage limit pauses every
+//! route of its organization until the reset; each pause ends by itself, and the next call is
+//! the probe that tells whether the cause has passed. Pure: time is passed in.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::model::answer::{RateLimitHeaders, Usage};
+use crate::policy::circuit::{self, Circuit};
+use crate::policy::owner::Owner;
+use crate::policy::quota::cache_book::Prediction;
+use crate::policy::quota::{
+    Answer, ClassSnapshot, Configured, Learned, Quota, QuotaSettings, Request, Ticket,
+};
+
+/// 529s and 5xx answers of a route within [`STORM_WINDOW`] that make it go last.
+pub const STORM_CALLS: usize = 5;
+pub const STORM_WINDOW: Duration = Duration::from_secs(60);
+/// How soon to look again when no route may be used now and nothing says when one may.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// A route as the config gives it, as far as routing needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    /// The tenants that may use it; `None`: everyone.
+    pub tenants: Option<Vec<String>>,
+}
+
+impl RouteSpec {
+    pub fn allows(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|n| n == tenant))
+    }
+}
+
+/// One set of buckets: an organization (and workspace), or a route whose organization is not
+/// known yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(u32);
+
+/// The organization and workspace an answer named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgLabel {
+    pub organization: String,
+    pub workspace: Option<String>,
+}
+
+impl OrgLabel {
+    /// `org` or `org/workspace`: the key its learned state is kept under.
+    pub fn key(&self) -> String {
+        match &self.workspace {
+            Some(w) => format!("{}/{w}", self.organization),
+            None => self.organization.clone(),
+        }
+    }
+}
+
+struct Group {
+    label: Option<OrgLabel>,
+    quota: Quota,
+}
+
+/// Why a route is paused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub until: Instant,
+    pub reason: String,
+    pub owner: Owner,
+}
+
+struct Route {
+    spec: RouteSpec,
+    group: GroupId,
+    /// An answer said which organization it is (or that it names none): until then the route
+    /// sends one call at a time.
+    known: bool,
+    pause: Option<Pause>,
+    circuit: Circuit,
+    /// 529s and 5xx answers lately.
+    storms: VecDeque<Instant>,
+}
+
+/// A call admitted on a route.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub route: usize,
+    pub group: GroupId,
+    pub ticket: Ticket,
+    /// The one call the route's open circuit lets through.
+    pub probe: bool,
+}
+
+/// What a route is doing, for `status`, `limits` and the metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RouteSnapshot {
+    pub name: String,
+    /// The key its organization's learned state is kept under.
+    pub group: String,
+    pub organization: Option<String>,
+    pub workspace: Option<String>,
+    /// `active`, `learning` (its organization not known yet), `paused`, `unreachable` or
+    /// `deprioritised`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub owner: Option<&'static str>,
+    pub for_secs: Option<f64>,
+}
+
+/// One organization's buckets and the routes that share them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupSnapshot {
+    pub group: String,
+    pub organization: Option<String>,
+    pub workspace: Option<String>,
+    pub routes: Vec<String>,
+    pub classes: Vec<ClassSnapshot>,
+}
+
+/// Every route and every organization behind them.
+pub struct Routing {
+    routes: Vec<Route>,
+    groups: BTreeMap<GroupId, Group>,
+    next_group: u32,
+    configured: Configured,
+    settings: QuotaSettings,
+}
+
+impl Routing {
+    /// Each route starts as a group of its own, until its answers name its organization.
+    pub fn new(specs: Vec<RouteSpec>, configured: Configured, settings: QuotaSettings) -> Routing {
+        let mut routing = Routing {
+            routes: Vec::new(),
+            groups: BTreeMap::new(),
+            next_group: 0,
+            configured,
+            settings,
+        };
+        for spec in specs {
+            let group = routing.new_group(None);
+            routing.routes.push(Route {
+                spec,
+                group,
+                known: false,
+                pause: None,
+                circuit: Circuit::default(),
+                storms: VecDeque::new(),
+            });
+        }
+        routing
+    }
+
+    fn new_group(&mut self, label: Option<OrgLabel>) -> GroupId {
+        let id = GroupId(self.next_group);
+        self.next_group += 1;
+        let quota = Quota::with(self.configured.clone(), self.settings);
+        self.groups.insert(id, Group { label, quota });
+        id
+    }
+
+    pub fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.spec.name.as_str()).collect()
+    }
+
+    pub fn route_index(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.spec.name == name)
+    }
+
+    pub fn route_name(&self, route: usize) -> &str {
+        &self.routes[route].spec.name
+    }
+
+    /// The organization a route's answers named, if any has.
+    pub fn label_of(&self, route: usize) -> Option<&OrgLabel> {
+        self.groups
+            .get(&self.routes[route].group)
+            .and_then(|g| g.label.as_ref())
+    }
+
+    /// The key a group's learned state is kept under: its organization, else `route:<name>`
+    /// of its first route.
+    fn group_key(&self, id: GroupId) -> String {
+        match self.groups.get(&id).and_then(|g| g.label.as_ref()) {
+            Some(label) => label.key(),
+            None => self.routes.iter().find(|r| r.group == id).map_or_else(
+                || format!("group:{}", id.0),
+                |r| format!("route:{}", r.spec.name),
+            ),
+        }
+    }
+
+    /// The quota of a group (the one a ticket was admitted by).
+    pub fn quota(&mut self, group: GroupId) -> Option<&mut Quota> {
+        self.groups.get_mut(&group).map(|g| &mut g.quota)
+    }
+
+    /// Admits a call of `tenant` on the route that admits it soonest, or says when to ask again.
+    pub fn choose(
+        &mut self,
+        tenant: &str,
+        request: &Request<'_>,
+        now: Instant,
+    ) -> Result<Choice, Instant> {
+        let mut next = now + LOOK_AGAIN;
+        let soonest = |at: Instant, next: &mut Instant| *next = (*next).min(at);
+        // The usable routes, best first within each group.
+        let mut usable: Vec<(GroupId, usize, bool)> = Vec::new();
+        for (i, r) in self.routes.iter_mut().enumerate() {
+            if !r.spec.allows(tenant) {
+                continue;
+            }
+            if let Some(p) = &r.pause {
+                if p.until > now {
+                    soonest(p.until, &mut next);
+                    continue;
+                }
+                r.pause = None;
+            }
+            let probe = match r.circuit.gate(now) {
+                circuit::Gate::Send => false,
+                circuit::Gate::Probe => true,
+                circuit::Gate::WaitUntil(at) => {
+                    soonest(at, &mut next);
+                    continue;
+                }
+                circuit::Gate::WaitForProbe => continue,
+            };
+            while r
+                .storms
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) > STORM_WINDOW)
+            {
+                r.storms.pop_front();
+            }
+            usable.push((r.group, i, probe));
+        }
+        if usable.is_empty() {
+            return Err(next);
+        }
+        let stormy = |routes: &[Route], i: usize| routes[i].storms.len() >= STORM_CALLS;
+        // One route per group: a calm one before a stormy one, then config order.
+        usable.sort_by_key(|(g, i, _)| (*g, stormy(&self.routes, *i), *i));
+        usable.dedup_by_key(|(g, _, _)| *g);
+        // A cached prefix stays on the organization that holds it while the entry lives.
+        if let Some(prefix) = &request.cache {
+            let expect: Vec<Prediction> = usable
+                .iter()
+                .map(|(g, _, _)| {
+                    self.groups[g]
+                        .quota
+                        .cache_expect(request.model, prefix, now)
+                })
+                .collect();
+            if expect.contains(&Prediction::Read) {
+                let mut keep = expect.iter().map(|p| *p == Prediction::Read);
+                usable.retain(|_| keep.next().unwrap_or(false));
+            } else if expect.contains(&Prediction::Wait) {
+                // Another call is writing it: read it once that call is answered.
+                let mut keep = expect.iter().map(|p| *p == Prediction::Wait);
+                usable.retain(|_| keep.next().unwrap_or(false));
+            }
+        }
+        // (not now, stormy, wait, less room), group, route, probe.
+        type Rank = (bool, bool, Duration, i64);
+        let mut ranked: Vec<(Rank, GroupId, usize, bool)> = Vec::new();
+        for (g, i, probe) in usable {
+            let group = self.groups.get_mut(&g).expect("a route's group exists");
+            // A route not yet known sends one call at a time: its organization may be another
+            // route's, whose buckets it would count twice.
+            let learning = !self.routes[i].known && group.quota.in_flight() > 0;
+            let (wait, room) = if learning {
+                (LOOK_AGAIN, -1.0)
+            } else {
+                group.quota.admits_in(request, now)
+            };
+            let stormy = self.routes[i].storms.len() >= STORM_CALLS;
+            ranked.push((
+                (!wait.is_zero(), stormy, wait, -(room * 1e6) as i64),
+                g,
+                i,
+                probe,
+            ));
+        }
+        ranked.sort_by_key(|(key, _, i, _)| (*key, *i));
+        let Some(&((later, _, wait, _), group, route, probe)) = ranked.first() else {
+            return Err(next);
+        };
+        if later {
+            return Err(now + wait.max(Duration::from_millis(1)));
+        }
+        let quota = &mut self.groups.get_mut(&group).expect("ranked").quota;
+        let ticket = quota.try_admit(request, now)?;
+        if probe {
+            self.routes[route].circuit.probe_sent();
+        }
+        Ok(Choice {
+            route,
+            group,
+            ticket,
+            probe,
+        })
+    }
+
+    /// Gives back a call that was admitted but never sent.
+    pub fn unsent(&mut self, choice: &Choice, now: Instant) {
+        if let Some(q) = self.quota(choice.group) {
+            q.settle(
+                &choice.ticket,
+                Answer::Refused,
+                None,
+                &Default::default(),
+                now,
+            );
+        }
+        if choice.probe {
+            self.routes[choice.route].circuit.probe_dropped();
+        }
+        self.tidy();
+    }
+
+    /// Settles a call in the group that admitted it.
+    pub fn settle(
+        &mut self,
+        choice: &Choice,
+        answer: Answer,
+        usage: Option<&Usage>,
+        headers: &RateLimitHeaders,
+        now: Instant,
+    ) {
+        if let Some(q) = self.quota(choice.group) {
+            q.settle(&choice.ticket, answer, usage, headers, now);
+        }
+        self.tidy();
+    }
+
+    /// What an answer of `route` said of its organization. `ran`: the answer was the API's
+    /// message (a route whose successes name no organization is one of its own). Returns the
+    /// organization when the route just learned (or changed) it.
+    pub fn learn(
+        &mut self,
+        route: usize,
+        organization: Option<&str>,
+        workspace: Option<&str>,
+        ran: bool,
+    ) -> Option<OrgLabel> {
+        let Some(organization) = organization else {
+            if ran {
+                self.routes[route].known = true;
+            }
+            return None;
+        };
+        let label = OrgLabel {
+            organization: organization.to_owned(),
+            workspace: workspace.map(str::to_owned),
+        };
+        let current = self.routes[route].group;
+        if self.groups[&current].label.as_ref() == Some(&label) {
+            self.routes[route].known = true;
+            return None;
+        }
+        let existing = self
+            .groups
+            .iter()
+            .find(|(_, g)| g.label.as_ref() == Some(&label))
+            .map(|(id, _)| *id);
+        let shared = self.routes.iter().filter(|r| r.group == current).count() > 1;
+        let group = match existing {
+            Some(id) => id,
+            None if self.groups[&current].label.is_none() && !shared => {
+                self.groups.get_mut(&current).expect("current").label = Some(label.clone());
+                current
+            }
+            None => self.new_group(Some(label.clone())),
+        };
+        self.routes[route].group = group;
+        self.routes[route].known = true;
+        self.tidy();
+        Some(label)
+    }
+
+    /// Groups no route uses and no call holds are dropped.
+    fn tidy(&mut self) {
+        let routes = &self.routes;
+        self.groups
+            .retain(|id, g| routes.iter().any(|r| r.group == *id) || g.quota.in_flight() > 0);
+    }
+
+    /// Pauses one route (its key was refused) until `until`.
+    pub fn pause_route(&mut self, route: usize, pause: Pause) {
+        let r = &mut self.routes[route];
+        if r.pause.as_ref().is_none_or(|p| p.until < pause.until) {
+            r.pause = Some(pause);
+        }
+    }
+
+    /// Pauses every route of `route`'s organization (a spend cap, a usage limit): returns the
+    /// routes paused.
+    pub fn pause_organization(&mut self, route: usize, pause: Pause) -> Vec<usize> {
+        let group = self.routes[route].group;
+        let members: Vec<usize> = (0..self.routes.len())
+            .filter(|i| self.routes[*i].group == group)
+            .collect();
+        for i in &members {
+            self.pause_route(*i, pause.clone());
+        }
+        members
+    }
+
+    /// Holds every call of `model`'s class in the group until `until` (`retry-after`).
+    pub fn hold_class(&mut self, group: GroupId, model: &str, until: Instant, now: Instant) {
+        if let Some(q) = self.quota(group) {
+            q.pause(model, until, now);
+        }
+    }
+
+    /// A 529 or 5xx answer of a route: enough of them lately and it goes last.
+    pub fn storm(&mut self, route: usize, now: Instant) {
+        let storms = &mut self.routes[route].storms;
+        storms.push_back(now);
+        while storms.len() > STORM_CALLS * 4 {
+            storms.pop_front();
+        }
+    }
+
+    /// The route's reachability circuit.
+    pub fn circuit(&mut self, route: usize) -> &mut Circuit {
+        &mut self.routes[route].circuit
+    }
+
+    /// Whether the organization of a call of `tenant` and `model` looks idle (see
+    /// [`Quota::org_idle`]): idle on any route the tenant may use.
+    pub fn org_idle(
+        &mut self,
+        tenant: &str,
+        model: &str,
+        now: Instant,
+        fresh: Duration,
+        share: f64,
+    ) -> Option<bool> {
+        let groups: Vec<GroupId> = self
+            .routes
+            .iter()
+            .filter(|r| r.spec.allows(tenant))
+            .map(|r| r.group)
+            .collect();
+        let mut idle = None;
+        for g in groups {
+            match self
+                .quota(g)
+                .and_then(|q| q.org_idle(model, now, fresh, share))
+            {
+                Some(true) => return Some(true),
+                Some(false) => idle = Some(false),
+                None => {}
+            }
+        }
+        idle
+    }
+
+    /// A reloaded config, for every organization.
+    pub fn reconfigure(&mut self, settings: QuotaSettings, now: Instant) {
+        self.settings = settings;
+        for g in self.groups.values_mut() {
+            g.quota.reconfigure(settings, now);
+        }
+    }
+
+    /// Every route's state.
+    pub fn routes(&self, now: Instant) -> Vec<RouteSnapshot> {
+        self.routes
+            .iter()
+            .map(|r| {
+                let label = self.groups.get(&r.group).and_then(|g| g.label.clone());
+                let pause = r.pause.as_ref().filter(|p| p.until > now);
+                let gate = r.circuit.gate(now);
+                let (state, reason, owner, until) = match (pause, gate) {
+                    (Some(p), _) => ("paused", Some(p.reason.clone()), Some(p.owner.as_str()), Some(p.until)),
+                    (None, circuit::Gate::WaitUntil(at)) => ("unreachable", Some("the route cannot be reached; one probe call at a time".to_owned()), None, Some(at)),
+                    (None, circuit::Gate::WaitForProbe | circuit::Gate::Probe) => ("unreachable", Some("the route cannot be reached; one probe call at a time".to_owned()), None, None),
+                    _ if r.storms.iter().filter(|t| now.saturating_duration_since(**t) <= STORM_WINDOW).count() >= STORM_CALLS => (
+                        "deprioritised",
+                        Some(format!("{STORM_CALLS}+ answers 529 or 5xx in the last minute: used when no other route can take a call")),
+                        Some(Owner::Overloaded.as_str()),
+                        None,
+                    ),
+                    _ if !r.known => ("learning", Some("its organization is not known yet: one call at a time".to_owned()), None, None),
+                    _ => ("active", None, None, None),
+                };
+                RouteSnapshot {
+                    name: r.spec.name.clone(),
+                    group: self.group_key(r.group),
+                    organization: label.as_ref().map(|l| l.organization.clone()),
+                    workspace: label.and_then(|l| l.workspace),
+                    state,
+                    reason,
+                    owner,
+                    for_secs: until.map(|u| u.saturating_duration_since(now).as_secs_f64()),
+                }
+            })
+            .collect()
+    }
+
+    /// Every organization's buckets and the routes sharing them.
+    pub fn groups(&mut self, now: Instant) -> Vec<GroupSnapshot> {
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        ids.into_iter()
+            .map(|id| {
+                let key = self.group_key(id);
+                let routes = self
+                    .routes
+                    .iter()
+                    .filter(|r| r.group == id)
+                    .map(|r| r.spec.name.clone())
+                    .collect();
+                let g = self.groups.get_mut(&id).expect("listed");
+                GroupSnapshot {
+                    group: key,
+                    organization: g.label.as_ref().map(|l| l.organization.clone()),
+                    workspace: g.label.as_ref().and_then(|l| l.workspace.clone()),
+                    routes,
+                    classes: g.quota.snapshot(now),
+                }
+            })
+            .collect()
+    }
+
+    /// What every organization learned: (group key, class, learned).
+    pub fn learned(&mut self, now: Instant) -> Vec<(String, String, Learned)> {
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let key = self.group_key(id);
+            let g = self.groups.get_mut(&id).expect("listed");
+            for (class, learned) in g.quota.learned(now) {
+                out.push((key.clone(), class, learned));
+            }
+        }
+        out
+    }
+
+    /// Takes back what a group learned `age` ago, by the key it was kept under.
+    pub fn restore(&mut self, group_key: &str, learned: &Learned, age: Duration, now: Instant) {
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for id in ids {
+            if self.group_key(id) == group_key {
+                let g = self.groups.get_mut(&id).expect("listed");
+                g.quota.restore(learned, age, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::answer::DimHeaders;
+    use crate::model::job::Priority;
+    use crate::policy::quota::{ClassLimits, ModelLimits, OutputReservation};
+    use std::sync::Arc;
+
+    const MODEL: &str = "claude-haiku-4-5";
+
+    fn settings() -> QuotaSettings {
+        QuotaSettings {
+            reserve: 0.0,
+            output_reservation: OutputReservation::MaxTokens,
+            max_concurrency: 64,
+            initial_concurrency: 64,
+        }
+    }
+
+    fn routing(specs: &[(&str, Option<&[&str]>)]) -> Routing {
+        let configured: Configured = Arc::new(|_: &str| {
+            ClassLimits::ceiling(ModelLimits {
+                rpm: Some(600),
+                itpm: None,
+                otpm: None,
+            })
+        });
+        let specs = specs
+            .iter()
+            .map(|(name, tenants)| RouteSpec {
+                name: (*name).to_owned(),
+                tenants: tenants.map(|t| t.iter().map(|s| (*s).to_owned()).collect()),
+            })
+            .collect();
+        Routing::new(specs, configured, settings())
+    }
+
+    fn request() -> Request<'static> {
+        Request {
+            model: MODEL,
+            priority: Priority::Normal,
+            input_estimate: 10,
+            max_tokens: 10,
+            cache: None,
+        }
+    }
+
+    fn ran(r: &mut Routing, choice: &Choice, now: Instant) {
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Default::default()
+        };
+        r.settle(choice, Answer::Ran, Some(&usage), &Default::default(), now);
+    }
+
+    #[test]
+    fn a_route_not_yet_known_sends_one_call_at_a_time() {
+        let mut r = routing(&[("a", None)]);
+        let now = Instant::now();
+        let first = r.choose("t", &request(), now).expect("the probe");
+        assert!(r.choose("t", &request(), now).is_err(), "one at a time");
+        ran(&mut r, &first, now);
+        assert_eq!(
+            r.learn(first.route, Some("org-1"), None, true)
+                .map(|l| l.key()),
+            Some("org-1".into())
+        );
+        // Known now: as many as its bucket admits (600 rpm, 10 a second to start).
+        let admitted = (0..5)
+            .filter(|_| r.choose("t", &request(), now).is_ok())
+            .count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn two_keys_of_one_organization_share_one_set_of_buckets() {
+        let mut r = routing(&[("a", None), ("b", None), ("c", None)]);
+        let now = Instant::now();
+        for (route, org) in [(0, "org-1"), (1, "org-1"), (2, "org-2")] {
+            r.learn(route, Some(org), Some("default"), true);
+        }
+        let groups = r.groups(now);
+        assert_eq!(groups.len(), 2, "the first two are one organization");
+        assert_eq!(groups[0].routes, vec!["a", "b"]);
+        assert_eq!(groups[0].group, "org-1/default");
+        assert_eq!(groups[1].routes, vec!["c"]);
+        // Calls spread over both organizations, each drawing on its own buckets.
+        let mut by_group = BTreeMap::new();
+        for _ in 0..16 {
+            let c = r.choose("t", &request(), now).expect("admitted");
+            *by_group.entry(c.group).or_insert(0) += 1;
+        }
+        assert_eq!(by_group.len(), 2, "{by_group:?}");
+        assert_eq!(by_group.values().sum::<i32>(), 16);
+    }
+
+    #[test]
+    fn tenants_choose_their_routes_and_a_paused_route_is_skipped() {
+        let mut r = routing(&[("main", None), ("overflow", Some(&["support"]))]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), None, true);
+        r.learn(1, Some("org-2"), None, true);
+        for _ in 0..5 {
+            let c = r.choose("nightly", &request(), now).expect("admitted");
+            assert_eq!(r.route_name(c.route), "main");
+        }
+        r.pause_route(
+            0,
+            Pause {
+                until: now + Duration::from_secs(60),
+                reason: "HTTP 401: invalid x-api-key".into(),
+                owner: Owner::Key,
+            },
+        );
+        let until = r
+            .choose("nightly", &request(), now)
+            .expect_err("no route for nightly");
+        assert_eq!(
+            until,
+            now + Duration::from_secs(1).min(Duration::from_secs(60))
+        );
+        let c = r.choose("support", &request(), now).expect("overflow");
+        assert_eq!(r.route_name(c.route), "overflow");
+        let states = r.routes(now);
+        assert_eq!(states[0].state, "paused");
+        assert_eq!(states[0].owner, Some("key"));
+        assert_eq!(states[1].state, "active");
+        // The pause ends by itself: the next call is the probe.
+        assert!(
+            r.choose("nightly", &request(), now + Duration::from_secs(61))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_spend_cap_pauses_every_route_of_its_organization() {
+        let mut r = routing(&[("a", None), ("b", None), ("c", None)]);
+        let now = Instant::now();
+        for (route, org) in [(0, "org-1"), (1, "org-1"), (2, "org-2")] {
+            r.learn(route, Some(org), None, true);
+        }
+        let paused = r.pause_organization(
+            0,
+            Pause {
+                until: now + Duration::from_secs(3600),
+                reason: "spend cap".into(),
+                owner: Owner::SpendCap,
+            },
+        );
+        assert_eq!(paused, vec![0, 1]);
+        for _ in 0..5 {
+            let c = r.choose("t", &request(), now).expect("org-2 takes it");
+            assert_eq!(r.route_name(c.route), "c");
+        }
+    }
+
+    #[test]
+    fn a_stormy_route_goes_last() {
+        let mut r = routing(&[("a", None), ("b", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), None, true);
+        r.learn(1, Some("org-2"), None, true);
+        for _ in 0..STORM_CALLS {
+            r.storm(0, now);
+        }
+        for _ in 0..5 {
+            let c = r.choose("t", &request(), now).expect("admitted");
+            assert_eq!(r.route_name(c.route), "b");
+        }
+        assert_eq!(r.routes(now)[0].state, "deprioritised");
+        // Past the window it is calm again.
+        let later = now + STORM_WINDOW + Duration::from_secs(1);
+        assert_eq!(r.routes(later)[0].state, "active");
+    }
+
+    #[test]
+    fn a_cached_prefix_stays_with_the_organization_that_holds_it() {
+        use crate::model::prompt_cache::CachePrefix;
+        let mut r = routing(&[("a", None), ("b", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), None, true);
+        r.learn(1, Some("org-2"), None, true);
+        let prefix = CachePrefix {
+            key: 42,
+            tokens: 5,
+            ttl_ms: 300_000,
+        };
+        let cached = Request {
+            cache: Some(prefix),
+            ..request()
+        };
+        let first = r.choose("t", &cached, now).expect("the writer");
+        // While it writes, the others wait for it (on its organization).
+        let again = r.choose("t", &cached, now);
+        assert!(again.is_err(), "waits for the write");
+        let usage = Usage {
+            input_tokens: 5,
+            output_tokens: 5,
+            cache_creation_input_tokens: Some(5),
+            ..Default::default()
+        };
+        let headers = RateLimitHeaders {
+            dims: [DimHeaders::default(); 3],
+        };
+        r.settle(&first, Answer::Ran, Some(&usage), &headers, now);
+        for _ in 0..6 {
+            let c = r.choose("t", &cached, now).expect("reads");
+            assert_eq!(c.group, first.group, "stays where the prefix is cached");
+        }
+    }
+
+    #[test]
+    fn restored_and_learned_state_is_kept_per_organization() {
+        let mut r = routing(&[("a", None)]);
+        let now = Instant::now();
+        let c = r.choose("t", &request(), now).expect("probe");
+        ran(&mut r, &c, now);
+        assert_eq!(r.learned(now)[0].0, "route:a");
+        r.learn(0, Some("org-9"), Some("ws"), true);
+        let learned = r.learned(now);
+        assert_eq!(learned[0].0, "org-9/ws");
+        let mut fresh = routing(&[("a", None)]);
+        fresh.learn(0, Some("org-9"), Some("ws"), true);
+        fresh.restore("org-9/ws", &learned[0].2, Duration::ZERO, now);
+        let restored = &fresh.learned(now)[0].2;
+        assert_eq!(restored.outputs, learned[0].2.outputs);
+        assert_eq!(restored.dims[0], learned[0].2.dims[0], "the request bucket");
+    }
+}
