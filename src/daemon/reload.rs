@@ -132,6 +132,7 @@ impl Reloader {
             ),
             ("cache", old.cache != new.cache),
             ("[hooks]", old.on_job_done != new.on_job_done),
+            ("[routes]", old.routes != new.routes),
         ] {
             if changed {
                 tracing::warn!(
