@@ -45,6 +45,8 @@ impl ApiClient {
         route: &RouteConfig,
         key: &ApiKey,
     ) -> anyhow::Result<ApiClient> {
+        // Only the Anthropic API's shape (and gateways that speak it) is built; Bedrock and
+        // Vertex would be kinds of their own, with the model in the URL.
         match route.kind {
             RouteKind::Anthropic => {}
         }
