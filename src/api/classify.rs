@@ -7,7 +7,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::model::answer::{DimHeaders, Outcome, RateLimitHeaders, Usage};
+use crate::model::answer::{DimHeaders, Origin, Outcome, RateLimitHeaders, Usage};
 use crate::policy::outcome::usage_limit_reached;
 
 /// The `anthropic-ratelimit-*` headers of an answer; values past any plausible limit are dropped.
@@ -66,6 +66,28 @@ pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duratio
     let at = SystemTime::UNIX_EPOCH + Duration::from_millis(at.as_millisecond().max(0) as u64);
     let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
     (wait <= MAX).then_some(wait)
+}
+
+/// Who answered, from the headers: `anthropic-organization-id` and `anthropic-workspace-id`
+/// (trimmed; empty, unreadable or over 200 characters: None), and whether the answer bore the
+/// API's marks (`request-id` or any `anthropic-*` header).
+pub fn origin(headers: &HeaderMap) -> Origin {
+    let id = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.chars().count() <= 200)
+            .map(str::to_owned)
+    };
+    let anthropic = headers
+        .keys()
+        .any(|name| name == "request-id" || name.as_str().starts_with("anthropic-"));
+    Origin {
+        organization_id: id("anthropic-organization-id"),
+        workspace_id: id("anthropic-workspace-id"),
+        anthropic,
+    }
 }
 
 #[derive(Deserialize)]
@@ -297,6 +319,46 @@ mod tests {
         assert_eq!(
             rate_limit_headers(&headers(&[]), NOW),
             RateLimitHeaders::default()
+        );
+    }
+
+    #[test]
+    fn origin_names_who_answered() {
+        let api = origin(&headers(&[
+            ("request-id", "req_1"),
+            ("anthropic-organization-id", " org-123 "),
+            ("anthropic-workspace-id", "wrkspc_9"),
+        ]));
+        assert_eq!(
+            api,
+            Origin {
+                organization_id: Some("org-123".into()),
+                workspace_id: Some("wrkspc_9".into()),
+                anthropic: true,
+            }
+        );
+
+        // A 429 from a gateway: none of the API's marks.
+        let gateway = origin(&headers(&[("retry-after", "3"), ("x-gateway", "g")]));
+        assert_eq!(gateway, Origin::default());
+        assert!(!gateway.anthropic);
+
+        // Any anthropic-* header is a mark; request-id alone is one too.
+        assert!(origin(&headers(&[("anthropic-ratelimit-requests-limit", "5")])).anthropic);
+        assert!(origin(&headers(&[("request-id", "req_2")])).anthropic);
+
+        let long = "o".repeat(201);
+        let odd = origin(&headers(&[
+            ("anthropic-organization-id", "   "),
+            ("anthropic-workspace-id", &long),
+        ]));
+        assert_eq!(odd.organization_id, None, "empty");
+        assert_eq!(odd.workspace_id, None, "over 200 characters");
+        assert!(odd.anthropic);
+        let just = "w".repeat(200);
+        assert_eq!(
+            origin(&headers(&[("anthropic-workspace-id", &just)])).workspace_id,
+            Some(just)
         );
     }
 

@@ -5,16 +5,23 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ApiClient;
-use super::classify::classify;
+use super::classify::{classify, origin};
+use super::{ApiClient, Sent};
 use crate::model::answer::Outcome;
 
 impl ApiClient {
-    /// Sends one Messages request (`params` as written in the job file) and classifies the answer.
-    pub async fn send_message(&self, params: &str) -> Outcome {
+    /// Sends one Messages request (`params` as written in the job file), classifies the answer
+    /// and says who answered.
+    pub async fn send_message(&self, params: &str) -> Sent {
         match self.post(&self.messages_url, without_stream(params)).await {
-            Ok((status, headers, body)) => classify(status, &headers, &body, SystemTime::now()),
-            Err(outcome) => outcome,
+            Ok((status, headers, body)) => Sent {
+                outcome: classify(status, &headers, &body, SystemTime::now()),
+                origin: origin(&headers),
+            },
+            Err(outcome) => Sent {
+                outcome,
+                origin: Default::default(),
+            },
         }
     }
 

@@ -32,7 +32,6 @@ use std::process::ExitCode;
 use args::{BenchCommand, Cli, Command};
 use commands::*;
 
-use crate::api::ApiKey;
 use crate::config::{Config, ConfigError, Env};
 
 /// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 65 the API refuses requests
@@ -167,19 +166,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-/// The API key from `api.api_key_file`, the systemd credential or `ANTHROPIC_API_KEY`; its absence
-/// is a configuration error naming where it was looked for.
-fn load_key(config: &Config) -> Result<ApiKey, ConfigError> {
-    ApiKey::load(&config.api).map_err(|e| {
-        let key = if config.api.api_key_file.is_some() {
-            "api.api_key_file"
-        } else {
-            "ANTHROPIC_API_KEY"
-        };
-        config.invalid(key, format!("gives no key: {e}"))
-    })
 }
 
 /// Prints a report as pretty JSON (the documented `--json` shape) or as text.

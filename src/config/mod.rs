@@ -4,6 +4,7 @@
 //! the setting and the file. Relative paths in the file are taken relative to the file's folder, so a
 //! config works the same whatever the working directory.
 
+pub mod routes;
 pub mod sidecar;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::policy::quota::ModelLimits;
+pub use routes::{DEFAULT_ROUTE, KeySource, RouteConfig, RouteKind, Tenants};
 
 /// Where the config is looked for when `--config` is not given (and `NIGHTSHIFT_CONFIG` is unset).
 pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["nightshift.toml", "/etc/nightshift/nightshift.toml"];
@@ -68,6 +70,8 @@ struct RawConfig {
     budgets: BTreeMap<String, RawBudget>,
     #[serde(default)]
     hooks: RawHooks,
+    /// None: no `[routes]` table (one default route); Some(empty): an empty one (an error).
+    routes: Option<BTreeMap<String, routes::RawRoute>>,
 }
 
 /// `[hooks]`: commands run when things happen (no shell: program, then its arguments).
@@ -204,6 +208,9 @@ pub struct Config {
     /// `[hooks] on_job_done`: the program (resolved against the config's folder) and its
     /// arguments, run when a job ends. Read at start.
     pub on_job_done: Option<Vec<String>>,
+    /// `[routes.<name>]`, sorted by name; never empty. Without `[routes]`, one route named
+    /// [`DEFAULT_ROUTE`] with today's key chain and `[api] base_url`. Read at start.
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +218,7 @@ pub struct ApiSettings {
     pub base_url: String,
     pub anthropic_version: String,
     /// A file holding the API key (e.g. a systemd credential); `ANTHROPIC_API_KEY` is used otherwise.
+    /// The default route's (without `[routes]`); an error with `[routes]`.
     pub api_key_file: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -536,6 +544,13 @@ impl Config {
             windows.0.insert(priority, window);
         }
         let budgets = budgets_from_raw(raw.budgets, &prices, &invalid)?;
+        let routes = routes::routes_from_raw(
+            raw.routes,
+            &base_url,
+            raw.api.api_key_file.is_some(),
+            &resolve,
+            &invalid,
+        )?;
 
         Ok(Config {
             source,
@@ -576,6 +591,7 @@ impl Config {
             windows,
             cache,
             on_job_done,
+            routes,
         })
     }
 

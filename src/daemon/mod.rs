@@ -16,7 +16,7 @@ use anyhow::Context;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiClient, ApiKey};
+use crate::api::{ApiClient, RouteKeys};
 use crate::config::{Config, Live};
 use crate::daemon::systemd::Notifier;
 use crate::lanes::admission::Rules;
@@ -38,13 +38,13 @@ pub struct Handle {
 /// The daemon's fact naming the config it runs with.
 pub const CONFIG_FACT: &str = "config";
 
-pub fn spawn(config: Config, key: ApiKey) -> Handle {
+pub fn spawn(config: Config, keys: RouteKeys) -> Handle {
     let stop = CancellationToken::new();
     let token = stop.clone();
     let (reload, reloads) = mpsc::unbounded_channel();
     let task = tokio::spawn(run(
         config,
-        key,
+        keys,
         async move { token.cancelled().await },
         reloads,
     ));
@@ -129,16 +129,28 @@ pub fn check_folders(config: &Config) -> Result<(), crate::files::Untrusted> {
 }
 
 /// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
-/// file. Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
+/// file. `keys` holds the key of each route (for now only the first route, `config.routes[0]`,
+/// is called along; a route without a key stops the start). Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
 /// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
 /// stopping, and pings the watchdog while the store answers.
 pub async fn run(
     config: Config,
-    key: ApiKey,
+    keys: RouteKeys,
     shutdown: impl Future<Output = ()>,
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
+    // One route for now: the first (several are wired into the lanes later).
+    let route = config
+        .routes
+        .first()
+        .context("the configuration has no route")?;
+    let key = keys.get(&route.name).cloned().with_context(|| {
+        format!(
+            "no API key was given for route `{}`; the daemon needs the key of each route",
+            route.name
+        )
+    })?;
     match &config.source {
         Some(path) => tracing::info!(config = %path.display(), "configuration read"),
         // Say which defaults were taken, where the operator looks: with no file, a daemon set up
@@ -230,7 +242,8 @@ pub async fn run(
     .with_hook(config.on_job_done.clone());
     writer.recover().await?;
 
-    let client = ApiClient::new(&config.api, &key)?;
+    let client = ApiClient::new(&config.api, route, &key)?;
+    let host = client.host().to_owned();
     // What a reload (SIGHUP) may change: limits, reserve, budgets, prices.
     let live_config = Live::new(config.clone());
     let limits_for_rpm = live_config.clone();
@@ -395,7 +408,8 @@ pub async fn run(
                 tracing::info!(
                     jobs_dir = %config.jobs_dir.display(),
                     data_dir = %config.data_dir.display(),
-                    api = %config.api.base_url,
+                    route = %route.name,
+                    host = %host,
                     key = %key.fingerprint(),
                     "nightshift is running"
                 );

@@ -132,6 +132,7 @@ impl Reloader {
             ),
             ("cache", old.cache != new.cache),
             ("[hooks]", old.on_job_done != new.on_job_done),
+            ("[routes]", old.routes != new.routes),
         ] {
             if changed {
                 tracing::warn!(
@@ -169,4 +170,52 @@ fn write_verdict(path: &std::path::Path, verdict: &Verdict) -> std::io::Result<(
     let partial = path.with_extension("json.partial");
     std::fs::write(&partial, serde_json::to_vec(verdict).unwrap_or_default())?;
     std::fs::rename(&partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_of_routes_waits_for_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nightshift.toml");
+        let before = "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n";
+        std::fs::write(&path, before).expect("config");
+        let config = Config::load(&path, &Default::default()).expect("config");
+        for folder in [&config.jobs_dir, &config.data_dir] {
+            std::fs::create_dir_all(folder).expect("folder");
+        }
+        let limits = Live::new(config.clone());
+        let mut reloader = Reloader {
+            source: Some(path.clone()),
+            rules: Live::new(Rules::from_config(&config)),
+            quota: Arc::new(Mutex::new(Quota::new(
+                move |model| limits.get().class_limits(model),
+                QuotaSettings {
+                    reserve: config.quota.reserve,
+                    output_reservation: config.quota.output_reservation,
+                    max_concurrency: config.realtime.concurrency,
+                    initial_concurrency: 4,
+                },
+            ))),
+            config: Live::new(config),
+            verdict_path: dir.path().join("data").join(VERDICT_FILE),
+            seq: 0,
+            board: Board::default(),
+        };
+        std::fs::write(
+            &path,
+            format!("{before}[routes.main]\nkey_env = \"NIGHTSHIFT_KEY_MAIN\"\n"),
+        )
+        .expect("config");
+        let verdict = reloader.reload();
+        assert!(verdict.ok, "{verdict:?}");
+        assert!(
+            verdict
+                .message
+                .contains("[routes] changed and take effect at the next restart"),
+            "{verdict:?}"
+        );
+    }
 }

@@ -548,7 +548,7 @@ impl RealtimeLane {
                 "sending again after an unknown outcome: the API may run this request twice"
             );
         }
-        let outcome = self.client.send_message(&dispatch.params).await;
+        let outcome = self.client.send_message(&dispatch.params).await.outcome;
         self.calls.count(&dispatch.model, &outcome);
         let now = Instant::now();
         {

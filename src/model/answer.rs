@@ -66,6 +66,20 @@ pub struct DimHeaders {
     pub reset_in: Option<f64>,
 }
 
+/// Who answered: the organization and workspace the answer names, and whether it bore the API's own marks.
+///
+/// `anthropic` is whether the answer had a `request-id` header or any `anthropic-*` header: a 429
+/// without them came from something between nightshift and the API (a gateway, a proxy), not
+/// from the API's rate limiter. Default: no answer came back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// `anthropic-organization-id`.
+    pub organization_id: Option<String>,
+    /// `anthropic-workspace-id`.
+    pub workspace_id: Option<String>,
+    pub anthropic: bool,
+}
+
 /// What one call came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

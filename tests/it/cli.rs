@@ -26,6 +26,33 @@ fn a_missing_key_is_a_clear_error_at_start() {
 }
 
 #[test]
+fn a_routes_missing_key_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "data_dir = \"d\"\n[routes.main]\nkey_env = \"ANTHROPIC_API_KEY\"\n\
+         [routes.overflow]\nkey_env = \"NIGHTSHIFT_KEY_OVERFLOW\"\ntenants = [\"support-team\"]\n",
+    )
+    .expect("config");
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", "c.toml", "run"])
+        .env("ANTHROPIC_API_KEY", "sk-ant-api03-mainKeyOfTheTest-0123")
+        .env_remove("NIGHTSHIFT_KEY_OVERFLOW")
+        .env_remove("NIGHTSHIFT_CONFIG")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("route `overflow`: set NIGHTSHIFT_KEY_OVERFLOW (its key_env)"),
+        "{err}"
+    );
+    assert!(err.contains("routes.overflow.key_env"), "{err}");
+    assert!(!err.contains("mainKeyOfTheTest"), "{err}");
+}
+
+#[test]
 fn unknown_config_keys_and_bad_values_are_errors_naming_the_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

@@ -99,7 +99,7 @@ impl TestEnv {
     pub fn start_daemon(&self) -> InProcessDaemon {
         InProcessDaemon(nightshift::daemon::spawn(
             self.config(),
-            ApiKey::new("sk-test-key"),
+            ApiKey::new("sk-test-key").into(),
         ))
     }
 

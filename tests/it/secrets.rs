@@ -122,6 +122,60 @@ async fn the_key_leaks_nowhere() {
     );
 }
 
+/// With `[routes]`: the route's key comes from its `key_env` (the fake takes only that key, and
+/// `ANTHROPIC_API_KEY` holds another), and neither the key nor the route's header values appear
+/// in the data directory, the log or CLI output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_key_and_headers_leak_nowhere() {
+    const HEADER_VALUE: &str = "gw-SECRETheaderValue-5550123";
+    let env = TestEnv::new(
+        FakeConfig {
+            api_key: Some(KEY.to_owned()),
+            ..FakeConfig::default()
+        },
+        &format!(
+            "[routes.main]\nkey_env = \"NIGHTSHIFT_TEST_KEY_MAIN\"\n\
+             headers = {{ \"x-gateway-token\" = \"{HEADER_VALUE}\" }}\n"
+        ),
+    )
+    .await;
+    let (ids, body) = job_of("routed", 5);
+    env.write_job("routed", &body);
+    let other = "sk-ant-api03-NOTtheRoutesKey0123456789";
+    let mut daemon =
+        env.spawn_binary_daemon_with(other, "daemon.log", &[("NIGHTSHIFT_TEST_KEY_MAIN", KEY)]);
+    env.wait_done("routed", Duration::from_secs(60)).await;
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait().expect("reaped").success());
+    assert_each_once(&env.results("routed"), &ids);
+    assert_eq!(
+        env.fake.stats().messages_accepted,
+        5,
+        "sent with the route's key"
+    );
+
+    let log = std::fs::read_to_string(env.dir.path().join("daemon.log")).expect("log");
+    assert!(log.contains("nightshift is running"), "{log}");
+    assert!(log.contains("route=main"), "the log names the route: {log}");
+    let mut outputs = vec![log];
+    for args in [vec!["status", "--json"], vec!["job", "routed", "--json"]] {
+        let out = env.cli(&args);
+        assert!(out.status.success());
+        outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    for secret in [KEY, other, HEADER_VALUE] {
+        let hits = files_containing(&env.data_dir(), secret.as_bytes());
+        assert!(hits.is_empty(), "{secret} was found in {hits:?}");
+        for output in &outputs {
+            assert!(
+                !output.contains(secret),
+                "{secret} is in the log or CLI output"
+            );
+        }
+    }
+}
+
 /// Every file and folder in `path` (symlinks aside) whose mode lets the group or others in.
 fn not_private(path: &Path) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;

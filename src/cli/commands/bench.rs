@@ -118,7 +118,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     let file = dir.path().join("bench.jsonl");
     write_job_file(&file, items, "realtime")?;
 
-    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench"));
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench").into());
     let started = Instant::now();
     std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
     let job = demo::wait_until_done(
@@ -367,7 +367,7 @@ pub async fn quota(
         out.flush()?;
     }
     let started = Instant::now();
-    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench-quota-key"));
+    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench-quota-key").into());
     std::fs::rename(&file, config.jobs_dir.join("quota.jsonl"))?;
     let interactive_rpm = if interactive {
         profile.rpm as f64 * 0.2
@@ -622,7 +622,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     outln!("writing a {lines}-line batch job ...");
     write_job_file(&file, lines, "batch")?;
     let key = ApiKey::new("sk-bench-batch");
-    let daemon = daemon::spawn(config.clone(), key.clone());
+    let daemon = daemon::spawn(config.clone(), key.clone().into());
     let packing = Instant::now();
     std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
     let batches = loop {
@@ -656,7 +656,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The fake makes a batch's results when it is first looked at after it ends: look now, so
     // that its work is not timed.
-    let client = crate::api::ApiClient::new(&config.api, &key)?;
+    let client = crate::api::ApiClient::new(&config.api, &config.routes[0], &key)?;
     let conn = crate::store::open_read_only(&config.db_path())?;
     for batch in crate::store::batches::open(&conn)? {
         if let Some(api_id) = &batch.api_id {
@@ -674,7 +674,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     let peak_reset = reset_peak_rss();
     let cpu_before = cpu_time();
     let started = Instant::now();
-    let daemon = daemon::spawn(config.clone(), key);
+    let daemon = daemon::spawn(config.clone(), key.into());
     // Polled often, on one connection: the clock stops within milliseconds of the job's end.
     let conn = crate::store::open_read_only(&config.db_path())?;
     let job = loop {

@@ -189,7 +189,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         config.jobs_dir.display()
     );
 
-    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-ant-demo-key-not-real"));
+    let daemon = daemon::spawn(
+        config.clone(),
+        ApiKey::new("sk-ant-demo-key-not-real").into(),
+    );
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();

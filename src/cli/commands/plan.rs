@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::api::ApiClient;
+use crate::api::{ApiClient, load_route_key};
 use crate::cli::views::plan::{ApiCounter, estimated, plan};
-use crate::cli::{EXIT_REFUSED, load_config, load_key, print_report};
+use crate::cli::{EXIT_REFUSED, load_config, print_report};
 use crate::store::now_ms;
 
 /// What `plan` asks the API, if anything.
@@ -21,7 +21,9 @@ pub struct Asks {
 pub fn run(config: Option<&Path>, file: &Path, asks: Asks, json: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
     let mut counter = if asks.count_tokens || asks.check {
-        let client = ApiClient::new(&config.api, &load_key(&config)?)?;
+        // The first route's (the one the daemon calls along for now).
+        let route = &config.routes[0];
+        let client = ApiClient::new(&config.api, route, &load_route_key(&config, route)?)?;
         Some(ApiCounter::new(client, asks.rpm)?)
     } else {
         None

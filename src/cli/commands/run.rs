@@ -3,21 +3,22 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::api::load_route_keys;
 use crate::cli::signals::{reload_signals, shutdown_signal};
-use crate::cli::{load_config, load_key, runtime};
+use crate::cli::{load_config, runtime};
 use crate::config::{Config, ConfigError};
 use crate::daemon;
 use crate::files::{Identity, group_id, share_with};
 
 pub fn run(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let key = load_key(&config)?;
+    let keys = load_route_keys(&config)?;
     if let Some(group) = &config.daemon.readers_group {
         share_with_readers(&config, group)?;
     }
     let runtime = runtime()?;
     let ran = runtime
-        .block_on(async { daemon::run(config, key, shutdown_signal(), reload_signals()).await });
+        .block_on(async { daemon::run(config, keys, shutdown_signal(), reload_signals()).await });
     // The daemon bounds its own shutdown; work it left behind (a file blocked on a full disk, say)
     // is not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
