@@ -120,9 +120,18 @@ pub enum Command {
     /// Per model class: the known limits, what remains, utilisation over the last minute, and the
     /// last throttling event.
     Limits(JsonFlag),
-    /// Per endpoint and model: the last success, the first failure and the latest failure side by
-    /// side, which is what a support ticket needs.
-    Diagnose(JsonFlag),
+    /// Per route, endpoint and model: the last success, the first failure and the latest failure
+    /// side by side, and who owned each 429 and 529 (self, foreign, acceleration, spend_cap,
+    /// usage_limit, overloaded, gateway), which is what a support ticket needs.
+    Diagnose {
+        #[command(flatten)]
+        flags: JsonFlag,
+        /// Write a support bundle to this new file (JSON, private): per route and model the exact
+        /// messages, times, request-ids, rate-limit headers, owner verdicts, sizes and
+        /// concurrency, with no key, no prompt and no answer in it.
+        #[arg(long, value_name = "FILE")]
+        evidence: Option<PathBuf>,
+    },
     /// Read a job file without sending anything: estimated tokens, cost through batches vs real
     /// time, how long real time would take under the configured limits, and which limit binds.
     Plan {

@@ -60,7 +60,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => item::run(config, &job, &custom_id, json.json),
         Command::Limits(flags) => limits::run(config, flags.json),
-        Command::Diagnose(flags) => diagnose::run(config, flags.json),
+        Command::Diagnose { flags, evidence } => {
+            diagnose::run(config, flags.json, evidence.as_deref())
+        }
         Command::Plan {
             file,
             count_tokens,

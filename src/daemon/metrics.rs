@@ -25,7 +25,8 @@ use super::page::{self, PageFacts};
 use crate::config::Live;
 use crate::lanes::admission::Rules;
 use crate::lanes::calls::CallCounters;
-use crate::policy::quota::{ClassSnapshot, Quota};
+use crate::policy::quota::ClassSnapshot;
+use crate::policy::routing::Routing;
 use crate::store::facts::{self, TenantTotals};
 
 /// Everything one scrape shows.
@@ -35,7 +36,10 @@ pub struct Scrape {
     pub batches: Vec<(String, i64)>,
     pub tenants: Vec<TenantTotals>,
     pub calls: Vec<((String, &'static str), u64)>,
-    pub classes: Vec<ClassSnapshot>,
+    /// Each organization's classes: (organization, class).
+    pub classes: Vec<(String, ClassSnapshot)>,
+    /// Every route's state.
+    pub routes: Vec<crate::policy::routing::RouteSnapshot>,
     /// Told whatever the store's state (a locked database leaves the parts above empty).
     pub health: crate::lanes::health::Health,
 }
@@ -144,10 +148,13 @@ pub fn render(s: &Scrape) -> String {
     let dims =
         |f: &dyn Fn(&crate::policy::quota::DimSnapshot) -> Option<f64>| -> Vec<(String, f64)> {
             let mut out = Vec::new();
-            for c in &s.classes {
+            for (org, c) in &s.classes {
                 for d in &c.dims {
                     if let Some(v) = f(d) {
-                        out.push((labels(&[("class", &c.class), ("dim", d.dim)]), v));
+                        out.push((
+                            labels(&[("organization", org), ("class", &c.class), ("dim", d.dim)]),
+                            v,
+                        ));
                     }
                 }
             }
@@ -177,7 +184,10 @@ pub fn render(s: &Scrape) -> String {
         "Calls the class may have in flight (adaptive).",
         s.classes
             .iter()
-            .map(|c| (labels(&[("class", &c.class)]), c.concurrency as f64))
+            .map(|(org, c)| {
+                let l = labels(&[("organization", org), ("class", &c.class)]);
+                (l, c.concurrency as f64)
+            })
             .collect(),
     );
     family(
@@ -186,7 +196,27 @@ pub fn render(s: &Scrape) -> String {
         "Calls of the class in flight.",
         s.classes
             .iter()
-            .map(|c| (labels(&[("class", &c.class)]), c.in_flight as f64))
+            .map(|(org, c)| {
+                let l = labels(&[("organization", org), ("class", &c.class)]);
+                (l, c.in_flight as f64)
+            })
+            .collect(),
+    );
+    family(
+        "nightshift_route_usable",
+        "gauge",
+        "1 while a route takes calls (active, learning or deprioritised), 0 while it is paused or cannot be reached; `owner` says whose limit paused it.",
+        s.routes
+            .iter()
+            .map(|r| {
+                let usable = !matches!(r.state, "paused" | "unreachable");
+                let l = labels(&[
+                    ("route", &r.name),
+                    ("state", r.state),
+                    ("owner", r.owner.unwrap_or("")),
+                ]);
+                (l, if usable { 1.0 } else { 0.0 })
+            })
             .collect(),
     );
     family(
@@ -256,7 +286,7 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 pub struct Sources {
     pub db_path: PathBuf,
     pub calls: Arc<CallCounters>,
-    pub quota: Arc<Mutex<Quota>>,
+    pub routing: Arc<Mutex<Routing>>,
     pub health: crate::lanes::health::Board,
     pub data_dir: PathBuf,
     pub disk_low_bytes: u64,
@@ -268,12 +298,24 @@ pub struct Sources {
 
 impl Sources {
     fn gather(&self) -> anyhow::Result<Scrape> {
-        let classes = crate::lock(&self.quota).snapshot(Instant::now());
+        let (classes, routes) = {
+            let mut routing = crate::lock(&self.routing);
+            let classes = routing
+                .groups(Instant::now())
+                .into_iter()
+                .flat_map(|g| {
+                    let group = g.group;
+                    g.classes.into_iter().map(move |c| (group.clone(), c))
+                })
+                .collect();
+            (classes, routing.routes(Instant::now()))
+        };
         let health =
             crate::daemon::health::current(&self.health, &self.data_dir, self.disk_low_bytes);
         let mut scrape = Scrape {
             calls: self.calls.snapshot(),
             classes,
+            routes,
             health,
             ..Scrape::default()
         };
@@ -298,7 +340,7 @@ impl Sources {
 
     /// The status page's facts at `now` (Unix ms).
     fn page(&self, now: i64) -> PageFacts {
-        let limits = crate::lock(&self.quota).snapshot(Instant::now());
+        let limits = crate::lock(&self.routing).class_totals(Instant::now());
         let health =
             crate::daemon::health::current(&self.health, &self.data_dir, self.disk_low_bytes);
         let budgets = &self.rules.get().budgets;

@@ -24,7 +24,8 @@ use crate::lanes::batch::BatchLane;
 use crate::lanes::intake::Intake;
 use crate::lanes::realtime::RealtimeLane;
 use crate::lanes::results::ResultsWriter;
-use crate::policy::quota::{Quota, QuotaSettings};
+use crate::policy::quota::QuotaSettings;
+use crate::policy::routing::{RouteSpec, Routing};
 use crate::store::{Store, items, now_ms};
 
 /// A daemon running inside this process (the demo, the benchmarks, the tests).
@@ -129,8 +130,8 @@ pub fn check_folders(config: &Config) -> Result<(), crate::files::Untrusted> {
 }
 
 /// Runs the daemon until `shutdown` resolves; each message on `reloads` (SIGHUP) reloads the config
-/// file. `keys` holds the key of each route (for now only the first route, `config.routes[0]`,
-/// is called along; a route without a key stops the start). Returns once everything has stopped. Under systemd (`Type=notify`) it says when it is
+/// file. `keys` holds the key of each route (a route without a key stops the start). Returns once
+/// everything has stopped. Under systemd (`Type=notify`) it says when it is
 /// ready (the database migrated and recovered, the jobs folder scanned once), reloading and
 /// stopping, and pings the watchdog while the store answers.
 pub async fn run(
@@ -140,17 +141,21 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<()>,
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
-    // One route for now: the first (several are wired into the lanes later).
-    let route = config
+    anyhow::ensure!(!config.routes.is_empty(), "the configuration has no route");
+    // One client per route, in the config's order (the routing's too).
+    let clients = config
         .routes
-        .first()
-        .context("the configuration has no route")?;
-    let key = keys.get(&route.name).cloned().with_context(|| {
-        format!(
-            "no API key was given for route `{}`; the daemon needs the key of each route",
-            route.name
-        )
-    })?;
+        .iter()
+        .map(|route| {
+            let key = keys.get(&route.name).with_context(|| {
+                format!(
+                    "no API key was given for route `{}`; the daemon needs the key of each route",
+                    route.name
+                )
+            })?;
+            ApiClient::new(&config.api, route, key)
+        })
+        .collect::<anyhow::Result<Vec<ApiClient>>>()?;
     match &config.source {
         Some(path) => tracing::info!(config = %path.display(), "configuration read"),
         // Say which defaults were taken, where the operator looks: with no file, a daemon set up
@@ -242,8 +247,8 @@ pub async fn run(
     .with_hook(config.on_job_done.clone());
     writer.recover().await?;
 
-    let client = ApiClient::new(&config.api, route, &key)?;
-    let host = client.host().to_owned();
+    // The batch lane creates batches on the first route (per route: issue 16, next step).
+    let client = clients[0].clone();
     // What a reload (SIGHUP) may change: limits, reserve, budgets, prices.
     let live_config = Live::new(config.clone());
     let limits_for_rpm = live_config.clone();
@@ -273,22 +278,32 @@ pub async fn run(
         initial_concurrency: config.realtime.concurrency.min(4),
     };
     let calls = Arc::new(crate::lanes::calls::CallCounters::default());
-    let mut quota = Quota::new(
-        move |model| limits_config.get().class_limits(model),
+    let specs = config
+        .routes
+        .iter()
+        .map(|r| RouteSpec {
+            name: r.name.clone(),
+            tenants: match &r.tenants {
+                crate::config::Tenants::All => None,
+                crate::config::Tenants::Only(names) => Some(names.clone()),
+            },
+        })
+        .collect();
+    let mut routing = Routing::new(
+        specs,
+        Arc::new(move |model: &str| limits_config.get().class_limits(model)),
         quota_settings,
     );
-    restore_learned(&store, &mut quota, &key.fingerprint()).await;
-    let quota = Arc::new(Mutex::new(quota));
+    restore_routing(&store, &mut routing, &clients).await;
+    let routing = Arc::new(Mutex::new(routing));
+    let clients = Arc::new(clients);
     let lane = RealtimeLane {
         store: store.clone(),
-        client,
-        quota: quota.clone(),
+        clients: clients.clone(),
+        routing: routing.clone(),
         settings: config.realtime.clone(),
         wake: work_wake.clone(),
         results_wake: results_wake.clone(),
-        paused: Default::default(),
-        circuit: Default::default(),
-        key_id: key.fingerprint(),
         rules: rules.clone(),
         batch_wake: batch_wake.clone(),
         calls: calls.clone(),
@@ -303,7 +318,7 @@ pub async fn run(
         source: config.source.clone(),
         config: live_config,
         rules,
-        quota,
+        routing,
     };
 
     let stop_intake = CancellationToken::new();
@@ -371,7 +386,7 @@ pub async fn run(
             let sources = crate::daemon::metrics::Sources {
                 db_path: db_path.clone(),
                 calls: calls.clone(),
-                quota: reloader.quota.clone(),
+                routing: reloader.routing.clone(),
                 health: board.clone(),
                 data_dir: config.data_dir.clone(),
                 disk_low_bytes: config.daemon.disk_low_bytes,
@@ -408,9 +423,11 @@ pub async fn run(
                 tracing::info!(
                     jobs_dir = %config.jobs_dir.display(),
                     data_dir = %config.data_dir.display(),
-                    route = %route.name,
-                    host = %host,
-                    key = %key.fingerprint(),
+                    routes = %clients
+                        .iter()
+                        .map(|c| format!("{} ({} key {})", c.route_name(), c.host(), c.key_id()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     "nightshift is running"
                 );
                 notifier.ready("running");
@@ -661,34 +678,54 @@ async fn intake_loop(
     Ok(())
 }
 
-/// Gives the quota controller back what it learned before the last stop under this key, so a
-/// backlog resumes at the learned rate. What cannot be read is left out: the controller then
-/// starts from a probe, as on a first start.
-async fn restore_learned(store: &Store, quota: &mut Quota, key_id: &str) {
-    let key_id = key_id.to_owned();
-    let rows = match store
-        .call(move |c| crate::store::quota::learned(c, &key_id))
-        .await
-    {
-        Ok(rows) => rows,
+/// Gives the routing back what it knew before the last stop: the organization each route's
+/// answers named (for the same key), so routes of one organization share its buckets from the
+/// first call, and what each organization's quota learned, so a backlog resumes at the learned
+/// rate. What cannot be read is left out: that part starts from a probe, as on a first start.
+async fn restore_routing(store: &Store, routing: &mut Routing, clients: &[ApiClient]) {
+    let read = store
+        .call(|c| {
+            Ok((
+                crate::store::routes::all(c)?,
+                crate::store::quota::learned(c)?,
+            ))
+        })
+        .await;
+    let (routes, rows) = match read {
+        Ok(read) => read,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read what the quota controller learned; starting from a probe");
             return;
         }
     };
+    for row in routes {
+        let Some(i) = routing.route_index(&row.name) else {
+            continue;
+        };
+        // Another key may be another organization: learned again from its first answer.
+        if clients[i].key_id() == row.key_id && row.organization_id.is_some() {
+            routing.learn(
+                i,
+                row.organization_id.as_deref(),
+                row.workspace_id.as_deref(),
+                true,
+            );
+        }
+    }
     let (now_ms, now) = (now_ms(), std::time::Instant::now());
-    for (json, updated_at) in rows {
+    for (group, json, updated_at) in rows {
         let Ok(learned) = serde_json::from_str::<crate::policy::quota::Learned>(&json) else {
             tracing::warn!("a quota state that cannot be read; that class starts from a probe");
             continue;
         };
         let age = std::time::Duration::from_millis((now_ms - updated_at).max(0) as u64);
         tracing::info!(
+            organization = %group,
             model = %learned.model,
             concurrency = learned.concurrency,
             age_secs = age.as_secs(),
             "resuming at the limits learned before the restart"
         );
-        quota.restore(&learned, age, now);
+        routing.restore(&group, &learned, age, now);
     }
 }

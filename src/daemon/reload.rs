@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Live};
 use crate::lanes::admission::Rules;
 use crate::lanes::health::{self, Board};
-use crate::policy::quota::{Quota, QuotaSettings};
+use crate::policy::quota::QuotaSettings;
+use crate::policy::routing::Routing;
 
 /// What a reload (SIGHUP) replaces: the config the limits and planner read, the budgets and
 /// prices, and the quota controllers' limits and reserve.
@@ -17,7 +18,7 @@ pub(super) struct Reloader {
     pub(super) source: Option<std::path::PathBuf>,
     pub(super) config: Live<Config>,
     pub(super) rules: Live<Rules>,
-    pub(super) quota: Arc<Mutex<Quota>>,
+    pub(super) routing: Arc<Mutex<Routing>>,
     /// Where the verdict of each reload is written ([`VERDICT_FILE`] in the data dir).
     pub(super) verdict_path: PathBuf,
     /// Reloads so far, counted on from the last verdict file (`nightshift reload` waits for the
@@ -150,7 +151,7 @@ impl Reloader {
             initial_concurrency: old.realtime.concurrency.min(4),
         };
         self.config.set(new);
-        crate::lock(&self.quota).reconfigure(settings, std::time::Instant::now());
+        crate::lock(&self.routing).reconfigure(settings, std::time::Instant::now());
         let mut message = format!(
             "configuration reloaded from {}: limits, reserve, budgets and prices are in force",
             path.display()
@@ -190,8 +191,9 @@ mod tests {
         let mut reloader = Reloader {
             source: Some(path.clone()),
             rules: Live::new(Rules::from_config(&config)),
-            quota: Arc::new(Mutex::new(Quota::new(
-                move |model| limits.get().class_limits(model),
+            routing: Arc::new(Mutex::new(Routing::new(
+                vec![],
+                Arc::new(move |model: &str| limits.get().class_limits(model)),
                 QuotaSettings {
                     reserve: config.quota.reserve,
                     output_reservation: config.quota.output_reservation,

@@ -173,7 +173,7 @@ mod tests {
     }
 
     fn mark(conn: &Connection, id: i64, rules: &Rules) -> Marked {
-        mark_realtime(conn, id, (1, 1), rules, NOW).expect("mark")
+        mark_realtime(conn, id, (1, 1), "default", rules, NOW).expect("mark")
     }
 
     fn column<T: rusqlite::types::FromSql>(conn: &Connection, id: i64, col: &str) -> T {

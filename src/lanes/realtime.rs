@@ -14,13 +14,15 @@ use tracing::Instrument;
 use crate::api::ApiClient;
 use crate::config::{Live, RealtimeSettings};
 use crate::lanes::admission::{self, Admission, Rules};
-use crate::model::answer::Outcome;
+use crate::model::answer::{Origin, Outcome};
 use crate::model::job::Priority;
 use crate::model::state::{AttemptOutcome, Lane};
-use crate::policy::circuit::{self, Circuit};
+use crate::policy::circuit;
 use crate::policy::outcome::{AttemptRecord, BLOCKED_WAIT, ItemUpdate};
-use crate::policy::quota::{Answer, Quota, Request as QuotaRequest, Ticket};
+use crate::policy::owner::{self, Owner, Verdict};
+use crate::policy::quota::{Answer, Request as QuotaRequest};
 use crate::policy::realtime::{Attempt, backoff_delay, decide};
+use crate::policy::routing::{Choice, Pause, Routing};
 use crate::policy::window::Gate;
 use crate::store::items::{self, Dispatch};
 use crate::store::quota::ThrottleEvent;
@@ -41,8 +43,10 @@ const IDLE_LOOK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RealtimeLane {
     pub store: Store,
-    pub client: ApiClient,
-    pub quota: Arc<Mutex<Quota>>,
+    /// One client per route, in the order of `routing`'s routes.
+    pub clients: Arc<Vec<ApiClient>>,
+    /// The routes, the organizations behind them and their quotas.
+    pub routing: Arc<Mutex<Routing>>,
     pub settings: RealtimeSettings,
     /// Poked when work may have become ready (intake, a finished call).
     pub wake: Arc<Notify>,
@@ -50,16 +54,10 @@ pub struct RealtimeLane {
     pub results_wake: Arc<Notify>,
     /// Poked when a budget sends items to the batch lane.
     pub batch_wake: Arc<Notify>,
-    /// Set when the account is blocked (spend cap, usage limit, key refused): no calls until then.
-    pub paused: Arc<Mutex<Option<Instant>>>,
-    /// The key's fingerprint, for diagnosis (never the key).
-    pub key_id: String,
     /// Budgets (checked as each call is marked in flight) and prices (charged as answers come in).
     pub rules: Live<Rules>,
     /// Calls by model and outcome, for the metrics endpoint.
     pub calls: Arc<crate::lanes::calls::CallCounters>,
-    /// Open while the API cannot be reached: one probe at a time instead of every item.
-    pub circuit: Arc<Mutex<Circuit>>,
     /// Where the API's reachability shows beside the store (`status`, metrics).
     pub health: crate::lanes::health::Board,
     /// When each class last sent a probe call for `when_idle` work.
@@ -122,18 +120,6 @@ impl RealtimeLane {
         if free == 0 {
             return Ok(None);
         }
-        if let Some(until) = self.paused_until() {
-            return Ok(Some(until.saturating_duration_since(Instant::now())));
-        }
-        // While the API cannot be reached, one probe call at a time.
-        let max_admit = match crate::lock(&self.circuit).gate(Instant::now()) {
-            circuit::Gate::Send => usize::MAX,
-            circuit::Gate::Probe => 1,
-            circuit::Gate::WaitForProbe => return Ok(None),
-            circuit::Gate::WaitUntil(at) => {
-                return Ok(Some(at.saturating_duration_since(Instant::now())));
-            }
-        };
         let limit = (free * 4).clamp(64, 2048) as i64;
         let rules = self.rules.get();
         let wall = jiff::Timestamp::now();
@@ -142,7 +128,7 @@ impl RealtimeLane {
             .filter(|p| rules.windows.gate(*p, wall) == Gate::Closed)
             .map(Priority::rank)
             .collect();
-        let mut admitted: Vec<(i64, Ticket, OwnedSemaphorePermit)> = Vec::new();
+        let mut admitted: Vec<(i64, Choice, OwnedSemaphorePermit)> = Vec::new();
         // Models the quota holds back are left out of the next look, so they cannot starve others.
         let mut held: Vec<String> = Vec::new();
         // Cached prefixes another call is writing: their items are left out of the next look too.
@@ -183,7 +169,7 @@ impl RealtimeLane {
             let (held_before, closed_before, waiting_before) =
                 (held.len(), closed.len(), waiting.len());
             {
-                let mut quota = crate::lock(&self.quota);
+                let mut routing = crate::lock(&self.routing);
                 let now = Instant::now();
                 for item in &ready {
                     if held.contains(&item.model) {
@@ -194,20 +180,17 @@ impl RealtimeLane {
                         continue;
                     }
                     if rules.windows.gate(priority, wall) == Gate::IfIdle
-                        && !self.quota_idle(&mut quota, &item.model, now)
+                        && !self.quota_idle(&mut routing, &item.tenant, &item.model, now)
                     {
                         // Leave the class out of the next look, so it cannot crowd out the
                         // classes behind it.
                         closed.push(item.priority);
                         continue;
                     }
-                    if admitted.len() >= max_admit {
-                        break;
-                    }
                     // Warm, then burst: an item whose cached prefix another call is writing
                     // waits for that call's answer, then reads it; others go meanwhile.
                     if let Some(prefix) = &item.cache
-                        && quota.cache_waits(&item.model, prefix, now)
+                        && routing.cache_waits(&item.tenant, &item.model, prefix, now)
                     {
                         let again = now + CACHE_LOOK;
                         next_try = Some(next_try.map_or(again, |t: Instant| t.min(again)));
@@ -226,8 +209,8 @@ impl RealtimeLane {
                         max_tokens: item.max_tokens,
                         cache: item.cache,
                     };
-                    match quota.try_admit(&request, now) {
-                        Ok(ticket) => admitted.push((item.id, ticket, permit)),
+                    match routing.choose(&item.tenant, &request, now) {
+                        Ok(choice) => admitted.push((item.id, choice, permit)),
                         Err(at) => {
                             held.push(item.model.clone());
                             next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
@@ -239,7 +222,7 @@ impl RealtimeLane {
             let newly_held = held.len() > held_before
                 || closed.len() > closed_before
                 || waiting.len() > waiting_before;
-            if !newly_held || permits.available_permits() == 0 || admitted.len() >= max_admit {
+            if !newly_held || permits.available_permits() == 0 {
                 break;
             }
         }
@@ -250,10 +233,16 @@ impl RealtimeLane {
             })));
         }
 
-        let sends: Vec<(i64, (i64, i64))> = admitted
-            .iter()
-            .map(|(id, t, _)| (*id, (t.concurrency as i64, t.reserved[1] as i64)))
-            .collect();
+        let sends: Vec<(i64, (i64, i64), String)> = {
+            let routing = crate::lock(&self.routing);
+            admitted
+                .iter()
+                .map(|(id, c, _)| {
+                    let sent_with = (c.ticket.concurrency as i64, c.ticket.reserved[1] as i64);
+                    (*id, sent_with, routing.route_name(c.route).to_owned())
+                })
+                .collect()
+        };
         // The same rules as the admission above: a reload mid-round applies from the next one.
         let rules = rules.clone();
         let marked = self
@@ -261,8 +250,8 @@ impl RealtimeLane {
             .call(move |c| {
                 let now = now_ms();
                 let mut out = Vec::with_capacity(sends.len());
-                for (id, sent_with) in sends {
-                    out.push(mark(c, id, sent_with, &rules, now)?);
+                for (id, sent_with, route) in sends {
+                    out.push(mark(c, id, sent_with, &route, &rules, now)?);
                 }
                 Ok(out)
             })
@@ -271,20 +260,14 @@ impl RealtimeLane {
             Ok(dispatches) => dispatches,
             Err(e) => {
                 // Nothing was sent: give every admitted call's quota back before giving up.
-                let mut quota = crate::lock(&self.quota);
-                for (_, ticket, _) in &admitted {
-                    quota.settle(
-                        ticket,
-                        Answer::Refused,
-                        None,
-                        &Default::default(),
-                        Instant::now(),
-                    );
+                let mut routing = crate::lock(&self.routing);
+                for (_, choice, _) in &admitted {
+                    routing.unsent(choice, Instant::now());
                 }
                 return Err(e.into());
             }
         };
-        for ((_, ticket, permit), marked) in admitted.into_iter().zip(dispatches) {
+        for ((_, choice, permit), marked) in admitted.into_iter().zip(dispatches) {
             let dispatch = match marked {
                 Marked::InFlight(dispatch) => Some(dispatch),
                 Marked::NotPending => None,
@@ -300,22 +283,13 @@ impl RealtimeLane {
             };
             let Some(dispatch) = dispatch else {
                 // Not sent (canceled meanwhile, or stopped by a budget): give the quota back.
-                crate::lock(&self.quota).settle(
-                    &ticket,
-                    Answer::Refused,
-                    None,
-                    &Default::default(),
-                    Instant::now(),
-                );
+                crate::lock(&self.routing).unsent(&choice, Instant::now());
                 continue;
             };
-            let probe = max_admit == 1;
-            if probe {
-                crate::lock(&self.circuit).probe_sent();
-            }
             let lane = self.clone();
-            let span = tracing::info_span!("item", job = %dispatch.job_name, custom_id = %dispatch.custom_id, attempt = dispatch.attempt);
-            tracker.spawn(lane.call(dispatch, ticket, permit, probe).instrument(span));
+            let route = self.clients[choice.route].route_name().to_owned();
+            let span = tracing::info_span!("item", job = %dispatch.job_name, custom_id = %dispatch.custom_id, attempt = dispatch.attempt, %route);
+            tracker.spawn(lane.call(dispatch, choice, permit).instrument(span));
         }
         // More may be admissible right away (permits, quota): look again at once.
         Ok(Some(Duration::ZERO))
@@ -324,8 +298,8 @@ impl RealtimeLane {
     /// For work outside its time window with `when_idle`: whether the org's quota of the model's
     /// class is idle (recent answers left at least [`IDLE_SHARE`] of every limit). With no recent
     /// answer to tell, one call per [`IDLE_FRESH`] goes as a probe; its headers answer the question.
-    fn quota_idle(&self, quota: &mut Quota, model: &str, now: Instant) -> bool {
-        match quota.org_idle(model, now, IDLE_FRESH, IDLE_SHARE) {
+    fn quota_idle(&self, routing: &mut Routing, tenant: &str, model: &str, now: Instant) -> bool {
+        match routing.org_idle(tenant, model, now, IDLE_FRESH, IDLE_SHARE) {
             Some(idle) => idle,
             None => {
                 let mut probes = crate::lock(&self.idle_probes);
@@ -341,40 +315,87 @@ impl RealtimeLane {
         }
     }
 
-    fn paused_until(&self) -> Option<Instant> {
-        let mut paused = crate::lock(&self.paused);
-        match *paused {
-            Some(until) if until > Instant::now() => Some(until),
-            _ => {
-                *paused = None;
-                None
+    /// Pauses a route (a refused key), or every route of its organization (a spend cap, a usage
+    /// limit), until the reset the verdict names or for [`BLOCKED_WAIT`]: sending more cannot
+    /// succeed until then. The next call after it is the probe. Said in the log and `status`.
+    async fn pause(&self, route: usize, verdict: &Verdict) {
+        let now_wall = now_ms();
+        let wait = verdict
+            .reset_at_ms
+            .map(|at| Duration::from_millis((at - now_wall).max(0) as u64))
+            .filter(|w| !w.is_zero())
+            .unwrap_or(BLOCKED_WAIT);
+        let pause = Pause {
+            until: Instant::now() + wait,
+            reason: verdict.evidence.clone(),
+            owner: verdict.owner,
+        };
+        let paused = {
+            let mut routing = crate::lock(&self.routing);
+            match verdict.owner {
+                Owner::Key => {
+                    routing.pause_route(route, pause);
+                    vec![route]
+                }
+                _ => routing.pause_organization(route, pause),
             }
-        }
+        };
+        let names: Vec<&str> = paused
+            .iter()
+            .map(|i| self.clients[*i].route_name())
+            .collect();
+        tracing::error!(
+            routes = %names.join(", "),
+            owner = verdict.owner.as_str(),
+            reason = %verdict.evidence,
+            wait_secs = wait.as_secs(),
+            "the API refuses these routes' calls; the real-time lane pauses them (their work goes to the other routes)"
+        );
+        self.publish_routes().await;
     }
 
-    /// Holds every call for [`BLOCKED_WAIT`]: sending more cannot succeed until a person acts.
-    /// The reason is recorded for `nightshift status`.
-    async fn pause(&self, reason: String) {
-        let until = Instant::now() + BLOCKED_WAIT;
-        *crate::lock(&self.paused) = Some(until);
-        tracing::error!(%reason, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's calls; the real-time lane pauses");
-        let now = now_ms();
-        let until_ms = now + BLOCKED_WAIT.as_millis() as i64;
-        if let Err(e) = self
+    /// Writes every route's state for `status`, `limits` and `diagnose`.
+    pub async fn publish_routes(&self) {
+        let (snapshot, now) = (crate::lock(&self.routing).routes(Instant::now()), now_ms());
+        let rows: Vec<crate::store::routes::RouteRow> = snapshot
+            .into_iter()
+            .zip(self.clients.iter())
+            .map(|(r, client)| crate::store::routes::RouteRow {
+                name: r.name,
+                key_id: client.key_id().to_owned(),
+                host: client.host().to_owned(),
+                organization_id: r.organization,
+                workspace_id: r.workspace,
+                grp: r.group,
+                state: r.state.to_owned(),
+                reason: r.reason,
+                owner: r.owner.map(str::to_owned),
+                until: r.for_secs.map(|s| now + (s * 1000.0) as i64),
+                updated_at: now,
+            })
+            .collect();
+        let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let saved = self
             .store
-            .call(move |c| crate::store::quota::set_pause(c, "realtime", &reason, now, until_ms))
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the pause");
+            .call(move |c| {
+                for row in &rows {
+                    crate::store::routes::save(c, row)?;
+                }
+                crate::store::routes::keep_only(c, &names)
+            })
+            .await;
+        if let Err(e) = saved {
+            tracing::debug!(error = %e, "could not publish the routes");
         }
     }
 
-    /// Opens the circuit after a few calls in a row could not reach the API, closes it at the
-    /// first answer; says so once per change (the log, and a pause `status` shows).
-    async fn follow_reachability(&self, outcome: &Outcome, probe: bool) {
+    /// Opens a route's circuit after a few calls in a row could not reach it, closes it at the
+    /// first answer; says so once per change (the log, the health board, and `status`).
+    async fn follow_reachability(&self, route: usize, outcome: &Outcome, probe: bool) {
         let now = Instant::now();
-        let (change, was_open) = {
-            let mut circuit = crate::lock(&self.circuit);
+        let (change, was_open, any_open) = {
+            let mut routing = crate::lock(&self.routing);
+            let circuit = routing.circuit(route);
             let was_open = circuit.is_open();
             let change = match outcome {
                 Outcome::Retryable { status: None, .. } => {
@@ -382,66 +403,62 @@ impl RealtimeLane {
                 }
                 _ => circuit.reached(),
             };
-            (change, was_open)
+            let any_open = (0..self.clients.len()).any(|i| routing.circuit(i).is_open());
+            (change, was_open, any_open)
         };
         let at = now_ms();
         let error = match outcome {
             Outcome::Retryable { message, .. } => message.as_str(),
             _ => "",
         };
+        let name = self.clients[route].route_name();
         match change {
             circuit::Change::Opened { next_probe } => {
                 let next = at + next_probe.saturating_duration_since(now).as_millis() as i64;
                 self.health.set(
                     crate::lanes::health::API,
                     "the API cannot be reached",
-                    error,
+                    &format!("route {name}: {error}"),
                     at,
                     Some(next),
                 );
-            }
-            circuit::Change::Closed => self.health.clear(crate::lanes::health::API),
-            circuit::Change::None => {}
-        }
-        // A blocked account's pause (5 minutes, with its own reason) stays what status shows.
-        let blocked = self.paused_until().is_some();
-        let recorded = match change {
-            circuit::Change::None => return,
-            circuit::Change::Opened { .. } | circuit::Change::Closed if blocked => return,
-            circuit::Change::Opened { next_probe } => {
                 let probe_in_ms = next_probe.saturating_duration_since(now).as_millis() as i64;
                 if was_open {
-                    tracing::debug!(error, probe_in_ms, "the API still cannot be reached");
+                    tracing::debug!(
+                        route = name,
+                        error,
+                        probe_in_ms,
+                        "the API still cannot be reached"
+                    );
                 } else {
                     tracing::error!(
+                        route = name,
                         error,
                         probe_in_ms,
                         "the API cannot be reached; items wait (no attempt is used) and one probe call goes at a time"
                     );
                 }
-                let reason = format!(
-                    "the API cannot be reached ({error}); items wait, one probe call at a time"
-                );
-                self.store
-                    .call(move |c| {
-                        crate::store::quota::set_pause(c, "realtime", &reason, at, at + probe_in_ms)
-                    })
-                    .await
             }
             circuit::Change::Closed => {
-                tracing::warn!("the API answers again; the real-time lane resumes");
-                self.store
-                    .call(move |c| crate::store::quota::end_pause(c, "realtime", at))
-                    .await
+                if !any_open {
+                    self.health.clear(crate::lanes::health::API);
+                }
+                tracing::warn!(route = name, "the API answers again; the route resumes");
             }
-        };
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "could not record the API's reachability");
+            circuit::Change::None => return,
         }
+        self.publish_routes().await;
     }
 
-    /// Records a 429 or 529 with what a support ticket needs.
-    async fn record_throttle(&self, dispatch: &Dispatch, ticket: &Ticket, outcome: &Outcome) {
+    /// Records a 429, a 529 or a refusal with what a support ticket needs and its owner.
+    async fn record_throttle(
+        &self,
+        dispatch: &Dispatch,
+        choice: &Choice,
+        outcome: &Outcome,
+        origin: &Origin,
+        verdict: &Verdict,
+    ) {
         let (status, retry_after, message, headers) = match outcome {
             Outcome::RateLimited {
                 retry_after,
@@ -467,21 +484,29 @@ impl RealtimeLane {
             403 => "permission_error",
             _ => "invalid_request_error",
         };
+        let client = &self.clients[choice.route];
         let event = ThrottleEvent {
             at: now_ms(),
             endpoint: "POST /v1/messages".into(),
-            key_id: self.key_id.clone(),
+            key_id: client.key_id().to_owned(),
             model: dispatch.model.clone(),
-            class: ticket.class.clone(),
+            class: choice.ticket.class.clone(),
             http_status: status,
             error_type: Some(error_type.into()),
             message: Some(message),
             request_id: outcome.request_id().map(str::to_owned),
             retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
             headers: serde_json::to_string(&headers).unwrap_or_default(),
-            input_estimate: Some(ticket.reserved[1] as i64),
+            input_estimate: Some(choice.ticket.reserved[1] as i64),
             max_tokens: Some(dispatch.max_tokens),
-            concurrency: Some(ticket.concurrency as i64),
+            concurrency: Some(choice.ticket.concurrency as i64),
+            route: client.route_name().to_owned(),
+            host: Some(client.host().to_owned()),
+            organization_id: origin.organization_id.clone(),
+            workspace_id: origin.workspace_id.clone(),
+            owner: Some(verdict.owner.as_str().to_owned()),
+            evidence: Some(verdict.evidence.clone()),
+            reset_at: verdict.reset_at_ms,
         };
         if let Err(e) = self
             .store
@@ -492,35 +517,59 @@ impl RealtimeLane {
         }
     }
 
-    /// Writes the controller's view of each class for `nightshift limits`, and what it learned for
-    /// the next start, every few seconds.
+    /// Writes the controller's view of each organization's classes for `nightshift limits`,
+    /// what it learned for the next start, and the routes, every few seconds.
     pub async fn publish_quota(self, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stop.cancelled() => return,
             }
-            let (snapshot, learned) = {
-                let mut quota = crate::lock(&self.quota);
+            let (groups, learned) = {
+                let mut routing = crate::lock(&self.routing);
                 (
-                    quota.snapshot(Instant::now()),
-                    quota.learned(Instant::now()),
+                    routing.groups(Instant::now()),
+                    routing.learned(Instant::now()),
                 )
             };
-            let key_id = self.key_id.clone();
+            // The key id of the first route of each organization, for people.
+            let key_of = |routes: &[String]| {
+                routes
+                    .first()
+                    .and_then(|r| self.clients.iter().find(|c| c.route_name() == r))
+                    .map(|c| c.key_id().to_owned())
+                    .unwrap_or_default()
+            };
+            let mut rows = Vec::new();
+            for g in &groups {
+                let key_id = key_of(&g.routes);
+                for class in &g.classes {
+                    let learned = learned
+                        .iter()
+                        .find(|(grp, c, _)| *grp == g.group && *c == class.class)
+                        .map(|(_, _, l)| serde_json::to_string(l).unwrap_or_default())
+                        .unwrap_or_default();
+                    let json = serde_json::to_string(class).unwrap_or_default();
+                    rows.push((
+                        g.group.clone(),
+                        class.class.clone(),
+                        json,
+                        learned,
+                        key_id.clone(),
+                    ));
+                }
+            }
             let saved = self
                 .store
                 .call(move |c| {
-                    for (class, (name, learned)) in snapshot.iter().zip(&learned) {
-                        debug_assert_eq!(&class.class, name);
-                        let json = serde_json::to_string(class).unwrap_or_default();
-                        let learned = serde_json::to_string(learned).unwrap_or_default();
+                    for (grp, class, json, learned, key_id) in &rows {
                         crate::store::quota::save_state(
                             c,
-                            &class.class,
-                            &json,
-                            &learned,
-                            &key_id,
+                            grp,
+                            class,
+                            json,
+                            learned,
+                            key_id,
                             now_ms(),
                         )?;
                     }
@@ -530,58 +579,29 @@ impl RealtimeLane {
             if let Err(e) = saved {
                 tracing::debug!(error = %e, "could not publish the quota state");
             }
+            self.publish_routes().await;
         }
     }
 
-    /// One call: send, settle the quota, record the outcome.
-    /// `probe`: the one call the open circuit let through.
-    async fn call(
-        self,
-        dispatch: Dispatch,
-        ticket: Ticket,
-        permit: OwnedSemaphorePermit,
-        probe: bool,
-    ) {
+    /// One call: send on its route, settle the quota, judge a throttle, record the outcome.
+    async fn call(self, dispatch: Dispatch, choice: Choice, permit: OwnedSemaphorePermit) {
         if dispatch.unknown_before > 0 {
             tracing::warn!(
                 unknown_before = dispatch.unknown_before,
                 "sending again after an unknown outcome: the API may run this request twice"
             );
         }
-        let outcome = self.client.send_message(&dispatch.params).await.outcome;
+        let client = &self.clients[choice.route];
+        let sent = client.send_message(&dispatch.params).await;
+        let (outcome, origin) = (sent.outcome, sent.origin);
         self.calls.count(&dispatch.model, &outcome);
-        let now = Instant::now();
-        {
-            let no_headers = Default::default();
-            let mut quota = crate::lock(&self.quota);
-            match &outcome {
-                Outcome::Succeeded { usage, limits, .. } => {
-                    quota.settle(&ticket, Answer::Ran, Some(usage), limits, now);
-                }
-                Outcome::RateLimited {
-                    retry_after,
-                    limits,
-                    ..
-                } => {
-                    quota.settle(&ticket, Answer::RateLimited, None, limits, now);
-                    // retry-after holds the whole class, not just this item.
-                    let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                    quota.pause(&dispatch.model, now + wait, now);
-                }
-                // 529 is the API's load, not our quota: back off without learning limits from it.
-                Outcome::Retryable {
-                    status: Some(529), ..
-                } => {
-                    quota.settle(&ticket, Answer::Overloaded, None, &no_headers, now);
-                }
-                Outcome::Unknown { .. } => {
-                    quota.settle(&ticket, Answer::Unknown, None, &no_headers, now)
-                }
-                _ => quota.settle(&ticket, Answer::Refused, None, &no_headers, now),
-            }
+        let verdict = self.settle(&dispatch, &choice, &outcome, &origin);
+        self.follow_reachability(choice.route, &outcome, choice.probe)
+            .await;
+        if let Some(verdict) = &verdict {
+            self.record_throttle(&dispatch, &choice, &outcome, &origin, verdict)
+                .await;
         }
-        self.follow_reachability(&outcome, probe).await;
-        self.record_throttle(&dispatch, &ticket, &outcome).await;
         let backoff = backoff_delay(
             self.settings.backoff_min,
             self.settings.backoff_max,
@@ -596,11 +616,8 @@ impl RealtimeLane {
         log_outcome(&record, &update);
         drop(permit);
         let (item_id, attempt_id) = (dispatch.item_id, dispatch.attempt_id);
-        if let Outcome::Blocked {
-            status, message, ..
-        } = &outcome
-        {
-            self.pause(format!("HTTP {status}: {message}")).await;
+        if let (Outcome::Blocked { .. }, Some(verdict)) = (&outcome, &verdict) {
+            self.pause(choice.route, verdict).await;
         }
         // An answer once received is kept until the store has it: a full disk, a held lock or an
         // I/O error passes, and the item never stays in flight while the daemon lives. Only a store
@@ -648,6 +665,117 @@ impl RealtimeLane {
         self.results_wake.notify_one();
         self.wake.notify_one();
     }
+
+    /// Settles the call's quota in the organization that admitted it, learns the route's
+    /// organization from the answer, and judges who owns a throttle or a refusal.
+    fn settle(
+        &self,
+        dispatch: &Dispatch,
+        choice: &Choice,
+        outcome: &Outcome,
+        origin: &Origin,
+    ) -> Option<Verdict> {
+        let now = Instant::now();
+        let no_headers = Default::default();
+        let mut routing = crate::lock(&self.routing);
+        fn answered<'a>(
+            origin: &Origin,
+            status: u16,
+            message: &'a str,
+            retry_after: Option<Duration>,
+            spend_cap: bool,
+        ) -> owner::Answered<'a> {
+            owner::Answered {
+                status,
+                message,
+                spend_cap,
+                anthropic: origin.anthropic,
+                retry_after,
+            }
+        }
+        let verdict = match outcome {
+            Outcome::Succeeded { usage, limits, .. } => {
+                routing.settle(choice, Answer::Ran, Some(usage), limits, now);
+                None
+            }
+            Outcome::RateLimited {
+                retry_after,
+                limits,
+                message,
+                ..
+            } => {
+                let books = routing
+                    .quota(choice.group)
+                    .map(|q| q.books(&choice.ticket, limits, now));
+                let verdict = owner::judge(
+                    &answered(origin, 429, message, *retry_after, false),
+                    books.as_ref(),
+                    now_ms(),
+                );
+                routing.settle(choice, Answer::RateLimited, None, limits, now);
+                // retry-after holds the whole class of the organization, not just this item.
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                routing.hold_class(choice.group, &dispatch.model, now + wait, now);
+                Some(verdict)
+            }
+            // 529 is the API's load, not our quota: back off without learning limits from it.
+            Outcome::Retryable {
+                status: Some(status @ (500..=599)),
+                retry_after,
+                message,
+                ..
+            } => {
+                let answer = if *status == 529 {
+                    Answer::Overloaded
+                } else {
+                    Answer::Refused
+                };
+                routing.settle(choice, answer, None, &no_headers, now);
+                routing.storm(choice.route, now);
+                (*status == 529).then(|| {
+                    owner::judge(
+                        &answered(origin, 529, message, *retry_after, false),
+                        None,
+                        now_ms(),
+                    )
+                })
+            }
+            Outcome::Unknown { .. } => {
+                routing.settle(choice, Answer::Unknown, None, &no_headers, now);
+                None
+            }
+            Outcome::Blocked {
+                status, message, ..
+            } => {
+                routing.settle(choice, Answer::Refused, None, &no_headers, now);
+                // Only the tier spend cap answers 429 among the refusals.
+                let spend_cap = *status == 429;
+                Some(owner::judge(
+                    &answered(origin, *status, message, None, spend_cap),
+                    None,
+                    now_ms(),
+                ))
+            }
+            _ => {
+                routing.settle(choice, Answer::Refused, None, &no_headers, now);
+                None
+            }
+        };
+        let ran = matches!(outcome, Outcome::Succeeded { .. });
+        if let Some(label) = routing.learn(
+            choice.route,
+            origin.organization_id.as_deref(),
+            origin.workspace_id.as_deref(),
+            ran,
+        ) {
+            tracing::info!(
+                route = routing.route_name(choice.route),
+                organization = %label.key(),
+                "the route's answers name its organization; routes of one organization share its limits"
+            );
+        }
+        verdict
+    }
 }
 
 /// What [`mark`] did with an admitted item.
@@ -668,6 +796,7 @@ pub fn mark(
     conn: &rusqlite::Connection,
     item_id: i64,
     sent_with: (i64, i64),
+    route: &str,
     rules: &Rules,
     now: i64,
 ) -> crate::store::Result<Marked> {
@@ -678,7 +807,8 @@ pub fn mark(
         Admission::Admitted => {}
         other => return Ok(Marked::Budget(other)),
     }
-    items::mark_in_flight(conn, item_id, Lane::Realtime, sent_with, now).map(Marked::InFlight)
+    items::mark_in_flight(conn, item_id, Lane::Realtime, sent_with, Some(route), now)
+        .map(Marked::InFlight)
 }
 
 fn log_outcome(record: &AttemptRecord, update: &ItemUpdate) {

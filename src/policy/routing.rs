@@ -317,6 +317,27 @@ impl Routing {
         })
     }
 
+    /// Whether a call of `tenant` marking `prefix` would wait now for another call writing it on
+    /// one of its organizations, none of which holds it yet (the lane then leaves it for later and
+    /// sends what it can meanwhile).
+    pub fn cache_waits(
+        &self,
+        tenant: &str,
+        model: &str,
+        prefix: &crate::model::prompt_cache::CachePrefix,
+        now: Instant,
+    ) -> bool {
+        let mut waits = false;
+        for r in self.routes.iter().filter(|r| r.spec.allows(tenant)) {
+            match self.groups[&r.group].quota.cache_expect(model, prefix, now) {
+                Prediction::Read => return false,
+                Prediction::Wait => waits = true,
+                Prediction::Write => {}
+            }
+        }
+        waits
+    }
+
     /// Gives back a call that was admitted but never sent.
     pub fn unsent(&mut self, choice: &Choice, now: Instant) {
         if let Some(q) = self.quota(choice.group) {
@@ -538,6 +559,32 @@ impl Routing {
                 }
             })
             .collect()
+    }
+
+    /// Each class over every organization: limits, capacities, levels and calls added up (what
+    /// the routes together allow), for the status page's charts.
+    pub fn class_totals(&mut self, now: Instant) -> Vec<ClassSnapshot> {
+        let mut totals: Vec<ClassSnapshot> = Vec::new();
+        for g in self.groups.values_mut() {
+            for c in g.quota.snapshot(now) {
+                let Some(t) = totals.iter_mut().find(|t| t.class == c.class) else {
+                    totals.push(c);
+                    continue;
+                };
+                t.concurrency += c.concurrency;
+                t.in_flight += c.in_flight;
+                for (td, d) in t.dims.iter_mut().zip(&c.dims) {
+                    td.limit_per_minute = match (td.limit_per_minute, d.limit_per_minute) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    };
+                    td.capacity += d.capacity;
+                    td.level += d.level;
+                }
+            }
+        }
+        totals.sort_by(|a, b| a.class.cmp(&b.class));
+        totals
     }
 
     /// What every organization learned: (group key, class, learned).

@@ -153,6 +153,7 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 #[derive(Debug, Clone)]
 pub struct ReadyItem {
     pub id: i64,
+    pub tenant: String,
     pub model: String,
     pub max_tokens: u64,
     pub input_estimate: u64,
@@ -177,7 +178,7 @@ pub fn ready_realtime(
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(
-        "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms
+        "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms, tenant
          FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
            AND priority IN (SELECT value FROM json_each(?3))
@@ -200,6 +201,7 @@ pub fn ready_realtime(
     let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
             id: r.get(0)?,
+            tenant: r.get(8)?,
             model: r.get(1)?,
             max_tokens: r.get::<_, i64>(2)? as u64,
             input_estimate: r.get::<_, i64>(3)? as u64,
@@ -418,6 +420,7 @@ pub fn mark_in_flight(
     item_id: i64,
     lane: Lane,
     sent_with: (i64, i64),
+    route: Option<&str>,
     now: i64,
 ) -> Result<Dispatch> {
     conn.prepare_cached(
@@ -426,9 +429,9 @@ pub fn mark_in_flight(
     .execute(params![item_id, now])?;
     let item = item(conn, item_id)?;
     conn.execute(
-        "INSERT INTO attempts (item_id, attempt, lane, model, started_at, concurrency, input_estimate)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![item_id, item.attempts, lane.as_str(), item.model, now, sent_with.0, sent_with.1],
+        "INSERT INTO attempts (item_id, attempt, lane, model, started_at, concurrency, input_estimate, route)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![item_id, item.attempts, lane.as_str(), item.model, now, sent_with.0, sent_with.1, route],
     )?;
     let attempt_id = conn.last_insert_rowid();
     let unknown_before: i64 = conn.query_row(
@@ -669,7 +672,7 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 10).expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
         assert!(
             !is_pending(&conn, d.item_id).expect("pending"),
@@ -699,7 +702,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), 60).expect("mark");
+        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), None, 60).expect("mark");
         assert_eq!((d.attempt, d.failures), (2, 1));
         let update = ItemUpdate::Final {
             state: ItemState::Succeeded,
@@ -754,9 +757,9 @@ mod tests {
         let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
-        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 10).expect("mark");
+        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 10).expect("mark");
         assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), 30).expect("mark");
+        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 30).expect("mark");
         assert_eq!(d.unknown_before, 1);
         assert_eq!(d.attempt, 2);
     }

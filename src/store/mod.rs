@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod quota;
 pub mod results;
 pub mod retry;
+pub mod routes;
 pub mod schedules;
 
 use std::path::{Path, PathBuf};
@@ -45,12 +46,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0011_cache_saved.sql")),
         M::up(include_str!("../../migrations/0012_pack_by_prefix.sql")),
         M::up(include_str!("../../migrations/0013_operator.sql")),
+        M::up(include_str!("../../migrations/0014_routes.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    13
+    14
 }
 
 #[derive(Debug, thiserror::Error)]

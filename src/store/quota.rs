@@ -23,13 +23,23 @@ pub struct ThrottleEvent {
     pub input_estimate: Option<i64>,
     pub max_tokens: Option<i64>,
     pub concurrency: Option<i64>,
+    /// The route it came on, its host and the organization and workspace it named.
+    pub route: String,
+    pub host: Option<String>,
+    pub organization_id: Option<String>,
+    pub workspace_id: Option<String>,
+    /// Whose limit it was (`policy::owner`), what that rests on, and when it lifts.
+    pub owner: Option<String>,
+    pub evidence: Option<String>,
+    pub reset_at: Option<i64>,
 }
 
 pub fn record_throttle(conn: &Connection, e: &ThrottleEvent) -> Result<()> {
     conn.execute(
         "INSERT INTO throttle_events (at, endpoint, key_id, model, class, http_status, error_type, message,
-                request_id, retry_after_ms, headers, input_estimate, max_tokens, concurrency)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                request_id, retry_after_ms, headers, input_estimate, max_tokens, concurrency,
+                route, host, organization_id, workspace_id, owner, evidence, reset_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         params![
             e.at,
             e.endpoint,
@@ -44,14 +54,22 @@ pub fn record_throttle(conn: &Connection, e: &ThrottleEvent) -> Result<()> {
             e.headers,
             e.input_estimate,
             e.max_tokens,
-            e.concurrency
+            e.concurrency,
+            e.route,
+            e.host,
+            e.organization_id,
+            e.workspace_id,
+            e.owner,
+            e.evidence,
+            e.reset_at
         ],
     )?;
     Ok(())
 }
 
 const EVENT_COLUMNS: &str = "at, endpoint, key_id, model, class, http_status, error_type, message, request_id, \
-     retry_after_ms, headers, input_estimate, max_tokens, concurrency";
+     retry_after_ms, headers, input_estimate, max_tokens, concurrency, route, host, organization_id, \
+     workspace_id, owner, evidence, reset_at";
 
 fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThrottleEvent> {
     Ok(ThrottleEvent {
@@ -69,63 +87,92 @@ fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThrottleEvent> {
         input_estimate: r.get(11)?,
         max_tokens: r.get(12)?,
         concurrency: r.get(13)?,
+        route: r.get(14)?,
+        host: r.get(15)?,
+        organization_id: r.get(16)?,
+        workspace_id: r.get(17)?,
+        owner: r.get(18)?,
+        evidence: r.get(19)?,
+        reset_at: r.get(20)?,
     })
 }
 
-/// The first (`first`) or latest throttle event of a model.
+/// The first (`first`) or latest throttle event of a model on a route.
 pub fn throttle_event(
     conn: &Connection,
+    route: &str,
     model: &str,
     first: bool,
 ) -> Result<Option<ThrottleEvent>> {
     let order = if first { "ASC" } else { "DESC" };
     Ok(conn
         .query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE model = ?1 ORDER BY id {order} LIMIT 1"),
-            [model],
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 ORDER BY id {order} LIMIT 1"),
+            [route, model],
             event,
         )
         .optional()?)
 }
 
-/// The first throttle event of a model after `after` (ms): the first failure since a success.
+/// The first throttle event of a model on a route after `after` (ms): the first failure since a
+/// success.
 pub fn first_throttle_after(
     conn: &Connection,
+    route: &str,
     model: &str,
     after: i64,
 ) -> Result<Option<ThrottleEvent>> {
     Ok(conn
         .query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE model = ?1 AND at > ?2 ORDER BY id ASC LIMIT 1"),
-            params![model, after],
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 AND at > ?3 ORDER BY id ASC LIMIT 1"),
+            params![route, model, after],
             event,
         )
         .optional()?)
 }
 
-/// The latest throttle event of a class.
-pub fn last_throttle_of_class(conn: &Connection, class: &str) -> Result<Option<ThrottleEvent>> {
+/// The throttle events of a route and model, latest first, at most `limit`.
+pub fn throttle_events(
+    conn: &Connection,
+    route: &str,
+    model: &str,
+    limit: i64,
+) -> Result<Vec<ThrottleEvent>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![route, model, limit], event)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The latest throttle event of a class on any of `routes`.
+pub fn last_throttle_of_class(
+    conn: &Connection,
+    routes: &[String],
+    class: &str,
+) -> Result<Option<ThrottleEvent>> {
+    let routes = serde_json::to_string(routes).unwrap_or_else(|_| "[]".into());
     Ok(conn
         .query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE class = ?1 ORDER BY id DESC LIMIT 1"),
-            [class],
+            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE class = ?1 AND route IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT 1"),
+            params![class, routes],
             event,
         )
         .optional()?)
 }
 
-/// Models that were called or throttled, for `diagnose`.
-pub fn models_seen(conn: &Connection) -> Result<Vec<String>> {
+/// (route, model) of every real-time call or throttle on record, for `diagnose`.
+pub fn routes_and_models_seen(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(
-        "SELECT model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'
-         UNION SELECT model FROM throttle_events ORDER BY 1",
+        "SELECT COALESCE(route, 'default'), model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'
+         UNION SELECT route, model FROM throttle_events ORDER BY 1, 2",
     )?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// The last successful real-time call of a model: (at, request_id, input tokens, max_tokens,
-/// concurrency, input estimate).
+/// The last successful real-time call of a model on a route: (at, request_id, input tokens,
+/// max_tokens, concurrency, input estimate).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Success {
     pub at: i64,
@@ -136,14 +183,14 @@ pub struct Success {
     pub concurrency: Option<i64>,
 }
 
-pub fn last_success(conn: &Connection, model: &str) -> Result<Option<Success>> {
+pub fn last_success(conn: &Connection, route: &str, model: &str) -> Result<Option<Success>> {
     Ok(conn
         .query_row(
             "SELECT a.finished_at, a.request_id, a.input_tokens, a.input_estimate, i.max_tokens, a.concurrency
              FROM attempts a JOIN items i ON i.id = a.item_id
-             WHERE a.model = ?1 AND a.lane = 'realtime' AND a.outcome = 'succeeded'
+             WHERE a.model = ?2 AND COALESCE(a.route, 'default') = ?1 AND a.lane = 'realtime' AND a.outcome = 'succeeded'
              ORDER BY a.id DESC LIMIT 1",
-            [model],
+            [route, model],
             |r| {
                 Ok(Success {
                     at: r.get(0)?,
@@ -158,16 +205,23 @@ pub fn last_success(conn: &Connection, model: &str) -> Result<Option<Success>> {
         .optional()?)
 }
 
-/// Usage of a class over the minute before `now`: (requests, input tokens, output tokens) of the
-/// real-time calls that finished in it.
-pub fn last_minute_usage(conn: &Connection, models: &[String], now: i64) -> Result<[i64; 3]> {
+/// Usage of a class on `routes` over the minute before `now`: (requests, input tokens, output
+/// tokens) of the real-time calls that finished in it.
+pub fn last_minute_usage(
+    conn: &Connection,
+    routes: &[String],
+    models: &[String],
+    now: i64,
+) -> Result<[i64; 3]> {
     let mut total = [0i64; 3];
     let mut stmt = conn.prepare_cached(
         "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM attempts
-         WHERE model = ?1 AND lane = 'realtime' AND outcome = 'succeeded' AND finished_at > ?2",
+         WHERE model = ?1 AND lane = 'realtime' AND outcome = 'succeeded' AND finished_at > ?2
+           AND COALESCE(route, 'default') IN (SELECT value FROM json_each(?3))",
     )?;
+    let routes = serde_json::to_string(routes).unwrap_or_else(|_| "[]".into());
     for model in models {
-        let row: (i64, i64, i64) = stmt.query_row(params![model, now - 60_000], |r| {
+        let row: (i64, i64, i64) = stmt.query_row(params![model, now - 60_000, routes], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
         total[0] += row.0;
@@ -190,10 +244,11 @@ pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A class's state as the CLI shows it (`snapshot_json`) and what it learned (`learned_json`),
-/// under the key it was learned with.
+/// A class's state in one organization (`grp`, see `policy::routing`) as the CLI shows it
+/// (`snapshot_json`) and what it learned (`learned_json`).
 pub fn save_state(
     conn: &Connection,
+    grp: &str,
     class: &str,
     snapshot_json: &str,
     learned_json: &str,
@@ -202,28 +257,45 @@ pub fn save_state(
 ) -> Result<()> {
     // Every class, every few seconds: a cached statement.
     conn.prepare_cached(
-        "INSERT INTO quota_state (class, snapshot, learned, key_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(class) DO UPDATE SET snapshot = ?2, learned = ?3, key_id = ?4, updated_at = ?5",
+        "INSERT INTO quota_state (grp, class, snapshot, learned, key_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(grp, class) DO UPDATE SET snapshot = ?3, learned = ?4, key_id = ?5, updated_at = ?6",
     )?
-    .execute(params![class, snapshot_json, learned_json, key_id, now])?;
+    .execute(params![grp, class, snapshot_json, learned_json, key_id, now])?;
     Ok(())
 }
 
-/// What each class learned under `key_id` (another key may be another organisation, with other
-/// limits): (learned JSON, updated at).
-pub fn learned(conn: &Connection, key_id: &str) -> Result<Vec<(String, i64)>> {
+/// What each class of each organization learned: (grp, learned JSON, updated at).
+pub fn learned(conn: &Connection) -> Result<Vec<(String, String, i64)>> {
     let mut stmt = conn.prepare(
-        "SELECT learned, updated_at FROM quota_state WHERE key_id = ?1 AND learned IS NOT NULL ORDER BY class",
+        "SELECT grp, learned, updated_at FROM quota_state WHERE learned IS NOT NULL ORDER BY grp, class",
     )?;
-    let rows = stmt.query_map([key_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// (class, snapshot JSON, key id, updated at).
-pub fn states(conn: &Connection) -> Result<Vec<(String, String, String, i64)>> {
-    let mut stmt =
-        conn.prepare("SELECT class, snapshot, key_id, updated_at FROM quota_state ORDER BY class")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+/// One organization's class as last published.
+#[derive(Debug, Clone)]
+pub struct StateRow {
+    pub grp: String,
+    pub class: String,
+    pub snapshot: String,
+    pub key_id: String,
+    pub updated_at: i64,
+}
+
+pub fn states(conn: &Connection) -> Result<Vec<StateRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT grp, class, snapshot, key_id, updated_at FROM quota_state ORDER BY grp, class",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StateRow {
+            grp: r.get(0)?,
+            class: r.get(1)?,
+            snapshot: r.get(2)?,
+            key_id: r.get(3)?,
+            updated_at: r.get(4)?,
+        })
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

@@ -89,7 +89,7 @@ async fn published_limits(env: &TestEnv, since_ms: i64) -> serde_json::Value {
     for _ in 0..100 {
         let fresh = nightshift::store::open_read_only(&db)
             .and_then(|c| nightshift::store::quota::states(&c))
-            .is_ok_and(|states| states.iter().any(|s| s.3 > since_ms));
+            .is_ok_and(|states| states.iter().any(|s| s.updated_at > since_ms));
         if fresh {
             let out = env.cli(&["limits", "--json"]);
             return serde_json::from_slice(&out.stdout).expect("limits --json");

@@ -49,7 +49,7 @@ pub fn frame(status: &StatusReport, limits: &LimitsReport, now: &str, width: usi
                     .collect();
                 format!(
                     "{}  {}  {}/{} in flight",
-                    class.class,
+                    limits.class_label(class),
                     dims.join("  "),
                     class.in_flight,
                     class.concurrency
@@ -126,7 +126,7 @@ pub fn plain_lines(status: &StatusReport, limits: &LimitsReport) -> Vec<String> 
             .collect();
         lines.push(format!(
             "quota {}: {} in flight{}{}",
-            class.class,
+            limits.class_label(class),
             class.in_flight,
             if dims.is_empty() { "" } else { ", " },
             dims.join(", ")
@@ -305,7 +305,10 @@ mod tests {
 
     fn limits() -> LimitsReport {
         LimitsReport {
+            organizations: vec![],
+            routes: vec![],
             classes: vec![ClassLimits {
+                organization: "org-1".into(),
                 class: "claude-haiku-5-5".into(),
                 updated_at: String::new(),
                 concurrency: 16,
