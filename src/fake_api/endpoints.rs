@@ -45,6 +45,7 @@ pub(super) async fn messages(
         let now = Instant::now();
         if let Some(mut error) = draw_fault(&state.faults, &mut state.draws) {
             if error.status == StatusCode::TOO_MANY_REQUESTS
+                && !error.from_gateway
                 && let Some(class) = state.orgs[org].class_limits(valid.class, now)
             {
                 error.headers.extend(class.headers(now, Timestamp::now()));
@@ -166,7 +167,7 @@ fn count_message(
     }
 }
 
-/// One draw decides between 529, 500, injected 429 and no fault.
+/// One draw decides between 529, 500, injected 429, a gateway's 429 and no fault.
 pub(super) fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<ApiError> {
     let draw = rng.f64();
     let mut threshold = faults.overloaded_529;
@@ -191,6 +192,10 @@ pub(super) fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<Api
             "Number of request tokens has exceeded your per-minute rate limit (injected by the fake)",
             1,
         ));
+    }
+    threshold += faults.gateway_429;
+    if draw < threshold {
+        return Some(ApiError::gateway_quota());
     }
     None
 }

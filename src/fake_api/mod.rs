@@ -157,6 +157,11 @@ pub struct Faults {
     pub server_error_500: f64,
     /// 429 `rate_limit_error` with `retry-after: 1`, independent of the buckets.
     pub rate_limited_429: f64,
+    /// A 429 as a gateway in front of the API gives it: a body not in the API's error shape,
+    /// `retry-after: 1`, and no `request-id`, no `anthropic-organization-id` or
+    /// `anthropic-workspace-id` and no `anthropic-ratelimit-*` headers. Counted in
+    /// `rate_limited_429`; nothing is processed. Drawn on Messages calls, as the others are.
+    pub gateway_429: f64,
     /// The request is fully processed and counted, then the connection is closed unanswered.
     pub drop_after_processing: f64,
     /// Probability of adding `slow_latency` to an answer.
@@ -245,7 +250,7 @@ pub struct OrgStats {
     pub messages_accepted: u64,
     /// Messages requests processed whose connection was then dropped.
     pub messages_dropped: u64,
-    /// All its 429s (buckets, spend cap, injected, batch RPM and queue cap).
+    /// All its 429s (buckets, spend cap, injected, gateway, batch RPM and queue cap).
     pub rate_limited_429: u64,
     /// Over its processed Messages requests, as their `usage` says.
     pub input_tokens: u64,

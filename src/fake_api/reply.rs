@@ -21,6 +21,8 @@ pub(super) struct ApiError {
     pub(super) headers: Vec<(&'static str, String)>,
     /// `error.details.error_code`, when the error has one.
     pub(super) error_code: Option<&'static str>,
+    /// Given by a gateway in front of the API, not by the API: see [`gateway_reply`].
+    pub(super) from_gateway: bool,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             message: message.into(),
             headers: Vec::new(),
             error_code: None,
+            from_gateway: false,
         }
     }
 
@@ -68,8 +71,22 @@ impl ApiError {
         error
     }
 
-    /// The answer: the API's error shape with `request_id`.
+    /// A gateway's 429 (see [`gateway_reply`]).
+    pub(super) fn gateway_quota() -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "gateway",
+            "gateway: tenant request quota exceeded",
+        );
+        error.from_gateway = true;
+        error
+    }
+
+    /// The answer: the API's error shape with `request_id`, or a gateway's answer.
     pub(super) fn into_reply(self, request_id: &str) -> Reply {
+        if self.from_gateway {
+            return gateway_reply(self.status, &self.message);
+        }
         let mut error = serde_json::json!({"type": self.kind, "message": self.message});
         if let Some(code) = self.error_code {
             error["details"] = serde_json::json!({ "error_code": code });
@@ -118,11 +135,29 @@ pub(super) fn reply(
     response
 }
 
-/// Adds `anthropic-organization-id` and `anthropic-workspace-id` of `org` to an answer.
+/// Adds `anthropic-organization-id` and `anthropic-workspace-id` of `org` to an answer of the
+/// API (never to a gateway's: it has no `request-id`).
 pub(super) fn stamp_org(reply: &mut Reply, org: &OrgIdentity) {
     let headers = reply.headers_mut();
-    insert_header(headers, "anthropic-organization-id", &org.id);
-    insert_header(headers, "anthropic-workspace-id", &org.workspace_id);
+    if headers.contains_key("request-id") {
+        insert_header(headers, "anthropic-organization-id", &org.id);
+        insert_header(headers, "anthropic-workspace-id", &org.workspace_id);
+    }
+}
+
+/// What a gateway in front of the API answers when it refuses a request itself: a body not in
+/// the API's error shape, `retry-after: 1` on a 429, and none of the API's headers
+/// (`request-id`, `anthropic-*`).
+pub(super) fn gateway_reply(status: StatusCode, message: &str) -> Reply {
+    let body = serde_json::json!({"error": {"message": message}});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        insert_header(headers, "retry-after", "1");
+    }
+    response
 }
 
 /// `name` must be a lowercase static header name.

@@ -1225,6 +1225,46 @@ async fn a_revoked_key_is_a_401_and_its_orgs_other_key_still_works() {
 }
 
 #[tokio::test]
+async fn a_gateway_429_carries_none_of_the_apis_headers() {
+    let fake = start(FakeConfig {
+        faults: Faults {
+            gateway_429: 1.0,
+            ..Faults::default()
+        },
+        ..two_orgs(100)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let response = post_as(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        "sk-a1",
+        &message_body(),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "1");
+    assert!(!has_header(&response, "request-id"));
+    let anthropic: Vec<_> = response
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("anthropic-"))
+        .collect();
+    assert!(anthropic.is_empty(), "{anthropic:?}");
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body.get("type").is_none() && body.get("request_id").is_none(),
+        "{body}"
+    );
+    assert!(body["error"]["message"].is_string(), "{body}");
+    let stats = fake.stats();
+    assert_eq!((stats.rate_limited_429, stats.messages_accepted), (1, 0));
+    assert_eq!(stats.input_tokens, 0);
+    assert_eq!(fake.org_stats("org-a").rate_limited_429, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn without_orgs_every_answer_names_the_implicit_org() {
     let fake = start(FakeConfig {
         api_key: Some("sk-test".into()),
