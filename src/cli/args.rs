@@ -322,6 +322,11 @@ pub struct FakeApiArgs {
     /// Seed of every random draw.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// An organization and its API keys, e.g. `--org org-a=sk-a1,sk-a2` (repeatable). Each has
+    /// its own rate limits, prompt cache and batches, and workspace `wrkspc_ID`; a key of none is
+    /// a 401. Without --org, one organization takes any key.
+    #[arg(long = "org", value_name = "ID=KEY[,KEY...]", value_parser = org_spec)]
+    pub orgs: Vec<crate::fake_api::FakeOrg>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,6 +395,17 @@ fn seconds(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is not a number of seconds"));
     }
     Duration::try_from_secs_f64(secs.clamp(0.0, 86_400.0)).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `ID=KEY[,KEY...]`: an organization of the fake API and its keys.
+fn org_spec(text: &str) -> Result<crate::fake_api::FakeOrg, String> {
+    let usage = || format!("{text:?} is not ID=KEY[,KEY...]");
+    let (id, keys) = text.split_once('=').ok_or_else(usage)?;
+    let keys: Vec<&str> = keys.split(',').map(str::trim).collect();
+    if id.trim().is_empty() || keys.iter().any(|k| k.is_empty()) {
+        return Err(usage());
+    }
+    Ok(crate::fake_api::FakeOrg::new(id.trim(), keys))
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub(crate) struct ResolveSettings {
     pub seed: u64,
 }
 
-/// All batches, in creation order.
+/// All batches of one organization, in creation order.
 pub(crate) struct BatchStore {
     batches: HashMap<String, Batch>,
     /// Ids, oldest first.
@@ -203,11 +203,14 @@ fn valid_custom_id(id: &str) -> bool {
 }
 
 impl BatchStore {
-    pub(crate) fn new(settings: ResolveSettings) -> BatchStore {
+    /// An empty store. Stores of different `stream`s (one per organization) draw different ids
+    /// and fates; stream 0 draws what a store drew before there were organizations.
+    pub(crate) fn new(settings: ResolveSettings, stream: u64) -> BatchStore {
+        let stream = stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         BatchStore {
             batches: HashMap::new(),
             order: Vec::new(),
-            rng: fastrand::Rng::with_seed(settings.seed ^ 0xba7c_4e55_0000_0001),
+            rng: fastrand::Rng::with_seed(settings.seed ^ 0xba7c_4e55_0000_0001 ^ stream),
             settings,
         }
     }
@@ -228,7 +231,7 @@ impl BatchStore {
         }
     }
 
-    /// Requests still in processing across all batches (call `refresh` first).
+    /// Requests still in processing across its batches (call `refresh` first).
     pub(crate) fn processing(&self) -> u64 {
         self.batches
             .values()
@@ -524,7 +527,7 @@ mod tests {
     fn batch_ends_after_processing_time() {
         let t0 = Instant::now();
         let wall = Timestamp::from_second(1_800_000_000).expect("valid time");
-        let mut store = BatchStore::new(settings(0.0));
+        let mut store = BatchStore::new(settings(0.0), 0);
         let mut stats = FakeStats::default();
         let created = store.create(
             vec![
@@ -578,7 +581,7 @@ mod tests {
     fn cancel_and_expire() {
         let t0 = Instant::now();
         let wall = Timestamp::from_second(1_800_000_000).expect("valid time");
-        let mut store = BatchStore::new(settings(1.0));
+        let mut store = BatchStore::new(settings(1.0), 0);
         let mut stats = FakeStats::default();
         let a = store.create(
             vec![request("a", "claude-opus-5")],
@@ -622,7 +625,7 @@ mod tests {
     fn list_pages_newest_first() {
         let t0 = Instant::now();
         let wall = Timestamp::from_second(1_800_000_000).expect("valid time");
-        let mut store = BatchStore::new(settings(0.0));
+        let mut store = BatchStore::new(settings(0.0), 0);
         let ids: Vec<String> = (0..5)
             .map(|i| {
                 store.create(

@@ -11,8 +11,8 @@
 //! one (the lookback), then writes the prefixes up to the breakpoints past it. A prefix shorter
 //! than the model's minimum is neither read nor written, and no error is given. An entry lives
 //! 5 minutes or an hour from its last use and is readable only once the response that wrote it
-//! has begun: identical requests sent at once all pay the write. Entries are per model (the
-//! fake serves one organization).
+//! has begun: identical requests sent at once all pay the write. Entries are per model, in one
+//! cache per organization.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -223,7 +223,7 @@ struct Entry {
     expires_at: Instant,
 }
 
-/// The entries of the fake's one organization, keyed by model and prefix hash.
+/// The entries of one organization, keyed by model and prefix hash.
 #[derive(Default)]
 pub(crate) struct Cache {
     entries: HashMap<(String, u64), Entry>,

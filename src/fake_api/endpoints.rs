@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Faults;
 use super::batches::{self};
-use super::limits::{ClassLimits, Dimension, retry_after_secs};
+use super::cache::CacheUsage;
+use super::limits::{Dimension, retry_after_secs};
 use super::messages::{
     ApiVersion, ParamsError, hash_bytes, message_json, plan_generation, validate_count_params,
     validate_params,
@@ -21,13 +22,14 @@ use super::messages::{
 use super::reply::{ApiError, Reply, json_reply, reply};
 use super::shared::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, read_body};
 
-/// The Messages endpoint: validate, draw faults, admit, wait, answer.
+/// The Messages endpoint of organization `org`: validate, draw faults, admit, wait, answer.
 pub(super) async fn messages(
     shared: &Arc<Shared>,
     kill: &CancellationToken,
     request: Request<Incoming>,
     request_id: &str,
     version: ApiVersion,
+    org: usize,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
     if shared.keep_bodies {
@@ -43,7 +45,8 @@ pub(super) async fn messages(
         let now = Instant::now();
         if let Some(mut error) = draw_fault(&state.faults, &mut state.draws) {
             if error.status == StatusCode::TOO_MANY_REQUESTS
-                && let Some(class) = class_limits(state, valid.class, now)
+                && !error.from_gateway
+                && let Some(class) = state.orgs[org].class_limits(valid.class, now)
             {
                 error.headers.extend(class.headers(now, Timestamp::now()));
             }
@@ -57,10 +60,11 @@ pub(super) async fn messages(
             Duration::ZERO
         };
         let otpm_rule = shared.otpm_rule;
+        let org = &mut state.orgs[org];
         // ITPM is charged what is not read from the cache: its input and what it writes.
-        let plan = state.cache.plan(&valid.model, &valid.layout, now);
+        let plan = org.cache.plan(&valid.model, &valid.layout, now);
         let charged = plan.usage.uncached + plan.usage.written();
-        let ticket = match class_limits(state, valid.class, now) {
+        let ticket = match org.class_limits(valid.class, now) {
             None => None,
             Some(class) => match class.admit(charged, valid.max_tokens, otpm_rule, now) {
                 Ok(ticket) => Some(ticket),
@@ -84,7 +88,7 @@ pub(super) async fn messages(
         };
         // What it writes is readable once its answer begins (after the latency).
         let begins_at = now + shared.latency + extra_latency;
-        let cache = state.cache.commit(&plan, now, begins_at);
+        let cache = org.cache.commit(&plan, now, begins_at);
         (ticket, extra_latency, drop_connection, cache)
     };
 
@@ -101,22 +105,12 @@ pub(super) async fn messages(
         let now = Instant::now();
         let mut headers = Vec::new();
         if let Some(ticket) = ticket
-            && let Some(class) = class_limits(state, valid.class, now)
+            && let Some(class) = state.orgs[org].class_limits(valid.class, now)
         {
             class.complete(ticket, generation.output_tokens, now);
             headers = class.headers(now, Timestamp::now());
         }
-        state.stats.input_tokens += cache.uncached;
-        state.stats.output_tokens += generation.output_tokens;
-        state.stats.cache_read_input_tokens += cache.read;
-        state.stats.cache_hit_calls += u64::from(cache.read > 0);
-        state.stats.cache_write_5m_tokens += cache.write_5m;
-        state.stats.cache_write_1h_tokens += cache.write_1h;
-        if drop_connection {
-            state.stats.messages_dropped += 1;
-        } else {
-            state.stats.messages_accepted += 1;
-        }
+        count_message(state, org, cache, generation.output_tokens, drop_connection);
         (batches::random_id(&mut state.ids, "msg_"), headers)
     };
 
@@ -143,22 +137,37 @@ pub(super) async fn messages(
     ))
 }
 
-/// The buckets of `class` (created full on first use), or `None` without limits.
-pub(super) fn class_limits<'a>(
-    state: &'a mut State,
-    class: &'static str,
-    now: Instant,
-) -> Option<&'a mut ClassLimits> {
-    let limits = state.limits?;
-    Some(
-        state
-            .classes
-            .entry(class)
-            .or_insert_with(|| ClassLimits::new(&limits, now)),
-    )
+/// Counts a processed Messages call of organization `org`, in its counters and the fake's.
+fn count_message(
+    state: &mut State,
+    org: usize,
+    cache: CacheUsage,
+    output_tokens: u64,
+    dropped: bool,
+) {
+    let stats = &mut state.stats;
+    stats.input_tokens += cache.uncached;
+    stats.output_tokens += output_tokens;
+    stats.cache_read_input_tokens += cache.read;
+    stats.cache_hit_calls += u64::from(cache.read > 0);
+    stats.cache_write_5m_tokens += cache.write_5m;
+    stats.cache_write_1h_tokens += cache.write_1h;
+    let own = &mut state.orgs[org].stats;
+    own.input_tokens += cache.uncached;
+    own.output_tokens += output_tokens;
+    own.cache_read_input_tokens += cache.read;
+    own.cache_write_5m_tokens += cache.write_5m;
+    own.cache_write_1h_tokens += cache.write_1h;
+    if dropped {
+        stats.messages_dropped += 1;
+        own.messages_dropped += 1;
+    } else {
+        stats.messages_accepted += 1;
+        own.messages_accepted += 1;
+    }
 }
 
-/// One draw decides between 529, 500, injected 429 and no fault.
+/// One draw decides between 529, 500, injected 429, a gateway's 429 and no fault.
 pub(super) fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<ApiError> {
     let draw = rng.f64();
     let mut threshold = faults.overloaded_529;
@@ -184,10 +193,14 @@ pub(super) fn draw_fault(faults: &Faults, rng: &mut fastrand::Rng) -> Option<Api
             1,
         ));
     }
+    threshold += faults.gateway_429;
+    if draw < threshold {
+        return Some(ApiError::gateway_quota());
+    }
     None
 }
 
-/// Takes one request from the batch endpoints' shared RPM bucket (when limits are on).
+/// The answer to a Messages body the API refuses.
 pub(super) fn params_error(error: ParamsError) -> ApiError {
     let (status, kind) = error.status_and_type();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -195,17 +208,18 @@ pub(super) fn params_error(error: ParamsError) -> ApiError {
 }
 
 /// `POST /v1/messages/count_tokens`: the input-token count the Messages endpoint would bill,
-/// under its own RPM.
+/// under organization `org`'s own RPM for it.
 pub(super) async fn count_tokens(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
     request_id: &str,
+    org: usize,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
     let params = shared.parse_json(&body)?;
     let input_tokens = validate_count_params(&params).map_err(params_error)?;
     let mut state = shared.lock();
-    if let Some(bucket) = state.count_tokens_rpm.as_mut() {
+    if let Some(bucket) = state.orgs[org].count_tokens_rpm.as_mut() {
         let now = Instant::now();
         let wait = bucket.seconds_until(1.0, now);
         if wait > 0.0 {
@@ -220,6 +234,7 @@ pub(super) async fn count_tokens(
         bucket.take(1.0, now);
     }
     state.stats.count_tokens_calls += 1;
+    state.orgs[org].stats.count_tokens_calls += 1;
     Ok(json_reply(
         StatusCode::OK,
         request_id,
@@ -227,9 +242,11 @@ pub(super) async fn count_tokens(
     ))
 }
 
-pub(super) fn charge_batch_rpm(shared: &Shared) -> Result<(), ApiError> {
+/// Takes one request from organization `org`'s RPM bucket of the batch endpoints (when limits
+/// are on).
+pub(super) fn charge_batch_rpm(shared: &Shared, org: usize) -> Result<(), ApiError> {
     let mut state = shared.lock();
-    let Some(bucket) = state.batch_rpm.as_mut() else {
+    let Some(bucket) = state.orgs[org].batch_rpm.as_mut() else {
         return Ok(());
     };
     let now = Instant::now();
@@ -247,11 +264,13 @@ pub(super) fn charge_batch_rpm(shared: &Shared) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `POST /v1/messages/batches`: a batch of organization `org`, under its queue cap.
 pub(super) async fn create_batch(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
     request_id: &str,
     version: ApiVersion,
+    org: usize,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, BATCH_MAX_BYTES).await?;
     {
@@ -267,10 +286,9 @@ pub(super) async fn create_batch(
         let mut state = shared.lock();
         let state = &mut *state;
         let now = Instant::now();
-        state
-            .batches
-            .refresh(now, &mut state.stats, &mut state.cache);
-        if let Some(wait) = state.batches.queue_wait(count, shared.batch.queue_cap, now) {
+        state.refresh_batches(org, now);
+        let store = &mut state.orgs[org].batches;
+        if let Some(wait) = store.queue_wait(count, shared.batch.queue_cap, now) {
             return Err(ApiError::rate_limited(
                 format!(
                     "This batch would exceed your organization's limit of {} batch requests in the processing queue. Please try again later.",
@@ -279,12 +297,12 @@ pub(super) async fn create_batch(
                 retry_after_secs(wait),
             ));
         }
-        let batch =
-            state
-                .batches
-                .create(requests, version, now, Timestamp::now(), &shared.base_url);
+        let batch = store.create(requests, version, now, Timestamp::now(), &shared.base_url);
         state.stats.batches_created += 1;
         state.stats.batch_requests += count;
+        let own = &mut state.orgs[org].stats;
+        own.batches_created += 1;
+        own.batch_requests += count;
         batch
     };
     // Created: a client that dies while waiting here never learns the id (the crash tests).

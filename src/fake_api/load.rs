@@ -2,7 +2,8 @@
 //! steady rate, never retried, as a user-facing app would send them.
 //!
 //! Meant for the fake (to see how a workload and interactive users share the rate limits),
-//! but it speaks to any Messages endpoint.
+//! but it speaks to any Messages endpoint. Its key picks the organization it draws on, so with
+//! [`super::FakeConfig::orgs`] it can drain one organization and leave the others be.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct LoadSpec {
     /// E.g. `http://127.0.0.1:PORT`; requests go to `{base_url}/v1/messages`.
     pub base_url: String,
+    /// Sent as `x-api-key`; in a fake with organizations, the organization it belongs to is
+    /// the one whose buckets the load drains.
     pub api_key: String,
     pub model: String,
     /// Steady request rate: one request every `60 / rpm` seconds (none when not positive).

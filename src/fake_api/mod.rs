@@ -11,6 +11,8 @@
 //! - `messages`: models, validation, token counting and generated answers.
 //! - `limits`: the token buckets (pure, time passed in).
 //! - `batches`: the batch store (pure, time passed in).
+//! - `orgs`: organizations: which key is whose, and what the API keeps per organization (its
+//!   buckets, prompt cache, batches, spend-cap switch and counters).
 //! - `load`: a load generator playing interactive traffic against a Messages endpoint
 //!   ([`run_load`]).
 //!
@@ -23,26 +25,43 @@ mod endpoints;
 mod limits;
 mod load;
 mod messages;
+mod orgs;
 mod reply;
 mod server;
 mod shared;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use load::{LoadReport, LoadSpec, run_load};
 pub use messages::{count_input_tokens, model_class};
+pub use orgs::{DEFAULT_WORKSPACE_ID, ORGANIZATION_ID};
 pub use server::FakeApi;
 
 /// How the fake behaves.
 #[derive(Clone, Debug)]
 pub struct FakeConfig {
-    /// `Some(k)`: `x-api-key` must equal `k`. `None`: any non-empty key is accepted.
-    /// A missing key is always a 401.
+    /// Without `orgs`: `Some(k)`: `x-api-key` must equal `k`; `None`: any non-empty key is
+    /// accepted. A missing key is always a 401. Ignored when `orgs` is not empty.
     pub api_key: Option<String>,
-    /// Messages rate limits per model class (and the batch RPM); `None` = no rate limits.
-    /// Changeable at run time with [`FakeApi::set_limits`].
+    /// The organizations, each with its keys. Empty (the default): one implicit organization,
+    /// [`ORGANIZATION_ID`] with workspace [`DEFAULT_WORKSPACE_ID`], whose keys are as `api_key`
+    /// says. Otherwise a request's key (`x-api-key`, or `Authorization: Bearer`) picks its
+    /// organization and a key of none is a 401 `authentication_error`.
+    ///
+    /// What the real API keeps per organization is per organization here too: the Messages
+    /// buckets of each model class, the batch RPM, the `count_tokens` RPM, the prompt cache
+    /// (per organization and model) and the batch store (another organization's batch is a
+    /// 404). Every answer carries `anthropic-organization-id` and `anthropic-workspace-id` of
+    /// the key's organization; an answer whose request named no organization (a missing, unknown
+    /// or revoked key, a path outside `/v1/`, `/_fake/stats`) carries the implicit organization's
+    /// when `orgs` is empty (as before there were organizations) and none otherwise.
+    pub orgs: Vec<FakeOrg>,
+    /// Messages rate limits per model class (and the batch and `count_tokens` RPM) of every
+    /// organization without limits of its own; `None` = no rate limits. Changeable at run time
+    /// with [`FakeApi::set_limits`].
     pub limits: Option<FakeLimits>,
     /// Base latency added to every Messages answer.
     pub latency: Duration,
@@ -66,6 +85,7 @@ impl Default for FakeConfig {
     fn default() -> FakeConfig {
         FakeConfig {
             api_key: None,
+            orgs: Vec::new(),
             limits: None,
             latency: Duration::ZERO,
             faults: Faults::default(),
@@ -75,6 +95,36 @@ impl Default for FakeConfig {
             max_json_depth: 128,
             seed: 1,
             keep_bodies: false,
+        }
+    }
+}
+
+/// One organization of the fake (see [`FakeConfig::orgs`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeOrg {
+    /// Its `anthropic-organization-id`.
+    pub id: String,
+    /// Its `anthropic-workspace-id` (the workspace every key of the fake resolves to).
+    pub workspace_id: String,
+    /// Its API keys, each non-empty and of this organization only.
+    pub keys: Vec<String>,
+    /// Its own limits; `None`: those of [`FakeConfig::limits`] (as [`FakeApi::set_limits`]
+    /// changes them). Changeable at run time with [`FakeApi::set_org_limits`].
+    pub limits: Option<FakeLimits>,
+}
+
+impl FakeOrg {
+    /// Organization `id` with `keys`, workspace `wrkspc_<id>` and the fake-wide limits.
+    pub fn new(
+        id: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+    ) -> FakeOrg {
+        let id = id.into();
+        FakeOrg {
+            workspace_id: format!("wrkspc_{id}"),
+            id,
+            keys: keys.into_iter().map(Into::into).collect(),
+            limits: None,
         }
     }
 }
@@ -107,6 +157,11 @@ pub struct Faults {
     pub server_error_500: f64,
     /// 429 `rate_limit_error` with `retry-after: 1`, independent of the buckets.
     pub rate_limited_429: f64,
+    /// A 429 as a gateway in front of the API gives it: a body not in the API's error shape,
+    /// `retry-after: 1`, and no `request-id`, no `anthropic-organization-id` or
+    /// `anthropic-workspace-id` and no `anthropic-ratelimit-*` headers. Counted in
+    /// `rate_limited_429`; nothing is processed. Drawn on Messages calls, as the others are.
+    pub gateway_429: f64,
     /// The request is fully processed and counted, then the connection is closed unanswered.
     pub drop_after_processing: f64,
     /// Probability of adding `slow_latency` to an answer.
@@ -180,5 +235,37 @@ pub struct FakeStats {
     pub batch_cache_write_5m_tokens: u64,
     pub batch_cache_write_1h_tokens: u64,
     /// `count_tokens` requests answered with a count.
+    pub count_tokens_calls: u64,
+    /// The counters of each configured organization, by id (empty without
+    /// [`FakeConfig::orgs`]: then the counters above are the implicit organization's).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub orgs: BTreeMap<String, OrgStats>,
+}
+
+/// Counters of one organization ([`FakeStats::orgs`], [`FakeApi::org_stats`]); each counts as
+/// the [`FakeStats`] field of the same name does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OrgStats {
+    /// Messages requests processed and answered 200.
+    pub messages_accepted: u64,
+    /// Messages requests processed whose connection was then dropped.
+    pub messages_dropped: u64,
+    /// All its 429s (buckets, spend cap, injected, gateway, batch RPM and queue cap).
+    pub rate_limited_429: u64,
+    /// Over its processed Messages requests, as their `usage` says.
+    pub input_tokens: u64,
+    /// Over its processed Messages requests.
+    pub output_tokens: u64,
+    /// Over its processed Messages requests.
+    pub cache_read_input_tokens: u64,
+    /// Over its processed Messages requests.
+    pub cache_write_5m_tokens: u64,
+    /// Over its processed Messages requests.
+    pub cache_write_1h_tokens: u64,
+    /// Batches it created.
+    pub batches_created: u64,
+    /// Requests in the batches it created.
+    pub batch_requests: u64,
+    /// Its `count_tokens` requests answered with a count.
     pub count_tokens_calls: u64,
 }

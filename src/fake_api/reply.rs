@@ -7,9 +7,7 @@ use hyper::{Response, StatusCode};
 use serde_json::Value;
 
 use super::batches::BatchError;
-
-/// Every answer's `anthropic-organization-id`.
-pub(super) const ORGANIZATION_ID: &str = "6d1f2c3a-8b4e-4f5a-9c7d-0e1f2a3b4c5d";
+use super::orgs::{OrgIdentity, spend_cap_resumes_at};
 
 /// What every handler answers.
 pub(super) type Reply = Response<Full<Bytes>>;
@@ -21,6 +19,10 @@ pub(super) struct ApiError {
     pub(super) kind: &'static str,
     pub(super) message: String,
     pub(super) headers: Vec<(&'static str, String)>,
+    /// `error.details.error_code`, when the error has one.
+    pub(super) error_code: Option<&'static str>,
+    /// Given by a gateway in front of the API, not by the API: see [`gateway_reply`].
+    pub(super) from_gateway: bool,
 }
 
 impl ApiError {
@@ -34,6 +36,8 @@ impl ApiError {
             kind,
             message: message.into(),
             headers: Vec::new(),
+            error_code: None,
+            from_gateway: false,
         }
     }
 
@@ -51,10 +55,45 @@ impl ApiError {
         error
     }
 
+    /// The tier's spend cap (fact sheet §2.3): a 429 `rate_limit_error` with
+    /// `error.details.error_code = "enforced_spend_limit_reached"` and no `retry-after`, as
+    /// retrying cannot succeed before the 1st of next month.
+    pub(super) fn spend_cap(wall_now: jiff::Timestamp) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "Your organization has reached its monthly spend limit. Access resumes at 00:00 UTC on {}.",
+                spend_cap_resumes_at(wall_now)
+            ),
+        );
+        error.error_code = Some("enforced_spend_limit_reached");
+        error
+    }
+
+    /// A gateway's 429 (see [`gateway_reply`]).
+    pub(super) fn gateway_quota() -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "gateway",
+            "gateway: tenant request quota exceeded",
+        );
+        error.from_gateway = true;
+        error
+    }
+
+    /// The answer: the API's error shape with `request_id`, or a gateway's answer.
     pub(super) fn into_reply(self, request_id: &str) -> Reply {
+        if self.from_gateway {
+            return gateway_reply(self.status, &self.message);
+        }
+        let mut error = serde_json::json!({"type": self.kind, "message": self.message});
+        if let Some(code) = self.error_code {
+            error["details"] = serde_json::json!({ "error_code": code });
+        }
         let body = serde_json::json!({
             "type": "error",
-            "error": {"type": self.kind, "message": self.message},
+            "error": error,
             "request_id": request_id,
         });
         reply(
@@ -76,6 +115,8 @@ impl From<BatchError> for ApiError {
     }
 }
 
+/// An answer of the API, with its `request-id` and `extra_headers` (the organization's headers
+/// are added by [`stamp_org`] once the answer is made).
 pub(super) fn reply(
     status: StatusCode,
     request_id: &str,
@@ -87,13 +128,34 @@ pub(super) fn reply(
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        HeaderName::from_static("anthropic-organization-id"),
-        HeaderValue::from_static(ORGANIZATION_ID),
-    );
     insert_header(headers, "request-id", request_id);
     for (name, value) in extra_headers {
         insert_header(headers, name, value);
+    }
+    response
+}
+
+/// Adds `anthropic-organization-id` and `anthropic-workspace-id` of `org` to an answer of the
+/// API (never to a gateway's: it has no `request-id`).
+pub(super) fn stamp_org(reply: &mut Reply, org: &OrgIdentity) {
+    let headers = reply.headers_mut();
+    if headers.contains_key("request-id") {
+        insert_header(headers, "anthropic-organization-id", &org.id);
+        insert_header(headers, "anthropic-workspace-id", &org.workspace_id);
+    }
+}
+
+/// What a gateway in front of the API answers when it refuses a request itself: a body not in
+/// the API's error shape, `retry-after: 1` on a 429, and none of the API's headers
+/// (`request-id`, `anthropic-*`).
+pub(super) fn gateway_reply(status: StatusCode, message: &str) -> Reply {
+    let body = serde_json::json!({"error": {"message": message}});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        insert_header(headers, "retry-after", "1");
     }
     response
 }
@@ -105,6 +167,7 @@ pub(super) fn insert_header(headers: &mut HeaderMap, name: &'static str, value: 
     }
 }
 
+/// A JSON answer of the API.
 pub(super) fn json_reply(status: StatusCode, request_id: &str, body: &Value) -> Reply {
     reply(
         status,

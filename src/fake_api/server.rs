@@ -22,11 +22,10 @@ use tokio_util::task::TaskTracker;
 
 use super::batches::{self, BatchError, BatchStore};
 use super::endpoints::{charge_batch_rpm, count_tokens, create_batch, messages, parse_list_query};
-use super::limits::TokenBucket;
 use super::messages::ApiVersion;
-use super::reply::{ApiError, Reply, json_reply, reply};
+use super::reply::{ApiError, Reply, json_reply, reply, stamp_org};
 use super::shared::Shared;
-use super::{FakeConfig, FakeLimits, FakeStats, Faults};
+use super::{FakeConfig, FakeLimits, FakeStats, Faults, OrgStats};
 
 /// A running fake API server.
 pub struct FakeApi {
@@ -39,8 +38,11 @@ pub struct FakeApi {
 }
 
 impl FakeApi {
-    /// Binds `addr` (port 0 picks a free port) and serves in a spawned task.
+    /// Binds `addr` (port 0 picks a free port) and serves in a spawned task. An
+    /// `InvalidInput` error when [`FakeConfig::orgs`] gives an id or key twice, or an empty key.
     pub async fn start(config: FakeConfig, addr: SocketAddr) -> std::io::Result<FakeApi> {
+        let shared = Shared::new(config, String::new())
+            .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let host = if addr.ip().is_unspecified() {
@@ -48,8 +50,10 @@ impl FakeApi {
         } else {
             addr.ip().to_string()
         };
-        let base_url = format!("http://{host}:{}", addr.port());
-        let shared = Arc::new(Shared::new(config, base_url));
+        let shared = Arc::new(Shared {
+            base_url: format!("http://{host}:{}", addr.port()),
+            ..shared
+        });
         let shutdown = CancellationToken::new();
         let (reachable, reachable_rx) = watch::channel(true);
         let task = tokio::spawn(accept_loop(
@@ -96,12 +100,13 @@ impl FakeApi {
         self.shared.lock().message_bodies.clone()
     }
 
-    /// The current Messages rate limits (`None`: no limits).
+    /// The current fake-wide Messages rate limits (`None`: no limits).
     pub fn limits(&self) -> Option<FakeLimits> {
         self.shared.lock().limits
     }
 
-    /// Replaces the rate limits from now on, for every model class.
+    /// Replaces the fake-wide rate limits from now on, for every model class of every
+    /// organization without limits of its own.
     ///
     /// Existing buckets keep their level, clamped to the new capacity (never raised), and
     /// refill at the new rate; the `anthropic-ratelimit-*-limit` headers of later answers
@@ -109,36 +114,54 @@ impl FakeApi {
     /// [`FakeConfig::limits`]); limits set again later start from full buckets.
     pub fn set_limits(&self, limits: Option<FakeLimits>) {
         let mut state = self.shared.lock();
-        let state = &mut *state;
         let now = Instant::now();
         state.limits = limits;
-        match limits {
-            None => {
-                state.classes.clear();
-                state.batch_rpm = None;
-                state.count_tokens_rpm = None;
-            }
-            Some(limits) => {
-                for class in state.classes.values_mut() {
-                    class.set_limits(&limits, now);
-                }
-                if state.count_tokens_rpm.is_none() {
-                    state.count_tokens_rpm = Some(TokenBucket::new(
-                        self.shared.count_tokens_rpm,
-                        limits.burst_seconds,
-                        now,
-                    ));
-                }
-                let batch_rpm = self.shared.batch.rpm;
-                match state.batch_rpm.as_mut() {
-                    Some(bucket) => bucket.set_limit(batch_rpm, limits.burst_seconds, now),
-                    None => {
-                        state.batch_rpm =
-                            Some(TokenBucket::new(batch_rpm, limits.burst_seconds, now));
-                    }
-                }
-            }
+        for org in state.orgs.iter_mut().filter(|o| o.own_limits.is_none()) {
+            org.apply_limits(limits, self.shared.rates, now);
         }
+    }
+
+    /// The limits in force for organization `org_id`: its own, else the fake-wide ones.
+    /// Panics if the fake has no such organization.
+    pub fn org_limits(&self, org_id: &str) -> Option<FakeLimits> {
+        let org = self.shared.org_index(org_id);
+        self.shared.lock().orgs[org].limits
+    }
+
+    /// Gives organization `org_id` limits of its own from now on, as [`FakeApi::set_limits`]
+    /// does for the fake-wide ones; `None`: back to the fake-wide limits. Panics if the fake
+    /// has no such organization.
+    pub fn set_org_limits(&self, org_id: &str, limits: Option<FakeLimits>) {
+        let org = self.shared.org_index(org_id);
+        let mut state = self.shared.lock();
+        let in_force = limits.or(state.limits);
+        let org = &mut state.orgs[org];
+        org.own_limits = limits;
+        org.apply_limits(in_force, self.shared.rates, Instant::now());
+    }
+
+    /// While `reached`, the Messages calls and batch creates of organization `org_id` get the
+    /// tier spend-cap 429: `rate_limit_error` with `error.details.error_code =
+    /// "enforced_spend_limit_reached"` and no `retry-after`, before any bucket is charged. Its
+    /// other calls (count_tokens, reading batches) go on. Panics if the fake has no such
+    /// organization.
+    pub fn set_spend_cap_reached(&self, org_id: &str, reached: bool) {
+        let org = self.shared.org_index(org_id);
+        self.shared.lock().orgs[org].spend_cap_reached = reached;
+    }
+
+    /// From now on `key` is a 401 `authentication_error` ("invalid x-api-key"); the other keys
+    /// of its organization keep working.
+    pub fn revoke_key(&self, key: &str) {
+        self.shared.lock().revoked.insert(key.to_string());
+    }
+
+    /// A snapshot of organization `org_id`'s counters (also those of the implicit organization,
+    /// [`super::ORGANIZATION_ID`], which [`FakeStats::orgs`] leaves out). Panics if the fake has
+    /// no such organization.
+    pub fn org_stats(&self, org_id: &str) -> OrgStats {
+        let org = self.shared.org_index(org_id);
+        self.shared.lock().orgs[org].stats.clone()
     }
 
     /// Replaces the injected faults from now on.
@@ -263,55 +286,99 @@ pub(super) async fn serve_connection(
     }
 }
 
-/// Answers one request and counts error answers.
+/// Answers one request, adds its organization's headers and counts error answers.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     kill: CancellationToken,
     request: Request<Incoming>,
 ) -> Reply {
     let request_id = batches::random_id(&mut shared.lock().ids, "req_");
-    let answer = match route(&shared, &kill, request, &request_id).await {
+    let (org, result) = match gate(&shared, &request) {
+        Ok(Gate::Stats) => {
+            let stats = serde_json::to_value(shared.stats_snapshot()).unwrap_or_default();
+            (None, Ok(json_reply(StatusCode::OK, &request_id, &stats)))
+        }
+        Ok(Gate::Org(org)) => {
+            let result = route(&shared, &kill, request, &request_id, org).await;
+            (Some(org), result)
+        }
+        Err(error) => (None, Err(error)),
+    };
+    let mut answer = match result {
         Ok(answer) => answer,
         Err(error) => error.into_reply(&request_id),
     };
-    let status = answer.status().as_u16();
-    if status >= 400 {
-        let mut state = shared.lock();
-        let stats = &mut state.stats;
-        match status {
-            400 | 401 | 404 | 413 => stats.invalid_4xx += 1,
-            429 => stats.rate_limited_429 += 1,
-            500 => stats.server_error_500 += 1,
-            529 => stats.overloaded_529 += 1,
-            _ => {}
-        }
+    if let Some(named) = org.or(shared.directory.fallback()) {
+        stamp_org(&mut answer, &shared.directory.orgs[named]);
     }
+    count_answer(&shared, answer.status(), org);
     answer
 }
 
+/// Counts an error answer, in the organization's counters too when its key named one.
+fn count_answer(shared: &Shared, status: StatusCode, org: Option<usize>) {
+    if status.as_u16() < 400 {
+        return;
+    }
+    let mut state = shared.lock();
+    let stats = &mut state.stats;
+    match status.as_u16() {
+        400 | 401 | 404 | 413 => stats.invalid_4xx += 1,
+        429 => stats.rate_limited_429 += 1,
+        500 => stats.server_error_500 += 1,
+        529 => stats.overloaded_529 += 1,
+        _ => {}
+    }
+    if let Some(org) = org
+        && status == StatusCode::TOO_MANY_REQUESTS
+    {
+        state.orgs[org].stats.rate_limited_429 += 1;
+    }
+}
+
+/// What a request is, before its route: the fake's own counters, or an API call of an
+/// organization.
+pub(super) enum Gate {
+    Stats,
+    Org(usize),
+}
+
+/// `GET /_fake/stats` needs no key; other paths outside `/v1/` are a 404; any other request
+/// needs a key of an organization.
+pub(super) fn gate(shared: &Shared, request: &Request<Incoming>) -> Result<Gate, ApiError> {
+    let method = request.method();
+    let path = request.uri().path();
+    if method == Method::GET && path == "/_fake/stats" {
+        return Ok(Gate::Stats);
+    }
+    if !path.starts_with("/v1/") {
+        return Err(not_found_path(method, path));
+    }
+    check_api_key(shared, request.headers()).map(Gate::Org)
+}
+
+/// Routes an API call of organization `org`.
 pub(super) async fn route(
     shared: &Arc<Shared>,
     kill: &CancellationToken,
     request: Request<Incoming>,
     request_id: &str,
+    org: usize,
 ) -> Result<Reply, ApiError> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    if method == Method::GET && path == "/_fake/stats" {
-        let stats = serde_json::to_value(shared.stats_snapshot()).unwrap_or_default();
-        return Ok(json_reply(StatusCode::OK, request_id, &stats));
-    }
-    if !path.starts_with("/v1/") {
-        return Err(not_found_path(&method, &path));
-    }
-    check_api_key(shared, request.headers())?;
     let version = check_version(request.headers())?;
+    let spends = method == Method::POST
+        && (path == "/v1/messages" || path.trim_end_matches('/') == "/v1/messages/batches");
+    if spends && shared.lock().orgs[org].spend_cap_reached {
+        return Err(ApiError::spend_cap(Timestamp::now()));
+    }
 
     if method == Method::POST && path == "/v1/messages" {
-        return messages(shared, kill, request, request_id, version).await;
+        return messages(shared, kill, request, request_id, version, org).await;
     }
     if method == Method::POST && path == "/v1/messages/count_tokens" {
-        return count_tokens(shared, request, request_id).await;
+        return count_tokens(shared, request, request_id, org).await;
     }
     let Some(rest) = path.strip_prefix("/v1/messages/batches") else {
         return Err(not_found_path(&method, &path));
@@ -327,39 +394,33 @@ pub(super) async fn route(
     if !known {
         return Err(not_found_path(&method, &path));
     }
-    charge_batch_rpm(shared)?;
+    charge_batch_rpm(shared, org)?;
     let base_url = shared.base_url.as_str();
     match (&method, segments.as_slice()) {
-        (&Method::POST, []) => create_batch(shared, request, request_id, version).await,
+        (&Method::POST, []) => create_batch(shared, request, request_id, version, org).await,
         (&Method::GET, []) => {
             let query = request.uri().query().unwrap_or("");
             let (limit, after_id, before_id) = parse_list_query(query)?;
-            let mut state = shared.lock();
-            let state = &mut *state;
-            state
-                .batches
-                .refresh(Instant::now(), &mut state.stats, &mut state.cache);
-            let page =
-                state
-                    .batches
-                    .list(limit, after_id.as_deref(), before_id.as_deref(), base_url);
+            let page = with_batches(shared, org, |store| {
+                Ok(store.list(limit, after_id.as_deref(), before_id.as_deref(), base_url))
+            })?;
             Ok(json_reply(StatusCode::OK, request_id, &page))
         }
         (&Method::GET, [id]) => {
-            let batch = with_batches(shared, |store| store.get(id, base_url))?;
+            let batch = with_batches(shared, org, |store| store.get(id, base_url))?;
             Ok(json_reply(StatusCode::OK, request_id, &batch))
         }
         (&Method::DELETE, [id]) => {
-            let deleted = with_batches(shared, |store| store.delete(id))?;
+            let deleted = with_batches(shared, org, |store| store.delete(id))?;
             Ok(json_reply(StatusCode::OK, request_id, &deleted))
         }
         (&Method::POST, [id, "cancel"]) => {
             let wall_now = Timestamp::now();
-            let batch = with_batches(shared, |store| store.cancel(id, wall_now, base_url))?;
+            let batch = with_batches(shared, org, |store| store.cancel(id, wall_now, base_url))?;
             Ok(json_reply(StatusCode::OK, request_id, &batch))
         }
         (&Method::GET, [id, "results"]) => {
-            let jsonl = with_batches(shared, |store| store.results(id))?;
+            let jsonl = with_batches(shared, org, |store| store.results(id))?;
             Ok(reply(
                 StatusCode::OK,
                 request_id,
@@ -372,25 +433,24 @@ pub(super) async fn route(
     }
 }
 
-/// Runs `f` on the batch store after resolving batches that are due.
+/// Runs `f` on organization `org`'s batch store after resolving its batches that are due
+/// (another organization's batch is not in it: a 404).
 pub(super) fn with_batches<T>(
     shared: &Shared,
+    org: usize,
     f: impl FnOnce(&mut BatchStore) -> Result<T, BatchError>,
 ) -> Result<T, ApiError> {
     let mut state = shared.lock();
-    let state = &mut *state;
-    state
-        .batches
-        .refresh(Instant::now(), &mut state.stats, &mut state.cache);
-    Ok(f(&mut state.batches)?)
+    state.refresh_batches(org, Instant::now());
+    Ok(f(&mut state.orgs[org].batches)?)
 }
 
 pub(super) fn not_found_path(method: &Method, path: &str) -> ApiError {
     ApiError::not_found(format!("Not Found: {method} {path}"))
 }
 
-/// `x-api-key` (preferred) or `Authorization: Bearer <key>`.
-pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The organization of the key in `x-api-key` (preferred) or `Authorization: Bearer <key>`.
+pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<usize, ApiError> {
     let from_x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let from_bearer = headers
         .get("authorization")
@@ -402,10 +462,8 @@ pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<(), 
     if key.is_empty() {
         return Err(unauthorized("x-api-key header is required"));
     }
-    match &shared.api_key {
-        Some(expected) if expected != key => Err(unauthorized("invalid x-api-key")),
-        _ => Ok(()),
-    }
+    let org = shared.directory.org_of(key, &shared.lock().revoked);
+    org.ok_or_else(|| unauthorized("invalid x-api-key"))
 }
 
 pub(super) fn check_version(headers: &HeaderMap) -> Result<ApiVersion, ApiError> {

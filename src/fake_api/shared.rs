@@ -1,7 +1,7 @@
 //! What every handler of the fake shares: its configuration and mutable state behind one lock,
 //! and reading a request's body.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,7 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 
 use super::batches::{BatchStore, ResolveSettings};
-use super::cache::Cache;
-use super::limits::{ClassLimits, TokenBucket};
+use super::orgs::{Directory, EndpointRates, OrgState};
 use super::reply::ApiError;
 use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OtpmRule};
 
@@ -25,12 +24,14 @@ pub(super) const BATCH_MAX_BYTES: usize = 256 * 1024 * 1024;
 
 /// Configuration plus the mutable state behind one lock.
 pub(super) struct Shared {
-    pub(super) api_key: Option<String>,
+    /// The organizations and their keys.
+    pub(super) directory: Directory,
     pub(super) latency: Duration,
     pub(super) otpm_rule: OtpmRule,
     pub(super) seed: u64,
     pub(super) batch: BatchSettings,
-    pub(super) count_tokens_rpm: u64,
+    /// The batch and `count_tokens` RPM of every organization.
+    pub(super) rates: EndpointRates,
     pub(super) max_json_depth: usize,
     pub(super) keep_bodies: bool,
     pub(super) base_url: String,
@@ -38,7 +39,8 @@ pub(super) struct Shared {
 }
 
 pub(super) struct State {
-    /// Messages rate limits per model class (changed by [`FakeApi::set_limits`]).
+    /// The fake-wide Messages rate limits, of every organization without its own (changed by
+    /// [`FakeApi::set_limits`]).
     pub(super) limits: Option<FakeLimits>,
     pub(super) faults: Faults,
     pub(super) stats: FakeStats,
@@ -46,43 +48,53 @@ pub(super) struct State {
     pub(super) ids: fastrand::Rng,
     /// Fault, slow and drop draws.
     pub(super) draws: fastrand::Rng,
-    /// Messages buckets per model class, created on first use.
-    pub(super) classes: HashMap<&'static str, ClassLimits>,
-    /// Shared RPM of the batch endpoints (only with limits).
-    pub(super) batch_rpm: Option<TokenBucket>,
-    /// RPM of `count_tokens` (only with limits).
-    pub(super) count_tokens_rpm: Option<TokenBucket>,
-    pub(super) batches: BatchStore,
-    /// The prompt cache, which Messages calls and batch requests share.
-    pub(super) cache: Cache,
+    /// Each organization's buckets, cache, batches and counters, numbered as in the directory.
+    pub(super) orgs: Vec<OrgState>,
+    /// Keys revoked at run time ([`FakeApi::revoke_key`]).
+    pub(super) revoked: HashSet<String>,
     /// Messages bodies as received, when kept.
     pub(super) message_bodies: Vec<Bytes>,
     /// Hashes of every batch create body seen.
-    pub(super) create_bodies: std::collections::HashSet<u64>,
+    pub(super) create_bodies: HashSet<u64>,
+}
+
+impl State {
+    /// Resolves the batches of organization `org` that are due at `now`.
+    pub(super) fn refresh_batches(&mut self, org: usize, now: Instant) {
+        let org = &mut self.orgs[org];
+        org.batches.refresh(now, &mut self.stats, &mut org.cache);
+    }
 }
 
 impl Shared {
-    pub(super) fn new(config: FakeConfig, base_url: String) -> Shared {
+    /// Err: why `config.orgs` is unusable.
+    pub(super) fn new(config: FakeConfig, base_url: String) -> Result<Shared, String> {
         let now = Instant::now();
-        let batch_rpm = config
-            .limits
-            .map(|l| TokenBucket::new(config.batch.rpm, l.burst_seconds, now));
-        let count_tokens_rpm = config
-            .limits
-            .map(|l| TokenBucket::new(config.count_tokens_rpm, l.burst_seconds, now));
-        let batches = BatchStore::new(ResolveSettings {
+        let directory = Directory::new(&config.orgs, config.api_key.as_deref())?;
+        let rates = EndpointRates {
+            batch_rpm: config.batch.rpm,
+            count_tokens_rpm: config.count_tokens_rpm,
+        };
+        let resolve = ResolveSettings {
             processing_time: config.batch.processing_time,
             expire_fraction: config.batch.expire_fraction,
             error_fraction: config.batch.error_fraction,
             seed: config.seed,
-        });
-        Shared {
-            api_key: config.api_key,
+        };
+        let own_limits = |index: usize| config.orgs.get(index).and_then(|o| o.limits);
+        let orgs = (0..directory.orgs.len())
+            .map(|index| {
+                let batches = BatchStore::new(resolve, index as u64);
+                OrgState::new(own_limits(index), config.limits, rates, batches, now)
+            })
+            .collect();
+        Ok(Shared {
+            directory,
             latency: config.latency,
             otpm_rule: config.otpm_rule,
             seed: config.seed,
             batch: config.batch,
-            count_tokens_rpm: config.count_tokens_rpm,
+            rates,
             max_json_depth: config.max_json_depth,
             keep_bodies: config.keep_bodies,
             base_url,
@@ -92,15 +104,12 @@ impl Shared {
                 stats: FakeStats::default(),
                 ids: fastrand::Rng::with_seed(config.seed),
                 draws: fastrand::Rng::with_seed(config.seed ^ 0x5eed_fa17_0000_0002),
-                classes: HashMap::new(),
-                batch_rpm,
-                count_tokens_rpm,
-                batches,
-                cache: Cache::default(),
+                orgs,
+                revoked: HashSet::new(),
                 message_bodies: Vec::new(),
-                create_bodies: std::collections::HashSet::new(),
+                create_bodies: HashSet::new(),
             }),
-        }
+        })
     }
 
     /// Locks the state. A panic while holding the lock cannot leave it inconsistent in a way
@@ -109,13 +118,32 @@ impl Shared {
         crate::lock(&self.state)
     }
 
+    /// The counters, every organization's batches due by now resolved first.
     pub(super) fn stats_snapshot(&self) -> FakeStats {
         let mut state = self.lock();
-        let state = &mut *state;
-        state
-            .batches
-            .refresh(Instant::now(), &mut state.stats, &mut state.cache);
-        state.stats.clone()
+        let now = Instant::now();
+        for org in 0..state.orgs.len() {
+            state.refresh_batches(org, now);
+        }
+        let mut stats = state.stats.clone();
+        if !self.directory.implicit {
+            stats.orgs = self
+                .directory
+                .orgs
+                .iter()
+                .zip(&state.orgs)
+                .map(|(identity, org)| (identity.id.clone(), org.stats.clone()))
+                .collect();
+        }
+        stats
+    }
+
+    /// The number of organization `org_id`. Panics when there is none: the fake's controls are
+    /// for tests, where a wrong id is a mistake to see at once.
+    pub(super) fn org_index(&self, org_id: &str) -> usize {
+        self.directory
+            .index_of(org_id)
+            .unwrap_or_else(|| panic!("the fake API has no organization {org_id:?}"))
     }
 }
 

@@ -902,3 +902,444 @@ async fn batch_requests_read_and_write_the_same_cache_as_messages_calls() {
     assert_eq!(usage["cache_read_input_tokens"].as_u64(), Some(writes));
     fake.shutdown().await;
 }
+
+/// Org A with two keys, org B with one; every class of either holds `rpm` requests (a bucket
+/// of a minute's refill).
+fn two_orgs(rpm: u64) -> FakeConfig {
+    FakeConfig {
+        orgs: vec![
+            FakeOrg::new("org-a", ["sk-a1", "sk-a2"]),
+            FakeOrg::new("org-b", ["sk-b"]),
+        ],
+        ..with_limits(rpm)
+    }
+}
+
+async fn post_as(
+    client: &reqwest::Client,
+    url: String,
+    key: &str,
+    body: &Value,
+) -> reqwest::Response {
+    client
+        .post(url)
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .expect("answered")
+}
+
+async fn get_as(client: &reqwest::Client, url: String, key: &str) -> reqwest::Response {
+    client
+        .get(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .expect("answered")
+}
+
+fn has_header(response: &reqwest::Response, name: &str) -> bool {
+    response.headers().contains_key(name)
+}
+
+#[tokio::test]
+async fn the_keys_of_an_org_share_its_buckets_and_another_org_has_its_own() {
+    let fake = start(two_orgs(3)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let mut accepted = 0;
+    for key in ["sk-a1", "sk-a2", "sk-a1", "sk-a2", "sk-a1", "sk-a2"] {
+        let response = post_as(&client, url.clone(), key, &message_body()).await;
+        assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+        assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-a");
+        assert!(header(&response, "request-id").starts_with("req_"));
+        match response.status().as_u16() {
+            200 => accepted += 1,
+            429 => assert!(accepted == 3, "a 429 before A's bucket was drained"),
+            status => panic!("unexpected {status}"),
+        }
+    }
+    assert_eq!(accepted, 3, "A's two keys drew on one bucket of 3");
+    for _ in 0..3 {
+        let response = post_as(&client, url.clone(), "sk-b", &message_body()).await;
+        assert_eq!(response.status(), 200, "B is untouched by A's traffic");
+        assert_eq!(header(&response, "anthropic-organization-id"), "org-b");
+        assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-b");
+    }
+    // A key of no org: a 401 naming no org.
+    let response = post_as(&client, url.clone(), "sk-nobody", &message_body()).await;
+    assert_eq!(response.status(), 401);
+    assert!(!has_header(&response, "anthropic-organization-id"));
+    assert!(has_header(&response, "request-id"));
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert_eq!(body["error"]["message"], "invalid x-api-key");
+
+    let (a, b) = (fake.org_stats("org-a"), fake.org_stats("org-b"));
+    assert_eq!((a.messages_accepted, a.rate_limited_429), (3, 3));
+    assert_eq!((b.messages_accepted, b.rate_limited_429), (3, 0));
+    assert!(a.input_tokens > 0 && a.output_tokens > 0);
+    let stats = fake.stats();
+    assert_eq!((stats.messages_accepted, stats.rate_limited_429), (6, 3));
+    assert_eq!(stats.input_tokens, a.input_tokens + b.input_tokens);
+    assert_eq!(stats.orgs.get("org-a"), Some(&a));
+    assert_eq!(stats.orgs.get("org-b"), Some(&b));
+    let remote: Value = reqwest::get(format!("{}/_fake/stats", fake.base_url()))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(remote["orgs"]["org-b"]["messages_accepted"], 3);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn set_org_limits_changes_one_org_and_none_brings_back_the_fake_wide_limits() {
+    let fake = start(two_orgs(100)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let one = FakeLimits {
+        rpm: 1,
+        ..fake.limits().expect("limits")
+    };
+    fake.set_org_limits("org-b", Some(one));
+    assert_eq!(fake.org_limits("org-b"), Some(one));
+    assert_eq!(fake.org_limits("org-a"), fake.limits());
+    let response = post_as(&client, url.clone(), "sk-b", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "1");
+    let response = post_as(&client, url.clone(), "sk-b", &message_body()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "anthropic-organization-id"), "org-b");
+    let response = post_as(&client, url.clone(), "sk-a1", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-limit"),
+        "100"
+    );
+
+    // Fake-wide changes reach A, not B while it has its own.
+    let two = FakeLimits { rpm: 2, ..one };
+    fake.set_limits(Some(two));
+    let response = post_as(&client, url.clone(), "sk-a2", &message_body()).await;
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "2");
+    assert_eq!(fake.org_limits("org-b"), Some(one));
+    fake.set_org_limits("org-b", None);
+    assert_eq!(fake.org_limits("org-b"), Some(two));
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_is_seen_only_by_its_own_org() {
+    let fake = start(FakeConfig {
+        batch: BatchSettings {
+            processing_time: Duration::from_millis(100),
+            ..BatchSettings::default()
+        },
+        ..two_orgs(100)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages/batches", fake.base_url());
+    let response = post_as(&client, url.clone(), "sk-a1", &batch_body(2)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let listed: Value = get_as(&client, url.clone(), "sk-b")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["data"], json!([]), "B lists none of A's batches");
+    let listed: Value = get_as(&client, url.clone(), "sk-a2")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["data"][0]["id"], id.as_str());
+
+    let response = get_as(&client, format!("{url}/{id}"), "sk-b").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(header(&response, "anthropic-organization-id"), "org-b");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "not_found_error");
+    let response = post_as(&client, format!("{url}/{id}/cancel"), "sk-b", &json!({})).await;
+    assert_eq!(response.status(), 404);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let response = get_as(&client, format!("{url}/{id}/results"), "sk-b").await;
+    assert_eq!(response.status(), 404);
+    let response = client
+        .delete(format!("{url}/{id}"))
+        .header("x-api-key", "sk-b")
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 404);
+    let response = get_as(&client, format!("{url}/{id}/results"), "sk-a2").await;
+    assert_eq!(response.status(), 200);
+
+    let (a, b) = (fake.org_stats("org-a"), fake.org_stats("org-b"));
+    assert_eq!((a.batches_created, a.batch_requests), (1, 2));
+    assert_eq!(b.batches_created, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_org_has_its_own_prompt_cache() {
+    let fake = start(two_orgs(100)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let usage = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.expect("json")["usage"].clone()
+    };
+    let first = usage(post_as(&client, url.clone(), "sk-a1", &cached_body("q1", "5m")).await).await;
+    assert!(first["cache_creation_input_tokens"].as_u64() > Some(1_000));
+    let other_org =
+        usage(post_as(&client, url.clone(), "sk-b", &cached_body("q2", "5m")).await).await;
+    assert_eq!(
+        other_org["cache_read_input_tokens"], 0,
+        "B cannot read A's cache"
+    );
+    assert_eq!(
+        other_org["cache_creation_input_tokens"],
+        first["cache_creation_input_tokens"]
+    );
+    let same_org = usage(post_as(&client, url, "sk-a2", &cached_body("q3", "5m")).await).await;
+    assert_eq!(
+        same_org["cache_read_input_tokens"],
+        first["cache_creation_input_tokens"]
+    );
+    assert_eq!(
+        fake.org_stats("org-a").cache_read_input_tokens,
+        same_org["cache_read_input_tokens"].as_u64().expect("read")
+    );
+    assert_eq!(fake.org_stats("org-b").cache_read_input_tokens, 0);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reached_spend_cap_is_a_429_without_retry_after_until_cleared() {
+    let fake = start(two_orgs(100)).await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    fake.set_spend_cap_reached("org-a", true);
+    let response = post_as(
+        &client,
+        format!("{base}/v1/messages"),
+        "sk-a1",
+        &message_body(),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert!(!has_header(&response, "retry-after"));
+    assert!(header(&response, "request-id").starts_with("req_"));
+    assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+    assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-a");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(
+        body["error"]["details"]["error_code"],
+        "enforced_spend_limit_reached"
+    );
+    let message = body["error"]["message"].as_str().expect("message");
+    let resumes = message
+        .strip_prefix(
+            "Your organization has reached its monthly spend limit. Access resumes at 00:00 UTC on ",
+        )
+        .and_then(|rest| rest.strip_suffix('.'))
+        .unwrap_or_else(|| panic!("{message}"));
+    let resumes: jiff::Timestamp = resumes.parse().expect("RFC 3339");
+    let resumes = resumes.to_zoned(jiff::tz::TimeZone::UTC);
+    assert_eq!((resumes.day(), resumes.hour(), resumes.minute()), (1, 0, 0));
+    assert!(resumes.timestamp() > jiff::Timestamp::now());
+
+    // Batch creates too; reading batches is not spending.
+    let response = post_as(
+        &client,
+        format!("{base}/v1/messages/batches"),
+        "sk-a2",
+        &batch_body(1),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert!(!has_header(&response, "retry-after"));
+    let response = get_as(&client, format!("{base}/v1/messages/batches"), "sk-a2").await;
+    assert_eq!(response.status(), 200);
+
+    let response = post_as(
+        &client,
+        format!("{base}/v1/messages"),
+        "sk-b",
+        &message_body(),
+    )
+    .await;
+    assert_eq!(response.status(), 200, "B has not reached its cap");
+
+    fake.set_spend_cap_reached("org-a", false);
+    let response = post_as(
+        &client,
+        format!("{base}/v1/messages"),
+        "sk-a1",
+        &message_body(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let a = fake.org_stats("org-a");
+    assert_eq!((a.rate_limited_429, a.messages_accepted), (2, 1));
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_a_401_and_its_orgs_other_key_still_works() {
+    let fake = start(two_orgs(100)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    fake.revoke_key("sk-a1");
+    let response = post_as(&client, url.clone(), "sk-a1", &message_body()).await;
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "authentication_error");
+    assert_eq!(body["error"]["message"], "invalid x-api-key");
+    let response = get_as(
+        &client,
+        format!("{}/v1/messages/batches", fake.base_url()),
+        "sk-a1",
+    )
+    .await;
+    assert_eq!(response.status(), 401, "as a Bearer token too");
+    let response = post_as(&client, url, "sk-a2", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_429_carries_none_of_the_apis_headers() {
+    let fake = start(FakeConfig {
+        faults: Faults {
+            gateway_429: 1.0,
+            ..Faults::default()
+        },
+        ..two_orgs(100)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let response = post_as(
+        &client,
+        format!("{}/v1/messages", fake.base_url()),
+        "sk-a1",
+        &message_body(),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "retry-after"), "1");
+    assert!(!has_header(&response, "request-id"));
+    let anthropic: Vec<_> = response
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("anthropic-"))
+        .collect();
+    assert!(anthropic.is_empty(), "{anthropic:?}");
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body.get("type").is_none() && body.get("request_id").is_none(),
+        "{body}"
+    );
+    assert!(body["error"]["message"].is_string(), "{body}");
+    let stats = fake.stats();
+    assert_eq!((stats.rate_limited_429, stats.messages_accepted), (1, 0));
+    assert_eq!(stats.input_tokens, 0);
+    assert_eq!(fake.org_stats("org-a").rate_limited_429, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_orgs_every_answer_names_the_implicit_org() {
+    let fake = start(FakeConfig {
+        api_key: Some("sk-test".into()),
+        ..with_limits(100)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let response = post(&client, url.clone(), &message_body())
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "anthropic-organization-id"),
+        ORGANIZATION_ID
+    );
+    assert_eq!(
+        header(&response, "anthropic-workspace-id"),
+        DEFAULT_WORKSPACE_ID
+    );
+    assert!(header(&response, "request-id").starts_with("req_"));
+    // Even a 401 (as before there were organizations).
+    let response = post_as(&client, url, "sk-other", &message_body()).await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        header(&response, "anthropic-organization-id"),
+        ORGANIZATION_ID
+    );
+    assert!(header(&response, "request-id").starts_with("req_"));
+    let stats = fake.stats();
+    assert!(stats.orgs.is_empty());
+    let remote: Value = reqwest::get(format!("{}/_fake/stats", fake.base_url()))
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("json");
+    assert!(remote.get("orgs").is_none(), "{remote}");
+    assert_eq!(fake.org_stats(ORGANIZATION_ID).messages_accepted, 1);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_load_generator_drains_the_org_of_its_key() {
+    let fake = start(two_orgs(3)).await;
+    let spec = LoadSpec {
+        base_url: fake.base_url(),
+        api_key: "sk-a1".to_string(),
+        model: "claude-sonnet-4-6".to_string(),
+        rpm: 600.0,
+        duration: Duration::from_millis(800),
+        max_tokens: 50,
+        prompt_chars: 100,
+    };
+    let report = run_load(spec, tokio_util::sync::CancellationToken::new()).await;
+    assert_eq!(report.ok, 3, "{report:?}");
+    assert!(report.rate_limited_429 >= 4, "{report:?}");
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    let response = post_as(&client, url.clone(), "sk-a2", &message_body()).await;
+    assert_eq!(response.status(), 429, "A's other key finds A drained");
+    let response = post_as(&client, url, "sk-b", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn orgs_giving_a_key_twice_are_refused_at_start() {
+    let config = FakeConfig {
+        orgs: vec![FakeOrg::new("a", ["k"]), FakeOrg::new("b", ["k"])],
+        ..FakeConfig::default()
+    };
+    let error = FakeApi::start(config, "127.0.0.1:0".parse().expect("valid address"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+}

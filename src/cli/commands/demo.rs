@@ -45,6 +45,7 @@ pub fn fake_config_from_args(args: &FakeApiArgs) -> FakeConfig {
             ..Default::default()
         },
         seed: args.seed,
+        orgs: args.orgs.clone(),
         ..FakeConfig::default()
     }
 }

@@ -18,9 +18,14 @@ pub fn run(args: &FakeApiArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("starting the fake API on {addr}"))?;
         outln!("fake Claude API listening on {}", fake.base_url());
+        for org in &args.orgs {
+            outln!("organization {}: keys {}", org.id, org.keys.join(", "));
+        }
+        let key = args.orgs.first().and_then(|o| o.keys.first());
         outln!(
-            "use it with: ANTHROPIC_BASE_URL={} ANTHROPIC_API_KEY=any",
-            fake.base_url()
+            "use it with: ANTHROPIC_BASE_URL={} ANTHROPIC_API_KEY={}",
+            fake.base_url(),
+            key.map_or("any", String::as_str)
         );
         shutdown_signal().await;
         fake.shutdown().await;
@@ -35,12 +40,35 @@ mod tests {
 
     use crate::cli::args::{Cli, Command};
 
-    fn limits_of(args: &[&str]) -> Option<crate::fake_api::FakeLimits> {
-        let cli = Cli::try_parse_from([&["nightshift", "fake-api"], args].concat()).expect("args");
+    fn config_of(args: &[&str]) -> Result<crate::fake_api::FakeConfig, clap::Error> {
+        let cli = Cli::try_parse_from([&["nightshift", "fake-api"], args].concat())?;
         let Command::FakeApi(args) = cli.command else {
             panic!("not fake-api")
         };
-        super::fake_config_from_args(&args).limits
+        Ok(super::fake_config_from_args(&args))
+    }
+
+    fn limits_of(args: &[&str]) -> Option<crate::fake_api::FakeLimits> {
+        config_of(args).expect("args").limits
+    }
+
+    #[test]
+    fn each_org_option_is_an_org_with_its_keys() {
+        use crate::fake_api::FakeOrg;
+        assert!(config_of(&[]).expect("args").orgs.is_empty());
+        let config =
+            config_of(&["--org", "org-a=sk-a1,sk-a2", "--org", "org-b=sk-b"]).expect("args");
+        assert_eq!(
+            config.orgs,
+            [
+                FakeOrg::new("org-a", ["sk-a1", "sk-a2"]),
+                FakeOrg::new("org-b", ["sk-b"])
+            ]
+        );
+        assert_eq!(config.orgs[1].workspace_id, "wrkspc_org-b");
+        for bad in ["org-a", "=sk", "org-a=", "org-a=sk,,sk2"] {
+            assert!(config_of(&["--org", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]
