@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::common::*;
 use nightshift::fake_api::{BatchSettings, FakeConfig, Faults};
 
+/// The fake's one organization and workspace: the key its quota is published under.
+const ORG: &str = "6d1f2c3a-8b4e-4f5a-9c7d-0e1f2a3b4c5d/wrkspc_fake_default";
+
 /// The value of the sample `series` (name and labels exactly as rendered).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -95,13 +98,17 @@ async fn metrics_serve_items_calls_tokens_cost_buckets_and_batches() {
     assert_eq!(
         sample(
             &text,
-            "nightshift_quota_limit_per_minute{class=\"claude-haiku-5-5\",dim=\"requests\"}"
+            &format!(
+                "nightshift_quota_limit_per_minute{{organization=\"{ORG}\",class=\"claude-haiku-5-5\",dim=\"requests\"}}"
+            )
         ),
         Some(6000.0),
         "{text}"
     );
     assert!(
-        text.contains("nightshift_quota_level{class=\"claude-haiku-5-5\",dim=\"input_tokens\"}"),
+        text.contains(&format!(
+            "nightshift_quota_level{{organization=\"{ORG}\",class=\"claude-haiku-5-5\",dim=\"input_tokens\"}}"
+        )),
         "{text}"
     );
     assert_eq!(
