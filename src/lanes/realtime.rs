@@ -521,10 +521,10 @@ impl RealtimeLane {
     /// what it learned for the next start, and the routes, every few seconds.
     pub async fn publish_quota(self, stop: CancellationToken) {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.cancelled() => return,
-            }
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                _ = stop.cancelled() => true,
+            };
             let (groups, learned) = {
                 let mut routing = crate::lock(&self.routing);
                 (
@@ -580,6 +580,10 @@ impl RealtimeLane {
                 tracing::debug!(error = %e, "could not publish the quota state");
             }
             self.publish_routes().await;
+            // Once more at the stop: the next start resumes from the latest.
+            if stopping {
+                return;
+            }
         }
     }
 
@@ -595,7 +599,10 @@ impl RealtimeLane {
         let sent = client.send_message(&dispatch.params).await;
         let (outcome, origin) = (sent.outcome, sent.origin);
         self.calls.count(&dispatch.model, &outcome);
-        let verdict = self.settle(&dispatch, &choice, &outcome, &origin);
+        let (verdict, learned) = self.settle(&dispatch, &choice, &outcome, &origin);
+        if learned {
+            self.publish_routes().await;
+        }
         self.follow_reachability(choice.route, &outcome, choice.probe)
             .await;
         if let Some(verdict) = &verdict {
@@ -667,14 +674,15 @@ impl RealtimeLane {
     }
 
     /// Settles the call's quota in the organization that admitted it, learns the route's
-    /// organization from the answer, and judges who owns a throttle or a refusal.
+    /// organization from the answer (true: it just did), and judges who owns a throttle or a
+    /// refusal.
     fn settle(
         &self,
         dispatch: &Dispatch,
         choice: &Choice,
         outcome: &Outcome,
         origin: &Origin,
-    ) -> Option<Verdict> {
+    ) -> (Option<Verdict>, bool) {
         let now = Instant::now();
         let no_headers = Default::default();
         let mut routing = crate::lock(&self.routing);
@@ -762,19 +770,20 @@ impl RealtimeLane {
             }
         };
         let ran = matches!(outcome, Outcome::Succeeded { .. });
-        if let Some(label) = routing.learn(
+        let learned = routing.learn(
             choice.route,
             origin.organization_id.as_deref(),
             origin.workspace_id.as_deref(),
             ran,
-        ) {
+        );
+        if let Some(label) = &learned {
             tracing::info!(
                 route = routing.route_name(choice.route),
                 organization = %label.key(),
                 "the route's answers name its organization; routes of one organization share its limits"
             );
         }
-        verdict
+        (verdict, learned.is_some())
     }
 }
 

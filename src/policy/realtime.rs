@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 
-use super::outcome::{AttemptRecord, BLOCKED_WAIT, ItemUpdate};
+use super::outcome::{AttemptRecord, ItemUpdate};
 use crate::model::answer::Outcome;
 use crate::model::results;
 use crate::model::state::{AttemptOutcome, ItemState};
@@ -111,8 +111,10 @@ pub fn decide(
             record.outcome = AttemptOutcome::Blocked;
             record.http_status = Some(*status);
             record.error = Some(message.clone());
+            // The refusal is the route's (or its organization's), not the item's: the route is
+            // paused, and the item may go at once on another route its tenant may use.
             ItemUpdate::Retry {
-                not_before: now + ms(BLOCKED_WAIT),
+                not_before: now,
                 failed: false,
             }
         }

@@ -103,6 +103,11 @@ impl TestEnv {
         ))
     }
 
+    /// Runs the daemon in this process with a key per route (`[routes.<name>]` in the config).
+    pub fn start_daemon_with_keys(&self, keys: nightshift::api::RouteKeys) -> InProcessDaemon {
+        InProcessDaemon(nightshift::daemon::spawn(self.config(), keys))
+    }
+
     /// Starts the real binary's daemon (`nightshift run`), logs to files in the temp dir.
     pub fn spawn_binary_daemon(&self, key: &str, log_name: &str) -> Child {
         self.spawn_binary_daemon_with(key, log_name, &[])

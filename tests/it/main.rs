@@ -20,6 +20,7 @@ mod plan;
 mod preflight;
 mod quota;
 mod restart;
+mod routes;
 mod schedules;
 mod sdk;
 mod secrets;
