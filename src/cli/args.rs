@@ -372,7 +372,9 @@ pub enum BenchCommand {
     /// The quota controller against tier-like limits, alone and beside interactive traffic:
     /// throughput on the binding dimension as a % of the limit, 429s on both sides.
     Quota {
-        /// `tier1` (50 RPM / 30,000 ITPM / 8,000 OTPM) or `fast`; both when left out.
+        /// `tier1` (50 RPM / 30,000 ITPM / 8,000 OTPM), `fast`, or either across two
+        /// organizations (`tier1-two-orgs`, `fast-two-orgs`: three routes, two of them keys of
+        /// the first organization); every profile when left out.
         #[arg(long)]
         profile: Option<String>,
         /// Seconds each run lasts (the reserve's cost shrinks over minutes).

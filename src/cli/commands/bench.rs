@@ -159,9 +159,12 @@ pub struct Profile {
     pub burst_secs: f64,
     /// The fake's answer latency.
     pub latency: Duration,
+    /// Organizations, each with these limits: with two, nightshift runs three routes (two keys
+    /// of the first organization, one of the second) and the interactive load draws on the first.
+    pub orgs: u64,
 }
 
-pub const PROFILES: [Profile; 2] = [
+pub const PROFILES: [Profile; 4] = [
     // The old Tier 1 for Sonnet 4.x: 50 RPM / 30,000 ITPM / 8,000 OTPM.
     Profile {
         name: "tier1",
@@ -170,6 +173,7 @@ pub const PROFILES: [Profile; 2] = [
         otpm: 8_000,
         burst_secs: 10.0,
         latency: Duration::from_millis(800),
+        orgs: 1,
     },
     Profile {
         name: "fast",
@@ -178,8 +182,37 @@ pub const PROFILES: [Profile; 2] = [
         otpm: 120_000,
         burst_secs: 5.0,
         latency: Duration::from_millis(400),
+        orgs: 1,
+    },
+    // The same limits in each of two organizations: what both allow together is the measure.
+    Profile {
+        name: "tier1-two-orgs",
+        rpm: 50,
+        itpm: 30_000,
+        otpm: 8_000,
+        burst_secs: 10.0,
+        latency: Duration::from_millis(800),
+        orgs: 2,
+    },
+    Profile {
+        name: "fast-two-orgs",
+        rpm: 1_200,
+        itpm: 400_000,
+        otpm: 120_000,
+        burst_secs: 5.0,
+        latency: Duration::from_millis(400),
+        orgs: 2,
     },
 ];
+
+/// The keys of a two-organization run: routes a1 and a2 on the first organization, b on the
+/// second; the interactive load's key is the first organization's too.
+const TWO_ORG_ROUTES: [(&str, &str, usize); 3] = [
+    ("a1", "sk-bench-quota-org-a-one", 0),
+    ("a2", "sk-bench-quota-org-a-two", 0),
+    ("b", "sk-bench-quota-org-b-one", 1),
+];
+const TWO_ORG_IDS: [&str; 2] = ["org-a", "org-b"];
 
 /// What the cache did in a run of `bench cache`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -209,6 +242,9 @@ pub struct QuotaRun {
     pub nightshift_calls: u64,
     pub nightshift_429: u64,
     pub interactive: Option<crate::fake_api::LoadReport>,
+    /// With several organizations: (organization, nightshift's calls answered, 429s on it,
+    /// including the interactive load's).
+    pub per_org: Vec<(String, u64, u64)>,
     /// `bench cache` only.
     pub cache: Option<CacheRun>,
 }
@@ -220,7 +256,10 @@ pub async fn quota_runs(profile: Option<&str>, secs: u64, both_rules: bool) -> a
         .into_iter()
         .filter(|p| profile.is_none_or(|want| want == p.name))
         .collect();
-    anyhow::ensure!(!profiles.is_empty(), "unknown profile; use tier1 or fast");
+    anyhow::ensure!(
+        !profiles.is_empty(),
+        "unknown profile; use tier1, fast, tier1-two-orgs or fast-two-orgs"
+    );
     let rules: &[bool] = if both_rules { &[false, true] } else { &[false] };
     for p in profiles {
         for &rule in rules {
@@ -328,8 +367,29 @@ pub async fn quota(
         otpm: profile.otpm,
         burst_seconds: profile.burst_secs,
     };
+    let two_orgs = profile.orgs == 2;
+    let orgs = if two_orgs {
+        TWO_ORG_IDS
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let mut keys: Vec<&str> = TWO_ORG_ROUTES
+                    .iter()
+                    .filter(|(_, _, org)| *org == i)
+                    .map(|(_, key, _)| *key)
+                    .collect();
+                if i == 0 {
+                    keys.push(INTERACTIVE_KEY);
+                }
+                crate::fake_api::FakeOrg::new(*id, keys)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let fake = FakeApi::start(
         FakeConfig {
+            orgs,
             limits: Some(limits),
             latency: profile.latency,
             otpm_rule: if max_tokens_rule {
@@ -347,17 +407,27 @@ pub async fn quota(
         &config_path,
         format!(
             "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n[api]\nbase_url = \"{}\"\n[realtime]\nconcurrency = 64\n\
-             [daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 30\n[limits.default]\nrpm = {}\nitpm = {}\notpm = {}\n",
+             [daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 30\n[limits.default]\nrpm = {}\nitpm = {}\notpm = {}\n{}",
             fake.base_url(),
             profile.rpm,
             profile.itpm,
-            profile.otpm
+            profile.otpm,
+            if two_orgs {
+                TWO_ORG_ROUTES
+                    .iter()
+                    .map(|(name, _, _)| {
+                        format!("[routes.{name}]\nkey_env = \"NIGHTSHIFT_BENCH_{name}\"\n")
+                    })
+                    .collect::<String>()
+            } else {
+                String::new()
+            }
         ),
     )?;
     let config = Config::load(&config_path, &Default::default())?;
     std::fs::create_dir_all(&config.jobs_dir)?;
     // More work than the run can do: the limits, not the job, must be what stops it.
-    let items = (profile.rpm * secs / 60) * 2 + 50;
+    let items = (profile.rpm * profile.orgs * secs / 60) * 2 + 50;
     let file = dir.path().join("quota.jsonl");
     {
         let mut out = BufWriter::new(std::fs::File::create(&file)?);
@@ -367,7 +437,16 @@ pub async fn quota(
         out.flush()?;
     }
     let started = Instant::now();
-    let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench-quota-key").into());
+    let keys = if two_orgs {
+        crate::api::RouteKeys::from_pairs(
+            TWO_ORG_ROUTES
+                .iter()
+                .map(|(name, key, _)| (*name, ApiKey::new(*key))),
+        )
+    } else {
+        ApiKey::new("sk-bench-quota-key").into()
+    };
+    let daemon = daemon::spawn(config.clone(), keys);
     std::fs::rename(&file, config.jobs_dir.join("quota.jsonl"))?;
     let interactive_rpm = if interactive {
         profile.rpm as f64 * 0.2
@@ -378,7 +457,7 @@ pub async fn quota(
         tokio::spawn(run_load(
             LoadSpec {
                 base_url: fake.base_url(),
-                api_key: "sk-interactive-app".into(),
+                api_key: INTERACTIVE_KEY.into(),
                 model: job.model().into(),
                 rpm: interactive_rpm,
                 duration: Duration::from_secs(secs),
@@ -396,6 +475,27 @@ pub async fn quota(
         None => None,
     };
     let stats = fake.stats();
+    let per_org = if two_orgs {
+        TWO_ORG_IDS
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let org = fake.org_stats(id);
+                let interactive_ok = if i == 0 {
+                    interactive_report.as_ref().map_or(0, |r| r.ok)
+                } else {
+                    0
+                };
+                (
+                    (*id).to_owned(),
+                    org.messages_accepted.saturating_sub(interactive_ok),
+                    org.rate_limited_429,
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     fake.shutdown().await;
     let (i_ok, i_429, i_in, i_out) = interactive_report.as_ref().map_or((0, 0, 0, 0), |r| {
         (r.ok, r.rate_limited_429, r.input_tokens, r.output_tokens)
@@ -450,8 +550,10 @@ pub async fn quota(
     .into_iter()
     .enumerate()
     {
+        // Each organization's bucket, full at the start, plus its refill over the run.
         let capacity = (limit as f64 * profile.burst_secs / 60.0).max(1.0);
-        let allowed = capacity + limit as f64 / 60.0 * elapsed - interactive_used[i] as f64;
+        let allowed = (capacity + limit as f64 / 60.0 * elapsed) * profile.orgs as f64
+            - interactive_used[i] as f64;
         let percent = used[i] as f64 / allowed * 100.0;
         if percent > binding_percent {
             binding = name.to_owned();
@@ -474,15 +576,27 @@ pub async fn quota(
         nightshift_calls: used[0] + stats.rate_limited_429.saturating_sub(i_429),
         nightshift_429: stats.rate_limited_429.saturating_sub(i_429),
         interactive: interactive_report,
+        per_org,
         cache,
     })
 }
 
+/// The interactive load's key (on the first organization when there are two).
+const INTERACTIVE_KEY: &str = "sk-interactive-app";
+
 impl QuotaRun {
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "profile {} ({} output rule), {:.0} s, {}:\n",
+            "profile {}{} ({} output rule), {:.0} s, {}:\n",
             self.profile,
+            if self.per_org.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} organizations, their limits added up; routes a1 and a2 are two keys of org-a)",
+                    self.per_org.len()
+                )
+            },
             self.otpm_rule,
             self.seconds,
             if self.interactive.is_some() {
@@ -505,6 +619,11 @@ impl QuotaRun {
             self.nightshift_calls,
             self.nightshift_429 as f64 / self.nightshift_calls.max(1) as f64 * 100.0
         ));
+        for (org, calls, throttled) in &self.per_org {
+            out.push_str(&format!(
+                "  {org}: nightshift's calls answered {calls}, 429s on the organization {throttled}\n"
+            ));
+        }
         if let Some(c) = &self.cache {
             out.push_str(&format!(
                 "  cache: {:.0} input tokens a minute in all (input, writes and reads) against {} ITPM; \
