@@ -129,8 +129,9 @@ impl RealtimeLane {
             .map(Priority::rank)
             .collect();
         let mut admitted: Vec<(i64, Choice, OwnedSemaphorePermit)> = Vec::new();
-        // Models the quota holds back are left out of the next look, so they cannot starve others.
-        let mut held: Vec<String> = Vec::new();
+        // A tenant's models its routes hold back are left out of the next look, so they cannot
+        // starve the others (another tenant may have other routes).
+        let mut held: Vec<(String, String)> = Vec::new();
         // Cached prefixes another call is writing: their items are left out of the next look too.
         let mut waiting: Vec<i64> = Vec::new();
         let mut next_try: Option<Instant> = None;
@@ -172,7 +173,8 @@ impl RealtimeLane {
                 let mut routing = crate::lock(&self.routing);
                 let now = Instant::now();
                 for item in &ready {
-                    if held.contains(&item.model) {
+                    let pair = (item.tenant.clone(), item.model.clone());
+                    if held.contains(&pair) {
                         continue;
                     }
                     let priority = Priority::from_rank(item.priority);
@@ -212,7 +214,7 @@ impl RealtimeLane {
                     match routing.choose(&item.tenant, &request, now) {
                         Ok(choice) => admitted.push((item.id, choice, permit)),
                         Err(at) => {
-                            held.push(item.model.clone());
+                            held.push(pair);
                             next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
                         }
                     }

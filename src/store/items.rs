@@ -162,21 +162,17 @@ pub struct ReadyItem {
 }
 
 /// Pending real-time items whose backoff has passed, highest priority first, then in line order,
-/// leaving out models in `skip` (held by the quota), so they cannot starve the others, priority
-/// classes in `closed_ranks` (outside their time window), and items marking a cached prefix in
-/// `waiting_prefixes` (another call is writing it).
+/// leaving out (tenant, model) pairs in `skip` (no route of the tenant can take the model now),
+/// so they cannot starve the others, priority classes in `closed_ranks` (outside their time
+/// window), and items marking a cached prefix in `waiting_prefixes` (another call is writing it).
 pub fn ready_realtime(
     conn: &Connection,
     now: i64,
     limit: i64,
-    skip: &[String],
+    skip: &[(String, String)],
     closed_ranks: &[i64],
     waiting_prefixes: &[i64],
 ) -> Result<Vec<ReadyItem>> {
-    let placeholders = (0..skip.len())
-        .map(|i| format!("?{}", i + 5))
-        .collect::<Vec<_>>()
-        .join(", ");
     let sql = format!(
         "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms, tenant
          FROM items
@@ -185,9 +181,9 @@ pub fn ready_realtime(
            AND (cache_key IS NULL OR cache_key NOT IN (SELECT value FROM json_each(?4))) {}
          ORDER BY priority, id LIMIT ?2",
         if skip.is_empty() {
-            String::new()
+            ""
         } else {
-            format!("AND model NOT IN ({placeholders})")
+            "AND (tenant, model) NOT IN (SELECT value ->> 0, value ->> 1 FROM json_each(?5))"
         }
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -196,8 +192,11 @@ pub fn ready_realtime(
     let open = crate::policy::window::open_ranks(closed_ranks);
     let open = serde_json::to_string(&open).unwrap_or_else(|_| "[]".into());
     let waiting = serde_json::to_string(waiting_prefixes).unwrap_or_else(|_| "[]".into());
+    let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
     let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open, &waiting];
-    values.extend(skip.iter().map(|m| m as &dyn rusqlite::ToSql));
+    if skip != "[]" {
+        values.push(&skip);
+    }
     let rows = stmt.query_map(values.as_slice(), |r| {
         Ok(ReadyItem {
             id: r.get(0)?,
@@ -663,6 +662,24 @@ mod tests {
             "the repeat's line is named by its file line: {}",
             unwritten[0].line
         );
+    }
+
+    #[test]
+    fn a_tenants_held_model_does_not_hold_back_another_tenants_items() {
+        let conn = test_connection();
+        let line = |id: &str, tenant: &str| {
+            format!(
+                r#"{{"custom_id":"{id}","tenant":"{tenant}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":5,"messages":[{{"role":"user","content":"q"}}]}}}}"#
+            )
+        };
+        let lines = [line("a", "acme"), line("b", "beta"), line("c", "acme")];
+        crate::store::test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let held = [("acme".to_owned(), "claude-haiku-5-5".to_owned())];
+        let ready = ready_realtime(&conn, i64::MAX, 10, &held, &[], &[]).expect("ready");
+        let tenants: Vec<&str> = ready.iter().map(|r| r.tenant.as_str()).collect();
+        assert_eq!(tenants, ["beta"]);
+        let all = ready_realtime(&conn, i64::MAX, 10, &[], &[], &[]).expect("ready");
+        assert_eq!(all.len(), 3);
     }
 
     #[test]
