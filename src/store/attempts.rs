@@ -112,6 +112,8 @@ pub fn cost(
 pub struct Call {
     pub attempt: i64,
     pub lane: String,
+    /// The route it went on (a batch item's: its batch's route).
+    pub route: Option<String>,
     pub model: Option<String>,
     /// Unix ms.
     pub started_at: i64,
@@ -131,9 +133,10 @@ pub struct Call {
 /// Every call of an item, first first.
 pub fn of_item(conn: &Connection, item_id: i64) -> Result<Vec<Call>> {
     let mut stmt = conn.prepare(
-        "SELECT attempt, lane, model, started_at, finished_at, outcome, http_status, request_id,
-                retry_after_ms, error, input_tokens, output_tokens
-         FROM attempts WHERE item_id = ?1 ORDER BY id",
+        "SELECT a.attempt, a.lane, a.model, a.started_at, a.finished_at, a.outcome, a.http_status,
+                a.request_id, a.retry_after_ms, a.error, a.input_tokens, a.output_tokens,
+                COALESCE(a.route, (SELECT b.route FROM batches b WHERE b.api_id = a.request_id))
+         FROM attempts a WHERE a.item_id = ?1 ORDER BY a.id",
     )?;
     let rows = stmt.query_map([item_id], |r| {
         Ok(Call {
@@ -149,6 +152,7 @@ pub fn of_item(conn: &Connection, item_id: i64) -> Result<Vec<Call>> {
             error: r.get(9)?,
             input_tokens: r.get(10)?,
             output_tokens: r.get(11)?,
+            route: r.get(12)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

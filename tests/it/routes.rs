@@ -362,6 +362,27 @@ async fn a_refused_key_pauses_only_its_route() {
     assert_eq!(state("a1")["owner"], "key");
     assert_eq!(state("a2")["state"], "active", "{limits}");
     assert_eq!(state("b")["state"], "active", "{limits}");
+    // Each call keeps its route: the item's refused call on a1, its answer on another.
+    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("db");
+    let refused_item: String = conn
+        .query_row(
+            "SELECT i.custom_id FROM attempts a JOIN items i ON i.id = a.item_id WHERE a.route = 'a1' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a call went on a1 and was refused");
+    let item = json_of(env.cli(&["item", "refused", &refused_item, "--json"]));
+    let routes: Vec<&str> = item["calls"]
+        .as_array()
+        .expect("calls")
+        .iter()
+        .map(|c| c["route"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(routes.first(), Some(&"a1"), "{item}");
+    assert!(
+        matches!(routes.last(), Some(&("a2" | "b"))),
+        "answered on another route: {item}"
+    );
     let by_route = calls_by_route(&env);
     assert_eq!(by_route.get("a1"), None, "{by_route:?}");
     assert!(by_route.get("a2").copied().unwrap_or(0) > 0, "{by_route:?}");

@@ -166,6 +166,7 @@ impl ItemReport {
                 [
                     "#",
                     "LANE",
+                    "ROUTE",
                     "STARTED",
                     "OUTCOME",
                     "HTTP",
@@ -180,6 +181,7 @@ impl ItemReport {
                 rows.push(vec![
                     c.attempt.to_string(),
                     c.lane.clone(),
+                    c.route.clone().unwrap_or_else(|| "-".into()),
                     format_time(c.started_at),
                     c.outcome.clone().unwrap_or_else(|| "in flight".into()),
                     c.http_status.map_or("-".into(), |s| s.to_string()),
