@@ -308,6 +308,7 @@ pub async fn run(
         batch_wake: batch_wake.clone(),
         calls: calls.clone(),
         idle_probes: Default::default(),
+        tenants_without_route: Default::default(),
         health: board.clone(),
     };
     let verdict_path = config.data_dir.join(reload::VERDICT_FILE);

@@ -23,7 +23,9 @@ pub const RESULTS: &str = "results";
 pub const API: &str = "api";
 /// The config file: the last reload refused it (the one before stays in force).
 pub const CONFIG: &str = "config";
-pub const PARTS: [&str; 4] = [STORE, RESULTS, API, CONFIG];
+/// The routes: a tenant with items that no route allows.
+pub const ROUTES: &str = "routes";
+pub const PARTS: [&str; 5] = [STORE, RESULTS, API, CONFIG, ROUTES];
 
 /// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -174,6 +174,11 @@ impl Routing {
         id
     }
 
+    /// Whether any route allows `tenant` (paused or not).
+    pub fn serves(&self, tenant: &str) -> bool {
+        self.routes.iter().any(|r| r.spec.allows(tenant))
+    }
+
     pub fn route_names(&self) -> Vec<&str> {
         self.routes.iter().map(|r| r.spec.name.as_str()).collect()
     }

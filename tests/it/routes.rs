@@ -419,3 +419,41 @@ async fn a_429_without_the_apis_headers_is_the_gateways() {
         "{owners:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_no_route_allows_waits_and_status_says_so() {
+    let env = TestEnv::new(
+        two_orgs(limits(6000, 2.0), 5),
+        "[routes.a]\nkey_env = \"NS_TEST_A\"\ntenants = [\"acme\"]\n",
+    )
+    .await;
+    let line = |id: &str, tenant: &str| {
+        format!(
+            r#"{{"custom_id":"{id}","tenant":"{tenant}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":16,"messages":[{{"role":"user","content":"q {id}"}}]}}}}"#
+        )
+    };
+    let body = format!("{}\n{}\n", line("acme-1", "acme"), line("beta-1", "beta"));
+    env.write_job("tenants", body.as_bytes());
+    let daemon = env.start_daemon_with_keys(keys(&[("a", KEY_A1)]));
+    env.wait_succeeded("tenants", 1, Duration::from_secs(60))
+        .await;
+    let mut trouble = Value::Null;
+    for _ in 0..100 {
+        trouble = env.status_json()["daemon"]["health"]["troubles"]["routes"].clone();
+        if !trouble.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = env.job_json("tenants");
+    daemon.stop().await;
+    assert!(
+        trouble["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("beta"),
+        "{trouble}"
+    );
+    assert_eq!(job["counts"]["succeeded"], 1, "{job}");
+    assert_eq!(job["counts"]["pending"], 1, "beta's item waits: {job}");
+}
