@@ -20,6 +20,7 @@ mod plan;
 mod preflight;
 mod quota;
 mod restart;
+mod routes_batch;
 mod schedules;
 mod sdk;
 mod secrets;
