@@ -6,9 +6,11 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::classify::parse_retry_after;
+use super::classify::{origin, parse_retry_after, spend_cap};
 use super::{ApiClient, error_chain};
+use crate::model::answer::Origin;
 use crate::model::batch::{ApiState, BatchCounts};
+use crate::policy::outcome::account_blocked;
 
 /// A Message Batch as the API describes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,10 +65,18 @@ pub enum BatchCall<T> {
         maybe_done: bool,
         message: String,
     },
-    /// The API refused it (4xx other than 429).
+    /// The API refused it (4xx other than 429, and not [`BatchCall::Blocked`]).
     Refused {
         status: u16,
         message: String,
+    },
+    /// The API refuses the route's account or key (401, 403, the usage limit's 400, the spend
+    /// cap's 429; see [`crate::policy::outcome::account_blocked`]): every call of the route
+    /// would be refused alike. `origin`: who answered, for the owner's verdict.
+    Blocked {
+        status: u16,
+        message: String,
+        origin: Origin,
     },
 }
 
@@ -177,10 +187,22 @@ async fn batch_call<T: serde::de::DeserializeOwned>(
 }
 
 fn batch_failure<T>(status: u16, headers: &HeaderMap, body: &[u8]) -> BatchCall<T> {
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let message = json
+        .as_ref()
         .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("HTTP {status}"));
+    let error_code = json
+        .as_ref()
+        .and_then(|v| v["error"]["details"]["error_code"].as_str())
+        .unwrap_or_default();
+    if account_blocked(status, &message, spend_cap(error_code)) {
+        return BatchCall::Blocked {
+            status,
+            message,
+            origin: origin(headers),
+        };
+    }
     match status {
         429 => BatchCall::Wait {
             retry_after: parse_retry_after(headers, SystemTime::now()),
@@ -191,5 +213,62 @@ fn batch_failure<T>(status: u16, headers: &HeaderMap, body: &[u8]) -> BatchCall<
             message: format!("HTTP {status}: {message}"),
         },
         _ => BatchCall::Refused { status, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn answer(status: u16, body: &str, request_id: bool) -> BatchCall<ApiBatch> {
+        let mut headers = HeaderMap::new();
+        if request_id {
+            headers.insert("request-id", HeaderValue::from_static("req_1"));
+            headers.insert(
+                "anthropic-organization-id",
+                HeaderValue::from_static("org-a"),
+            );
+        }
+        batch_failure(status, &headers, body.as_bytes())
+    }
+
+    #[test]
+    fn a_refused_account_is_blocked_and_says_who_answered() {
+        let cap = r#"{"type":"error","error":{"type":"rate_limit_error","message":"cap","details":{"error_code":"enforced_spend_limit_reached"}}}"#;
+        match answer(429, cap, true) {
+            BatchCall::Blocked {
+                status: 429,
+                message,
+                origin,
+            } => {
+                assert_eq!(message, "cap");
+                assert!(origin.anthropic);
+                assert_eq!(origin.organization_id.as_deref(), Some("org-a"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let slow = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        assert!(matches!(answer(429, slow, true), BatchCall::Wait { .. }));
+        let key = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        assert!(matches!(
+            answer(401, key, false),
+            BatchCall::Blocked { status: 401, origin, .. } if !origin.anthropic
+        ));
+        let usage = r#"{"type":"error","error":{"type":"invalid_request_error","message":"You have reached your specified API usage limits."}}"#;
+        assert!(matches!(
+            answer(400, usage, true),
+            BatchCall::Blocked { status: 400, .. }
+        ));
+        let gone =
+            r#"{"type":"error","error":{"type":"not_found_error","message":"no such batch"}}"#;
+        assert!(matches!(
+            answer(404, gone, true),
+            BatchCall::Refused { status: 404, .. }
+        ));
+        assert!(matches!(
+            answer(400, "not json", true),
+            BatchCall::Refused { status: 400, .. }
+        ));
     }
 }

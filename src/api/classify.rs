@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::model::answer::{DimHeaders, Origin, Outcome, RateLimitHeaders, Usage};
-use crate::policy::outcome::usage_limit_reached;
+use crate::policy::outcome::account_blocked;
 
 /// The `anthropic-ratelimit-*` headers of an answer; values past any plausible limit are dropped.
 pub fn rate_limit_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
@@ -97,6 +97,11 @@ struct MessageHead {
     usage: Usage,
 }
 
+/// Whether an error's `error.details.error_code` names the tier's spend cap.
+pub fn spend_cap(error_code: &str) -> bool {
+    error_code == "enforced_spend_limit_reached"
+}
+
 /// Classifies an answer. Pure: the lane's decisions are tested through it.
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Outcome {
     let request_id = headers
@@ -138,7 +143,9 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
         .unwrap_or_default();
     let should_retry = headers.get("x-should-retry").and_then(|v| v.to_str().ok());
     match status {
-        429 if error_code == "enforced_spend_limit_reached" => Outcome::Blocked {
+        // A refused key, a usage limit or the spend cap stops every call alike: pause, do not
+        // fail each item.
+        _ if account_blocked(status, &message, spend_cap(error_code)) => Outcome::Blocked {
             status,
             request_id,
             message,
@@ -148,17 +155,6 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8], now: SystemTime) 
             request_id,
             message,
             limits,
-        },
-        // A refused key stops every call alike: pause, do not fail each item.
-        401 | 403 => Outcome::Blocked {
-            status,
-            request_id,
-            message,
-        },
-        400 if usage_limit_reached(&message) => Outcome::Blocked {
-            status,
-            request_id,
-            message,
         },
         _ if should_retry == Some("false") => Outcome::Fatal {
             status,

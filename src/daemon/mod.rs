@@ -247,8 +247,6 @@ pub async fn run(
     .with_hook(config.on_job_done.clone());
     writer.recover().await?;
 
-    // The batch lane creates batches on the first route (per route: issue 16, next step).
-    let client = clients[0].clone();
     // What a reload (SIGHUP) may change: limits, reserve, budgets, prices.
     let live_config = Live::new(config.clone());
     let limits_for_rpm = live_config.clone();
@@ -256,20 +254,6 @@ pub async fn run(
         Arc::new(move |model: &str| limits_for_rpm.get().limits_for(model).rpm);
     let batch_wake = Arc::new(Notify::new());
     let rules = Live::new(Rules::from_config(&config));
-    let batch_lane = BatchLane {
-        store: store.clone(),
-        client: client.clone(),
-        settings: config.batch.clone(),
-        max_attempts: config.realtime.max_attempts,
-        rpm_for: rpm_for.clone(),
-        rules: rules.clone(),
-        wake: batch_wake.clone(),
-        realtime_wake: work_wake.clone(),
-        results_wake: results_wake.clone(),
-        staging_dir: config.staging_dir(),
-        shapes: Default::default(),
-        preflight_on: Arc::new(std::sync::atomic::AtomicBool::new(config.batch.preflight)),
-    };
     let limits_config = live_config.clone();
     let quota_settings = QuotaSettings {
         reserve: config.quota.reserve,
@@ -297,6 +281,23 @@ pub async fn run(
     restore_routing(&store, &mut routing, &clients).await;
     let routing = Arc::new(Mutex::new(routing));
     let clients = Arc::new(clients);
+    // Both lanes share the routes: a batch is created on a route its items may use and followed
+    // with that route's key; a pause either lane makes holds both back.
+    let batch_lane = BatchLane {
+        store: store.clone(),
+        clients: clients.clone(),
+        routing: routing.clone(),
+        settings: config.batch.clone(),
+        max_attempts: config.realtime.max_attempts,
+        rpm_for: rpm_for.clone(),
+        rules: rules.clone(),
+        wake: batch_wake.clone(),
+        realtime_wake: work_wake.clone(),
+        results_wake: results_wake.clone(),
+        staging_dir: config.staging_dir(),
+        shapes: Default::default(),
+        preflight_on: Arc::new(std::sync::atomic::AtomicBool::new(config.batch.preflight)),
+    };
     let lane = RealtimeLane {
         store: store.clone(),
         clients: clients.clone(),

@@ -708,6 +708,7 @@ mod tests {
                 state: "ended".into(),
                 counts: Default::default(),
                 age_secs: 30,
+                route: "default".into(),
             }],
             results_file: "r.jsonl".into(),
             cache_hit_rate: Some(0.9),

@@ -340,9 +340,20 @@ mod tests {
         let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         // Room for 3 batch worst cases of about $0.0076.
         let rules = rules(0.025, CapAction::Defer);
-        let batch = apply::pack(&conn, job_id, 100, 1 << 20, &rules, NOW)
-            .expect("pack")
-            .expect("a batch");
+        let batch = apply::pack(
+            &conn,
+            job_id,
+            &crate::store::batches::PackRoute {
+                name: "default",
+                tenants: None,
+            },
+            100,
+            1 << 20,
+            &rules,
+            NOW,
+        )
+        .expect("pack")
+        .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 3);
         assert!(
             batches::waiting_jobs(&conn, NOW, &[], 100_000)

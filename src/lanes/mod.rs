@@ -5,6 +5,7 @@
 //! - [`admission`]: budget admission, in the transaction that sends an item.
 //! - [`realtime`]: paced real-time calls; [`calls`] counts them for the metrics.
 //! - [`batch`]: the Message Batches lane.
+//! - [`routes`]: what both lanes share of the routes (learning, pausing, publishing).
 //! - [`results`]: the results files.
 //! - [`schedules`]: recurring jobs fired into the jobs folder.
 
@@ -16,4 +17,5 @@ pub mod hooks;
 pub mod intake;
 pub mod realtime;
 pub mod results;
+pub mod routes;
 pub mod schedules;

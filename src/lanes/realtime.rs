@@ -18,11 +18,11 @@ use crate::model::answer::{Origin, Outcome};
 use crate::model::job::Priority;
 use crate::model::state::{AttemptOutcome, Lane};
 use crate::policy::circuit;
-use crate::policy::outcome::{AttemptRecord, BLOCKED_WAIT, ItemUpdate};
-use crate::policy::owner::{self, Owner, Verdict};
+use crate::policy::outcome::{AttemptRecord, ItemUpdate};
+use crate::policy::owner::{self, Verdict};
 use crate::policy::quota::{Answer, Request as QuotaRequest};
 use crate::policy::realtime::{Attempt, backoff_delay, decide};
-use crate::policy::routing::{Choice, Pause, Routing};
+use crate::policy::routing::{Choice, Routing};
 use crate::policy::window::Gate;
 use crate::store::items::{self, Dispatch};
 use crate::store::quota::ThrottleEvent;
@@ -345,78 +345,22 @@ impl RealtimeLane {
         );
     }
 
-    /// Pauses a route (a refused key), or every route of its organization (a spend cap, a usage
-    /// limit), until the reset the verdict names or for [`BLOCKED_WAIT`]: sending more cannot
-    /// succeed until then. The next call after it is the probe. Said in the log and `status`.
+    /// Pauses what the verdict names (see [`crate::lanes::routes::pause`]).
     async fn pause(&self, route: usize, verdict: &Verdict) {
-        let now_wall = now_ms();
-        let wait = verdict
-            .reset_at_ms
-            .map(|at| Duration::from_millis((at - now_wall).max(0) as u64))
-            .filter(|w| !w.is_zero())
-            .unwrap_or(BLOCKED_WAIT);
-        let pause = Pause {
-            until: Instant::now() + wait,
-            reason: verdict.evidence.clone(),
-            owner: verdict.owner,
-        };
-        let paused = {
-            let mut routing = crate::lock(&self.routing);
-            match verdict.owner {
-                Owner::Key => {
-                    routing.pause_route(route, pause);
-                    vec![route]
-                }
-                _ => routing.pause_organization(route, pause),
-            }
-        };
-        let names: Vec<&str> = paused
-            .iter()
-            .map(|i| self.clients[*i].route_name())
-            .collect();
-        tracing::error!(
-            routes = %names.join(", "),
-            owner = verdict.owner.as_str(),
-            reason = %verdict.evidence,
-            wait_secs = wait.as_secs(),
-            "the API refuses these routes' calls; the real-time lane pauses them (their work goes to the other routes)"
-        );
-        self.publish_routes().await;
+        crate::lanes::routes::pause(
+            &self.store,
+            &self.clients,
+            &self.routing,
+            route,
+            verdict,
+            "real-time",
+        )
+        .await;
     }
 
     /// Writes every route's state for `status`, `limits` and `diagnose`.
     pub async fn publish_routes(&self) {
-        let (snapshot, now) = (crate::lock(&self.routing).routes(Instant::now()), now_ms());
-        let rows: Vec<crate::store::routes::RouteRow> = snapshot
-            .into_iter()
-            .zip(self.clients.iter())
-            .map(|(r, client)| crate::store::routes::RouteRow {
-                name: r.name,
-                key_id: client.key_id().to_owned(),
-                host: client.host().to_owned(),
-                organization_id: r.organization,
-                workspace_id: r.workspace,
-                grp: r.group,
-                state: r.state.to_owned(),
-                reason: r.reason,
-                owner: r.owner.map(str::to_owned),
-                until: r.for_secs.map(|s| now + (s * 1000.0) as i64),
-                updated_at: now,
-            })
-            .collect();
-        let names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
-        let saved = self
-            .store
-            .call(move |c| {
-                for row in &rows {
-                    crate::store::routes::save(c, row)?;
-                }
-                crate::store::routes::keep_only(c, &names)
-            })
-            .await;
-        if let Err(e) = saved {
-            tracing::debug!(error = %e, "could not publish the routes");
-        }
+        crate::lanes::routes::publish(&self.store, &self.clients, &self.routing).await;
     }
 
     /// Opens a route's circuit after a few calls in a row could not reach it, closes it at the
@@ -800,20 +744,8 @@ impl RealtimeLane {
             }
         };
         let ran = matches!(outcome, Outcome::Succeeded { .. });
-        let learned = routing.learn(
-            choice.route,
-            origin.organization_id.as_deref(),
-            origin.workspace_id.as_deref(),
-            ran,
-        );
-        if let Some(label) = &learned {
-            tracing::info!(
-                route = routing.route_name(choice.route),
-                organization = %label.key(),
-                "the route's answers name its organization; routes of one organization share its limits"
-            );
-        }
-        (verdict, learned.is_some())
+        let learned = crate::lanes::routes::learn(&mut routing, choice.route, origin, ran);
+        (verdict, learned)
     }
 }
 

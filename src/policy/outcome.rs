@@ -18,10 +18,17 @@ pub fn usage_limit_reached(message: &str) -> bool {
         || message.contains("credit balance is too low")
 }
 
-/// Whether a refusal stops every call of the account alike (key refused, usage limit), so a
-/// lane should pause rather than fail items.
-pub fn account_blocked(status: u16, message: &str) -> bool {
-    (401..=403).contains(&status) || (status == 400 && usage_limit_reached(message))
+/// Whether a refusal stops every call of the account alike (key refused, usage limit, the tier's
+/// spend cap: a 429 whose `error.details.error_code` is `enforced_spend_limit_reached`, said by
+/// `spend_cap`), so a lane should pause the route rather than fail items. Both lanes' answers are
+/// read by it (`api::classify` for Messages, `api::batches` for the batch endpoints).
+pub fn account_blocked(status: u16, message: &str, spend_cap: bool) -> bool {
+    match status {
+        401 | 403 => true,
+        400 => usage_limit_reached(message),
+        429 => spend_cap,
+        _ => false,
+    }
 }
 
 /// What a finished attempt did to its item.
@@ -58,12 +65,22 @@ mod tests {
     #[test]
     fn an_empty_credit_balance_blocks_the_account() {
         let credit = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.";
-        assert!(account_blocked(400, credit));
+        assert!(account_blocked(400, credit, false));
         assert!(account_blocked(
             400,
-            "You have reached your specified API usage limits."
+            "You have reached your specified API usage limits.",
+            false
         ));
-        assert!(!account_blocked(400, "messages.0.content: Field required"));
-        assert!(account_blocked(401, "invalid x-api-key"));
+        assert!(!account_blocked(
+            400,
+            "messages.0.content: Field required",
+            false
+        ));
+        assert!(account_blocked(401, "invalid x-api-key", false));
+        assert!(account_blocked(403, "forbidden", false));
+        // A 429 blocks only as the spend cap; any other is a rate limit, waited out.
+        assert!(account_blocked(429, "spend cap", true));
+        assert!(!account_blocked(429, "slow down", false));
+        assert!(!account_blocked(404, "not found", false));
     }
 }

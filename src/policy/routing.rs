@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::model::answer::{RateLimitHeaders, Usage};
 use crate::policy::circuit::{self, Circuit};
-use crate::policy::owner::Owner;
+use crate::policy::outcome::BLOCKED_WAIT;
+use crate::policy::owner::{Owner, Verdict};
 use crate::policy::quota::cache_book::Prediction;
 use crate::policy::quota::{
     Answer, ClassSnapshot, Configured, Learned, Quota, QuotaSettings, Request, Ticket,
@@ -83,6 +84,24 @@ pub struct Pause {
     pub until: Instant,
     pub reason: String,
     pub owner: Owner,
+}
+
+impl Pause {
+    /// The pause a refusal's verdict calls for: until the reset it names (spend cap, usage
+    /// limit), else for [`BLOCKED_WAIT`] (a person must act; the next call after it is the
+    /// probe). `now_ms`: wall-clock UTC, which the reset is given in.
+    pub fn after(verdict: &Verdict, now: Instant, now_ms: i64) -> Pause {
+        let wait = verdict
+            .reset_at_ms
+            .map(|at| Duration::from_millis((at - now_ms).max(0) as u64))
+            .filter(|w| !w.is_zero())
+            .unwrap_or(BLOCKED_WAIT);
+        Pause {
+            until: now + wait,
+            reason: verdict.evidence.clone(),
+            owner: verdict.owner,
+        }
+    }
 }
 
 struct Route {
@@ -425,6 +444,43 @@ impl Routing {
         let routes = &self.routes;
         self.groups
             .retain(|id, g| routes.iter().any(|r| r.group == *id) || g.quota.in_flight() > 0);
+    }
+
+    /// Pauses what a refusal's verdict names: the route alone when its key was refused, else
+    /// every route of its organization (a spend cap, a usage limit). Returns the routes paused.
+    pub fn pause(&mut self, route: usize, pause: Pause) -> Vec<usize> {
+        match pause.owner {
+            Owner::Key => {
+                self.pause_route(route, pause);
+                vec![route]
+            }
+            _ => self.pause_organization(route, pause),
+        }
+    }
+
+    /// Whether `route` may take calls now: neither paused nor unreachable (what
+    /// [`Routing::routes`] shows as `paused` or `unreachable`). A route answering a storm of
+    /// 529s, or still learning its organization, may.
+    pub fn usable(&self, route: usize, now: Instant) -> bool {
+        let r = &self.routes[route];
+        r.pause.as_ref().is_none_or(|p| p.until <= now)
+            && matches!(r.circuit.gate(now), circuit::Gate::Send)
+    }
+
+    /// Whether `tenant` may use `route`.
+    pub fn allows(&self, route: usize, tenant: &str) -> bool {
+        self.routes[route].spec.allows(tenant)
+    }
+
+    /// The tenants that may use `route`; `None`: everyone.
+    pub fn tenants(&self, route: usize) -> Option<&[String]> {
+        self.routes[route].spec.tenants.as_deref()
+    }
+
+    /// Whether two routes are known to share one organization (and workspace): routes whose
+    /// organization is not known yet share with none.
+    pub fn same_organization(&self, a: usize, b: usize) -> bool {
+        a == b || self.routes[a].group == self.routes[b].group
     }
 
     /// Pauses one route (its key was refused) until `until`.
@@ -773,6 +829,82 @@ mod tests {
             let c = r.choose("t", &request(), now).expect("org-2 takes it");
             assert_eq!(r.route_name(c.route), "c");
         }
+    }
+
+    #[test]
+    fn a_route_is_usable_unless_paused_or_unreachable_and_allows_its_tenants() {
+        let mut r = routing(&[("a", None), ("b", Some(&["beta"]))]);
+        let now = Instant::now();
+        assert!(
+            r.usable(0, now) && r.usable(1, now),
+            "learning routes may be used"
+        );
+        assert!(r.allows(0, "acme") && r.allows(0, "beta"));
+        assert!(!r.allows(1, "acme") && r.allows(1, "beta"));
+        assert_eq!(r.tenants(0), None);
+        assert_eq!(r.tenants(1), Some(&["beta".to_owned()][..]));
+        // Paused: not usable until the pause ends.
+        r.pause_route(
+            0,
+            Pause {
+                until: now + Duration::from_secs(60),
+                reason: "key".into(),
+                owner: Owner::Key,
+            },
+        );
+        assert!(!r.usable(0, now) && r.usable(1, now));
+        assert!(r.usable(0, now + Duration::from_secs(60)));
+        // Unreachable: not usable while its circuit is open.
+        for _ in 0..circuit::OPEN_AFTER {
+            r.circuit(1).unreachable(now, 0.5, false);
+        }
+        assert_eq!(r.routes(now)[1].state, "unreachable");
+        assert!(!r.usable(1, now));
+        r.circuit(1).reached();
+        assert!(r.usable(1, now));
+        // A storm makes a route go last, not unusable.
+        for _ in 0..STORM_CALLS {
+            r.storm(1, now);
+        }
+        assert!(r.usable(1, now));
+    }
+
+    #[test]
+    fn a_verdict_pauses_the_route_or_its_organization_until_its_reset() {
+        let mut r = routing(&[("a", None), ("b", None), ("c", None)]);
+        let now = Instant::now();
+        assert!(!r.same_organization(0, 1), "not known yet: each its own");
+        for (route, org) in [(0, "org-1"), (1, "org-1"), (2, "org-2")] {
+            r.learn(route, Some(org), None, true);
+        }
+        assert!(r.same_organization(0, 1) && !r.same_organization(0, 2));
+        let key = Verdict {
+            owner: Owner::Key,
+            evidence: "HTTP 401: the key was refused".into(),
+            reset_at_ms: None,
+        };
+        let pause = Pause::after(&key, now, 1_000);
+        assert_eq!(pause.until, now + BLOCKED_WAIT, "no reset named");
+        assert_eq!(r.pause(1, pause), vec![1], "a refused key pauses its route");
+        assert!(r.usable(0, now) && !r.usable(1, now));
+        let cap = Verdict {
+            owner: Owner::SpendCap,
+            evidence: "429 enforced_spend_limit_reached".into(),
+            reset_at_ms: Some(1_000 + 3_600_000),
+        };
+        let pause = Pause::after(&cap, now, 1_000);
+        assert_eq!(
+            pause.until,
+            now + Duration::from_secs(3600),
+            "until the reset"
+        );
+        assert_eq!(r.pause(0, pause), vec![0, 1], "the whole organization");
+        let states = r.routes(now);
+        assert_eq!(
+            (states[0].state, states[0].owner),
+            ("paused", Some("spend_cap"))
+        );
+        assert!(!r.usable(0, now) && r.usable(2, now));
     }
 
     #[test]

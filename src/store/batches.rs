@@ -115,12 +115,15 @@ pub struct BatchRow {
     pub results_applied_at: Option<i64>,
     pub cancel_requested: bool,
     pub error: Option<String>,
+    /// The route it was packed for and is created on: every later call for it (poll, results,
+    /// cancel, the list searched to reconcile it) goes with that route's key.
+    pub route: String,
 }
 
 const COLUMNS: &str = "b.id, b.job_id, j.name, b.api_id, b.state, b.request_count, b.intent_at, b.api_created_at, \
      b.ended_at, b.processing, b.succeeded, b.errored, b.canceled, b.expired, b.create_unknown, \
      b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error, \
-     b.create_sent_at, b.refusals";
+     b.create_sent_at, b.refusals, b.route";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
     Ok(BatchRow {
@@ -148,6 +151,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
         error: r.get(19)?,
         create_sent_at: r.get(20)?,
         refusals: r.get(21)?,
+        route: r.get(22)?,
     })
 }
 
@@ -295,6 +299,22 @@ pub type PackCursor = (i64, i64);
 /// The cursor before every item.
 pub const PACK_START: PackCursor = (i64::MIN, i64::MIN);
 
+/// The route a batch is packed for: its name, and the tenants whose items it may take (`None`:
+/// everyone's).
+#[derive(Debug, Clone, Copy)]
+pub struct PackRoute<'a> {
+    pub name: &'a str,
+    pub tenants: Option<&'a [String]>,
+}
+
+impl PackRoute<'_> {
+    /// The tenants as the packing query takes them: a JSON array, or NULL for everyone.
+    fn tenants_json(&self) -> Option<String> {
+        self.tenants
+            .map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()))
+    }
+}
+
 /// A waiting batch item, for packing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackCandidate {
@@ -304,48 +324,58 @@ pub struct PackCandidate {
     pub cursor: PackCursor,
 }
 
-/// Waiting batch items of a job in one priority class after `after`, at most `limit`: in prefix
-/// order (the items sharing a cached prefix side by side, so they go in the same batch and read
-/// what the first of them wrote), then line order.
+/// Waiting batch items of a job in one priority class after `after`, at most `limit`, of the
+/// tenants `route` allows: in prefix order (the items sharing a cached prefix side by side, so
+/// they go in the same batch and read what the first of them wrote), then line order.
 pub fn pack_candidates(
     conn: &Connection,
     job_id: i64,
+    route: &PackRoute<'_>,
     rank: i64,
     after: PackCursor,
     limit: i64,
     now: i64,
 ) -> Result<Vec<PackCandidate>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, pack_key
-         FROM items
-         WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
-           AND parked = 0 AND not_before <= ?3 AND (pack_key, id) > (?4, ?6)
-         ORDER BY pack_key, id LIMIT ?2",
+    let mut stmt = conn.prepare_cached(PACK_CANDIDATES)?;
+    let tenants = route.tenants_json();
+    let rows = stmt.query_map(
+        params![job_id, limit, now, after.0, rank, after.1, tenants],
+        |r| {
+            let id = r.get(0)?;
+            Ok(PackCandidate {
+                id,
+                size: r.get(1)?,
+                cursor: (r.get(2)?, id),
+            })
+        },
     )?;
-    let rows = stmt.query_map(params![job_id, limit, now, after.0, rank, after.1], |r| {
-        let id = r.get(0)?;
-        Ok(PackCandidate {
-            id,
-            size: r.get(1)?,
-            cursor: (r.get(2)?, id),
-        })
-    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
+
+/// [`pack_candidates`]' statement: the job, the limit, now, the cursor's prefix key, the class,
+/// the cursor's id, the tenants (a JSON array, NULL for everyone).
+const PACK_CANDIDATES: &str =
+    "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, pack_key
+     FROM items
+     WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
+       AND parked = 0 AND not_before <= ?3 AND (pack_key, id) > (?4, ?6)
+       AND (?7 IS NULL OR tenant IN (SELECT value FROM json_each(?7)))
+     ORDER BY pack_key, id LIMIT ?2";
 
 /// Records a new batch of `items` in state `submitting` (the intent, before the create call); the
 /// items go in flight, each with an open attempt. Returns the batch's local id.
 pub fn create_intent(
     conn: &Connection,
     job_id: i64,
+    route: &str,
     items: &[i64],
     bytes: i64,
     now: i64,
 ) -> Result<i64> {
     conn.execute(
-        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at)
-         VALUES (?1, 'submitting', ?2, ?3, ?4, ?4)",
-        params![job_id, items.len() as i64, bytes, now],
+        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, route)
+         VALUES (?1, 'submitting', ?2, ?3, ?4, ?4, ?5)",
+        params![job_id, items.len() as i64, bytes, now, route],
     )?;
     let batch_id = conn.last_insert_rowid();
     let mut mark = conn.prepare_cached(
@@ -353,12 +383,12 @@ pub fn create_intent(
          WHERE id = ?1",
     )?;
     let mut attempt = conn.prepare_cached(
-        "INSERT INTO attempts (item_id, attempt, lane, model, started_at)
-         SELECT id, attempts, 'batch', model, ?2 FROM items WHERE id = ?1",
+        "INSERT INTO attempts (item_id, attempt, lane, model, started_at, route)
+         SELECT id, attempts, 'batch', model, ?2, ?3 FROM items WHERE id = ?1",
     )?;
     for id in items {
         mark.execute(params![id, batch_id, now])?;
-        attempt.execute(params![id, now])?;
+        attempt.execute(params![id, now, route])?;
     }
     Ok(batch_id)
 }
@@ -375,12 +405,13 @@ pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Op
     let job_id: i64 = conn
         .prepare_cached("SELECT job_id FROM batches WHERE id = ?1")?
         .query_row([batch_id], |r| r.get(0))?;
-    // A cancel that came while the refused create was under way holds for both halves.
+    // A cancel that came while the refused create was under way holds for both halves; both
+    // stay on the batch's route.
     conn.execute(
         "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, error,
-                              cancel_requested)
-         VALUES (?1, 'submitting', ?2, 0, ?3, ?3, ?4,
-                 (SELECT cancel_requested FROM batches WHERE id = ?5))",
+                              cancel_requested, route)
+         SELECT ?1, 'submitting', ?2, 0, ?3, ?3, ?4, cancel_requested, route
+         FROM batches WHERE id = ?5",
         params![job_id, moved.len() as i64, now, why, batch_id],
     )?;
     let half = conn.last_insert_rowid();
@@ -733,6 +764,98 @@ pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
 mod tests {
     use super::*;
     use crate::store::test_plan as plan;
+
+    fn line(id: &str, tenant: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","tenant":"{tenant}","mode":"batch","params":{{"model":"m","max_tokens":5,"messages":[{{"role":"user","content":"q"}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_route_packs_only_the_tenants_it_allows_and_its_batch_and_attempts_name_it() {
+        let conn = crate::store::test_connection();
+        let lines = [
+            line("a1", "acme"),
+            line("b1", "beta"),
+            line("a2", "acme"),
+            line("g1", "gamma"),
+        ];
+        let job =
+            crate::store::test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let rank: i64 = conn
+            .query_row("SELECT priority FROM items LIMIT 1", [], |r| r.get(0))
+            .expect("rank");
+        let ids = |route: &PackRoute<'_>| -> Vec<String> {
+            pack_candidates(&conn, job, route, rank, PACK_START, 10, i64::MAX)
+                .expect("candidates")
+                .into_iter()
+                .map(|c| {
+                    conn.query_row("SELECT custom_id FROM items WHERE id = ?1", [c.id], |r| {
+                        r.get(0)
+                    })
+                    .expect("custom_id")
+                })
+                .collect()
+        };
+        let everyone = PackRoute {
+            name: "a",
+            tenants: None,
+        };
+        assert_eq!(ids(&everyone), ["a1", "b1", "a2", "g1"]);
+        let some = ["acme".to_owned(), "gamma".to_owned()];
+        let acme_gamma = PackRoute {
+            name: "b",
+            tenants: Some(&some),
+        };
+        assert_eq!(ids(&acme_gamma), ["a1", "a2", "g1"]);
+        let nobody = PackRoute {
+            name: "c",
+            tenants: Some(&[]),
+        };
+        assert!(ids(&nobody).is_empty());
+        // The intent names its route, and so does each item's attempt.
+        let items: Vec<i64> = pack_candidates(&conn, job, &acme_gamma, rank, PACK_START, 10, 0)
+            .expect("candidates")
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        let batch = create_intent(&conn, job, "b", &items, 100, 5).expect("intent");
+        let row = open(&conn)
+            .expect("open")
+            .into_iter()
+            .find(|b| b.id == batch);
+        assert_eq!(row.expect("the batch").route, "b");
+        let routes: Vec<Option<String>> = conn
+            .prepare("SELECT route FROM attempts ORDER BY id")
+            .expect("attempts")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("routes");
+        assert_eq!(routes, vec![Some("b".to_owned()); 3]);
+        // Its halves stay on its route.
+        let half = split(&conn, batch, "HTTP 400", 6)
+            .expect("split")
+            .expect("a half");
+        let halves: Vec<String> = open(&conn)
+            .expect("open")
+            .into_iter()
+            .filter(|b| b.id == batch || b.id == half)
+            .map(|b| b.route)
+            .collect();
+        assert_eq!(halves, ["b", "b"]);
+    }
+
+    #[test]
+    fn packing_for_some_tenants_seeks_the_waiting_items_index() {
+        let conn = crate::store::test_connection();
+        let steps = plan(&conn, PACK_CANDIDATES).join("; ");
+        assert!(
+            steps.contains("items_waiting_batch_prefix (job_id=? AND priority=? AND pack_key>?)"),
+            "{steps}"
+        );
+        assert!(!steps.contains("TEMP B-TREE"), "{steps}");
+    }
 
     #[test]
     fn a_group_of_results_looks_each_item_and_attempt_up_never_scans_them() {

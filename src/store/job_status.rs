@@ -160,6 +160,8 @@ pub struct BatchStatus {
     pub counts: BatchCounts,
     /// Seconds since the batch was packed.
     pub age_secs: i64,
+    /// The route it belongs to (created, polled and fetched with that route's key).
+    pub route: String,
 }
 
 fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> Result<&'static str> {
@@ -209,6 +211,7 @@ pub fn job_status(
                 state: b.state.as_str().to_owned(),
                 counts,
                 age_secs: (now - b.intent_at) / 1000,
+                route: b.route,
             }
         })
         .collect();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nightshift::api::ApiKey;
+use nightshift::api::{ApiKey, RouteKeys};
 use nightshift::cli::views::status::JobStatus;
 use nightshift::config::Config;
 use nightshift::fake_api::{FakeApi, FakeConfig};
@@ -103,8 +103,9 @@ impl TestEnv {
         ))
     }
 
-    /// Runs the daemon in this process with a key per route (`[routes.<name>]` in the config).
-    pub fn start_daemon_with_keys(&self, keys: nightshift::api::RouteKeys) -> InProcessDaemon {
+    /// Runs the daemon in this process with a key per route (`[routes]` in the config) until the
+    /// returned handle is stopped.
+    pub fn start_daemon_with_keys(&self, keys: RouteKeys) -> InProcessDaemon {
         InProcessDaemon(nightshift::daemon::spawn(self.config(), keys))
     }
 

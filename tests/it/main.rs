@@ -21,6 +21,7 @@ mod preflight;
 mod quota;
 mod restart;
 mod routes;
+mod routes_batch;
 mod schedules;
 mod sdk;
 mod secrets;

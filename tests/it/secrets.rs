@@ -78,7 +78,7 @@ async fn the_key_leaks_nowhere() {
     assert!(daemon.wait().expect("reaped").success());
     let log2 = std::fs::read_to_string(env.dir.path().join("daemon2.log")).expect("log");
     assert!(
-        log2.contains("real-time lane pauses"),
+        log2.contains("refuses these routes' real-time calls; both lanes pause them"),
         "the pause is logged"
     );
 

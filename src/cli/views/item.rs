@@ -38,6 +38,8 @@ pub struct ItemBatch {
     /// The API's id (`msgbatch_…`), null until the create call answered.
     pub id: Option<String>,
     pub state: String,
+    /// The route it belongs to.
+    pub route: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,6 +66,7 @@ pub fn item(conn: &Connection, job: &str, custom_id: &str) -> anyhow::Result<Ite
             .map(|b| ItemBatch {
                 id: b.api_id,
                 state: b.state.as_str().to_owned(),
+                route: b.route,
             }),
         None => None,
     };
@@ -140,9 +143,14 @@ impl ItemReport {
         if let Some(b) = &self.batch {
             let _ = writeln!(
                 out,
-                "batch      {} ({})",
+                "batch      {} ({}{})",
                 b.id.as_deref().unwrap_or("(being created)"),
-                b.state
+                b.state,
+                if b.route == crate::config::DEFAULT_ROUTE {
+                    String::new()
+                } else {
+                    format!(", route {}", b.route)
+                }
             );
         }
         let _ = writeln!(

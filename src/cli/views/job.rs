@@ -247,8 +247,16 @@ impl JobReport {
                 .map(String::from)
                 .to_vec(),
             ];
+            // With routes, the route each batch belongs to (a config without them has one).
+            let routes = s
+                .batches
+                .iter()
+                .any(|b| b.route != crate::config::DEFAULT_ROUTE);
+            if routes {
+                rows[0].push("ROUTE".into());
+            }
             for b in &s.batches {
-                rows.push(vec![
+                let mut row = vec![
                     b.id.clone().unwrap_or_else(|| "(creating)".into()),
                     b.state.clone(),
                     b.counts.total().to_string(),
@@ -258,7 +266,11 @@ impl JobReport {
                     b.counts.expired.to_string(),
                     b.counts.canceled.to_string(),
                     format_age(b.age_secs),
-                ]);
+                ];
+                if routes {
+                    row.push(b.route.clone());
+                }
+                rows.push(row);
             }
             for line in table(&rows).lines() {
                 let _ = writeln!(out, "           {line}");

@@ -27,13 +27,15 @@ pub struct Replan<'a> {
 }
 
 /// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
-/// bodies) into a new batch in state `submitting`: the intent, recorded before the create call.
+/// bodies) into a new batch in state `submitting` on `route`, of the tenants it allows: the
+/// intent, recorded before the create call.
 /// Each item is first checked against its tenant's budget (which reserves its worst case, or
 /// rejects, downgrades or defers it; see [`admission`]).
 /// The items go in flight, each with an open attempt. Returns the batch's local id.
 pub fn pack(
     conn: &Connection,
     job_id: i64,
+    route: &batches::PackRoute<'_>,
     max_requests: i64,
     max_bytes: i64,
     rules: &Rules,
@@ -55,7 +57,8 @@ pub fn pack(
             if limit <= 0 {
                 break 'fill;
             }
-            let candidates = batches::pack_candidates(conn, job_id, rank, after, limit, now)?;
+            let candidates =
+                batches::pack_candidates(conn, job_id, route, rank, after, limit, now)?;
             let mut stopped = 0;
             for batches::PackCandidate { id, size, cursor } in candidates {
                 if !chosen.is_empty() && bytes + size > max_bytes {
@@ -85,7 +88,7 @@ pub fn pack(
     if chosen.is_empty() {
         return Ok(None);
     }
-    batches::create_intent(conn, job_id, &chosen, bytes, now).map(Some)
+    batches::create_intent(conn, job_id, route.name, &chosen, bytes, now).map(Some)
 }
 
 /// Judges result lines of a batch (`lines`: each with the item its custom_id names, see
@@ -260,6 +263,9 @@ pub enum Failure {
     /// The API refused to create it (a 4xx other than 429). `counts`: whether that uses up an
     /// attempt of each (not when the batch was too large).
     Refused { counts: bool },
+    /// It was not created: its route refuses the account or key, or is paused. Its items go
+    /// back to be packed for another route; no attempt is used up.
+    RouteBlocked,
 }
 
 /// Marks a batch failed and sends its items in flight back to the planner, each recorded with
@@ -274,6 +280,11 @@ pub fn fail_batch(
     let (outcome, why, counts) = match failure {
         Failure::Unreadable => (AttemptOutcome::Unknown, "its batch could not be read", true),
         Failure::Refused { counts } => (AttemptOutcome::Fatal, "the batch was refused", counts),
+        Failure::RouteBlocked => (
+            AttemptOutcome::Blocked,
+            "the batch was not created on its route",
+            false,
+        ),
     };
     batches::mark_failed(conn, batch_id, error, replan.now)?;
     for item_id in batches::in_flight_items(conn, batch_id)? {
@@ -461,6 +472,12 @@ mod tests {
     use super::*;
     use crate::store::{test_connection, test_job};
 
+    /// The one route of a config without `[routes]`, which every tenant may use.
+    const EVERYONE: batches::PackRoute<'static> = batches::PackRoute {
+        name: "default",
+        tenants: None,
+    };
+
     const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
 
     #[test]
@@ -501,7 +518,7 @@ mod tests {
             3,
             "capped"
         );
-        let batch = pack(&conn, job_id, 100, 1 << 20, &rules, 5)
+        let batch = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &rules, 5)
             .expect("pack")
             .expect("a batch");
         let ids: Vec<String> = batches::requests(&conn, batch)
@@ -514,7 +531,7 @@ mod tests {
             vec!["h1", "h2"],
             "the nightly items wait for their window"
         );
-        let batch = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+        let batch = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
             .expect("pack")
             .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 2);
@@ -541,8 +558,16 @@ mod tests {
         let conn = test_connection();
         let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         let mut packed: Vec<Vec<String>> = Vec::new();
-        while let Some(batch) =
-            pack(&conn, job_id, 4, 1 << 20, &Rules::default(), i64::MAX).expect("pack")
+        while let Some(batch) = pack(
+            &conn,
+            job_id,
+            &EVERYONE,
+            4,
+            1 << 20,
+            &Rules::default(),
+            i64::MAX,
+        )
+        .expect("pack")
         {
             packed.push(
                 batches::requests(&conn, batch)
@@ -596,7 +621,7 @@ mod tests {
             batches::waiting_jobs(&conn, i64::MAX, &[], 100_000).expect("waiting")[0].waiting,
             1
         );
-        let batch_id = pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+        let batch_id = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
             .expect("pack")
             .expect("a batch");
         let open = batches::open(&conn).expect("open");
@@ -611,7 +636,7 @@ mod tests {
             1
         );
         assert!(
-            pack(&conn, job_id, 100, 1 << 20, &Rules::default(), 5)
+            pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
                 .expect("pack")
                 .is_none(),
             "nothing left"
@@ -708,7 +733,7 @@ mod tests {
     /// A job of `lines`, all packed into one batch: (job, batch).
     fn packed_batch(conn: &Connection, lines: &[&str]) -> (i64, i64) {
         let job_id = test_job(conn, lines);
-        let batch_id = pack(conn, job_id, 1000, 1 << 30, &Rules::default(), 5)
+        let batch_id = pack(conn, job_id, &EVERYONE, 1000, 1 << 30, &Rules::default(), 5)
             .expect("pack")
             .expect("a batch");
         (job_id, batch_id)

@@ -1,7 +1,7 @@
-//! Creating a batch: the intent is recorded first, the create call is flagged before it goes out,
-//! and a call whose answer was lost is looked up in the batch list before another is sent.
-
-use std::time::Instant;
+//! Creating a batch on its route: the intent is recorded first, the create call is flagged before
+//! it goes out, and a call whose answer was lost is looked up in the route's batch list before
+//! another is sent. A route that refuses the account is paused and the batch's items go to
+//! another route.
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,20 +9,24 @@ use super::preflight::Checked;
 use super::{BatchLane, Lane, MAX_LIST_PAGES, Next, RECONCILE_WINDOW_MS, apply};
 use crate::api::batches::{ApiBatch, BatchCall};
 use crate::api::messages::without_stream;
-use crate::policy::outcome::{BLOCKED_WAIT, account_blocked};
+use crate::model::answer::Origin;
+use crate::policy::owner;
 use crate::store::batches::{self, BatchRow};
 use crate::store::now_ms;
 
 impl BatchLane {
+    /// Creates the batch on `route` (its index among the clients), with that route's key.
     pub(super) async fn create(
         &self,
         batch: &BatchRow,
+        route: usize,
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
         let id = batch.id;
+        let client = &self.clients[route];
         let requests = self.store.call(move |c| batches::requests(c, id)).await?;
-        let requests = match self.preflight(id, requests, shutdown).await? {
+        let requests = match self.preflight(id, client, requests, shutdown).await? {
             Checked::Send(requests) => requests,
             Checked::Empty | Checked::Stopped => return Ok(Next::Now),
         };
@@ -52,7 +56,7 @@ impl BatchLane {
         self.store
             .call(move |c| batches::record_create_sending(c, id, sent_at))
             .await?;
-        let Some(answer) = self.call(shutdown, self.client.create_batch(body)).await else {
+        let Some(answer) = self.call(shutdown, client.create_batch(body)).await else {
             return Ok(Next::Now);
         };
         let now = now_ms();
@@ -93,7 +97,59 @@ impl BatchLane {
             BatchCall::Refused { status, message } => {
                 self.create_refused(batch, lane, status, message).await
             }
+            BatchCall::Blocked {
+                status,
+                message,
+                origin,
+            } => {
+                self.create_blocked(batch, route, status, message, origin)
+                    .await
+            }
         }
+    }
+
+    /// The route refuses the account on a create call (a refused key, the spend cap, a usage
+    /// limit): every batch would be refused alike there. Who owns it is judged as the real-time
+    /// lane judges a refused call, the route paused (a key alone, else every route of its
+    /// organization, until the reset the answer names), and the batch, which the answer says
+    /// was not created, gives its items back to be packed for another route. Nothing fails.
+    async fn create_blocked(
+        &self,
+        batch: &BatchRow,
+        route: usize,
+        status: u16,
+        message: String,
+        origin: Origin,
+    ) -> anyhow::Result<Next> {
+        let verdict = owner::judge(
+            &owner::Answered {
+                status,
+                message: &message,
+                // Among the refusals only the spend cap answers 429.
+                spend_cap: status == 429,
+                anthropic: origin.anthropic,
+                retry_after: None,
+            },
+            None,
+            now_ms(),
+        );
+        // Its organization, so the pause reaches every route of it.
+        crate::lanes::routes::learn(&mut crate::lock(&self.routing), route, &origin, false);
+        crate::lanes::routes::pause(
+            &self.store,
+            &self.clients,
+            &self.routing,
+            route,
+            &verdict,
+            "batch",
+        )
+        .await;
+        let why = format!(
+            "route {} refuses the account ({}): HTTP {status}: {message}",
+            batch.route,
+            verdict.owner.as_str()
+        );
+        self.unroute(batch.id, why).await
     }
 
     /// A 4xx other than 429 to a create call.
@@ -106,16 +162,6 @@ impl BatchLane {
     ) -> anyhow::Result<Next> {
         let id = batch.id;
         let error = format!("HTTP {status}: {message}");
-        if account_blocked(status, &message) {
-            // Every batch would be refused alike: pause, keep the batch, fail nothing.
-            tracing::error!(%error, wait_secs = BLOCKED_WAIT.as_secs(), "the API refuses this account's batches; the batch lane pauses");
-            lane.paused_until = Some(Instant::now() + BLOCKED_WAIT);
-            let at = now_ms() + BLOCKED_WAIT.as_millis() as i64;
-            self.store
-                .call(move |c| batches::record_create_retry(c, id, at, false, &error))
-                .await?;
-            return Ok(Next::At(at));
-        }
         if matches!(status, 400 | 422) {
             // Something in the body the API will not take, from one request or a few: find them
             // by halves, never send the refused body again.
@@ -167,13 +213,16 @@ impl BatchLane {
         Ok(Next::Now)
     }
 
-    /// A create call may have reached the API: look for the batch it made before sending again.
+    /// A create call may have reached the API: look for the batch it made, in the list of its
+    /// `route` (which only that route's organization sees), before sending again.
     pub(super) async fn reconcile(
         &self,
         batch: &BatchRow,
+        route: usize,
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
+        let client = &self.clients[route];
         let known = self.store.call(batches::known_api_ids).await?;
         let sent_at = batch.create_sent_at.unwrap_or(batch.intent_at);
         let (from, to) = (sent_at - RECONCILE_WINDOW_MS, sent_at + RECONCILE_WINDOW_MS);
@@ -183,7 +232,7 @@ impl BatchLane {
         for _ in 0..MAX_LIST_PAGES {
             lane.pacer.ready().await;
             let Some(answer) = self
-                .call(shutdown, self.client.list_batches(after.as_deref(), 100))
+                .call(shutdown, client.list_batches(after.as_deref(), 100))
                 .await
             else {
                 return Ok(Next::Now);
@@ -197,7 +246,9 @@ impl BatchLane {
                     let at = now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64);
                     return self.later(batch.id, at, Some(message)).await;
                 }
-                BatchCall::Retry { message, .. } | BatchCall::Refused { message, .. } => {
+                BatchCall::Retry { message, .. }
+                | BatchCall::Refused { message, .. }
+                | BatchCall::Blocked { message, .. } => {
                     tracing::warn!(%message, "listing batches to reconcile failed; will retry");
                     let at = now_ms() + self.settings.poll_min.as_millis() as i64;
                     return self.later(batch.id, at, Some(message)).await;

@@ -2,12 +2,23 @@
 //! create call and the id right after, polls with growing intervals, streams the results and
 //! applies each line idempotently. Expired items and retryable errors go back to the planner.
 //!
+//! Routes: a batch belongs to the route it was packed for, recorded with the intent. Each batch
+//! is packed for the first route in config order that is usable now (not paused, reachable) and
+//! allows the tenants of the items it takes; every later call for it (create, poll, results,
+//! cancel, the list searched to reconcile it) goes with that route's key, as another
+//! organization's key cannot see it. A batch whose route is no longer in the config is left as
+//! it is (said once in the log). When a route refuses the account on a create call (a refused
+//! key, the spend cap, a usage limit), the route is paused (a key alone, else every route of its
+//! organization, for the real-time lane too) and the batch, never created, gives its items back
+//! to be packed for another route.
+//!
 //! Crash safety: just before each create call the batch is flagged `create_unknown` with the time
 //! of the call; only an answer that says nothing was created clears it. A batch still flagged (a
-//! crash mid-call, a lost answer) is looked up in the list endpoint (creation time near the call,
-//! same request count) before anything is sent again, so a crash between the call and recording
-//! the id never makes a second batch. While one batch is unresolved no other create call goes out,
-//! so a match can only be that batch's.
+//! crash mid-call, a lost answer) is looked up in the list endpoint of its route (creation time
+//! near the call, same request count) before anything is sent again, so a crash between the call
+//! and recording the id never makes a second batch. While one batch is unresolved no other create
+//! call goes out on its route, nor on a route known to share its organization (whose batches the
+//! same list shows), so a match can only be that batch's; other routes go on.
 
 pub mod apply;
 mod create;
@@ -16,8 +27,8 @@ mod preflight;
 mod retry;
 pub mod staged;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -29,7 +40,8 @@ use crate::config::{BatchSettings, Live};
 use crate::lanes::admission::Rules;
 use crate::model::state::BatchState;
 use crate::policy::preflight::ShapeVerdict;
-use crate::store::batches::{self, BatchRow};
+use crate::policy::routing::Routing;
+use crate::store::batches::{self, BatchRow, PackRoute};
 use crate::store::{Store, now_ms};
 use apply::Replan;
 
@@ -48,7 +60,11 @@ pub(super) const MAX_REFUSALS: i64 = 5;
 #[derive(Clone)]
 pub struct BatchLane {
     pub store: Store,
-    pub client: ApiClient,
+    /// One client per route, in the order of `routing`'s routes (the config's).
+    pub clients: Arc<Vec<ApiClient>>,
+    /// The routes (shared with the real-time lane): which are usable now, whose tenants they
+    /// take, and their pauses.
+    pub routing: Arc<Mutex<Routing>>,
     pub settings: BatchSettings,
     pub max_attempts: u32,
     pub rpm_for: crate::policy::planner::RpmFor,
@@ -84,8 +100,8 @@ impl Pacer {
 /// The lane's state between rounds.
 pub(super) struct Lane {
     pub(super) pacer: Pacer,
-    /// Set when the API refuses the account: no create calls until then.
-    pub(super) paused_until: Option<Instant>,
+    /// Routes named by batches but no longer in the config, said once in the log.
+    pub(super) lost_routes: HashSet<String>,
     /// Lowered when the API answers 413 to a batch of this size.
     pub(super) max_bytes: i64,
     /// The batch whose results are being applied beside the lane, if any.
@@ -137,7 +153,7 @@ impl BatchLane {
                     .unwrap_or(Duration::from_secs(60)),
                 next: Instant::now(),
             },
-            paused_until: None,
+            lost_routes: HashSet::new(),
             max_bytes: self.settings.max_bytes as i64,
             applying: None,
         };
@@ -289,7 +305,9 @@ impl BatchLane {
         Ok(next)
     }
 
-    /// Packs batches of one job: all it has waiting (`all`), or one full batch.
+    /// Packs batches of one job: all it has waiting (`all`), or one full batch. Each batch goes
+    /// to the first usable route (in config order) with items of the tenants it allows; items
+    /// no usable route allows wait.
     async fn pack_job(
         &self,
         job_id: i64,
@@ -297,21 +315,84 @@ impl BatchLane {
         max_requests: i64,
         max_bytes: i64,
     ) -> anyhow::Result<()> {
+        let routes = self.pack_routes();
         loop {
-            let packed = self
-                .replanning(move |c, r| {
-                    apply::pack(c, job_id, max_requests, max_bytes, r.rules, r.now)
-                })
-                .await?;
-            // A budget may have ended items (rejected) while packing.
-            self.results_wake.notify_one();
-            let Some(batch_id) = packed else { break };
-            tracing::info!(batch = batch_id, "batch packed");
+            let mut packed = None;
+            for (name, tenants) in &routes {
+                let (route, allowed) = (name.clone(), tenants.clone());
+                let found = self
+                    .replanning(move |c, r| {
+                        let route = PackRoute {
+                            name: &route,
+                            tenants: allowed.as_deref(),
+                        };
+                        apply::pack(c, job_id, &route, max_requests, max_bytes, r.rules, r.now)
+                    })
+                    .await?;
+                // A budget may have ended items (rejected) while packing.
+                self.results_wake.notify_one();
+                if let Some(batch_id) = found {
+                    packed = Some((batch_id, name));
+                    break;
+                }
+                if tenants.is_none() {
+                    break; // a route for everyone found nothing: no route after it will
+                }
+            }
+            let Some((batch_id, route)) = packed else {
+                break;
+            };
+            tracing::info!(batch = batch_id, %route, "batch packed");
             if !all {
                 break; // one full batch; the rest waits for more items or for max_wait
             }
         }
         Ok(())
+    }
+
+    /// The routes a batch may be packed for now, in config order: usable (neither paused nor
+    /// unreachable), each with the tenants it allows (`None`: everyone).
+    fn pack_routes(&self) -> Vec<(String, Option<Vec<String>>)> {
+        let routing = crate::lock(&self.routing);
+        let now = Instant::now();
+        (0..routing.route_names().len())
+            .filter(|&i| routing.usable(i, now))
+            .map(|i| {
+                (
+                    routing.route_name(i).to_owned(),
+                    routing.tenants(i).map(<[String]>::to_vec),
+                )
+            })
+            .collect()
+    }
+
+    /// The route of a batch (its index among the clients), or None when it is no longer in the
+    /// config: said once in the log; the batch is left as it is.
+    fn route_of(&self, batch: &BatchRow, lane: &mut Lane) -> Option<usize> {
+        let route = crate::lock(&self.routing).route_index(&batch.route);
+        if route.is_none() && lane.lost_routes.insert(batch.route.clone()) {
+            tracing::error!(
+                route = %batch.route,
+                "batches of a route no longer in the config are left as they are, their items with them: put the route back (and restart) to follow them"
+            );
+        }
+        route
+    }
+
+    /// Whether a route may take a batch now, and if not, why (its pause's reason, say).
+    fn route_usable(&self, route: usize) -> Result<(), String> {
+        let routing = crate::lock(&self.routing);
+        let now = Instant::now();
+        if routing.usable(route, now) {
+            return Ok(());
+        }
+        let state = routing.routes(now).swap_remove(route);
+        Err(format!(
+            "route {} is {}: {}",
+            state.name,
+            state.state,
+            state.reason.unwrap_or_default()
+        ))
     }
 
     /// Acts on every batch that is due. Returns when the next one is.
@@ -321,16 +402,25 @@ impl BatchLane {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<i64>> {
         let open = self.store.call(batches::open).await?;
-        // While a create call's outcome is unknown, no other create goes out (see the module doc).
-        let unresolved = open.iter().any(|b| b.api_id.is_none() && b.create_unknown);
+        // While a create call's outcome is unknown, no other create goes out on its route, nor on
+        // one of its organization (see the module doc).
+        let unresolved: Vec<&str> = open
+            .iter()
+            .filter(|b| b.api_id.is_none() && b.create_unknown)
+            .map(|b| b.route.as_str())
+            .collect();
+        let held = held_routes(&crate::lock(&self.routing), &unresolved);
         let mut next: Option<i64> = None;
-        for batch in open {
+        for batch in &open {
             if shutdown.is_cancelled() {
                 break;
             }
             if lane.is_applying(batch.id) {
                 continue;
             }
+            let Some(route) = self.route_of(batch, lane) else {
+                continue;
+            };
             if batch.next_action_at > now_ms() {
                 next = Some(next.map_or(batch.next_action_at, |n| n.min(batch.next_action_at)));
                 continue;
@@ -339,10 +429,11 @@ impl BatchLane {
                 "batch",
                 job = %batch.job_name,
                 batch = batch.id,
-                api_id = batch.api_id.as_deref().unwrap_or("-")
+                api_id = batch.api_id.as_deref().unwrap_or("-"),
+                route = %batch.route
             );
             let outcome = self
-                .work_batch(&batch, unresolved, lane, shutdown)
+                .work_batch(batch, route, held.contains(&route), lane, shutdown)
                 .instrument(span)
                 .await?;
             let at = match outcome {
@@ -354,11 +445,14 @@ impl BatchLane {
         Ok(next)
     }
 
-    /// The next step of one batch that is due: drop, reconcile, create, poll or apply its results.
+    /// The next step of one batch that is due: drop, reconcile, create, poll or apply its results,
+    /// each call with the client of its `route`. `held`: a create call of its route (or its
+    /// organization) is unresolved.
     async fn work_batch(
         &self,
         batch: &BatchRow,
-        unresolved: bool,
+        route: usize,
+        held: bool,
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
@@ -371,25 +465,105 @@ impl BatchLane {
                 self.results_wake.notify_one();
                 Next::Now
             }
-            (None, _) if batch.create_unknown => self.reconcile(batch, lane, shutdown).await?,
-            (None, _) if unresolved => Next::At(now_ms() + 1000),
-            (None, _) => match lane.paused_until {
-                Some(until) if until > Instant::now() => {
-                    Next::At(now_ms() + until.duration_since(Instant::now()).as_millis() as i64)
-                }
-                _ => self.create(batch, lane, shutdown).await?,
+            (None, _) if batch.create_unknown => {
+                self.reconcile(batch, route, lane, shutdown).await?
+            }
+            (None, _) if held => Next::At(now_ms() + 1000),
+            (None, _) => match self.route_usable(route) {
+                Ok(()) => self.create(batch, route, lane, shutdown).await?,
+                // Paused or unreachable since it was packed: its items go to another route.
+                Err(why) => self.unroute(batch.id, why).await?,
             },
             (Some(api_id), BatchState::Ended) => {
-                self.apply_results(batch, api_id, lane, shutdown).await?
+                self.apply_results(batch, route, api_id, lane, shutdown)
+                    .await?
             }
-            (Some(api_id), _) => self.poll(batch, api_id, lane, shutdown).await?,
+            (Some(api_id), _) => self.poll(batch, route, api_id, lane, shutdown).await?,
         };
         Ok(outcome)
+    }
+
+    /// A batch never created whose route cannot take it (paused, unreachable, or it refused the
+    /// account): it is given up, its items go back to be packed for a usable route (no attempt
+    /// is used up), or wait for one.
+    pub(super) async fn unroute(&self, id: i64, why: String) -> anyhow::Result<Next> {
+        tracing::warn!(reason = %why, "the batch's route cannot take it; its items are packed again for another route");
+        self.replanning(move |c, replan| {
+            apply::fail_batch(c, id, &why, apply::Failure::RouteBlocked, replan)
+        })
+        .await?;
+        self.wake_all();
+        Ok(Next::Now)
     }
 
     pub(super) fn wake_all(&self) {
         self.results_wake.notify_one();
         self.realtime_wake.notify_one();
         self.wake.notify_one();
+    }
+}
+
+/// The routes no create call may go out on: those of `unresolved` batches (whose create call's
+/// outcome is unknown) and the routes known to share their organizations. A route no longer in
+/// the config holds nothing back.
+fn held_routes(routing: &Routing, unresolved: &[&str]) -> Vec<usize> {
+    let unresolved: Vec<usize> = unresolved
+        .iter()
+        .filter_map(|name| routing.route_index(name))
+        .collect();
+    (0..routing.route_names().len())
+        .filter(|&i| unresolved.iter().any(|&u| routing.same_organization(u, i)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::quota::{ClassLimits, Configured, ModelLimits, OutputReservation};
+    use crate::policy::routing::RouteSpec;
+
+    fn routing(names: &[&str]) -> Routing {
+        let configured: Configured = Arc::new(|_: &str| {
+            ClassLimits::ceiling(ModelLimits {
+                rpm: Some(60),
+                itpm: None,
+                otpm: None,
+            })
+        });
+        let specs = names
+            .iter()
+            .map(|n| RouteSpec {
+                name: (*n).to_owned(),
+                tenants: None,
+            })
+            .collect();
+        let settings = crate::policy::quota::QuotaSettings {
+            reserve: 0.0,
+            output_reservation: OutputReservation::MaxTokens,
+            max_concurrency: 4,
+            initial_concurrency: 4,
+        };
+        Routing::new(specs, configured, settings)
+    }
+
+    #[test]
+    fn an_unresolved_create_holds_back_its_route_and_its_organization_only() {
+        let mut r = routing(&["a", "a2", "b"]);
+        assert!(held_routes(&r, &[]).is_empty());
+        assert_eq!(
+            held_routes(&r, &["a"]),
+            vec![0],
+            "organizations not known yet"
+        );
+        r.learn(0, Some("org-a"), None, true);
+        r.learn(1, Some("org-a"), None, true);
+        r.learn(2, Some("org-b"), None, true);
+        assert_eq!(
+            held_routes(&r, &["a"]),
+            vec![0, 1],
+            "one organization, one list"
+        );
+        assert_eq!(held_routes(&r, &["b", "b"]), vec![2]);
+        assert!(held_routes(&r, &["gone"]).is_empty());
     }
 }

@@ -1,6 +1,6 @@
-//! Following a created batch: polls with growing intervals, cancels when asked, and downloads
-//! the results of an ended batch into a staged file, then applies them in item order (a
-//! transaction per chunk of lines, idempotent).
+//! Following a created batch, with the key of its route: polls with growing intervals, cancels
+//! when asked, and downloads the results of an ended batch into a staged file, then applies them
+//! in item order (a transaction per chunk of lines, idempotent).
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,19 +15,22 @@ use crate::store::batches::{self, BatchRow};
 use crate::store::now_ms;
 
 impl BatchLane {
+    /// Polls the batch (and cancels it first when asked) on its `route`.
     pub(super) async fn poll(
         &self,
         batch: &BatchRow,
+        route: usize,
         api_id: &str,
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
         let id = batch.id;
+        let client = &self.clients[route];
         let poll_min = self.settings.poll_min.as_millis() as i64;
         let poll_max = self.settings.poll_max.as_millis() as i64;
         if batch.cancel_requested && batch.state == BatchState::InProgress {
             lane.pacer.ready().await;
-            let Some(answer) = self.call(shutdown, self.client.cancel_batch(api_id)).await else {
+            let Some(answer) = self.call(shutdown, client.cancel_batch(api_id)).await else {
                 return Ok(Next::Now);
             };
             match answer {
@@ -40,7 +43,7 @@ impl BatchLane {
                         .await?;
                 }
                 // Refused (already ended, say): carry on polling; its results say what happened.
-                BatchCall::Refused { message, .. } => {
+                BatchCall::Refused { message, .. } | BatchCall::Blocked { message, .. } => {
                     tracing::warn!(%message, "batch cancel refused")
                 }
                 BatchCall::Wait {
@@ -56,7 +59,7 @@ impl BatchLane {
             }
         }
         lane.pacer.ready().await;
-        let Some(answer) = self.call(shutdown, self.client.get_batch(api_id)).await else {
+        let Some(answer) = self.call(shutdown, client.get_batch(api_id)).await else {
             return Ok(Next::Now);
         };
         let now = now_ms();
@@ -83,7 +86,9 @@ impl BatchLane {
                         canceled = c.canceled,
                         "batch ended"
                     );
-                    return self.apply_results(batch, api_id, lane, shutdown).await;
+                    return self
+                        .apply_results(batch, route, api_id, lane, shutdown)
+                        .await;
                 }
                 Ok(Next::At(at))
             }
@@ -106,7 +111,24 @@ impl BatchLane {
             BatchCall::Refused { status, message } => {
                 self.refused(id, format!("HTTP {status}: {message}")).await
             }
+            BatchCall::Blocked {
+                status, message, ..
+            } => self.blocked(id, status, message).await,
         }
+    }
+
+    /// The route's account was refused on a poll or a download. The spend cap waits: the batch
+    /// is still there and reading it costs nothing. A refused key or a usage limit counts as a
+    /// refusal, as before routes: after [`MAX_REFUSALS`] the items go back to the planner (and
+    /// so to a route that works).
+    async fn blocked(&self, id: i64, status: u16, message: String) -> anyhow::Result<Next> {
+        let error = format!("HTTP {status}: {message}");
+        if status == 429 {
+            tracing::warn!(%error, "the route's spend cap refuses to show the batch; trying again later");
+            let at = now_ms() + self.settings.poll_max.as_millis() as i64;
+            return self.later(id, at, Some(error)).await;
+        }
+        self.refused(id, error).await
     }
 
     pub(super) async fn later(
@@ -143,18 +165,21 @@ impl BatchLane {
         Ok(Next::Now)
     }
 
-    /// Streams the results of an ended batch and applies them, a transaction per chunk of lines.
+    /// Streams the results of an ended batch from its `route` and applies them, a transaction per
+    /// chunk of lines.
     pub(super) async fn apply_results(
         &self,
         batch: &BatchRow,
+        route: usize,
         api_id: &str,
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Next> {
         let id = batch.id;
+        let client = &self.clients[route];
         let poll_min = self.settings.poll_min.as_millis() as i64;
         lane.pacer.ready().await;
-        let Some(answer) = self.call(shutdown, self.client.batch_results(api_id)).await else {
+        let Some(answer) = self.call(shutdown, client.batch_results(api_id)).await else {
             return Ok(Next::Now);
         };
         let mut response = match answer {
@@ -175,6 +200,9 @@ impl BatchLane {
             BatchCall::Refused { status, message } => {
                 return self.refused(id, format!("HTTP {status}: {message}")).await;
             }
+            BatchCall::Blocked {
+                status, message, ..
+            } => return self.blocked(id, status, message).await,
         };
         let mut download = match staged::Download::start(&self.staging_dir, id).await {
             Ok(d) => d,

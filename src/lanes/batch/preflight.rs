@@ -8,6 +8,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{BatchLane, apply};
+use crate::api::ApiClient;
 use crate::model::answer::Outcome;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -41,10 +42,13 @@ enum Asked {
 impl BatchLane {
     /// Counts `params`; None when shutdown came first. An answer that is not the API's judgement
     /// of the request switches the preflight off for this process.
-    async fn ask(&self, params: &str, shutdown: &CancellationToken) -> Option<Asked> {
-        let answer = self
-            .call(shutdown, self.client.count_tokens(params))
-            .await?;
+    async fn ask(
+        &self,
+        client: &ApiClient,
+        params: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Asked> {
+        let answer = self.call(shutdown, client.count_tokens(params)).await?;
         Some(match answer {
             Ok(_) => Asked::Counted,
             Err(Outcome::Fatal { status, body, .. }) if matches!(status, 400 | 404 | 422) => {
@@ -71,11 +75,12 @@ impl BatchLane {
         })
     }
 
-    /// Counts one request of each unknown shape of `requests` (custom_id, params) and errors the
-    /// requests the API refuses.
+    /// Counts one request of each unknown shape of `requests` (custom_id, params), with the
+    /// `client` of the batch's route, and errors the requests the API refuses.
     pub(super) async fn preflight(
         &self,
         batch_id: i64,
+        client: &ApiClient,
         requests: Vec<(String, String)>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Checked> {
@@ -98,7 +103,7 @@ impl BatchLane {
                 break;
             }
             let (custom_id, params) = &requests[i];
-            let Some(first) = self.ask(params, shutdown).await else {
+            let Some(first) = self.ask(client, params, shutdown).await else {
                 return Ok(Checked::Stopped);
             };
             let verdict = match first {
@@ -116,7 +121,7 @@ impl BatchLane {
                     // Its shape too, if one short turn in its place is refused as well.
                     match shape_probe(params, &message) {
                         None => None,
-                        Some(probe) => match self.ask(&probe, shutdown).await {
+                        Some(probe) => match self.ask(client, &probe, shutdown).await {
                             None => return Ok(Checked::Stopped),
                             Some(Asked::Refused {
                                 status,
