@@ -686,9 +686,7 @@ impl RealtimeLane {
                 message,
                 ..
             } => {
-                let books = routing
-                    .quota(choice.group)
-                    .map(|q| q.books(&choice.ticket, limits, now));
+                let books = routing.books(choice, limits, now);
                 let verdict = owner::judge(
                     &answered(origin, 429, message, *retry_after, false),
                     books.as_ref(),
@@ -697,7 +695,7 @@ impl RealtimeLane {
                 routing.settle(choice, Answer::RateLimited, None, limits, now);
                 // retry-after holds the whole class of the organization, not just this item.
                 let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                routing.hold_class(choice.group, &dispatch.model, now + wait, now);
+                routing.hold_class(choice, &dispatch.model, now + wait, now);
                 Some(verdict)
             }
             // 529 is the API's load, not our quota: back off without learning limits from it.

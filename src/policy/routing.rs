@@ -73,9 +73,39 @@ impl OrgLabel {
     }
 }
 
+/// One organization's buckets, and the tighter buckets of its workspaces whose answers show
+/// limits of their own below the organization's (a workspace's limit applies inside the
+/// organization's, which always applies on top).
 struct Group {
-    label: Option<OrgLabel>,
+    /// The organization; `None` until an answer names it.
+    organization: Option<String>,
     quota: Quota,
+    /// Workspaces seen to have limits of their own: their buckets, inside the organization's.
+    inner: BTreeMap<String, Quota>,
+    /// The `-limit` headers each workspace's answers last gave, per class.
+    seen: BTreeMap<(String, String), [Option<u64>; 3]>,
+}
+
+impl Group {
+    fn in_flight(&self) -> usize {
+        self.quota.in_flight() + self.inner.values().map(Quota::in_flight).sum::<usize>()
+    }
+
+    /// Whether a workspace's answers for `class` show a limit below another workspace's of the
+    /// same organization: then that limit is the workspace's own.
+    fn tight(&self, workspace: &str, class: &str) -> bool {
+        let Some(mine) = self.seen.get(&(workspace.to_owned(), class.to_owned())) else {
+            return false;
+        };
+        self.seen
+            .iter()
+            .filter(|((w, c), _)| w != workspace && c == class)
+            .any(|(_, theirs)| {
+                mine.iter()
+                    .zip(theirs)
+                    .any(|(m, t)| matches!((m, t), (Some(m), Some(t)) if m < t))
+            })
+    }
 }
 
 /// Why a route is paused.
@@ -107,6 +137,8 @@ impl Pause {
 struct Route {
     spec: RouteSpec,
     group: GroupId,
+    /// The workspace its answers name, inside its organization.
+    workspace: Option<String>,
     /// An answer said which organization it is (or that it names none): until then the route
     /// sends one call at a time.
     known: bool,
@@ -121,7 +153,10 @@ struct Route {
 pub struct Choice {
     pub route: usize,
     pub group: GroupId,
+    /// Its ticket of the organization's buckets…
     pub ticket: Ticket,
+    /// …and of its workspace's, where the workspace has limits of its own.
+    pub inner: Option<(String, Ticket)>,
     /// The one call the route's open circuit lets through.
     pub probe: bool,
 }
@@ -176,6 +211,7 @@ impl Routing {
             routing.routes.push(Route {
                 spec,
                 group,
+                workspace: None,
                 known: false,
                 pause: None,
                 circuit: Circuit::default(),
@@ -185,11 +221,19 @@ impl Routing {
         routing
     }
 
-    fn new_group(&mut self, label: Option<OrgLabel>) -> GroupId {
+    fn new_group(&mut self, organization: Option<String>) -> GroupId {
         let id = GroupId(self.next_group);
         self.next_group += 1;
         let quota = Quota::with(self.configured.clone(), self.settings);
-        self.groups.insert(id, Group { label, quota });
+        self.groups.insert(
+            id,
+            Group {
+                organization,
+                quota,
+                inner: BTreeMap::new(),
+                seen: BTreeMap::new(),
+            },
+        );
         id
     }
 
@@ -210,18 +254,21 @@ impl Routing {
         &self.routes[route].spec.name
     }
 
-    /// The organization a route's answers named, if any has.
-    pub fn label_of(&self, route: usize) -> Option<&OrgLabel> {
-        self.groups
-            .get(&self.routes[route].group)
-            .and_then(|g| g.label.as_ref())
+    /// The organization and workspace a route's answers named, if any has.
+    pub fn label_of(&self, route: usize) -> Option<OrgLabel> {
+        let r = &self.routes[route];
+        let organization = self.groups.get(&r.group)?.organization.clone()?;
+        Some(OrgLabel {
+            organization,
+            workspace: r.workspace.clone(),
+        })
     }
 
     /// The key a group's learned state is kept under: its organization, else `route:<name>`
     /// of its first route.
     fn group_key(&self, id: GroupId) -> String {
-        match self.groups.get(&id).and_then(|g| g.label.as_ref()) {
-            Some(label) => label.key(),
+        match self.groups.get(&id).and_then(|g| g.organization.as_ref()) {
+            Some(organization) => organization.clone(),
             None => self.routes.iter().find(|r| r.group == id).map_or_else(
                 || format!("group:{}", id.0),
                 |r| format!("route:{}", r.spec.name),
@@ -278,9 +325,11 @@ impl Routing {
             return Err(next);
         }
         let stormy = |routes: &[Route], i: usize| routes[i].storms.len() >= STORM_CALLS;
-        // One route per group: a calm one before a stormy one, then config order.
-        usable.sort_by_key(|(g, i, _)| (*g, stormy(&self.routes, *i), *i));
-        usable.dedup_by_key(|(g, _, _)| *g);
+        // One route per set of buckets (organization and workspace): a calm one before a stormy
+        // one, then config order.
+        let routes = &self.routes;
+        usable.sort_by_key(|(g, i, _)| (*g, routes[*i].workspace.clone(), stormy(routes, *i), *i));
+        usable.dedup_by_key(|(g, i, _)| (*g, routes[*i].workspace.clone()));
         // A cached prefix stays on the organization that holds it while the entry lives.
         if let Some(prefix) = &request.cache {
             let expect: Vec<Prediction> = usable
@@ -304,14 +353,22 @@ impl Routing {
         type Rank = (bool, bool, Duration, i64);
         let mut ranked: Vec<(Rank, GroupId, usize, bool)> = Vec::new();
         for (g, i, probe) in usable {
+            let workspace = self.routes[i].workspace.clone().unwrap_or_default();
             let group = self.groups.get_mut(&g).expect("a route's group exists");
             // A route not yet known sends one call at a time: its organization may be another
             // route's, whose buckets it would count twice.
-            let learning = !self.routes[i].known && group.quota.in_flight() > 0;
+            let learning = !self.routes[i].known && group.in_flight() > 0;
             let (wait, room) = if learning {
                 (LOOK_AGAIN, -1.0)
             } else {
-                group.quota.admits_in(request, now)
+                let (wait, room) = group.quota.admits_in(request, now);
+                match group.inner.get_mut(&workspace) {
+                    Some(inner) => {
+                        let (w, r) = inner.admits_in(request, now);
+                        (wait.max(w), room.min(r))
+                    }
+                    None => (wait, room),
+                }
             };
             let stormy = self.routes[i].storms.len() >= STORM_CALLS;
             ranked.push((
@@ -328,8 +385,21 @@ impl Routing {
         if later {
             return Err(now + wait.max(Duration::from_millis(1)));
         }
-        let quota = &mut self.groups.get_mut(&group).expect("ranked").quota;
-        let ticket = quota.try_admit(request, now)?;
+        let workspace = self.routes[route].workspace.clone().unwrap_or_default();
+        let g = self.groups.get_mut(&group).expect("ranked");
+        let ticket = g.quota.try_admit(request, now)?;
+        let inner = match g.inner.get_mut(&workspace) {
+            None => None,
+            Some(q) => match q.try_admit(request, now) {
+                Ok(t) => Some((workspace, t)),
+                Err(at) => {
+                    // The organization admitted it, its workspace not: give that back.
+                    g.quota
+                        .settle(&ticket, Answer::Refused, None, &Default::default(), now);
+                    return Err(at);
+                }
+            },
+        };
         if probe {
             self.routes[route].circuit.probe_sent();
         }
@@ -337,6 +407,7 @@ impl Routing {
             route,
             group,
             ticket,
+            inner,
             probe,
         })
     }
@@ -364,22 +435,17 @@ impl Routing {
 
     /// Gives back a call that was admitted but never sent.
     pub fn unsent(&mut self, choice: &Choice, now: Instant) {
-        if let Some(q) = self.quota(choice.group) {
-            q.settle(
-                &choice.ticket,
-                Answer::Refused,
-                None,
-                &Default::default(),
-                now,
-            );
-        }
+        self.settle_quotas(choice, Answer::Refused, None, &Default::default(), now);
         if choice.probe {
             self.routes[choice.route].circuit.probe_dropped();
         }
         self.tidy();
     }
 
-    /// Settles a call in the group that admitted it.
+    /// Settles a call in the organization that admitted it, and its workspace's buckets. An
+    /// answer through a workspace seen to have limits of its own tells of those (the headers
+    /// give the tighter of the two): its headers go to the workspace's buckets, and the
+    /// organization's settle on the call's own use alone.
     pub fn settle(
         &mut self,
         choice: &Choice,
@@ -388,15 +454,72 @@ impl Routing {
         headers: &RateLimitHeaders,
         now: Instant,
     ) {
-        if let Some(q) = self.quota(choice.group) {
-            q.settle(&choice.ticket, answer, usage, headers, now);
-        }
+        self.settle_quotas(choice, answer, usage, headers, now);
         self.tidy();
     }
 
-    /// What an answer of `route` said of its organization. `ran`: the answer was the API's
-    /// message (a route whose successes name no organization is one of its own). Returns the
-    /// organization when the route just learned (or changed) it.
+    fn settle_quotas(
+        &mut self,
+        choice: &Choice,
+        answer: Answer,
+        usage: Option<&Usage>,
+        headers: &RateLimitHeaders,
+        now: Instant,
+    ) {
+        let workspace = self.routes[choice.route]
+            .workspace
+            .clone()
+            .unwrap_or_default();
+        let (configured, settings) = (self.configured.clone(), self.settings);
+        let Some(g) = self.groups.get_mut(&choice.group) else {
+            return;
+        };
+        let class = choice.ticket.class.clone();
+        let limits = headers.dims.map(|d| d.limit);
+        if g.organization.is_some() && limits.iter().any(Option::is_some) {
+            g.seen.insert((workspace.clone(), class.clone()), limits);
+        }
+        let tight = g.tight(&workspace, &class);
+        if tight && !g.inner.contains_key(&workspace) {
+            g.inner
+                .insert(workspace.clone(), Quota::with(configured, settings));
+        }
+        let org_headers = if tight {
+            RateLimitHeaders::default()
+        } else {
+            headers.clone()
+        };
+        g.quota
+            .settle(&choice.ticket, answer, usage, &org_headers, now);
+        if let Some((ws, ticket)) = &choice.inner
+            && let Some(q) = g.inner.get_mut(ws)
+        {
+            q.settle(ticket, answer, usage, headers, now);
+        }
+    }
+
+    /// The buckets whose books judge a throttle of this call: its workspace's where that has
+    /// limits of its own, else its organization's (see [`Quota::books`]).
+    pub fn books(
+        &mut self,
+        choice: &Choice,
+        headers: &RateLimitHeaders,
+        now: Instant,
+    ) -> Option<[crate::policy::owner::DimBooks; 3]> {
+        let g = self.groups.get_mut(&choice.group)?;
+        Some(match &choice.inner {
+            Some((ws, ticket)) if g.inner.contains_key(ws) => g
+                .inner
+                .get_mut(ws)
+                .expect("checked")
+                .books(ticket, headers, now),
+            _ => g.quota.books(&choice.ticket, headers, now),
+        })
+    }
+
+    /// What an answer of `route` said of its organization and workspace. `ran`: the answer was
+    /// the API's message (a route whose successes name no organization is one of its own).
+    /// Returns the organization and workspace when the route just learned (or changed) them.
     pub fn learn(
         &mut self,
         route: usize,
@@ -415,26 +538,34 @@ impl Routing {
             workspace: workspace.map(str::to_owned),
         };
         let current = self.routes[route].group;
-        if self.groups[&current].label.as_ref() == Some(&label) {
+        let same_org = self.groups[&current].organization.as_deref() == Some(organization);
+        if same_org && self.routes[route].workspace == label.workspace {
             self.routes[route].known = true;
             return None;
         }
-        let existing = self
-            .groups
-            .iter()
-            .find(|(_, g)| g.label.as_ref() == Some(&label))
-            .map(|(id, _)| *id);
-        let shared = self.routes.iter().filter(|r| r.group == current).count() > 1;
-        let group = match existing {
-            Some(id) => id,
-            None if self.groups[&current].label.is_none() && !shared => {
-                self.groups.get_mut(&current).expect("current").label = Some(label.clone());
-                current
+        let group = if same_org {
+            current
+        } else {
+            let existing = self
+                .groups
+                .iter()
+                .find(|(_, g)| g.organization.as_deref() == Some(organization))
+                .map(|(id, _)| *id);
+            let shared = self.routes.iter().filter(|r| r.group == current).count() > 1;
+            match existing {
+                Some(id) => id,
+                None if self.groups[&current].organization.is_none() && !shared => {
+                    self.groups.get_mut(&current).expect("current").organization =
+                        Some(organization.to_owned());
+                    current
+                }
+                None => self.new_group(Some(organization.to_owned())),
             }
-            None => self.new_group(Some(label.clone())),
         };
-        self.routes[route].group = group;
-        self.routes[route].known = true;
+        let r = &mut self.routes[route];
+        r.group = group;
+        r.workspace = label.workspace.clone();
+        r.known = true;
         self.tidy();
         Some(label)
     }
@@ -443,7 +574,7 @@ impl Routing {
     fn tidy(&mut self) {
         let routes = &self.routes;
         self.groups
-            .retain(|id, g| routes.iter().any(|r| r.group == *id) || g.quota.in_flight() > 0);
+            .retain(|id, g| routes.iter().any(|r| r.group == *id) || g.in_flight() > 0);
     }
 
     /// Pauses what a refusal's verdict names: the route alone when its key was refused, else
@@ -504,10 +635,20 @@ impl Routing {
         members
     }
 
-    /// Holds every call of `model`'s class in the group until `until` (`retry-after`).
-    pub fn hold_class(&mut self, group: GroupId, model: &str, until: Instant, now: Instant) {
-        if let Some(q) = self.quota(group) {
-            q.pause(model, until, now);
+    /// Holds every call of `model`'s class in the buckets that refused `choice` until `until`
+    /// (`retry-after`): its workspace's where that has limits of its own, else its organization's.
+    pub fn hold_class(&mut self, choice: &Choice, model: &str, until: Instant, now: Instant) {
+        let Some(g) = self.groups.get_mut(&choice.group) else {
+            return;
+        };
+        match &choice.inner {
+            Some((ws, _)) if g.inner.contains_key(ws) => {
+                g.inner
+                    .get_mut(ws)
+                    .expect("checked")
+                    .pause(model, until, now);
+            }
+            _ => g.quota.pause(model, until, now),
         }
     }
 
@@ -560,6 +701,9 @@ impl Routing {
         self.settings = settings;
         for g in self.groups.values_mut() {
             g.quota.reconfigure(settings, now);
+            for inner in g.inner.values_mut() {
+                inner.reconfigure(settings, now);
+            }
         }
     }
 
@@ -568,7 +712,7 @@ impl Routing {
         self.routes
             .iter()
             .map(|r| {
-                let label = self.groups.get(&r.group).and_then(|g| g.label.clone());
+                let organization = self.groups.get(&r.group).and_then(|g| g.organization.clone());
                 let pause = r.pause.as_ref().filter(|p| p.until > now);
                 let gate = r.circuit.gate(now);
                 let (state, reason, owner, until) = match (pause, gate) {
@@ -587,8 +731,8 @@ impl Routing {
                 RouteSnapshot {
                     name: r.spec.name.clone(),
                     group: self.group_key(r.group),
-                    organization: label.as_ref().map(|l| l.organization.clone()),
-                    workspace: label.and_then(|l| l.workspace),
+                    organization,
+                    workspace: r.workspace.clone(),
                     state,
                     reason,
                     owner,
@@ -598,28 +742,42 @@ impl Routing {
             .collect()
     }
 
-    /// Every organization's buckets and the routes sharing them.
+    /// Every organization's buckets and the routes sharing them; then, as `org/workspace`, each
+    /// workspace with limits of its own and the routes in it.
     pub fn groups(&mut self, now: Instant) -> Vec<GroupSnapshot> {
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
-        ids.into_iter()
-            .map(|id| {
-                let key = self.group_key(id);
-                let routes = self
-                    .routes
-                    .iter()
-                    .filter(|r| r.group == id)
-                    .map(|r| r.spec.name.clone())
-                    .collect();
-                let g = self.groups.get_mut(&id).expect("listed");
-                GroupSnapshot {
-                    group: key,
-                    organization: g.label.as_ref().map(|l| l.organization.clone()),
-                    workspace: g.label.as_ref().and_then(|l| l.workspace.clone()),
-                    routes,
-                    classes: g.quota.snapshot(now),
-                }
-            })
-            .collect()
+        let mut out = Vec::new();
+        for id in ids {
+            let key = self.group_key(id);
+            let members: Vec<(String, Option<String>)> = self
+                .routes
+                .iter()
+                .filter(|r| r.group == id)
+                .map(|r| (r.spec.name.clone(), r.workspace.clone()))
+                .collect();
+            let g = self.groups.get_mut(&id).expect("listed");
+            out.push(GroupSnapshot {
+                group: key.clone(),
+                organization: g.organization.clone(),
+                workspace: None,
+                routes: members.iter().map(|(name, _)| name.clone()).collect(),
+                classes: g.quota.snapshot(now),
+            });
+            for (ws, inner) in &mut g.inner {
+                out.push(GroupSnapshot {
+                    group: format!("{key}/{ws}"),
+                    organization: g.organization.clone(),
+                    workspace: Some(ws.clone()),
+                    routes: members
+                        .iter()
+                        .filter(|(_, w)| w.as_deref().unwrap_or_default() == ws)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                    classes: inner.snapshot(now),
+                });
+            }
+        }
+        out
     }
 
     /// Each class over every organization: limits, capacities, levels and calls added up (what
@@ -648,7 +806,8 @@ impl Routing {
         totals
     }
 
-    /// What every organization learned: (group key, class, learned).
+    /// What every organization learned: (key, class, learned); a workspace with limits of its
+    /// own under `org/workspace`.
     pub fn learned(&mut self, now: Instant) -> Vec<(String, String, Learned)> {
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         let mut out = Vec::new();
@@ -658,17 +817,34 @@ impl Routing {
             for (class, learned) in g.quota.learned(now) {
                 out.push((key.clone(), class, learned));
             }
+            for (ws, inner) in &mut g.inner {
+                for (class, learned) in inner.learned(now) {
+                    out.push((format!("{key}/{ws}"), class, learned));
+                }
+            }
         }
         out
     }
 
-    /// Takes back what a group learned `age` ago, by the key it was kept under.
-    pub fn restore(&mut self, group_key: &str, learned: &Learned, age: Duration, now: Instant) {
+    /// Takes back what was learned `age` ago, by the key it was kept under (see
+    /// [`Routing::learned`]).
+    pub fn restore(&mut self, key: &str, learned: &Learned, age: Duration, now: Instant) {
+        let (configured, settings) = (self.configured.clone(), self.settings);
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         for id in ids {
-            if self.group_key(id) == group_key {
-                let g = self.groups.get_mut(&id).expect("listed");
+            let group_key = self.group_key(id);
+            let g = self.groups.get_mut(&id).expect("listed");
+            if group_key == key {
                 g.quota.restore(learned, age, now);
+            } else if let Some(ws) = key
+                .strip_prefix(group_key.as_str())
+                .and_then(|rest| rest.strip_prefix('/'))
+                && g.organization.is_some()
+            {
+                g.inner
+                    .entry(ws.to_owned())
+                    .or_insert_with(|| Quota::with(configured.clone(), settings))
+                    .restore(learned, age, now);
             }
         }
     }
@@ -759,7 +935,7 @@ mod tests {
         let groups = r.groups(now);
         assert_eq!(groups.len(), 2, "the first two are one organization");
         assert_eq!(groups[0].routes, vec!["a", "b"]);
-        assert_eq!(groups[0].group, "org-1/default");
+        assert_eq!(groups[0].group, "org-1");
         assert_eq!(groups[1].routes, vec!["c"]);
         // Calls spread over both organizations, each drawing on its own buckets.
         let mut by_group = BTreeMap::new();
@@ -963,6 +1139,68 @@ mod tests {
     }
 
     #[test]
+    fn a_workspace_with_limits_of_its_own_is_a_tighter_bucket_inside_its_organization() {
+        let mut r = routing(&[("app", None), ("nightly", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), Some("ws-app"), true);
+        r.learn(1, Some("org-1"), Some("ws-nightly"), true);
+        assert_eq!(r.groups(now).len(), 1, "one organization");
+        let headers = |limit: u64, remaining: u64| RateLimitHeaders {
+            dims: [
+                DimHeaders {
+                    limit: Some(limit),
+                    remaining: Some(remaining),
+                    reset_in: Some(1.0),
+                },
+                DimHeaders::default(),
+                DimHeaders::default(),
+            ],
+        };
+        let usage = Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Default::default()
+        };
+        // The app's answers give the organization's 600; the nightly workspace's its own 60.
+        let app = r.choose("t", &request(), now).expect("admitted");
+        assert_eq!(
+            r.route_name(app.route),
+            "app",
+            "config order breaks the tie"
+        );
+        r.settle(&app, Answer::Ran, Some(&usage), &headers(600, 590), now);
+        r.pause_route(
+            0,
+            Pause {
+                until: now + Duration::from_secs(60),
+                reason: "test".into(),
+                owner: Owner::Key,
+            },
+        );
+        let nightly = r.choose("t", &request(), now).expect("admitted");
+        assert!(nightly.inner.is_none(), "not known to be tight yet");
+        r.settle(&nightly, Answer::Ran, Some(&usage), &headers(60, 50), now);
+        let groups = r.groups(now);
+        let keys: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(keys, ["org-1", "org-1/ws-nightly"]);
+        assert_eq!(groups[1].routes, ["nightly"]);
+        // The organization keeps its own limit; the workspace's buckets have theirs.
+        assert_eq!(groups[0].classes[0].dims[0].limit_per_minute, Some(600.0));
+        let next = r.choose("t", &request(), now).expect("admitted");
+        let (ws, _) = next.inner.as_ref().expect("the workspace's own ticket");
+        assert_eq!(ws, "ws-nightly");
+        r.settle(&next, Answer::Ran, Some(&usage), &headers(60, 49), now);
+        let groups = r.groups(now);
+        assert_eq!(groups[0].classes[0].dims[0].limit_per_minute, Some(600.0));
+        assert_eq!(groups[1].classes[0].dims[0].limit_per_minute, Some(60.0));
+        assert!(
+            r.learned(now)
+                .iter()
+                .any(|(k, _, _)| k == "org-1/ws-nightly")
+        );
+    }
+
+    #[test]
     fn restored_and_learned_state_is_kept_per_organization() {
         let mut r = routing(&[("a", None)]);
         let now = Instant::now();
@@ -971,10 +1209,10 @@ mod tests {
         assert_eq!(r.learned(now)[0].0, "route:a");
         r.learn(0, Some("org-9"), Some("ws"), true);
         let learned = r.learned(now);
-        assert_eq!(learned[0].0, "org-9/ws");
+        assert_eq!(learned[0].0, "org-9");
         let mut fresh = routing(&[("a", None)]);
         fresh.learn(0, Some("org-9"), Some("ws"), true);
-        fresh.restore("org-9/ws", &learned[0].2, Duration::ZERO, now);
+        fresh.restore("org-9", &learned[0].2, Duration::ZERO, now);
         let restored = &fresh.learned(now)[0].2;
         assert_eq!(restored.outputs, learned[0].2.outputs);
         assert_eq!(restored.dims[0], learned[0].2.dims[0], "the request bucket");

@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::common::*;
 use nightshift::fake_api::{BatchSettings, FakeConfig, Faults};
 
-/// The fake's one organization and workspace: the key its quota is published under.
-const ORG: &str = "6d1f2c3a-8b4e-4f5a-9c7d-0e1f2a3b4c5d/wrkspc_fake_default";
+/// The fake's one organization: the key its quota is published under.
+const ORG: &str = "6d1f2c3a-8b4e-4f5a-9c7d-0e1f2a3b4c5d";
 
 /// The value of the sample `series` (name and labels exactly as rendered).
 fn sample(text: &str, series: &str) -> Option<f64> {

@@ -122,13 +122,26 @@ pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
     let mut classes = Vec::new();
     for state in quota::states(conn)? {
         let (class, updated_at) = (state.class, state.updated_at);
-        // Published by an earlier run, for an organization no route names now: left out.
-        let Some(org) = organizations.iter().find(|o| o.group == state.grp) else {
+        // A workspace with limits of its own is published as `org/workspace`, inside its
+        // organization; what an earlier run published for an organization no route names now is
+        // left out.
+        let Some(org) = organizations
+            .iter()
+            .find(|o| state.grp == o.group || state.grp.starts_with(&format!("{}/", o.group)))
+        else {
             continue;
         };
+        let workspace = state.grp.strip_prefix(&format!("{}/", org.group));
+        let routes_used: Vec<String> = routes
+            .iter()
+            .filter(|r| {
+                r.grp == org.group && workspace.is_none_or(|w| r.workspace_id.as_deref() == Some(w))
+            })
+            .map(|r| r.name.clone())
+            .collect();
         let snap: serde_json::Value = serde_json::from_str(&state.snapshot).unwrap_or_default();
         let models = quota::models_of_class(conn, &class)?;
-        let used = quota::last_minute_usage(conn, &org.routes, &models, now)?;
+        let used = quota::last_minute_usage(conn, &routes_used, &models, now)?;
         let dims = snap["dims"]
             .as_array()
             .map(|dims| {
@@ -151,7 +164,7 @@ pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
             })
             .unwrap_or_default();
         classes.push(ClassLimits {
-            last_throttle: quota::last_throttle_of_class(conn, &org.routes, &class)?,
+            last_throttle: quota::last_throttle_of_class(conn, &routes_used, &class)?,
             organization: state.grp,
             class,
             updated_at: format_time(updated_at),
