@@ -58,6 +58,8 @@ pub enum BatchCall<T> {
     Wait {
         retry_after: Option<Duration>,
         message: String,
+        /// Who answered, for the owner's verdict.
+        origin: Origin,
     },
     /// Worth trying again after a backoff. `maybe_done`: the request was sent and may have taken
     /// effect (no answer, or a 5xx), which matters for creating a batch.
@@ -207,6 +209,7 @@ fn batch_failure<T>(status: u16, headers: &HeaderMap, body: &[u8]) -> BatchCall<
         429 => BatchCall::Wait {
             retry_after: parse_retry_after(headers, SystemTime::now()),
             message,
+            origin: origin(headers),
         },
         408 | 409 | 500..=599 => BatchCall::Retry {
             maybe_done: true,

@@ -13,6 +13,57 @@ use crate::policy::owner::Verdict;
 use crate::policy::routing::{Pause, Routing};
 use crate::store::{Store, now_ms};
 
+/// Records a throttling or refusing answer to a batch create call, with its owner, for
+/// `diagnose` (model `(batches)`: the batch endpoints' limits are the organization's, for every
+/// model).
+pub async fn record_batch_throttle(
+    store: &Store,
+    client: &ApiClient,
+    status: u16,
+    message: &str,
+    retry_after: Option<std::time::Duration>,
+    origin: &Origin,
+    verdict: &Verdict,
+) {
+    let event = crate::store::quota::ThrottleEvent {
+        at: now_ms(),
+        endpoint: "POST /v1/messages/batches".into(),
+        key_id: client.key_id().to_owned(),
+        model: "(batches)".into(),
+        class: "batches".into(),
+        http_status: status,
+        error_type: Some(
+            match status {
+                429 => "rate_limit_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                _ => "invalid_request_error",
+            }
+            .into(),
+        ),
+        message: Some(message.to_owned()),
+        request_id: None,
+        retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
+        headers: "{}".into(),
+        input_estimate: None,
+        max_tokens: None,
+        concurrency: None,
+        route: client.route_name().to_owned(),
+        host: Some(client.host().to_owned()),
+        organization_id: origin.organization_id.clone(),
+        workspace_id: origin.workspace_id.clone(),
+        owner: Some(verdict.owner.as_str().to_owned()),
+        evidence: Some(verdict.evidence.clone()),
+        reset_at: verdict.reset_at_ms,
+    };
+    if let Err(e) = store
+        .call(move |c| crate::store::quota::record_throttle(c, &event))
+        .await
+    {
+        tracing::warn!(error = %e, "could not record a throttle event");
+    }
+}
+
 /// What an answer of `route` said of its organization (see [`Routing::learn`]); said in the log
 /// when the route learns (or changes) it, and then true.
 pub fn learn(routing: &mut Routing, route: usize, origin: &Origin, ran: bool) -> bool {

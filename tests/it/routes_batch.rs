@@ -159,6 +159,20 @@ async fn a_route_at_its_spend_cap_is_paused_and_the_batch_goes_through_another()
             _ => panic!("a batch of no route: {b}"),
         }
     }
+    // diagnose names the refused create and whose limit it was.
+    let out = env.cli(&["diagnose", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("diagnose --json");
+    let refused = report["events"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["endpoint"] == "POST /v1/messages/batches")
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("the refused create in {report}"));
+    assert_eq!(refused["route"], "a", "{refused}");
+    assert_eq!(refused["owner"], "spend_cap", "{refused}");
+    assert_eq!(refused["organization_id"], "org-a", "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,9 +75,28 @@ impl BatchLane {
             BatchCall::Wait {
                 retry_after,
                 message,
+                origin,
             } => {
                 let at = now + retry_after.map_or(10_000, |d| d.as_millis() as i64);
                 tracing::warn!(%message, "batch create call rate-limited (batch RPM or queue full); waiting");
+                let answered = owner::Answered {
+                    status: 429,
+                    message: &message,
+                    spend_cap: false,
+                    anthropic: origin.anthropic,
+                    retry_after,
+                };
+                let verdict = owner::judge(&answered, None, now);
+                crate::lanes::routes::record_batch_throttle(
+                    &self.store,
+                    &self.clients[route],
+                    429,
+                    &message,
+                    retry_after,
+                    &origin,
+                    &verdict,
+                )
+                .await;
                 self.store
                     .call(move |c| batches::record_create_retry(c, id, at, false, &message))
                     .await?;
@@ -133,6 +152,16 @@ impl BatchLane {
             None,
             now_ms(),
         );
+        crate::lanes::routes::record_batch_throttle(
+            &self.store,
+            &self.clients[route],
+            status,
+            &message,
+            None,
+            &origin,
+            &verdict,
+        )
+        .await;
         // Its organization, so the pause reaches every route of it.
         crate::lanes::routes::learn(&mut crate::lock(&self.routing), route, &origin, false);
         crate::lanes::routes::pause(
@@ -242,6 +271,7 @@ impl BatchLane {
                 BatchCall::Wait {
                     retry_after,
                     message,
+                    ..
                 } => {
                     let at = now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64);
                     return self.later(batch.id, at, Some(message)).await;

@@ -49,6 +49,7 @@ impl BatchLane {
                 BatchCall::Wait {
                     retry_after,
                     message,
+                    ..
                 } => {
                     let at = now_ms() + retry_after.map_or(10_000, |d| d.as_millis() as i64);
                     return self.later(id, at, Some(message)).await;
