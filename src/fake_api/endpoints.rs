@@ -13,23 +13,25 @@ use tokio_util::sync::CancellationToken;
 use super::Faults;
 use super::batches::{self};
 use super::cache::CacheUsage;
-use super::limits::{Dimension, retry_after_secs};
+use super::limits::{ClassLimits, ClassReading, Dimension, admit_all, retry_after_secs};
 use super::messages::{
     ApiVersion, ParamsError, hash_bytes, message_json, plan_generation, validate_count_params,
     validate_params,
 };
 
+use super::orgs::Caller;
 use super::reply::{ApiError, Reply, json_reply, reply};
 use super::shared::{BATCH_MAX_BYTES, MESSAGES_MAX_BYTES, Shared, State, read_body};
 
-/// The Messages endpoint of organization `org`: validate, draw faults, admit, wait, answer.
+/// The Messages endpoint through a key of `caller`: validate, draw faults, admit (into its
+/// organization's buckets and its workspace's own), wait, answer.
 pub(super) async fn messages(
     shared: &Arc<Shared>,
     kill: &CancellationToken,
     request: Request<Incoming>,
     request_id: &str,
     version: ApiVersion,
-    org: usize,
+    caller: Caller,
 ) -> Result<Reply, ApiError> {
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
     if shared.keep_bodies {
@@ -44,11 +46,12 @@ pub(super) async fn messages(
         let state = &mut *state;
         let now = Instant::now();
         if let Some(mut error) = draw_fault(&state.faults, &mut state.draws) {
-            if error.status == StatusCode::TOO_MANY_REQUESTS
-                && !error.from_gateway
-                && let Some(class) = state.orgs[org].class_limits(valid.class, now)
-            {
-                error.headers.extend(class.headers(now, Timestamp::now()));
+            if error.status == StatusCode::TOO_MANY_REQUESTS && !error.from_gateway {
+                let mut layers =
+                    state.orgs[caller.org].class_layers(caller.workspace, valid.class, now);
+                error
+                    .headers
+                    .extend(tightest_headers(&mut layers.buckets, now));
             }
             return Err(error);
         }
@@ -60,32 +63,48 @@ pub(super) async fn messages(
             Duration::ZERO
         };
         let otpm_rule = shared.otpm_rule;
-        let org = &mut state.orgs[org];
+        let org = &mut state.orgs[caller.org];
         // ITPM is charged what is not read from the cache: its input and what it writes.
         let plan = org.cache.plan(&valid.model, &valid.layout, now);
         let charged = plan.usage.uncached + plan.usage.written();
-        let ticket = match org.class_limits(valid.class, now) {
-            None => None,
-            Some(class) => match class.admit(charged, valid.max_tokens, otpm_rule, now) {
+        let mut layers = org.class_layers(caller.workspace, valid.class, now);
+        let ticket = if layers.buckets.is_empty() {
+            None
+        } else {
+            match admit_all(
+                &mut layers.buckets,
+                charged,
+                valid.max_tokens,
+                otpm_rule,
+                now,
+            ) {
                 Ok(ticket) => Some(ticket),
-                Err(refusal) => {
+                Err((layer, refusal)) => {
                     let what = match refusal.dimension {
                         Dimension::Requests => "requests",
                         Dimension::InputTokens => "input tokens",
                         Dimension::OutputTokens => "output tokens",
                     };
+                    let whose = if Some(layer) == layers.workspace {
+                        "workspace's"
+                    } else {
+                        "organization's"
+                    };
                     let mut error = ApiError::rate_limited(
                         format!(
-                            "This request would exceed your organization's rate limit of {} {what} per minute (model class {}). For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
+                            "This request would exceed your {whose} rate limit of {} {what} per minute (model class {}). For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. Please reduce the prompt length or the maximum tokens requested, or try again later.",
                             refusal.limit_per_minute, valid.class
                         ),
                         refusal.retry_after_secs,
                     );
-                    error.headers.extend(class.headers(now, Timestamp::now()));
+                    error
+                        .headers
+                        .extend(tightest_headers(&mut layers.buckets, now));
                     return Err(error);
                 }
-            },
+            }
         };
+        let org = &mut state.orgs[caller.org];
         // What it writes is readable once its answer begins (after the latency).
         let begins_at = now + shared.latency + extra_latency;
         let cache = org.cache.commit(&plan, now, begins_at);
@@ -103,14 +122,20 @@ pub(super) async fn messages(
         let mut state = shared.lock();
         let state = &mut *state;
         let now = Instant::now();
-        let mut headers = Vec::new();
-        if let Some(ticket) = ticket
-            && let Some(class) = state.orgs[org].class_limits(valid.class, now)
-        {
-            class.complete(ticket, generation.output_tokens, now);
-            headers = class.headers(now, Timestamp::now());
+        let mut layers = state.orgs[caller.org].class_layers(caller.workspace, valid.class, now);
+        if let Some(ticket) = ticket {
+            for layer in layers.buckets.iter_mut() {
+                layer.complete(ticket, generation.output_tokens, now);
+            }
         }
-        count_message(state, org, cache, generation.output_tokens, drop_connection);
+        let headers = tightest_headers(&mut layers.buckets, now);
+        count_message(
+            state,
+            caller,
+            cache,
+            generation.output_tokens,
+            drop_connection,
+        );
         (batches::random_id(&mut state.ids, "msg_"), headers)
     };
 
@@ -137,10 +162,22 @@ pub(super) async fn messages(
     ))
 }
 
-/// Counts a processed Messages call of organization `org`, in its counters and the fake's.
+/// The `anthropic-ratelimit-*` headers of a call under `layers` (an organization's buckets of a
+/// model class, then its workspace's own): per dimension those of the bucket with the least
+/// left (see [`ClassReading::tighter`]); none without limits.
+fn tightest_headers(layers: &mut [&mut ClassLimits], now: Instant) -> Vec<(&'static str, String)> {
+    let reading = layers
+        .iter_mut()
+        .map(|layer| layer.reading(now))
+        .reduce(ClassReading::tighter);
+    reading.map_or_else(Vec::new, |reading| reading.headers(Timestamp::now()))
+}
+
+/// Counts a processed Messages call through a key of `caller`, in its organization's counters,
+/// its workspace's and the fake's.
 fn count_message(
     state: &mut State,
-    org: usize,
+    caller: Caller,
     cache: CacheUsage,
     output_tokens: u64,
     dropped: bool,
@@ -152,18 +189,22 @@ fn count_message(
     stats.cache_hit_calls += u64::from(cache.read > 0);
     stats.cache_write_5m_tokens += cache.write_5m;
     stats.cache_write_1h_tokens += cache.write_1h;
-    let own = &mut state.orgs[org].stats;
-    own.input_tokens += cache.uncached;
-    own.output_tokens += output_tokens;
-    own.cache_read_input_tokens += cache.read;
-    own.cache_write_5m_tokens += cache.write_5m;
-    own.cache_write_1h_tokens += cache.write_1h;
     if dropped {
         stats.messages_dropped += 1;
-        own.messages_dropped += 1;
     } else {
         stats.messages_accepted += 1;
-        own.messages_accepted += 1;
+    }
+    for own in state.caller_stats(caller) {
+        own.input_tokens += cache.uncached;
+        own.output_tokens += output_tokens;
+        own.cache_read_input_tokens += cache.read;
+        own.cache_write_5m_tokens += cache.write_5m;
+        own.cache_write_1h_tokens += cache.write_1h;
+        if dropped {
+            own.messages_dropped += 1;
+        } else {
+            own.messages_accepted += 1;
+        }
     }
 }
 
@@ -208,13 +249,14 @@ pub(super) fn params_error(error: ParamsError) -> ApiError {
 }
 
 /// `POST /v1/messages/count_tokens`: the input-token count the Messages endpoint would bill,
-/// under organization `org`'s own RPM for it.
+/// under the own RPM for it of `caller`'s organization.
 pub(super) async fn count_tokens(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
     request_id: &str,
-    org: usize,
+    caller: Caller,
 ) -> Result<Reply, ApiError> {
+    let org = caller.org;
     let body = read_body(request, MESSAGES_MAX_BYTES).await?;
     let params = shared.parse_json(&body)?;
     let input_tokens = validate_count_params(&params).map_err(params_error)?;
@@ -234,7 +276,9 @@ pub(super) async fn count_tokens(
         bucket.take(1.0, now);
     }
     state.stats.count_tokens_calls += 1;
-    state.orgs[org].stats.count_tokens_calls += 1;
+    for own in state.caller_stats(caller) {
+        own.count_tokens_calls += 1;
+    }
     Ok(json_reply(
         StatusCode::OK,
         request_id,
@@ -264,14 +308,15 @@ pub(super) fn charge_batch_rpm(shared: &Shared, org: usize) -> Result<(), ApiErr
     Ok(())
 }
 
-/// `POST /v1/messages/batches`: a batch of organization `org`, under its queue cap.
+/// `POST /v1/messages/batches`: a batch of `caller`'s organization, under its queue cap.
 pub(super) async fn create_batch(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
     request_id: &str,
     version: ApiVersion,
-    org: usize,
+    caller: Caller,
 ) -> Result<Reply, ApiError> {
+    let org = caller.org;
     let body = read_body(request, BATCH_MAX_BYTES).await?;
     {
         let mut state = shared.lock();
@@ -300,9 +345,10 @@ pub(super) async fn create_batch(
         let batch = store.create(requests, version, now, Timestamp::now(), &shared.base_url);
         state.stats.batches_created += 1;
         state.stats.batch_requests += count;
-        let own = &mut state.orgs[org].stats;
-        own.batches_created += 1;
-        own.batch_requests += count;
+        for own in state.caller_stats(caller) {
+            own.batches_created += 1;
+            own.batch_requests += count;
+        }
         batch
     };
     // Created: a client that dies while waiting here never learns the id (the crash tests).

@@ -3,6 +3,7 @@
 //! Everything here is pure: the current time is always passed in (`now: Instant`), so the
 //! logic can be unit-tested without sleeping.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::{FakeLimits, OtpmRule};
@@ -99,6 +100,37 @@ impl TokenBucket {
     pub(crate) fn remaining(&mut self, now: Instant) -> u64 {
         self.level(now).max(0.0).floor() as u64
     }
+
+    /// What the headers report of it at `now`.
+    pub(crate) fn reading(&mut self, now: Instant) -> Reading {
+        Reading {
+            limit_per_minute: self.limit_per_minute,
+            remaining: self.remaining(now),
+            full_in_secs: self.seconds_until_full(now),
+        }
+    }
+}
+
+/// One limit as the `anthropic-ratelimit-*` headers report it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Reading {
+    pub limit_per_minute: u64,
+    /// Whole units left (never negative), not yet rounded.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub full_in_secs: f64,
+}
+
+impl Reading {
+    /// The more restrictive of two readings: fewer units left; on a tie the lower limit; on a
+    /// tie of both, `self`.
+    pub(crate) fn tighter(self, other: Reading) -> Reading {
+        if (other.remaining, other.limit_per_minute) < (self.remaining, self.limit_per_minute) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// Which of the three Messages limits turned a request away.
@@ -155,10 +187,8 @@ impl ClassLimits {
             .set_limit(limits.otpm, limits.burst_seconds, now);
     }
 
-    /// Admits a request or says which limit it would exceed.
-    ///
-    /// A request needing more than a bucket's capacity is admitted once the bucket is full
-    /// (otherwise it could never run); the level then goes negative.
+    /// Admits a request or says which limit it would exceed (see [`admit_all`]).
+    #[cfg(test)]
     pub(crate) fn admit(
         &mut self,
         input_tokens: u64,
@@ -166,6 +196,21 @@ impl ClassLimits {
         rule: OtpmRule,
         now: Instant,
     ) -> Result<Ticket, Refusal> {
+        admit_all(&mut [self], input_tokens, max_tokens, rule, now).map_err(|(_, refusal)| refusal)
+    }
+
+    /// Whether a request would be admitted now, or which limit it would exceed (charging
+    /// nothing).
+    ///
+    /// A request needing more than a bucket's capacity is admitted once the bucket is full
+    /// (otherwise it could never run); the level then goes negative.
+    fn check(
+        &mut self,
+        input_tokens: u64,
+        max_tokens: u64,
+        rule: OtpmRule,
+        now: Instant,
+    ) -> Result<(), Refusal> {
         let input_need = (input_tokens as f64).min(self.input.capacity());
         let waits = [
             (Dimension::Requests, self.requests.seconds_until(1.0, now)),
@@ -194,6 +239,17 @@ impl ClassLimits {
                 retry_after_secs: retry_after_secs(wait),
             });
         }
+        Ok(())
+    }
+
+    /// Charges an admitted request at admission.
+    fn charge(
+        &mut self,
+        input_tokens: u64,
+        max_tokens: u64,
+        rule: OtpmRule,
+        now: Instant,
+    ) -> Ticket {
         self.requests.take(1.0, now);
         self.input.take(input_tokens as f64, now);
         let mut ticket = Ticket::default();
@@ -201,7 +257,7 @@ impl ClassLimits {
             self.output.take(max_tokens as f64, now);
             ticket.reserved_output = max_tokens;
         }
-        Ok(ticket)
+        ticket
     }
 
     /// Seconds until the output bucket allows a request in.
@@ -232,62 +288,162 @@ impl ClassLimits {
         self.output.take(output_tokens as f64, now);
     }
 
+    /// What the headers report of its buckets at `now`.
+    pub(crate) fn reading(&mut self, now: Instant) -> ClassReading {
+        let input = self.input.reading(now);
+        let output = self.output.reading(now);
+        ClassReading {
+            requests: self.requests.reading(now),
+            input,
+            output,
+            tokens: Reading {
+                limit_per_minute: input.limit_per_minute + output.limit_per_minute,
+                remaining: input.remaining + output.remaining,
+                full_in_secs: input.full_in_secs.max(output.full_in_secs),
+            },
+        }
+    }
+
     /// The `anthropic-ratelimit-*` headers. `wall_now` is the wall-clock time matching `now`.
+    #[cfg(test)]
     pub(crate) fn headers(
         &mut self,
         now: Instant,
         wall_now: jiff::Timestamp,
     ) -> Vec<(&'static str, String)> {
-        let reset = |seconds: f64| rfc3339_after(wall_now, seconds);
-        let requests_reset = self.requests.seconds_until_full(now);
-        let input_reset = self.input.seconds_until_full(now);
-        let output_reset = self.output.seconds_until_full(now);
-        let input_remaining = self.input.remaining(now);
-        let output_remaining = self.output.remaining(now);
+        self.reading(now).headers(wall_now)
+    }
+}
+
+/// Admits a request into every one of `layers` (an organization's buckets of its model class,
+/// then those of the key's workspace when it has limits of its own) and charges each, or
+/// charges none and says which layer refused (its index) and why. When several refuse, the
+/// refusal with the longest wait is given (retrying sooner could not succeed); on a tie, the
+/// first layer's.
+pub(crate) fn admit_all(
+    layers: &mut [&mut ClassLimits],
+    input_tokens: u64,
+    max_tokens: u64,
+    rule: OtpmRule,
+    now: Instant,
+) -> Result<Ticket, (usize, Refusal)> {
+    let mut refused: Option<(usize, Refusal)> = None;
+    for (index, layer) in layers.iter_mut().enumerate() {
+        if let Err(refusal) = layer.check(input_tokens, max_tokens, rule, now)
+            && refused
+                .as_ref()
+                .is_none_or(|(_, r)| refusal.retry_after_secs > r.retry_after_secs)
+        {
+            refused = Some((index, refusal));
+        }
+    }
+    if let Some(refused) = refused {
+        return Err(refused);
+    }
+    let mut ticket = Ticket::default();
+    for layer in layers.iter_mut() {
+        ticket = layer.charge(input_tokens, max_tokens, rule, now);
+    }
+    Ok(ticket)
+}
+
+/// A model class's limits as the headers report them: one [`Reading`] per dimension, and
+/// `tokens` for input and output together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ClassReading {
+    pub requests: Reading,
+    pub input: Reading,
+    pub output: Reading,
+    pub tokens: Reading,
+}
+
+impl ClassReading {
+    /// Per dimension the more restrictive of the two ([`Reading::tighter`]): what the headers
+    /// of a call under an organization's limits and its workspace's report. `tokens` is the
+    /// more restrictive of the two combined limits, never a mix of both.
+    pub(crate) fn tighter(self, other: ClassReading) -> ClassReading {
+        ClassReading {
+            requests: self.requests.tighter(other.requests),
+            input: self.input.tighter(other.input),
+            output: self.output.tighter(other.output),
+            tokens: self.tokens.tighter(other.tokens),
+        }
+    }
+
+    /// The `anthropic-ratelimit-*` headers. `wall_now` is the wall-clock time of the reading.
+    pub(crate) fn headers(&self, wall_now: jiff::Timestamp) -> Vec<(&'static str, String)> {
+        let reset = |reading: &Reading| rfc3339_after(wall_now, reading.full_in_secs);
+        let limit = |reading: &Reading| reading.limit_per_minute.to_string();
+        let rounded = |reading: &Reading| round_thousands(reading.remaining).to_string();
+        let (requests, input, output, tokens) =
+            (&self.requests, &self.input, &self.output, &self.tokens);
         vec![
-            (
-                "anthropic-ratelimit-requests-limit",
-                self.requests.limit_per_minute().to_string(),
-            ),
+            ("anthropic-ratelimit-requests-limit", limit(requests)),
             (
                 "anthropic-ratelimit-requests-remaining",
-                self.requests.remaining(now).to_string(),
+                requests.remaining.to_string(),
             ),
-            ("anthropic-ratelimit-requests-reset", reset(requests_reset)),
-            (
-                "anthropic-ratelimit-input-tokens-limit",
-                self.input.limit_per_minute().to_string(),
-            ),
-            (
-                "anthropic-ratelimit-input-tokens-remaining",
-                round_thousands(input_remaining).to_string(),
-            ),
-            ("anthropic-ratelimit-input-tokens-reset", reset(input_reset)),
-            (
-                "anthropic-ratelimit-output-tokens-limit",
-                self.output.limit_per_minute().to_string(),
-            ),
+            ("anthropic-ratelimit-requests-reset", reset(requests)),
+            ("anthropic-ratelimit-input-tokens-limit", limit(input)),
+            ("anthropic-ratelimit-input-tokens-remaining", rounded(input)),
+            ("anthropic-ratelimit-input-tokens-reset", reset(input)),
+            ("anthropic-ratelimit-output-tokens-limit", limit(output)),
             (
                 "anthropic-ratelimit-output-tokens-remaining",
-                round_thousands(output_remaining).to_string(),
+                rounded(output),
             ),
-            (
-                "anthropic-ratelimit-output-tokens-reset",
-                reset(output_reset),
-            ),
-            (
-                "anthropic-ratelimit-tokens-limit",
-                (self.input.limit_per_minute() + self.output.limit_per_minute()).to_string(),
-            ),
-            (
-                "anthropic-ratelimit-tokens-remaining",
-                round_thousands(input_remaining + output_remaining).to_string(),
-            ),
-            (
-                "anthropic-ratelimit-tokens-reset",
-                reset(input_reset.max(output_reset)),
-            ),
+            ("anthropic-ratelimit-output-tokens-reset", reset(output)),
+            ("anthropic-ratelimit-tokens-limit", limit(tokens)),
+            ("anthropic-ratelimit-tokens-remaining", rounded(tokens)),
+            ("anthropic-ratelimit-tokens-reset", reset(tokens)),
         ]
+    }
+}
+
+/// The buckets of every model class under one set of limits (an organization's, or a
+/// workspace's own), each created full on first use.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClassBuckets {
+    limits: Option<FakeLimits>,
+    classes: HashMap<&'static str, ClassLimits>,
+}
+
+impl ClassBuckets {
+    pub(crate) fn new(limits: Option<FakeLimits>) -> ClassBuckets {
+        ClassBuckets {
+            limits,
+            classes: HashMap::new(),
+        }
+    }
+
+    /// The limits in force (`None`: no buckets).
+    pub(crate) fn limits(&self) -> Option<FakeLimits> {
+        self.limits
+    }
+
+    /// Puts `limits` in force from `now`: existing buckets keep their level, clamped to the new
+    /// capacity (never raised), and refill at the new rate. `None` removes the buckets; limits
+    /// set again later start from full ones.
+    pub(crate) fn set_limits(&mut self, limits: Option<FakeLimits>, now: Instant) {
+        self.limits = limits;
+        match limits {
+            None => self.classes.clear(),
+            Some(limits) => {
+                for class in self.classes.values_mut() {
+                    class.set_limits(&limits, now);
+                }
+            }
+        }
+    }
+
+    /// The buckets of `class` (created full on first use), or `None` without limits.
+    pub(crate) fn class(&mut self, class: &'static str, now: Instant) -> Option<&mut ClassLimits> {
+        let limits = self.limits?;
+        Some(
+            self.classes
+                .entry(class)
+                .or_insert_with(|| ClassLimits::new(&limits, now)),
+        )
     }
 }
 
@@ -506,6 +662,110 @@ mod tests {
             get("anthropic-ratelimit-output-tokens-reset"),
             "2027-01-15T08:02:00Z"
         );
+    }
+
+    #[test]
+    fn admit_all_charges_every_layer_or_none() {
+        let t0 = Instant::now();
+        let mut org = ClassLimits::new(&limits(10, 1_000_000, 1_000_000, 60.0), t0);
+        let mut workspace = ClassLimits::new(&limits(2, 1_000_000, 1_000_000, 60.0), t0);
+        for _ in 0..2 {
+            let ticket = admit_all(
+                &mut [&mut org, &mut workspace],
+                10,
+                10,
+                OtpmRule::Generated,
+                t0,
+            )
+            .expect("admitted");
+            org.complete(ticket, 5, t0);
+            workspace.complete(ticket, 5, t0);
+        }
+        let (layer, refusal) = admit_all(
+            &mut [&mut org, &mut workspace],
+            10,
+            10,
+            OtpmRule::Generated,
+            t0,
+        )
+        .expect_err("the workspace is spent");
+        assert_eq!(layer, 1);
+        assert_eq!(refusal.dimension, Dimension::Requests);
+        assert_eq!(refusal.limit_per_minute, 2);
+        // The refusal charged the organization nothing: 8 of its 10 are left.
+        assert_eq!(org.reading(t0).requests.remaining, 8);
+        for _ in 0..8 {
+            assert!(org.admit(10, 10, OtpmRule::Generated, t0).is_ok());
+        }
+        // Both spent: the longer wait is given, the workspace's 30 s (a request at 2/min) over
+        // the organization's 6 s (at 10/min).
+        let (layer, refusal) = admit_all(
+            &mut [&mut org, &mut workspace],
+            10,
+            10,
+            OtpmRule::Generated,
+            t0,
+        )
+        .expect_err("both spent");
+        assert_eq!((layer, refusal.retry_after_secs), (1, 30));
+        let (layer, refusal) =
+            admit_all(&mut [&mut org], 10, 10, OtpmRule::Generated, t0).expect_err("spent");
+        assert_eq!((layer, refusal.retry_after_secs), (0, 6));
+    }
+
+    #[test]
+    fn the_tighter_reading_has_fewer_left_per_dimension() {
+        let t0 = Instant::now();
+        let wall = jiff::Timestamp::from_second(1_800_000_000).expect("valid time");
+        let mut org = ClassLimits::new(&limits(100, 50_000, 10_000, 60.0), t0);
+        let mut workspace = ClassLimits::new(&limits(5, 1_000_000, 1_000_000, 60.0), t0);
+        for class in [&mut org, &mut workspace] {
+            let ticket = class
+                .admit(20_000, 10, OtpmRule::Generated, t0)
+                .expect("admitted");
+            class.complete(ticket, 1_000, t0);
+        }
+        let both = org.reading(t0).tighter(workspace.reading(t0));
+        // Requests: the workspace's 4 of 5 against the organization's 99 of 100.
+        assert_eq!(
+            (both.requests.limit_per_minute, both.requests.remaining),
+            (5, 4)
+        );
+        // Tokens: the organization's 30,000 and 9,000 against the workspace's 980,000 and 999,000.
+        assert_eq!(both.input.limit_per_minute, 50_000);
+        assert_eq!(both.output.limit_per_minute, 10_000);
+        assert_eq!(both.tokens.limit_per_minute, 60_000);
+        let headers = both.headers(wall);
+        assert!(headers.contains(&("anthropic-ratelimit-requests-limit", "5".to_string())));
+        assert!(headers.contains(&("anthropic-ratelimit-tokens-remaining", "39000".to_string())));
+        // On a tie of what is left, the lower limit is the tighter.
+        let a = Reading {
+            limit_per_minute: 10,
+            remaining: 3,
+            full_in_secs: 1.0,
+        };
+        let b = Reading {
+            limit_per_minute: 5,
+            ..a
+        };
+        assert_eq!(a.tighter(b), b);
+        assert_eq!(b.tighter(a), b);
+    }
+
+    #[test]
+    fn class_buckets_are_made_on_first_use_and_follow_their_limits() {
+        let t0 = Instant::now();
+        let mut buckets = ClassBuckets::new(None);
+        assert!(buckets.class("c", t0).is_none());
+        buckets.set_limits(Some(limits(3, 1_000, 1_000, 60.0)), t0);
+        let class = buckets.class("c", t0).expect("limits set");
+        assert!(class.admit(1, 1, OtpmRule::Generated, t0).is_ok());
+        buckets.set_limits(Some(limits(1, 1_000, 1_000, 60.0)), t0);
+        let class = buckets.class("c", t0).expect("limits set");
+        assert_eq!(class.reading(t0).requests.remaining, 1);
+        buckets.set_limits(None, t0);
+        assert!(buckets.class("c", t0).is_none());
+        assert_eq!(buckets.limits(), None);
     }
 
     #[test]

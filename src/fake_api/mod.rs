@@ -11,8 +11,9 @@
 //! - `messages`: models, validation, token counting and generated answers.
 //! - `limits`: the token buckets (pure, time passed in).
 //! - `batches`: the batch store (pure, time passed in).
-//! - `orgs`: organizations: which key is whose, and what the API keeps per organization (its
-//!   buckets, prompt cache, batches, spend-cap switch and counters).
+//! - `orgs`: organizations and their workspaces: which key is whose, and what the API keeps per
+//!   organization (its buckets, prompt cache, batches, spend-cap switch and counters) and per
+//!   workspace (its own buckets, when it has limits, and counters).
 //! - `load`: a load generator playing interactive traffic against a Messages endpoint
 //!   ([`run_load`]).
 //!
@@ -54,8 +55,11 @@ pub struct FakeConfig {
     /// What the real API keeps per organization is per organization here too: the Messages
     /// buckets of each model class, the batch RPM, the `count_tokens` RPM, the prompt cache
     /// (per organization and model) and the batch store (another organization's batch is a
-    /// 404). Every answer carries `anthropic-organization-id` and `anthropic-workspace-id` of
-    /// the key's organization; an answer whose request named no organization (a missing, unknown
+    /// 404). A key of one of an organization's [`FakeOrg::workspaces`] is of that organization
+    /// too, and a workspace with limits of its own adds its buckets inside the organization's.
+    /// Every answer carries `anthropic-organization-id` of the key's organization and
+    /// `anthropic-workspace-id` of the key's workspace (the default one for the organization's
+    /// own keys); an answer whose request named no organization (a missing, unknown
     /// or revoked key, a path outside `/v1/`, `/_fake/stats`) carries the implicit organization's
     /// when `orgs` is empty (as before there were organizations) and none otherwise.
     pub orgs: Vec<FakeOrg>,
@@ -104,13 +108,18 @@ impl Default for FakeConfig {
 pub struct FakeOrg {
     /// Its `anthropic-organization-id`.
     pub id: String,
-    /// Its `anthropic-workspace-id` (the workspace every key of the fake resolves to).
+    /// The `anthropic-workspace-id` of its default workspace, the one its own `keys` resolve to.
     pub workspace_id: String,
-    /// Its API keys, each non-empty and of this organization only.
+    /// Its API keys (of its default workspace), each non-empty and given once in the whole fake.
     pub keys: Vec<String>,
     /// Its own limits; `None`: those of [`FakeConfig::limits`] (as [`FakeApi::set_limits`]
-    /// changes them). Changeable at run time with [`FakeApi::set_org_limits`].
+    /// changes them). Changeable at run time with [`FakeApi::set_org_limits`]. They apply to
+    /// every call of the organization, whichever workspace its key is of.
     pub limits: Option<FakeLimits>,
+    /// Its other workspaces, each with its own keys (default: none). Everything but a
+    /// workspace's own limits stays per organization: its buckets, batches, prompt cache and
+    /// spend-cap switch are shared by all its workspaces.
+    pub workspaces: Vec<FakeWorkspace>,
 }
 
 impl FakeOrg {
@@ -125,7 +134,55 @@ impl FakeOrg {
             id,
             keys: keys.into_iter().map(Into::into).collect(),
             limits: None,
+            workspaces: Vec::new(),
         }
+    }
+
+    /// The organization with `workspace` added.
+    pub fn with_workspace(mut self, workspace: FakeWorkspace) -> FakeOrg {
+        self.workspaces.push(workspace);
+        self
+    }
+}
+
+/// A workspace of an organization ([`FakeOrg::workspaces`]).
+///
+/// A call through one of its keys is of its organization (whose buckets, batches, prompt cache
+/// and spend-cap switch it shares) and its answer carries `anthropic-workspace-id: <id>`. With
+/// `limits`, the workspace also has buckets of its own per model class inside the
+/// organization's: a Messages call must be admitted by both and is charged to both, a 429 from
+/// the workspace's names "your workspace's rate limit", and the `anthropic-ratelimit-*` headers
+/// report per dimension whichever of the two has less left (fact sheet §0, §2.1–2.2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeWorkspace {
+    /// Its `anthropic-workspace-id`, not that of another workspace of its organization.
+    pub id: String,
+    /// Its API keys, each non-empty and given once in the whole fake.
+    pub keys: Vec<String>,
+    /// Its own Messages limits, lower than its organization's as a rule (the organization's
+    /// apply on top either way); `None`: only the organization's. Changeable at run time with
+    /// [`FakeApi::set_workspace_limits`]. The batch and `count_tokens` RPM stay the
+    /// organization's.
+    pub limits: Option<FakeLimits>,
+}
+
+impl FakeWorkspace {
+    /// Workspace `id` with `keys` and no limits of its own.
+    pub fn new(
+        id: impl Into<String>,
+        keys: impl IntoIterator<Item = impl Into<String>>,
+    ) -> FakeWorkspace {
+        FakeWorkspace {
+            id: id.into(),
+            keys: keys.into_iter().map(Into::into).collect(),
+            limits: None,
+        }
+    }
+
+    /// The workspace with `limits` of its own.
+    pub fn with_limits(mut self, limits: FakeLimits) -> FakeWorkspace {
+        self.limits = Some(limits);
+        self
     }
 }
 
@@ -242,8 +299,9 @@ pub struct FakeStats {
     pub orgs: BTreeMap<String, OrgStats>,
 }
 
-/// Counters of one organization ([`FakeStats::orgs`], [`FakeApi::org_stats`]); each counts as
-/// the [`FakeStats`] field of the same name does.
+/// Counters of one organization ([`FakeStats::orgs`], [`FakeApi::org_stats`]), or of the calls
+/// through one workspace's keys ([`FakeApi::workspace_stats`]); each counts as the
+/// [`FakeStats`] field of the same name does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OrgStats {
     /// Messages requests processed and answered 200.

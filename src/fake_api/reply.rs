@@ -7,7 +7,7 @@ use hyper::{Response, StatusCode};
 use serde_json::Value;
 
 use super::batches::BatchError;
-use super::orgs::{OrgIdentity, spend_cap_resumes_at};
+use super::orgs::spend_cap_resumes_at;
 
 /// What every handler answers.
 pub(super) type Reply = Response<Full<Bytes>>;
@@ -135,13 +135,13 @@ pub(super) fn reply(
     response
 }
 
-/// Adds `anthropic-organization-id` and `anthropic-workspace-id` of `org` to an answer of the
-/// API (never to a gateway's: it has no `request-id`).
-pub(super) fn stamp_org(reply: &mut Reply, org: &OrgIdentity) {
+/// Adds `anthropic-organization-id: org_id` and `anthropic-workspace-id: workspace_id` to an
+/// answer of the API (never to a gateway's: it has no `request-id`).
+pub(super) fn stamp_org(reply: &mut Reply, org_id: &str, workspace_id: &str) {
     let headers = reply.headers_mut();
     if headers.contains_key("request-id") {
-        insert_header(headers, "anthropic-organization-id", &org.id);
-        insert_header(headers, "anthropic-workspace-id", &org.workspace_id);
+        insert_header(headers, "anthropic-organization-id", org_id);
+        insert_header(headers, "anthropic-workspace-id", workspace_id);
     }
 }
 

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::batches::{self, BatchError, BatchStore};
 use super::endpoints::{charge_batch_rpm, count_tokens, create_batch, messages, parse_list_query};
 use super::messages::ApiVersion;
+use super::orgs::Caller;
 use super::reply::{ApiError, Reply, json_reply, reply, stamp_org};
 use super::shared::Shared;
 use super::{FakeConfig, FakeLimits, FakeStats, Faults, OrgStats};
@@ -39,7 +40,9 @@ pub struct FakeApi {
 
 impl FakeApi {
     /// Binds `addr` (port 0 picks a free port) and serves in a spawned task. An
-    /// `InvalidInput` error when [`FakeConfig::orgs`] gives an id or key twice, or an empty key.
+    /// `InvalidInput` error when [`FakeConfig::orgs`] gives an organization id twice, a
+    /// workspace id twice in one organization (its default one included), a key twice anywhere,
+    /// or an empty key or workspace id.
     pub async fn start(config: FakeConfig, addr: SocketAddr) -> std::io::Result<FakeApi> {
         let shared = Shared::new(config, String::new())
             .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
@@ -125,7 +128,7 @@ impl FakeApi {
     /// Panics if the fake has no such organization.
     pub fn org_limits(&self, org_id: &str) -> Option<FakeLimits> {
         let org = self.shared.org_index(org_id);
-        self.shared.lock().orgs[org].limits
+        self.shared.lock().orgs[org].limits()
     }
 
     /// Gives organization `org_id` limits of its own from now on, as [`FakeApi::set_limits`]
@@ -138,6 +141,39 @@ impl FakeApi {
         let org = &mut state.orgs[org];
         org.own_limits = limits;
         org.apply_limits(in_force, self.shared.rates, Instant::now());
+    }
+
+    /// The own limits of workspace `workspace_id` of organization `org_id` (`None`: it has
+    /// none, and only the organization's apply). Panics if the fake has no such workspace.
+    pub fn workspace_limits(&self, org_id: &str, workspace_id: &str) -> Option<FakeLimits> {
+        let caller = self.shared.workspace(org_id, workspace_id);
+        let state = self.shared.lock();
+        state.orgs[caller.org].workspaces[caller.workspace]
+            .buckets
+            .limits()
+    }
+
+    /// Gives workspace `workspace_id` of organization `org_id` limits of its own from now on,
+    /// inside the organization's (see [`super::FakeWorkspace::limits`]); `None`: none, only
+    /// the organization's. Its existing buckets keep their level, clamped to the new capacity,
+    /// as with [`FakeApi::set_limits`]. Panics if the fake has no such workspace, or if it is
+    /// the organization's default workspace, whose limits are the organization's
+    /// ([`FakeApi::set_org_limits`]).
+    pub fn set_workspace_limits(
+        &self,
+        org_id: &str,
+        workspace_id: &str,
+        limits: Option<FakeLimits>,
+    ) {
+        let caller = self.shared.workspace(org_id, workspace_id);
+        assert!(
+            caller.workspace != 0,
+            "{workspace_id:?} is the default workspace of {org_id:?}: its limits are the organization's"
+        );
+        let mut state = self.shared.lock();
+        state.orgs[caller.org].workspaces[caller.workspace]
+            .buckets
+            .set_limits(limits, Instant::now());
     }
 
     /// While `reached`, the Messages calls and batch creates of organization `org_id` get the
@@ -162,6 +198,18 @@ impl FakeApi {
     pub fn org_stats(&self, org_id: &str) -> OrgStats {
         let org = self.shared.org_index(org_id);
         self.shared.lock().orgs[org].stats.clone()
+    }
+
+    /// A snapshot of the counters of the calls through the keys of workspace `workspace_id` of
+    /// organization `org_id` (its default workspace: through the organization's own keys); the
+    /// organization's counters ([`FakeApi::org_stats`]) count them too. Panics if the fake has
+    /// no such workspace.
+    pub fn workspace_stats(&self, org_id: &str, workspace_id: &str) -> OrgStats {
+        let caller = self.shared.workspace(org_id, workspace_id);
+        let state = self.shared.lock();
+        state.orgs[caller.org].workspaces[caller.workspace]
+            .stats
+            .clone()
     }
 
     /// Replaces the injected faults from now on.
@@ -293,14 +341,14 @@ pub(super) async fn handle(
     request: Request<Incoming>,
 ) -> Reply {
     let request_id = batches::random_id(&mut shared.lock().ids, "req_");
-    let (org, result) = match gate(&shared, &request) {
+    let (caller, result) = match gate(&shared, &request) {
         Ok(Gate::Stats) => {
             let stats = serde_json::to_value(shared.stats_snapshot()).unwrap_or_default();
             (None, Ok(json_reply(StatusCode::OK, &request_id, &stats)))
         }
-        Ok(Gate::Org(org)) => {
-            let result = route(&shared, &kill, request, &request_id, org).await;
-            (Some(org), result)
+        Ok(Gate::Api(caller)) => {
+            let result = route(&shared, &kill, request, &request_id, caller).await;
+            (Some(caller), result)
         }
         Err(error) => (None, Err(error)),
     };
@@ -308,15 +356,17 @@ pub(super) async fn handle(
         Ok(answer) => answer,
         Err(error) => error.into_reply(&request_id),
     };
-    if let Some(named) = org.or(shared.directory.fallback()) {
-        stamp_org(&mut answer, &shared.directory.orgs[named]);
+    if let Some(named) = caller.or(shared.directory.fallback()) {
+        let (org_id, workspace_id) = shared.directory.names(named);
+        stamp_org(&mut answer, org_id, workspace_id);
     }
-    count_answer(&shared, answer.status(), org);
+    count_answer(&shared, answer.status(), caller);
     answer
 }
 
-/// Counts an error answer, in the organization's counters too when its key named one.
-fn count_answer(shared: &Shared, status: StatusCode, org: Option<usize>) {
+/// Counts an error answer, in the organization's and workspace's counters too when its key
+/// named them.
+fn count_answer(shared: &Shared, status: StatusCode, caller: Option<Caller>) {
     if status.as_u16() < 400 {
         return;
     }
@@ -329,18 +379,20 @@ fn count_answer(shared: &Shared, status: StatusCode, org: Option<usize>) {
         529 => stats.overloaded_529 += 1,
         _ => {}
     }
-    if let Some(org) = org
+    if let Some(caller) = caller
         && status == StatusCode::TOO_MANY_REQUESTS
     {
-        state.orgs[org].stats.rate_limited_429 += 1;
+        for stats in state.caller_stats(caller) {
+            stats.rate_limited_429 += 1;
+        }
     }
 }
 
-/// What a request is, before its route: the fake's own counters, or an API call of an
-/// organization.
+/// What a request is, before its route: the fake's own counters, or an API call through a key
+/// of an organization's workspace.
 pub(super) enum Gate {
     Stats,
-    Org(usize),
+    Api(Caller),
 }
 
 /// `GET /_fake/stats` needs no key; other paths outside `/v1/` are a 404; any other request
@@ -354,17 +406,18 @@ pub(super) fn gate(shared: &Shared, request: &Request<Incoming>) -> Result<Gate,
     if !path.starts_with("/v1/") {
         return Err(not_found_path(method, path));
     }
-    check_api_key(shared, request.headers()).map(Gate::Org)
+    check_api_key(shared, request.headers()).map(Gate::Api)
 }
 
-/// Routes an API call of organization `org`.
+/// Routes an API call through a key of `caller`.
 pub(super) async fn route(
     shared: &Arc<Shared>,
     kill: &CancellationToken,
     request: Request<Incoming>,
     request_id: &str,
-    org: usize,
+    caller: Caller,
 ) -> Result<Reply, ApiError> {
+    let org = caller.org;
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let version = check_version(request.headers())?;
@@ -375,10 +428,10 @@ pub(super) async fn route(
     }
 
     if method == Method::POST && path == "/v1/messages" {
-        return messages(shared, kill, request, request_id, version, org).await;
+        return messages(shared, kill, request, request_id, version, caller).await;
     }
     if method == Method::POST && path == "/v1/messages/count_tokens" {
-        return count_tokens(shared, request, request_id, org).await;
+        return count_tokens(shared, request, request_id, caller).await;
     }
     let Some(rest) = path.strip_prefix("/v1/messages/batches") else {
         return Err(not_found_path(&method, &path));
@@ -397,7 +450,7 @@ pub(super) async fn route(
     charge_batch_rpm(shared, org)?;
     let base_url = shared.base_url.as_str();
     match (&method, segments.as_slice()) {
-        (&Method::POST, []) => create_batch(shared, request, request_id, version, org).await,
+        (&Method::POST, []) => create_batch(shared, request, request_id, version, caller).await,
         (&Method::GET, []) => {
             let query = request.uri().query().unwrap_or("");
             let (limit, after_id, before_id) = parse_list_query(query)?;
@@ -449,8 +502,9 @@ pub(super) fn not_found_path(method: &Method, path: &str) -> ApiError {
     ApiError::not_found(format!("Not Found: {method} {path}"))
 }
 
-/// The organization of the key in `x-api-key` (preferred) or `Authorization: Bearer <key>`.
-pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<usize, ApiError> {
+/// The organization and workspace of the key in `x-api-key` (preferred) or `Authorization:
+/// Bearer <key>`.
+pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let from_x_api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let from_bearer = headers
         .get("authorization")
@@ -462,8 +516,8 @@ pub(super) fn check_api_key(shared: &Shared, headers: &HeaderMap) -> Result<usiz
     if key.is_empty() {
         return Err(unauthorized("x-api-key header is required"));
     }
-    let org = shared.directory.org_of(key, &shared.lock().revoked);
-    org.ok_or_else(|| unauthorized("invalid x-api-key"))
+    let caller = shared.directory.caller_of(key, &shared.lock().revoked);
+    caller.ok_or_else(|| unauthorized("invalid x-api-key"))
 }
 
 pub(super) fn check_version(headers: &HeaderMap) -> Result<ApiVersion, ApiError> {

@@ -13,9 +13,9 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 
 use super::batches::{BatchStore, ResolveSettings};
-use super::orgs::{Directory, EndpointRates, OrgState};
+use super::orgs::{Caller, Directory, EndpointRates, OrgState};
 use super::reply::ApiError;
-use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OtpmRule};
+use super::{BatchSettings, FakeConfig, FakeLimits, FakeStats, Faults, OrgStats, OtpmRule};
 
 /// Messages body limit (32 MB).
 pub(super) const MESSAGES_MAX_BYTES: usize = 32 * 1024 * 1024;
@@ -59,6 +59,12 @@ pub(super) struct State {
 }
 
 impl State {
+    /// The counters of `caller`'s organization and of its workspace, to count one thing in both.
+    pub(super) fn caller_stats(&mut self, caller: Caller) -> [&mut OrgStats; 2] {
+        let org = &mut self.orgs[caller.org];
+        [&mut org.stats, &mut org.workspaces[caller.workspace].stats]
+    }
+
     /// Resolves the batches of organization `org` that are due at `now`.
     pub(super) fn refresh_batches(&mut self, org: usize, now: Instant) {
         let org = &mut self.orgs[org];
@@ -81,11 +87,24 @@ impl Shared {
             error_fraction: config.batch.error_fraction,
             seed: config.seed,
         };
-        let own_limits = |index: usize| config.orgs.get(index).and_then(|o| o.limits);
         let orgs = (0..directory.orgs.len())
             .map(|index| {
                 let batches = BatchStore::new(resolve, index as u64);
-                OrgState::new(own_limits(index), config.limits, rates, batches, now)
+                let org = config.orgs.get(index);
+                // The default workspace has the organization's limits only.
+                let workspace_limits = std::iter::once(None).chain(
+                    org.into_iter()
+                        .flat_map(|o| o.workspaces.iter().map(|w| w.limits)),
+                );
+                let own_limits = org.and_then(|o| o.limits);
+                OrgState::new(
+                    own_limits,
+                    config.limits,
+                    workspace_limits,
+                    rates,
+                    batches,
+                    now,
+                )
             })
             .collect();
         Ok(Shared {
@@ -144,6 +163,16 @@ impl Shared {
         self.directory
             .index_of(org_id)
             .unwrap_or_else(|| panic!("the fake API has no organization {org_id:?}"))
+    }
+
+    /// Organization `org_id` and its workspace `workspace_id` (its default one included).
+    /// Panics when there is none, as [`Shared::org_index`] does.
+    pub(super) fn workspace(&self, org_id: &str, workspace_id: &str) -> Caller {
+        self.directory
+            .workspace_of(org_id, workspace_id)
+            .unwrap_or_else(|| {
+                panic!("the fake API has no workspace {workspace_id:?} in organization {org_id:?}")
+            })
     }
 }
 

@@ -1343,3 +1343,302 @@ async fn orgs_giving_a_key_twice_are_refused_at_start() {
         .expect("refused");
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+/// Org A (key `sk-a`, each class holding `org_rpm` requests) with workspace `ws-nightly`
+/// (key `sk-nightly`, its own `ws_rpm` and 100,000 ITPM) and workspace `ws-open` without limits
+/// of its own (key `sk-open`); org B (key `sk-b`).
+fn org_with_workspaces(org_rpm: u64, ws_rpm: u64) -> FakeConfig {
+    let config = with_limits(org_rpm);
+    let nightly = FakeLimits {
+        rpm: ws_rpm,
+        itpm: 100_000,
+        ..config.limits.expect("limits")
+    };
+    FakeConfig {
+        orgs: vec![
+            FakeOrg::new("org-a", ["sk-a"])
+                .with_workspace(
+                    FakeWorkspace::new("ws-nightly", ["sk-nightly"]).with_limits(nightly),
+                )
+                .with_workspace(FakeWorkspace::new("ws-open", ["sk-open"])),
+            FakeOrg::new("org-b", ["sk-b"]),
+        ],
+        ..config
+    }
+}
+
+async fn error_message(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_limited_workspace_is_refused_on_its_own_bucket_while_the_org_has_room() {
+    let fake = start(org_with_workspaces(12, 4)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    for remaining in ["3", "2", "1", "0"] {
+        let response = post_as(&client, url.clone(), "sk-nightly", &message_body()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+        assert_eq!(header(&response, "anthropic-workspace-id"), "ws-nightly");
+        // The workspace's bucket has less left than the organization's: its limit is reported.
+        assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "4");
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-remaining"),
+            remaining
+        );
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-input-tokens-limit"),
+            "100000"
+        );
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-tokens-limit"),
+            "300000"
+        );
+    }
+    let response = post_as(&client, url.clone(), "sk-nightly", &message_body()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "anthropic-workspace-id"), "ws-nightly");
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "4");
+    let retry_after: u64 = header(&response, "retry-after").parse().expect("number");
+    assert!((1..=15).contains(&retry_after), "{retry_after}");
+    let message = error_message(response).await;
+    assert!(
+        message.contains("your workspace's rate limit of 4 requests per minute"),
+        "{message}"
+    );
+
+    // The organization's default key still goes, on what the workspace left of its 12.
+    for remaining in (0..8).rev() {
+        let response = post_as(&client, url.clone(), "sk-a", &message_body()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-a");
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-limit"),
+            "12"
+        );
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-remaining"),
+            remaining.to_string()
+        );
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-input-tokens-limit"),
+            "1000000"
+        );
+    }
+    let response = post_as(&client, url.clone(), "sk-a", &message_body()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        header(&response, "anthropic-ratelimit-requests-limit"),
+        "12"
+    );
+    let message = error_message(response).await;
+    assert!(
+        message.contains("your organization's rate limit of 12 requests per minute"),
+        "{message}"
+    );
+    // Another organization is untouched.
+    let response = post_as(&client, url, "sk-b", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-b");
+
+    let a = fake.org_stats("org-a");
+    assert_eq!((a.messages_accepted, a.rate_limited_429), (12, 2));
+    let nightly = fake.workspace_stats("org-a", "ws-nightly");
+    assert_eq!(
+        (nightly.messages_accepted, nightly.rate_limited_429),
+        (4, 1)
+    );
+    let default = fake.workspace_stats("org-a", "wrkspc_org-a");
+    assert_eq!(
+        (default.messages_accepted, default.rate_limited_429),
+        (8, 1)
+    );
+    assert_eq!(
+        a.input_tokens,
+        nightly.input_tokens + default.input_tokens,
+        "a workspace's calls are its organization's"
+    );
+    assert_eq!(
+        fake.workspace_stats("org-a", "ws-open"),
+        OrgStats::default()
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_workspaces_calls_draw_on_the_orgs_bucket_which_then_binds() {
+    let fake = start(org_with_workspaces(6, 4)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    for _ in 0..4 {
+        let response = post_as(&client, url.clone(), "sk-a", &message_body()).await;
+        assert_eq!(response.status(), 200);
+    }
+    // The organization has 2 left, the workspace 4: the organization's bucket is reported.
+    for remaining in ["1", "0"] {
+        let response = post_as(&client, url.clone(), "sk-nightly", &message_body()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "anthropic-workspace-id"), "ws-nightly");
+        assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "6");
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-remaining"),
+            remaining
+        );
+        // Input tokens: the workspace's 100,000 has less left than the organization's 1,000,000.
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-input-tokens-limit"),
+            "100000"
+        );
+    }
+    // The workspace has 2 of its own left, but the organization has none.
+    let response = post_as(&client, url.clone(), "sk-nightly", &message_body()).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "6");
+    let message = error_message(response).await;
+    assert!(
+        message.contains("your organization's rate limit of 6 requests per minute"),
+        "{message}"
+    );
+    assert_eq!(fake.org_stats("org-a").messages_accepted, 6);
+    assert_eq!(
+        fake.workspace_stats("org-a", "ws-nightly")
+            .messages_accepted,
+        2
+    );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_workspace_without_limits_shares_the_orgs_bucket_only() {
+    let fake = start(org_with_workspaces(3, 1)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/messages", fake.base_url());
+    for (key, workspace, remaining) in [
+        ("sk-open", "ws-open", "2"),
+        ("sk-a", "wrkspc_org-a", "1"),
+        ("sk-open", "ws-open", "0"),
+    ] {
+        let response = post_as(&client, url.clone(), key, &message_body()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "anthropic-organization-id"), "org-a");
+        assert_eq!(header(&response, "anthropic-workspace-id"), workspace);
+        assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "3");
+        assert_eq!(
+            header(&response, "anthropic-ratelimit-requests-remaining"),
+            remaining
+        );
+    }
+    for key in ["sk-open", "sk-a", "sk-nightly"] {
+        let response = post_as(&client, url.clone(), key, &message_body()).await;
+        assert_eq!(response.status(), 429, "{key}");
+        let message = error_message(response).await;
+        assert!(
+            message.contains("your organization's rate limit of 3 requests per minute"),
+            "{key}: {message}"
+        );
+    }
+    let open = fake.workspace_stats("org-a", "ws-open");
+    assert_eq!((open.messages_accepted, open.rate_limited_429), (2, 1));
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn workspace_limits_change_at_run_time_and_the_rest_stays_per_org() {
+    let fake = start(FakeConfig {
+        orgs: vec![
+            FakeOrg::new("org-a", ["sk-a"]).with_workspace(FakeWorkspace::new("ws-x", ["sk-x"])),
+        ],
+        batch: BatchSettings {
+            processing_time: Duration::from_millis(50),
+            ..BatchSettings::default()
+        },
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = fake.base_url();
+    let url = format!("{base}/v1/messages");
+    assert_eq!(fake.workspace_limits("org-a", "ws-x"), None);
+    let response = post_as(&client, url.clone(), "sk-x", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert!(!has_header(&response, "anthropic-ratelimit-requests-limit"));
+
+    // Limits of its own, though the organization has none.
+    let one = FakeLimits {
+        rpm: 1,
+        itpm: 1_000_000,
+        otpm: 200_000,
+        burst_seconds: 60.0,
+    };
+    fake.set_workspace_limits("org-a", "ws-x", Some(one));
+    assert_eq!(fake.workspace_limits("org-a", "ws-x"), Some(one));
+    let response = post_as(&client, url.clone(), "sk-x", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-ratelimit-requests-limit"), "1");
+    let response = post_as(&client, url.clone(), "sk-x", &message_body()).await;
+    assert_eq!(response.status(), 429);
+    let message = error_message(response).await;
+    assert!(
+        message.contains("your workspace's rate limit of 1 requests"),
+        "{message}"
+    );
+    let response = post_as(&client, url.clone(), "sk-a", &message_body()).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the default workspace has no such limit"
+    );
+    assert!(!has_header(&response, "anthropic-ratelimit-requests-limit"));
+    fake.set_workspace_limits("org-a", "ws-x", None);
+    let response = post_as(&client, url.clone(), "sk-x", &message_body()).await;
+    assert_eq!(response.status(), 200);
+    assert!(!has_header(&response, "anthropic-ratelimit-requests-limit"));
+
+    // A batch created through the workspace's key is its organization's.
+    let response = post_as(
+        &client,
+        format!("{base}/v1/messages/batches"),
+        "sk-x",
+        &batch_body(2),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-workspace-id"), "ws-x");
+    let batch: Value = response.json().await.expect("json");
+    let id = batch["id"].as_str().expect("id");
+    let response = get_as(&client, format!("{base}/v1/messages/batches/{id}"), "sk-a").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "anthropic-workspace-id"), "wrkspc_org-a");
+    let x = fake.workspace_stats("org-a", "ws-x");
+    assert_eq!((x.messages_accepted, x.rate_limited_429), (3, 1));
+    assert_eq!((x.batches_created, x.batch_requests), (1, 2));
+    let a = fake.org_stats("org-a");
+    assert_eq!((a.messages_accepted, a.batches_created), (4, 1));
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "default workspace")]
+async fn the_default_workspace_cannot_get_limits_of_its_own() {
+    let fake = start(org_with_workspaces(10, 5)).await;
+    fake.set_workspace_limits("org-a", "wrkspc_org-a", fake.limits());
+}
+
+#[tokio::test]
+async fn a_key_of_a_workspace_given_to_the_org_too_is_refused_at_start() {
+    let config = FakeConfig {
+        orgs: vec![FakeOrg::new("a", ["k"]).with_workspace(FakeWorkspace::new("w", ["k"]))],
+        ..FakeConfig::default()
+    };
+    let error = FakeApi::start(config, "127.0.0.1:0".parse().expect("valid address"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+}
