@@ -457,3 +457,72 @@ async fn a_tenant_no_route_allows_waits_and_status_says_so() {
     assert_eq!(job["counts"]["succeeded"], 1, "{job}");
     assert_eq!(job["counts"]["pending"], 1, "beta's item waits: {job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_with_its_own_limit_is_paced_inside_its_organization() {
+    use nightshift::fake_api::FakeWorkspace;
+    const KEY_NIGHTLY: &str = "sk-ant-test-orgA-nightly-ws-NNN1";
+    // Organization A allows 600 a minute; its nightly workspace 120 of them. The app team's
+    // items go through the organization's default workspace, everyone else's through the
+    // nightly one.
+    let fake = FakeConfig {
+        orgs: vec![FakeOrg::new("org-a", [KEY_A1]).with_workspace(
+            FakeWorkspace::new("ws-nightly", [KEY_NIGHTLY]).with_limits(limits(120, 2.0)),
+        )],
+        limits: Some(limits(600, 2.0)),
+        latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    };
+    let env = TestEnv::new(
+        fake,
+        "[realtime]\nconcurrency = 16\n[routes.app]\nkey_env = \"NS_TEST_APP\"\ntenants = [\"app-team\"]\n\
+         [routes.nightly]\nkey_env = \"NS_TEST_NIGHTLY\"\n",
+    )
+    .await;
+    let mut ids = Vec::new();
+    let mut body = String::new();
+    for i in 0..150 {
+        let (id, tenant) = if i % 5 == 0 {
+            (format!("night-{i:03}"), "nightly")
+        } else {
+            (format!("app-{i:03}"), "app-team")
+        };
+        body.push_str(&format!(
+            r#"{{"custom_id":"{id}","tenant":"{tenant}","mode":"realtime","params":{{"model":"claude-haiku-5-5","max_tokens":16,"messages":[{{"role":"user","content":"q {id}"}}]}}}}"#
+        ));
+        body.push('\n');
+        ids.push(id);
+    }
+    env.write_job("ws", body.as_bytes());
+    let daemon = env.start_daemon_with_keys(keys(&[("app", KEY_A1), ("nightly", KEY_NIGHTLY)]));
+    let job = env.wait_done("ws", Duration::from_secs(120)).await;
+    let limits = json_of(env.cli(&["limits", "--json"]));
+    daemon.stop().await;
+
+    assert_eq!(job.counts.succeeded, 150);
+    assert_each_once(&env.results("ws"), &ids);
+    let org = env.fake.org_stats("org-a");
+    // Until the answers tell the workspace's limit from the organization's, a call or two may
+    // meet the workspace's bucket; after that, none.
+    assert!(org.rate_limited_429 <= 3, "{org:?}");
+    let nightly = env.fake.workspace_stats("org-a", "ws-nightly");
+    assert_eq!(nightly.messages_accepted, 30, "{nightly:?}");
+    let orgs = limits["organizations"].as_array().expect("organizations");
+    assert_eq!(orgs.len(), 1, "one organization: {limits}");
+    assert_eq!(orgs[0]["routes"], serde_json::json!(["app", "nightly"]));
+    let class = |group: &str| {
+        limits["classes"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .find(|c| c["organization"] == group)
+            .unwrap_or_else(|| panic!("{group}'s buckets in {limits}"))
+            .clone()
+    };
+    assert_eq!(class("org-a")["dims"][0]["limit_per_minute"], 600.0);
+    assert_eq!(
+        class("org-a/ws-nightly")["dims"][0]["limit_per_minute"],
+        120.0
+    );
+    assert!(elapsed > 0.0);
+}
