@@ -524,5 +524,4 @@ async fn a_workspace_with_its_own_limit_is_paced_inside_its_organization() {
         class("org-a/ws-nightly")["dims"][0]["limit_per_minute"],
         120.0
     );
-    assert!(elapsed > 0.0);
 }
