@@ -62,6 +62,8 @@ pub struct Stored {
     pub jobs: Vec<JobStatus>,
     /// Lanes paused now: (lane, reason, until).
     pub pauses: Vec<(String, String, i64)>,
+    /// Every route: its organization and state.
+    pub routes: Vec<crate::store::routes::RouteRow>,
     pub budgets: Vec<TenantBudget>,
     /// The start of the charts' first minute (Unix ms).
     pub window_start: i64,
@@ -122,6 +124,7 @@ pub fn read(
         heartbeat_at,
         jobs: job_rows,
         pauses: crate::store::quota::pauses(conn, now)?,
+        routes: crate::store::routes::all(conn)?,
         budgets: crate::store::budget::standing(conn, budgets, now)?,
         window_start: start,
         classes: per_class(&ledger::realtime_per_minute(conn, start, minutes)?, limits),
@@ -275,6 +278,7 @@ pub fn render(f: &PageFacts) -> String {
                 );
             }
             jobs_section(&mut out, &s.jobs);
+            routes_section(&mut out, &s.routes);
             budgets_section(&mut out, &s.budgets);
             quota_section(&mut out, s);
             spend_section(&mut out, s);
@@ -399,6 +403,40 @@ fn jobs_section(out: &mut String, jobs: &[JobStatus]) {
             realtime = job.lanes.realtime,
             batches = escape(&batch_summary(&job.batches)),
             cache = cache_cell(job),
+        );
+    }
+    out.push_str("</tbody>\n</table></div>\n");
+}
+
+/// The routes, when there are several or one is not taking calls: the organization each
+/// answers for, its state and why.
+fn routes_section(out: &mut String, routes: &[crate::store::routes::RouteRow]) {
+    if routes.len() < 2 && routes.iter().all(|r| r.state == "active") {
+        return;
+    }
+    out.push_str(
+        "<h2>Routes</h2>\n<div class=\"scroll\"><table>\n<thead><tr><th>route</th><th>host</th>\
+         <th>key</th><th>organization</th><th>state</th><th>why</th><th>until</th></tr></thead>\n<tbody>\n",
+    );
+    for r in routes {
+        let class = match r.state.as_str() {
+            "paused" | "unreachable" => " class=\"bad\"",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "<tr{class}><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.name),
+            escape(&r.host),
+            escape(&r.key_id),
+            escape(&match (&r.organization_id, &r.workspace_id) {
+                (Some(o), Some(w)) => format!("{o} / {w}"),
+                (Some(o), None) => o.clone(),
+                _ => "not known yet".into(),
+            }),
+            escape(&r.state),
+            escape(r.reason.as_deref().unwrap_or("")),
+            r.until.map_or(String::new(), format_time),
         );
     }
     out.push_str("</tbody>\n</table></div>\n");
@@ -737,6 +775,12 @@ mod tests {
         let page = render(&facts(Stored {
             jobs: vec![job(hostile)],
             pauses: vec![("realtime".into(), "<b>key</b> refused".into(), NOW + 60_000)],
+            routes: vec![crate::store::routes::RouteRow {
+                name: "<i>gw</i>".into(),
+                state: "paused".into(),
+                reason: Some("<script>no</script>".into()),
+                ..Default::default()
+            }],
             tenants: vec![TenantSpend {
                 tenant: "\"><img src=x onerror=alert(2)>".into(),
                 per_minute: vec![0.5; MINUTES],
@@ -751,6 +795,8 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("&lt;b&gt;key&lt;/b&gt; refused"), "{page}");
+        assert!(page.contains("<h2>Routes</h2>"), "a paused route is shown");
+        assert!(page.contains("&lt;i&gt;gw&lt;/i&gt;"), "{page}");
     }
 
     #[test]
