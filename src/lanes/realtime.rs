@@ -451,44 +451,26 @@ impl RealtimeLane {
             } => (*status, None, message.clone(), Default::default()),
             _ => return,
         };
-        let error_type = match status {
-            429 => "rate_limit_error",
-            529 => "overloaded_error",
-            401 => "authentication_error",
-            403 => "permission_error",
-            _ => "invalid_request_error",
-        };
         let client = &self.clients[choice.route];
         let event = ThrottleEvent {
-            at: now_ms(),
-            endpoint: "POST /v1/messages".into(),
-            key_id: client.key_id().to_owned(),
             model: dispatch.model.clone(),
             class: choice.ticket.class.clone(),
-            http_status: status,
-            error_type: Some(error_type.into()),
-            message: Some(message),
             request_id: outcome.request_id().map(str::to_owned),
-            retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
             headers: serde_json::to_string(&headers).unwrap_or_default(),
             input_estimate: Some(choice.ticket.reserved[1] as i64),
             max_tokens: Some(dispatch.max_tokens),
             concurrency: Some(choice.ticket.concurrency as i64),
-            route: client.route_name().to_owned(),
-            host: Some(client.host().to_owned()),
-            organization_id: origin.organization_id.clone(),
-            workspace_id: origin.workspace_id.clone(),
-            owner: Some(verdict.owner.as_str().to_owned()),
-            evidence: Some(verdict.evidence.clone()),
-            reset_at: verdict.reset_at_ms,
+            ..crate::lanes::routes::throttle_event(
+                client,
+                "POST /v1/messages",
+                status,
+                &message,
+                retry_after,
+                origin,
+                verdict,
+            )
         };
-        if let Err(e) = self
-            .store
-            .call(move |c| crate::store::quota::record_throttle(c, &event))
-            .await
-        {
-            tracing::warn!(error = %e, "could not record a throttle event");
-        }
+        crate::lanes::routes::record_throttle(&self.store, event).await;
     }
 
     /// Writes the controller's view of each organization's classes for `nightshift limits`,

@@ -11,43 +11,36 @@ use crate::api::ApiClient;
 use crate::model::answer::Origin;
 use crate::policy::owner::Verdict;
 use crate::policy::routing::{Pause, Routing};
+use crate::store::quota::ThrottleEvent;
 use crate::store::{Store, now_ms};
 
-/// Records a throttling or refusing answer to a batch create call, with its owner, for
-/// `diagnose` (model `(batches)`: the batch endpoints' limits are the organization's, for every
-/// model).
-pub async fn record_batch_throttle(
-    store: &Store,
+/// A throttling or refusing answer on `client`'s route, with its owner: the facts every such
+/// answer has (the caller adds the call's own: model, sizes, concurrency, headers).
+pub fn throttle_event(
     client: &ApiClient,
+    endpoint: &str,
     status: u16,
     message: &str,
     retry_after: Option<std::time::Duration>,
     origin: &Origin,
     verdict: &Verdict,
-) {
-    let event = crate::store::quota::ThrottleEvent {
+) -> ThrottleEvent {
+    let error_type = match status {
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        _ => "invalid_request_error",
+    };
+    ThrottleEvent {
         at: now_ms(),
-        endpoint: "POST /v1/messages/batches".into(),
+        endpoint: endpoint.to_owned(),
         key_id: client.key_id().to_owned(),
-        model: "(batches)".into(),
-        class: "batches".into(),
         http_status: status,
-        error_type: Some(
-            match status {
-                429 => "rate_limit_error",
-                401 => "authentication_error",
-                403 => "permission_error",
-                _ => "invalid_request_error",
-            }
-            .into(),
-        ),
+        error_type: Some(error_type.into()),
         message: Some(message.to_owned()),
-        request_id: None,
         retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
         headers: "{}".into(),
-        input_estimate: None,
-        max_tokens: None,
-        concurrency: None,
         route: client.route_name().to_owned(),
         host: Some(client.host().to_owned()),
         organization_id: origin.organization_id.clone(),
@@ -55,7 +48,13 @@ pub async fn record_batch_throttle(
         owner: Some(verdict.owner.as_str().to_owned()),
         evidence: Some(verdict.evidence.clone()),
         reset_at: verdict.reset_at_ms,
-    };
+        ..ThrottleEvent::default()
+    }
+}
+
+/// Records a throttle event for `diagnose` (a failure to is logged: the call's outcome matters
+/// more than its evidence).
+pub async fn record_throttle(store: &Store, event: ThrottleEvent) {
     if let Err(e) = store
         .call(move |c| crate::store::quota::record_throttle(c, &event))
         .await

@@ -87,7 +87,7 @@ impl BatchLane {
                     retry_after,
                 };
                 let verdict = owner::judge(&answered, None, now);
-                crate::lanes::routes::record_batch_throttle(
+                record_refused_create(
                     &self.store,
                     &self.clients[route],
                     429,
@@ -152,7 +152,7 @@ impl BatchLane {
             None,
             now_ms(),
         );
-        crate::lanes::routes::record_batch_throttle(
+        record_refused_create(
             &self.store,
             &self.clients[route],
             status,
@@ -356,4 +356,31 @@ impl BatchLane {
         }
         Ok(Next::Now)
     }
+}
+
+/// Records a throttled or refused create call for `diagnose`, under the model `(batches)`: the
+/// batch endpoints' limits are the organization's, for every model.
+async fn record_refused_create(
+    store: &crate::store::Store,
+    client: &crate::api::ApiClient,
+    status: u16,
+    message: &str,
+    retry_after: Option<std::time::Duration>,
+    origin: &crate::model::answer::Origin,
+    verdict: &owner::Verdict,
+) {
+    let event = crate::store::quota::ThrottleEvent {
+        model: "(batches)".into(),
+        class: "batches".into(),
+        ..crate::lanes::routes::throttle_event(
+            client,
+            "POST /v1/messages/batches",
+            status,
+            message,
+            retry_after,
+            origin,
+            verdict,
+        )
+    };
+    crate::lanes::routes::record_throttle(store, event).await;
 }
