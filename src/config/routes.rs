@@ -25,8 +25,9 @@ pub const RESERVED_HEADERS: [&str; 6] = [
     "host",
 ];
 
-/// `[routes.<name>]` as written.
-#[derive(Debug, Default, Deserialize)]
+/// `[routes.<name>]` as written. Its `Debug` (below) leaves the header values out: they may be
+/// a gateway's token.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
     kind: Option<String>,
@@ -35,6 +36,22 @@ pub(super) struct RawRoute {
     base_url: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     tenants: Option<Vec<String>>,
+}
+
+impl std::fmt::Debug for RawRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRoute")
+            .field("kind", &self.kind)
+            .field("key_env", &self.key_env)
+            .field("key_file", &self.key_file)
+            .field("base_url", &self.base_url)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .field("tenants", &self.tenants)
+            .finish()
+    }
 }
 
 /// One route: an endpoint, the key to call it with, extra headers, and who may use it.

@@ -142,7 +142,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let notifier = Notifier::from_env();
     anyhow::ensure!(!config.routes.is_empty(), "the configuration has no route");
-    // One client per route, in the config's order (the routing's too).
+    // One client per route, in name order (the config sorts them; the routing's order too).
     let clients = config
         .routes
         .iter()
@@ -715,7 +715,16 @@ async fn restore_routing(store: &Store, routing: &mut Routing, clients: &[ApiCli
         }
     }
     let (now_ms, now) = (now_ms(), std::time::Instant::now());
-    for (group, json, updated_at) in rows {
+    for (group, json, key_id, updated_at) in rows {
+        // What a route learned before its answers named its organization was its key's: another
+        // key may be another organization.
+        if let Some(name) = group.strip_prefix("route:")
+            && routing
+                .route_index(name)
+                .is_none_or(|i| clients[i].key_id() != key_id)
+        {
+            continue;
+        }
         let Ok(learned) = serde_json::from_str::<crate::policy::quota::Learned>(&json) else {
             tracing::warn!("a quota state that cannot be read; that class starts from a probe");
             continue;

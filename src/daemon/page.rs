@@ -1,5 +1,5 @@
 //! The status page: `GET /` (and `/status`) on the metrics listener, behind the same optional
-//! bearer token. The facts of `nightshift status` (the daemon's health, each job, lane pauses,
+//! bearer token. The facts of `nightshift status` (the daemon's health, each job, route pauses,
 //! budgets) and the last hour per minute, as charts: each model class's real-time use against its
 //! limits, and each tenant's spend.
 //!
@@ -60,8 +60,6 @@ pub struct Stored {
     pub since: Option<i64>,
     pub heartbeat_at: Option<i64>,
     pub jobs: Vec<JobStatus>,
-    /// Lanes paused now: (lane, reason, until).
-    pub pauses: Vec<(String, String, i64)>,
     /// Every route: its organization and state.
     pub routes: Vec<crate::store::routes::RouteRow>,
     pub budgets: Vec<TenantBudget>,
@@ -123,7 +121,6 @@ pub fn read(
         since,
         heartbeat_at,
         jobs: job_rows,
-        pauses: crate::store::quota::pauses(conn, now)?,
         routes: crate::store::routes::all(conn)?,
         budgets: crate::store::budget::standing(conn, budgets, now)?,
         window_start: start,
@@ -268,13 +265,17 @@ pub fn render(f: &PageFacts) -> String {
             );
         }
         Ok(s) => {
-            for (lane, reason, until) in &s.pauses {
+            for r in s.routes.iter().filter(|r| {
+                matches!(r.state.as_str(), "paused" | "unreachable")
+                    && r.until.is_none_or(|until| until > f.now)
+            }) {
                 let _ = writeln!(
                     out,
-                    "<p class=\"bad\">PAUSED: the {} lane until {}: {}</p>",
-                    escape(lane),
-                    format_time(*until),
-                    escape(reason)
+                    "<p class=\"bad\">PAUSED: route {} until {}: {}</p>",
+                    escape(&r.name),
+                    r.until
+                        .map_or_else(|| "its next answer".into(), format_time),
+                    escape(r.reason.as_deref().unwrap_or(""))
                 );
             }
             jobs_section(&mut out, &s.jobs);
@@ -774,11 +775,11 @@ mod tests {
         let hostile = "<script>alert(1)</script>";
         let page = render(&facts(Stored {
             jobs: vec![job(hostile)],
-            pauses: vec![("realtime".into(), "<b>key</b> refused".into(), NOW + 60_000)],
             routes: vec![crate::store::routes::RouteRow {
                 name: "<i>gw</i>".into(),
                 state: "paused".into(),
-                reason: Some("<script>no</script>".into()),
+                reason: Some("<b>key</b> refused".into()),
+                until: Some(NOW + 60_000),
                 ..Default::default()
             }],
             tenants: vec![TenantSpend {

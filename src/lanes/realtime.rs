@@ -19,10 +19,10 @@ use crate::model::job::Priority;
 use crate::model::state::{AttemptOutcome, Lane};
 use crate::policy::circuit;
 use crate::policy::outcome::{AttemptRecord, ItemUpdate};
-use crate::policy::owner::{self, Verdict};
+use crate::policy::owner::{self, Owner, Verdict};
 use crate::policy::quota::{Answer, Request as QuotaRequest};
 use crate::policy::realtime::{Attempt, backoff_delay, decide};
-use crate::policy::routing::{Choice, Routing};
+use crate::policy::routing::{Choice, Pause, Routing};
 use crate::policy::window::Gate;
 use crate::store::items::{self, Dispatch};
 use crate::store::quota::ThrottleEvent;
@@ -674,10 +674,24 @@ impl RealtimeLane {
                     books.as_ref(),
                     now_ms(),
                 );
-                routing.settle(choice, Answer::RateLimited, None, limits, now);
-                // retry-after holds the whole class of the organization, not just this item.
                 let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                routing.hold_class(choice, &dispatch.model, now + wait, now);
+                if verdict.owner == Owner::Gateway {
+                    // Not the API's limit: nothing to learn of the organization's buckets; the
+                    // gateway's own policy holds this route back, not the organization.
+                    routing.settle(choice, Answer::Refused, None, &no_headers, now);
+                    routing.pause_route(
+                        choice.route,
+                        Pause {
+                            until: now + wait,
+                            reason: verdict.evidence.clone(),
+                            owner: verdict.owner,
+                        },
+                    );
+                } else {
+                    routing.settle(choice, Answer::RateLimited, None, limits, now);
+                    // retry-after holds the whole class of the organization, not this item.
+                    routing.hold_class(choice, &dispatch.model, now + wait, now);
+                }
                 Some(verdict)
             }
             // 529 is the API's load, not our quota: back off without learning limits from it.
@@ -723,6 +737,9 @@ impl RealtimeLane {
                 None
             }
         };
+        let refused = matches!(outcome, Outcome::Blocked { .. })
+            || verdict.as_ref().is_some_and(|v| v.owner == Owner::Gateway);
+        routing.answered(choice.route, refused);
         let ran = matches!(outcome, Outcome::Succeeded { .. });
         let learned = crate::lanes::routes::learn(&mut routing, choice.route, origin, ran);
         (verdict, learned)

@@ -82,8 +82,6 @@ pub struct DimBooks {
     pub cost: f64,
     /// Our books' level now, with this call's cost still taken.
     pub level: f64,
-    /// Our calls sent after this one, which the answer may not count yet.
-    pub uncounted: f64,
     /// How far our own figures may be off: the API's rounding, and the error of the estimates
     /// of our calls in flight.
     pub tolerance: f64,
@@ -199,34 +197,37 @@ pub fn judge(answer: &Answered<'_>, books: Option<&[DimBooks; 3]>, now_ms: i64) 
             None,
         );
     }
-    // Refused with room: every limit the answer reports had this call's cost left.
-    let with_room = books
+    // Refused with room: every limit the answer reports had this call's cost left, beyond what
+    // our figures may be off. Output tokens are left out: they are charged as generated, so a
+    // call needs no `max_tokens` of room to be admitted (the 2026 rule).
+    let judged: Vec<&DimBooks> = books
         .iter()
-        .filter(|d| d.remaining.is_some())
-        .all(|d| d.remaining.unwrap_or(0) as f64 >= d.cost.max(1.0));
-    if with_room {
-        let room: Vec<String> = books
+        .filter(|d| d.remaining.is_some() && d.name != "output_tokens")
+        .collect();
+    let with_room = !judged.is_empty()
+        && judged
             .iter()
-            .filter_map(|d| {
-                d.remaining
-                    .map(|r| format!("{} {r} ≥ {:.0}", d.name, d.cost))
-            })
+            .all(|d| d.remaining.unwrap_or(0) as f64 >= d.cost.max(1.0) + d.tolerance);
+    if with_room {
+        let room: Vec<String> = judged
+            .iter()
+            .map(|d| format!("{} {} ≥ {:.0}", d.name, d.remaining.unwrap_or(0), d.cost))
             .collect();
         return verdict(
             Owner::Acceleration,
             format!(
-                "refused while the answer showed room for the call ({}): the ramp was too steep for the API's acceleration limit",
+                "refused while the answer showed room for the call ({}, beyond our estimates' error): the ramp was too steep for the API's acceleration limit",
                 room.join(", ")
             ),
             None,
         );
     }
-    let short_dim = books
+    let short_dim = judged
         .iter()
-        .filter(|d| d.remaining.is_some_and(|r| (r as f64) < d.cost.max(1.0)))
+        .filter(|d| (d.remaining.unwrap_or(0) as f64) < d.cost.max(1.0) + d.tolerance)
         .map(|d| {
             format!(
-                "{}: {} left, the call needed {:.0}, our books held {:.0}",
+                "{}: {} left, the call needed about {:.0}, our books held {:.0}",
                 d.name,
                 d.remaining.unwrap_or(0),
                 d.cost,
@@ -306,7 +307,6 @@ mod tests {
             name: names[i],
             cost: cost[i],
             level: level[i],
-            uncounted: 0.0,
             tolerance: tolerance[i],
             remaining: remaining[i],
         })
@@ -380,6 +380,29 @@ mod tests {
             [Some(30), Some(20_000), Some(8_000)],
             [29.0, 19_500.0, 7_900.0],
             [1.0, 500.0, 100.0],
+        );
+        let v = judge(&answer(429), Some(&books), NOW);
+        assert_eq!(v.owner, Owner::Acceleration, "{}", v.evidence);
+    }
+
+    #[test]
+    fn a_low_input_estimate_is_ours_and_output_room_is_not_needed() {
+        // Estimated 2,000 input tokens; the API says 3,000 remain but charged 5,000: within
+        // our estimates' error of the cost, so not a sign of room.
+        let mut books = dims(
+            [Some(30), Some(3_000), Some(8_000)],
+            [29.0, 1_000.0, 0.0],
+            [1.0, 2_000.0, 8_192.0],
+        );
+        books[1].tolerance = 1_000.0 + 0.5 * 2_000.0;
+        let v = judge(&answer(429), Some(&books), NOW);
+        assert_eq!(v.owner, Owner::Ours, "{}", v.evidence);
+        // Plenty of requests and input left, less output than max_tokens (as our books say
+        // too): refused with room.
+        let books = dims(
+            [Some(30), Some(20_000), Some(100)],
+            [29.0, 19_500.0, -8_092.0],
+            [1.0, 500.0, 8_192.0],
         );
         let v = judge(&answer(429), Some(&books), NOW);
         assert_eq!(v.owner, Owner::Acceleration, "{}", v.evidence);

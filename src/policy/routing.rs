@@ -143,10 +143,19 @@ struct Route {
     /// sends one call at a time.
     known: bool,
     pause: Option<Pause>,
+    /// After a pause ends, one call goes as the probe: `Some(false)` until it is sent,
+    /// `Some(true)` while it is out; its answer ends the probing.
+    probe_after_pause: Option<bool>,
     circuit: Circuit,
     /// 529s and 5xx answers lately.
     storms: VecDeque<Instant>,
+    /// Answers in a row naming another organization than the route's (see [`MOVE_AFTER`]).
+    elsewhere: Option<(String, u32)>,
 }
+
+/// Answers in a row naming another organization before a known route moves to it: a gateway
+/// spreading calls over several organizations does not make its route hop between them.
+const MOVE_AFTER: u32 = 3;
 
 /// A call admitted on a route.
 #[derive(Debug, Clone)]
@@ -214,8 +223,10 @@ impl Routing {
                 workspace: None,
                 known: false,
                 pause: None,
+                probe_after_pause: None,
                 circuit: Circuit::default(),
                 storms: VecDeque::new(),
+                elsewhere: None,
             });
         }
         routing
@@ -302,8 +313,9 @@ impl Routing {
                     continue;
                 }
                 r.pause = None;
+                r.probe_after_pause = Some(false);
             }
-            let probe = match r.circuit.gate(now) {
+            let mut probe = match r.circuit.gate(now) {
                 circuit::Gate::Send => false,
                 circuit::Gate::Probe => true,
                 circuit::Gate::WaitUntil(at) => {
@@ -312,6 +324,11 @@ impl Routing {
                 }
                 circuit::Gate::WaitForProbe => continue,
             };
+            match r.probe_after_pause {
+                Some(true) => continue,
+                Some(false) => probe = true,
+                None => {}
+            }
             while r
                 .storms
                 .front()
@@ -326,7 +343,7 @@ impl Routing {
         }
         let stormy = |routes: &[Route], i: usize| routes[i].storms.len() >= STORM_CALLS;
         // One route per set of buckets (organization and workspace): a calm one before a stormy
-        // one, then config order.
+        // one, then by name.
         let routes = &self.routes;
         usable.sort_by_key(|(g, i, _)| (*g, routes[*i].workspace.clone(), stormy(routes, *i), *i));
         usable.dedup_by_key(|(g, i, _)| (*g, routes[*i].workspace.clone()));
@@ -349,8 +366,9 @@ impl Routing {
                 usable.retain(|_| keep.next().unwrap_or(false));
             }
         }
-        // (not now, stormy, wait, less room), group, route, probe.
-        type Rank = (bool, bool, Duration, i64);
+        // (not now, not a due probe, stormy, wait, less room), group, route, probe: a probe due
+        // goes before other calls, so a route comes back as soon as it can.
+        type Rank = (bool, bool, bool, Duration, i64);
         let mut ranked: Vec<(Rank, GroupId, usize, bool)> = Vec::new();
         for (g, i, probe) in usable {
             let workspace = self.routes[i].workspace.clone().unwrap_or_default();
@@ -372,14 +390,14 @@ impl Routing {
             };
             let stormy = self.routes[i].storms.len() >= STORM_CALLS;
             ranked.push((
-                (!wait.is_zero(), stormy, wait, -(room * 1e6) as i64),
+                (!wait.is_zero(), !probe, stormy, wait, -(room * 1e6) as i64),
                 g,
                 i,
                 probe,
             ));
         }
         ranked.sort_by_key(|(key, _, i, _)| (*key, *i));
-        let Some(&((later, _, wait, _), group, route, probe)) = ranked.first() else {
+        let Some(&((later, _, _, wait, _), group, route, probe)) = ranked.first() else {
             return Err(next);
         };
         if later {
@@ -401,7 +419,11 @@ impl Routing {
             },
         };
         if probe {
-            self.routes[route].circuit.probe_sent();
+            let r = &mut self.routes[route];
+            r.circuit.probe_sent();
+            if r.probe_after_pause.is_some() {
+                r.probe_after_pause = Some(true);
+            }
         }
         Ok(Choice {
             route,
@@ -437,9 +459,21 @@ impl Routing {
     pub fn unsent(&mut self, choice: &Choice, now: Instant) {
         self.settle_quotas(choice, Answer::Refused, None, &Default::default(), now);
         if choice.probe {
-            self.routes[choice.route].circuit.probe_dropped();
+            let r = &mut self.routes[choice.route];
+            r.circuit.probe_dropped();
+            if r.probe_after_pause.is_some() {
+                r.probe_after_pause = Some(false);
+            }
         }
         self.tidy();
+    }
+
+    /// A call of `route` was answered (or went unanswered). `refused`: the account or key was
+    /// refused, and a pause follows; any other answer ends the probing after a pause.
+    pub fn answered(&mut self, route: usize, refused: bool) {
+        if !refused {
+            self.routes[route].probe_after_pause = None;
+        }
     }
 
     /// Settles a call in the organization that admitted it, and its workspace's buckets. An
@@ -540,9 +574,23 @@ impl Routing {
         let current = self.routes[route].group;
         let same_org = self.groups[&current].organization.as_deref() == Some(organization);
         if same_org && self.routes[route].workspace == label.workspace {
-            self.routes[route].known = true;
+            let r = &mut self.routes[route];
+            r.known = true;
+            r.elsewhere = None;
             return None;
         }
+        let r = &mut self.routes[route];
+        if r.known && self.groups[&current].organization.is_some() {
+            let seen = match &r.elsewhere {
+                Some((key, n)) if *key == label.key() => n + 1,
+                _ => 1,
+            };
+            r.elsewhere = Some((label.key(), seen));
+            if seen < MOVE_AFTER {
+                return None;
+            }
+        }
+        self.routes[route].elsewhere = None;
         let group = if same_org {
             current
         } else {
@@ -581,9 +629,27 @@ impl Routing {
     /// every route of its organization (a spend cap, a usage limit). Returns the routes paused.
     pub fn pause(&mut self, route: usize, pause: Pause) -> Vec<usize> {
         match pause.owner {
-            Owner::Key => {
+            // The key, or something between us and the API: this route's alone.
+            Owner::Key | Owner::Gateway => {
                 self.pause_route(route, pause);
                 vec![route]
+            }
+            // A workspace's own usage limit: the routes of that workspace.
+            Owner::UsageLimit if pause.reason.contains("workspace") => {
+                let (group, workspace) = {
+                    let r = &self.routes[route];
+                    (r.group, r.workspace.clone())
+                };
+                let members: Vec<usize> = (0..self.routes.len())
+                    .filter(|i| {
+                        let r = &self.routes[*i];
+                        r.group == group && r.workspace == workspace
+                    })
+                    .collect();
+                for i in &members {
+                    self.pause_route(*i, pause.clone());
+                }
+                members
             }
             _ => self.pause_organization(route, pause),
         }
@@ -595,7 +661,16 @@ impl Routing {
     pub fn usable(&self, route: usize, now: Instant) -> bool {
         let r = &self.routes[route];
         r.pause.as_ref().is_none_or(|p| p.until <= now)
-            && matches!(r.circuit.gate(now), circuit::Gate::Send)
+            && r.probe_after_pause != Some(true)
+            && matches!(
+                r.circuit.gate(now),
+                circuit::Gate::Send | circuit::Gate::Probe
+            )
+    }
+
+    /// A call of the batch lane on `route` was answered: the route is reachable again.
+    pub fn reached(&mut self, route: usize) {
+        self.routes[route].circuit.reached();
     }
 
     /// Whether `tenant` may use `route`.
@@ -620,6 +695,7 @@ impl Routing {
         if r.pause.as_ref().is_none_or(|p| p.until < pause.until) {
             r.pause = Some(pause);
         }
+        r.probe_after_pause = None;
     }
 
     /// Pauses every route of `route`'s organization (a spend cap, a usage limit): returns the
@@ -1084,6 +1160,79 @@ mod tests {
     }
 
     #[test]
+    fn after_a_pause_one_call_probes_before_the_rest_go() {
+        let mut r = routing(&[("a", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), None, true);
+        r.pause(
+            0,
+            Pause {
+                until: now + Duration::from_secs(5),
+                reason: "HTTP 401".into(),
+                owner: Owner::Key,
+            },
+        );
+        let later = now + Duration::from_secs(6);
+        let probe = r.choose("t", &request(), later).expect("the probe");
+        assert!(probe.probe);
+        assert!(r.choose("t", &request(), later).is_err(), "one call only");
+        assert!(!r.usable(0, later), "the probe is out");
+        // Refused again: paused again, and again one probe when that ends.
+        r.answered(0, true);
+        assert!(r.choose("t", &request(), later).is_err());
+        // Answered: the route takes calls again.
+        r.answered(0, false);
+        ran(&mut r, &probe, later);
+        assert!(r.choose("t", &request(), later).is_ok());
+        assert!(r.choose("t", &request(), later).is_ok());
+    }
+
+    #[test]
+    fn a_gateways_refusal_or_a_workspaces_usage_limit_pauses_only_what_it_concerns() {
+        let mut r = routing(&[("gw", None), ("direct", None), ("other-ws", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), Some("ws-1"), true);
+        r.learn(1, Some("org-1"), Some("ws-1"), true);
+        r.learn(2, Some("org-1"), Some("ws-2"), true);
+        let pause = |owner, reason: &str| Pause {
+            until: now + Duration::from_secs(60),
+            reason: reason.into(),
+            owner,
+        };
+        assert_eq!(r.pause(0, pause(Owner::Gateway, "gateway 403")), vec![0]);
+        let paused = r.pause(
+            1,
+            pause(
+                Owner::UsageLimit,
+                "You have reached your specified workspace API usage limits",
+            ),
+        );
+        assert_eq!(paused, vec![0, 1], "the workspace's routes, not ws-2's");
+        assert!(r.usable(2, now));
+        let paused = r.pause(2, pause(Owner::SpendCap, "spend cap"));
+        assert_eq!(paused, vec![0, 1, 2], "the whole organization");
+    }
+
+    #[test]
+    fn a_known_route_moves_only_after_answers_in_a_row_name_another_organization() {
+        let mut r = routing(&[("gw", None)]);
+        let now = Instant::now();
+        r.learn(0, Some("org-1"), None, true);
+        assert!(r.learn(0, Some("org-2"), None, true).is_none());
+        assert!(
+            r.learn(0, Some("org-1"), None, true).is_none(),
+            "back: no move"
+        );
+        assert!(r.learn(0, Some("org-2"), None, true).is_none());
+        assert!(r.learn(0, Some("org-2"), None, true).is_none());
+        let moved = r
+            .learn(0, Some("org-2"), None, true)
+            .expect("three in a row");
+        assert_eq!(moved.organization, "org-2");
+        assert_eq!(r.groups(now)[0].organization.as_deref(), Some("org-2"));
+    }
+
+    #[test]
     fn a_stormy_route_goes_last() {
         let mut r = routing(&[("a", None), ("b", None)]);
         let now = Instant::now();
@@ -1163,11 +1312,7 @@ mod tests {
         };
         // The app's answers give the organization's 600; the nightly workspace's its own 60.
         let app = r.choose("t", &request(), now).expect("admitted");
-        assert_eq!(
-            r.route_name(app.route),
-            "app",
-            "config order breaks the tie"
-        );
+        assert_eq!(r.route_name(app.route), "app", "name order breaks the tie");
         r.settle(&app, Answer::Ran, Some(&usage), &headers(600, 590), now);
         r.pause_route(
             0,

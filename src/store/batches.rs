@@ -191,6 +191,15 @@ pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<Stri
 }
 
 /// Records the API's id (right after the create call, or found by reconciliation) and state.
+/// Gives a batch to another route (one whose key finds it at the API).
+pub fn set_route(conn: &Connection, batch_id: i64, route: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE batches SET route = ?2 WHERE id = ?1",
+        rusqlite::params![batch_id, route],
+    )?;
+    Ok(())
+}
+
 pub fn record_created(
     conn: &Connection,
     batch_id: i64,

@@ -1,5 +1,6 @@
-//! SQL for the quota controller's evidence (429/529 events), its state as the CLI sees it, and
-//! lane pauses.
+//! SQL for the quota controller's evidence (429/529 events) and its state as the CLI sees it.
+//! (Pauses are the routes': `store::routes`. The `lane_pauses` table of migration 0003 is no
+//! longer written.)
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -264,12 +265,13 @@ pub fn save_state(
     Ok(())
 }
 
-/// What each class of each organization learned: (grp, learned JSON, updated at).
-pub fn learned(conn: &Connection) -> Result<Vec<(String, String, i64)>> {
+/// What each class of each organization learned: (grp, learned JSON, key id it was published
+/// with, updated at).
+pub fn learned(conn: &Connection) -> Result<Vec<(String, String, String, i64)>> {
     let mut stmt = conn.prepare(
-        "SELECT grp, learned, updated_at FROM quota_state WHERE learned IS NOT NULL ORDER BY grp, class",
+        "SELECT grp, learned, key_id, updated_at FROM quota_state WHERE learned IS NOT NULL ORDER BY grp, class",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
@@ -296,37 +298,5 @@ pub fn states(conn: &Connection) -> Result<Vec<StateRow>> {
             updated_at: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-pub fn set_pause(
-    conn: &Connection,
-    lane: &str,
-    reason: &str,
-    since: i64,
-    until: i64,
-) -> Result<()> {
-    conn.execute(
-        "INSERT INTO lane_pauses (lane, reason, since, until) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(lane) DO UPDATE SET reason = ?2, since = ?3, until = ?4",
-        params![lane, reason, since, until],
-    )?;
-    Ok(())
-}
-
-/// Ends a lane's pause now (its cause has passed).
-pub fn end_pause(conn: &Connection, lane: &str, now: i64) -> Result<()> {
-    conn.execute(
-        "UPDATE lane_pauses SET until = ?2 WHERE lane = ?1 AND until > ?2",
-        params![lane, now],
-    )?;
-    Ok(())
-}
-
-/// Pauses still in force: (lane, reason, until).
-pub fn pauses(conn: &Connection, now: i64) -> Result<Vec<(String, String, i64)>> {
-    let mut stmt =
-        conn.prepare("SELECT lane, reason, until FROM lane_pauses WHERE until > ?1 ORDER BY lane")?;
-    let rows = stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }

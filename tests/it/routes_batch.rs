@@ -206,3 +206,58 @@ async fn a_route_whose_key_is_refused_is_paused_and_the_batch_goes_through_anoth
     assert_eq!(env.fake.org_stats("org-a").batches_created, 0);
     assert_eq!(env.fake.org_stats("org-b").batch_requests, 6);
 }
+
+/// Upgraded from one key to `[routes]` with a batch running: the batch, made on the old route
+/// `default`, is found with the new route's key and followed to the end; nothing is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_a_route_gone_from_the_config_is_taken_over_by_the_route_that_finds_it() {
+    let env = TestEnv::new(
+        FakeConfig {
+            orgs: vec![
+                FakeOrg::new("org-a", [KEY_A]),
+                FakeOrg::new("org-b", [KEY_B]),
+            ],
+            ..fast_batch_fake(3_000)
+        },
+        FAST_BATCHES,
+    )
+    .await;
+    let (ids, body) = job("upgrade", 6, |_| "acme");
+    env.write_job("upgrade", &body);
+    // Before: one route, `default`, with org-a's key.
+    let daemon =
+        env.start_daemon_with_keys(RouteKeys::from_pairs([("default", ApiKey::new(KEY_A))]));
+    let started = std::time::Instant::now();
+    while env.fake.org_stats("org-a").batches_created == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no batch created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+    // After: routes b (listed first by name, another organization) and main (org-a's key).
+    env.edit_config(
+        FAST_BATCHES,
+        &format!("{FAST_BATCHES}\n[routes.b]\nkey_env = \"UNUSED_B\"\n[routes.main]\nkey_env = \"UNUSED_MAIN\"\n"),
+    );
+    let daemon = env.start_daemon_with_keys(RouteKeys::from_pairs([
+        ("b", ApiKey::new(KEY_B)),
+        ("main", ApiKey::new(KEY_A)),
+    ]));
+    let done = env.wait_done("upgrade", Duration::from_secs(60)).await;
+    let job = env.job_json("upgrade");
+    daemon.stop().await;
+
+    assert_eq!(done.counts.succeeded, 6);
+    assert_each_once(&env.results("upgrade"), &ids);
+    assert_eq!(
+        env.fake.org_stats("org-a").batches_created,
+        1,
+        "not created again"
+    );
+    assert_eq!(env.fake.org_stats("org-b").batches_created, 0);
+    let batches = batches_of(&job);
+    assert_eq!(batches.len(), 1, "{job}");
+    assert_eq!(batches[0]["route"], "main", "{job}");
+}

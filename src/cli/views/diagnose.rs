@@ -113,6 +113,12 @@ pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
     }
     for (route, model) in quota::routes_and_models_seen(conn)? {
         let row = known.iter().find(|r| r.name == route);
+        // Batch creates are recorded under the model `(batches)`.
+        let endpoint = if model == "(batches)" {
+            "POST /v1/messages/batches".to_owned()
+        } else {
+            endpoint.clone()
+        };
         let success = quota::last_success(conn, &route, &model)?;
         // The first failure since the last success, or the first ever if none came after it.
         let first = match &success {

@@ -66,27 +66,32 @@ pub struct DimLimits {
     pub utilisation: Option<f64>,
 }
 
-/// Lanes and routes paused now: the API refuses the account, or a route cannot be reached.
+/// Routes paused now (the API refuses the account or key, or the route cannot be reached), or
+/// deprioritised.
 pub(super) fn pauses(conn: &Connection) -> anyhow::Result<Vec<Pause>> {
     let now = crate::store::now_ms();
-    let mut pauses: Vec<Pause> = crate::store::quota::pauses(conn, now)?
-        .into_iter()
-        .map(|(lane, reason, until)| Pause {
-            lane,
-            reason,
-            until: format_time(until),
-        })
-        .collect();
+    let mut pauses: Vec<Pause> = Vec::new();
+    // A route's pause holds both lanes back from it; a deprioritised one takes calls only when
+    // no other route can. (A row the daemon wrote before it stopped says no more past `until`.)
     for r in crate::store::routes::all(conn)? {
-        if matches!(r.state.as_str(), "paused" | "unreachable") {
-            pauses.push(Pause {
-                lane: format!("real-time route {}", r.name),
-                reason: r.reason.unwrap_or_default(),
-                until: r
-                    .until
-                    .map_or_else(|| "its next answer".into(), format_time),
-            });
+        let held = matches!(r.state.as_str(), "paused" | "unreachable" | "deprioritised");
+        if !held || r.until.is_some_and(|until| until <= now) {
+            continue;
         }
+        let until = match (r.state.as_str(), r.until) {
+            (_, Some(until)) => format_time(until),
+            ("deprioritised", None) => "the storm passes".into(),
+            _ => "its next answer".into(),
+        };
+        pauses.push(Pause {
+            lane: if r.state == "deprioritised" {
+                format!("route {} (deprioritised)", r.name)
+            } else {
+                format!("route {}", r.name)
+            },
+            reason: r.reason.unwrap_or_default(),
+            until,
+        });
     }
     Ok(pauses)
 }
@@ -95,12 +100,7 @@ pub(super) fn pauses(conn: &Connection) -> anyhow::Result<Vec<Pause>> {
 pub(super) fn pauses_text(pauses: &[Pause]) -> String {
     pauses
         .iter()
-        .map(|p| {
-            format!(
-                "PAUSED: the {} lane until {}: {}\n",
-                p.lane, p.until, p.reason
-            )
-        })
+        .map(|p| format!("PAUSED: {} until {}: {}\n", p.lane, p.until, p.reason))
         .collect()
 }
 
@@ -110,7 +110,13 @@ pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
     let mut organizations: Vec<Organization> = Vec::new();
     for r in &routes {
         match organizations.iter_mut().find(|o| o.group == r.grp) {
-            Some(o) => o.routes.push(r.name.clone()),
+            Some(o) => {
+                o.routes.push(r.name.clone());
+                // Routes in several workspaces: the organization's line names none.
+                if o.workspace_id != r.workspace_id {
+                    o.workspace_id = None;
+                }
+            }
             None => organizations.push(Organization {
                 group: r.grp.clone(),
                 organization_id: r.organization_id.clone(),

@@ -59,6 +59,16 @@ impl BatchLane {
         let Some(answer) = self.call(shutdown, client.create_batch(body)).await else {
             return Ok(Next::Now);
         };
+        // An answer, whatever it says, shows the route can be reached (its circuit closes).
+        if !matches!(
+            answer,
+            BatchCall::Retry {
+                maybe_done: false,
+                ..
+            }
+        ) {
+            crate::lock(&self.routing).reached(route);
+        }
         let now = now_ms();
         let poll_min = self.settings.poll_min.as_millis() as i64;
         match answer {

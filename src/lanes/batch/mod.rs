@@ -3,7 +3,7 @@
 //! applies each line idempotently. Expired items and retryable errors go back to the planner.
 //!
 //! Routes: a batch belongs to the route it was packed for, recorded with the intent. Each batch
-//! is packed for the first route in config order that is usable now (not paused, reachable) and
+//! is packed for the first route in name order that is usable now (not paused, reachable) and
 //! allows the tenants of the items it takes; every later call for it (create, poll, results,
 //! cancel, the list searched to reconcile it) goes with that route's key, as another
 //! organization's key cannot see it. A batch whose route is no longer in the config is left as
@@ -102,6 +102,8 @@ pub(super) struct Lane {
     pub(super) pacer: Pacer,
     /// Routes named by batches but no longer in the config, said once in the log.
     pub(super) lost_routes: HashSet<String>,
+    /// Batches of such routes already looked up with today's routes' keys.
+    pub(super) adoption_tried: HashSet<i64>,
     /// Lowered when the API answers 413 to a batch of this size.
     pub(super) max_bytes: i64,
     /// The batch whose results are being applied beside the lane, if any.
@@ -154,6 +156,7 @@ impl BatchLane {
                 next: Instant::now(),
             },
             lost_routes: HashSet::new(),
+            adoption_tried: HashSet::new(),
             max_bytes: self.settings.max_bytes as i64,
             applying: None,
         };
@@ -306,7 +309,7 @@ impl BatchLane {
     }
 
     /// Packs batches of one job: all it has waiting (`all`), or one full batch. Each batch goes
-    /// to the first usable route (in config order) with items of the tenants it allows; items
+    /// to the first usable route (in name order) with items of the tenants it allows; items
     /// no usable route allows wait.
     async fn pack_job(
         &self,
@@ -350,7 +353,7 @@ impl BatchLane {
         Ok(())
     }
 
-    /// The routes a batch may be packed for now, in config order: usable (neither paused nor
+    /// The routes a batch may be packed for now, in name order: usable (neither paused nor
     /// unreachable), each with the tenants it allows (`None`: everyone).
     fn pack_routes(&self) -> Vec<(String, Option<Vec<String>>)> {
         let routing = crate::lock(&self.routing);
@@ -377,6 +380,54 @@ impl BatchLane {
             );
         }
         route
+    }
+
+    /// A batch whose route is no longer in the config (the one route `default` of an earlier
+    /// version, say, before `[routes]` was written): a created batch is looked up with each
+    /// route's key, and the route that finds it (its organization's) takes it over; an intent
+    /// never sent has its items packed again for a route of today. Once per batch and start:
+    /// what no route finds is left as it is (`route_of` said so).
+    async fn adopt(
+        &self,
+        batch: &BatchRow,
+        lane: &mut Lane,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<usize>> {
+        if !lane.adoption_tried.insert(batch.id) {
+            return Ok(None);
+        }
+        let id = batch.id;
+        let Some(api_id) = &batch.api_id else {
+            if batch.create_unknown {
+                // It may have been created with a key no route has now: nothing to look with.
+                return Ok(None);
+            }
+            let why = format!(
+                "route {} is no longer in the config and its batch was never sent",
+                batch.route
+            );
+            self.unroute(id, why).await?;
+            return Ok(None);
+        };
+        for (route, client) in self.clients.iter().enumerate() {
+            lane.pacer.ready().await;
+            let Some(answer) = self.call(shutdown, client.get_batch(api_id)).await else {
+                return Ok(None);
+            };
+            if let crate::api::batches::BatchCall::Done(_) = answer {
+                let name = client.route_name().to_owned();
+                tracing::warn!(
+                    old_route = %batch.route,
+                    route = %name,
+                    "a batch of a route no longer in the config is found with this route's key; the route takes it over"
+                );
+                self.store
+                    .call(move |c| batches::set_route(c, id, &name))
+                    .await?;
+                return Ok(Some(route));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether a route may take a batch now, and if not, why (its pause's reason, say).
@@ -418,8 +469,12 @@ impl BatchLane {
             if lane.is_applying(batch.id) {
                 continue;
             }
-            let Some(route) = self.route_of(batch, lane) else {
-                continue;
+            let route = match self.route_of(batch, lane) {
+                Some(route) => route,
+                None => match self.adopt(batch, lane, shutdown).await? {
+                    Some(route) => route,
+                    None => continue,
+                },
             };
             if batch.next_action_at > now_ms() {
                 next = Some(next.map_or(batch.next_action_at, |n| n.min(batch.next_action_at)));
@@ -511,8 +566,15 @@ fn held_routes(routing: &Routing, unresolved: &[&str]) -> Vec<usize> {
         .iter()
         .filter_map(|name| routing.route_index(name))
         .collect();
+    // Two routes whose organizations are not known yet may be one organization: an unresolved
+    // create on one holds the others back too (their batches would show in the same list).
+    let unknown = |i: usize| routing.label_of(i).is_none();
     (0..routing.route_names().len())
-        .filter(|&i| unresolved.iter().any(|&u| routing.same_organization(u, i)))
+        .filter(|&i| {
+            unresolved
+                .iter()
+                .any(|&u| routing.same_organization(u, i) || (unknown(u) && unknown(i)))
+        })
         .collect()
 }
 
@@ -547,13 +609,13 @@ mod tests {
     }
 
     #[test]
-    fn an_unresolved_create_holds_back_its_route_and_its_organization_only() {
+    fn an_unresolved_create_holds_back_its_route_and_every_route_that_may_share_its_organization() {
         let mut r = routing(&["a", "a2", "b"]);
         assert!(held_routes(&r, &[]).is_empty());
         assert_eq!(
             held_routes(&r, &["a"]),
-            vec![0],
-            "organizations not known yet"
+            vec![0, 1, 2],
+            "organizations not known yet: any may be a's"
         );
         r.learn(0, Some("org-a"), None, true);
         r.learn(1, Some("org-a"), None, true);

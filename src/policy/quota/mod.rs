@@ -387,17 +387,13 @@ impl Quota {
         let Some(c) = self.classes.get_mut(&ticket.class) else {
             return Default::default();
         };
-        let (uncounted, in_flight_input) =
-            c.in_flight
-                .iter()
-                .fold(([0.0; 3], 0.0), |(mut u, input), (seq, (costs, _))| {
-                    if *seq > ticket.seq {
-                        for i in 0..3 {
-                            u[i] += costs[i];
-                        }
-                    }
-                    (u, input + if *seq == ticket.seq { 0.0 } else { costs[1] })
-                });
+        // Our other calls in flight: their input may be off by the estimates' error.
+        let in_flight_input: f64 = c
+            .in_flight
+            .iter()
+            .filter(|(seq, _)| **seq != ticket.seq)
+            .map(|(_, (costs, _))| costs[1])
+            .sum();
         // How far our input figures may be off: the recent error of the estimates (at least a
         // tenth) over every call in flight; output of calls in flight is reserved in full.
         let input_error = if c.input_errors.is_empty() {
@@ -421,7 +417,6 @@ impl Quota {
                 name: DIMS[i].name(),
                 cost: ticket.reserved[i],
                 level: b.level,
-                uncounted: uncounted[i],
                 tolerance: rounding + estimates,
                 remaining: header.remaining,
             }
@@ -525,8 +520,8 @@ impl Quota {
         }
     }
 
-    /// Whether a call of `model` marking `prefix` would wait now for another call writing it
-    /// (the lane then leaves it for later and sends what it can meanwhile).
+    /// Whether a call of `model` marking `prefix` would wait now for another call writing it.
+    #[cfg(test)]
     pub fn cache_waits(&self, model: &str, prefix: &CachePrefix, now: Instant) -> bool {
         self.cache_expect(model, prefix, now) == Prediction::Wait
     }
