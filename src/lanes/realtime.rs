@@ -737,9 +737,16 @@ impl RealtimeLane {
                 None
             }
         };
-        let refused = matches!(outcome, Outcome::Blocked { .. })
-            || verdict.as_ref().is_some_and(|v| v.owner == Owner::Gateway);
-        routing.answered(choice.route, refused);
+        // A refusal is followed by a pause (the gateway's 429 was paused above; a blocked call
+        // is paused by the caller); any other answer ends a probe after a pause.
+        let pause_follows = match outcome {
+            Outcome::Blocked { .. } => true,
+            Outcome::RateLimited { .. } => verdict
+                .as_ref()
+                .is_some_and(|v| v.owner == Owner::Gateway),
+            _ => false,
+        };
+        routing.answered(choice.route, pause_follows);
         let ran = matches!(outcome, Outcome::Succeeded { .. });
         let learned = crate::lanes::routes::learn(&mut routing, choice.route, origin, ran);
         (verdict, learned)
