@@ -741,9 +741,9 @@ impl RealtimeLane {
         // is paused by the caller); any other answer ends a probe after a pause.
         let pause_follows = match outcome {
             Outcome::Blocked { .. } => true,
-            Outcome::RateLimited { .. } => verdict
-                .as_ref()
-                .is_some_and(|v| v.owner == Owner::Gateway),
+            Outcome::RateLimited { .. } => {
+                verdict.as_ref().is_some_and(|v| v.owner == Owner::Gateway)
+            }
             _ => false,
         };
         routing.answered(choice.route, pause_follows);
