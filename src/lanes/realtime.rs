@@ -515,9 +515,11 @@ impl RealtimeLane {
                     ));
                 }
             }
+            let running: Vec<String> = groups.iter().map(|g| g.group.clone()).collect();
             let saved = self
                 .store
                 .call(move |c| {
+                    crate::store::quota::keep_groups(c, &running)?;
                     for (grp, class, json, learned, key_id) in &rows {
                         crate::store::quota::save_state(
                             c,

@@ -265,6 +265,17 @@ pub fn save_state(
     Ok(())
 }
 
+/// Forgets the state of groups no longer running: a route's own (`route:<name>`) once its
+/// answers named its organization, an organization no route names any more.
+pub fn keep_groups(conn: &Connection, groups: &[String]) -> Result<()> {
+    let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "DELETE FROM quota_state WHERE grp NOT IN (SELECT value FROM json_each(?1))",
+    )?
+    .execute([groups])?;
+    Ok(())
+}
+
 /// What each class of each organization learned: (grp, learned JSON, key id it was published
 /// with, updated at).
 pub fn learned(conn: &Connection) -> Result<Vec<(String, String, String, i64)>> {
@@ -299,4 +310,25 @@ pub fn states(conn: &Connection) -> Result<Vec<StateRow>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_running_groups_state_is_kept() {
+        let conn = crate::store::test_connection();
+        for grp in ["route:a", "org-1", "org-1/ws"] {
+            save_state(&conn, grp, "claude-haiku-5-5", "{}", "{}", "…AAAA", 1).expect("save");
+        }
+        keep_groups(&conn, &["org-1".into(), "org-1/ws".into()]).expect("keep");
+        let kept: Vec<String> = states(&conn)
+            .expect("states")
+            .into_iter()
+            .map(|s| s.grp)
+            .collect();
+        assert_eq!(kept, ["org-1", "org-1/ws"]);
+        assert_eq!(learned(&conn).expect("learned").len(), 2);
+    }
 }
