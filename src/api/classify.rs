@@ -86,6 +86,7 @@ pub fn origin(headers: &HeaderMap) -> Origin {
     Origin {
         organization_id: id("anthropic-organization-id"),
         workspace_id: id("anthropic-workspace-id"),
+        request_id: id("request-id"),
         anthropic,
     }
 }
@@ -330,6 +331,7 @@ mod tests {
             Origin {
                 organization_id: Some("org-123".into()),
                 workspace_id: Some("wrkspc_9".into()),
+                request_id: Some("req_1".into()),
                 anthropic: true,
             }
         );

@@ -39,6 +39,7 @@ pub fn throttle_event(
         http_status: status,
         error_type: Some(error_type.into()),
         message: Some(message.to_owned()),
+        request_id: origin.request_id.clone(),
         retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
         headers: "{}".into(),
         route: client.route_name().to_owned(),

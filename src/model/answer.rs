@@ -77,6 +77,8 @@ pub struct Origin {
     pub organization_id: Option<String>,
     /// `anthropic-workspace-id`.
     pub workspace_id: Option<String>,
+    /// `request-id`: what a support ticket names the answer by.
+    pub request_id: Option<String>,
     pub anthropic: bool,
 }
 

@@ -172,6 +172,12 @@ async fn a_route_at_its_spend_cap_is_paused_and_the_batch_goes_through_another()
         .unwrap_or_else(|| panic!("the refused create in {report}"));
     assert_eq!(refused["route"], "a", "{refused}");
     assert_eq!(refused["owner"], "spend_cap", "{refused}");
+    assert!(
+        refused["request_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("req_")),
+        "{refused}"
+    );
     assert_eq!(refused["organization_id"], "org-a", "{refused}");
 }
 
