@@ -283,6 +283,7 @@ pub async fn run(
     let clients = Arc::new(clients);
     // Both lanes share the routes: a batch is created on a route its items may use and followed
     // with that route's key; a pause either lane makes holds both back.
+    let unserved = crate::lanes::routes::Unserved::new(board.clone());
     let batch_lane = BatchLane {
         store: store.clone(),
         clients: clients.clone(),
@@ -297,6 +298,8 @@ pub async fn run(
         staging_dir: config.staging_dir(),
         shapes: Default::default(),
         preflight_on: Arc::new(std::sync::atomic::AtomicBool::new(config.batch.preflight)),
+        unserved: unserved.clone(),
+        tenants_checked: Default::default(),
     };
     let lane = RealtimeLane {
         store: store.clone(),
@@ -309,7 +312,7 @@ pub async fn run(
         batch_wake: batch_wake.clone(),
         calls: calls.clone(),
         idle_probes: Default::default(),
-        tenants_without_route: Default::default(),
+        unserved,
         health: board.clone(),
     };
     let verdict_path = config.data_dir.join(reload::VERDICT_FILE);

@@ -61,7 +61,7 @@ pub struct RealtimeLane {
     /// Where the API's reachability shows beside the store (`status`, metrics).
     pub health: crate::lanes::health::Board,
     /// Tenants whose items no route allows, told once each.
-    pub tenants_without_route: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    pub unserved: crate::lanes::routes::Unserved,
     /// When each class last sent a probe call for `when_idle` work.
     pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
 }
@@ -217,7 +217,7 @@ impl RealtimeLane {
                         Ok(choice) => admitted.push((item.id, choice, permit)),
                         Err(at) => {
                             if !routing.serves(&item.tenant) {
-                                self.no_route_for(&item.tenant);
+                                self.unserved.tell(&item.tenant);
                             }
                             held.push(pair);
                             next_try = Some(next_try.map_or(at, |t: Instant| t.min(at)));
@@ -320,29 +320,6 @@ impl RealtimeLane {
                 due
             }
         }
-    }
-
-    /// Says once, in the log and the health `status` shows, that no route allows a tenant whose
-    /// items are waiting: they wait until a route's `tenants` names it (and a restart).
-    fn no_route_for(&self, tenant: &str) {
-        if !crate::lock(&self.tenants_without_route).insert(tenant.to_owned()) {
-            return;
-        }
-        let tenants: Vec<String> = crate::lock(&self.tenants_without_route)
-            .iter()
-            .cloned()
-            .collect();
-        tracing::error!(
-            tenant,
-            "no route allows this tenant: its real-time items wait; name it in a route's `tenants` and restart"
-        );
-        self.health.set(
-            crate::lanes::health::ROUTES,
-            "no route allows some tenants: their real-time items wait",
-            &format!("tenants without a route: {}", tenants.join(", ")),
-            now_ms(),
-            None,
-        );
     }
 
     /// Pauses what the verdict names (see [`crate::lanes::routes::pause`]).

@@ -64,6 +64,45 @@ pub async fn record_throttle(store: &Store, event: ThrottleEvent) {
     }
 }
 
+/// Tenants with waiting items that no route allows, told once each (both lanes share it).
+#[derive(Clone, Default)]
+pub struct Unserved {
+    told: std::sync::Arc<Mutex<std::collections::BTreeSet<String>>>,
+    health: crate::lanes::health::Board,
+}
+
+impl Unserved {
+    pub fn new(health: crate::lanes::health::Board) -> Unserved {
+        Unserved {
+            told: Default::default(),
+            health,
+        }
+    }
+
+    /// Says once, in the log and the health `status` shows, that no route allows `tenant`,
+    /// whose items wait until a route's `tenants` names it (and a restart).
+    pub fn tell(&self, tenant: &str) {
+        let tenants: Vec<String> = {
+            let mut told = crate::lock(&self.told);
+            if !told.insert(tenant.to_owned()) {
+                return;
+            }
+            told.iter().cloned().collect()
+        };
+        tracing::error!(
+            tenant,
+            "no route allows this tenant: its items wait; name it in a route's `tenants` and restart"
+        );
+        self.health.set(
+            crate::lanes::health::ROUTES,
+            "no route allows some tenants: their items wait",
+            &format!("tenants without a route: {}", tenants.join(", ")),
+            now_ms(),
+            None,
+        );
+    }
+}
+
 /// What an answer of `route` said of its organization (see [`Routing::learn`]); said in the log
 /// when the route learns (or changes) it, and then true.
 pub fn learn(routing: &mut Routing, route: usize, origin: &Origin, ran: bool) -> bool {

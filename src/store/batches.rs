@@ -191,6 +191,15 @@ pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<Stri
 }
 
 /// Records the API's id (right after the create call, or found by reconciliation) and state.
+/// The tenants of a job's items waiting for a batch.
+pub fn waiting_tenants(conn: &Connection, job_id: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT tenant FROM items WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch'",
+    )?;
+    let rows = stmt.query_map([job_id], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
 /// Gives a batch to another route (one whose key finds it at the API).
 pub fn set_route(conn: &Connection, batch_id: i64, route: &str) -> Result<()> {
     conn.execute(

@@ -267,3 +267,33 @@ async fn a_batch_of_a_route_gone_from_the_config_is_taken_over_by_the_route_that
     assert_eq!(batches.len(), 1, "{job}");
     assert_eq!(batches[0]["route"], "main", "{job}");
 }
+
+/// Batch items of a tenant no route allows wait, and `status` names the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_items_of_a_tenant_no_route_allows_wait_and_status_says_so() {
+    let env = TestEnv::new(two_orgs(), &routes(Some("acme"), Some("acme"))).await;
+    let (_, body) = job("unserved", 4, |i| if i < 2 { "acme" } else { "beta" });
+    env.write_job("unserved", &body);
+    let daemon = env.start_daemon_with_keys(keys());
+    env.wait_succeeded("unserved", 2, Duration::from_secs(60))
+        .await;
+    let mut trouble = Value::Null;
+    for _ in 0..100 {
+        trouble = env.status_json()["daemon"]["health"]["troubles"]["routes"].clone();
+        if !trouble.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let job = env.job_json("unserved");
+    daemon.stop().await;
+    assert!(
+        trouble["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("beta"),
+        "{trouble}"
+    );
+    assert_eq!(job["counts"]["succeeded"], 2, "{job}");
+    assert_eq!(job["counts"]["pending"], 2, "beta's items wait: {job}");
+}

@@ -82,6 +82,10 @@ pub struct BatchLane {
     /// Whether the preflight runs (`[batch] preflight`; off for good once `count_tokens` answers
     /// other than the API does).
     pub preflight_on: Arc<std::sync::atomic::AtomicBool>,
+    /// Tenants whose items no route allows, told once each.
+    pub unserved: crate::lanes::routes::Unserved,
+    /// Jobs whose waiting tenants were checked against the routes (once per job and start).
+    pub tenants_checked: Arc<Mutex<std::collections::HashSet<i64>>>,
 }
 
 /// Spaces calls to the batch endpoints under their RPM.
@@ -343,12 +347,30 @@ impl BatchLane {
                 }
             }
             let Some((batch_id, route)) = packed else {
+                self.tell_unserved(job_id).await?;
                 break;
             };
             tracing::info!(batch = batch_id, %route, "batch packed");
             if !all {
                 break; // one full batch; the rest waits for more items or for max_wait
             }
+        }
+        Ok(())
+    }
+
+    /// Once per job and start, when nothing of it could be packed: its waiting tenants that no
+    /// route allows are told (the log, and `status`).
+    async fn tell_unserved(&self, job_id: i64) -> anyhow::Result<()> {
+        if !crate::lock(&self.tenants_checked).insert(job_id) {
+            return Ok(());
+        }
+        let tenants = self
+            .store
+            .call(move |c| batches::waiting_tenants(c, job_id))
+            .await?;
+        let routing = crate::lock(&self.routing);
+        for tenant in tenants.iter().filter(|t| !routing.serves(t)) {
+            self.unserved.tell(tenant);
         }
         Ok(())
     }
