@@ -401,7 +401,9 @@ impl Routing {
             return Err(next);
         };
         if later {
-            return Err(now + wait.max(Duration::from_millis(1)));
+            // None admits it now: ask again when the first of them will.
+            let soonest = ranked.iter().map(|(k, ..)| k.3).min().unwrap_or(wait);
+            return Err(now + soonest.max(Duration::from_millis(1)));
         }
         let workspace = self.routes[route].workspace.clone().unwrap_or_default();
         let g = self.groups.get_mut(&group).expect("ranked");
