@@ -459,7 +459,6 @@ impl Routing {
 
     /// Gives back a call that was admitted but never sent.
     pub fn unsent(&mut self, choice: &Choice, now: Instant) {
-        self.settle_quotas(choice, Answer::Refused, None, &Default::default(), now);
         if choice.probe {
             let r = &mut self.routes[choice.route];
             r.circuit.probe_dropped();
@@ -467,7 +466,7 @@ impl Routing {
                 r.probe_after_pause = Some(false);
             }
         }
-        self.tidy();
+        self.settle(choice, Answer::Refused, None, &Default::default(), now);
     }
 
     /// A call of `route` was answered (or went unanswered). `refused`: the account or key was
@@ -490,48 +489,36 @@ impl Routing {
         headers: &RateLimitHeaders,
         now: Instant,
     ) {
-        self.settle_quotas(choice, answer, usage, headers, now);
-        self.tidy();
-    }
-
-    fn settle_quotas(
-        &mut self,
-        choice: &Choice,
-        answer: Answer,
-        usage: Option<&Usage>,
-        headers: &RateLimitHeaders,
-        now: Instant,
-    ) {
         let workspace = self.routes[choice.route]
             .workspace
             .clone()
             .unwrap_or_default();
         let (configured, settings) = (self.configured.clone(), self.settings);
-        let Some(g) = self.groups.get_mut(&choice.group) else {
-            return;
-        };
-        let class = choice.ticket.class.clone();
-        let limits = headers.dims.map(|d| d.limit);
-        if g.organization.is_some() && limits.iter().any(Option::is_some) {
-            g.seen.insert((workspace.clone(), class.clone()), limits);
+        if let Some(g) = self.groups.get_mut(&choice.group) {
+            let class = choice.ticket.class.clone();
+            let limits = headers.dims.map(|d| d.limit);
+            if g.organization.is_some() && limits.iter().any(Option::is_some) {
+                g.seen.insert((workspace.clone(), class.clone()), limits);
+            }
+            let tight = g.tight(&workspace, &class);
+            if tight && !g.inner.contains_key(&workspace) {
+                g.inner
+                    .insert(workspace.clone(), Quota::with(configured, settings));
+            }
+            let org_headers = if tight {
+                RateLimitHeaders::default()
+            } else {
+                headers.clone()
+            };
+            g.quota
+                .settle(&choice.ticket, answer, usage, &org_headers, now);
+            if let Some((ws, ticket)) = &choice.inner
+                && let Some(q) = g.inner.get_mut(ws)
+            {
+                q.settle(ticket, answer, usage, headers, now);
+            }
         }
-        let tight = g.tight(&workspace, &class);
-        if tight && !g.inner.contains_key(&workspace) {
-            g.inner
-                .insert(workspace.clone(), Quota::with(configured, settings));
-        }
-        let org_headers = if tight {
-            RateLimitHeaders::default()
-        } else {
-            headers.clone()
-        };
-        g.quota
-            .settle(&choice.ticket, answer, usage, &org_headers, now);
-        if let Some((ws, ticket)) = &choice.inner
-            && let Some(q) = g.inner.get_mut(ws)
-        {
-            q.settle(ticket, answer, usage, headers, now);
-        }
+        self.tidy();
     }
 
     /// The buckets whose books judge a throttle of this call: its workspace's where that has

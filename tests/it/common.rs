@@ -135,6 +135,19 @@ impl TestEnv {
             .expect("nightshift run starts")
     }
 
+    /// The health trouble of `part` that `status --json` shows, once it shows one (Null if none
+    /// within 10 s).
+    pub async fn wait_trouble(&self, part: &str) -> Value {
+        for _ in 0..100 {
+            let trouble = self.status_json()["daemon"]["health"]["troubles"][part].clone();
+            if !trouble.is_null() {
+                return trouble;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Value::Null
+    }
+
     /// Runs a CLI command against this env's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
@@ -315,6 +328,15 @@ pub fn assert_each_once<'a>(
         "unexpected custom_ids in the results"
     );
     seen
+}
+
+/// The route named `name` in `limits --json`.
+pub fn route_in(limits: &Value, name: &str) -> Value {
+    limits["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("route {name} in {limits}"))
 }
 
 pub fn succeeded(results: &[Value]) -> usize {

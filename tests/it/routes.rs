@@ -253,17 +253,13 @@ async fn a_spend_cap_pauses_its_organizations_routes_and_the_job_completes_on_th
     assert_eq!(job.counts.succeeded, 60);
     assert_each_once(&env.results("capped"), &ids);
     assert_eq!(env.fake.org_stats("org-a").messages_accepted, 0);
-    let routes = limits["routes"].as_array().expect("routes");
     for name in ["a1", "a2"] {
-        let route = routes
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("{name} in {limits}"));
+        let route = route_in(&limits, name);
         assert_eq!(route["state"], "paused", "{route}");
         assert_eq!(route["owner"], "spend_cap", "{route}");
         assert_eq!(route["organization_id"], "org-a", "{route}");
     }
-    let b = routes.iter().find(|r| r["name"] == "b").expect("b");
+    let b = route_in(&limits, "b");
     assert_eq!(b["state"], "active", "{b}");
     let paused = status["paused"].as_array().expect("paused");
     assert!(
@@ -350,15 +346,7 @@ async fn a_refused_key_pauses_only_its_route() {
     assert_eq!(job.counts.succeeded, 80);
     assert_eq!(job.counts.errored, 0, "a refused key fails no item");
     assert_each_once(&env.results("refused"), &ids);
-    let state = |name: &str| {
-        limits["routes"]
-            .as_array()
-            .expect("routes")
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap_or_else(|| panic!("{name} in {limits}"))
-            .clone()
-    };
+    let state = |name: &str| route_in(&limits, name);
     assert_eq!(state("a1")["state"], "paused");
     assert_eq!(state("a1")["owner"], "key");
     assert_eq!(state("a2")["state"], "active", "{limits}");
@@ -438,14 +426,7 @@ async fn a_tenant_no_route_allows_waits_and_status_says_so() {
     let daemon = env.start_daemon_with_keys(keys(&[("a", KEY_A1)]));
     env.wait_succeeded("tenants", 1, Duration::from_secs(60))
         .await;
-    let mut trouble = Value::Null;
-    for _ in 0..100 {
-        trouble = env.status_json()["daemon"]["health"]["troubles"]["routes"].clone();
-        if !trouble.is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let trouble = env.wait_trouble("routes").await;
     let job = env.job_json("tenants");
     daemon.stop().await;
     assert!(

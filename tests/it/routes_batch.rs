@@ -115,13 +115,7 @@ async fn a_route_at_its_spend_cap_is_paused_and_the_batch_goes_through_another()
     );
     let limits: Value = serde_json::from_slice(&out.stdout).expect("limits --json is JSON");
     daemon.stop().await;
-    let route = |name: &str| {
-        limits["routes"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("route {name} in {limits}"))
-    };
+    let route = |name: &str| route_in(&limits, name);
     let a = route("a");
     assert_eq!(a["state"], "paused", "{a}");
     assert_eq!(a["owner"], "spend_cap", "{a}");
@@ -192,13 +186,7 @@ async fn a_route_whose_key_is_refused_is_paused_and_the_batch_goes_through_anoth
     let out = env.cli(&["limits", "--json"]);
     daemon.stop().await;
     let limits: Value = serde_json::from_slice(&out.stdout).expect("limits --json is JSON");
-    let route = |name: &str| {
-        limits["routes"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("route {name} in {limits}"))
-    };
+    let route = |name: &str| route_in(&limits, name);
     let a = route("a");
     assert_eq!(
         (&a["state"], &a["owner"]),
@@ -277,14 +265,7 @@ async fn batch_items_of_a_tenant_no_route_allows_wait_and_status_says_so() {
     let daemon = env.start_daemon_with_keys(keys());
     env.wait_succeeded("unserved", 2, Duration::from_secs(60))
         .await;
-    let mut trouble = Value::Null;
-    for _ in 0..100 {
-        trouble = env.status_json()["daemon"]["health"]["troubles"]["routes"].clone();
-        if !trouble.is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let trouble = env.wait_trouble("routes").await;
     let job = env.job_json("unserved");
     daemon.stop().await;
     assert!(
