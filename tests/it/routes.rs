@@ -185,24 +185,32 @@ async fn an_outside_burst_on_an_organization_is_judged_foreign() {
         "[realtime]\nconcurrency = 1\nbackoff_min_ms = 50\nbackoff_max_ms = 500\n[routes.a]\nkey_env = \"NS_TEST_A\"\n",
     )
     .await;
-    let (ids, body) = job_of("burst", 60);
+    let (ids, body) = job_of("burst", 100);
     env.write_job("burst", &body);
     let daemon = env.start_daemon_with_keys(keys(&[("a", KEY_A1)]));
     env.wait_succeeded("burst", 10, Duration::from_secs(60))
         .await;
-    let burst = run_load(
+    // The outside client drains A until the daemon meets a 429 (a daemon that reads the
+    // drain in the headers soon enough may wait it out, so the burst lasts as long as needed).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn(run_load(
         LoadSpec {
             base_url: env.fake.base_url(),
             api_key: KEY_OUTSIDE.into(),
             model: "claude-haiku-5-5".into(),
             rpm: 12_000.0,
-            duration: Duration::from_secs(3),
+            duration: Duration::from_secs(30),
             max_tokens: 16,
             prompt_chars: 200,
         },
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await;
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while owners(&env).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.cancel();
+    let burst = load.await.expect("the load generator ran");
     let job = env.wait_done("burst", Duration::from_secs(120)).await;
     daemon.stop().await;
 
@@ -210,7 +218,7 @@ async fn an_outside_burst_on_an_organization_is_judged_foreign() {
         burst.rate_limited_429 > 0,
         "the burst emptied the bucket: {burst:?}"
     );
-    assert_eq!(job.counts.succeeded, 60);
+    assert_eq!(job.counts.succeeded, 100);
     assert_each_once(&env.results("burst"), &ids);
     let owners = owners(&env);
     assert!(
