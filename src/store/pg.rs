@@ -2,6 +2,9 @@
 //! pool ([`connect`]) and the schema ([`migrate`], from `migrations/postgres/`), applied by one
 //! daemon at a time under an advisory lock. Nothing runs on it yet: the daemon, `[store] url` and
 //! the lanes still use SQLite only.
+//!
+//! `migrations/postgres/0001_init.sql` is the SQLite schema as its 14 migrations left it, plus the
+//! leases and the daemons table; later changes to either schema need a migration in both.
 
 use std::time::Duration;
 
@@ -16,7 +19,11 @@ struct Migration {
 }
 
 /// The schema, in order: version N is `migrations/postgres/000N_*.sql`.
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init",
+    sql: include_str!("../../migrations/postgres/0001_init.sql"),
+}];
 
 /// The key of the transaction-scoped advisory lock each migration takes first, so one daemon at a
 /// time migrates and the others wait, then find the work done. Any fixed number does; this one
