@@ -17,6 +17,7 @@ pub mod items;
 pub mod job_status;
 pub mod jobs;
 pub mod ledger;
+pub mod pg;
 pub mod quota;
 pub mod results;
 pub mod retry;

@@ -16,6 +16,7 @@ mod ledger;
 mod metrics;
 mod operator;
 mod page;
+mod pg;
 mod plan;
 mod preflight;
 mod quota;

@@ -1,0 +1,420 @@
+//! A real PostgreSQL for the tests of the PostgreSQL store: `TestPg::start()` makes a cluster in
+//! a temp dir (`initdb`) and runs it (`pg_ctl`) on a free port of 127.0.0.1, its unix socket in
+//! the same dir; dropping it stops the server. As root the server runs as `nobody` (PostgreSQL
+//! refuses to run as root). Without PostgreSQL's server binaries the tests fail saying to install
+//! Debian's `postgresql` package (`.ci/run` does): they are never skipped.
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The uid and gid of `nobody` (and Debian's `nogroup`), who runs the server when the tests run
+/// as root.
+const NOBODY: u32 = 65_534;
+
+pub struct TestPg {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_nobody: bool,
+}
+
+impl TestPg {
+    /// A new cluster, started; panics with what to do when PostgreSQL is not installed.
+    pub fn start() -> TestPg {
+        let started = Instant::now();
+        let bin = server_bindir().unwrap_or_else(|| {
+            panic!(
+                "PostgreSQL's server programs (initdb, pg_ctl) are not installed: the PostgreSQL \
+                 store's tests need them. Install Debian's `postgresql` package \
+                 (`apt-get install postgresql`), as .ci/run does."
+            )
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let as_nobody = rustix::process::geteuid().is_root();
+        if as_nobody {
+            std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
+                .expect("chown the cluster's dir to nobody");
+        }
+        let mut pg = TestPg {
+            dir,
+            bin,
+            port: 0,
+            as_nobody,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data().to_string_lossy(),
+                "-A",
+                "trust",
+                "-U",
+                "nightshift",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+        );
+        // A free port can be taken by someone else before the server binds it: try a few.
+        for _ in 0..5 {
+            pg.port = free_port();
+            let options = format!(
+                "-p {} -h 127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off",
+                pg.port,
+                pg.dir.path().display()
+            );
+            let log = pg.dir.path().join("server.log");
+            let out = pg.command(
+                "pg_ctl",
+                &[
+                    "start",
+                    "-w",
+                    "-D",
+                    &pg.data().to_string_lossy(),
+                    "-l",
+                    &log.to_string_lossy(),
+                    "-o",
+                    &options,
+                ],
+            );
+            if out.status.success() {
+                assert!(
+                    TcpStream::connect((Ipv4Addr::LOCALHOST, pg.port)).is_ok(),
+                    "PostgreSQL started but does not listen on 127.0.0.1:{}",
+                    pg.port
+                );
+                eprintln!(
+                    "PostgreSQL on 127.0.0.1:{} in {:?}, started in {:?}",
+                    pg.port,
+                    pg.dir.path(),
+                    started.elapsed()
+                );
+                return pg;
+            }
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            if !log.contains("Address already in use") {
+                panic!(
+                    "pg_ctl start failed: {}\n{}\nserver log:\n{log}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        panic!("PostgreSQL found no free port in five tries");
+    }
+
+    /// `postgres://nightshift@127.0.0.1:PORT/postgres`: the superuser, no password (trust).
+    pub fn url(&self) -> String {
+        format!("postgres://nightshift@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs, as nobody when we are root, and panics if it fails.
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program, args);
+        assert!(
+            out.status.success(),
+            "{program} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> std::process::Output {
+        let path = self.bin.join(program);
+        let mut command = if self.as_nobody {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "nobody", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        command
+            .args(args)
+            // nobody may not enter the test's working directory; the server needs none of it.
+            .current_dir(self.dir.path())
+            .env_remove("PGDATA")
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+    }
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        if self.port == 0 {
+            return; // never started
+        }
+        let data = self.data();
+        let out = self.command(
+            "pg_ctl",
+            &[
+                "stop",
+                "-w",
+                "-m",
+                "immediate",
+                "-D",
+                &data.to_string_lossy(),
+            ],
+        );
+        if !out.status.success() {
+            eprintln!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Where `initdb` and `pg_ctl` are: `pg_config --bindir`, else the highest version's
+/// `/usr/lib/postgresql/*/bin` (Debian puts the server there, off the PATH).
+fn server_bindir() -> Option<PathBuf> {
+    let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            has_server(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The harness itself: a cluster starts, listens where its URL says, and is gone once dropped.
+#[test]
+fn a_test_cluster_starts_and_stops() {
+    let pg = TestPg::start();
+    let port = pg.port();
+    assert_eq!(
+        pg.url(),
+        format!("postgres://nightshift@127.0.0.1:{port}/postgres")
+    );
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok());
+    let dir = pg.dir.path().to_owned();
+    drop(pg);
+    assert!(
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
+        "the server still listens after drop"
+    );
+    assert!(!dir.exists(), "the cluster's dir is removed");
+}
+
+/// `TestPg::start()` for async tests (it blocks while initdb and pg_ctl run).
+async fn start_pg() -> TestPg {
+    tokio::task::spawn_blocking(TestPg::start)
+        .await
+        .expect("TestPg::start")
+}
+
+/// The schema on a fresh database: the version, the tables, one row per version.
+#[tokio::test]
+async fn migrate_makes_the_schema_once() {
+    use nightshift::store::pg;
+    let started = Instant::now();
+    let server = start_pg().await;
+    let pool = pg::connect(&server.url(), None).await.expect("connects");
+    let version = pg::migrate(&pool).await.expect("migrates");
+    assert_eq!(version, pg::schema_version());
+    assert!(version >= 1);
+
+    let client = pool.get().await.expect("a connection");
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in [
+        "jobs",
+        "items",
+        "attempts",
+        "batches",
+        "results",
+        "ledger",
+        "tenant_days",
+        "quota_state",
+        "routes",
+        "holds",
+        "daemons",
+        "schema_migrations",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "no table {table} in {tables:?}"
+        );
+    }
+    let lease_columns: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns
+             WHERE table_name = 'items'
+               AND column_name IN ('lease_owner', 'lease_expires_at', 'lease_token')",
+            &[],
+        )
+        .await
+        .expect("columns")
+        .get(0);
+    assert_eq!(lease_columns, 3);
+
+    // Again: nothing to do, nothing recorded twice.
+    assert_eq!(pg::migrate(&pool).await.expect("again"), version);
+    let rows: Vec<(i32, i64)> = client
+        .query(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("schema_migrations")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected: Vec<(i32, i64)> = (1..=version as i32).map(|v| (v, 1)).collect();
+    assert_eq!(rows, expected);
+    eprintln!("migrate_makes_the_schema_once: {:?}", started.elapsed());
+}
+
+/// Two daemons starting together (two pools) both migrate without error, and each migration is
+/// applied once: the advisory lock lets one in, the other finds the work done.
+#[tokio::test]
+async fn two_daemons_migrating_at_once_apply_each_migration_once() {
+    use nightshift::store::pg;
+    let started = Instant::now();
+    let server = start_pg().await;
+    let url = server.url();
+    let (a, b) = tokio::join!(pg::connect(&url, None), pg::connect(&url, None));
+    let (a, b) = (a.expect("pool a"), b.expect("pool b"));
+    let (va, vb) = tokio::join!(pg::migrate(&a), pg::migrate(&b));
+    let (va, vb) = (va.expect("a migrates"), vb.expect("b migrates"));
+    assert_eq!(va, pg::schema_version());
+    assert_eq!(vb, pg::schema_version());
+    let client = a.get().await.expect("a connection");
+    let (rows, versions): (i64, i64) = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT version) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .expect("schema_migrations");
+    assert_eq!(rows, pg::schema_version() as i64);
+    assert_eq!(versions, rows);
+    eprintln!(
+        "two_daemons_migrating_at_once_apply_each_migration_once: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The triggers kept from SQLite: a ledger row rolls up into its tenant's day and its job's cache
+/// use; leaving in_flight settles an item's reservation, and the tenant's sum follows.
+#[tokio::test]
+async fn the_triggers_keep_the_sums() {
+    use nightshift::store::pg;
+    let server = start_pg().await;
+    let pool = pg::connect(&server.url(), None).await.expect("connects");
+    pg::migrate(&pool).await.expect("migrates");
+    let client = pool.get().await.expect("a connection");
+    client
+        .batch_execute(
+            "INSERT INTO jobs (id, name, source_path, tenant, priority, mode, created_at)
+                 VALUES (1, 'j', '/j.jsonl', 't', 'normal', 'auto', 0);
+             INSERT INTO items (id, job_id, line_no, tenant, priority, mode, state, updated_at)
+                 VALUES (1, 1, 1, 't', 2, 'auto', 'in_flight', 0);
+             UPDATE items SET reserved_micro_usd = 500 WHERE id = 1;
+             INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens,
+                                 output_tokens, cache_creation_input_tokens,
+                                 cache_read_input_tokens, cost_micro_usd, retry_of_unknown,
+                                 cache_saved_micro_usd)
+                 VALUES (86400000 * 2 + 5, 't', 1, 1, 'm', 'realtime', 10, 20, 3, 4, 100, 0, 7),
+                        (86400000 * 2 + 9, 't', 1, 1, 'm', 'realtime', 1, 2, 0, 0, NULL, 0, 0);",
+        )
+        .await
+        .expect("rows");
+    let reserved: i64 = client
+        .query_one(
+            "SELECT reserved_micro_usd FROM tenant_reserved WHERE tenant = 't'",
+            &[],
+        )
+        .await
+        .expect("reserved")
+        .get(0);
+    assert_eq!(reserved, 500);
+    client
+        .batch_execute("UPDATE items SET state = 'succeeded' WHERE id = 1")
+        .await
+        .expect("final");
+    let row = client
+        .query_one(
+            "SELECT i.reserved_micro_usd, r.reserved_micro_usd FROM items i, tenant_reserved r
+             WHERE i.id = 1 AND r.tenant = 't'",
+            &[],
+        )
+        .await
+        .expect("settled");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
+    let day = client
+        .query_one(
+            "SELECT day, spent_micro_usd, requests, input_tokens, cache_saved_micro_usd
+             FROM tenant_days WHERE tenant = 't'",
+            &[],
+        )
+        .await
+        .expect("tenant_days");
+    assert_eq!(day.get::<_, String>(0), "1970-01-03");
+    assert_eq!(
+        (
+            day.get::<_, i64>(1),
+            day.get::<_, i64>(2),
+            day.get::<_, i64>(3),
+            day.get::<_, i64>(4)
+        ),
+        (100, 2, 11, 7)
+    );
+    let cache = client
+        .query_one(
+            "SELECT read_tokens, written_tokens, saved_micro_usd FROM job_cache_use WHERE job_id = 1",
+            &[],
+        )
+        .await
+        .expect("job_cache_use");
+    assert_eq!(
+        (
+            cache.get::<_, i64>(0),
+            cache.get::<_, i64>(1),
+            cache.get::<_, i64>(2)
+        ),
+        (4, 3, 7)
+    );
+}
