@@ -638,7 +638,7 @@ async fn watchdog_loop(store: Store, stop: CancellationToken) {
     loop {
         let alive = tokio::time::timeout(
             every,
-            store.call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+            store.call(|c| c.query_row("SELECT 1", (), |r| r.get::<_, i64>(0))),
         )
         .await;
         match alive {

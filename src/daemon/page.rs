@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 
 use crate::lanes::health::Health;
 use crate::model::time::format_time;
@@ -95,7 +95,7 @@ pub fn window_start(now: i64) -> i64 {
 /// `results_dir`), pauses, where the tenants of `budgets` stand, and the last hour per minute.
 /// `limits` is the quota controller's snapshot, for the limits the charts are drawn against.
 pub fn read(
-    conn: &Connection,
+    conn: &Conn,
     results_dir: &Path,
     budgets: &Budgets,
     limits: &[ClassSnapshot],

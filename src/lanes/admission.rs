@@ -4,7 +4,7 @@
 //! write in the transaction that sends it: the store's single writer makes admissions one at a
 //! time, so two calls can never both take the last dollar of a cap.
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde_json::json;
 
 use crate::model::job::Mode;
@@ -50,7 +50,7 @@ pub enum Admission {
 /// Checks a pending item against its tenant's caps before it goes in flight in `lane`, and applies
 /// the answer.
 pub fn admit(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     lane: Lane,
     rules: &Rules,
@@ -162,21 +162,21 @@ mod tests {
         }
     }
 
-    fn ids(conn: &Connection) -> Vec<i64> {
+    fn ids(conn: &Conn) -> Vec<i64> {
         let mut stmt = conn
             .prepare("SELECT id FROM items ORDER BY id")
             .expect("prepare");
-        stmt.query_map([], |r| r.get(0))
+        stmt.query_map((), |r| r.get(0))
             .expect("query")
-            .collect::<rusqlite::Result<_>>()
+            .collect::<crate::store::Result<_>>()
             .expect("ids")
     }
 
-    fn mark(conn: &Connection, id: i64, rules: &Rules) -> Marked {
+    fn mark(conn: &Conn, id: i64, rules: &Rules) -> Marked {
         mark_realtime(conn, id, (1, 1), "default", rules, NOW).expect("mark")
     }
 
-    fn column<T: rusqlite::types::FromSql>(conn: &Connection, id: i64, col: &str) -> T {
+    fn column<T: crate::store::sql::FromValue>(conn: &Conn, id: i64, col: &str) -> T {
         conn.query_row(
             &format!("SELECT {col} FROM items WHERE id = ?1"),
             [id],
@@ -311,7 +311,7 @@ mod tests {
         // A worst case is about $0.0151 in real time and $0.0076 through a batch.
         let rules = rules(0.01, CapAction::Defer);
         let ids = ids(&conn);
-        conn.execute("UPDATE items SET lane = 'realtime'", [])
+        conn.execute("UPDATE items SET lane = 'realtime'", ())
             .expect("lane");
         assert!(matches!(
             mark(&conn, ids[0], &rules),

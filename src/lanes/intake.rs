@@ -697,7 +697,7 @@ fn wait<T>(rx: tokio::sync::oneshot::Receiver<store::Result<T>>) -> Result<T, St
 
 fn block_on_store<T, F>(store: &Store, f: F) -> Result<T, StoreError>
 where
-    F: FnOnce(&rusqlite::Connection) -> store::Result<T> + Send + 'static,
+    F: FnOnce(&crate::store::sql::Conn) -> store::Result<T> + Send + 'static,
     T: Send + 'static,
 {
     wait(store.submit(f))

@@ -747,7 +747,7 @@ pub enum Marked {
 /// in flight with its attempt row, before anything is sent. `sent_with`: the class's concurrency
 /// and the input estimate at admission, kept for diagnosis.
 pub fn mark(
-    conn: &rusqlite::Connection,
+    conn: &crate::store::sql::Conn,
     item_id: i64,
     sent_with: (i64, i64),
     route: &str,

@@ -94,7 +94,7 @@ impl ResultsWriter {
     /// Marks the job done if it is complete (in the store's transaction `c`); returns what its
     /// hook is told, if it just ended.
     fn finish(
-        c: &rusqlite::Connection,
+        c: &crate::store::sql::Conn,
         job_id: i64,
         results_dir: &Path,
     ) -> crate::store::Result<Option<hooks::JobEnded>> {

@@ -79,7 +79,11 @@ mod tests {
     use crate::store::test_connection;
 
     /// What the daemon's scheduler does each second, on one connection: fire what is due, record it.
-    fn tick(conn: &rusqlite::Connection, jobs_dir: &Path, now: i64) -> anyhow::Result<Vec<String>> {
+    fn tick(
+        conn: &crate::store::sql::Conn,
+        jobs_dir: &Path,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
         let mut fired = Vec::new();
         for row in schedules::due(conn, now)? {
             let (job, next) = fire(&row, jobs_dir, now)?;

@@ -1,6 +1,6 @@
 //! Read queries over the `attempts` table (one row per call sent).
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 
 use super::Result;
 
@@ -24,8 +24,8 @@ pub struct AttemptSummary {
     pub output_tokens: u64,
 }
 
-pub fn summary(conn: &Connection, job_id: i64) -> Result<AttemptSummary> {
-    Ok(conn.query_row(
+pub fn summary(conn: &Conn, job_id: i64) -> Result<AttemptSummary> {
+    conn.query_row(
         "SELECT COUNT(*),
                 COALESCE(SUM(a.outcome = 'rate_limited'), 0),
                 COALESCE(SUM(a.outcome IN ('retryable', 'not_sent')), 0),
@@ -48,12 +48,12 @@ pub fn summary(conn: &Connection, job_id: i64) -> Result<AttemptSummary> {
                 output_tokens: r.get::<_, i64>(7)? as u64,
             })
         },
-    )?)
+    )
 }
 
 /// Calls of a job whose outcome was unknown: (custom_id, attempt, error).
 pub fn unknown_outcomes(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     limit: i64,
 ) -> Result<Vec<(String, i64, String)>> {
@@ -62,16 +62,16 @@ pub fn unknown_outcomes(
          FROM attempts a JOIN items i ON i.id = a.item_id
          WHERE i.job_id = ?1 AND a.outcome = 'unknown' ORDER BY a.id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(rusqlite::params![job_id, limit], |r| {
+    let rows = stmt.query_map(crate::store::sql::params![job_id, limit], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Cost of a job's billed calls in USD: (as run, had every call gone real time, unpriced calls).
 /// Batch results are billed at half price; errored, expired and canceled batch items not at all.
 pub fn cost(
-    conn: &Connection,
+    conn: &Conn,
     prices: &crate::policy::prices::PriceTable,
     job_id: i64,
 ) -> Result<(f64, f64, u64)> {
@@ -131,7 +131,7 @@ pub struct Call {
 }
 
 /// Every call of an item, first first.
-pub fn of_item(conn: &Connection, item_id: i64) -> Result<Vec<Call>> {
+pub fn of_item(conn: &Conn, item_id: i64) -> Result<Vec<Call>> {
     let mut stmt = conn.prepare(
         "SELECT a.attempt, a.lane, a.model, a.started_at, a.finished_at, a.outcome, a.http_status,
                 a.request_id, a.retry_after_ms, a.error, a.input_tokens, a.output_tokens,
@@ -155,5 +155,5 @@ pub fn of_item(conn: &Connection, item_id: i64) -> Result<Vec<Call>> {
             route: r.get(12)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }

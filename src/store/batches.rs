@@ -1,6 +1,6 @@
 //! SQL for the batch lane: waiting items, the create intent and its id, polling, applying results.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::store::sql::{Conn, OptionalExtension, Row, params};
 
 use super::Result;
 use crate::model::batch::{ApiState, BatchCounts};
@@ -9,15 +9,15 @@ use crate::policy::outcome::AttemptRecord;
 use crate::policy::planner;
 
 /// Batch turnarounds (creation to end, ms) of the most recent ended batches.
-pub fn turnaround_ms(conn: &Connection) -> Result<i64> {
+pub fn turnaround_ms(conn: &Conn) -> Result<i64> {
     let mut stmt = conn.prepare_cached(
         "SELECT ended_at - api_created_at FROM batches
          WHERE ended_at IS NOT NULL AND api_created_at IS NOT NULL AND cancel_requested = 0
          ORDER BY id DESC LIMIT 100",
     )?;
     let samples = stmt
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map((), |r| r.get::<_, i64>(0))?
+        .collect::<crate::store::Result<Vec<_>>>()?;
     Ok(planner::turnaround_p95(samples))
 }
 
@@ -39,7 +39,7 @@ pub struct WaitingJob {
 /// backlog. `oldest_at` is when the first waiting item of each class (in line order) was last
 /// changed.
 pub fn waiting_jobs(
-    conn: &Connection,
+    conn: &Conn,
     now: i64,
     closed_ranks: &[i64],
     cap: i64,
@@ -49,10 +49,10 @@ pub fn waiting_jobs(
          WHERE canceled_at IS NULL AND finished_at IS NULL ORDER BY id",
     )?;
     let jobs = jobs
-        .query_map([], |r| {
+        .query_map((), |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get(2)?))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::store::Result<Vec<_>>>()?;
     const READY: &str = "job_id = ?1 AND priority = ?2 AND state = 'pending' AND lane = 'batch'
                          AND parked = 0 AND not_before <= ?3";
     let mut count = conn.prepare_cached(&format!(
@@ -86,12 +86,12 @@ pub fn waiting_jobs(
 }
 
 /// The requests of a batch, for the create call: (custom_id, params).
-pub fn requests(conn: &Connection, batch_id: i64) -> Result<Vec<(String, String)>> {
+pub fn requests(conn: &Conn, batch_id: i64) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT custom_id, params FROM items WHERE batch_id = ?1 AND state = 'in_flight' ORDER BY id",
     )?;
     let rows = stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// A batch as stored.
@@ -125,7 +125,7 @@ const COLUMNS: &str = "b.id, b.job_id, j.name, b.api_id, b.state, b.request_coun
      b.next_action_at, b.poll_interval_ms, b.results_applied_at, b.cancel_requested, b.error, \
      b.create_sent_at, b.refusals, b.route";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
+fn from_row(r: &Row<'_>) -> crate::store::Result<BatchRow> {
     Ok(BatchRow {
         id: r.get(0)?,
         job_id: r.get(1)?,
@@ -156,61 +156,61 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<BatchRow> {
 }
 
 /// Batches with something to do (create, reconcile, poll, apply results).
-pub fn open(conn: &Connection) -> Result<Vec<BatchRow>> {
+pub fn open(conn: &Conn) -> Result<Vec<BatchRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id
          WHERE b.results_applied_at IS NULL AND b.state <> 'failed' ORDER BY b.next_action_at, b.id"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
-pub fn by_job(conn: &Connection, job_id: i64) -> Result<Vec<BatchRow>> {
+pub fn by_job(conn: &Conn, job_id: i64) -> Result<Vec<BatchRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 ORDER BY b.id"
     ))?;
     let rows = stmt.query_map([job_id], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Makes every created batch still under way due now: after a start nobody knows what happened
 /// while the daemon was away, and results may be waiting. Returns how many.
-pub fn poll_all_now(conn: &Connection, now: i64) -> Result<usize> {
-    Ok(conn.execute(
+pub fn poll_all_now(conn: &Conn, now: i64) -> Result<usize> {
+    conn.execute(
         "UPDATE batches SET next_action_at = ?1
          WHERE api_id IS NOT NULL AND results_applied_at IS NULL AND state <> 'failed' AND next_action_at > ?1",
         [now],
-    )?)
+    )
 }
 
 /// API ids already recorded, so reconciliation never adopts one batch twice.
-pub fn known_api_ids(conn: &Connection) -> Result<std::collections::HashSet<String>> {
+pub fn known_api_ids(conn: &Conn) -> Result<std::collections::HashSet<String>> {
     let mut stmt = conn.prepare_cached("SELECT api_id FROM batches WHERE api_id IS NOT NULL")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let rows = stmt.query_map((), |r| r.get::<_, String>(0))?;
+    rows.collect::<crate::store::Result<_>>()
 }
 
 /// Records the API's id (right after the create call, or found by reconciliation) and state.
 /// The tenants of a job's items waiting for a batch.
-pub fn waiting_tenants(conn: &Connection, job_id: i64) -> Result<Vec<String>> {
+pub fn waiting_tenants(conn: &Conn, job_id: i64) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "SELECT DISTINCT tenant FROM items WHERE job_id = ?1 AND state = 'pending' AND lane = 'batch'",
     )?;
     let rows = stmt.query_map([job_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    rows.collect::<crate::store::Result<Vec<String>>>()
 }
 
 /// Gives a batch to another route (one whose key finds it at the API).
-pub fn set_route(conn: &Connection, batch_id: i64, route: &str) -> Result<()> {
+pub fn set_route(conn: &Conn, batch_id: i64, route: &str) -> Result<()> {
     conn.execute(
         "UPDATE batches SET route = ?2 WHERE id = ?1",
-        rusqlite::params![batch_id, route],
+        crate::store::sql::params![batch_id, route],
     )?;
     Ok(())
 }
 
 pub fn record_created(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     api: &ApiState,
     now: i64,
@@ -232,7 +232,7 @@ pub fn record_created(
 
 /// Just before a create call: from here on the call may reach the API, so a crash or a lost answer
 /// leads to a search (around `now`) rather than a second call.
-pub fn record_create_sending(conn: &Connection, batch_id: i64, now: i64) -> Result<()> {
+pub fn record_create_sending(conn: &Conn, batch_id: i64, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE batches SET create_unknown = 1, create_sent_at = ?2, next_action_at = ?2 WHERE id = ?1",
         params![batch_id, now],
@@ -244,7 +244,7 @@ pub fn record_create_sending(conn: &Connection, batch_id: i64, now: i64) -> Resu
 /// (it is set before each create call and cleared when an answer says nothing was created), so
 /// the list endpoint is searched before another is sent.
 pub fn record_create_retry(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     next_at: i64,
     unknown: bool,
@@ -258,7 +258,7 @@ pub fn record_create_retry(
 }
 
 pub fn record_poll(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     api: &ApiState,
     next_at: i64,
@@ -285,7 +285,7 @@ pub fn record_poll(
 }
 
 pub fn set_next_action(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     next_at: i64,
     error: Option<&str>,
@@ -298,16 +298,16 @@ pub fn set_next_action(
 }
 
 /// The API refused a poll or a download (say, 404 for a deleted batch). Returns the refusals in a row.
-pub fn record_refusal(conn: &Connection, batch_id: i64, next_at: i64, error: &str) -> Result<i64> {
+pub fn record_refusal(conn: &Conn, batch_id: i64, next_at: i64, error: &str) -> Result<i64> {
     conn.execute(
         "UPDATE batches SET refusals = refusals + 1, next_action_at = ?2, error = ?3 WHERE id = ?1",
         params![batch_id, next_at, error],
     )?;
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT refusals FROM batches WHERE id = ?1",
         [batch_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// Where [`pack_candidates`] goes on from: the prefix key (0 for none) and id of the last item
@@ -346,7 +346,7 @@ pub struct PackCandidate {
 /// tenants `route` allows: in prefix order (the items sharing a cached prefix side by side, so
 /// they go in the same batch and read what the first of them wrote), then line order.
 pub fn pack_candidates(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     route: &PackRoute<'_>,
     rank: i64,
@@ -367,7 +367,7 @@ pub fn pack_candidates(
             })
         },
     )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// [`pack_candidates`]' statement: the job, the limit, now, the cursor's prefix key, the class,
@@ -383,7 +383,7 @@ const PACK_CANDIDATES: &str =
 /// Records a new batch of `items` in state `submitting` (the intent, before the create call); the
 /// items go in flight, each with an open attempt. Returns the batch's local id.
 pub fn create_intent(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     route: &str,
     items: &[i64],
@@ -395,7 +395,7 @@ pub fn create_intent(
          VALUES (?1, 'submitting', ?2, ?3, ?4, ?4, ?5)",
         params![job_id, items.len() as i64, bytes, now, route],
     )?;
-    let batch_id = conn.last_insert_rowid();
+    let batch_id = conn.last_insert_rowid()?;
     let mut mark = conn.prepare_cached(
         "UPDATE items SET state = 'in_flight', batch_id = ?2, attempts = attempts + 1, updated_at = ?3
          WHERE id = ?1",
@@ -414,7 +414,7 @@ pub fn create_intent(
 /// Splits a batch not yet created in two: the later half of its items (in line order) moves to a
 /// new batch, also waiting to be created; both are created afresh (never the refused body again).
 /// Returns the new batch, or None when the batch holds fewer than two items.
-pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Option<i64>> {
+pub fn split(conn: &Conn, batch_id: i64, why: &str, now: i64) -> Result<Option<i64>> {
     let items = in_flight_items(conn, batch_id)?;
     if items.len() < 2 {
         return Ok(None);
@@ -432,7 +432,7 @@ pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Op
          FROM batches WHERE id = ?5",
         params![job_id, moved.len() as i64, now, why, batch_id],
     )?;
-    let half = conn.last_insert_rowid();
+    let half = conn.last_insert_rowid()?;
     conn.execute(
         "UPDATE items SET batch_id = ?2, updated_at = ?4
          WHERE batch_id = ?1 AND state = 'in_flight' AND id >= ?3",
@@ -450,7 +450,7 @@ pub fn split(conn: &Connection, batch_id: i64, why: &str, now: i64) -> Result<Op
 }
 
 /// Sets a batch not yet created to the requests still in flight in it; returns how many.
-pub fn recount(conn: &Connection, batch_id: i64) -> Result<i64> {
+pub fn recount(conn: &Conn, batch_id: i64) -> Result<i64> {
     conn.execute(
         "UPDATE batches SET
                 request_count = (SELECT count(*) FROM items WHERE batch_id = ?1 AND state = 'in_flight'),
@@ -459,42 +459,39 @@ pub fn recount(conn: &Connection, batch_id: i64) -> Result<i64> {
          WHERE id = ?1",
         [batch_id],
     )?;
-    Ok(conn
-        .prepare_cached("SELECT request_count FROM batches WHERE id = ?1")?
-        .query_row([batch_id], |r| r.get(0))?)
+    conn.prepare_cached("SELECT request_count FROM batches WHERE id = ?1")?
+        .query_row([batch_id], |r| r.get(0))
 }
 
 /// The item of a batch in flight under `custom_id`, with the job file and line it came from:
 /// (item, file, line).
 pub fn in_flight_by_custom_id(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     custom_id: &str,
 ) -> Result<Option<(i64, String, i64)>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
+    conn.prepare_cached(
+        "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
              WHERE i.batch_id = ?1 AND i.custom_id = ?2 AND i.state = 'in_flight'",
-        )?
-        .query_row(params![batch_id, custom_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?)
+    )?
+    .query_row(params![batch_id, custom_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .optional()
 }
 
 /// The one item of a batch, with the job file and line it came from: (item, file, line).
-pub fn lone_item(conn: &Connection, batch_id: i64) -> Result<Option<(i64, String, i64)>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
+pub fn lone_item(conn: &Conn, batch_id: i64) -> Result<Option<(i64, String, i64)>> {
+    conn.prepare_cached(
+        "SELECT i.id, j.source_path, i.line_no FROM items i JOIN jobs j ON j.id = i.job_id
              WHERE i.batch_id = ?1 AND i.state = 'in_flight'",
-        )?
-        .query_row([batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?)
+    )?
+    .query_row([batch_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .optional()
 }
 
 /// The batch is failed (refused, abandoned, dropped): nothing more is done with it.
-pub fn mark_failed(conn: &Connection, batch_id: i64, error: &str, now: i64) -> Result<()> {
+pub fn mark_failed(conn: &Conn, batch_id: i64, error: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE batches SET state = 'failed', error = ?2, results_applied_at = ?3, create_unknown = 0 WHERE id = ?1",
         params![batch_id, error, now],
@@ -503,7 +500,7 @@ pub fn mark_failed(conn: &Connection, batch_id: i64, error: &str, now: i64) -> R
 }
 
 /// Every result of the batch is applied.
-pub fn mark_results_applied(conn: &Connection, batch_id: i64, now: i64) -> Result<()> {
+pub fn mark_results_applied(conn: &Conn, batch_id: i64, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE batches SET results_applied_at = ?2 WHERE id = ?1",
         params![batch_id, now],
@@ -512,40 +509,36 @@ pub fn mark_results_applied(conn: &Connection, batch_id: i64, now: i64) -> Resul
 }
 
 /// The items of a batch still in flight in it.
-pub fn in_flight_items(conn: &Connection, batch_id: i64) -> Result<Vec<i64>> {
+pub fn in_flight_items(conn: &Conn, batch_id: i64) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM items WHERE batch_id = ?1 AND state = 'in_flight' ORDER BY id",
     )?;
     let rows = stmt.query_map([batch_id], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?)
+    rows.collect::<crate::store::Result<Vec<i64>>>()
 }
 
 /// The items still in flight in the batch, by custom_id (those applied before a crash are not).
-pub fn in_flight_ids(
-    conn: &Connection,
-    batch_id: i64,
-) -> Result<std::collections::HashMap<String, i64>> {
+pub fn in_flight_ids(conn: &Conn, batch_id: i64) -> Result<std::collections::HashMap<String, i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT custom_id, id FROM items WHERE batch_id = ?1 AND state = 'in_flight'",
     )?;
     let rows = stmt.query_map([batch_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    rows.collect::<crate::store::Result<_>>()
 }
 
 /// Whether the item is still in flight in the batch (not: applied already, say).
-pub fn is_in_flight(conn: &Connection, batch_id: i64, item_id: i64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
-        )?
-        .exists(params![item_id, batch_id])?)
+pub fn is_in_flight(conn: &Conn, batch_id: i64, item_id: i64) -> Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM items WHERE id = ?1 AND batch_id = ?2 AND state = 'in_flight'",
+    )?
+    .exists(params![item_id, batch_id])
 }
 
 /// Items of the batch end, each with its final state and error for people: those still in
 /// flight there. Returns whose each one that ended is; the others (applied already, say) are left
 /// as they are.
 pub fn end_in_flight(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     ends: &[(i64, ItemState, Option<&str>)],
     now: i64,
@@ -553,15 +546,18 @@ pub fn end_in_flight(
     let mut whose = std::collections::HashMap::with_capacity(ends.len());
     super::in_groups(ends, end_in_flight_sql, |sql, group| {
         let states: Vec<&str> = group.iter().map(|(_, state, _)| state.as_str()).collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &batch_id];
+        let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&now, &batch_id];
         for ((item_id, _, error), state) in group.iter().zip(&states) {
-            values.extend([item_id as &dyn rusqlite::ToSql, state, error]);
+            values.extend([item_id as &dyn crate::store::sql::ToValue, state, error]);
         }
         let mut stmt = conn.prepare_cached(sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
-        while let Some(r) = rows.next()? {
-            // The item's id follows the columns `Whose::from_row` reads.
-            whose.insert(r.get(4)?, super::ledger::Whose::from_row(r)?);
+        // The item's id follows the columns `Whose::from_row` reads.
+        let rows = stmt.query_map(crate::store::sql::params_from_iter(values), |r| {
+            Ok((r.get(4)?, super::ledger::Whose::from_row(r)?))
+        })?;
+        for row in rows {
+            let (item_id, item_whose) = row?;
+            whose.insert(item_id, item_whose);
         }
         Ok(())
     })?;
@@ -581,21 +577,12 @@ fn end_in_flight_sql(rows: usize) -> String {
 }
 
 /// Closes an item's open batch attempt.
-pub fn close_attempt(
-    conn: &Connection,
-    item_id: i64,
-    record: &AttemptRecord,
-    now: i64,
-) -> Result<()> {
+pub fn close_attempt(conn: &Conn, item_id: i64, record: &AttemptRecord, now: i64) -> Result<()> {
     close_attempts(conn, &[(item_id, record)], now)
 }
 
 /// As [`close_attempt`], for many items at once.
-pub fn close_attempts(
-    conn: &Connection,
-    closing: &[(i64, &AttemptRecord)],
-    now: i64,
-) -> Result<()> {
+pub fn close_attempts(conn: &Conn, closing: &[(i64, &AttemptRecord)], now: i64) -> Result<()> {
     super::in_groups(closing, close_attempts_sql, |sql, group| {
         let rows: Vec<_> = group
             .iter()
@@ -607,10 +594,10 @@ pub fn close_attempts(
                 )
             })
             .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now];
+        let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&now];
         for ((item_id, record), (outcome, input, output)) in group.iter().zip(&rows) {
             values.extend([
-                item_id as &dyn rusqlite::ToSql,
+                item_id as &dyn crate::store::sql::ToValue,
                 outcome,
                 &record.error,
                 input,
@@ -618,7 +605,7 @@ pub fn close_attempts(
             ]);
         }
         conn.prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(values))?;
+            .execute(crate::store::sql::params_from_iter(values))?;
         Ok(())
     })
 }
@@ -638,7 +625,7 @@ fn close_attempts_sql(rows: usize) -> String {
 
 /// An item of a batch ends: its final state, result line and error for people.
 pub fn end_item(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     state: ItemState,
     line: &str,
@@ -653,7 +640,7 @@ pub fn end_item(
 
 /// As [`end_item`], for a caller that knows the item's job.
 pub fn end_item_of(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     item_id: i64,
     state: ItemState,
@@ -669,7 +656,7 @@ pub fn end_item_of(
 /// An item of a batch goes back to pending in `lane` (the planner's new choice); `counts`:
 /// whether the attempt it came back from is a failure.
 pub fn replan_item(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     lane: Lane,
     reason: &str,
@@ -696,13 +683,13 @@ pub fn replan_item(
 
 /// Takes pending cancel requests: marks their jobs canceled, ends their pending items canceled,
 /// and flags their open batches for cancellation. Returns the names of the jobs canceled.
-pub fn take_cancel_requests(conn: &Connection, now: i64) -> Result<Vec<String>> {
+pub fn take_cancel_requests(conn: &Conn, now: i64) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, job_name FROM cancel_requests WHERE done_at IS NULL ORDER BY id",
     )?;
     let requests = stmt
-        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map((), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<crate::store::Result<Vec<_>>>()?;
     let mut canceled = Vec::new();
     for (request_id, name) in requests {
         conn.execute(
@@ -739,7 +726,7 @@ pub fn take_cancel_requests(conn: &Connection, now: i64) -> Result<Vec<String>> 
 /// `horizon`: when a batch sent now is safe for results (`planner::batch_horizon`); `turnaround_ms`
 /// is said in the reason; `nightly` is the rank of the class that may move to batches.
 pub fn reroute(
-    conn: &Connection,
+    conn: &Conn,
     now: i64,
     horizon: i64,
     turnaround_ms: i64,
@@ -770,12 +757,12 @@ pub fn reroute(
 /// Items of a job by the lane that produced their final outcome or is working on them (tests read
 /// it; `status` counts lanes in `job_status`, in its one pass over the job's items).
 #[cfg(test)]
-pub fn lanes(conn: &Connection, job_id: i64) -> Result<(i64, i64)> {
-    Ok(conn.query_row(
+pub fn lanes(conn: &Conn, job_id: i64) -> Result<(i64, i64)> {
+    conn.query_row(
         "SELECT COALESCE(SUM(lane = 'batch'), 0), COALESCE(SUM(lane = 'realtime'), 0) FROM items WHERE job_id = ?1",
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
-    )?)
+    )
 }
 
 #[cfg(test)]
@@ -801,7 +788,7 @@ mod tests {
         let job =
             crate::store::test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         let rank: i64 = conn
-            .query_row("SELECT priority FROM items LIMIT 1", [], |r| r.get(0))
+            .query_row("SELECT priority FROM items LIMIT 1", (), |r| r.get(0))
             .expect("rank");
         let ids = |route: &PackRoute<'_>| -> Vec<String> {
             pack_candidates(&conn, job, route, rank, PACK_START, 10, i64::MAX)
@@ -846,9 +833,9 @@ mod tests {
         let routes: Vec<Option<String>> = conn
             .prepare("SELECT route FROM attempts ORDER BY id")
             .expect("attempts")
-            .query_map([], |r| r.get(0))
+            .query_map((), |r| r.get(0))
             .expect("rows")
-            .collect::<rusqlite::Result<_>>()
+            .collect::<crate::store::Result<_>>()
             .expect("routes");
         assert_eq!(routes, vec![Some("b".to_owned()); 3]);
         // Its halves stay on its route.

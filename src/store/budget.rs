@@ -2,13 +2,13 @@
 //! sum the triggers of migration 0005 keep), and what an admission decided, written to the item
 //! (the decision itself is the lanes', through `policy::budget`).
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 use crate::policy::budget::{self, Spend};
 
 /// A tenant's settled spend today and this month (UTC) and its reservations.
-pub fn spend(conn: &Connection, tenant: &str, now: i64) -> Result<Spend> {
+pub fn spend(conn: &Conn, tenant: &str, now: i64) -> Result<Spend> {
     let (day_start, month_start) = budget::period_days(now);
     let (today, this_month): (i64, i64) = conn
         .prepare_cached(
@@ -32,14 +32,14 @@ pub fn spend(conn: &Connection, tenant: &str, now: i64) -> Result<Spend> {
 }
 
 /// Admitted: the item's worst case is reserved against its tenant's caps.
-pub fn reserve(conn: &Connection, item_id: i64, micro_usd: i64) -> Result<()> {
+pub fn reserve(conn: &Conn, item_id: i64, micro_usd: i64) -> Result<()> {
     conn.prepare_cached("UPDATE items SET reserved_micro_usd = ?2 WHERE id = ?1")?
         .execute(params![item_id, micro_usd])?;
     Ok(())
 }
 
 /// Rejected by a cap: the pending item ends errored with its result line.
-pub fn reject(conn: &Connection, item_id: i64, line: &str, message: &str, now: i64) -> Result<()> {
+pub fn reject(conn: &Conn, item_id: i64, line: &str, message: &str, now: i64) -> Result<()> {
     let ended = conn.execute(
         "UPDATE items SET state = 'errored', error = ?2, updated_at = ?3
          WHERE id = ?1 AND state = 'pending'",
@@ -52,7 +52,7 @@ pub fn reject(conn: &Connection, item_id: i64, line: &str, message: &str, now: i
 }
 
 /// Downgraded by a cap: the item's model (in its request too) becomes `to`; the first model is kept.
-pub fn downgrade(conn: &Connection, item_id: i64, to: &str, reason: &str, now: i64) -> Result<()> {
+pub fn downgrade(conn: &Conn, item_id: i64, to: &str, reason: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE items SET model = ?2, params = json_set(params, '$.model', ?2),
                 downgraded_from = COALESCE(downgraded_from, model), lane_reason = ?3, updated_at = ?4
@@ -63,7 +63,7 @@ pub fn downgrade(conn: &Connection, item_id: i64, to: &str, reason: &str, now: i
 }
 
 /// Deferred by a cap to the batch lane (half the price).
-pub fn defer_to_batch(conn: &Connection, item_id: i64, reason: &str, now: i64) -> Result<()> {
+pub fn defer_to_batch(conn: &Conn, item_id: i64, reason: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE items SET lane = 'batch', lane_reason = ?2, updated_at = ?3 WHERE id = ?1",
         params![item_id, reason, now],
@@ -72,7 +72,7 @@ pub fn defer_to_batch(conn: &Connection, item_id: i64, reason: &str, now: i64) -
 }
 
 /// Deferred by a cap until `at` (the next period): parked out of the ready indexes until then.
-pub fn park_until(conn: &Connection, item_id: i64, at: i64, reason: &str, now: i64) -> Result<()> {
+pub fn park_until(conn: &Conn, item_id: i64, at: i64, reason: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE items SET not_before = ?2, parked = 1, lane_reason = ?3, updated_at = ?4
          WHERE id = ?1",
@@ -82,23 +82,22 @@ pub fn park_until(conn: &Connection, item_id: i64, at: i64, reason: &str, now: i
 }
 
 /// Unparks items held until a time that has come (see migration 0006). Returns how many.
-pub fn unpark_due(conn: &Connection, now: i64) -> Result<usize> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "UPDATE items SET {} WHERE parked = 1 AND not_before <= ?1",
-            super::holds::PARK_IF_HELD
-        ))?
-        .execute([now])?)
+pub fn unpark_due(conn: &Conn, now: i64) -> Result<usize> {
+    conn.prepare_cached(&format!(
+        "UPDATE items SET {} WHERE parked = 1 AND not_before <= ?1",
+        super::holds::PARK_IF_HELD
+    ))?
+    .execute([now])
 }
 
 /// What budgets did to a job's items: (downgraded, held until a period rolls over, the latest
 /// such time, the latest budget reason).
 pub fn job_effects(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     now: i64,
 ) -> Result<(i64, i64, Option<i64>, Option<String>)> {
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT COALESCE(SUM(downgraded_from IS NOT NULL), 0),
                 COALESCE(SUM(state = 'pending' AND parked = 1 AND not_before > ?2), 0),
                 MAX(not_before) FILTER (WHERE state = 'pending' AND parked = 1 AND not_before > ?2),
@@ -107,7 +106,7 @@ pub fn job_effects(
          FROM items WHERE job_id = ?1",
         params![job_id, now],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?)
+    )
 }
 
 /// Budgets in force and where each tenant stands, for `nightshift status`.
@@ -122,11 +121,7 @@ pub struct TenantBudget {
 }
 
 /// Where every tenant named in `budgets` (and every tenant with spend under the `*` entry) stands.
-pub fn standing(
-    conn: &Connection,
-    budgets: &budget::Budgets,
-    now: i64,
-) -> Result<Vec<TenantBudget>> {
+pub fn standing(conn: &Conn, budgets: &budget::Budgets, now: i64) -> Result<Vec<TenantBudget>> {
     let mut tenants: Vec<String> = budgets
         .tenants
         .keys()
@@ -137,7 +132,7 @@ pub fn standing(
         let mut stmt = conn.prepare(
             "SELECT DISTINCT tenant FROM tenant_days UNION SELECT tenant FROM tenant_reserved",
         )?;
-        for t in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        for t in stmt.query_map((), |r| r.get::<_, String>(0))? {
             let t = t?;
             if !tenants.contains(&t) {
                 tenants.push(t);

@@ -1,13 +1,13 @@
 //! SQL for what the daemon publishes to the CLI (`daemon_facts`) and the sums the metrics
 //! endpoint shows.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 use super::ledger::Sums;
 
 /// Records a fact of the running daemon (e.g. `metrics_url`).
-pub fn set(conn: &Connection, key: &str, value: &str, now: i64) -> Result<()> {
+pub fn set(conn: &Conn, key: &str, value: &str, now: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO daemon_facts (key, value, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -16,30 +16,29 @@ pub fn set(conn: &Connection, key: &str, value: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn clear(conn: &Connection, key: &str) -> Result<()> {
+pub fn clear(conn: &Conn, key: &str) -> Result<()> {
     conn.execute("DELETE FROM daemon_facts WHERE key = ?1", [key])?;
     Ok(())
 }
 
-pub fn get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM daemon_facts WHERE key = ?1",
-            [key],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn get(conn: &Conn, key: &str) -> Result<Option<String>> {
+    conn.query_row(
+        "SELECT value FROM daemon_facts WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// (label, count) rows of a `GROUP BY` query.
-fn counted(conn: &Connection, sql: &str) -> Result<Vec<(String, i64)>> {
+fn counted(conn: &Conn, sql: &str) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Items by state, over all jobs.
-pub fn items_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
+pub fn items_by_state(conn: &Conn) -> Result<Vec<(String, i64)>> {
     counted(
         conn,
         "SELECT state, COUNT(*) FROM items GROUP BY state ORDER BY state",
@@ -47,7 +46,7 @@ pub fn items_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
 }
 
 /// Batches by state (`submitting`, the API's `in_progress` / `canceling` / `ended`, `failed`).
-pub fn batches_by_state(conn: &Connection) -> Result<Vec<(String, i64)>> {
+pub fn batches_by_state(conn: &Conn) -> Result<Vec<(String, i64)>> {
     counted(
         conn,
         "SELECT state, COUNT(*) FROM batches GROUP BY state ORDER BY state",
@@ -64,18 +63,18 @@ pub struct TenantTotals {
 }
 
 /// Per tenant, from the daily rollups.
-pub fn tenant_totals(conn: &Connection) -> Result<Vec<TenantTotals>> {
+pub fn tenant_totals(conn: &Conn) -> Result<Vec<TenantTotals>> {
     let mut stmt = conn.prepare(
         "SELECT tenant, SUM(requests), SUM(input_tokens), SUM(output_tokens),
                 SUM(cache_creation_input_tokens), SUM(cache_read_input_tokens), SUM(spent_micro_usd),
                 SUM(cache_saved_micro_usd)
          FROM tenant_days GROUP BY tenant ORDER BY tenant",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok(TenantTotals {
             tenant: r.get(0)?,
             totals: Sums::billed_columns(r, 1)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }

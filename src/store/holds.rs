@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 
@@ -23,14 +23,14 @@ pub struct Held {
 }
 
 impl Held {
-    pub fn of_job(conn: &Connection, job_id: i64) -> Result<Held> {
+    pub fn of_job(conn: &Conn, job_id: i64) -> Result<Held> {
         let job = conn
             .prepare_cached("SELECT EXISTS(SELECT 1 FROM holds WHERE job_id = ?1)")?
             .query_row([job_id], |r| r.get(0))?;
         let mut stmt = conn.prepare_cached("SELECT tenant FROM holds WHERE tenant IS NOT NULL")?;
         let tenants = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<HashSet<String>>>()?;
+            .query_map((), |r| r.get(0))?
+            .collect::<crate::store::Result<HashSet<String>>>()?;
         Ok(Held { job, tenants })
     }
 
@@ -69,7 +69,7 @@ pub struct Hold {
 /// parks its pending items. With `cancel_batches`, its batches under way are flagged for the batch
 /// lane to cancel at the API (their requests come back pending, and wait too).
 pub fn hold(
-    conn: &Connection,
+    conn: &Conn,
     target: &Target,
     by: &str,
     cancel_batches: bool,
@@ -118,7 +118,7 @@ pub fn hold(
 /// Lets `target` go: its hold is removed and its parked items are ready again, but for those
 /// another hold still covers (the job's tenant, or the tenant's job). Returns false if it was not
 /// held.
-pub fn release(conn: &Connection, target: &Target) -> Result<bool> {
+pub fn release(conn: &Conn, target: &Target) -> Result<bool> {
     let (job_id, tenant) = columns(target);
     let removed = conn.execute(
         "DELETE FROM holds WHERE job_id IS ?1 AND tenant IS ?2",
@@ -140,12 +140,12 @@ pub fn release(conn: &Connection, target: &Target) -> Result<bool> {
 }
 
 /// Every hold, oldest first.
-pub fn list(conn: &Connection) -> Result<Vec<Hold>> {
+pub fn list(conn: &Conn) -> Result<Vec<Hold>> {
     let mut stmt = conn.prepare(
         "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
          ORDER BY h.id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok(Hold {
             job: r.get(0)?,
             tenant: r.get(1)?,
@@ -153,29 +153,28 @@ pub fn list(conn: &Connection) -> Result<Vec<Hold>> {
             at: r.get(3)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// The hold that covers a job: its own, its default tenant's, or that of a tenant some of its
 /// lines name and whose items are held now.
-pub fn of_job(conn: &Connection, job_id: i64, tenant: &str) -> Result<Option<Hold>> {
-    Ok(conn
-        .query_row(
-            "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
+pub fn of_job(conn: &Conn, job_id: i64, tenant: &str) -> Result<Option<Hold>> {
+    conn.query_row(
+        "SELECT j.name, h.tenant, h.by, h.at FROM holds h LEFT JOIN jobs j ON j.id = h.job_id
              WHERE h.job_id = ?1 OR h.tenant = ?2
                 OR h.tenant IN (SELECT tenant FROM items WHERE job_id = ?1 AND parked = 2)
              ORDER BY h.id LIMIT 1",
-            params![job_id, tenant],
-            |r| {
-                Ok(Hold {
-                    job: r.get(0)?,
-                    tenant: r.get(1)?,
-                    by: r.get(2)?,
-                    at: r.get(3)?,
-                })
-            },
-        )
-        .optional()?)
+        params![job_id, tenant],
+        |r| {
+            Ok(Hold {
+                job: r.get(0)?,
+                tenant: r.get(1)?,
+                by: r.get(2)?,
+                at: r.get(3)?,
+            })
+        },
+    )
+    .optional()
 }
 
 fn columns(target: &Target) -> (Option<i64>, Option<&str>) {
@@ -192,12 +191,12 @@ mod tests {
 
     const LINE: &str = r#"{"custom_id":"ID","mode":"realtime","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
 
-    fn parked(conn: &Connection) -> Vec<i64> {
+    fn parked(conn: &Conn) -> Vec<i64> {
         conn.prepare("SELECT parked FROM items ORDER BY id")
             .expect("prepare")
-            .query_map([], |r| r.get(0))
+            .query_map((), |r| r.get(0))
             .expect("query")
-            .collect::<rusqlite::Result<_>>()
+            .collect::<crate::store::Result<_>>()
             .expect("rows")
     }
 
@@ -229,11 +228,11 @@ mod tests {
         // Each path back to pending parks it again: a failed call, the start's requeue, a batch
         // sending it back, a budget's period rolling over, a retry.
         let a: i64 = conn
-            .query_row("SELECT id FROM items WHERE custom_id = 'a'", [], |r| {
+            .query_row("SELECT id FROM items WHERE custom_id = 'a'", (), |r| {
                 r.get(0)
             })
             .expect("a");
-        let send = |conn: &Connection| {
+        let send = |conn: &Conn| {
             conn.execute(
                 "UPDATE items SET parked = 0, state = 'in_flight' WHERE id = ?1",
                 [a],

@@ -1,6 +1,6 @@
 //! SQL for items: intake, the real-time lane's transitions, results bookkeeping, counts.
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
@@ -18,7 +18,7 @@ use crate::policy::prices::PriceTable;
 /// seen earlier in the job makes the line an errored item with no custom_id, naming the line it
 /// repeats.
 pub fn insert_chunk(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     file: &str,
     lines: &[(u64, ParsedLine)],
@@ -74,8 +74,8 @@ pub fn insert_chunk(
                 ]);
                 match inserted {
                     Ok(_) => continue,
-                    Err(e) if is_unique_violation(&e) => (Some(v.custom_id.as_str()), None),
-                    Err(e) => return Err(e.into()),
+                    Err(e) if e.is_constraint_violation() => (Some(v.custom_id.as_str()), None),
+                    Err(e) => return Err(e),
                 }
             }
             ParsedLine::Invalid { custom_id, error } => (custom_id.as_deref(), Some(error)),
@@ -115,7 +115,7 @@ pub fn insert_chunk(
             message,
             now
         ])?;
-        super::results::append_to(conn, job_id, conn.last_insert_rowid(), &result)?;
+        super::results::append_to(conn, job_id, conn.last_insert_rowid()?, &result)?;
     }
     if canceled {
         // `nightshift cancel` came while the file was still being read.
@@ -125,13 +125,13 @@ pub fn insert_chunk(
 }
 
 /// Ends every pending item of a job `canceled` (with its results line). Returns how many.
-pub fn cancel_pending(conn: &Connection, job_id: i64, now: i64) -> Result<usize> {
+pub fn cancel_pending(conn: &Conn, job_id: i64, now: i64) -> Result<usize> {
     let mut select = conn.prepare_cached(
         "SELECT id, custom_id FROM items WHERE job_id = ?1 AND state = 'pending'",
     )?;
     let ids: Vec<(i64, Option<String>)> = select
         .query_map([job_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::store::Result<_>>()?;
     let mut update = conn.prepare_cached(
         "UPDATE items SET state = 'canceled', error = 'canceled by nightshift cancel', updated_at = ?2
          WHERE id = ?1 AND state = 'pending'",
@@ -143,10 +143,6 @@ pub fn cancel_pending(conn: &Connection, job_id: i64, now: i64) -> Result<usize>
         }
     }
     Ok(ids.len())
-}
-
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
 
 /// An item waiting for the real-time lane (without its body, which is read when it is sent).
@@ -166,7 +162,7 @@ pub struct ReadyItem {
 /// so they cannot starve the others, priority classes in `closed_ranks` (outside their time
 /// window), and items marking a cached prefix in `waiting_prefixes` (another call is writing it).
 pub fn ready_realtime(
-    conn: &Connection,
+    conn: &Conn,
     now: i64,
     limit: i64,
     skip: &[(String, String)],
@@ -193,7 +189,7 @@ pub fn ready_realtime(
     let open = serde_json::to_string(&open).unwrap_or_else(|_| "[]".into());
     let waiting = serde_json::to_string(waiting_prefixes).unwrap_or_else(|_| "[]".into());
     let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
-    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &limit, &open, &waiting];
+    let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&now, &limit, &open, &waiting];
     if skip != "[]" {
         values.push(&skip);
     }
@@ -215,13 +211,13 @@ pub fn ready_realtime(
             },
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// The earliest `not_before` among pending real-time items still backing off, and parked items
 /// (which the lane unparks when their time comes).
-pub fn next_ready_at(conn: &Connection, now: i64) -> Result<Option<i64>> {
-    Ok(conn.query_row(
+pub fn next_ready_at(conn: &Conn, now: i64) -> Result<Option<i64>> {
+    conn.query_row(
         "SELECT MIN(at) FROM (
              SELECT MIN(not_before) AS at FROM items
              WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before > ?1
@@ -229,7 +225,7 @@ pub fn next_ready_at(conn: &Connection, now: i64) -> Result<Option<i64>> {
              SELECT MIN(not_before) FROM items WHERE parked = 1)",
         [now],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// What the lane needs to send an item it has marked in flight.
@@ -274,40 +270,39 @@ pub struct ItemRow {
 }
 
 /// One item, for a lane's decision about it.
-pub fn item(conn: &Connection, item_id: i64) -> Result<ItemRow> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT i.id, i.job_id, j.name, i.custom_id, i.params, i.model, i.max_tokens,
+pub fn item(conn: &Conn, item_id: i64) -> Result<ItemRow> {
+    conn.prepare_cached(
+        "SELECT i.id, i.job_id, j.name, i.custom_id, i.params, i.model, i.max_tokens,
                     i.input_estimate, i.tenant, i.priority, i.mode, i.deadline_at, i.attempts,
                     i.failures, i.batch_ok, j.canceled_at IS NOT NULL, j.ingest_lines
              FROM items i JOIN jobs j ON j.id = i.job_id WHERE i.id = ?1",
-        )?
-        .query_row([item_id], |r| {
-            Ok(ItemRow {
-                id: r.get(0)?,
-                job_id: r.get(1)?,
-                job_name: r.get(2)?,
-                custom_id: r.get(3)?,
-                params: r.get(4)?,
-                model: r.get(5)?,
-                max_tokens: r.get(6)?,
-                input_estimate: r.get(7)?,
-                tenant: r.get(8)?,
-                priority: Priority::from_rank(r.get(9)?),
-                mode: r.get::<_, String>(10)?.parse().unwrap_or(Mode::Auto),
-                deadline_at: r.get(11)?,
-                attempts: r.get(12)?,
-                failures: r.get(13)?,
-                batch_ok: r.get(14)?,
-                job_canceled: r.get(15)?,
-                job_lines: r.get(16)?,
-            })
-        })?)
+    )?
+    .query_row([item_id], |r| {
+        Ok(ItemRow {
+            id: r.get(0)?,
+            job_id: r.get(1)?,
+            job_name: r.get(2)?,
+            custom_id: r.get(3)?,
+            params: r.get(4)?,
+            model: r.get(5)?,
+            max_tokens: r.get(6)?,
+            input_estimate: r.get(7)?,
+            tenant: r.get(8)?,
+            priority: Priority::from_rank(r.get(9)?),
+            mode: r.get::<_, String>(10)?.parse().unwrap_or(Mode::Auto),
+            deadline_at: r.get(11)?,
+            attempts: r.get(12)?,
+            failures: r.get(13)?,
+            batch_ok: r.get(14)?,
+            job_canceled: r.get(15)?,
+            job_lines: r.get(16)?,
+        })
+    })
 }
 
 /// The item of job `job_id` named `custom_id`: its own custom_id, or `nightshift:line:N` (the
 /// name a line without a usable custom_id has in the results).
-pub fn find(conn: &Connection, job_id: i64, custom_id: &str) -> Result<Option<i64>> {
+pub fn find(conn: &Conn, job_id: i64, custom_id: &str) -> Result<Option<i64>> {
     let by_line = custom_id
         .strip_prefix(results::LINE_ID_PREFIX)
         .and_then(|n| n.parse::<i64>().ok());
@@ -365,8 +360,8 @@ pub struct ItemDetail {
     pub updated_at: i64,
 }
 
-pub fn detail(conn: &Connection, item_id: i64) -> Result<ItemDetail> {
-    Ok(conn.query_row(
+pub fn detail(conn: &Conn, item_id: i64) -> Result<ItemDetail> {
+    conn.query_row(
         "SELECT line_no, custom_id, state, lane, lane_reason, tenant, model, downgraded_from,
                 priority, mode, attempts, failures, error, parked, not_before, batch_id,
                 cache_tokens, cache_added, updated_at
@@ -399,11 +394,11 @@ pub fn detail(conn: &Connection, item_id: i64) -> Result<ItemDetail> {
                 updated_at: r.get(18)?,
             })
         },
-    )?)
+    )
 }
 
 /// Whether an item is still pending (not canceled, sent or ended meanwhile).
-pub fn is_pending(conn: &Connection, item_id: i64) -> Result<bool> {
+pub fn is_pending(conn: &Conn, item_id: i64) -> Result<bool> {
     Ok(conn
         .prepare_cached("SELECT state = 'pending' AND parked = 0 FROM items WHERE id = ?1")?
         .query_row([item_id], |r| r.get::<_, bool>(0))
@@ -415,7 +410,7 @@ pub fn is_pending(conn: &Connection, item_id: i64) -> Result<bool> {
 /// (its budget is checked first, by the lane). `sent_with`: the class's concurrency and the
 /// input estimate at admission, kept for diagnosis.
 pub fn mark_in_flight(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     lane: Lane,
     sent_with: (i64, i64),
@@ -432,7 +427,7 @@ pub fn mark_in_flight(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![item_id, item.attempts, lane.as_str(), item.model, now, sent_with.0, sent_with.1, route],
     )?;
-    let attempt_id = conn.last_insert_rowid();
+    let attempt_id = conn.last_insert_rowid()?;
     let unknown_before: i64 = conn.query_row(
         "SELECT COUNT(*) FROM attempts WHERE item_id = ?1 AND outcome = 'unknown'",
         [item_id],
@@ -455,7 +450,7 @@ pub fn mark_in_flight(
 /// Closes an attempt and moves its item on, in one transaction; a billed call gets its ledger row
 /// (which settles the item's budget reservation with the real cost).
 pub fn record_outcome(
-    conn: &Connection,
+    conn: &Conn,
     prices: &PriceTable,
     item_id: i64,
     attempt_id: i64,
@@ -536,7 +531,7 @@ pub fn record_outcome(
 /// are recorded as `unknown` (the request may have reached the API); like any unknown outcome this
 /// counts toward `max_attempts`. Batch items stay in flight: their batch is polled again.
 /// Returns how many items.
-pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
+pub fn requeue_in_flight(conn: &Conn, now: i64) -> Result<usize> {
     conn.execute(
         "UPDATE attempts SET outcome = 'unknown', finished_at = ?1,
                 error = 'nightshift stopped while this call was in flight; its outcome is unknown, so the item is sent again'
@@ -554,8 +549,8 @@ pub fn requeue_in_flight(conn: &Connection, now: i64) -> Result<usize> {
     let mut canceled =
         conn.prepare("SELECT id FROM jobs WHERE canceled_at IS NOT NULL AND finished_at IS NULL")?;
     let jobs = canceled
-        .query_map([], |r| r.get::<_, i64>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map((), |r| r.get::<_, i64>(0))?
+        .collect::<crate::store::Result<Vec<_>>>()?;
     for job_id in jobs {
         cancel_pending(conn, job_id, now)?;
     }
@@ -574,7 +569,7 @@ pub struct Counts {
     pub canceled: u64,
 }
 
-pub fn counts(conn: &Connection, job_id: i64) -> Result<Counts> {
+pub fn counts(conn: &Conn, job_id: i64) -> Result<Counts> {
     let mut stmt =
         conn.prepare_cached("SELECT state, COUNT(*) FROM items WHERE job_id = ?1 GROUP BY state")?;
     let mut counts = Counts::default();
@@ -605,11 +600,7 @@ impl Counts {
 }
 
 /// Errored items of a job, in line order: (line, custom_id, error).
-pub fn errored(
-    conn: &Connection,
-    job_id: i64,
-    limit: i64,
-) -> Result<Vec<(i64, Option<String>, String)>> {
+pub fn errored(conn: &Conn, job_id: i64, limit: i64) -> Result<Vec<(i64, Option<String>, String)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT line_no, custom_id, COALESCE(error, '') FROM items
          WHERE job_id = ?1 AND state = 'errored' ORDER BY line_no LIMIT ?2",
@@ -617,7 +608,7 @@ pub fn errored(
     let rows = stmt.query_map(params![job_id, limit], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 #[cfg(test)]
@@ -632,7 +623,7 @@ mod tests {
         )
     }
 
-    fn insert(conn: &Connection, job_id: i64, lines: &[String]) {
+    fn insert(conn: &Conn, job_id: i64, lines: &[String]) {
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         test_insert(conn, job_id, &lines);
     }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::Result;
@@ -75,7 +75,7 @@ impl LaneCounts {
 
 /// Items of a job by state, and by lane and state (items errored at intake have no lane): one
 /// pass over the job's items.
-fn counts_and_lanes(conn: &Connection, job_id: i64) -> Result<(Counts, PerLane)> {
+fn counts_and_lanes(conn: &Conn, job_id: i64) -> Result<(Counts, PerLane)> {
     let mut stmt = conn.prepare_cached(
         "SELECT lane, state, COUNT(*) FROM items WHERE job_id = ?1 GROUP BY lane, state",
     )?;
@@ -109,12 +109,11 @@ const FINISHED_SINCE: &str = "SELECT COUNT(*), COALESCE(SUM(lane = 'realtime'), 
      WHERE job_id = ?1 AND updated_at >= ?2 AND state <> 'pending' AND state <> 'in_flight'";
 
 /// Items of a job that became final since `since` (Unix ms): in all, and in the real-time lane.
-fn finished_since(conn: &Connection, job_id: i64, since: i64) -> Result<(u64, u64)> {
-    Ok(conn
-        .prepare_cached(FINISHED_SINCE)?
-        .query_row(rusqlite::params![job_id, since], |r| {
+fn finished_since(conn: &Conn, job_id: i64, since: i64) -> Result<(u64, u64)> {
+    conn.prepare_cached(FINISHED_SINCE)?
+        .query_row(crate::store::sql::params![job_id, since], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?)
+        })
 }
 
 /// The ETA (see [`JobStatus::eta_secs`]): `realtime_per_sec` is the real-time lane's pace over
@@ -164,7 +163,7 @@ pub struct BatchStatus {
     pub route: String,
 }
 
-fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> Result<&'static str> {
+fn job_state(conn: &Conn, job: &JobRow, counts: &Counts) -> Result<&'static str> {
     match (job.finished_at, job.canceled_at) {
         (Some(_), Some(_)) => return Ok("canceled"),
         (Some(_), None) => return Ok("done"),
@@ -186,12 +185,7 @@ fn job_state(conn: &Connection, job: &JobRow, counts: &Counts) -> Result<&'stati
 }
 
 /// Where `job` stands at `now` (Unix ms); its results file is named under `results_dir`.
-pub fn job_status(
-    conn: &Connection,
-    job: &JobRow,
-    results_dir: &Path,
-    now: i64,
-) -> Result<JobStatus> {
+pub fn job_status(conn: &Conn, job: &JobRow, results_dir: &Path, now: i64) -> Result<JobStatus> {
     let (counts, per_lane) = counts_and_lanes(conn, job.id)?;
     let batches_rows = super::batches::by_job(conn, job.id)?;
     let batches = batches_rows

@@ -1,6 +1,6 @@
 //! SQL for jobs: creation, intake progress, results progress, listing.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::store::sql::{Conn, OptionalExtension, Row, params};
 
 use super::Result;
 use crate::model::job::{Deadline, JobDefaults};
@@ -34,7 +34,7 @@ pub struct NewJob {
 const COLUMNS: &str = "id, name, source_path, tenant, priority, mode, deadline, created_at, ingest_lines, \
      ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at, cache";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+fn from_row(row: &Row<'_>) -> crate::store::Result<JobRow> {
     let priority: String = row.get(4)?;
     let mode: String = row.get(5)?;
     let deadline: Option<String> = row.get(6)?;
@@ -71,7 +71,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
     })
 }
 
-pub fn create(conn: &Connection, job: &NewJob) -> Result<JobRow> {
+pub fn create(conn: &Conn, job: &NewJob) -> Result<JobRow> {
     conn.execute(
         "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at, cache)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -89,50 +89,48 @@ pub fn create(conn: &Connection, job: &NewJob) -> Result<JobRow> {
             job.defaults.cache.map(|c| c.as_str()),
         ],
     )?;
-    let id = conn.last_insert_rowid();
+    let id = conn.last_insert_rowid()?;
     Ok(get(conn, id)?.expect("the job row was just inserted"))
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<JobRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-            [id],
-            from_row,
-        )
-        .optional()?)
+pub fn get(conn: &Conn, id: i64) -> Result<Option<JobRow>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+        [id],
+        from_row,
+    )
+    .optional()
 }
 
-pub fn find_by_name(conn: &Connection, name: &str) -> Result<Option<JobRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE name = ?1"),
-            [name],
-            from_row,
-        )
-        .optional()?)
+pub fn find_by_name(conn: &Conn, name: &str) -> Result<Option<JobRow>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM jobs WHERE name = ?1"),
+        [name],
+        from_row,
+    )
+    .optional()
 }
 
 /// The jobs `status` lists: all but those `nightshift clean` cleared away.
-pub fn list(conn: &Connection) -> Result<Vec<JobRow>> {
+pub fn list(conn: &Conn) -> Result<Vec<JobRow>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM jobs WHERE cleaned_at IS NULL ORDER BY id"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Jobs whose results file is not complete yet.
-pub fn unfinished(conn: &Connection) -> Result<Vec<JobRow>> {
+pub fn unfinished(conn: &Conn) -> Result<Vec<JobRow>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM jobs WHERE finished_at IS NULL ORDER BY id"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 pub fn record_intake_progress(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     lines: i64,
     offset: i64,
@@ -146,16 +144,16 @@ pub fn record_intake_progress(
 }
 
 /// Jobs whose intake has not finished.
-pub fn ingesting(conn: &Connection) -> Result<Vec<JobRow>> {
+pub fn ingesting(conn: &Conn) -> Result<Vec<JobRow>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM jobs WHERE ingested_at IS NULL ORDER BY id"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Ends an intake that cannot go on (the file vanished or changed): the lines taken in are the job.
-pub fn close_partial_intake(conn: &Connection, name: &str, note: &str, now: i64) -> Result<()> {
+pub fn close_partial_intake(conn: &Conn, name: &str, note: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET ingested_at = ?2, note = ?3 WHERE name = ?1 AND ingested_at IS NULL",
         params![name, now, note],
@@ -164,7 +162,7 @@ pub fn close_partial_intake(conn: &Connection, name: &str, note: &str, now: i64)
 }
 
 pub fn finish_intake(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     lines: i64,
     hash: &str,
@@ -178,7 +176,7 @@ pub fn finish_intake(
     Ok(())
 }
 
-pub fn record_rejection(conn: &Connection, file: &str, reason: &str, now: i64) -> Result<()> {
+pub fn record_rejection(conn: &Conn, file: &str, reason: &str, now: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO rejected_files (file_name, reason, at) VALUES (?1, ?2, ?3)",
         params![file, reason, now],
@@ -187,15 +185,15 @@ pub fn record_rejection(conn: &Connection, file: &str, reason: &str, now: i64) -
 }
 
 /// Files rejected by intake, newest first: (file name, reason, time).
-pub fn rejections(conn: &Connection, limit: i64) -> Result<Vec<(String, String, i64)>> {
+pub fn rejections(conn: &Conn, limit: i64) -> Result<Vec<(String, String, i64)>> {
     let mut stmt =
         conn.prepare("SELECT file_name, reason, at FROM rejected_files ORDER BY id DESC LIMIT ?1")?;
     let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Marks the job finished if it is fully taken in, every item is final and every result written.
-pub fn finish_if_complete(conn: &Connection, job_id: i64, now: i64) -> Result<bool> {
+pub fn finish_if_complete(conn: &Conn, job_id: i64, now: i64) -> Result<bool> {
     let changed = conn.execute(
         "UPDATE jobs SET finished_at = ?2
          WHERE id = ?1 AND finished_at IS NULL AND ingested_at IS NOT NULL
@@ -208,25 +206,25 @@ pub fn finish_if_complete(conn: &Connection, job_id: i64, now: i64) -> Result<bo
 
 /// `nightshift clean`: jobs finished at or before `before` leave `status` (their rows stay, for
 /// `job`, `item`, the ledger and the metrics). Returns their names.
-pub fn clean(conn: &Connection, before: i64, now: i64) -> Result<Vec<String>> {
+pub fn clean(conn: &Conn, before: i64, now: i64) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "UPDATE jobs SET cleaned_at = ?2
          WHERE cleaned_at IS NULL AND finished_at IS NOT NULL AND finished_at <= ?1
          RETURNING name",
     )?;
     let rows = stmt.query_map(params![before, now], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// `nightshift clean --purge`: jobs finished at or before `before` are deleted with every row of
 /// theirs (items, calls, batches, results, ledger rows; the tenants' daily spend stays, so
 /// budgets are unchanged). Returns their names and source paths, for their files. The cascades
 /// of the schema delete the rest: `conn` must have foreign keys on.
-pub fn purge(conn: &Connection, before: i64) -> Result<Vec<(String, String)>> {
+pub fn purge(conn: &Conn, before: i64) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(
         "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= ?1
          RETURNING name, source_path",
     )?;
     let rows = stmt.query_map([before], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }

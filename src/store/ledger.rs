@@ -1,7 +1,7 @@
 //! SQL for the ledger: one row per billed call, written in the transaction that makes the item
 //! final, and the grouped sums `nightshift ledger` reports.
 
-use rusqlite::{Connection, params};
+use crate::store::sql::{Conn, params};
 
 use super::Result;
 use crate::model::answer::Usage;
@@ -11,7 +11,7 @@ use crate::policy::prices::PriceTable;
 /// Records a billed call of `item_id` (its tenant, job and model come from the item). Cost is in
 /// millionths of a dollar, NULL when the model has no price.
 pub fn record(
-    conn: &Connection,
+    conn: &Conn,
     prices: &PriceTable,
     item_id: i64,
     lane: Lane,
@@ -41,7 +41,7 @@ pub const WHOSE: &str = "items.tenant, items.job_id, items.model,
      EXISTS(SELECT 1 FROM attempts a WHERE a.item_id = items.id AND a.outcome = 'unknown')";
 
 impl Whose {
-    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Whose> {
+    pub fn from_row(r: &crate::store::sql::Row<'_>) -> crate::store::Result<Whose> {
         Ok(Whose {
             tenant: r.get(0)?,
             job_id: r.get(1)?,
@@ -54,7 +54,7 @@ impl Whose {
 /// As [`record`], for a caller that read the item already.
 #[allow(clippy::too_many_arguments)]
 pub fn record_for(
-    conn: &Connection,
+    conn: &Conn,
     prices: &PriceTable,
     whose: &Whose,
     item_id: i64,
@@ -81,7 +81,7 @@ pub struct Charge<'a> {
 /// As [`record_for`], for many calls of one lane with one request id (a chunk of a batch's
 /// results: the batch's id) at once.
 pub fn record_all(
-    conn: &Connection,
+    conn: &Conn,
     prices: &PriceTable,
     lane: Lane,
     request_id: Option<&str>,
@@ -122,12 +122,12 @@ pub fn record_all(
                 )
             })
             .collect();
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 15);
+        let mut values: Vec<&dyn crate::store::sql::ToValue> = Vec::with_capacity(group.len() * 15);
         for (c, (input, output, written, read, written_1h, cost, saved)) in group.iter().zip(&rows)
         {
             let w = c.whose;
             values.extend([
-                &now as &dyn rusqlite::ToSql,
+                &now as &dyn crate::store::sql::ToValue,
                 &lane_name,
                 &request_id,
                 &w.tenant,
@@ -145,7 +145,7 @@ pub fn record_all(
             ]);
         }
         conn.prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(values))?;
+            .execute(crate::store::sql::params_from_iter(values))?;
         Ok(())
     })?;
     for model in unpriced {
@@ -164,8 +164,8 @@ pub struct CacheUse {
 
 /// A job's [`CacheUse`], from the per-job rollup the ledger's trigger keeps (one row read,
 /// however long the ledger).
-pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
-    use rusqlite::OptionalExtension;
+pub fn job_cache_use(conn: &Conn, job_id: i64) -> Result<CacheUse> {
+    use crate::store::sql::OptionalExtension;
     Ok(conn
         .prepare_cached(
             "SELECT read_tokens, written_tokens, saved_micro_usd FROM job_cache_use
@@ -183,22 +183,22 @@ pub fn job_cache_use(conn: &Connection, job_id: i64) -> Result<CacheUse> {
 }
 
 /// An item's billed calls: (calls, cost in millionths of a dollar, calls without a price).
-pub fn item_billed(conn: &Connection, item_id: i64) -> Result<(i64, i64, i64)> {
-    Ok(conn.query_row(
+pub fn item_billed(conn: &Conn, item_id: i64) -> Result<(i64, i64, i64)> {
+    conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(cost_micro_usd), 0), COALESCE(SUM(cost_micro_usd IS NULL), 0)
          FROM ledger WHERE item_id = ?1",
         [item_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?)
+    )
 }
 
 /// A job's billed cost so far, in millionths of a dollar (unpriced calls not in it).
-pub fn job_cost_micro(conn: &Connection, job_id: i64) -> Result<i64> {
-    Ok(conn.query_row(
+pub fn job_cost_micro(conn: &Conn, job_id: i64) -> Result<i64> {
+    conn.query_row(
         "SELECT COALESCE(SUM(cost_micro_usd), 0) FROM ledger WHERE job_id = ?1",
         [job_id],
         |r| r.get(0),
-    )?)
+    )
 }
 
 /// How `nightshift ledger` groups rows.
@@ -242,7 +242,10 @@ pub struct Sums {
 impl Sums {
     /// The seven billed columns from column `first` on: requests, input, output, cache writes,
     /// cache reads, cost, cache savings (the other two sums 0).
-    pub fn billed_columns(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Sums> {
+    pub fn billed_columns(
+        r: &crate::store::sql::Row<'_>,
+        first: usize,
+    ) -> crate::store::Result<Sums> {
         Ok(Sums {
             requests: r.get(first)?,
             input_tokens: r.get(first + 1)?,
@@ -270,7 +273,7 @@ impl Sums {
 }
 
 /// Grouped sums, in key order.
-pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(String, Sums)>> {
+pub fn grouped(conn: &Conn, by: GroupBy, filter: &Filter) -> Result<Vec<(String, Sums)>> {
     let key = match by {
         GroupBy::Day => "strftime('%Y-%m-%d', l.at / 1000, 'unixepoch')",
         GroupBy::Tenant => "l.tenant",
@@ -300,7 +303,7 @@ pub fn grouped(conn: &Connection, by: GroupBy, filter: &Filter) -> Result<Vec<(S
             ))
         },
     )?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// One model's billed real-time calls in one minute of a window (the status page's quota charts).
@@ -320,7 +323,7 @@ pub struct ModelMinute {
 /// Batch rows are left out: they do not count toward the Messages API's per-minute limits, and a
 /// batch's results all land in the minute it ended. Grouped in SQL over the `at` index, so an
 /// hour with many rows returns at most `minutes` rows per model.
-pub fn realtime_per_minute(conn: &Connection, from: i64, minutes: i64) -> Result<Vec<ModelMinute>> {
+pub fn realtime_per_minute(conn: &Conn, from: i64, minutes: i64) -> Result<Vec<ModelMinute>> {
     let mut stmt = conn.prepare_cached(
         "SELECT (at - ?1) / 60000, model, COUNT(*),
                 SUM(input_tokens + cache_creation_input_tokens), SUM(output_tokens)
@@ -336,17 +339,13 @@ pub fn realtime_per_minute(conn: &Connection, from: i64, minutes: i64) -> Result
             output_tokens: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Per minute from `from` (Unix ms) for `minutes` minutes, per tenant, what both lanes' billed
 /// calls cost, in millionths of a dollar: (minute since `from`, tenant, cost). Unpriced calls
 /// count 0, as in every sum of the ledger.
-pub fn spend_per_minute(
-    conn: &Connection,
-    from: i64,
-    minutes: i64,
-) -> Result<Vec<(i64, String, i64)>> {
+pub fn spend_per_minute(conn: &Conn, from: i64, minutes: i64) -> Result<Vec<(i64, String, i64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT (at - ?1) / 60000, tenant, COALESCE(SUM(cost_micro_usd), 0)
          FROM ledger WHERE at >= ?1 AND at < ?2
@@ -355,7 +354,7 @@ pub fn spend_per_minute(
     let rows = stmt.query_map(params![from, from + minutes * 60_000], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 #[cfg(test)]
@@ -363,7 +362,7 @@ mod tests {
     use super::*;
 
     /// A ledger row of job `job`, written directly (its item need not exist).
-    fn row(conn: &Connection, job: i64, at: i64, lane: &str, model: &str, tenant: &str) {
+    fn row(conn: &Conn, job: i64, at: i64, lane: &str, model: &str, tenant: &str) {
         conn.execute(
             "INSERT INTO ledger (at, tenant, job_id, item_id, model, lane, input_tokens,
                     output_tokens, cache_creation_input_tokens, cache_read_input_tokens,

@@ -4,7 +4,8 @@
 //! [`Store::call`]; the thread runs whatever is queued in one transaction (each closure inside its
 //! own savepoint, so a failing one rolls back alone), commits, and only then answers each caller.
 //! A caller that got `Ok` knows its change is committed. The SQL itself lives in plain synchronous
-//! functions over `&Connection` in the submodules, testable on an in-memory database.
+//! functions over `&Conn` ([`sql::Conn`]: SQLite or PostgreSQL) in the submodules, testable on an
+//! in-memory database.
 //!
 //! The CLI opens the same file read-only ([`open_read_only`]); WAL lets it read while the daemon writes.
 
@@ -23,12 +24,14 @@ pub mod results;
 pub mod retry;
 pub mod routes;
 pub mod schedules;
+pub mod sql;
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
+pub use sql::Conn;
 use tokio::sync::{mpsc, oneshot};
 
 /// The schema, one file per change; never edit a shipped one.
@@ -88,6 +91,60 @@ pub enum StoreError {
     Commit(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the query found no row")]
+    NoRows,
+    #[error("column {column} of a row read from the database: {error}")]
+    Type { column: usize, error: String },
+    #[error("PostgreSQL: {message}")]
+    Pg {
+        message: String,
+        /// The server's SQLSTATE, as `23505` for a unique violation.
+        code: Option<String>,
+    },
+}
+
+impl StoreError {
+    /// A PostgreSQL error, with the server's own words (the client's message names only the kind).
+    pub fn pg(e: postgres::Error) -> StoreError {
+        let code = e.code().map(|c| c.code().to_owned());
+        StoreError::Pg {
+            message: pg::describe(&e),
+            code,
+        }
+    }
+
+    /// The same, naming the statement that failed.
+    pub fn pg_in(e: postgres::Error, sql: &str) -> StoreError {
+        match StoreError::pg(e) {
+            StoreError::Pg { message, code } => StoreError::Pg {
+                message: format!(
+                    "{message} (in: {})",
+                    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
+                code,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether a UNIQUE (or other) constraint refused the change.
+    pub fn is_constraint_violation(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::ConstraintViolation
+            }
+            StoreError::Pg {
+                code: Some(code), ..
+            } => code.starts_with("23"),
+            _ => false,
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        StoreError::pg(e)
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -95,7 +152,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// What the writer thread does with an op after the commit: answer its caller.
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 /// An op: runs on the writer thread inside a savepoint; says whether it succeeded.
-type Op = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Op = Box<dyn FnOnce(&Conn) -> (bool, Reply) + Send>;
 
 /// Most ops run in one transaction before the writer commits and answers.
 const MAX_OPS_PER_COMMIT: usize = 256;
@@ -122,7 +179,7 @@ pub struct Store {
     writer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     path: std::sync::Arc<std::path::PathBuf>,
     /// Read-only connections kept between [`Store::read`]s.
-    readers: std::sync::Arc<std::sync::Mutex<Vec<Connection>>>,
+    readers: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
 }
 
 impl Store {
@@ -149,7 +206,7 @@ impl Store {
                 let checkpointer = std::thread::Builder::new()
                     .name("nightshift-checkpoint".into())
                     .spawn(move || checkpoints(&db, &stopped));
-                writer_loop(conn, rx);
+                writer_loop(Conn::from(conn), rx);
                 drop(stop);
                 if let Ok(handle) = checkpointer {
                     let _ = handle.join();
@@ -168,7 +225,7 @@ impl Store {
     /// there would hold up every write); it sees what is committed.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (readers, path) = (self.readers.clone(), self.path.clone());
@@ -191,7 +248,7 @@ impl Store {
     /// Runs `f` in a transaction on the writer thread; answers after the commit.
     pub async fn call<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         self.submit(f).await.map_err(|_| StoreError::Closed)?
@@ -208,7 +265,7 @@ impl Store {
     /// batch is marked applied by an ordinary, synced op, after its chunks).
     pub fn submit_alone<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
@@ -221,7 +278,7 @@ impl Store {
     /// the commit. For blocking code (intake) that keeps one chunk committing while it parses the next.
     pub fn submit<T, F>(&self, f: F) -> oneshot::Receiver<Result<T>>
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
@@ -234,7 +291,7 @@ impl Store {
     /// `f` as the writer runs it: in the caller's span, answering `tx` after the commit.
     fn op<T, F>(f: F, tx: oneshot::Sender<Result<T>>) -> Op
     where
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         // The caller's span (a job, an item, a batch) goes with the op to the writer thread, so
@@ -287,13 +344,13 @@ fn checkpoints(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
     };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", (), |_| Ok(())) {
             tracing::debug!(error = %e, "checkpoint put off");
         }
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn writer_loop(conn: Conn, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut group: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     // Ops to run alone, in the order sent. Ops sent meanwhile go first: a small change (an
     // answer, a result written) never waits behind more than one large one.
@@ -319,87 +376,109 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
         }
         if !group.is_empty() {
-            run_group(&mut conn, group.drain(..));
+            run_group(&conn, group.drain(..));
         }
         if let Some(op) = alone.pop_front() {
-            run_alone(&mut conn, op);
+            run_alone(&conn, op);
         }
     }
 }
 
 /// Runs ops in one transaction, each in its own savepoint (a failing one rolls back alone),
 /// commits, then answers each.
-fn run_group(conn: &mut Connection, ops: impl Iterator<Item = Op>) {
+fn run_group(conn: &Conn, ops: impl Iterator<Item = Op>) {
     // Each reply, with the error of its own op's savepoint if that failed.
     let mut replies: Vec<(Reply, Option<String>)> = Vec::new();
-    let commit_error = match conn.transaction() {
-        Ok(mut tx) => {
-            for op in ops {
-                let sp = match tx.savepoint() {
-                    Ok(sp) => sp,
-                    Err(e) => {
-                        // The op (and its caller's channel) is dropped: the caller sees Closed.
-                        tracing::error!(error = %e, "opening a savepoint failed");
-                        continue;
-                    }
-                };
-                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&sp)));
-                match ran {
-                    // Dropping an uncommitted savepoint rolls it back.
-                    Ok((true, reply)) => {
-                        let own_error = sp.commit().err().map(|e| e.to_string());
-                        replies.push((reply, own_error));
-                    }
-                    Ok((false, reply)) => replies.push((reply, None)),
-                    Err(_) => tracing::error!("a database operation panicked; it was rolled back"),
-                }
-            }
-            tx.commit().err().map(|e| e.to_string())
-        }
-        Err(e) => {
-            // Run nothing: dropping the ops answers each caller with Closed.
-            Some(e.to_string())
-        }
-    };
-    if let Some(message) = &commit_error {
-        tracing::error!(error = %message, "database commit failed");
+    if let Err(e) = conn.execute_batch("BEGIN") {
+        // Run nothing: dropping the ops answers each caller with Closed.
+        tracing::error!(error = %e, "opening a transaction failed");
+        return;
     }
+    for op in ops {
+        if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+            // The op (and its caller's channel) is dropped: the caller sees Closed.
+            tracing::error!(error = %e, "opening a savepoint failed");
+            continue;
+        }
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn)));
+        match ran {
+            Ok((true, reply)) => {
+                let own_error = conn
+                    .execute_batch("RELEASE SAVEPOINT op")
+                    .err()
+                    .map(|e| e.to_string());
+                replies.push((reply, own_error));
+            }
+            Ok((false, reply)) => {
+                roll_back_savepoint(conn);
+                replies.push((reply, None));
+            }
+            Err(_) => {
+                roll_back_savepoint(conn);
+                tracing::error!("a database operation panicked; it was rolled back");
+            }
+        }
+    }
+    let commit_error = commit(conn);
     for (reply, own_error) in replies {
         reply(commit_error.as_deref().or(own_error.as_deref()));
     }
 }
 
+fn roll_back_savepoint(conn: &Conn) {
+    if let Err(e) = conn.execute_batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op") {
+        tracing::error!(error = %e, "rolling back a savepoint failed");
+    }
+}
+
+/// Commits the open transaction; on failure rolls it back and says why.
+fn commit(conn: &Conn) -> Option<String> {
+    let error = conn.execute_batch("COMMIT").err().map(|e| e.to_string());
+    if let Some(message) = &error {
+        tracing::error!(error = %message, "database commit failed");
+        // A failed COMMIT may leave the transaction open (SQLite, when busy).
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    error
+}
+
 /// Runs one op in a transaction of its own: committed if it succeeded, rolled back if not.
-fn run_alone(conn: &mut Connection, op: Op) {
+fn run_alone(conn: &Conn, op: Op) {
+    let Some(sqlite) = conn.sqlite() else {
+        return run_in_own_transaction(conn, op);
+    };
     // Committed without waiting for the disk (see `Msg::Alone`); back to FULL for the others.
-    if let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
+    if let Err(e) = sqlite.pragma_update(None, "synchronous", "NORMAL") {
         tracing::warn!(error = %e, "a large change is committed with a sync");
     }
     run_in_own_transaction(conn, op);
-    if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+    if let Err(e) = sqlite.pragma_update(None, "synchronous", "FULL") {
         tracing::error!(error = %e, "cannot set the database back to syncing each commit");
     }
 }
 
-fn run_in_own_transaction(conn: &mut Connection, op: Op) {
-    let tx = match conn.transaction() {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "opening a transaction failed");
-            return; // dropping the op answers its caller with Closed
+fn run_in_own_transaction(conn: &Conn, op: Op) {
+    if let Err(e) = conn.execute_batch("BEGIN") {
+        tracing::error!(error = %e, "opening a transaction failed");
+        return; // dropping the op answers its caller with Closed
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn))) {
+        Ok((true, reply)) => reply(commit(conn).as_deref()),
+        Ok((false, reply)) => {
+            roll_back(conn);
+            // The op's own error is its answer.
+            reply(None);
         }
-    };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&tx))) {
-        Ok((true, reply)) => {
-            let commit_error = tx.commit().err().map(|e| e.to_string());
-            if let Some(message) = &commit_error {
-                tracing::error!(error = %message, "database commit failed");
-            }
-            reply(commit_error.as_deref());
+        Err(_) => {
+            roll_back(conn);
+            tracing::error!("a database operation panicked; it was rolled back");
         }
-        // Dropping the transaction rolls it back; the op's own error is its answer.
-        Ok((false, reply)) => reply(None),
-        Err(_) => tracing::error!("a database operation panicked; it was rolled back"),
+    }
+}
+
+fn roll_back(conn: &Conn) {
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::error!(error = %e, "rolling back a transaction failed");
     }
 }
 
@@ -477,7 +556,7 @@ pub fn backup(db: &Path, to: &Path) -> Result<()> {
 /// `nightshift.db.v<old>.bak` (`VACUUM INTO`), so an upgrade can be undone by putting it back.
 /// Returns the copy's path, if one was made.
 pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<PathBuf>> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", (), |r| r.get(0))?;
     if version == 0 || version as usize >= schema_version() {
         return Ok(None); // a new database, or nothing to migrate
     }
@@ -506,7 +585,7 @@ pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<
 
 /// Opens the database for reading only; says plainly when there is none yet, and when there is
 /// one this user may not read.
-pub fn open_read_only(path: &Path) -> Result<Connection> {
+pub fn open_read_only(path: &Path) -> Result<Conn> {
     // `Path::exists` is false for a file in a folder this user may not enter (EACCES), which
     // then read "does not exist yet: start the daemon" to someone who only lacked permission.
     match std::fs::metadata(path) {
@@ -572,7 +651,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             schema_version()
         )));
     }
-    Ok(conn)
+    Ok(Conn::from(conn))
 }
 
 /// Whether this user (its effective ids, as an open would be judged) is denied `access` to `path`;
@@ -604,7 +683,7 @@ pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
     if exists {
         conn.execute(
             "INSERT INTO cancel_requests (job_name, at) VALUES (?1, ?2)",
-            rusqlite::params![job, now_ms()],
+            sql::params![job, now_ms()],
         )?;
     }
     Ok(exists)
@@ -628,20 +707,19 @@ pub fn retry_outcome(path: &Path, request_id: i64) -> Result<Option<String>> {
 /// `nightshift clean`: see [`jobs::clean`] and, with `purge`, [`jobs::purge`]. Returns the jobs
 /// cleared (name, source path).
 pub fn clean(path: &Path, before: i64, purge: bool) -> Result<Vec<(String, String)>> {
-    let mut conn = open_for_cli_write(path)?;
+    let conn = open_for_cli_write(path)?;
     // Outside the transaction (it is a no-op inside one): the purge's cascades need it.
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    let tx = conn.transaction()?;
-    let cleared = if purge {
-        jobs::purge(&tx, before)?
-    } else {
-        jobs::clean(&tx, before, now_ms())?
-            .into_iter()
-            .map(|name| (name, String::new()))
-            .collect()
-    };
-    tx.commit()?;
-    Ok(cleared)
+    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    conn.transaction(|tx| {
+        if purge {
+            jobs::purge(tx, before)
+        } else {
+            Ok(jobs::clean(tx, before, now_ms())?
+                .into_iter()
+                .map(|name| (name, String::new()))
+                .collect())
+        }
+    })
 }
 
 /// What `nightshift pause` / `resume` names: a job (by name) or a tenant.
@@ -670,20 +748,19 @@ pub fn resume(path: &Path, on: &HoldOn) -> Result<Option<bool>> {
 fn on_hold_target(
     path: &Path,
     on: &HoldOn,
-    f: impl FnOnce(&Connection, &holds::Target) -> Result<bool>,
+    f: impl FnOnce(&Conn, &holds::Target) -> Result<bool>,
 ) -> Result<Option<bool>> {
-    let mut conn = open_for_cli_write(path)?;
-    let tx = conn.transaction()?;
-    let target = match on {
-        HoldOn::Job(name) => jobs::find_by_name(&tx, name)?.map(|j| holds::Target::Job(j.id)),
-        HoldOn::Tenant(tenant) => Some(holds::Target::Tenant(tenant.clone())),
-    };
-    let Some(target) = target else {
-        return Ok(None);
-    };
-    let done = f(&tx, &target)?;
-    tx.commit()?;
-    Ok(Some(done))
+    let conn = open_for_cli_write(path)?;
+    conn.transaction(|tx| {
+        let target = match on {
+            HoldOn::Job(name) => jobs::find_by_name(tx, name)?.map(|j| holds::Target::Job(j.id)),
+            HoldOn::Tenant(tenant) => Some(holds::Target::Tenant(tenant.clone())),
+        };
+        match target {
+            Some(target) => f(tx, &target).map(Some),
+            None => Ok(None),
+        }
+    })
 }
 
 /// Removes a recurring job's schedule (`nightshift unschedule`); runs already taken in go on.
@@ -695,7 +772,7 @@ pub fn remove_schedule(path: &Path, name: &str) -> Result<bool> {
 
 /// A short write from the CLI beside the running daemon (WAL lets both in; a busy timeout waits
 /// for the daemon's transaction). Only for a database of this build's schema.
-fn open_for_cli_write(path: &Path) -> Result<Connection> {
+fn open_for_cli_write(path: &Path) -> Result<Conn> {
     // Says plainly when there is no database, one of another schema version, or one this user
     // may not read.
     drop(open_read_only(path)?);
@@ -718,7 +795,7 @@ fn open_for_cli_write(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(conn)
+    Ok(Conn::from(conn))
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -760,8 +837,10 @@ pub fn now_ms() -> i64 {
 /// The steps of SQLite's plan for `sql` (parameters left unbound), for tests that a statement
 /// searches by an index instead of scanning.
 #[cfg(test)]
-pub fn test_plan(conn: &Connection, sql: &str) -> Vec<String> {
+pub fn test_plan(conn: &Conn, sql: &str) -> Vec<String> {
     let mut stmt = conn
+        .sqlite()
+        .expect("SQLite")
         .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
         .expect("plan");
     let mut rows = stmt.raw_query();
@@ -774,17 +853,17 @@ pub fn test_plan(conn: &Connection, sql: &str) -> Vec<String> {
 
 /// An in-memory database with the schema, for unit tests of the SQL functions.
 #[cfg(test)]
-pub fn test_connection() -> Connection {
+pub fn test_connection() -> Conn {
     let mut conn = Connection::open_in_memory().expect("in-memory database");
     conn.pragma_update(None, "foreign_keys", "ON")
         .expect("pragma");
     MIGRATIONS.to_latest(&mut conn).expect("migrations apply");
-    conn
+    Conn::from(conn)
 }
 
 /// A job named `j` with no items yet, for unit tests.
 #[cfg(test)]
-pub fn test_empty_job(conn: &Connection) -> i64 {
+pub fn test_empty_job(conn: &Conn) -> i64 {
     jobs::create(
         conn,
         &jobs::NewJob {
@@ -800,7 +879,7 @@ pub fn test_empty_job(conn: &Connection) -> i64 {
 
 /// `lines` taken into job `job_id` (and planned) as intake would, for unit tests.
 #[cfg(test)]
-pub fn test_insert(conn: &Connection, job_id: i64, lines: &[&str]) {
+pub fn test_insert(conn: &Conn, job_id: i64, lines: &[&str]) {
     use crate::model::job::JobDefaults;
     use crate::model::line::parse_line;
     let parsed: Vec<_> = (1..)
@@ -831,7 +910,7 @@ pub fn test_insert(conn: &Connection, job_id: i64, lines: &[&str]) {
 
 /// A job named `j` with `lines` taken in (and planned) as intake would, for unit tests.
 #[cfg(test)]
-pub fn test_job(conn: &Connection, lines: &[&str]) -> i64 {
+pub fn test_job(conn: &Conn, lines: &[&str]) -> i64 {
     let job_id = test_empty_job(conn);
     test_insert(conn, job_id, lines);
     job_id
@@ -852,7 +931,7 @@ mod tests {
         MIGRATIONS.validate().expect("migrations validate");
         let conn = test_connection();
         let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .query_row("PRAGMA user_version", (), |r| r.get(0))
             .expect("user_version");
         assert_eq!(version as usize, schema_version());
     }
@@ -867,13 +946,13 @@ mod tests {
             old.execute(
                 "INSERT INTO jobs (name, source_path, tenant, priority, mode, created_at)
                  VALUES ('kept', 'kept.jsonl', 'default', 'nightly', 'auto', 0)",
-                [],
+                (),
             )
             .expect("a job");
         }
         let conn = open_read_write(&path).expect("upgrade");
         let version = |c: &Connection| -> i64 {
-            c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            c.query_row("PRAGMA user_version", (), |r| r.get(0))
                 .expect("version")
         };
         assert_eq!(version(&conn) as usize, schema_version());
@@ -884,7 +963,7 @@ mod tests {
             "the copy is the database before the upgrade"
         );
         let name: String = backup
-            .query_row("SELECT name FROM jobs", [], |r| r.get(0))
+            .query_row("SELECT name FROM jobs", (), |r| r.get(0))
             .expect("the job is in the copy");
         assert_eq!(name, "kept");
         drop(conn);
@@ -913,7 +992,7 @@ mod tests {
         let lines: Vec<(i64, i64, String)> = conn
             .prepare("SELECT seq, item_id, line FROM results ORDER BY seq")
             .expect("prepare")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .expect("query")
             .collect::<rusqlite::Result<_>>()
             .expect("rows");
@@ -923,12 +1002,12 @@ mod tests {
             "the line in the file first, then the one waiting"
         );
         let (seq, bytes): (i64, i64) = conn
-            .query_row("SELECT results_seq, results_bytes FROM jobs", [], |r| {
+            .query_row("SELECT results_seq, results_bytes FROM jobs", (), |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .expect("job");
         assert_eq!((seq, bytes), (1, 8), "the file holds the first line");
-        let unwritten = results::unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        let unwritten = results::unwritten(&Conn::from(conn), 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 1);
         assert_eq!(unwritten[0].line, "{\"a\":1}");
     }
@@ -967,7 +1046,7 @@ mod tests {
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let step = |name: &'static str, pause: u64| {
             let order = order.clone();
-            move |_: &Connection| {
+            move |_: &Conn| {
                 std::thread::sleep(std::time::Duration::from_millis(pause));
                 crate::lock(&order).push(name);
                 Ok(())
@@ -993,9 +1072,8 @@ mod tests {
     async fn only_large_changes_commit_without_a_sync() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("x.db")).expect("open");
-        let synchronous = |conn: &Connection| -> Result<i64> {
-            Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?)
-        };
+        let synchronous =
+            |conn: &Conn| -> Result<i64> { conn.query_row("PRAGMA synchronous", (), |r| r.get(0)) };
         let before = store.call(synchronous).await.expect("before");
         let large = store.submit_alone(synchronous).await.expect("answered");
         let after = store.call(synchronous).await.expect("after");
@@ -1011,19 +1089,19 @@ mod tests {
         let bad = store.call(|conn| {
             conn.execute(
                 "INSERT INTO rejected_files (file_name, reason, at) VALUES ('a', 'r', 1)",
-                [],
+                (),
             )?;
             Err::<(), _>(StoreError::Invalid("boom".into()))
         });
         let good = store.call(|conn| {
             conn.execute(
                 "INSERT INTO rejected_files (file_name, reason, at) VALUES ('b', 'r', 1)",
-                [],
+                (),
             )?;
             Ok(())
         });
         let insert = |name: &'static str, fail: bool| {
-            move |conn: &Connection| {
+            move |conn: &Conn| {
                 conn.execute(
                     "INSERT INTO rejected_files (file_name, reason, at) VALUES (?1, 'r', 1)",
                     [name],
@@ -1047,8 +1125,8 @@ mod tests {
             .call(|conn| {
                 let mut stmt =
                     conn.prepare("SELECT file_name FROM rejected_files ORDER BY file_name")?;
-                let rows = stmt.query_map([], |r| r.get(0))?;
-                Ok(rows.collect::<Result<Vec<String>, _>>()?)
+                let rows = stmt.query_map((), |r| r.get(0))?;
+                rows.collect::<Result<Vec<String>, _>>()
             })
             .await
             .expect("query");

@@ -1,15 +1,13 @@
-//! PostgreSQL, the store for more than one daemon (issue 17). So far its foundation: a connection
-//! pool ([`connect`]) and the schema ([`migrate`], from `migrations/postgres/`), applied by one
-//! daemon at a time under an advisory lock. Nothing runs on it yet: the daemon, `[store] url` and
-//! the lanes still use SQLite only.
+//! PostgreSQL, the store for more than one daemon (issue 17): connecting ([`connect`]) and the
+//! schema ([`migrate`], from `migrations/postgres/`), applied by one daemon at a time under an
+//! advisory lock. The store's SQL runs on it through [`super::sql::Conn`].
 //!
 //! `migrations/postgres/0001_init.sql` is the SQLite schema as its 14 migrations left it, plus the
 //! leases and the daemons table; later changes to either schema need a migration in both.
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use postgres::NoTls;
 
 /// One change of the PostgreSQL schema; never edit a shipped one.
 struct Migration {
@@ -29,9 +27,6 @@ const MIGRATIONS: &[Migration] = &[Migration {
 /// time migrates and the others wait, then find the work done. Any fixed number does; this one
 /// is "nightshf" in ASCII.
 pub const MIGRATION_LOCK_KEY: i64 = 0x6e69_6768_7473_6866;
-
-/// How many connections one daemon's pool holds at most.
-const POOL_SIZE: usize = 16;
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
@@ -70,21 +65,15 @@ pub enum PgError {
     Db(String),
 }
 
-impl From<tokio_postgres::Error> for PgError {
-    fn from(e: tokio_postgres::Error) -> PgError {
-        PgError::Db(describe(&e))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for PgError {
-    fn from(e: deadpool_postgres::PoolError) -> PgError {
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> PgError {
         PgError::Db(describe(&e))
     }
 }
 
 /// An error with its causes: tokio-postgres's own messages name only the kind ("db error"), the
 /// server's words are in the source.
-fn describe(e: &dyn std::error::Error) -> String {
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -142,13 +131,16 @@ fn redact_query_password(tail: &str) -> String {
     format!("{path}?{query}")
 }
 
-/// A pool of connections to the database at `url` (`postgres://USER@HOST:PORT/DATABASE`, or
-/// libpq's `key=value` form), with `password` if given (the caller reads it from PGPASSWORD or
-/// `[store] password_file`; one in the URL is used when none is given). One connection is made
-/// before this returns, so a wrong URL, an unreachable server or a refused login is told here.
-pub async fn connect(url: &str, password: Option<&str>) -> Result<Pool, PgError> {
+/// A connection to the database at `url` (`postgres://USER@HOST:PORT/DATABASE`, or libpq's
+/// `key=value` form), with `password` if given (the caller reads it from PGPASSWORD or
+/// `[store] password_file`; one in the URL is used when none is given). A wrong URL, an
+/// unreachable server or a refused login is told here, naming the URL without its password.
+///
+/// Blocking: call it from a thread of the store's own (the writer, a reader), or in
+/// `spawn_blocking`, never on the async runtime.
+pub fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, PgError> {
     let shown = redact(url);
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| PgError::Url {
+    let mut config: postgres::Config = url.parse().map_err(|e| PgError::Url {
         url: shown.clone(),
         reason: describe(&e),
     })?;
@@ -158,60 +150,33 @@ pub async fn connect(url: &str, password: Option<&str>) -> Result<Pool, PgError>
     config
         .application_name("nightshift")
         .connect_timeout(Duration::from_secs(10));
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .runtime(Runtime::Tokio1)
-        .create_timeout(Some(Duration::from_secs(15)))
-        .wait_timeout(Some(Duration::from_secs(30)))
-        .build()
-        .map_err(|e| PgError::Connect {
-            url: shown.clone(),
-            reason: describe(&e),
-        })?;
-    let client = pool.get().await.map_err(|e| PgError::Connect {
-        url: shown.clone(),
+    config.connect(NoTls).map_err(|e| PgError::Connect {
+        url: shown,
         reason: describe(&e),
-    })?;
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| PgError::Connect {
-            url: shown,
-            reason: describe(&e),
-        })?;
-    Ok(pool)
+    })
 }
 
 /// Brings the schema to this build's version: each migration not yet in `schema_migrations` is
 /// applied in a transaction of its own, which first takes the advisory lock
 /// [`MIGRATION_LOCK_KEY`], so daemons starting together migrate one at a time and each change is
 /// applied once. Returns the schema version. A database migrated by a newer nightshift is refused.
-pub async fn migrate(pool: &Pool) -> Result<usize, PgError> {
-    let mut client = pool.get().await?;
+pub fn migrate(client: &mut postgres::Client) -> Result<usize, PgError> {
     let lock = format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})");
     let create = "CREATE TABLE IF NOT EXISTS schema_migrations (
                       version    INT PRIMARY KEY,
                       applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
                   )";
     // Under the lock too: CREATE TABLE IF NOT EXISTS is not safe against itself in two sessions.
-    let tx = client.transaction().await?;
-    tx.batch_execute(&lock).await?;
-    tx.batch_execute(create).await?;
+    let mut tx = client.transaction()?;
+    tx.batch_execute(&lock)?;
+    tx.batch_execute(create)?;
     let found: i32 = tx
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             &[],
-        )
-        .await?
+        )?
         .get(0);
-    tx.commit().await?;
+    tx.commit()?;
     if found as usize > MIGRATIONS.len() {
         return Err(PgError::TooNew {
             found,
@@ -219,32 +184,30 @@ pub async fn migrate(pool: &Pool) -> Result<usize, PgError> {
         });
     }
     for migration in MIGRATIONS {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&lock).await?;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&lock)?;
         let applied = tx
             .query_opt(
                 "SELECT 1 FROM schema_migrations WHERE version = $1",
                 &[&migration.version],
-            )
-            .await?
+            )?
             .is_some();
         if applied {
-            tx.rollback().await?;
+            tx.rollback()?;
             continue;
         }
-        let failed = |e: tokio_postgres::Error| PgError::Migration {
+        let failed = |e: postgres::Error| PgError::Migration {
             version: migration.version,
             name: migration.name,
             reason: describe(&e),
         };
-        tx.batch_execute(migration.sql).await.map_err(failed)?;
+        tx.batch_execute(migration.sql).map_err(failed)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())",
             &[&migration.version],
         )
-        .await
         .map_err(failed)?;
-        tx.commit().await.map_err(failed)?;
+        tx.commit().map_err(failed)?;
         tracing::info!(
             version = migration.version,
             name = migration.name,
@@ -255,8 +218,7 @@ pub async fn migrate(pool: &Pool) -> Result<usize, PgError> {
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             &[],
-        )
-        .await?
+        )?
         .get(0);
     Ok(version as usize)
 }
@@ -304,13 +266,9 @@ mod tests {
 
     #[test]
     fn a_bad_url_says_how_to_write_one() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let err = rt
-            .block_on(connect("postgres://ns:secret@db:notaport/x", None))
-            .expect_err("a bad port");
+        let err = connect("postgres://ns:secret@db:notaport/x", None)
+            .err()
+            .expect("a bad port");
         let text = err.to_string();
         assert!(matches!(err, PgError::Url { .. }), "{text}");
         assert!(
@@ -323,17 +281,13 @@ mod tests {
 
     #[test]
     fn a_server_not_there_is_told_with_the_url() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         // A port nothing listens on: bound, then closed.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a port")
             .port();
         let url = format!("postgres://ns:secret@127.0.0.1:{port}/x");
-        let err = rt.block_on(connect(&url, None)).expect_err("nothing there");
+        let err = connect(&url, None).err().expect("nothing there");
         let text = err.to_string();
         assert!(matches!(err, PgError::Connect { .. }), "{text}");
         assert!(

@@ -2,7 +2,7 @@
 //! (Pauses are the routes': `store::routes`. The `lane_pauses` table of migration 0003 is no
 //! longer written.)
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 
@@ -35,7 +35,7 @@ pub struct ThrottleEvent {
     pub reset_at: Option<i64>,
 }
 
-pub fn record_throttle(conn: &Connection, e: &ThrottleEvent) -> Result<()> {
+pub fn record_throttle(conn: &Conn, e: &ThrottleEvent) -> Result<()> {
     conn.execute(
         "INSERT INTO throttle_events (at, endpoint, key_id, model, class, http_status, error_type, message,
                 request_id, retry_after_ms, headers, input_estimate, max_tokens, concurrency,
@@ -72,7 +72,7 @@ const EVENT_COLUMNS: &str = "at, endpoint, key_id, model, class, http_status, er
      retry_after_ms, headers, input_estimate, max_tokens, concurrency, route, host, organization_id, \
      workspace_id, owner, evidence, reset_at";
 
-fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThrottleEvent> {
+fn event(r: &crate::store::sql::Row<'_>) -> crate::store::Result<ThrottleEvent> {
     Ok(ThrottleEvent {
         at: r.get(0)?,
         endpoint: r.get(1)?,
@@ -100,41 +100,41 @@ fn event(r: &rusqlite::Row<'_>) -> rusqlite::Result<ThrottleEvent> {
 
 /// The first (`first`) or latest throttle event of a model on a route.
 pub fn throttle_event(
-    conn: &Connection,
+    conn: &Conn,
     route: &str,
     model: &str,
     first: bool,
 ) -> Result<Option<ThrottleEvent>> {
     let order = if first { "ASC" } else { "DESC" };
-    Ok(conn
+    conn
         .query_row(
             &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 ORDER BY id {order} LIMIT 1"),
             [route, model],
             event,
         )
-        .optional()?)
+        .optional()
 }
 
 /// The first throttle event of a model on a route after `after` (ms): the first failure since a
 /// success.
 pub fn first_throttle_after(
-    conn: &Connection,
+    conn: &Conn,
     route: &str,
     model: &str,
     after: i64,
 ) -> Result<Option<ThrottleEvent>> {
-    Ok(conn
+    conn
         .query_row(
             &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 AND at > ?3 ORDER BY id ASC LIMIT 1"),
             params![route, model, after],
             event,
         )
-        .optional()?)
+        .optional()
 }
 
 /// The throttle events of a route and model, latest first, at most `limit`.
 pub fn throttle_events(
-    conn: &Connection,
+    conn: &Conn,
     route: &str,
     model: &str,
     limit: i64,
@@ -143,33 +143,33 @@ pub fn throttle_events(
         "SELECT {EVENT_COLUMNS} FROM throttle_events WHERE route = ?1 AND model = ?2 ORDER BY id DESC LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![route, model, limit], event)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// The latest throttle event of a class on any of `routes`.
 pub fn last_throttle_of_class(
-    conn: &Connection,
+    conn: &Conn,
     routes: &[String],
     class: &str,
 ) -> Result<Option<ThrottleEvent>> {
     let routes = serde_json::to_string(routes).unwrap_or_else(|_| "[]".into());
-    Ok(conn
+    conn
         .query_row(
             &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE class = ?1 AND route IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT 1"),
             params![class, routes],
             event,
         )
-        .optional()?)
+        .optional()
 }
 
 /// (route, model) of every real-time call or throttle on record, for `diagnose`.
-pub fn routes_and_models_seen(conn: &Connection) -> Result<Vec<(String, String)>> {
+pub fn routes_and_models_seen(conn: &Conn) -> Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare(
         "SELECT COALESCE(route, 'default'), model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'
          UNION SELECT route, model FROM throttle_events ORDER BY 1, 2",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// The last successful real-time call of a model on a route: (at, request_id, input tokens,
@@ -184,8 +184,8 @@ pub struct Success {
     pub concurrency: Option<i64>,
 }
 
-pub fn last_success(conn: &Connection, route: &str, model: &str) -> Result<Option<Success>> {
-    Ok(conn
+pub fn last_success(conn: &Conn, route: &str, model: &str) -> Result<Option<Success>> {
+    conn
         .query_row(
             "SELECT a.finished_at, a.request_id, a.input_tokens, a.input_estimate, i.max_tokens, a.concurrency
              FROM attempts a JOIN items i ON i.id = a.item_id
@@ -203,13 +203,13 @@ pub fn last_success(conn: &Connection, route: &str, model: &str) -> Result<Optio
                 })
             },
         )
-        .optional()?)
+        .optional()
 }
 
 /// Usage of a class on `routes` over the minute before `now`: (requests, input tokens, output
 /// tokens) of the real-time calls that finished in it.
 pub fn last_minute_usage(
-    conn: &Connection,
+    conn: &Conn,
     routes: &[String],
     models: &[String],
     now: i64,
@@ -233,12 +233,12 @@ pub fn last_minute_usage(
 }
 
 /// Models seen per class (from attempts).
-pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
+pub fn models_of_class(conn: &Conn, class: &str) -> Result<Vec<String>> {
     let mut stmt = conn.prepare(
         "SELECT DISTINCT model FROM attempts WHERE model IS NOT NULL AND lane = 'realtime'",
     )?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    let all = rows.collect::<rusqlite::Result<Vec<String>>>()?;
+    let rows = stmt.query_map((), |r| r.get::<_, String>(0))?;
+    let all = rows.collect::<crate::store::Result<Vec<String>>>()?;
     Ok(all
         .into_iter()
         .filter(|m| crate::policy::quota::limit_class(m) == class)
@@ -248,7 +248,7 @@ pub fn models_of_class(conn: &Connection, class: &str) -> Result<Vec<String>> {
 /// A class's state in one organization (`grp`, see `policy::routing`) as the CLI shows it
 /// (`snapshot_json`) and what it learned (`learned_json`).
 pub fn save_state(
-    conn: &Connection,
+    conn: &Conn,
     grp: &str,
     class: &str,
     snapshot_json: &str,
@@ -267,7 +267,7 @@ pub fn save_state(
 
 /// Forgets the state of groups no longer running: a route's own (`route:<name>`) once its
 /// answers named its organization, an organization no route names any more.
-pub fn keep_groups(conn: &Connection, groups: &[String]) -> Result<()> {
+pub fn keep_groups(conn: &Conn, groups: &[String]) -> Result<()> {
     let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached(
         "DELETE FROM quota_state WHERE grp NOT IN (SELECT value FROM json_each(?1))",
@@ -278,12 +278,12 @@ pub fn keep_groups(conn: &Connection, groups: &[String]) -> Result<()> {
 
 /// What each class of each organization learned: (grp, learned JSON, key id it was published
 /// with, updated at).
-pub fn learned(conn: &Connection) -> Result<Vec<(String, String, String, i64)>> {
+pub fn learned(conn: &Conn) -> Result<Vec<(String, String, String, i64)>> {
     let mut stmt = conn.prepare(
         "SELECT grp, learned, key_id, updated_at FROM quota_state WHERE learned IS NOT NULL ORDER BY grp, class",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// One organization's class as last published.
@@ -296,11 +296,11 @@ pub struct StateRow {
     pub updated_at: i64,
 }
 
-pub fn states(conn: &Connection) -> Result<Vec<StateRow>> {
+pub fn states(conn: &Conn) -> Result<Vec<StateRow>> {
     let mut stmt = conn.prepare(
         "SELECT grp, class, snapshot, key_id, updated_at FROM quota_state ORDER BY grp, class",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok(StateRow {
             grp: r.get(0)?,
             class: r.get(1)?,
@@ -309,7 +309,7 @@ pub fn states(conn: &Connection) -> Result<Vec<StateRow>> {
             updated_at: r.get(4)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 //! makes the item final, and the job's cursor (`jobs.results_seq`) up to which its results file
 //! holds them. The results writer (`lanes::results`) reads past the cursor and moves it.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 
 /// The result line of an item that just became final. The item may have only one: a second is a
 /// constraint error (the caller's transition ran twice), never a second line in the file.
-pub fn append(conn: &Connection, item_id: i64, line: &str) -> Result<()> {
+pub fn append(conn: &Conn, item_id: i64, line: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO results (job_id, item_id, line) SELECT job_id, id, ?2 FROM items WHERE id = ?1",
     )?
@@ -17,42 +17,41 @@ pub fn append(conn: &Connection, item_id: i64, line: &str) -> Result<()> {
 }
 
 /// As [`append`], for a caller that knows the item's job.
-pub fn append_to(conn: &Connection, job_id: i64, item_id: i64, line: &str) -> Result<()> {
+pub fn append_to(conn: &Conn, job_id: i64, item_id: i64, line: &str) -> Result<()> {
     append_all(conn, &[(job_id, item_id, line)])
 }
 
 /// As [`append_to`], for many items at once (a chunk of a batch's results), in the order given:
 /// (job, item, line) each.
-pub fn append_all(conn: &Connection, lines: &[(i64, i64, &str)]) -> Result<()> {
+pub fn append_all(conn: &Conn, lines: &[(i64, i64, &str)]) -> Result<()> {
     let sql = |rows| {
         let values = super::value_rows(rows, 3, 0);
         format!("INSERT INTO results (job_id, item_id, line) VALUES {values}")
     };
     super::in_groups(lines, sql, |sql, group| {
-        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(group.len() * 3);
+        let mut values: Vec<&dyn crate::store::sql::ToValue> = Vec::with_capacity(group.len() * 3);
         for (job_id, item_id, line) in group {
-            values.extend([job_id as &dyn rusqlite::ToSql, item_id, line]);
+            values.extend([job_id as &dyn crate::store::sql::ToValue, item_id, line]);
         }
         conn.prepare_cached(sql)?
-            .execute(rusqlite::params_from_iter(values))?;
+            .execute(crate::store::sql::params_from_iter(values))?;
         Ok(())
     })
 }
 
 /// The result line of an item, if it has one.
-pub fn line_of(conn: &Connection, item_id: i64) -> Result<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT line FROM results WHERE item_id = ?1")?
+pub fn line_of(conn: &Conn, item_id: i64) -> Result<Option<String>> {
+    conn.prepare_cached("SELECT line FROM results WHERE item_id = ?1")?
         .query_row([item_id], |r| r.get(0))
-        .optional()?)
+        .optional()
 }
 
 /// The result lines an item had before it was retried, oldest first: (line, retired at).
-pub fn retired_of(conn: &Connection, item_id: i64) -> Result<Vec<(String, i64)>> {
+pub fn retired_of(conn: &Conn, item_id: i64) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn
         .prepare("SELECT line, retired_at FROM retired_results WHERE item_id = ?1 ORDER BY id")?;
     let rows = stmt.query_map([item_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// A result line waiting to be appended to its job's file.
@@ -77,25 +76,27 @@ const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes
 
 /// Lines past their job's cursor, in job and file order: at most `max_lines`, and no more than
 /// `max_bytes` of them (but always at least one).
-pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
+pub fn unwritten(conn: &Conn, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
     let mut stmt = conn.prepare_cached(UNWRITTEN)?;
-    let mut rows = stmt.query([max_lines])?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    while let Some(r) = rows.next()? {
-        let line: String = r.get(3)?;
-        if !out.is_empty() && bytes + line.len() > max_bytes {
-            break;
-        }
-        bytes += line.len();
-        out.push(Unwritten {
+    let rows = stmt.query_map([max_lines], |r| {
+        Ok(Unwritten {
             job_id: r.get(0)?,
             job_name: r.get(1)?,
             seq: r.get(2)?,
-            line,
+            line: r.get(3)?,
             committed_bytes: r.get(4)?,
             epoch: r.get(5)?,
-        });
+        })
+    })?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let row = row?;
+        if !out.is_empty() && bytes + row.line.len() > max_bytes {
+            break;
+        }
+        bytes += row.line.len();
+        out.push(row);
     }
     Ok(out)
 }
@@ -105,7 +106,7 @@ pub fn unwritten(conn: &Connection, max_lines: i64, max_bytes: usize) -> Result<
 /// file is still at that length and epoch in the store: a reset meanwhile (a retry) wins, and the
 /// next round cuts the file back and writes it again. Returns whether it was recorded.
 pub fn mark_written(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     seq: i64,
     (committed, epoch): (i64, i64),
@@ -124,7 +125,7 @@ pub fn mark_written(
 /// The results file is not what was recorded (a crash left it short, or it was deleted,
 /// truncated or replaced), or a retry changed its lines: every line is to be written again, from
 /// the start, in a new epoch (what a writer appended from the old one is not recorded).
-pub fn reset(conn: &Connection, job_id: i64) -> Result<()> {
+pub fn reset(conn: &Conn, job_id: i64) -> Result<()> {
     conn.execute(
         "UPDATE jobs SET results_seq = 0, results_bytes = 0, results_lines = 0,
                 results_epoch = results_epoch + 1
@@ -148,7 +149,7 @@ mod tests {
             ],
         );
         let item: i64 = conn
-            .query_row("SELECT id FROM items", [], |r| r.get(0))
+            .query_row("SELECT id FROM items", (), |r| r.get(0))
             .expect("item");
         append_to(&conn, job, item, "{\"line\":1}").expect("append");
         let read = unwritten(&conn, 10, 1 << 20).expect("unwritten");

@@ -3,7 +3,7 @@
 //! earlier result lines kept), and the job is open again with its results file to be written
 //! anew, so it holds each custom_id once, with the latest outcome.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::store::sql::{Conn, OptionalExtension, params};
 
 use super::Result;
 
@@ -25,7 +25,7 @@ pub struct Request {
 }
 
 /// Records a request (`nightshift retry`). Returns its id.
-pub fn request(conn: &Connection, job_name: &str, choice: &Choice, now: i64) -> Result<i64> {
+pub fn request(conn: &Conn, job_name: &str, choice: &Choice, now: i64) -> Result<i64> {
     let ids = choice
         .ids
         .as_ref()
@@ -34,26 +34,25 @@ pub fn request(conn: &Connection, job_name: &str, choice: &Choice, now: i64) -> 
         "INSERT INTO retry_requests (job_name, errored, expired, ids, at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![job_name, choice.errored, choice.expired, ids, now],
     )?;
-    Ok(conn.last_insert_rowid())
+    conn.last_insert_rowid()
 }
 
 /// What became of a request: None while the daemon has not carried it out.
-pub fn outcome(conn: &Connection, request_id: i64) -> Result<Option<String>> {
-    Ok(conn
-        .query_row(
-            "SELECT outcome FROM retry_requests WHERE id = ?1 AND done_at IS NOT NULL",
-            [request_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub fn outcome(conn: &Conn, request_id: i64) -> Result<Option<String>> {
+    conn.query_row(
+        "SELECT outcome FROM retry_requests WHERE id = ?1 AND done_at IS NOT NULL",
+        [request_id],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Requests not yet carried out, oldest first.
-pub fn pending(conn: &Connection) -> Result<Vec<Request>> {
+pub fn pending(conn: &Conn) -> Result<Vec<Request>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, job_name, errored, expired, ids FROM retry_requests WHERE done_at IS NULL ORDER BY id",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         let ids: Option<String> = r.get(4)?;
         Ok(Request {
             id: r.get(0)?,
@@ -65,11 +64,11 @@ pub fn pending(conn: &Connection) -> Result<Vec<Request>> {
             },
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Records what a request came to.
-pub fn done(conn: &Connection, request_id: i64, outcome: &str, now: i64) -> Result<()> {
+pub fn done(conn: &Conn, request_id: i64, outcome: &str, now: i64) -> Result<()> {
     conn.execute(
         "UPDATE retry_requests SET done_at = ?2, outcome = ?3 WHERE id = ?1",
         params![request_id, now, outcome],
@@ -79,11 +78,7 @@ pub fn done(conn: &Connection, request_id: i64, outcome: &str, now: i64) -> Resu
 
 /// The job's final items `choice` names that can be sent again (a line errored at intake has no
 /// request), and the ids it names that are not such an item of the job.
-pub fn candidates(
-    conn: &Connection,
-    job_id: i64,
-    choice: &Choice,
-) -> Result<(Vec<i64>, Vec<String>)> {
+pub fn candidates(conn: &Conn, job_id: i64, choice: &Choice) -> Result<(Vec<i64>, Vec<String>)> {
     const FINAL: &str =
         "state IN ('succeeded', 'errored', 'expired', 'canceled') AND params IS NOT NULL";
     let mut chosen = Vec::new();
@@ -99,7 +94,7 @@ pub fn candidates(
             "SELECT id FROM items WHERE job_id = ?1 AND state = ?2 AND {FINAL} ORDER BY id"
         ))?;
         let ids = stmt.query_map(params![job_id, state], |r| r.get::<_, i64>(0))?;
-        chosen.extend(ids.collect::<rusqlite::Result<Vec<_>>>()?);
+        chosen.extend(ids.collect::<crate::store::Result<Vec<_>>>()?);
     }
     let mut unknown = Vec::new();
     for custom_id in choice.ids.iter().flatten() {
@@ -120,13 +115,7 @@ pub fn candidates(
 
 /// Sends a final item back to pending in `lane` (the planner's choice): its result line is
 /// retired (kept for `nightshift item`), its failures start again; its calls and ledger rows stay.
-pub fn reopen_item(
-    conn: &Connection,
-    item_id: i64,
-    lane: &str,
-    reason: &str,
-    now: i64,
-) -> Result<()> {
+pub fn reopen_item(conn: &Conn, item_id: i64, lane: &str, reason: &str, now: i64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO retired_results (item_id, line, retired_at)
          SELECT item_id, line, ?2 FROM results WHERE item_id = ?1",
@@ -146,7 +135,7 @@ pub fn reopen_item(
 
 /// The job is open again: not finished, and its results file to be written anew from the store
 /// (the results writer cuts it back and writes each remaining line, then the new outcomes).
-pub fn reopen_job(conn: &Connection, job_id: i64) -> Result<()> {
+pub fn reopen_job(conn: &Conn, job_id: i64) -> Result<()> {
     // Running again: back in `status` if `clean` had cleared it.
     conn.execute(
         "UPDATE jobs SET finished_at = NULL, cleaned_at = NULL WHERE id = ?1",

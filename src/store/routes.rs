@@ -1,7 +1,7 @@
 //! SQL for the routes as the daemon last saw them: the organization each named, and whether it
 //! is paused, why and until when (`status`, `limits` and `diagnose` read them).
 
-use rusqlite::{Connection, params};
+use crate::store::sql::{Conn, params};
 
 use super::Result;
 
@@ -25,7 +25,7 @@ pub struct RouteRow {
 }
 
 /// Writes a route's row (every few seconds, and at each change).
-pub fn save(conn: &Connection, r: &RouteRow) -> Result<()> {
+pub fn save(conn: &Conn, r: &RouteRow) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO routes (name, key_id, host, organization_id, workspace_id, grp, state, reason, owner, until, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -49,12 +49,12 @@ pub fn save(conn: &Connection, r: &RouteRow) -> Result<()> {
 }
 
 /// Every route on record, by name.
-pub fn all(conn: &Connection) -> Result<Vec<RouteRow>> {
+pub fn all(conn: &Conn) -> Result<Vec<RouteRow>> {
     let mut stmt = conn.prepare(
         "SELECT name, key_id, host, organization_id, workspace_id, grp, state, reason, owner, until, updated_at
          FROM routes ORDER BY name",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok(RouteRow {
             name: r.get(0)?,
             key_id: r.get(1)?,
@@ -69,11 +69,11 @@ pub fn all(conn: &Connection) -> Result<Vec<RouteRow>> {
             updated_at: r.get(10)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Routes no longer in the config are forgotten.
-pub fn keep_only(conn: &Connection, names: &[String]) -> Result<()> {
+pub fn keep_only(conn: &Conn, names: &[String]) -> Result<()> {
     let names = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
     conn.execute(
         "DELETE FROM routes WHERE name NOT IN (SELECT value FROM json_each(?1))",

@@ -1,6 +1,6 @@
 //! SQL for recurring jobs (`schedules`; see `crate::policy::cron`).
 
-use rusqlite::{Connection, Row, params};
+use crate::store::sql::{Conn, Row, params};
 
 use super::Result;
 
@@ -23,7 +23,7 @@ pub struct ScheduleRow {
 const COLUMNS: &str =
     "name, expr, timezone, template_path, defaults_toml, next_run_at, last_run_at, last_job, runs";
 
-fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+fn row(r: &Row<'_>) -> crate::store::Result<ScheduleRow> {
     Ok(ScheduleRow {
         name: r.get(0)?,
         expr: r.get(1)?,
@@ -38,7 +38,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
 }
 
 /// Registers a schedule, or replaces the one of that name (a new template, a new expression).
-pub fn upsert(conn: &Connection, s: &ScheduleRow, now: i64) -> Result<()> {
+pub fn upsert(conn: &Conn, s: &ScheduleRow, now: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO schedules (name, expr, timezone, template_path, defaults_toml, next_run_at, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
@@ -51,28 +51,22 @@ pub fn upsert(conn: &Connection, s: &ScheduleRow, now: i64) -> Result<()> {
 }
 
 /// Schedules whose next fire time has come.
-pub fn due(conn: &Connection, now: i64) -> Result<Vec<ScheduleRow>> {
+pub fn due(conn: &Conn, now: i64) -> Result<Vec<ScheduleRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM schedules WHERE next_run_at IS NOT NULL AND next_run_at <= ?1 ORDER BY next_run_at, name"
     ))?;
     let rows = stmt.query_map([now], row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
-pub fn list(conn: &Connection) -> Result<Vec<ScheduleRow>> {
+pub fn list(conn: &Conn) -> Result<Vec<ScheduleRow>> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"))?;
-    let rows = stmt.query_map([], row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    let rows = stmt.query_map((), row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
 /// Records a run and the next fire time.
-pub fn record_run(
-    conn: &Connection,
-    name: &str,
-    job: &str,
-    now: i64,
-    next: Option<i64>,
-) -> Result<()> {
+pub fn record_run(conn: &Conn, name: &str, job: &str, now: i64, next: Option<i64>) -> Result<()> {
     conn.execute(
         "UPDATE schedules SET last_run_at = ?3, last_job = ?2, runs = runs + 1, next_run_at = ?4,
                 updated_at = ?3
@@ -83,6 +77,6 @@ pub fn record_run(
 }
 
 /// Removes a schedule (its runs already taken in stay jobs). Returns whether there was one.
-pub fn remove(conn: &Connection, name: &str) -> Result<bool> {
+pub fn remove(conn: &Conn, name: &str) -> Result<bool> {
     Ok(conn.execute("DELETE FROM schedules WHERE name = ?1", [name])? > 0)
 }

@@ -174,7 +174,7 @@ async fn an_itpm_bound_job_whose_prefix_is_cached_is_charged_only_what_is_not_re
     let reserved: Vec<i64> = conn
         .prepare("SELECT input_estimate FROM attempts ORDER BY started_at, id")
         .expect("query")
-        .query_map([], |r| r.get(0))
+        .query_map((), |r| r.get(0))
         .expect("rows")
         .collect::<Result<_, _>>()
         .expect("rows");

@@ -228,32 +228,23 @@ fn a_test_cluster_starts_and_stops() {
     assert!(!dir.exists(), "the cluster's dir is removed");
 }
 
-/// `TestPg::start()` for async tests (it blocks while initdb and pg_ctl run).
-async fn start_pg() -> TestPg {
-    tokio::task::spawn_blocking(TestPg::start)
-        .await
-        .expect("TestPg::start")
-}
-
 /// The schema on a fresh database: the version, the tables, one row per version.
-#[tokio::test]
-async fn migrate_makes_the_schema_once() {
+#[test]
+fn migrate_makes_the_schema_once() {
     use nightshift::store::pg;
     let started = Instant::now();
-    let server = start_pg().await;
-    let pool = pg::connect(&server.url(), None).await.expect("connects");
-    let version = pg::migrate(&pool).await.expect("migrates");
+    let server = TestPg::start();
+    let mut client = pg::connect(&server.url(), None).expect("connects");
+    let version = pg::migrate(&mut client).expect("migrates");
     assert_eq!(version, pg::schema_version());
     assert!(version >= 1);
 
-    let client = pool.get().await.expect("a connection");
     let tables: Vec<String> = client
         .query(
             "SELECT table_name::text FROM information_schema.tables
              WHERE table_schema = 'public' ORDER BY 1",
             &[],
         )
-        .await
         .expect("tables")
         .iter()
         .map(|row| row.get(0))
@@ -284,19 +275,17 @@ async fn migrate_makes_the_schema_once() {
                AND column_name IN ('lease_owner', 'lease_expires_at', 'lease_token')",
             &[],
         )
-        .await
         .expect("columns")
         .get(0);
     assert_eq!(lease_columns, 3);
 
     // Again: nothing to do, nothing recorded twice.
-    assert_eq!(pg::migrate(&pool).await.expect("again"), version);
+    assert_eq!(pg::migrate(&mut client).expect("again"), version);
     let rows: Vec<(i32, i64)> = client
         .query(
             "SELECT version, count(*) FROM schema_migrations GROUP BY 1 ORDER BY 1",
             &[],
         )
-        .await
         .expect("schema_migrations")
         .iter()
         .map(|row| (row.get(0), row.get(1)))
@@ -308,25 +297,34 @@ async fn migrate_makes_the_schema_once() {
 
 /// Two daemons starting together (two pools) both migrate without error, and each migration is
 /// applied once: the advisory lock lets one in, the other finds the work done.
-#[tokio::test]
-async fn two_daemons_migrating_at_once_apply_each_migration_once() {
+#[test]
+fn two_daemons_migrating_at_once_apply_each_migration_once() {
     use nightshift::store::pg;
     let started = Instant::now();
-    let server = start_pg().await;
+    let server = TestPg::start();
     let url = server.url();
-    let (a, b) = tokio::join!(pg::connect(&url, None), pg::connect(&url, None));
-    let (a, b) = (a.expect("pool a"), b.expect("pool b"));
-    let (va, vb) = tokio::join!(pg::migrate(&a), pg::migrate(&b));
-    let (va, vb) = (va.expect("a migrates"), vb.expect("b migrates"));
+    let both: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut client = pg::connect(&url, None).expect("connects");
+                pg::migrate(&mut client).expect("migrates")
+            })
+        })
+        .collect();
+    let versions: Vec<usize> = both
+        .into_iter()
+        .map(|t| t.join().expect("migrated"))
+        .collect();
+    let (va, vb) = (versions[0], versions[1]);
     assert_eq!(va, pg::schema_version());
     assert_eq!(vb, pg::schema_version());
-    let client = a.get().await.expect("a connection");
+    let mut client = pg::connect(&url, None).expect("connects");
     let (rows, versions): (i64, i64) = client
         .query_one(
             "SELECT count(*), count(DISTINCT version) FROM schema_migrations",
             &[],
         )
-        .await
         .map(|row| (row.get(0), row.get(1)))
         .expect("schema_migrations");
     assert_eq!(rows, pg::schema_version() as i64);
@@ -339,13 +337,12 @@ async fn two_daemons_migrating_at_once_apply_each_migration_once() {
 
 /// The triggers kept from SQLite: a ledger row rolls up into its tenant's day and its job's cache
 /// use; leaving in_flight settles an item's reservation, and the tenant's sum follows.
-#[tokio::test]
-async fn the_triggers_keep_the_sums() {
+#[test]
+fn the_triggers_keep_the_sums() {
     use nightshift::store::pg;
-    let server = start_pg().await;
-    let pool = pg::connect(&server.url(), None).await.expect("connects");
-    pg::migrate(&pool).await.expect("migrates");
-    let client = pool.get().await.expect("a connection");
+    let server = TestPg::start();
+    let mut client = pg::connect(&server.url(), None).expect("connects");
+    pg::migrate(&mut client).expect("migrates");
     client
         .batch_execute(
             "INSERT INTO jobs (id, name, source_path, tenant, priority, mode, created_at)
@@ -360,20 +357,17 @@ async fn the_triggers_keep_the_sums() {
                  VALUES (86400000 * 2 + 5, 't', 1, 1, 'm', 'realtime', 10, 20, 3, 4, 100, 0, 7),
                         (86400000 * 2 + 9, 't', 1, 1, 'm', 'realtime', 1, 2, 0, 0, NULL, 0, 0);",
         )
-        .await
         .expect("rows");
     let reserved: i64 = client
         .query_one(
             "SELECT reserved_micro_usd FROM tenant_reserved WHERE tenant = 't'",
             &[],
         )
-        .await
         .expect("reserved")
         .get(0);
     assert_eq!(reserved, 500);
     client
         .batch_execute("UPDATE items SET state = 'succeeded' WHERE id = 1")
-        .await
         .expect("final");
     let row = client
         .query_one(
@@ -381,7 +375,6 @@ async fn the_triggers_keep_the_sums() {
              WHERE i.id = 1 AND r.tenant = 't'",
             &[],
         )
-        .await
         .expect("settled");
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
     let day = client
@@ -390,7 +383,6 @@ async fn the_triggers_keep_the_sums() {
              FROM tenant_days WHERE tenant = 't'",
             &[],
         )
-        .await
         .expect("tenant_days");
     assert_eq!(day.get::<_, String>(0), "1970-01-03");
     assert_eq!(
@@ -407,7 +399,6 @@ async fn the_triggers_keep_the_sums() {
             "SELECT read_tokens, written_tokens, saved_micro_usd FROM job_cache_use WHERE job_id = 1",
             &[],
         )
-        .await
         .expect("job_cache_use");
     assert_eq!(
         (

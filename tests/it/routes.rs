@@ -55,7 +55,7 @@ fn calls_by_route(env: &TestEnv) -> std::collections::BTreeMap<String, i64> {
             "SELECT route, COUNT(*) FROM attempts WHERE outcome = 'succeeded' AND lane = 'realtime' GROUP BY route",
         )
         .expect("prepare");
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows")
@@ -364,7 +364,7 @@ async fn a_refused_key_pauses_only_its_route() {
     let refused_item: String = conn
         .query_row(
             "SELECT i.custom_id FROM attempts a JOIN items i ON i.id = a.item_id WHERE a.route = 'a1' LIMIT 1",
-            [],
+            (),
             |r| r.get(0),
         )
         .expect("a call went on a1 and was refused");

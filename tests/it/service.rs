@@ -48,7 +48,7 @@ async fn ready_only_after_migrations_and_intake_then_watchdog_and_stopping() {
     let conn = nightshift::store::open_read_only(&env.config().db_path())
         .expect("the database exists when READY=1 arrives");
     let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .query_row("PRAGMA user_version", (), |r| r.get(0))
         .expect("version");
     assert_eq!(version as usize, nightshift::store::schema_version());
     assert!(
@@ -77,7 +77,7 @@ async fn ready_only_after_migrations_and_intake_then_watchdog_and_stopping() {
     let succeeded: i64 = copy
         .query_row(
             "SELECT COUNT(*) FROM items WHERE state = 'succeeded'",
-            [],
+            (),
             |r| r.get(0),
         )
         .expect("items");

@@ -4,7 +4,7 @@
 //! daemon that stopped in order says so; one that was killed leaves facts no process holds the
 //! lock for; one whose database is locked or disk full leaves a heartbeat that goes stale.
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::format_time;
@@ -40,11 +40,11 @@ struct Who {
 }
 
 /// What the store says of the daemon, checked against the running processes.
-pub fn daemon_status(conn: &Connection, now: i64) -> anyhow::Result<DaemonStatus> {
+pub fn daemon_status(conn: &Conn, now: i64) -> anyhow::Result<DaemonStatus> {
     let who: Option<Who> =
         facts::get(conn, DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
     let beat: Option<i64> = facts::get(conn, HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
-    let data_dir = conn.path().and_then(|db| {
+    let data_dir = conn.sqlite().and_then(|c| c.path()).and_then(|db| {
         std::path::Path::new(db)
             .parent()
             .map(std::path::Path::to_owned)

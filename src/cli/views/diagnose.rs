@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::{format_time, table};
@@ -102,7 +102,7 @@ impl CallFacts {
     }
 }
 
-pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
+pub fn diagnose(conn: &Conn) -> anyhow::Result<DiagnoseReport> {
     let known: Vec<RouteRow> = crate::store::routes::all(conn)?;
     let endpoint = "POST /v1/messages".to_owned();
     let mut rows = Vec::new();
@@ -195,14 +195,14 @@ pub fn diagnose(conn: &Connection) -> anyhow::Result<DiagnoseReport> {
 }
 
 /// (route, owner, events) over every throttle event on record.
-fn owner_counts(conn: &Connection) -> anyhow::Result<Vec<(String, String, u64)>> {
+fn owner_counts(conn: &Conn) -> anyhow::Result<Vec<(String, String, u64)>> {
     let mut stmt = conn.prepare(
         "SELECT route, COALESCE(owner, 'unjudged'), COUNT(*) FROM throttle_events GROUP BY 1, 2 ORDER BY 1, 2",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map((), |r| {
         Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
     })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    Ok(rows.collect::<crate::store::Result<Vec<_>>>()?)
 }
 
 /// The cells of one call's column in `diagnose`, in the order of its rows.
@@ -346,7 +346,7 @@ pub struct EvidenceBundle {
     pub diagnosis: DiagnoseReport,
 }
 
-pub fn evidence(conn: &Connection, now: i64) -> anyhow::Result<EvidenceBundle> {
+pub fn evidence(conn: &Conn, now: i64) -> anyhow::Result<EvidenceBundle> {
     let limits = quota::states(conn)?
         .into_iter()
         .map(|s| {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::{format_time, format_usd};
@@ -51,7 +51,7 @@ pub struct EarlierResult {
 
 /// The item `custom_id` of job `job` (`nightshift:line:N` names a line without a usable
 /// custom_id); None when either is unknown (the error names which).
-pub fn item(conn: &Connection, job: &str, custom_id: &str) -> anyhow::Result<ItemLookup> {
+pub fn item(conn: &Conn, job: &str, custom_id: &str) -> anyhow::Result<ItemLookup> {
     let Some(job_row) = jobs::find_by_name(conn, job)? else {
         return Ok(ItemLookup::NoJob);
     };

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::status::{JobStatus, job_status};
@@ -86,7 +86,7 @@ pub struct UnknownOutcome {
 const ERRORED_SHOWN: i64 = 200;
 
 pub fn job(
-    conn: &Connection,
+    conn: &Conn,
     results_dir: &Path,
     name: &str,
     now: i64,

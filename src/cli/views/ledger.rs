@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::table;
@@ -53,7 +53,7 @@ impl LedgerGroup {
 }
 
 pub fn ledger(
-    conn: &Connection,
+    conn: &Conn,
     by: crate::store::ledger::GroupBy,
     filter: &crate::store::ledger::Filter,
 ) -> anyhow::Result<LedgerReport> {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::{format_time, table};
@@ -68,7 +68,7 @@ pub struct DimLimits {
 
 /// Routes paused now (the API refuses the account or key, or the route cannot be reached), or
 /// deprioritised.
-pub(super) fn pauses(conn: &Connection) -> anyhow::Result<Vec<Pause>> {
+pub(super) fn pauses(conn: &Conn) -> anyhow::Result<Vec<Pause>> {
     let now = crate::store::now_ms();
     let mut pauses: Vec<Pause> = Vec::new();
     // A route's pause holds both lanes back from it; a deprioritised one takes calls only when
@@ -104,7 +104,7 @@ pub(super) fn pauses_text(pauses: &[Pause]) -> String {
         .collect()
 }
 
-pub fn limits(conn: &Connection, now: i64) -> anyhow::Result<LimitsReport> {
+pub fn limits(conn: &Conn, now: i64) -> anyhow::Result<LimitsReport> {
     use crate::store::quota;
     let routes = crate::store::routes::all(conn)?;
     let mut organizations: Vec<Organization> = Vec::new();

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 
 use super::daemon::{DaemonStatus, daemon_status};
@@ -108,7 +108,7 @@ pub struct RejectedFile {
 
 /// Where `job` stands now (see [`crate::store::job_status`]).
 pub(super) fn job_status(
-    conn: &Connection,
+    conn: &Conn,
     job: &JobRow,
     results_dir: &Path,
     now: i64,
@@ -122,7 +122,7 @@ pub(super) fn job_status(
 }
 
 pub fn status(
-    conn: &Connection,
+    conn: &Conn,
     results_dir: &Path,
     rules: &Rules,
     now: i64,

@@ -3,7 +3,7 @@
 //! (`policy::batch`) and applied with its ledger row; an item that comes back without a final
 //! outcome ends, or goes back to the planner.
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 
 use crate::lanes::admission::{self, Admission, Rules};
 use crate::model::results::{BatchResultLine, ResultHead};
@@ -33,7 +33,7 @@ pub struct Replan<'a> {
 /// rejects, downgrades or defers it; see [`admission`]).
 /// The items go in flight, each with an open attempt. Returns the batch's local id.
 pub fn pack(
-    conn: &Connection,
+    conn: &Conn,
     job_id: i64,
     route: &batches::PackRoute<'_>,
     max_requests: i64,
@@ -116,7 +116,7 @@ pub fn judge_lines(api_id: &str, lines: Vec<(i64, String)>) -> Vec<(i64, Verdict
 /// say) changes nothing. The lines that end their items are written a group of rows per
 /// statement. Returns how many lines changed an item.
 pub fn apply_results(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     api_id: &str,
     judged: &[(i64, Verdict)],
@@ -202,11 +202,7 @@ pub fn apply_results(
 
 /// After all result lines are applied: items of the batch still in flight had no line (which the
 /// API should never do) and go back to the planner; the batch is done.
-pub fn finish_results(
-    conn: &Connection,
-    batch_id: i64,
-    replan: &Replan<'_>,
-) -> store::Result<usize> {
+pub fn finish_results(conn: &Conn, batch_id: i64, replan: &Replan<'_>) -> store::Result<usize> {
     let leftovers = batches::in_flight_items(conn, batch_id)?;
     for item_id in &leftovers {
         send_back(
@@ -224,7 +220,7 @@ pub fn finish_results(
 
 /// A batch that was never created (no id, and no unknown create call) is simply dropped on
 /// cancel: its items end canceled.
-pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> store::Result<()> {
+pub fn drop_uncreated(conn: &Conn, batch_id: i64, now: i64) -> store::Result<()> {
     batches::mark_failed(conn, batch_id, "canceled before it was sent", now)?;
     for item_id in batches::in_flight_items(conn, batch_id)? {
         let item = items::item(conn, item_id)?;
@@ -248,7 +244,7 @@ pub fn drop_uncreated(conn: &Connection, batch_id: i64, now: i64) -> store::Resu
 
 /// Moves items between the lanes as time passes (see [`batches::reroute`]), by the planner's
 /// deadline rule. Returns (to real time, to batch).
-pub fn reroute(conn: &Connection, now: i64) -> store::Result<(usize, usize)> {
+pub fn reroute(conn: &Conn, now: i64) -> store::Result<(usize, usize)> {
     let turnaround = batches::turnaround_ms(conn)?;
     let horizon = planner::batch_horizon(now, turnaround);
     let nightly = crate::model::job::Priority::Nightly.rank();
@@ -271,7 +267,7 @@ pub enum Failure {
 /// Marks a batch failed and sends its items in flight back to the planner, each recorded with
 /// why (and `error`).
 pub fn fail_batch(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     error: &str,
     failure: Failure,
@@ -315,12 +311,7 @@ pub enum Refused {
 /// The API refused to create a batch as an invalid request (a body its parser cannot read, say):
 /// the refused body is never sent again. A batch of several requests is split in two; a batch of
 /// one request errors it, with the API's message and where it came from.
-pub fn refuse_batch(
-    conn: &Connection,
-    batch_id: i64,
-    error: &str,
-    now: i64,
-) -> store::Result<Refused> {
+pub fn refuse_batch(conn: &Conn, batch_id: i64, error: &str, now: i64) -> store::Result<Refused> {
     if let Some(half) = batches::split(conn, batch_id, error, now)? {
         return Ok(Refused::Split(half));
     }
@@ -339,7 +330,7 @@ pub fn refuse_batch(
 /// API, and leaves the batch. Returns how many requests the batch still has; with none left it
 /// is failed (nothing to create).
 pub fn refuse_requests(
-    conn: &Connection,
+    conn: &Conn,
     batch_id: i64,
     refused: &[(String, String, String)],
     now: i64,
@@ -370,7 +361,7 @@ pub fn refuse_requests(
 /// An item of a batch the API refuses ends errored (with the API's error type), its attempt
 /// closed.
 fn error_refused(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     kind: &str,
     message: &str,
@@ -421,7 +412,7 @@ pub(super) fn decide_again(
 /// decides its lane again. `counts`: whether this uses up one of the item's attempts (not when
 /// the whole batch was refused for its size, say).
 fn send_back(
-    conn: &Connection,
+    conn: &Conn,
     item_id: i64,
     outcome: AttemptOutcome,
     why: &str,
@@ -601,9 +592,9 @@ mod tests {
                  ORDER BY pack_key, id LIMIT 10",
             )
             .expect("explain")
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map((), |r| r.get::<_, String>(3))
             .expect("rows")
-            .collect::<rusqlite::Result<_>>()
+            .collect::<crate::store::Result<_>>()
             .expect("plan");
         let plan = plan.join("; ");
         assert!(
@@ -647,7 +638,7 @@ mod tests {
         BATCH_LINE.replace("\"a\"", &format!("\"{id}\""))
     }
 
-    fn state_of(conn: &Connection, batch: i64) -> (String, i64, bool) {
+    fn state_of(conn: &Conn, batch: i64) -> (String, i64, bool) {
         conn.query_row(
             "SELECT state, request_count, cancel_requested FROM batches WHERE id = ?1",
             [batch],
@@ -712,7 +703,7 @@ mod tests {
         let (state, error): (String, String) = conn
             .query_row(
                 "SELECT state, error FROM items WHERE custom_id = 'p1'",
-                [],
+                (),
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .expect("item");
@@ -731,7 +722,7 @@ mod tests {
     }
 
     /// A job of `lines`, all packed into one batch: (job, batch).
-    fn packed_batch(conn: &Connection, lines: &[&str]) -> (i64, i64) {
+    fn packed_batch(conn: &Conn, lines: &[&str]) -> (i64, i64) {
         let job_id = test_job(conn, lines);
         let batch_id = pack(conn, job_id, &EVERYONE, 1000, 1 << 30, &Rules::default(), 5)
             .expect("pack")
@@ -807,7 +798,7 @@ mod tests {
         );
         let c = items::counts(&conn, job_id).expect("counts");
         assert_eq!((c.succeeded, c.errored, c.in_flight), (225, 25, 0));
-        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+        let count = |sql: &str| -> i64 { conn.query_row(sql, (), |r| r.get(0)).expect(sql) };
         assert_eq!(count("SELECT count(*) FROM results"), 250);
         assert_eq!(count("SELECT count(DISTINCT item_id) FROM results"), 250);
         assert_eq!(

@@ -255,7 +255,9 @@ impl BatchLane {
     /// Runs `f` on the writer thread with what sending items back to the planner needs.
     pub(super) async fn replanning<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
+        f: impl FnOnce(&crate::store::sql::Conn, &Replan<'_>) -> crate::store::Result<T>
+        + Send
+        + 'static,
     ) -> anyhow::Result<T> {
         Ok(self.store.call(self.with_replan(f)).await?)
     }
@@ -264,8 +266,10 @@ impl BatchLane {
     /// taken when it runs).
     pub(super) fn with_replan<T>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection, &Replan<'_>) -> crate::store::Result<T> + Send + 'static,
-    ) -> impl FnOnce(&rusqlite::Connection) -> crate::store::Result<T> + Send + 'static {
+        f: impl FnOnce(&crate::store::sql::Conn, &Replan<'_>) -> crate::store::Result<T>
+        + Send
+        + 'static,
+    ) -> impl FnOnce(&crate::store::sql::Conn) -> crate::store::Result<T> + Send + 'static {
         let (max_attempts, rpm_for) = (i64::from(self.max_attempts), self.rpm_for.clone());
         let rules = self.rules.get();
         move |c| {

@@ -4,16 +4,13 @@
 //! latest outcome. Done in the batch lane's round, beside cancel requests: it has what the
 //! planner needs.
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 
 use super::apply::Replan;
 use crate::store::{self, batches, items, jobs, retry};
 
 /// Carries out every pending retry request. Returns (job, items sent back) per request done.
-pub fn take_requests(
-    conn: &Connection,
-    replan: &Replan<'_>,
-) -> store::Result<Vec<(String, usize)>> {
+pub fn take_requests(conn: &Conn, replan: &Replan<'_>) -> store::Result<Vec<(String, usize)>> {
     let mut done = Vec::new();
     for request in retry::pending(conn)? {
         // Each request in a savepoint of its own: one that fails is undone and answered with
@@ -38,7 +35,7 @@ pub fn take_requests(
 }
 
 fn carry_out(
-    conn: &Connection,
+    conn: &Conn,
     request: &retry::Request,
     replan: &Replan<'_>,
 ) -> store::Result<(String, usize)> {
