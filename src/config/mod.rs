@@ -72,6 +72,16 @@ struct RawConfig {
     hooks: RawHooks,
     /// None: no `[routes]` table (one default route); Some(empty): an empty one (an error).
     routes: Option<BTreeMap<String, routes::RawRoute>>,
+    #[serde(default)]
+    store: RawStore,
+}
+
+/// `[store]`: where the jobs, items and ledger are kept. Without `url`, SQLite in `data_dir`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
 }
 
 /// `[hooks]`: commands run when things happen (no shell: program, then its arguments).
@@ -211,6 +221,18 @@ pub struct Config {
     /// `[routes.<name>]`, sorted by name; never empty. Without `[routes]`, one route named
     /// [`DEFAULT_ROUTE`] with today's key chain and `[api] base_url`. Read at start.
     pub routes: Vec<RouteConfig>,
+    /// `[store]`. Read at start.
+    pub store: StoreSettings,
+}
+
+/// `[store]`: None for `url` is SQLite in `data_dir` (the default, for one daemon); a PostgreSQL
+/// URL is the store several daemons share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
+    pub url: Option<String>,
+    /// The file holding the password (else PGPASSWORD); read when connecting, never kept.
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -552,6 +574,7 @@ impl Config {
             &invalid,
         )?;
 
+        let store = store_from_raw(raw.store, &resolve, &invalid)?;
         Ok(Config {
             source,
             env: env.clone(),
@@ -592,6 +615,7 @@ impl Config {
             cache,
             on_job_done,
             routes,
+            store,
         })
     }
 
@@ -657,6 +681,57 @@ impl Config {
 
 /// Checks `[budgets]`: positive caps, known actions, and a priced `downgrade_to` wherever a cap
 /// downgrades.
+/// `[store]`: a PostgreSQL URL, checked for its form, and never with a password in it (that
+/// belongs in `password_file` or PGPASSWORD, out of a file others may read).
+fn store_from_raw(
+    raw: RawStore,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<StoreSettings, ConfigError> {
+    let url = match raw
+        .url
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+    {
+        None => None,
+        Some(url) => {
+            let Some(rest) = url
+                .strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"))
+            else {
+                return Err(invalid(
+                    "store.url",
+                    "is not a PostgreSQL URL: write it as postgres://USER@HOST:PORT/DATABASE \
+                     (leave [store] out to keep SQLite in data_dir)"
+                        .into(),
+                ));
+            };
+            let authority = rest.split(['/', '?']).next().unwrap_or_default();
+            let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+            if userinfo.is_some_and(|u| u.contains(':')) || url.contains("password=") {
+                return Err(invalid(
+                    "store.url",
+                    "holds a password: take it out of the URL and put it in the file \
+                     `[store] password_file` names (or PGPASSWORD), which only nightshift's user \
+                     may read"
+                        .into(),
+                ));
+            }
+            Some(url)
+        }
+    };
+    if raw.password_file.is_some() && url.is_none() {
+        return Err(invalid(
+            "store.password_file",
+            "is set without `[store] url`: SQLite has no password".into(),
+        ));
+    }
+    Ok(StoreSettings {
+        url,
+        password_file: raw.password_file.map(resolve),
+    })
+}
+
 fn budgets_from_raw(
     raw: BTreeMap<String, RawBudget>,
     prices: &crate::policy::prices::PriceTable,

@@ -284,7 +284,7 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 /// Where a scrape reads from.
 #[derive(Clone)]
 pub struct Sources {
-    pub db_path: PathBuf,
+    pub store: crate::store::Location,
     pub calls: Arc<CallCounters>,
     pub routing: Arc<Mutex<Routing>>,
     pub health: crate::lanes::health::Board,
@@ -320,7 +320,7 @@ impl Sources {
             ..Scrape::default()
         };
         // A locked or unreadable database leaves its parts out; the health says why.
-        let read = crate::store::open_read_only(&self.db_path).and_then(|conn| {
+        let read = crate::store::open_read_only(&self.store).and_then(|conn| {
             Ok((
                 facts::items_by_state(&conn)?,
                 facts::batches_by_state(&conn)?,
@@ -345,7 +345,7 @@ impl Sources {
             crate::daemon::health::current(&self.health, &self.data_dir, self.disk_low_bytes);
         let budgets = &self.rules.get().budgets;
         // A locked or unreadable database leaves the store's part out, and the page says why.
-        let stored = crate::store::open_read_only(&self.db_path)
+        let stored = crate::store::open_read_only(&self.store)
             .and_then(|conn| page::read(&conn, &self.results_dir, budgets, &limits, now))
             .map_err(|e| {
                 tracing::debug!(error = %e, "status page: the database cannot be read now");

@@ -191,14 +191,14 @@ pub async fn run(
                 .with_context(|| format!("making {} private (chmod -R go-rwx)", dir.display()))?;
         }
     }
-    let db_path = config.db_path();
+    let location = crate::lanes::store_location(&config);
     // Migrating a large database (and copying it first) may outlast systemd's start timeout.
-    let opening = db_path.clone();
+    let opening = location.clone();
     let store = while_starting(&notifier, "opening and migrating the database", move || {
-        Store::open(&opening)
+        Store::open(opening)
     })
     .await?
-    .with_context(|| format!("opening the database {}", db_path.display()))?;
+    .with_context(|| format!("opening the database {location}"))?;
     let metrics_token = match &config.metrics_token_file {
         None => None,
         Some(path) => Some(crate::daemon::metrics::Token::read(path).map_err(|e| {
@@ -389,7 +389,7 @@ pub async fn run(
                 .call(move |c| crate::store::facts::set(c, "metrics_url", &fact, now_ms()))
                 .await?;
             let sources = crate::daemon::metrics::Sources {
-                db_path: db_path.clone(),
+                store: location.clone(),
                 calls: calls.clone(),
                 routing: reloader.routing.clone(),
                 health: board.clone(),

@@ -19,3 +19,12 @@ pub mod realtime;
 pub mod results;
 pub mod routes;
 pub mod schedules;
+
+/// Where the config says the store is: `[store] url` (PostgreSQL), else SQLite in `data_dir`.
+pub fn store_location(config: &crate::config::Config) -> crate::store::Location {
+    crate::store::Location::new(
+        config.db_path(),
+        config.store.url.as_deref(),
+        config.store.password_file.as_deref(),
+    )
+}

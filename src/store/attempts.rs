@@ -27,11 +27,11 @@ pub struct AttemptSummary {
 pub fn summary(conn: &Conn, job_id: i64) -> Result<AttemptSummary> {
     conn.query_row(
         "SELECT COUNT(*),
-                COALESCE(SUM(a.outcome = 'rate_limited'), 0),
-                COALESCE(SUM(a.outcome IN ('retryable', 'not_sent')), 0),
-                COALESCE(SUM(a.outcome = 'unknown'), 0),
-                COALESCE(SUM(a.outcome = 'blocked'), 0),
-                COALESCE(SUM(a.outcome = 'expired'), 0),
+                COALESCE(SUM(CASE WHEN a.outcome = 'rate_limited' THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN a.outcome IN ('retryable', 'not_sent') THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN a.outcome = 'unknown' THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN a.outcome = 'blocked' THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN a.outcome = 'expired' THEN 1 ELSE 0 END), 0),
                 COALESCE(SUM(a.input_tokens), 0),
                 COALESCE(SUM(a.output_tokens), 0)
          FROM attempts a JOIN items i ON i.id = a.item_id WHERE i.job_id = ?1",

@@ -56,7 +56,7 @@ pub fn waiting_jobs(
     const READY: &str = "job_id = ?1 AND priority = ?2 AND state = 'pending' AND lane = 'batch'
                          AND parked = 0 AND not_before <= ?3";
     let mut count = conn.prepare_cached(&format!(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE {READY} LIMIT ?4)"
+        "SELECT COUNT(*) FROM (SELECT 1 FROM items WHERE {READY} LIMIT ?4) AS ready"
     ))?;
     let mut first = conn.prepare_cached(&format!(
         "SELECT updated_at FROM items WHERE {READY} ORDER BY id LIMIT 1"
@@ -354,7 +354,8 @@ pub fn pack_candidates(
     limit: i64,
     now: i64,
 ) -> Result<Vec<PackCandidate>> {
-    let mut stmt = conn.prepare_cached(PACK_CANDIDATES)?;
+    let mut stmt =
+        conn.prepare_cached(&PACK_CANDIDATES.replace("{json_each}", &conn.json_each(7)))?;
     let tenants = route.tenants_json();
     let rows = stmt.query_map(
         params![job_id, limit, now, after.0, rank, after.1, tenants],
@@ -371,13 +372,13 @@ pub fn pack_candidates(
 }
 
 /// [`pack_candidates`]' statement: the job, the limit, now, the cursor's prefix key, the class,
-/// the cursor's id, the tenants (a JSON array, NULL for everyone).
-const PACK_CANDIDATES: &str =
-    "SELECT id, length(CAST(params AS BLOB)) + length(custom_id) + 40, pack_key
+/// the cursor's id, the tenants (a JSON array, NULL for everyone); `{json_each}` is
+/// [`Conn::json_each`] of `?7`.
+const PACK_CANDIDATES: &str = "SELECT id, octet_length(params) + length(custom_id) + 40, pack_key
      FROM items
      WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
        AND parked = 0 AND not_before <= ?3 AND (pack_key, id) > (?4, ?6)
-       AND (?7 IS NULL OR tenant IN (SELECT value FROM json_each(?7)))
+       AND (?7 IS NULL OR tenant IN (SELECT value FROM {json_each}))
      ORDER BY pack_key, id LIMIT ?2";
 
 /// Records a new batch of `items` in state `submitting` (the intent, before the create call); the
@@ -732,13 +733,15 @@ pub fn reroute(
     turnaround_ms: i64,
     nightly: i64,
 ) -> Result<(usize, usize)> {
-    let hours = turnaround_ms as f64 / 3_600_000.0;
+    let reason = format!(
+        "re-routed: the deadline came nearer than the batch turnaround ({:.1} h)",
+        turnaround_ms as f64 / 3_600_000.0
+    );
     let to_realtime = conn.execute(
-        "UPDATE items SET lane = 'realtime', not_before = 0, updated_at = ?2,
-                lane_reason = printf('re-routed: the deadline came nearer than the batch turnaround (%.1f h)', ?3)
+        "UPDATE items SET lane = 'realtime', not_before = 0, updated_at = ?2, lane_reason = ?3
          WHERE state = 'pending' AND lane = 'batch' AND parked = 0 AND mode = 'auto'
            AND deadline_at IS NOT NULL AND deadline_at < ?1",
-        params![horizon, now, hours],
+        params![horizon, now, reason],
     )?;
     let to_batch = conn.execute(
         "UPDATE items SET lane = 'batch', updated_at = ?2,
@@ -746,7 +749,7 @@ pub fn reroute(
          WHERE id IN (SELECT id FROM items
                       WHERE state = 'pending' AND lane = 'realtime' AND parked = 0
                         AND mode = 'auto' AND priority = ?3
-                        AND batch_ok = 1 AND not_before > ?2 + 30000
+                        AND batch_ok = 1 AND not_before > CAST(?2 AS BIGINT) + 30000
                         AND (deadline_at IS NULL OR deadline_at >= ?1)
                       LIMIT 10000)",
         params![horizon, now, nightly],
@@ -759,7 +762,7 @@ pub fn reroute(
 #[cfg(test)]
 pub fn lanes(conn: &Conn, job_id: i64) -> Result<(i64, i64)> {
     conn.query_row(
-        "SELECT COALESCE(SUM(lane = 'batch'), 0), COALESCE(SUM(lane = 'realtime'), 0) FROM items WHERE job_id = ?1",
+        "SELECT COALESCE(SUM(CASE WHEN lane = 'batch' THEN 1 ELSE 0 END), 0), COALESCE(SUM(CASE WHEN lane = 'realtime' THEN 1 ELSE 0 END), 0) FROM items WHERE job_id = ?1",
         [job_id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
@@ -854,7 +857,11 @@ mod tests {
     #[test]
     fn packing_for_some_tenants_seeks_the_waiting_items_index() {
         let conn = crate::store::test_connection();
-        let steps = plan(&conn, PACK_CANDIDATES).join("; ");
+        let steps = plan(
+            &conn,
+            &PACK_CANDIDATES.replace("{json_each}", &conn.json_each(7)),
+        )
+        .join("; ");
         assert!(
             steps.contains("items_waiting_batch_prefix (job_id=? AND priority=? AND pack_key>?)"),
             "{steps}"

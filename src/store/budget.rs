@@ -53,10 +53,18 @@ pub fn reject(conn: &Conn, item_id: i64, line: &str, message: &str, now: i64) ->
 
 /// Downgraded by a cap: the item's model (in its request too) becomes `to`; the first model is kept.
 pub fn downgrade(conn: &Conn, item_id: i64, to: &str, reason: &str, now: i64) -> Result<()> {
+    let set_model = match conn.dialect() {
+        crate::store::sql::Dialect::Sqlite => "json_set(params, '$.model', ?2)",
+        crate::store::sql::Dialect::Postgres => {
+            "jsonb_set(params::jsonb, '{model}', to_jsonb(CAST(?2 AS TEXT)))::text"
+        }
+    };
     conn.execute(
-        "UPDATE items SET model = ?2, params = json_set(params, '$.model', ?2),
+        &format!(
+            "UPDATE items SET model = ?2, params = {set_model},
                 downgraded_from = COALESCE(downgraded_from, model), lane_reason = ?3, updated_at = ?4
-         WHERE id = ?1",
+             WHERE id = ?1"
+        ),
         params![item_id, to, reason, now],
     )?;
     Ok(())
@@ -98,8 +106,8 @@ pub fn job_effects(
     now: i64,
 ) -> Result<(i64, i64, Option<i64>, Option<String>)> {
     conn.query_row(
-        "SELECT COALESCE(SUM(downgraded_from IS NOT NULL), 0),
-                COALESCE(SUM(state = 'pending' AND parked = 1 AND not_before > ?2), 0),
+        "SELECT COALESCE(SUM(CASE WHEN downgraded_from IS NOT NULL THEN 1 ELSE 0 END), 0),
+                COALESCE(SUM(CASE WHEN state = 'pending' AND parked = 1 AND not_before > ?2 THEN 1 ELSE 0 END), 0),
                 MAX(not_before) FILTER (WHERE state = 'pending' AND parked = 1 AND not_before > ?2),
                 (SELECT lane_reason FROM items WHERE job_id = ?1 AND lane_reason LIKE '%budget%'
                  ORDER BY updated_at DESC LIMIT 1)

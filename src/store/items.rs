@@ -1,6 +1,6 @@
 //! SQL for items: intake, the real-time lane's transitions, results bookkeeping, counts.
 
-use crate::store::sql::{Conn, OptionalExtension, params};
+use crate::store::sql::{Conn, Dialect, OptionalExtension, params};
 use serde_json::json;
 
 use super::Result;
@@ -173,13 +173,20 @@ pub fn ready_realtime(
         "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms, tenant
          FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
-           AND priority IN (SELECT value FROM json_each(?3))
-           AND (cache_key IS NULL OR cache_key NOT IN (SELECT value FROM json_each(?4))) {}
+           AND priority IN (SELECT CAST(value AS INTEGER) FROM {})
+           AND (cache_key IS NULL OR cache_key NOT IN (SELECT CAST(value AS INTEGER) FROM {})) {}
          ORDER BY priority, id LIMIT ?2",
-        if skip.is_empty() {
-            ""
-        } else {
-            "AND (tenant, model) NOT IN (SELECT value ->> 0, value ->> 1 FROM json_each(?5))"
+        conn.json_each(3),
+        conn.json_each(4),
+        match (skip.is_empty(), conn.dialect()) {
+            (true, _) => "",
+            (false, Dialect::Sqlite) => {
+                "AND (tenant, model) NOT IN (SELECT value ->> 0, value ->> 1 FROM json_each(?5))"
+            }
+            (false, Dialect::Postgres) => {
+                "AND (tenant, model) NOT IN (SELECT value ->> 0, value ->> 1
+                                             FROM json_array_elements(CAST(?5 AS TEXT)::json) AS e(value))"
+            }
         }
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -222,7 +229,7 @@ pub fn next_ready_at(conn: &Conn, now: i64) -> Result<Option<i64>> {
              SELECT MIN(not_before) AS at FROM items
              WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before > ?1
              UNION ALL
-             SELECT MIN(not_before) FROM items WHERE parked = 1)",
+             SELECT MIN(not_before) FROM items WHERE parked = 1) AS soonest",
         [now],
         |r| r.get(0),
     )

@@ -105,7 +105,8 @@ fn counts_and_lanes(conn: &Conn, job_id: i64) -> Result<(Counts, PerLane)> {
 }
 
 /// A range of `items_finished` (the terms of its WHERE spelled as it has them).
-const FINISHED_SINCE: &str = "SELECT COUNT(*), COALESCE(SUM(lane = 'realtime'), 0) FROM items
+const FINISHED_SINCE: &str =
+    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN lane = 'realtime' THEN 1 ELSE 0 END), 0) FROM items
      WHERE job_id = ?1 AND updated_at >= ?2 AND state <> 'pending' AND state <> 'in_flight'";
 
 /// Items of a job that became final since `since` (Unix ms): in all, and in the real-time lane.

@@ -185,7 +185,7 @@ pub fn job_cache_use(conn: &Conn, job_id: i64) -> Result<CacheUse> {
 /// An item's billed calls: (calls, cost in millionths of a dollar, calls without a price).
 pub fn item_billed(conn: &Conn, item_id: i64) -> Result<(i64, i64, i64)> {
     conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(cost_micro_usd), 0), COALESCE(SUM(cost_micro_usd IS NULL), 0)
+        "SELECT COUNT(*), COALESCE(SUM(cost_micro_usd), 0), COALESCE(SUM(CASE WHEN cost_micro_usd IS NULL THEN 1 ELSE 0 END), 0)
          FROM ledger WHERE item_id = ?1",
         [item_id],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -283,7 +283,7 @@ pub fn grouped(conn: &Conn, by: GroupBy, filter: &Filter) -> Result<Vec<(String,
     let sql = format!(
         "SELECT {key}, COUNT(*), SUM(l.input_tokens), SUM(l.output_tokens), SUM(l.cache_creation_input_tokens),
                 SUM(l.cache_read_input_tokens), COALESCE(SUM(l.cost_micro_usd), 0),
-                SUM(l.cache_saved_micro_usd), SUM(l.cost_micro_usd IS NULL), SUM(l.retry_of_unknown)
+                SUM(l.cache_saved_micro_usd), SUM(CASE WHEN l.cost_micro_usd IS NULL THEN 1 ELSE 0 END), SUM(l.retry_of_unknown)
          FROM ledger l JOIN jobs j ON j.id = l.job_id
          WHERE (?1 IS NULL OR l.tenant = ?1) AND (?2 IS NULL OR j.name = ?2)
            AND (?3 IS NULL OR l.at >= ?3) AND (?4 IS NULL OR l.at < ?4)

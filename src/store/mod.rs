@@ -91,6 +91,8 @@ pub enum StoreError {
     Commit(String),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Postgres(#[from] pg::PgError),
     #[error("the query found no row")]
     NoRows,
     #[error("column {column} of a row read from the database: {error}")]
@@ -149,6 +151,86 @@ impl From<postgres::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Where the store is: SQLite's file (the default) or a PostgreSQL database (`[store] url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The database file, `data_dir/nightshift.db`.
+    Sqlite(PathBuf),
+    /// The URL (without a password) and the file holding the password, if not PGPASSWORD.
+    Postgres {
+        url: String,
+        password_file: Option<PathBuf>,
+    },
+}
+
+impl Location {
+    /// `[store] url` if set, else the SQLite file `db_path`.
+    pub fn new(db_path: PathBuf, url: Option<&str>, password_file: Option<&Path>) -> Location {
+        match url {
+            Some(url) => Location::Postgres {
+                url: url.to_owned(),
+                password_file: password_file.map(Path::to_owned),
+            },
+            None => Location::Sqlite(db_path),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres { .. })
+    }
+
+    /// A new connection to PostgreSQL; None for SQLite.
+    fn connect_postgres(&self) -> Option<Result<postgres::Client>> {
+        let Location::Postgres { url, password_file } = self else {
+            return None;
+        };
+        let password = match password_file {
+            Some(file) => match std::fs::read_to_string(file) {
+                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
+                Err(e) => {
+                    return Some(Err(StoreError::Invalid(format!(
+                        "cannot read the PostgreSQL password from {} (`[store] password_file`): \
+                         {e}; nightshift's user must be able to read it",
+                        file.display()
+                    ))));
+                }
+            },
+            None => std::env::var("PGPASSWORD").ok(),
+        };
+        Some(pg::connect(url, password.as_deref()).map_err(StoreError::from))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres { url, .. } => f.write_str(&pg::redact(url)),
+        }
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Location {
+        Location::Sqlite(path.to_owned())
+    }
+}
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Location {
+        Location::Sqlite(path.clone())
+    }
+}
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Location {
+        Location::Sqlite(path)
+    }
+}
+impl From<&Location> for Location {
+    fn from(at: &Location) -> Location {
+        at.clone()
+    }
+}
+
 /// What the writer thread does with an op after the commit: answer its caller.
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
 /// An op: runs on the writer thread inside a savepoint; says whether it succeeded.
@@ -177,38 +259,40 @@ enum Msg {
 pub struct Store {
     ops: mpsc::UnboundedSender<Msg>,
     writer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
-    path: std::sync::Arc<std::path::PathBuf>,
+    location: std::sync::Arc<Location>,
     /// Read-only connections kept between [`Store::read`]s.
     readers: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, applies migrations, and starts the writer.
-    pub fn open(path: &Path) -> Result<Store> {
-        let conn = open_read_write(path)?;
-        // The writer's page cache: 32 MiB, not SQLite's 2 MiB, so that a chunk of batch results
-        // (thousands of rows and their index entries) is changed in memory and written once.
-        conn.pragma_update(None, "cache_size", -32_768)?;
-        // Checkpoints run beside the writer (see `checkpoints`). Under a stream of commits they
-        // never catch up with the last one, and the WAL is only started over from its head by
-        // a commit that finds it all copied: past 32 MiB, the writer checkpoints what is left
-        // itself (little: the other thread copied the rest). Else the WAL grows by every byte
-        // written, each commit lands on new blocks of the file, and the kernel zeroes and
-        // allocates a page for each (a third of the writer's time applying batch results).
-        conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
-        conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+    /// Opens (creating if needed) the database `at`, applies migrations, and starts the writer.
+    /// Blocking (PostgreSQL is connected to here): call it off the async runtime.
+    pub fn open(at: impl Into<Location>) -> Result<Store> {
+        let location = at.into();
+        let (conn, checkpoint) = match &location {
+            Location::Sqlite(path) => (Conn::from(open_sqlite_writer(path)?), Some(path.clone())),
+            Location::Postgres { .. } => {
+                let mut client = location
+                    .connect_postgres()
+                    .unwrap_or(Err(StoreError::Closed))?;
+                pg::migrate(&mut client)?;
+                (Conn::from(client), None)
+            }
+        };
         let (ops, rx) = mpsc::unbounded_channel();
-        let db = path.to_owned();
         let writer = std::thread::Builder::new()
             .name("nightshift-store".into())
             .spawn(move || {
                 let (stop, stopped) = std::sync::mpsc::channel::<()>();
-                let checkpointer = std::thread::Builder::new()
-                    .name("nightshift-checkpoint".into())
-                    .spawn(move || checkpoints(&db, &stopped));
-                writer_loop(Conn::from(conn), rx);
+                let checkpointer = checkpoint.and_then(|db| {
+                    std::thread::Builder::new()
+                        .name("nightshift-checkpoint".into())
+                        .spawn(move || checkpoints(&db, &stopped))
+                        .ok()
+                });
+                writer_loop(conn, rx);
                 drop(stop);
-                if let Ok(handle) = checkpointer {
+                if let Some(handle) = checkpointer {
                     let _ = handle.join();
                 }
             })
@@ -216,11 +300,35 @@ impl Store {
         Ok(Store {
             ops,
             writer: std::sync::Arc::new(std::sync::Mutex::new(Some(writer))),
-            path: std::sync::Arc::new(path.to_owned()),
+            location: std::sync::Arc::new(location),
             readers: Default::default(),
         })
     }
 
+    /// Where this store is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+}
+
+/// SQLite's writer connection, tuned for it.
+fn open_sqlite_writer(path: &Path) -> Result<Connection> {
+    let conn = open_read_write(path)?;
+    // The writer's page cache: 32 MiB, not SQLite's 2 MiB, so that a chunk of batch results
+    // (thousands of rows and their index entries) is changed in memory and written once.
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Checkpoints run beside the writer (see `checkpoints`). Under a stream of commits they
+    // never catch up with the last one, and the WAL is only started over from its head by
+    // a commit that finds it all copied: past 32 MiB, the writer checkpoints what is left
+    // itself (little: the other thread copied the rest). Else the WAL grows by every byte
+    // written, each commit lands on new blocks of the file, and the kernel zeroes and
+    // allocates a page for each (a third of the writer's time applying batch results).
+    conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+    Ok(conn)
+}
+
+impl Store {
     /// Runs `f` on a read-only connection, off the writer thread (reading thousands of rows
     /// there would hold up every write); it sees what is committed.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
@@ -228,14 +336,14 @@ impl Store {
         F: FnOnce(&Conn) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let (readers, path) = (self.readers.clone(), self.path.clone());
+        let (readers, location) = (self.readers.clone(), self.location.clone());
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let kept = crate::lock(&readers).pop();
             let conn = match kept {
                 Some(conn) => conn,
-                None => open_read_only(&path)?,
+                None => open_read_only(&*location)?,
             };
             let out = f(&conn);
             crate::lock(&readers).push(conn);
@@ -540,7 +648,16 @@ pub fn open_read_write(path: &Path) -> Result<Connection> {
 
 /// Writes a consistent copy of the database at `db` to `to` (`VACUUM INTO` through a read-only
 /// connection: the daemon may keep running). Refuses to overwrite a file.
-pub fn backup(db: &Path, to: &Path) -> Result<()> {
+pub fn backup(at: &Location, to: &Path) -> Result<()> {
+    let db = match at {
+        Location::Sqlite(db) => db,
+        Location::Postgres { .. } => {
+            return Err(StoreError::Invalid(format!(
+                "the store is PostgreSQL ({at}): back it up with pg_dump (see \"Operations\" in \
+                 the README), not `nightshift backup`"
+            )));
+        }
+    };
     if to.exists() {
         return Err(StoreError::Invalid(format!(
             "{} exists; give a new file name (a backup never overwrites)",
@@ -585,7 +702,53 @@ pub fn backup_before_migrating(conn: &Connection, path: &Path) -> Result<Option<
 
 /// Opens the database for reading only; says plainly when there is none yet, and when there is
 /// one this user may not read.
-pub fn open_read_only(path: &Path) -> Result<Conn> {
+pub fn open_read_only(at: impl Into<Location>) -> Result<Conn> {
+    let location = at.into();
+    match &location {
+        Location::Sqlite(path) => open_sqlite_read_only(path),
+        Location::Postgres { .. } => {
+            let conn = open_postgres_checked(&location)?;
+            conn.execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
+            Ok(conn)
+        }
+    }
+}
+
+/// A connection to the PostgreSQL database `at`, whose schema must be this build's.
+fn open_postgres_checked(at: &Location) -> Result<Conn> {
+    let client = at.connect_postgres().unwrap_or(Err(StoreError::Closed))?;
+    let conn = Conn::from(client);
+    let found: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            (),
+            |r| r.get(0),
+        )
+        .map_err(|_| {
+            StoreError::Invalid(format!(
+                "the PostgreSQL database {at} has no nightshift schema yet: start the daemon \
+             (`nightshift run`) with this config first"
+            ))
+        })?;
+    let known = pg::schema_version();
+    if found as usize > known {
+        return Err(StoreError::Invalid(format!(
+            "the PostgreSQL database {at} has schema version {found}, newer than this \
+             nightshift knows ({known}): upgrade nightshift"
+        )));
+    }
+    if (found as usize) < known {
+        return Err(StoreError::Invalid(format!(
+            "the PostgreSQL database {at} has schema version {found}, older than this \
+             nightshift's ({known}); start the daemon of this version (`nightshift run`) once \
+             to migrate it"
+        )));
+    }
+    Ok(conn)
+}
+
+/// SQLite's file, read-only.
+fn open_sqlite_read_only(path: &Path) -> Result<Conn> {
     // `Path::exists` is false for a file in a folder this user may not enter (EACCES), which
     // then read "does not exist yet: start the daemon" to someone who only lacked permission.
     match std::fs::metadata(path) {
@@ -673,8 +836,8 @@ fn no_daemon_holds(path: &Path) -> bool {
 
 /// Asks the daemon to cancel a job (`nightshift cancel`): the CLI's one write, a row the daemon
 /// carries out. Returns false if there is no such job.
-pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
-    let conn = open_for_cli_write(path)?;
+pub fn request_cancel(at: &Location, job: &str) -> Result<bool> {
+    let conn = open_for_cli_write(at)?;
     let exists: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM jobs WHERE name = ?1)",
         [job],
@@ -691,8 +854,8 @@ pub fn request_cancel(path: &Path, job: &str) -> Result<bool> {
 
 /// Asks the daemon to retry items of a job (`nightshift retry`). None if there is no such job;
 /// else the request's id, for [`retry_outcome`].
-pub fn request_retry(path: &Path, job: &str, choice: &retry::Choice) -> Result<Option<i64>> {
-    let conn = open_for_cli_write(path)?;
+pub fn request_retry(at: &Location, job: &str, choice: &retry::Choice) -> Result<Option<i64>> {
+    let conn = open_for_cli_write(at)?;
     if jobs::find_by_name(&conn, job)?.is_none() {
         return Ok(None);
     }
@@ -700,16 +863,18 @@ pub fn request_retry(path: &Path, job: &str, choice: &retry::Choice) -> Result<O
 }
 
 /// What the daemon made of a retry request, once it has.
-pub fn retry_outcome(path: &Path, request_id: i64) -> Result<Option<String>> {
-    retry::outcome(&open_read_only(path)?, request_id)
+pub fn retry_outcome(at: &Location, request_id: i64) -> Result<Option<String>> {
+    retry::outcome(&open_read_only(at)?, request_id)
 }
 
 /// `nightshift clean`: see [`jobs::clean`] and, with `purge`, [`jobs::purge`]. Returns the jobs
 /// cleared (name, source path).
-pub fn clean(path: &Path, before: i64, purge: bool) -> Result<Vec<(String, String)>> {
-    let conn = open_for_cli_write(path)?;
+pub fn clean(at: &Location, before: i64, purge: bool) -> Result<Vec<(String, String)>> {
+    let conn = open_for_cli_write(at)?;
     // Outside the transaction (it is a no-op inside one): the purge's cascades need it.
-    conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    if conn.sqlite().is_some() {
+        conn.execute_batch("PRAGMA foreign_keys = ON")?;
+    }
     conn.transaction(|tx| {
         if purge {
             jobs::purge(tx, before)
@@ -732,25 +897,25 @@ pub enum HoldOn {
 /// `nightshift pause`: holds a job or a tenant (see [`holds`]); with `cancel_batches` its
 /// batches under way are canceled by the daemon. None if there is no such job; else whether it
 /// was not held already.
-pub fn pause(path: &Path, on: &HoldOn, by: &str, cancel_batches: bool) -> Result<Option<bool>> {
-    on_hold_target(path, on, |tx, target| {
+pub fn pause(at: &Location, on: &HoldOn, by: &str, cancel_batches: bool) -> Result<Option<bool>> {
+    on_hold_target(at, on, |tx, target| {
         holds::hold(tx, target, by, cancel_batches, now_ms())
     })
 }
 
 /// `nightshift resume`: lets a job or a tenant go. None if there is no such job; else whether it
 /// was held.
-pub fn resume(path: &Path, on: &HoldOn) -> Result<Option<bool>> {
-    on_hold_target(path, on, holds::release)
+pub fn resume(at: &Location, on: &HoldOn) -> Result<Option<bool>> {
+    on_hold_target(at, on, holds::release)
 }
 
 /// Runs `f` on what `on` names, in one transaction of the CLI's; None if it names no job.
 fn on_hold_target(
-    path: &Path,
+    at: &Location,
     on: &HoldOn,
     f: impl FnOnce(&Conn, &holds::Target) -> Result<bool>,
 ) -> Result<Option<bool>> {
-    let conn = open_for_cli_write(path)?;
+    let conn = open_for_cli_write(at)?;
     conn.transaction(|tx| {
         let target = match on {
             HoldOn::Job(name) => jobs::find_by_name(tx, name)?.map(|j| holds::Target::Job(j.id)),
@@ -765,14 +930,21 @@ fn on_hold_target(
 
 /// Removes a recurring job's schedule (`nightshift unschedule`); runs already taken in go on.
 /// Returns whether there was one.
-pub fn remove_schedule(path: &Path, name: &str) -> Result<bool> {
-    let conn = open_for_cli_write(path)?;
+pub fn remove_schedule(at: &Location, name: &str) -> Result<bool> {
+    let conn = open_for_cli_write(at)?;
     schedules::remove(&conn, name)
 }
 
 /// A short write from the CLI beside the running daemon (WAL lets both in; a busy timeout waits
 /// for the daemon's transaction). Only for a database of this build's schema.
-fn open_for_cli_write(path: &Path) -> Result<Conn> {
+fn open_for_cli_write(at: &Location) -> Result<Conn> {
+    match at {
+        Location::Sqlite(path) => open_sqlite_for_cli_write(path),
+        Location::Postgres { .. } => open_postgres_checked(at),
+    }
+}
+
+fn open_sqlite_for_cli_write(path: &Path) -> Result<Conn> {
     // Says plainly when there is no database, one of another schema version, or one this user
     // may not read.
     drop(open_read_only(path)?);

@@ -153,13 +153,16 @@ pub fn last_throttle_of_class(
     class: &str,
 ) -> Result<Option<ThrottleEvent>> {
     let routes = serde_json::to_string(routes).unwrap_or_else(|_| "[]".into());
-    conn
-        .query_row(
-            &format!("SELECT {EVENT_COLUMNS} FROM throttle_events WHERE class = ?1 AND route IN (SELECT value FROM json_each(?2)) ORDER BY id DESC LIMIT 1"),
-            params![class, routes],
-            event,
-        )
-        .optional()
+    conn.query_row(
+        &format!(
+            "SELECT {EVENT_COLUMNS} FROM throttle_events
+                 WHERE class = ?1 AND route IN (SELECT value FROM {}) ORDER BY id DESC LIMIT 1",
+            conn.json_each(2)
+        ),
+        params![class, routes],
+        event,
+    )
+    .optional()
 }
 
 /// (route, model) of every real-time call or throttle on record, for `diagnose`.
@@ -215,11 +218,12 @@ pub fn last_minute_usage(
     now: i64,
 ) -> Result<[i64; 3]> {
     let mut total = [0i64; 3];
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM attempts
          WHERE model = ?1 AND lane = 'realtime' AND outcome = 'succeeded' AND finished_at > ?2
-           AND COALESCE(route, 'default') IN (SELECT value FROM json_each(?3))",
-    )?;
+           AND COALESCE(route, 'default') IN (SELECT value FROM {})",
+        conn.json_each(3)
+    ))?;
     let routes = serde_json::to_string(routes).unwrap_or_else(|_| "[]".into());
     for model in models {
         let row: (i64, i64, i64) = stmt.query_row(params![model, now - 60_000, routes], |r| {
@@ -269,9 +273,10 @@ pub fn save_state(
 /// answers named its organization, an organization no route names any more.
 pub fn keep_groups(conn: &Conn, groups: &[String]) -> Result<()> {
     let groups = serde_json::to_string(groups).unwrap_or_else(|_| "[]".into());
-    conn.prepare_cached(
-        "DELETE FROM quota_state WHERE grp NOT IN (SELECT value FROM json_each(?1))",
-    )?
+    conn.prepare_cached(&format!(
+        "DELETE FROM quota_state WHERE grp NOT IN (SELECT value FROM {})",
+        conn.json_each(1)
+    ))?
     .execute([groups])?;
     Ok(())
 }

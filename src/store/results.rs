@@ -67,17 +67,25 @@ pub struct Unwritten {
     pub line: String,
 }
 
-/// CROSS JOIN keeps the jobs outside: each job's lines are then a range of the index past its
-/// cursor, never a scan of every line ever written.
+/// CROSS JOIN keeps the jobs outside in SQLite: each job's lines are then a range of the index
+/// past its cursor, never a scan of every line ever written. `{join}` is [`join_in_order`].
 const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes, j.results_epoch
-     FROM jobs j CROSS JOIN results r ON r.job_id = j.id AND r.seq > j.results_seq
+     FROM jobs j {join} results r ON r.job_id = j.id AND r.seq > j.results_seq
      WHERE j.finished_at IS NULL
      ORDER BY j.id, r.seq LIMIT ?1";
+
+/// SQLite's `CROSS JOIN ... ON` (a join in the order written); PostgreSQL plans its own.
+fn join_in_order(conn: &Conn) -> &'static str {
+    match conn.dialect() {
+        crate::store::sql::Dialect::Sqlite => "CROSS JOIN",
+        crate::store::sql::Dialect::Postgres => "JOIN",
+    }
+}
 
 /// Lines past their job's cursor, in job and file order: at most `max_lines`, and no more than
 /// `max_bytes` of them (but always at least one).
 pub fn unwritten(conn: &Conn, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
-    let mut stmt = conn.prepare_cached(UNWRITTEN)?;
+    let mut stmt = conn.prepare_cached(&UNWRITTEN.replace("{join}", join_in_order(conn)))?;
     let rows = stmt.query_map([max_lines], |r| {
         Ok(Unwritten {
             job_id: r.get(0)?,
@@ -168,7 +176,8 @@ mod tests {
     #[test]
     fn the_writer_reads_each_job_past_its_cursor_not_every_line_ever_written() {
         let conn = crate::store::test_connection();
-        let plan = crate::store::test_plan(&conn, UNWRITTEN);
+        let plan =
+            crate::store::test_plan(&conn, &UNWRITTEN.replace("{join}", join_in_order(&conn)));
         assert!(
             plan.iter()
                 .any(|step| step.contains("SEARCH r USING INDEX results_job (job_id=? AND seq>?)")),

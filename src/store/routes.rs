@@ -76,7 +76,10 @@ pub fn all(conn: &Conn) -> Result<Vec<RouteRow>> {
 pub fn keep_only(conn: &Conn, names: &[String]) -> Result<()> {
     let names = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
     conn.execute(
-        "DELETE FROM routes WHERE name NOT IN (SELECT value FROM json_each(?1))",
+        &format!(
+            "DELETE FROM routes WHERE name NOT IN (SELECT value FROM {})",
+            conn.json_each(1)
+        ),
         [names],
     )?;
     Ok(())

@@ -309,8 +309,31 @@ enum Inner {
 
 /// A PostgreSQL connection and its prepared statements, by the SQL they were made from.
 pub struct PgConn {
-    client: postgres::Client,
+    /// Always there until dropped (see the `Drop` below).
+    client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    fn client(&mut self) -> &mut postgres::Client {
+        self.client
+            .as_mut()
+            .expect("a PostgreSQL client is kept until dropped")
+    }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // The client says goodbye to the server by blocking on a runtime of its own, which a
+        // thread of tokio's may not do: there it is dropped on a thread of its own.
+        if let Some(client) = self.client.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::Builder::new()
+                .name("nightshift-pg-close".into())
+                .spawn(move || drop(client));
+        }
+    }
 }
 
 impl fmt::Debug for Conn {
@@ -333,7 +356,7 @@ impl From<postgres::Client> for Conn {
     fn from(client: postgres::Client) -> Conn {
         Conn {
             inner: Inner::Pg(Box::new(RefCell::new(PgConn {
-                client,
+                client: Some(client),
                 statements: HashMap::new(),
             }))),
         }
@@ -352,6 +375,18 @@ impl Conn {
         self.dialect() == Dialect::Postgres
     }
 
+    /// The rows of a JSON array bound as parameter `?{param}`, as a table with the column
+    /// `value`, for `FROM`: SQLite's `json_each`. PostgreSQL gives each value as text: compare
+    /// numbers with `CAST(value AS INTEGER)`.
+    pub fn json_each(&self, param: usize) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => format!("json_each(?{param})"),
+            Dialect::Postgres => format!(
+                "json_array_elements_text(CAST(?{param} AS TEXT)::json) AS json_each(value)"
+            ),
+        }
+    }
+
     /// The SQLite connection underneath, for what only SQLite has (pragmas, backups).
     pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
         match &self.inner {
@@ -364,7 +399,7 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.inner {
             Inner::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Inner::Pg(pg) => Ok(pg.borrow_mut().client.batch_execute(sql)?),
+            Inner::Pg(pg) => Ok(pg.borrow_mut().client().batch_execute(sql)?),
         }
     }
 
@@ -415,7 +450,7 @@ impl Conn {
                     None => {
                         let translated = to_postgres(sql);
                         let statement = pg_conn
-                            .client
+                            .client()
                             .prepare(&translated)
                             .map_err(|e| StoreError::pg_in(e, &translated))?;
                         pg_conn.statements.insert(sql.to_owned(), statement.clone());
@@ -425,6 +460,7 @@ impl Conn {
                 Ok(Stmt::Pg {
                     conn: pg,
                     statement,
+                    sql: sql.to_owned(),
                 })
             }
         }
@@ -453,6 +489,8 @@ pub enum Stmt<'c> {
     Pg {
         conn: &'c RefCell<PgConn>,
         statement: postgres::Statement,
+        /// For messages: the SQL it was made from.
+        sql: String,
     },
 }
 
@@ -461,13 +499,17 @@ impl Stmt<'_> {
         let values = params.values();
         match self {
             Stmt::Sqlite(stmt) => Ok(stmt.execute(rusqlite::params_from_iter(values.iter()))?),
-            Stmt::Pg { conn, statement } => {
+            Stmt::Pg {
+                conn,
+                statement,
+                sql,
+            } => {
                 let refs = pg_params(&values);
                 let changed = conn
                     .borrow_mut()
-                    .client
+                    .client()
                     .execute(&*statement, &refs)
-                    .map_err(StoreError::pg)?;
+                    .map_err(|e| StoreError::pg_in(e, sql))?;
                 Ok(usize::try_from(changed).unwrap_or(usize::MAX))
             }
         }
@@ -487,14 +529,18 @@ impl Stmt<'_> {
                     None => Err(StoreError::NoRows),
                 }
             }
-            Stmt::Pg { conn, statement } => {
+            Stmt::Pg {
+                conn,
+                statement,
+                sql,
+            } => {
                 let refs = pg_params(&values);
                 // Fetched before `f` runs, so `f` may use the connection again.
                 let rows = conn
                     .borrow_mut()
-                    .client
+                    .client()
                     .query(&*statement, &refs)
-                    .map_err(StoreError::pg)?;
+                    .map_err(|e| StoreError::pg_in(e, sql))?;
                 match rows.first() {
                     Some(row) => f(&Row::Pg(row)),
                     None => Err(StoreError::NoRows),
@@ -526,13 +572,17 @@ impl Stmt<'_> {
                     }
                 }
             }
-            Stmt::Pg { conn, statement } => {
+            Stmt::Pg {
+                conn,
+                statement,
+                sql,
+            } => {
                 let refs = pg_params(&values);
                 let rows = conn
                     .borrow_mut()
-                    .client
+                    .client()
                     .query(&*statement, &refs)
-                    .map_err(StoreError::pg)?;
+                    .map_err(|e| StoreError::pg_in(e, sql))?;
                 out.extend(rows.iter().map(|row| f(&Row::Pg(row))));
             }
         }

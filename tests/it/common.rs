@@ -32,19 +32,62 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub fake: FakeApi,
     pub config_path: PathBuf,
+    /// The PostgreSQL the config's `[store] url` names, when the store is PostgreSQL; kept for
+    /// as long as the env (dropping it stops the server).
+    _pg: Option<crate::pg::TestPg>,
+}
+
+/// Which store a [`TestEnv`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestStore {
+    Sqlite,
+    Postgres,
+}
+
+impl TestStore {
+    /// `NIGHTSHIFT_TEST_STORE=postgres` runs every test that does not choose on PostgreSQL.
+    pub fn from_env() -> TestStore {
+        match std::env::var("NIGHTSHIFT_TEST_STORE").as_deref() {
+            Ok("postgres") => TestStore::Postgres,
+            _ => TestStore::Sqlite,
+        }
+    }
 }
 
 impl TestEnv {
     /// A fake API with `fake` settings, and a config pointing at it; `extra` is appended to the
     /// config (tables such as `[realtime]` or `[limits.default]`).
     pub async fn new(fake: FakeConfig, extra: &str) -> TestEnv {
+        TestEnv::on(TestStore::from_env(), fake, extra).await
+    }
+
+    /// [`TestEnv::new`] on the store `store`: for PostgreSQL, a server of its own.
+    pub async fn on(store: TestStore, fake: FakeConfig, extra: &str) -> TestEnv {
+        // NIGHTSHIFT_TEST_LOG=debug (a filter) shows what in-process daemons log.
+        if let Ok(filter) = std::env::var("NIGHTSHIFT_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        let pg = match store {
+            TestStore::Sqlite => None,
+            TestStore::Postgres => Some(
+                tokio::task::spawn_blocking(crate::pg::TestPg::start)
+                    .await
+                    .expect("TestPg::start"),
+            ),
+        };
+        let store_table = pg.as_ref().map_or(String::new(), |pg| {
+            format!("[store]\nurl = \"{}\"\n", pg.url())
+        });
         let dir = tempfile::tempdir().expect("tempdir");
         let fake = FakeApi::start(fake, ([127, 0, 0, 1], 0).into())
             .await
             .expect("fake API starts");
         let config_path = dir.path().join("nightshift.toml");
         let text = format!(
-            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n\n[api]\nbase_url = \"{}\"\n\n[daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 5\n\n{extra}\n",
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"\n\n[api]\nbase_url = \"{}\"\n\n[daemon]\nscan_interval_ms = 50\nshutdown_grace_secs = 5\n\n{store_table}{extra}\n",
             fake.base_url()
         );
         std::fs::write(&config_path, text).expect("write config");
@@ -53,6 +96,7 @@ impl TestEnv {
             dir,
             fake,
             config_path,
+            _pg: pg,
         }
     }
 
@@ -187,16 +231,38 @@ impl TestEnv {
 
     /// The job as `status` shows it, if the database and the job exist yet.
     pub fn job_status(&self, job: &str) -> Option<JobStatus> {
-        let config = self.config();
-        let conn = nightshift::store::open_read_only(&config.db_path()).ok()?;
-        let status = nightshift::cli::views::status::status(
-            &conn,
-            &config.results_dir(),
-            &Default::default(),
-            nightshift::store::now_ms(),
-        )
-        .ok()?;
+        let results_dir = self.config().results_dir();
+        let status = self
+            .read_store(|conn| {
+                nightshift::cli::views::status::status(
+                    conn,
+                    &results_dir,
+                    &Default::default(),
+                    nightshift::store::now_ms(),
+                )
+                .map_err(|e| nightshift::store::StoreError::Invalid(e.to_string()))
+            })
+            .ok()?;
         status.jobs.into_iter().find(|j| j.name == job)
+    }
+
+    /// Where the config's store is.
+    pub fn store_location(&self) -> nightshift::store::Location {
+        nightshift::lanes::store_location(&self.config())
+    }
+
+    /// `f` over a read-only connection to the store, on a thread of its own (PostgreSQL's
+    /// client blocks on a runtime of its own, which a test's runtime thread may not do).
+    pub fn read_store<T: Send>(
+        &self,
+        f: impl FnOnce(&nightshift::store::Conn) -> nightshift::store::Result<T> + Send,
+    ) -> nightshift::store::Result<T> {
+        let at = self.store_location();
+        std::thread::scope(|s| {
+            s.spawn(move || f(&nightshift::store::open_read_only(&at)?))
+                .join()
+                .expect("the store was read")
+        })
     }
 
     /// Waits until the job is done (every item final, results complete), or canceled and so.

@@ -8,10 +8,10 @@ use crate::store;
 
 pub fn run(config: Option<&Path>, file: &Path) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    store::backup(&config.db_path(), file)?;
+    store::backup(&crate::lanes::store_location(&config), file)?;
     println!(
         "backed up {} to {}",
-        config.db_path().display(),
+        crate::lanes::store_location(&config),
         file.display()
     );
     Ok(ExitCode::SUCCESS)

@@ -746,7 +746,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
     let batches = loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(conn) = crate::store::open_read_only(&config.db_path()) else {
+        let Ok(conn) = crate::store::open_read_only(crate::lanes::store_location(&config)) else {
             continue;
         };
         let Ok(Some(job)) = crate::store::jobs::find_by_name(&conn, "bench") else {
@@ -776,7 +776,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     // The fake makes a batch's results when it is first looked at after it ends: look now, so
     // that its work is not timed.
     let client = crate::api::ApiClient::new(&config.api, &config.routes[0], &key)?;
-    let conn = crate::store::open_read_only(&config.db_path())?;
+    let conn = crate::store::open_read_only(crate::lanes::store_location(&config))?;
     for batch in crate::store::batches::open(&conn)? {
         if let Some(api_id) = &batch.api_id {
             let _ = client.get_batch(api_id).await;
@@ -795,7 +795,7 @@ pub async fn batch_results(lines: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let daemon = daemon::spawn(config.clone(), key.into());
     // Polled often, on one connection: the clock stops within milliseconds of the job's end.
-    let conn = crate::store::open_read_only(&config.db_path())?;
+    let conn = crate::store::open_read_only(crate::lanes::store_location(&config))?;
     let job = loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let Some(row) = crate::store::jobs::find_by_name(&conn, "bench")? else {

@@ -9,7 +9,7 @@ use crate::store;
 
 pub fn run(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    if !store::request_cancel(&config.db_path(), name)? {
+    if !store::request_cancel(&crate::lanes::store_location(&config), name)? {
         return not_found("job", name);
     }
     println!(

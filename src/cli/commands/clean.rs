@@ -34,7 +34,7 @@ pub fn run(
         return Ok(ExitCode::from(EXIT_REFUSED));
     }
     let before = store::now_ms() - age;
-    let cleared = store::clean(&config.db_path(), before, purge)?;
+    let cleared = store::clean(&crate::lanes::store_location(&config), before, purge)?;
     if purge {
         for (name, source) in &cleared {
             let mut files = vec![results_path(&config.results_dir(), name)];

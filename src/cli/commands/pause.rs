@@ -10,7 +10,13 @@ use crate::store::{self, HoldOn};
 
 pub fn pause(config: Option<&Path>, on: &HoldOn, cancel_batches: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let Some(new) = store::pause(&config.db_path(), on, &operator(), cancel_batches)? else {
+    let Some(new) = store::pause(
+        &crate::lanes::store_location(&config),
+        on,
+        &operator(),
+        cancel_batches,
+    )?
+    else {
         return not_found("job", name(on));
     };
     let what = describe(on);
@@ -32,7 +38,7 @@ pub fn pause(config: Option<&Path>, on: &HoldOn, cancel_batches: bool) -> anyhow
 
 pub fn resume(config: Option<&Path>, on: &HoldOn) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let Some(released) = store::resume(&config.db_path(), on)? else {
+    let Some(released) = store::resume(&crate::lanes::store_location(&config), on)? else {
         return not_found("job", name(on));
     };
     let what = describe(on);

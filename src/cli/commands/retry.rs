@@ -33,7 +33,7 @@ pub fn run(
         expired: expired || both,
         ids,
     };
-    let db = config.db_path();
+    let db = crate::lanes::store_location(&config);
     let Some(request) = store::request_retry(&db, job, &choice)? else {
         return not_found("job", job);
     };

@@ -18,17 +18,21 @@ pub fn run(config: Option<&Path>, flags: &StatusArgs) -> anyhow::Result<ExitCode
             std::time::Duration::from_millis(100),
             std::time::Duration::from_secs(3600),
         );
-        runtime()?.block_on(watch::run(&config.db_path(), every, |db| {
-            let conn = store::open_read_only(db)?;
-            let now = store::now_ms();
-            Ok((
-                status::status(&conn, &results_dir, &rules, now)?,
-                limits::limits(&conn, now)?,
-            ))
-        }))?;
+        runtime()?.block_on(watch::run(
+            &crate::lanes::store_location(&config),
+            every,
+            |db| {
+                let conn = store::open_read_only(db)?;
+                let now = store::now_ms();
+                Ok((
+                    status::status(&conn, &results_dir, &rules, now)?,
+                    limits::limits(&conn, now)?,
+                ))
+            },
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let conn = store::open_read_only(&config.db_path())?;
+    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
     let mut report = status::status(&conn, &results_dir, &rules, store::now_ms())?;
     report.config = config.source_name();
     // On a terminal the jobs table fits its width; into a pipe or a file it has every column.

@@ -8,7 +8,7 @@ use crate::store;
 
 pub fn run(config: Option<&Path>, name: &str) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    if !store::remove_schedule(&config.db_path(), name)? {
+    if !store::remove_schedule(&crate::lanes::store_location(&config), name)? {
         return not_found("schedule", name);
     }
     println!("schedule {name} removed; runs already taken in go on");

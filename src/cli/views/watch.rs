@@ -6,7 +6,6 @@
 //! `status` and `limits` print, so they are unit-tested without a terminal.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use super::limits::LimitsReport;
@@ -188,9 +187,9 @@ fn terminal_columns() -> usize {
 
 /// Runs the watch until Ctrl-C (or SIGTERM); `read` gathers the reports each `every`.
 pub async fn run(
-    db: &Path,
+    at: &crate::store::Location,
     every: Duration,
-    read: impl Fn(&Path) -> anyhow::Result<(StatusReport, LimitsReport)>,
+    read: impl Fn(&crate::store::Location) -> anyhow::Result<(StatusReport, LimitsReport)>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Registered before the first frame, so a Ctrl-C at any moment ends the watch cleanly.
@@ -203,7 +202,8 @@ pub async fn run(
     loop {
         let now = format_time(crate::store::now_ms());
         let mut out = std::io::stdout().lock();
-        match read(db) {
+        // Blocking reads (PostgreSQL's client runs a runtime of its own) off the async workers.
+        match tokio::task::block_in_place(|| read(at)) {
             Ok((status, limits)) if tty => {
                 last_frame = frame(&status, &limits, &now, terminal_columns());
                 // Home, then each line cleared to its end, then the rest of the screen: the old
