@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use args::{BenchCommand, Cli, Command};
 use commands::*;
 
-use crate::config::{Config, ConfigError, Env};
+use crate::config::{Config, ConfigError, Env, Secret};
 
 /// Exit codes: 0 ok, 1 failure, 2 bad usage (clap), 3 no such job, 65 the API refuses requests
 /// of the file (`plan --check`; sysexits' EX_DATAERR), 69 no database yet or no daemon answered,
@@ -156,6 +156,7 @@ fn operator() -> String {
 pub fn env() -> Env {
     Env {
         anthropic_base_url: std::env::var("ANTHROPIC_BASE_URL").ok(),
+        pgpassword: std::env::var("PGPASSWORD").ok().map(Secret),
     }
 }
 

@@ -184,6 +184,18 @@ pub struct Env {
     /// `ANTHROPIC_BASE_URL`, as the official SDKs read it: used when the config sets no
     /// `api.base_url`.
     pub anthropic_base_url: Option<String>,
+    /// `PGPASSWORD`: the PostgreSQL store's password when `[store] password_file` names none.
+    pub pgpassword: Option<Secret>,
+}
+
+/// A secret from the environment: shown as `***` by `Debug`, so no log or message prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// The checked configuration the rest of the program uses.

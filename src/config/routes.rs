@@ -455,6 +455,7 @@ mod tests {
 
         let env = Env {
             anthropic_base_url: Some("http://127.0.0.1:7/".into()),
+            ..Env::default()
         };
         let config = Config::parse("", Path::new("c.toml"), &env).expect("valid");
         assert_eq!(config.routes[0].base_url, "http://127.0.0.1:7");

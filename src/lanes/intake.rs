@@ -808,7 +808,7 @@ pub fn submit(
         "{} is already waiting to be taken in; use --name to submit under another name",
         target.display()
     );
-    if let Ok(conn) = store::open_read_only(&crate::lanes::store_location(&config)) {
+    if let Ok(conn) = store::open_read_only(crate::lanes::store_location(config)) {
         anyhow::ensure!(
             jobs::find_by_name(&conn, name)?.is_none(),
             "a job named {name:?} exists already (see `nightshift job {name}`); use --name to choose another"

@@ -26,5 +26,6 @@ pub fn store_location(config: &crate::config::Config) -> crate::store::Location 
         config.db_path(),
         config.store.url.as_deref(),
         config.store.password_file.as_deref(),
+        config.env.pgpassword.as_ref().map(|s| s.0.as_str()),
     )
 }

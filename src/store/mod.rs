@@ -152,24 +152,47 @@ impl From<postgres::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Where the store is: SQLite's file (the default) or a PostgreSQL database (`[store] url`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// The database file, `data_dir/nightshift.db`.
     Sqlite(PathBuf),
-    /// The URL (without a password) and the file holding the password, if not PGPASSWORD.
+    /// The URL (without a password) and the file holding the password, else PGPASSWORD's
+    /// (read by the CLI at start).
     Postgres {
         url: String,
         password_file: Option<PathBuf>,
+        pgpassword: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Location::Postgres {
+                url, password_file, ..
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &pg::redact(url))
+                .field("password_file", password_file)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl Location {
     /// `[store] url` if set, else the SQLite file `db_path`.
-    pub fn new(db_path: PathBuf, url: Option<&str>, password_file: Option<&Path>) -> Location {
+    pub fn new(
+        db_path: PathBuf,
+        url: Option<&str>,
+        password_file: Option<&Path>,
+        pgpassword: Option<&str>,
+    ) -> Location {
         match url {
             Some(url) => Location::Postgres {
                 url: url.to_owned(),
                 password_file: password_file.map(Path::to_owned),
+                pgpassword: pgpassword.map(str::to_owned),
             },
             None => Location::Sqlite(db_path),
         }
@@ -181,7 +204,12 @@ impl Location {
 
     /// A new connection to PostgreSQL; None for SQLite.
     fn connect_postgres(&self) -> Option<Result<postgres::Client>> {
-        let Location::Postgres { url, password_file } = self else {
+        let Location::Postgres {
+            url,
+            password_file,
+            pgpassword,
+        } = self
+        else {
             return None;
         };
         let password = match password_file {
@@ -195,7 +223,7 @@ impl Location {
                     ))));
                 }
             },
-            None => std::env::var("PGPASSWORD").ok(),
+            None => pgpassword.clone(),
         };
         Some(pg::connect(url, password.as_deref()).map_err(StoreError::from))
     }
@@ -1197,14 +1225,14 @@ mod tests {
     #[test]
     fn read_only_open_of_a_missing_database_says_so() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = open_read_only(&dir.path().join("none.db")).expect_err("missing");
+        let err = open_read_only(dir.path().join("none.db")).expect_err("missing");
         assert!(err.to_string().contains("nightshift run"), "{err}");
     }
 
     #[tokio::test]
     async fn close_does_not_wait_for_clones_and_they_then_get_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let store = Store::open(dir.path().join("x.db")).expect("open");
         let clone = store.clone();
         store.close().await;
         let err = clone.call(|_| Ok(())).await.expect_err("closed");
@@ -1214,7 +1242,7 @@ mod tests {
     #[tokio::test]
     async fn a_small_change_waits_for_one_large_one_at_most() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let store = Store::open(dir.path().join("x.db")).expect("open");
         let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let step = |name: &'static str, pause: u64| {
             let order = order.clone();
@@ -1243,7 +1271,7 @@ mod tests {
     #[tokio::test]
     async fn only_large_changes_commit_without_a_sync() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let store = Store::open(dir.path().join("x.db")).expect("open");
         let synchronous =
             |conn: &Conn| -> Result<i64> { conn.query_row("PRAGMA synchronous", (), |r| r.get(0)) };
         let before = store.call(synchronous).await.expect("before");
@@ -1257,7 +1285,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_call_rolls_back_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("x.db")).expect("open");
+        let store = Store::open(dir.path().join("x.db")).expect("open");
         let bad = store.call(|conn| {
             conn.execute(
                 "INSERT INTO rejected_files (file_name, reason, at) VALUES ('a', 'r', 1)",

@@ -170,7 +170,7 @@ async fn an_itpm_bound_job_whose_prefix_is_cached_is_charged_only_what_is_not_re
     // What each call reserved of ITPM: the writer all of its prompt, every reader only what
     // follows the prefix (an estimate learned from answers alone would charge the first
     // readers the whole prompt).
-    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("database");
+    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("database");
     let reserved: Vec<i64> = conn
         .prepare("SELECT input_estimate FROM attempts ORDER BY started_at, id")
         .expect("query")

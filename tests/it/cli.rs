@@ -302,7 +302,7 @@ async fn a_closed_pipe_ends_every_kind_of_command_quietly() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("c.toml"), "data_dir = \"d\"\n").expect("config");
     std::fs::create_dir(dir.path().join("d")).expect("data dir");
-    let store = nightshift::store::Store::open(&dir.path().join("d").join("nightshift.db"))
+    let store = nightshift::store::Store::open(dir.path().join("d").join("nightshift.db"))
         .expect("a database for status");
     store.close().await;
     let job = dir.path().join("job.jsonl");

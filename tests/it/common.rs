@@ -46,6 +46,7 @@ pub enum TestStore {
 
 impl TestStore {
     /// `NIGHTSHIFT_TEST_STORE=postgres` runs every test that does not choose on PostgreSQL.
+    #[allow(clippy::disallowed_methods)] // the test harness is an edge too
     pub fn from_env() -> TestStore {
         match std::env::var("NIGHTSHIFT_TEST_STORE").as_deref() {
             Ok("postgres") => TestStore::Postgres,
@@ -62,6 +63,7 @@ impl TestEnv {
     }
 
     /// [`TestEnv::new`] on the store `store`: for PostgreSQL, a server of its own.
+    #[allow(clippy::disallowed_methods)] // the test harness is an edge too
     pub async fn on(store: TestStore, fake: FakeConfig, extra: &str) -> TestEnv {
         // NIGHTSHIFT_TEST_LOG=debug (a filter) shows what in-process daemons log.
         if let Ok(filter) = std::env::var("NIGHTSHIFT_TEST_LOG") {

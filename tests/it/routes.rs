@@ -49,7 +49,7 @@ fn three_keys() -> RouteKeys {
 
 /// Succeeded real-time calls per route, from the store.
 fn calls_by_route(env: &TestEnv) -> std::collections::BTreeMap<String, i64> {
-    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("db");
+    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("db");
     let mut stmt = conn
         .prepare(
             "SELECT route, COUNT(*) FROM attempts WHERE outcome = 'succeeded' AND lane = 'realtime' GROUP BY route",
@@ -360,7 +360,7 @@ async fn a_refused_key_pauses_only_its_route() {
     assert_eq!(state("a2")["state"], "active", "{limits}");
     assert_eq!(state("b")["state"], "active", "{limits}");
     // Each call keeps its route: the item's refused call on a1, its answer on another.
-    let conn = nightshift::store::open_read_only(&env.config().db_path()).expect("db");
+    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("db");
     let refused_item: String = conn
         .query_row(
             "SELECT i.custom_id FROM attempts a JOIN items i ON i.id = a.item_id WHERE a.route = 'a1' LIMIT 1",

@@ -52,7 +52,7 @@ async fn the_key_leaks_nowhere() {
     let mut daemon = env.spawn_binary_daemon(wrong, "daemon2.log");
     let started = std::time::Instant::now();
     loop {
-        if let Ok(conn) = nightshift::store::open_read_only(&env.config().db_path())
+        if let Ok(conn) = nightshift::store::open_read_only(env.config().db_path())
             && let Ok(Some(job)) = nightshift::cli::views::job::job(
                 &conn,
                 &env.config().results_dir(),

@@ -45,7 +45,7 @@ async fn ready_only_after_migrations_and_intake_then_watchdog_and_stopping() {
     };
     assert!(ready.contains("STATUS=running"), "{ready}");
     // At READY=1 the schema is current and the job file that was waiting has been taken in.
-    let conn = nightshift::store::open_read_only(&env.config().db_path())
+    let conn = nightshift::store::open_read_only(env.config().db_path())
         .expect("the database exists when READY=1 arrives");
     let version: i64 = conn
         .query_row("PRAGMA user_version", (), |r| r.get(0))

@@ -274,7 +274,7 @@ fn progress_line(job: &JobStatus, stats: &FakeStats, elapsed: Duration) -> Strin
 }
 
 fn print_summary(config: &Config, stats: &FakeStats, elapsed: Duration) -> anyhow::Result<()> {
-    let conn = store::open_read_only(&config.db_path())?;
+    let conn = store::open_read_only(crate::lanes::store_location(config))?;
     let job = job::job(&conn, &config.results_dir(), "example", store::now_ms())?
         .context("the example job")?;
     let job_id = crate::store::jobs::find_by_name(&conn, "example")?

@@ -15,7 +15,7 @@ use crate::store;
 
 pub fn run(config: Option<&Path>, json: bool, evidence: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
+    let conn = store::open_read_only(crate::lanes::store_location(&config))?;
     if let Some(file) = evidence {
         let bundle = diagnose::evidence(&conn, store::now_ms())?;
         let text = serde_json::to_string_pretty(&bundle)?;

@@ -15,7 +15,7 @@ pub fn run(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
+    let conn = store::open_read_only(crate::lanes::store_location(&config))?;
     match item(&conn, job, custom_id)? {
         ItemLookup::Found(report) => print_report(json, &*report, |r| r.to_text()),
         ItemLookup::NoJob => not_found("job", job),

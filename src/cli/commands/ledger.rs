@@ -12,7 +12,7 @@ use crate::store::ledger::{Filter, GroupBy};
 
 pub fn run(config: Option<&Path>, args: &LedgerArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
+    let conn = store::open_read_only(crate::lanes::store_location(&config))?;
     let now = store::now_ms();
     let when = |text: &Option<String>, what: &str| -> anyhow::Result<Option<i64>> {
         let Some(text) = text else { return Ok(None) };

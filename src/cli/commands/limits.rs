@@ -10,7 +10,7 @@ use crate::store;
 
 pub fn run(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let config = load_config(config)?;
-    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
+    let conn = store::open_read_only(crate::lanes::store_location(&config))?;
     let report = limits::limits(&conn, store::now_ms())?;
     print_report(json, &report, |r| r.to_text())
 }

@@ -32,7 +32,7 @@ pub fn run(config: Option<&Path>, flags: &StatusArgs) -> anyhow::Result<ExitCode
         ))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let conn = store::open_read_only(&crate::lanes::store_location(&config))?;
+    let conn = store::open_read_only(crate::lanes::store_location(&config))?;
     let mut report = status::status(&conn, &results_dir, &rules, store::now_ms())?;
     report.config = config.source_name();
     // On a terminal the jobs table fits its width; into a pipe or a file it has every column.
