@@ -859,6 +859,50 @@ mod tests {
     }
 
     #[test]
+    fn the_store_is_sqlite_unless_a_postgres_url_without_a_password_is_given() {
+        assert_eq!(parse("").expect("valid").store, StoreSettings::default());
+        let config = parse(
+            "[store]\nurl = \"postgres://ns@db:5432/nightshift\"\npassword_file = \"pg.secret\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.store.url.as_deref(),
+            Some("postgres://ns@db:5432/nightshift")
+        );
+        assert_eq!(
+            config.store.password_file.as_deref(),
+            Some(Path::new("/etc/ns/pg.secret")),
+            "resolved against the config's folder"
+        );
+        for (text, says) in [
+            (
+                "[store]\nurl = \"mysql://db/x\"\n",
+                "postgres://USER@HOST:PORT/DATABASE",
+            ),
+            (
+                "[store]\nurl = \"postgres://ns:hunter2@db/x\"\n",
+                "password_file",
+            ),
+            (
+                "[store]\nurl = \"postgres://ns@db/x?password=hunter2\"\n",
+                "password_file",
+            ),
+            (
+                "[store]\npassword_file = \"pg.secret\"\n",
+                "without `[store] url`",
+            ),
+            ("[store]\nurl = \"postgres://ns@db/x\"\npool = 3\n", "pool"),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(says), "{text}: {err}");
+            assert!(
+                !err.contains("hunter2"),
+                "the password is not repeated: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn full_config_parses_and_resolves_relative_paths() {
         let config = parse(
             r#"

@@ -304,6 +304,7 @@ impl Store {
                     .connect_postgres()
                     .unwrap_or(Err(StoreError::Closed))?;
                 pg::migrate(&mut client)?;
+                pg::take_the_store(&mut client, &location.to_string())?;
                 (Conn::from(client), None)
             }
         };

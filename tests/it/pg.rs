@@ -409,3 +409,74 @@ fn the_triggers_keep_the_sums() {
         (4, 3, 7)
     );
 }
+
+/// One daemon per PostgreSQL store until leases let several share one: a second is refused,
+/// saying why, while the first runs; once it stops, the store can be taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_one_store_is_refused_until_the_first_stops() {
+    use nightshift::store::{Location, Store};
+    let server = tokio::task::spawn_blocking(TestPg::start)
+        .await
+        .expect("started");
+    let at = Location::new("unused.db".into(), Some(&server.url()), None, None);
+    let open = |at: Location| async move {
+        tokio::task::spawn_blocking(move || Store::open(at))
+            .await
+            .expect("joined")
+    };
+    let first = open(at.clone())
+        .await
+        .expect("the first daemon takes the store");
+    let refused = open(at.clone()).await.err().expect("a second is refused");
+    let text = refused.to_string();
+    assert!(text.contains("another nightshift daemon"), "{text}");
+    assert!(text.contains(&server.url()), "the store is named: {text}");
+    first.close().await;
+    let again = open(at).await.expect("free again once the first stopped");
+    again.close().await;
+}
+
+/// A job through the daemon on the PostgreSQL store, 429s and 529s injected: each item once in
+/// the results, one call per success, and the CLI (status, job) reads it from PostgreSQL.
+/// `NIGHTSHIFT_TEST_STORE=postgres cargo test --test it` runs every other test there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_on_the_postgres_store_each_item_once() {
+    use crate::common::*;
+    use nightshift::fake_api::{FakeConfig, Faults};
+    let env = TestEnv::on(
+        TestStore::Postgres,
+        FakeConfig {
+            faults: Faults {
+                rate_limited_429: 0.05,
+                overloaded_529: 0.05,
+                ..Faults::default()
+            },
+            seed: 17,
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 8\nmax_attempts = 20\nbackoff_min_ms = 10\nbackoff_max_ms = 200\n",
+    )
+    .await;
+    assert!(
+        !env.config().db_path().exists(),
+        "no SQLite file before the daemon runs"
+    );
+    let (ids, body) = job_of("pgjob", 120);
+    env.write_job("pgjob", &body);
+    let daemon = env.start_daemon();
+    let job = env
+        .wait_done("pgjob", std::time::Duration::from_secs(60))
+        .await;
+    daemon.stop().await;
+    assert_eq!(job.counts.succeeded, 120);
+    assert_each_once(&env.results("pgjob"), &ids);
+    assert_eq!(env.fake.stats().messages_accepted, 120);
+    assert!(
+        !env.config().db_path().exists(),
+        "the daemon kept nothing in SQLite"
+    );
+    let status = env.status_json();
+    assert_eq!(status["jobs"][0]["name"], "pgjob");
+    assert_eq!(status["jobs"][0]["counts"]["succeeded"], 120);
+    assert_eq!(env.job_json("pgjob")["counts"]["succeeded"], 120);
+}
