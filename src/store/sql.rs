@@ -773,47 +773,26 @@ fn pg_value(row: &postgres::Row, index: usize) -> Result<Value> {
         column: index,
         error: "no such column".into(),
     })?;
-    let get_err = |e: postgres::Error| StoreError::Type {
-        column: index,
-        error: e.to_string(),
-    };
+    // Column `index` as a `T`, NULL as None.
+    fn read<'a, T: postgres::types::FromSql<'a>>(
+        row: &'a postgres::Row,
+        index: usize,
+    ) -> Result<Option<T>> {
+        row.try_get(index).map_err(|e| StoreError::Type {
+            column: index,
+            error: e.to_string(),
+        })
+    }
     let value = match *column.type_() {
-        Type::INT8 => row
-            .try_get::<_, Option<i64>>(index)
-            .map_err(get_err)?
-            .map(Value::Int),
-        Type::INT4 => row
-            .try_get::<_, Option<i32>>(index)
-            .map_err(get_err)?
-            .map(|i| Value::Int(i.into())),
-        Type::INT2 => row
-            .try_get::<_, Option<i16>>(index)
-            .map_err(get_err)?
-            .map(|i| Value::Int(i.into())),
-        Type::BOOL => row
-            .try_get::<_, Option<bool>>(index)
-            .map_err(get_err)?
-            .map(|b| Value::Int(b.into())),
-        Type::FLOAT8 => row
-            .try_get::<_, Option<f64>>(index)
-            .map_err(get_err)?
-            .map(Value::Real),
-        Type::FLOAT4 => row
-            .try_get::<_, Option<f32>>(index)
-            .map_err(get_err)?
-            .map(|f| Value::Real(f.into())),
-        Type::NUMERIC => row
-            .try_get::<_, Option<Numeric>>(index)
-            .map_err(get_err)?
-            .map(|n| n.0),
-        Type::BYTEA => row
-            .try_get::<_, Option<Vec<u8>>>(index)
-            .map_err(get_err)?
-            .map(Value::Blob),
-        _ => row
-            .try_get::<_, Option<String>>(index)
-            .map_err(get_err)?
-            .map(Value::Text),
+        Type::INT8 => read::<i64>(row, index)?.map(Value::Int),
+        Type::INT4 => read::<i32>(row, index)?.map(|i| Value::Int(i.into())),
+        Type::INT2 => read::<i16>(row, index)?.map(|i| Value::Int(i.into())),
+        Type::BOOL => read::<bool>(row, index)?.map(|b| Value::Int(b.into())),
+        Type::FLOAT8 => read::<f64>(row, index)?.map(Value::Real),
+        Type::FLOAT4 => read::<f32>(row, index)?.map(|f| Value::Real(f.into())),
+        Type::NUMERIC => read::<Numeric>(row, index)?.map(|n| n.0),
+        Type::BYTEA => read::<Vec<u8>>(row, index)?.map(Value::Blob),
+        _ => read::<String>(row, index)?.map(Value::Text),
     };
     Ok(value.unwrap_or(Value::Null))
 }
