@@ -152,31 +152,50 @@ impl From<postgres::Error> for StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Where the store is: SQLite's file (the default) or a PostgreSQL database (`[store] url`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// The database file, `data_dir/nightshift.db`.
     Sqlite(PathBuf),
-    /// The URL (without a password) and the file holding the password, else PGPASSWORD's
-    /// (read by the CLI at start).
-    Postgres {
-        url: String,
-        password_file: Option<PathBuf>,
-        pgpassword: Option<String>,
-    },
+    Postgres(PgTarget),
 }
 
-impl std::fmt::Debug for Location {
+/// A PostgreSQL database: the URL (without a password) and the file holding the password, else
+/// PGPASSWORD's (read by the CLI at start).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    url: String,
+    password_file: Option<PathBuf>,
+    pgpassword: Option<String>,
+}
+
+impl std::fmt::Debug for PgTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
-            Location::Postgres {
-                url, password_file, ..
-            } => f
-                .debug_struct("Postgres")
-                .field("url", &pg::redact(url))
-                .field("password_file", password_file)
-                .finish_non_exhaustive(),
-        }
+        f.debug_struct("PgTarget")
+            .field("url", &pg::redact(&self.url))
+            .field("password_file", &self.password_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgTarget {
+    /// A new connection, with the password read now.
+    fn connect(&self) -> Result<postgres::Client> {
+        let password = match &self.password_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "cannot read the PostgreSQL password from {} (`[store] \
+                             password_file`): {e}; nightshift's user must be able to read it",
+                            file.display()
+                        ))
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+            ),
+            None => self.pgpassword.clone(),
+        };
+        Ok(pg::connect(&self.url, password.as_deref())?)
     }
 }
 
@@ -189,43 +208,13 @@ impl Location {
         pgpassword: Option<&str>,
     ) -> Location {
         match url {
-            Some(url) => Location::Postgres {
+            Some(url) => Location::Postgres(PgTarget {
                 url: url.to_owned(),
                 password_file: password_file.map(Path::to_owned),
                 pgpassword: pgpassword.map(str::to_owned),
-            },
+            }),
             None => Location::Sqlite(db_path),
         }
-    }
-
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Location::Postgres { .. })
-    }
-
-    /// A new connection to PostgreSQL; None for SQLite.
-    fn connect_postgres(&self) -> Option<Result<postgres::Client>> {
-        let Location::Postgres {
-            url,
-            password_file,
-            pgpassword,
-        } = self
-        else {
-            return None;
-        };
-        let password = match password_file {
-            Some(file) => match std::fs::read_to_string(file) {
-                Ok(text) => Some(text.trim_end_matches(['\n', '\r']).to_owned()),
-                Err(e) => {
-                    return Some(Err(StoreError::Invalid(format!(
-                        "cannot read the PostgreSQL password from {} (`[store] password_file`): \
-                         {e}; nightshift's user must be able to read it",
-                        file.display()
-                    ))));
-                }
-            },
-            None => pgpassword.clone(),
-        };
-        Some(pg::connect(url, password.as_deref()).map_err(StoreError::from))
     }
 }
 
@@ -233,7 +222,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Sqlite(path) => write!(f, "{}", path.display()),
-            Location::Postgres { url, .. } => f.write_str(&pg::redact(url)),
+            Location::Postgres(target) => f.write_str(&pg::redact(&target.url)),
         }
     }
 }
@@ -299,10 +288,8 @@ impl Store {
         let location = at.into();
         let (conn, checkpoint) = match &location {
             Location::Sqlite(path) => (Conn::from(open_sqlite_writer(path)?), Some(path.clone())),
-            Location::Postgres { .. } => {
-                let mut client = location
-                    .connect_postgres()
-                    .unwrap_or(Err(StoreError::Closed))?;
+            Location::Postgres(target) => {
+                let mut client = target.connect()?;
                 pg::migrate(&mut client)?;
                 pg::take_the_store(&mut client, &location.to_string())?;
                 (Conn::from(client), None)
@@ -334,30 +321,6 @@ impl Store {
         })
     }
 
-    /// Where this store is.
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
-}
-
-/// SQLite's writer connection, tuned for it.
-fn open_sqlite_writer(path: &Path) -> Result<Connection> {
-    let conn = open_read_write(path)?;
-    // The writer's page cache: 32 MiB, not SQLite's 2 MiB, so that a chunk of batch results
-    // (thousands of rows and their index entries) is changed in memory and written once.
-    conn.pragma_update(None, "cache_size", -32_768)?;
-    // Checkpoints run beside the writer (see `checkpoints`). Under a stream of commits they
-    // never catch up with the last one, and the WAL is only started over from its head by
-    // a commit that finds it all copied: past 32 MiB, the writer checkpoints what is left
-    // itself (little: the other thread copied the rest). Else the WAL grows by every byte
-    // written, each commit lands on new blocks of the file, and the kernel zeroes and
-    // allocates a page for each (a third of the writer's time applying batch results).
-    conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
-    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
-    Ok(conn)
-}
-
-impl Store {
     /// Runs `f` on a read-only connection, off the writer thread (reading thousands of rows
     /// there would hold up every write); it sees what is committed.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
@@ -463,6 +426,23 @@ impl Store {
 
 /// How often the WAL is copied back into the database beside the writer.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// SQLite's writer connection, tuned for it.
+fn open_sqlite_writer(path: &Path) -> Result<Connection> {
+    let conn = open_read_write(path)?;
+    // The writer's page cache: 32 MiB, not SQLite's 2 MiB, so that a chunk of batch results
+    // (thousands of rows and their index entries) is changed in memory and written once.
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Checkpoints run beside the writer (see `checkpoints`). Under a stream of commits they
+    // never catch up with the last one, and the WAL is only started over from its head by
+    // a commit that finds it all copied: past 32 MiB, the writer checkpoints what is left
+    // itself (little: the other thread copied the rest). Else the WAL grows by every byte
+    // written, each commit lands on new blocks of the file, and the kernel zeroes and
+    // allocates a page for each (a third of the writer's time applying batch results).
+    conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+    Ok(conn)
+}
 
 /// Copies committed pages from the WAL into the database file on a connection of its own, every
 /// [`CHECKPOINT_EVERY`], until `stop` is dropped: the writer's commits then only append to the
@@ -680,7 +660,7 @@ pub fn open_read_write(path: &Path) -> Result<Connection> {
 pub fn backup(at: &Location, to: &Path) -> Result<()> {
     let db = match at {
         Location::Sqlite(db) => db,
-        Location::Postgres { .. } => {
+        Location::Postgres(_) => {
             return Err(StoreError::Invalid(format!(
                 "the store is PostgreSQL ({at}): back it up with pg_dump (see \"Operations\" in \
                  the README), not `nightshift backup`"
@@ -735,18 +715,18 @@ pub fn open_read_only(at: impl Into<Location>) -> Result<Conn> {
     let location = at.into();
     match &location {
         Location::Sqlite(path) => open_sqlite_read_only(path),
-        Location::Postgres { .. } => {
-            let conn = open_postgres_checked(&location)?;
+        Location::Postgres(target) => {
+            let conn = open_postgres_checked(target)?;
             conn.execute_batch("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")?;
             Ok(conn)
         }
     }
 }
 
-/// A connection to the PostgreSQL database `at`, whose schema must be this build's.
-fn open_postgres_checked(at: &Location) -> Result<Conn> {
-    let client = at.connect_postgres().unwrap_or(Err(StoreError::Closed))?;
-    let conn = Conn::from(client);
+/// A connection to the PostgreSQL database `target`, whose schema must be this build's.
+fn open_postgres_checked(target: &PgTarget) -> Result<Conn> {
+    let conn = Conn::from(target.connect()?);
+    let at = pg::redact(&target.url);
     let found: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -969,7 +949,7 @@ pub fn remove_schedule(at: &Location, name: &str) -> Result<bool> {
 fn open_for_cli_write(at: &Location) -> Result<Conn> {
     match at {
         Location::Sqlite(path) => open_sqlite_for_cli_write(path),
-        Location::Postgres { .. } => open_postgres_checked(at),
+        Location::Postgres(target) => open_postgres_checked(target),
     }
 }
 

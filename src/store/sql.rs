@@ -371,10 +371,6 @@ impl Conn {
         }
     }
 
-    pub fn is_postgres(&self) -> bool {
-        self.dialect() == Dialect::Postgres
-    }
-
     /// The rows of a JSON array bound as parameter `?{param}`, as a table with the column
     /// `value`, for `FROM`: SQLite's `json_each`. PostgreSQL gives each value as text: compare
     /// numbers with `CAST(value AS INTEGER)`.
