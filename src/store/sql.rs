@@ -705,7 +705,8 @@ fn numeric_from_i64(
     digits.reverse();
     let count = digits.len() as i16;
     out.put_i16(count);
-    out.put_i16(count.saturating_sub(1)); // weight of the first digit
+    // The weight of the first digit (as PostgreSQL writes it, 0 for zero, which has none).
+    out.put_i16((count - 1).max(0));
     out.put_u16(if i < 0 { 0x4000 } else { 0 });
     out.put_u16(0); // display scale
     for d in digits {

@@ -480,3 +480,32 @@ async fn a_job_runs_on_the_postgres_store_each_item_once() {
     assert_eq!(status["jobs"][0]["counts"]["succeeded"], 120);
     assert_eq!(env.job_json("pgjob")["counts"]["succeeded"], 120);
 }
+
+/// Values cross the seam both ways on PostgreSQL as on SQLite: integers bound where the server
+/// wants NUMERIC, INT4 or FLOAT8, sums of BIGINT (NUMERIC) read back as integers, NULLs, text.
+#[test]
+fn values_cross_the_seam_as_on_sqlite() {
+    use nightshift::store::sql::{Conn, params};
+    let server = TestPg::start();
+    let conn = Conn::from(nightshift::store::pg::connect(&server.url(), None).expect("connects"));
+    for n in [0i64, 7, -12_345, 10_000, 123_456_789_012, i64::MIN + 1] {
+        let back: i64 = conn
+            .query_row("SELECT CAST(CAST(?1 AS NUMERIC) AS BIGINT)", [n], |r| {
+                r.get(0)
+            })
+            .expect("numeric");
+        assert_eq!(back, n, "an integer bound as NUMERIC");
+    }
+    let (sum, half, none, text): (i64, f64, Option<i64>, String) = conn
+        .query_row(
+            "SELECT SUM(x), CAST(?1 AS FLOAT8) / 2, CAST(?2 AS INT4), CAST(?3 AS TEXT)
+             FROM (VALUES (CAST(4000000000 AS BIGINT)), (CAST(5 AS BIGINT))) AS t(x)",
+            params![3i64, None::<i64>, "ok"],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("row");
+    assert_eq!(
+        (sum, half, none, text.as_str()),
+        (4_000_000_005, 1.5, None, "ok")
+    );
+}
