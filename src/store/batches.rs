@@ -378,7 +378,7 @@ const PACK_CANDIDATES: &str = "SELECT id, octet_length(params) + length(custom_i
      FROM items
      WHERE job_id = ?1 AND priority = ?5 AND state = 'pending' AND lane = 'batch'
        AND parked = 0 AND not_before <= ?3 AND (pack_key, id) > (?4, ?6)
-       AND (?7 IS NULL OR tenant IN (SELECT value FROM {json_each}))
+       AND (CAST(?7 AS TEXT) IS NULL OR tenant IN (SELECT value FROM {json_each}))
      ORDER BY pack_key, id LIMIT ?2";
 
 /// Records a new batch of `items` in state `submitting` (the intent, before the create call); the
@@ -455,7 +455,7 @@ pub fn recount(conn: &Conn, batch_id: i64) -> Result<i64> {
     conn.execute(
         "UPDATE batches SET
                 request_count = (SELECT count(*) FROM items WHERE batch_id = ?1 AND state = 'in_flight'),
-                bytes = (SELECT COALESCE(sum(length(CAST(params AS BLOB)) + length(custom_id) + 40), 0)
+                bytes = (SELECT COALESCE(sum(octet_length(params) + length(custom_id) + 40), 0)
                          FROM items WHERE batch_id = ?1 AND state = 'in_flight')
          WHERE id = ?1",
         [batch_id],
@@ -572,7 +572,7 @@ fn end_in_flight_sql(rows: usize) -> String {
          FROM (VALUES {}) AS v
          WHERE items.id = v.column1 AND items.batch_id = ?2 AND items.state = 'in_flight'
          RETURNING {}, items.id",
-        super::value_rows(rows, 3, 2),
+        super::value_rows_as(rows, &["BIGINT", "TEXT", "TEXT"], 2),
         super::ledger::WHOSE
     )
 }
@@ -620,7 +620,7 @@ fn close_attempts_sql(rows: usize) -> String {
          FROM (VALUES {}) AS v
          WHERE attempts.item_id = v.column1 AND attempts.outcome IS NULL
            AND attempts.lane = 'batch'",
-        super::value_rows(rows, 5, 1)
+        super::value_rows_as(rows, &["BIGINT", "TEXT", "TEXT", "BIGINT", "BIGINT"], 1)
     )
 }
 

@@ -35,7 +35,8 @@ pub fn insert_chunk(
         "INSERT INTO items (job_id, line_no, custom_id, params, model, max_tokens, input_estimate,
                             tenant, priority, mode, deadline_at, lane, lane_reason, state, updated_at, batch_ok,
                             cache_key, cache_tokens, cache_ttl_ms, cache_added, parked)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, ?15, ?16, ?17, ?18, ?19, ?20)
+         ON CONFLICT DO NOTHING",
     )?;
     // A paused job or tenant: its new items wait with the rest.
     let held = super::holds::Held::of_job(conn, job_id)?;
@@ -72,10 +73,11 @@ pub fn insert_chunk(
                     v.cache_added,
                     held.parked(&v.tenant),
                 ]);
-                match inserted {
-                    Ok(_) => continue,
-                    Err(e) if e.is_constraint_violation() => (Some(v.custom_id.as_str()), None),
-                    Err(e) => return Err(e),
+                // Nothing inserted: the custom_id is the job's already (a failed statement
+                // would end a PostgreSQL transaction, so the conflict is asked to do nothing).
+                match inserted? {
+                    0 => (Some(v.custom_id.as_str()), None),
+                    _ => continue,
                 }
             }
             ParsedLine::Invalid { custom_id, error } => (custom_id.as_deref(), Some(error)),

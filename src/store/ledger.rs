@@ -285,8 +285,8 @@ pub fn grouped(conn: &Conn, by: GroupBy, filter: &Filter) -> Result<Vec<(String,
                 SUM(l.cache_read_input_tokens), COALESCE(SUM(l.cost_micro_usd), 0),
                 SUM(l.cache_saved_micro_usd), SUM(CASE WHEN l.cost_micro_usd IS NULL THEN 1 ELSE 0 END), SUM(l.retry_of_unknown)
          FROM ledger l JOIN jobs j ON j.id = l.job_id
-         WHERE (?1 IS NULL OR l.tenant = ?1) AND (?2 IS NULL OR j.name = ?2)
-           AND (?3 IS NULL OR l.at >= ?3) AND (?4 IS NULL OR l.at < ?4)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR l.tenant = ?1) AND (CAST(?2 AS TEXT) IS NULL OR j.name = ?2)
+           AND (CAST(?3 AS BIGINT) IS NULL OR l.at >= ?3) AND (CAST(?4 AS BIGINT) IS NULL OR l.at < ?4)
          GROUP BY 1 ORDER BY 1"
     );
     let mut stmt = conn.prepare(&sql)?;

@@ -128,19 +128,6 @@ impl StoreError {
             other => other,
         }
     }
-
-    /// Whether a UNIQUE (or other) constraint refused the change.
-    pub fn is_constraint_violation(&self) -> bool {
-        match self {
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
-                f.code == rusqlite::ErrorCode::ConstraintViolation
-            }
-            StoreError::Pg {
-                code: Some(code), ..
-            } => code.starts_with("23"),
-            _ => false,
-        }
-    }
 }
 
 impl From<postgres::Error> for StoreError {
@@ -622,15 +609,28 @@ pub(crate) fn in_groups<T>(
 }
 
 /// A VALUES list of `rows` rows of `cols` parameters each, numbered after the statement's own
-/// `?1`…`?after`: `(?3, ?4), (?5, ?6)` for 2, 2, 2.
+/// `?1`…`?after`: `(?3, ?4), (?5, ?6)` for 2, 2, 2. For an INSERT, whose columns give the
+/// parameters their types.
 pub(crate) fn value_rows(rows: usize, cols: usize, after: usize) -> String {
+    value_rows_as(rows, &vec![""; cols], after)
+}
+
+/// [`value_rows`] with each parameter cast to its column's type in `types` (none for ""): for a
+/// `FROM (VALUES …)` list, whose parameters PostgreSQL would otherwise take as text.
+/// `(CAST(?2 AS INTEGER), CAST(?3 AS TEXT))` for 1, ["INTEGER", "TEXT"], 1.
+pub(crate) fn value_rows_as(rows: usize, types: &[&str], after: usize) -> String {
     use std::fmt::Write;
-    let mut out = String::with_capacity(rows * cols * 7);
+    let cols = types.len();
+    let mut out = String::with_capacity(rows * cols * 24);
     for row in 0..rows {
         out.push_str(if row == 0 { "(" } else { ", (" });
-        for col in 0..cols {
+        for (col, ty) in types.iter().enumerate() {
             let sep = if col == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}?{}", after + row * cols + col + 1);
+            let n = after + row * cols + col + 1;
+            let _ = match *ty {
+                "" => write!(out, "{sep}?{n}"),
+                ty => write!(out, "{sep}CAST(?{n} AS {ty})"),
+            };
         }
         out.push(')');
     }
@@ -1105,6 +1105,10 @@ mod tests {
     fn value_rows_are_numbered_after_the_statements_own_parameters() {
         assert_eq!(value_rows(2, 2, 2), "(?3, ?4), (?5, ?6)");
         assert_eq!(value_rows(1, 3, 0), "(?1, ?2, ?3)");
+        assert_eq!(
+            value_rows_as(2, &["INTEGER", "TEXT"], 1),
+            "(CAST(?2 AS INTEGER), CAST(?3 AS TEXT)), (CAST(?4 AS INTEGER), CAST(?5 AS TEXT))"
+        );
     }
 
     #[test]
