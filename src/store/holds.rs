@@ -121,7 +121,7 @@ pub fn hold(
 pub fn release(conn: &Conn, target: &Target) -> Result<bool> {
     let (job_id, tenant) = columns(target);
     let removed = conn.execute(
-        "DELETE FROM holds WHERE job_id IS ?1 AND tenant IS ?2",
+        "DELETE FROM holds WHERE job_id IS NOT DISTINCT FROM ?1 AND tenant IS NOT DISTINCT FROM ?2",
         params![job_id, tenant],
     )? == 1;
     // Held items are in `items_held`: the job's are a range of it, a tenant's a pass over it

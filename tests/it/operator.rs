@@ -153,7 +153,12 @@ async fn a_paused_tenant_or_job_waits_across_a_restart_until_resumed() {
 
     // Across a restart: still held.
     let daemon = env.start_daemon();
-    assert!(env.cli(&["resume", "--tenant", "acme"]).status.success());
+    let resumed = env.cli(&["resume", "--tenant", "acme"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         env.fake.stats().messages_accepted,

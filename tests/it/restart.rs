@@ -85,10 +85,9 @@ async fn sigkill_mid_job_then_restart_completes_each_item_once() {
 /// The quota state `limits --json` shows, once the running daemon has published it after
 /// `since_ms`.
 async fn published_limits(env: &TestEnv, since_ms: i64) -> serde_json::Value {
-    let db = env.data_dir().join("nightshift.db");
     for _ in 0..100 {
-        let fresh = nightshift::store::open_read_only(&db)
-            .and_then(|c| nightshift::store::quota::states(&c))
+        let fresh = env
+            .read_store(nightshift::store::quota::states)
             .is_ok_and(|states| states.iter().any(|s| s.updated_at > since_ms));
         if fresh {
             let out = env.cli(&["limits", "--json"]);
