@@ -175,8 +175,8 @@ pub fn ready_realtime(
         "SELECT id, model, max_tokens, input_estimate, priority, cache_key, cache_tokens, cache_ttl_ms, tenant
          FROM items
          WHERE state = 'pending' AND lane = 'realtime' AND parked = 0 AND not_before <= ?1
-           AND priority IN (SELECT CAST(value AS INTEGER) FROM {})
-           AND (cache_key IS NULL OR cache_key NOT IN (SELECT CAST(value AS INTEGER) FROM {})) {}
+           AND priority IN (SELECT CAST(value AS BIGINT) FROM {})
+           AND (cache_key IS NULL OR cache_key NOT IN (SELECT CAST(value AS BIGINT) FROM {})) {}
          ORDER BY priority, id LIMIT ?2",
         conn.json_each(3),
         conn.json_each(4),

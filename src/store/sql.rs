@@ -373,7 +373,7 @@ impl Conn {
 
     /// The rows of a JSON array bound as parameter `?{param}`, as a table with the column
     /// `value`, for `FROM`: SQLite's `json_each`. PostgreSQL gives each value as text: compare
-    /// numbers with `CAST(value AS INTEGER)`.
+    /// numbers with `CAST(value AS BIGINT)`.
     pub fn json_each(&self, param: usize) -> String {
         match self.dialect() {
             Dialect::Sqlite => format!("json_each(?{param})"),

@@ -170,13 +170,15 @@ async fn an_itpm_bound_job_whose_prefix_is_cached_is_charged_only_what_is_not_re
     // What each call reserved of ITPM: the writer all of its prompt, every reader only what
     // follows the prefix (an estimate learned from answers alone would charge the first
     // readers the whole prompt).
-    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("database");
-    let reserved: Vec<i64> = conn
-        .prepare("SELECT input_estimate FROM attempts ORDER BY started_at, id")
-        .expect("query")
-        .query_map((), |r| r.get(0))
-        .expect("rows")
-        .collect::<Result<_, _>>()
+    let reserved: Vec<i64> = env
+        .read_store(|conn| {
+            conn.query_map(
+                "SELECT input_estimate FROM attempts ORDER BY started_at, id",
+                (),
+                |r| r.get(0),
+            )?
+            .collect()
+        })
         .expect("rows");
     assert_eq!(reserved.len(), 40);
     assert!(reserved[0] > 2_000, "{reserved:?}");

@@ -233,11 +233,13 @@ impl TestEnv {
 
     /// The job as `status` shows it, if the database and the job exist yet.
     pub fn job_status(&self, job: &str) -> Option<JobStatus> {
-        let results_dir = self.config().results_dir();
+        let config = self.config();
+        let (data_dir, results_dir) = (config.data_dir.clone(), config.results_dir());
         let status = self
             .read_store(|conn| {
                 nightshift::cli::views::status::status(
                     conn,
+                    &data_dir,
                     &results_dir,
                     &Default::default(),
                     nightshift::store::now_ms(),

@@ -393,12 +393,13 @@ async fn a_disk_that_fills_mid_job_and_frees_loses_tears_and_repeats_nothing() {
 
 /// How many attempts of the job's items ended with each outcome.
 fn attempts_by_outcome(env: &TestEnv, outcome: &str) -> i64 {
-    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("database");
-    conn.query_row(
-        "SELECT COUNT(*) FROM attempts WHERE outcome = ?1",
-        [outcome],
-        |r| r.get(0),
-    )
+    env.read_store(|conn| {
+        conn.query_row(
+            "SELECT COUNT(*) FROM attempts WHERE outcome = ?1",
+            [outcome],
+            |r| r.get(0),
+        )
+    })
     .expect("count")
 }
 

@@ -49,16 +49,15 @@ fn three_keys() -> RouteKeys {
 
 /// Succeeded real-time calls per route, from the store.
 fn calls_by_route(env: &TestEnv) -> std::collections::BTreeMap<String, i64> {
-    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("db");
-    let mut stmt = conn
-        .prepare(
+    env.read_store(|conn| {
+        conn.query_map(
             "SELECT route, COUNT(*) FROM attempts WHERE outcome = 'succeeded' AND lane = 'realtime' GROUP BY route",
-        )
-        .expect("prepare");
-    stmt.query_map((), |r| Ok((r.get(0)?, r.get(1)?)))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+            (),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect()
+    })
+    .expect("rows")
 }
 
 fn json_of(out: std::process::Output) -> Value {
@@ -360,13 +359,14 @@ async fn a_refused_key_pauses_only_its_route() {
     assert_eq!(state("a2")["state"], "active", "{limits}");
     assert_eq!(state("b")["state"], "active", "{limits}");
     // Each call keeps its route: the item's refused call on a1, its answer on another.
-    let conn = nightshift::store::open_read_only(env.config().db_path()).expect("db");
-    let refused_item: String = conn
-        .query_row(
-            "SELECT i.custom_id FROM attempts a JOIN items i ON i.id = a.item_id WHERE a.route = 'a1' LIMIT 1",
-            (),
-            |r| r.get(0),
-        )
+    let refused_item: String = env
+        .read_store(|conn| {
+            conn.query_row(
+                "SELECT i.custom_id FROM attempts a JOIN items i ON i.id = a.item_id WHERE a.route = 'a1' LIMIT 1",
+                (),
+                |r| r.get(0),
+            )
+        })
         .expect("a call went on a1 and was refused");
     let item = json_of(env.cli(&["item", "refused", &refused_item, "--json"]));
     let routes: Vec<&str> = item["calls"]

@@ -52,14 +52,16 @@ async fn the_key_leaks_nowhere() {
     let mut daemon = env.spawn_binary_daemon(wrong, "daemon2.log");
     let started = std::time::Instant::now();
     loop {
-        if let Ok(conn) = nightshift::store::open_read_only(env.config().db_path())
-            && let Ok(Some(job)) = nightshift::cli::views::job::job(
-                &conn,
-                &env.config().results_dir(),
+        let results_dir = env.config().results_dir();
+        if let Ok(Some(job)) = env.read_store(|conn| {
+            nightshift::cli::views::job::job(
+                conn,
+                &results_dir,
                 "rejected",
                 nightshift::store::now_ms(),
             )
-            && job.calls.blocked >= 1
+            .map_err(|e| nightshift::store::StoreError::Invalid(e.to_string()))
+        }) && job.calls.blocked >= 1
         {
             assert_eq!(
                 job.status.counts.errored, 0,

@@ -121,14 +121,7 @@ pub async fn realtime(items: u64, concurrency: usize) -> anyhow::Result<()> {
     let daemon = daemon::spawn(config.clone(), ApiKey::new("sk-bench").into());
     let started = Instant::now();
     std::fs::rename(&file, config.jobs_dir.join("bench.jsonl"))?;
-    let job = demo::wait_until_done(
-        &config.db_path(),
-        &config.results_dir(),
-        "bench",
-        Duration::from_secs(3600),
-        |_| {},
-    )
-    .await?;
+    let job = demo::wait_until_done(&config, "bench", Duration::from_secs(3600), |_| {}).await?;
     let elapsed = started.elapsed();
     daemon.stop().await?;
     let stats = fake.stats();

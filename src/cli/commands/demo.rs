@@ -52,16 +52,21 @@ pub fn fake_config_from_args(args: &FakeApiArgs) -> FakeConfig {
 
 /// Polls the database until job `name` is done, calling `tick` with its status on the way.
 pub async fn wait_until_done(
-    db: &Path,
-    results_dir: &Path,
+    config: &crate::config::Config,
     name: &str,
     timeout: Duration,
     mut tick: impl FnMut(&JobStatus),
 ) -> anyhow::Result<JobStatus> {
     let started = Instant::now();
     loop {
-        if let Ok(conn) = store::open_read_only(db) {
-            let status = status::status(&conn, results_dir, &Default::default(), store::now_ms())?;
+        if let Ok(conn) = store::open_read_only(crate::lanes::store_location(config)) {
+            let status = status::status(
+                &conn,
+                &config.data_dir,
+                &config.results_dir(),
+                &Default::default(),
+                store::now_ms(),
+            )?;
             if let Some(job) = status.jobs.into_iter().find(|j| j.name == name) {
                 tick(&job);
                 if job.state == "done" {
@@ -198,26 +203,19 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
     let mut last_print = Instant::now() - Duration::from_secs(10);
-    let (db_path, results_dir) = (config.db_path(), config.results_dir());
-    let wait = wait_until_done(
-        &db_path,
-        &results_dir,
-        "example",
-        Duration::from_secs(600),
-        |job| {
-            if !tty && last_print.elapsed() < Duration::from_secs(2) && job.state != "done" {
-                return;
-            }
-            last_print = Instant::now();
-            let line = progress_line(job, &fake.stats(), started.elapsed());
-            if tty {
-                out!("\r{line}\x1b[K");
-                let _ = std::io::stdout().flush();
-            } else {
-                outln!("{line}");
-            }
-        },
-    );
+    let wait = wait_until_done(&config, "example", Duration::from_secs(600), |job| {
+        if !tty && last_print.elapsed() < Duration::from_secs(2) && job.state != "done" {
+            return;
+        }
+        last_print = Instant::now();
+        let line = progress_line(job, &fake.stats(), started.elapsed());
+        if tty {
+            out!("\r{line}\x1b[K");
+            let _ = std::io::stdout().flush();
+        } else {
+            outln!("{line}");
+        }
+    });
     let outcome = tokio::select! {
         r = wait => r.map(Some),
         _ = tokio::signal::ctrl_c() => Ok(None),

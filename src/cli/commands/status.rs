@@ -25,7 +25,7 @@ pub fn run(config: Option<&Path>, flags: &StatusArgs) -> anyhow::Result<ExitCode
                 let conn = store::open_read_only(db)?;
                 let now = store::now_ms();
                 Ok((
-                    status::status(&conn, &results_dir, &rules, now)?,
+                    status::status(&conn, &config.data_dir, &results_dir, &rules, now)?,
                     limits::limits(&conn, now)?,
                 ))
             },
@@ -33,7 +33,13 @@ pub fn run(config: Option<&Path>, flags: &StatusArgs) -> anyhow::Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     let conn = store::open_read_only(crate::lanes::store_location(&config))?;
-    let mut report = status::status(&conn, &results_dir, &rules, store::now_ms())?;
+    let mut report = status::status(
+        &conn,
+        &config.data_dir,
+        &results_dir,
+        &rules,
+        store::now_ms(),
+    )?;
     report.config = config.source_name();
     // On a terminal the jobs table fits its width; into a pipe or a file it has every column.
     let width = watch::terminal_width();

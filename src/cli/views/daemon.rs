@@ -39,19 +39,17 @@ struct Who {
     version: String,
 }
 
-/// What the store says of the daemon, checked against the running processes.
-pub fn daemon_status(conn: &Conn, now: i64) -> anyhow::Result<DaemonStatus> {
+/// What the store says of the daemon, checked against the running processes and the health file
+/// in `data_dir` (this host's).
+pub fn daemon_status(
+    conn: &Conn,
+    data_dir: &std::path::Path,
+    now: i64,
+) -> anyhow::Result<DaemonStatus> {
     let who: Option<Who> =
         facts::get(conn, DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
     let beat: Option<i64> = facts::get(conn, HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
-    let data_dir = conn.sqlite().and_then(|c| c.path()).and_then(|db| {
-        std::path::Path::new(db)
-            .parent()
-            .map(std::path::Path::to_owned)
-    });
-    let alive = data_dir
-        .as_deref()
-        .and_then(lock_held)
+    let alive = lock_held(data_dir)
         // Where the lock cannot be asked, the process the daemon named.
         .unwrap_or_else(|| {
             who.as_ref()
@@ -59,10 +57,9 @@ pub fn daemon_status(conn: &Conn, now: i64) -> anyhow::Result<DaemonStatus> {
         });
     let age = beat.map(|at| (now - at).max(0) / 1000);
     let (running, problem) = judge(who.as_ref().map(|w| w.pid), alive, age);
-    let health = data_dir
-        .as_deref()
-        .filter(|_| alive)
-        .and_then(|dir| health::read(&dir.join(health::FILE)))
+    let health = alive
+        .then(|| health::read(&data_dir.join(health::FILE)))
+        .flatten()
         .filter(|h| h.at > 0);
     Ok(DaemonStatus {
         running,

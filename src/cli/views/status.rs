@@ -123,6 +123,7 @@ pub(super) fn job_status(
 
 pub fn status(
     conn: &Conn,
+    data_dir: &Path,
     results_dir: &Path,
     rules: &Rules,
     now: i64,
@@ -130,7 +131,7 @@ pub fn status(
     let wall = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let paused = pauses(conn)?;
     let mut report = StatusReport {
-        daemon: daemon_status(conn, now)?,
+        daemon: daemon_status(conn, data_dir, now)?,
         jobs: Vec::new(),
         rejected_files: Vec::new(),
         not_taken: crate::store::facts::get(conn, NOT_TAKEN_FACT)?
