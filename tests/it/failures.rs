@@ -10,7 +10,13 @@ use nightshift::fake_api::FakeConfig;
 
 /// A job of `n` real-time items answered slowly enough to be mid-job for a while.
 async fn slow_job(name: &str, n: usize) -> (TestEnv, Vec<String>) {
-    let env = TestEnv::new(
+    slow_job_on(TestStore::from_env(), name, n).await
+}
+
+/// [`slow_job`] on the store `store`.
+async fn slow_job_on(store: TestStore, name: &str, n: usize) -> (TestEnv, Vec<String>) {
+    let env = TestEnv::on(
+        store,
         FakeConfig {
             latency: Duration::from_millis(40),
             ..FakeConfig::default()
@@ -25,7 +31,12 @@ async fn slow_job(name: &str, n: usize) -> (TestEnv, Vec<String>) {
 
 /// [`slow_job`] under an in-process daemon, once 15 of its results lines are written.
 async fn mid_job(name: &str) -> (TestEnv, Vec<String>, InProcessDaemon) {
-    let (env, ids) = slow_job(name, 80).await;
+    mid_job_on(TestStore::from_env(), name).await
+}
+
+/// [`mid_job`] on the store `store`.
+async fn mid_job_on(store: TestStore, name: &str) -> (TestEnv, Vec<String>, InProcessDaemon) {
+    let (env, ids) = slow_job_on(store, name, 80).await;
     let daemon = env.start_daemon();
     wait_lines(&env, name, 15).await;
     (env, ids, daemon)
@@ -127,7 +138,8 @@ async fn a_results_file_truncated_mid_line_is_written_again_in_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_mid_job_loses_and_repeats_nothing() {
-    let (env, ids, daemon) = mid_job("locked").await;
+    // SQLite's file locked by another process (a PostgreSQL store has no file to lock).
+    let (env, ids, daemon) = mid_job_on(TestStore::Sqlite, "locked").await;
     // Another process takes the database for 16 seconds: the daemon's writes wait, time out
     // and are tried again; answers received meanwhile are kept, appended lines not yet recorded
     // are cut back.
@@ -221,7 +233,8 @@ async fn status_and_metrics_say_when_the_disk_is_low() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_database_is_locked_exits_in_time_and_a_restart_completes_the_job() {
     // shutdown_grace_secs = 5 in the test config: systemd would wait 60 s before a SIGKILL.
-    let (env, ids) = slow_job("stuck", 80).await;
+    // SQLite's file locked by another process (a PostgreSQL store has no file to lock).
+    let (env, ids) = slow_job_on(TestStore::Sqlite, "stuck", 80).await;
     let mut daemon = env.spawn_binary_daemon("sk-test", "stuck1.log");
     wait_lines(&env, "stuck", 15).await;
     let lock = DbLock::take(env.config().db_path()).await;

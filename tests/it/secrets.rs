@@ -213,7 +213,8 @@ async fn what_nightshift_keeps_is_private_whatever_the_umask() {
     unsafe {
         libc::umask(0o022);
     }
-    let env = TestEnv::new(FakeConfig::default(), "").await;
+    // The modes of SQLite's file and folder (a PostgreSQL store keeps none here).
+    let env = TestEnv::on(TestStore::Sqlite, FakeConfig::default(), "").await;
     let old_results = env.config().results_dir();
     std::fs::create_dir_all(&old_results).expect("results dir");
     std::fs::write(old_results.join("earlier.jsonl"), b"").expect("old results");
@@ -283,7 +284,8 @@ async fn a_readers_group_may_read_what_nightshift_keeps() {
     } else {
         rustix::process::getegid().as_raw()
     };
-    let env = TestEnv::new(FakeConfig::default(), "").await;
+    // The modes of SQLite's file and folder (a PostgreSQL store keeps none here).
+    let env = TestEnv::on(TestStore::Sqlite, FakeConfig::default(), "").await;
     env.edit_config(
         "[daemon]\n",
         &format!("[daemon]\nreaders_group = \"{gid}\"\n"),

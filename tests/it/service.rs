@@ -19,7 +19,8 @@ fn next_message(socket: &UnixDatagram, timeout: Duration) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_only_after_migrations_and_intake_then_watchdog_and_stopping() {
-    let env = TestEnv::new(FakeConfig::default(), "").await;
+    // The schema is read from SQLite's file (`PRAGMA user_version`).
+    let env = TestEnv::on(TestStore::Sqlite, FakeConfig::default(), "").await;
     let (ids, body) = job_of("rdy", 5);
     env.write_job("early", &body);
     let socket_path = env.dir.path().join("notify.sock");
