@@ -186,6 +186,16 @@ impl PgTarget {
     }
 }
 
+impl PgTarget {
+    /// The writer's connection: the schema migrated, the store taken for this daemon.
+    fn connect_writer(&self) -> Result<Conn> {
+        let mut client = self.connect()?;
+        pg::migrate(&mut client)?;
+        pg::take_the_store(&mut client, &pg::redact(&self.url))?;
+        Ok(Conn::from(client))
+    }
+}
+
 impl Location {
     /// `[store] url` if set, else the SQLite file `db_path`.
     pub fn new(
@@ -237,8 +247,9 @@ impl From<&Location> for Location {
 
 /// What the writer thread does with an op after the commit: answer its caller.
 type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
-/// An op: runs on the writer thread inside a savepoint; says whether it succeeded.
-type Op = Box<dyn FnOnce(&Conn) -> (bool, Reply) + Send>;
+/// An op: runs on the writer thread inside a savepoint; says whether it succeeded. Given no
+/// connection (no transaction could begin), it does not run, and its reply says why.
+type Op = Box<dyn FnOnce(Option<&Conn>) -> (bool, Reply) + Send>;
 
 /// Most ops run in one transaction before the writer commits and answers.
 const MAX_OPS_PER_COMMIT: usize = 256;
@@ -275,11 +286,14 @@ impl Store {
         let location = at.into();
         let (conn, checkpoint) = match &location {
             Location::Sqlite(path) => (Conn::from(open_sqlite_writer(path)?), Some(path.clone())),
+            Location::Postgres(target) => (target.connect_writer()?, None),
+        };
+        // A lost PostgreSQL connection is made again before the next transaction.
+        let reconnect: Option<Reconnect> = match &location {
+            Location::Sqlite(_) => None,
             Location::Postgres(target) => {
-                let mut client = target.connect()?;
-                pg::migrate(&mut client)?;
-                pg::take_the_store(&mut client, &location.to_string())?;
-                (Conn::from(client), None)
+                let target = target.clone();
+                Some(Box::new(move || target.connect_writer()))
             }
         };
         let (ops, rx) = mpsc::unbounded_channel();
@@ -293,7 +307,7 @@ impl Store {
                         .spawn(move || checkpoints(&db, &stopped))
                         .ok()
                 });
-                writer_loop(conn, rx);
+                writer_loop(conn, rx, reconnect);
                 drop(stop);
                 if let Some(handle) = checkpointer {
                     let _ = handle.join();
@@ -325,7 +339,9 @@ impl Store {
                 None => open_read_only(&*location)?,
             };
             let out = f(&conn);
-            crate::lock(&readers).push(conn);
+            if !conn.is_lost() {
+                crate::lock(&readers).push(conn);
+            }
             out
         })
         .await
@@ -385,7 +401,11 @@ impl Store {
         // what the SQL logs there says whose it was.
         let span = tracing::Span::current();
         Box::new(move |conn| {
-            let result = span.in_scope(|| f(conn));
+            let result = match conn {
+                Some(conn) => span.in_scope(|| f(conn)),
+                // Answered by the reply, with why no transaction began.
+                None => Err(StoreError::Closed),
+            };
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
                 let answer = match commit_error {
@@ -454,7 +474,10 @@ fn checkpoints(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-fn writer_loop(conn: Conn, mut rx: mpsc::UnboundedReceiver<Msg>) {
+/// Makes the writer's connection again, when it was lost.
+type Reconnect = Box<dyn Fn() -> Result<Conn> + Send>;
+
+fn writer_loop(mut conn: Conn, mut rx: mpsc::UnboundedReceiver<Msg>, reconnect: Option<Reconnect>) {
     let mut group: Vec<Op> = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     // Ops to run alone, in the order sent. Ops sent meanwhile go first: a small change (an
     // answer, a result written) never waits behind more than one large one.
@@ -479,6 +502,18 @@ fn writer_loop(conn: Conn, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 Err(_) => break,
             }
         }
+        if conn.is_lost()
+            && let Some(reconnect) = &reconnect
+        {
+            // Until it is back, ops fail (their callers try again later, as for a busy database).
+            match reconnect() {
+                Ok(again) => {
+                    tracing::warn!("the connection to the database was lost, and is made again");
+                    conn = again;
+                }
+                Err(e) => tracing::error!(error = %e, "the database cannot be reached"),
+            }
+        }
         if !group.is_empty() {
             run_group(&conn, group.drain(..));
         }
@@ -494,17 +529,18 @@ fn run_group(conn: &Conn, ops: impl Iterator<Item = Op>) {
     // Each reply, with the error of its own op's savepoint if that failed.
     let mut replies: Vec<(Reply, Option<String>)> = Vec::new();
     if let Err(e) = conn.execute_batch("BEGIN") {
-        // Run nothing: dropping the ops answers each caller with Closed.
         tracing::error!(error = %e, "opening a transaction failed");
+        let why = e.to_string();
+        ops.for_each(|op| refuse(op, &why));
         return;
     }
     for op in ops {
         if let Err(e) = conn.execute_batch("SAVEPOINT op") {
-            // The op (and its caller's channel) is dropped: the caller sees Closed.
             tracing::error!(error = %e, "opening a savepoint failed");
+            refuse(op, &e.to_string());
             continue;
         }
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn)));
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(Some(conn))));
         match ran {
             Ok((true, reply)) => {
                 let own_error = conn
@@ -527,6 +563,14 @@ fn run_group(conn: &Conn, ops: impl Iterator<Item = Op>) {
     for (reply, own_error) in replies {
         reply(commit_error.as_deref().or(own_error.as_deref()));
     }
+}
+
+/// Answers an op that could not run (no transaction or savepoint began) with why, as a failed
+/// commit: its caller tries again, as after any commit that failed (a dropped op would say the
+/// store had stopped).
+fn refuse(op: Op, why: &str) {
+    let (_, reply) = op(None);
+    reply(Some(why));
 }
 
 fn roll_back_savepoint(conn: &Conn) {
@@ -564,9 +608,9 @@ fn run_alone(conn: &Conn, op: Op) {
 fn run_in_own_transaction(conn: &Conn, op: Op) {
     if let Err(e) = conn.execute_batch("BEGIN") {
         tracing::error!(error = %e, "opening a transaction failed");
-        return; // dropping the op answers its caller with Closed
+        return refuse(op, &e.to_string());
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(conn))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(Some(conn)))) {
         Ok((true, reply)) => reply(commit(conn).as_deref()),
         Ok((false, reply)) => {
             roll_back(conn);

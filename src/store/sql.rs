@@ -371,6 +371,15 @@ impl Conn {
         }
     }
 
+    /// Whether the connection is gone (PostgreSQL's server closed it, or restarted): nothing
+    /// more can run on it, and a new one is needed. Never for SQLite.
+    pub fn is_lost(&self) -> bool {
+        match &self.inner {
+            Inner::Sqlite(_) => false,
+            Inner::Pg(pg) => pg.borrow().client.as_ref().is_none_or(|c| c.is_closed()),
+        }
+    }
+
     /// The rows of a JSON array bound as parameter `?{param}`, as a table with the column
     /// `value`, for `FROM`: SQLite's `json_each`. PostgreSQL gives each value as text: compare
     /// numbers with `CAST(value AS BIGINT)`.

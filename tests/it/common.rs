@@ -34,7 +34,7 @@ pub struct TestEnv {
     pub config_path: PathBuf,
     /// The PostgreSQL the config's `[store] url` names, when the store is PostgreSQL; kept for
     /// as long as the env (dropping it stops the server).
-    _pg: Option<crate::pg::TestPg>,
+    pg: Option<crate::pg::TestPg>,
 }
 
 /// Which store a [`TestEnv`] uses.
@@ -98,7 +98,7 @@ impl TestEnv {
             dir,
             fake,
             config_path,
-            _pg: pg,
+            pg,
         }
     }
 
@@ -248,6 +248,11 @@ impl TestEnv {
             })
             .ok()?;
         status.jobs.into_iter().find(|j| j.name == job)
+    }
+
+    /// The PostgreSQL server of a test on that store.
+    pub fn pg(&self) -> &crate::pg::TestPg {
+        self.pg.as_ref().expect("a test on the PostgreSQL store")
     }
 
     /// Where the config's store is.

@@ -107,6 +107,26 @@ impl TestPg {
         panic!("PostgreSQL found no free port in five tries");
     }
 
+    /// Restarts the server (`pg_ctl restart -m fast`, with the options it was started with):
+    /// every connection to it is closed. Its output goes to the log, as at start (else the
+    /// server would hold this process's pipe open).
+    pub fn restart(&self) {
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "restart",
+                "-w",
+                "-m",
+                "fast",
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+            ],
+        );
+    }
+
     /// `postgres://nightshift@127.0.0.1:PORT/postgres`: the superuser, no password (trust).
     pub fn url(&self) -> String {
         format!("postgres://nightshift@127.0.0.1:{}/postgres", self.port)
@@ -507,5 +527,48 @@ fn values_cross_the_seam_as_on_sqlite() {
     assert_eq!(
         (sum, half, none, text.as_str()),
         (4_000_000_005, 1.5, None, "ok")
+    );
+}
+
+/// The PostgreSQL server restarts mid-job (every connection closed): the daemon's writer
+/// connects again and the job completes, each item once in the results and one accepted call
+/// per success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_job_loses_and_repeats_nothing() {
+    use crate::common::*;
+    use nightshift::fake_api::FakeConfig;
+    let env = TestEnv::on(
+        TestStore::Postgres,
+        FakeConfig {
+            latency: std::time::Duration::from_millis(40),
+            ..FakeConfig::default()
+        },
+        "[realtime]\nconcurrency = 2\n",
+    )
+    .await;
+    let (ids, body) = job_of("bounce", 200);
+    env.write_job("bounce", &body);
+    let daemon = env.start_daemon();
+    env.wait_succeeded("bounce", 15, std::time::Duration::from_secs(60))
+        .await;
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| s.spawn(|| env.pg().restart()).join().expect("restarted"));
+    eprintln!("restarted in {:?}", started.elapsed());
+    let after = env.job_status("bounce").expect("the job is in the store");
+    assert!(
+        after.counts.succeeded < 200,
+        "the restart came mid-job: {:?}",
+        after.counts
+    );
+    let job = env
+        .wait_done("bounce", std::time::Duration::from_secs(90))
+        .await;
+    daemon.stop().await;
+    assert_eq!(job.counts.succeeded, 200);
+    assert_each_once(&env.results("bounce"), &ids);
+    assert_eq!(
+        env.fake.stats().messages_accepted,
+        200,
+        "no answered call was sent again"
     );
 }
