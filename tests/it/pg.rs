@@ -551,10 +551,18 @@ async fn a_server_restart_mid_job_loses_and_repeats_nothing() {
     let daemon = env.start_daemon();
     env.wait_succeeded("bounce", 15, std::time::Duration::from_secs(60))
         .await;
+    // Answers are slow until the restart is over, so it surely comes mid-job however late this
+    // test looks (a loaded machine polls slowly).
+    env.fake.set_faults(nightshift::fake_api::Faults {
+        slow: 1.0,
+        slow_latency: std::time::Duration::from_secs(3),
+        ..Default::default()
+    });
     let started = std::time::Instant::now();
     std::thread::scope(|s| s.spawn(|| env.pg().restart()).join().expect("restarted"));
     eprintln!("restarted in {:?}", started.elapsed());
     let after = env.job_status("bounce").expect("the job is in the store");
+    env.fake.set_faults(Default::default());
     assert!(
         after.counts.succeeded < 200,
         "the restart came mid-job: {:?}",

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use nightshift::fake_api::{FakeConfig, FakeLimits};
+use nightshift::fake_api::{FakeConfig, FakeLimits, Faults};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_job_then_restart_completes_each_item_once() {
@@ -24,8 +24,27 @@ async fn sigkill_mid_job_then_restart_completes_each_item_once() {
     let mut first = env.spawn_binary_daemon("sk-test", "run1.log");
     env.wait_succeeded("crash", 60, Duration::from_secs(60))
         .await;
+    // From here every answer hangs, so calls are surely in flight when the kill comes, however
+    // late this test looks (a loaded machine polls slowly; the job could otherwise end first).
+    env.fake.set_faults(Faults {
+        slow: 1.0,
+        slow_latency: Duration::from_secs(20),
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    while env
+        .job_status("crash")
+        .is_none_or(|j| j.counts.in_flight == 0)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
+    env.fake.set_faults(Faults::default());
 
     let mut second = env.spawn_binary_daemon("sk-test", "run2.log");
     // One daemon per data directory: a second one is refused while this one runs.
