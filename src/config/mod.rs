@@ -82,6 +82,7 @@ struct RawConfig {
 struct RawStore {
     url: Option<String>,
     password_file: Option<PathBuf>,
+    lease_secs: Option<u64>,
 }
 
 /// `[hooks]`: commands run when things happen (no shell: program, then its arguments).
@@ -239,12 +240,28 @@ pub struct Config {
 
 /// `[store]`: None for `url` is SQLite in `data_dir` (the default, for one daemon); a PostgreSQL
 /// URL is the store several daemons share.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
     pub url: Option<String>,
     /// The file holding the password (else PGPASSWORD); read when connecting, never kept.
     pub password_file: Option<PathBuf>,
+    /// `lease_secs`: how long a daemon's hold on an item in flight or a batch lasts unless its
+    /// heartbeat renews it; after that another daemon takes the work over.
+    pub lease: Duration,
+}
+
+/// The default `[store] lease_secs`: six heartbeats.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            url: None,
+            password_file: None,
+            lease: DEFAULT_LEASE,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -738,9 +755,19 @@ fn store_from_raw(
             "is set without `[store] url`: SQLite has no password".into(),
         ));
     }
+    // The heartbeat renews leases three times per lease (at most every 5 s): one late beat never
+    // loses one.
+    let lease_secs = raw.lease_secs.unwrap_or(DEFAULT_LEASE.as_secs());
+    if lease_secs < 2 {
+        return Err(invalid(
+            "store.lease_secs",
+            format!("is {lease_secs}: a lease must last at least 2 seconds (the default is 30)"),
+        ));
+    }
     Ok(StoreSettings {
         url,
         password_file: raw.password_file.map(resolve),
+        lease: Duration::from_secs(lease_secs),
     })
 }
 

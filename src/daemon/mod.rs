@@ -222,11 +222,14 @@ pub async fn run(
         ),
     };
 
+    let holder =
+        crate::store::leases::Holder::new(&host_name(), &config.data_dir, config.store.lease);
+    let own = holder.id.clone();
     let requeued = store
-        .call(|c| {
+        .call(move |c| {
             // What an earlier daemon found in the jobs folder is told afresh by the first scan.
             crate::store::facts::clear(c, crate::lanes::intake::NOT_TAKEN_FACT)?;
-            items::requeue_in_flight(c, now_ms())
+            items::requeue_in_flight(c, items::Requeue::StartOf(&own), now_ms())
         })
         .await?;
     if requeued > 0 {
@@ -243,6 +246,7 @@ pub async fn run(
         config.results_dir(),
         results_wake.clone(),
         board.clone(),
+        holder.clone(),
     )
     .with_hook(config.on_job_done.clone());
     writer.recover().await?;
@@ -300,6 +304,7 @@ pub async fn run(
         preflight_on: Arc::new(std::sync::atomic::AtomicBool::new(config.batch.preflight)),
         unserved: unserved.clone(),
         tenants_checked: Default::default(),
+        holder: holder.clone(),
     };
     let lane = RealtimeLane {
         store: store.clone(),
@@ -314,6 +319,7 @@ pub async fn run(
         idle_probes: Default::default(),
         unserved,
         health: board.clone(),
+        holder: holder.clone(),
     };
     let verdict_path = config.data_dir.join(reload::VERDICT_FILE);
     let mut reloader = reload::Reloader {
@@ -340,6 +346,7 @@ pub async fn run(
         templates_dir: config.data_dir.join("templates"),
         api_version: config.api.anthropic_version.clone(),
         cache_default: config.cache,
+        holder: holder.clone(),
     };
     let scan_interval = config.daemon.scan_interval;
     let (scanned, first_scan) = tokio::sync::oneshot::channel();
@@ -360,8 +367,10 @@ pub async fn run(
     let stop_heartbeat = CancellationToken::new();
     let heartbeat_task = tokio::spawn(heartbeat_loop(
         store.clone(),
+        holder.clone(),
         board.clone(),
         stop_heartbeat.clone(),
+        work_wake.clone(),
     ));
     let health_task = tokio::spawn(health::run(
         config.data_dir.clone(),
@@ -474,7 +483,9 @@ pub async fn run(
     let _ = by_deadline(deadline, "the heartbeat", heartbeat_task).await;
     let _ = by_deadline(deadline, "the health file", health_task).await;
     // Stopped in order: `status` says no daemon runs (a crash leaves the heartbeat to go stale).
-    let gone = store.call(|c| {
+    let leaving = holder.clone();
+    let gone = store.call(move |c| {
+        crate::store::leases::leave(c, &leaving)?;
         crate::store::facts::clear(c, DAEMON_FACT)?;
         crate::store::facts::clear(c, HEARTBEAT_FACT)
     });
@@ -594,8 +605,15 @@ pub const DAEMON_FACT: &str = "daemon";
 pub const HEARTBEAT_FACT: &str = "heartbeat";
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Says who runs on this data dir and beats until `stop`.
-async fn heartbeat_loop(store: Store, board: crate::lanes::health::Board, stop: CancellationToken) {
+/// Says who runs on this data dir and beats until `stop`: renews this daemon's leases, and takes
+/// back the work of daemons whose leases expired (woken lanes send it again).
+async fn heartbeat_loop(
+    store: Store,
+    holder: crate::store::leases::Holder,
+    board: crate::lanes::health::Board,
+    stop: CancellationToken,
+    work_wake: Arc<Notify>,
+) {
     let since = now_ms();
     let who = serde_json::json!({
         "pid": std::process::id(),
@@ -603,18 +621,40 @@ async fn heartbeat_loop(store: Store, board: crate::lanes::health::Board, stop: 
         "version": env!("CARGO_PKG_VERSION"),
     })
     .to_string();
+    let daemon = crate::store::leases::Daemon {
+        host: host_name(),
+        pid: i64::from(std::process::id()),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: since,
+    };
+    // Three beats per lease: one late beat never loses one.
+    let every = HEARTBEAT_EVERY.min(std::time::Duration::from_millis(
+        (holder.ttl_ms / 3).max(100) as u64,
+    ));
     loop {
         let now = now_ms();
-        let who = who.clone();
+        let (who, holder, daemon) = (who.clone(), holder.clone(), daemon.clone());
         // Who it is, every beat too: a first write that failed (a full disk) is made good.
         let beat = store
             .call(move |c| {
                 crate::store::facts::set(c, DAEMON_FACT, &who, since)?;
-                crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now)
+                crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now)?;
+                crate::store::leases::beat(c, &holder, &daemon, now)?;
+                crate::store::leases::sweep(c, now)
             })
             .await;
         match beat {
-            Ok(()) => board.clear(crate::lanes::health::STORE),
+            Ok(swept) => {
+                board.clear(crate::lanes::health::STORE);
+                if swept != Default::default() {
+                    tracing::warn!(
+                        items = swept.items,
+                        batches = swept.batches,
+                        "took over work whose daemon stopped renewing its leases; items in flight are sent again (their outcome is unknown)"
+                    );
+                    work_wake.notify_one();
+                }
+            }
             Err(e) => {
                 let error = e.to_string();
                 let what = crate::lanes::health::store_trouble(&error);
@@ -622,10 +662,20 @@ async fn heartbeat_loop(store: Store, board: crate::lanes::health::Board, stop: 
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// This machine's name, as leases and `status` name the daemon's host.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer

@@ -173,7 +173,16 @@ mod tests {
     }
 
     fn mark(conn: &Conn, id: i64, rules: &Rules) -> Marked {
-        mark_realtime(conn, id, (1, 1), "default", rules, NOW).expect("mark")
+        mark_realtime(
+            conn,
+            id,
+            (1, 1),
+            "default",
+            rules,
+            &crate::store::leases::test_holder(),
+            NOW,
+        )
+        .expect("mark")
     }
 
     fn column<T: crate::store::sql::FromValue>(conn: &Conn, id: i64, col: &str) -> T {
@@ -219,16 +228,8 @@ mod tests {
             result_line: "{}".into(),
             error: None,
         };
-        items::record_outcome(
-            &conn,
-            &rules.prices,
-            d.item_id,
-            d.attempt_id,
-            &record,
-            &done,
-            NOW,
-        )
-        .expect("record");
+        items::record_outcome(&conn, &rules.prices, &d.claim(), &record, &done, NOW)
+            .expect("record");
         let s = spend(&conn, "acme", NOW).expect("spend");
         assert_eq!(
             s.reserved, worst,
@@ -237,7 +238,7 @@ mod tests {
         assert_eq!((s.day, s.month), (10 * 3 + 20 * 15, 10 * 3 + 20 * 15));
 
         // A crash leaves the other call in flight: recovery settles its reservation too.
-        items::requeue_in_flight(&conn, NOW).expect("requeue");
+        items::requeue_in_flight(&conn, items::Requeue::StartOf("test"), NOW).expect("requeue");
         assert_eq!(spend(&conn, "acme", NOW).expect("spend").reserved, 0);
         let tomorrow =
             crate::policy::budget::next_period_start(crate::policy::budget::Period::Day, NOW);
@@ -347,9 +348,9 @@ mod tests {
                 name: "default",
                 tenants: None,
             },
-            100,
-            1 << 20,
+            (100, 1 << 20),
             &rules,
+            &crate::store::leases::test_holder(),
             NOW,
         )
         .expect("pack")

@@ -142,6 +142,8 @@ pub struct Intake {
     pub api_version: String,
     /// `cache` for jobs whose sidecar does not say.
     pub cache_default: crate::model::job::CacheMode,
+    /// This daemon: a file is taken in by one daemon of those sharing the store.
+    pub holder: store::leases::Holder,
 }
 
 /// Attempts at a file that keeps failing (unreadable, vanishing) before it is rejected.
@@ -327,7 +329,9 @@ impl Intake {
     fn close_vanished(&self) -> anyhow::Result<()> {
         let open = block_on_store(&self.store, jobs::ingesting)?;
         for job in open {
-            if Path::new(&job.source_path).exists() {
+            // Another daemon's file is in its own jobs folder, on its own host.
+            let mine = job.taken_in_by.as_ref().is_none_or(|t| *t == self.holder.id);
+            if !mine || Path::new(&job.source_path).exists() {
                 continue;
             }
             let note = format!(
@@ -422,7 +426,19 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
             );
             return reject(store, jobs_dir, path, &sidecar, &file_name, reason);
         }
-        Some(job) => job, // an interrupted intake: resume it
+        Some(job) => {
+            // An interrupted intake: resume it, unless another daemon sharing the store is
+            // taking the same file in from its own jobs folder (then the next scan finds it
+            // taken in, and this copy is moved aside).
+            let (id, holder) = (job.id, intake.holder.clone());
+            let taken = block_on_store(store, move |conn| {
+                jobs::take_intake(conn, id, &holder, now_ms())
+            })?;
+            if !taken {
+                return Ok(being_taken_in(file_name, &job));
+            }
+            job
+        }
         None => {
             let mut defaults = match manifest {
                 Ok(m) => m.defaults,
@@ -438,7 +454,17 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
                 defaults,
                 created_at: now_ms(),
             };
-            block_on_store(store, move |conn| jobs::create(conn, &new))?
+            let taker = intake.holder.id.clone();
+            match block_on_store(store, move |conn| jobs::create(conn, &new, &taker))? {
+                Some(job) => job,
+                // Another daemon sharing the store created it this moment.
+                None => {
+                    return Ok(IntakeOutcome::NotTaken {
+                        file: file_name,
+                        reason: "another nightshift daemon sharing the store is taking a file of this name in".into(),
+                    });
+                }
+            }
         }
     };
 
@@ -449,6 +475,17 @@ pub fn ingest_file(intake: &Intake, path: &Path) -> anyhow::Result<IntakeOutcome
     };
     move_aside(jobs_dir, INGESTED_DIR, path, &sidecar)?;
     Ok(IntakeOutcome::Ingested { job: name, lines })
+}
+
+/// A file another live daemon is taking in: left alone, and told in `status` until it is taken.
+fn being_taken_in(file: String, job: &jobs::JobRow) -> IntakeOutcome {
+    let by = job.taken_in_by.as_deref().unwrap_or("another daemon");
+    IntakeOutcome::NotTaken {
+        file,
+        reason: format!(
+            "the daemon {by} sharing the store is taking a file of this name in; once it has, this copy is compared with it and moved aside if the same"
+        ),
+    }
 }
 
 /// A job file with a schedule, opened (never through a link) to be kept as the template.
@@ -650,6 +687,7 @@ fn submit_chunk(
 ) -> tokio::sync::oneshot::Receiver<store::Result<()>> {
     let file = file.to_owned();
     let rpm_for = intake.rpm_for.clone();
+    let taker = intake.holder.id.clone();
     intake.store.submit(move |conn| {
         // Read what the planner needs, decide each line's lane, write: one transaction.
         let now = now_ms();
@@ -675,6 +713,7 @@ fn submit_chunk(
         jobs::record_intake_progress(
             conn,
             job_id,
+            &taker,
             progress.lines as i64,
             progress.offset as i64,
             &progress.prefix_hash,

@@ -64,6 +64,8 @@ pub struct RealtimeLane {
     pub unserved: crate::lanes::routes::Unserved,
     /// When each class last sent a probe call for `when_idle` work.
     pub idle_probes: Arc<Mutex<std::collections::HashMap<String, Instant>>>,
+    /// This daemon, as it holds the leases of the items it sends.
+    pub holder: crate::store::leases::Holder,
 }
 
 impl RealtimeLane {
@@ -252,13 +254,14 @@ impl RealtimeLane {
         };
         // The same rules as the admission above: a reload mid-round applies from the next one.
         let rules = rules.clone();
+        let holder = self.holder.clone();
         let marked = self
             .store
             .call(move |c| {
                 let now = now_ms();
                 let mut out = Vec::with_capacity(sends.len());
                 for (id, sent_with, route) in sends {
-                    out.push(mark(c, id, sent_with, &route, &rules, now)?);
+                    out.push(mark(c, id, sent_with, &route, &rules, &holder, now)?);
                 }
                 Ok(out)
             })
@@ -557,7 +560,7 @@ impl RealtimeLane {
         let (record, update) = decide(&attempt, &outcome, backoff, now_ms());
         log_outcome(&record, &update);
         drop(permit);
-        let (item_id, attempt_id) = (dispatch.item_id, dispatch.attempt_id);
+        let claim = dispatch.claim();
         if let (Outcome::Blocked { .. }, Some(verdict)) = (&outcome, &verdict) {
             self.pause(choice.route, verdict).await;
         }
@@ -571,15 +574,7 @@ impl RealtimeLane {
             let stored = self
                 .store
                 .call(move |c| {
-                    items::record_outcome(
-                        c,
-                        &rules.prices,
-                        item_id,
-                        attempt_id,
-                        &record,
-                        &update,
-                        now_ms(),
-                    )
+                    items::record_outcome(c, &rules.prices, &claim, &record, &update, now_ms())
                 })
                 .await;
             match stored {
@@ -587,6 +582,12 @@ impl RealtimeLane {
                     if tries > 1 {
                         tracing::info!(tries, "outcome recorded once the store took it");
                     }
+                    break;
+                }
+                Err(crate::store::StoreError::LeaseLost) => {
+                    // Paused or cut off past the lease: another daemon took the item back and
+                    // sends it again; this answer is not recorded (the attempt is unknown there).
+                    tracing::warn!("{}", crate::store::StoreError::LeaseLost);
                     break;
                 }
                 Err(crate::store::StoreError::Closed) => {
@@ -752,17 +753,27 @@ pub fn mark(
     sent_with: (i64, i64),
     route: &str,
     rules: &Rules,
+    holder: &crate::store::leases::Holder,
     now: i64,
 ) -> crate::store::Result<Marked> {
-    if !items::is_pending(conn, item_id)? {
+    // Locked from here to the commit (PostgreSQL): another daemon skips it meanwhile.
+    if !items::claimable(conn, item_id)? {
         return Ok(Marked::NotPending);
     }
     match admission::admit(conn, item_id, Lane::Realtime, rules, now)? {
         Admission::Admitted => {}
         other => return Ok(Marked::Budget(other)),
     }
-    items::mark_in_flight(conn, item_id, Lane::Realtime, sent_with, Some(route), now)
-        .map(Marked::InFlight)
+    items::mark_in_flight(
+        conn,
+        item_id,
+        Lane::Realtime,
+        sent_with,
+        Some(route),
+        holder,
+        now,
+    )
+    .map(Marked::InFlight)
 }
 
 fn log_outcome(record: &AttemptRecord, update: &ItemUpdate) {

@@ -42,6 +42,8 @@ pub struct ResultsWriter {
     health: health::Board,
     /// `[hooks] on_job_done`, run as each job ends.
     on_job_done: Option<Vec<String>>,
+    /// This daemon: it writes the files of the jobs it took in (or adopted).
+    keeper: crate::store::leases::Holder,
 }
 
 /// Which file a path names: a deleted and recreated (or swapped) file is another.
@@ -74,6 +76,7 @@ impl ResultsWriter {
         results_dir: PathBuf,
         wake: Arc<Notify>,
         health: health::Board,
+        keeper: crate::store::leases::Holder,
     ) -> ResultsWriter {
         ResultsWriter {
             store,
@@ -82,7 +85,16 @@ impl ResultsWriter {
             files: Mutex::new(HashMap::new()),
             health,
             on_job_done: None,
+            keeper,
         }
+    }
+
+    /// The unfinished jobs whose files this writer keeps.
+    async fn kept(&self) -> crate::store::Result<Vec<jobs::JobRow>> {
+        let keeper = self.keeper.id.clone();
+        self.store
+            .call(move |c| jobs::unfinished_kept_by(c, &keeper))
+            .await
     }
 
     /// Runs `command` (program, arguments) as each job ends.
@@ -131,7 +143,7 @@ impl ResultsWriter {
         use anyhow::Context;
         std::fs::create_dir_all(&self.results_dir)
             .with_context(|| format!("creating {}", self.results_dir.display()))?;
-        for job in self.store.call(jobs::unfinished).await? {
+        for job in self.kept().await? {
             let span = tracing::info_span!("results", job = %job.name);
             // One file that cannot be put right must not hold the others (or the start) up; the
             // writer tries it again.
@@ -211,9 +223,18 @@ impl ResultsWriter {
     /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many (a file
     /// written again from the start counts as work done).
     pub async fn write_round(&self) -> anyhow::Result<usize> {
+        let keeper = self.keeper.clone();
+        let adopted = self
+            .store
+            .call(move |c| results::adopt_orphans(c, &keeper, now_ms()))
+            .await?;
+        for job in adopted {
+            tracing::warn!(%job, "the daemon that kept this job's results file stopped; this one writes it now, in full");
+        }
+        let keeper = self.keeper.id.clone();
         let lines = self
             .store
-            .read(|c| results::unwritten(c, ROUND_LINES, ROUND_BYTES))
+            .read(move |c| results::unwritten(c, &keeper, ROUND_LINES, ROUND_BYTES))
             .await?;
         let count = lines.len();
         // Per job (id, name, committed bytes, epoch): its lines (seq, line).
@@ -248,7 +269,7 @@ impl ResultsWriter {
         // written again at once), and mark done those with every line written (e.g. an empty
         // file's job, whose results file exists, if empty, before it is done).
         let mut rebuilt = 0;
-        for job in self.store.call(jobs::unfinished).await? {
+        for job in self.kept().await? {
             let span = tracing::info_span!("results", job = %job.name);
             if self
                 .check_file(job.id, &job.name, job.results_bytes)
@@ -287,8 +308,7 @@ impl ResultsWriter {
             return Ok(()); // the lines come again, from the first, in the next round
         };
         let path = results_path(&self.results_dir, &job_name);
-        let last = lines.last().map_or(0, |(seq, _)| *seq);
-        let n = lines.len() as i64;
+        let seqs: Vec<i64> = lines.iter().map(|(seq, _)| *seq).collect();
         let bytes = tokio::task::spawn_blocking(move || {
             append_lines(&path, &lines, committed.max(0) as u64, file)
         })
@@ -298,7 +318,7 @@ impl ResultsWriter {
         let ended = self
             .store
             .call(move |c| {
-                if !results::mark_written(c, job_id, last, (committed, epoch), bytes as i64, n)? {
+                if !results::mark_written(c, job_id, &seqs, (committed, epoch), bytes as i64)? {
                     tracing::info!(
                         "the job's results were reset meanwhile (a retry); they are written again"
                     );

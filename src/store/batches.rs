@@ -165,6 +165,30 @@ pub fn open(conn: &Conn) -> Result<Vec<BatchRow>> {
     rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
+/// The open batches `holder` follows, after claiming those no daemon holds: batches whose
+/// daemon's lease expired (freed by a sweep) or made before leases. A batch taken over is due
+/// now: nobody knows what happened while its daemon was away (a create whose answer was lost is
+/// reconciled, never sent again).
+pub fn claim_open(conn: &Conn, holder: &super::leases::Holder, now: i64) -> Result<Vec<BatchRow>> {
+    let taken = conn
+        .prepare_cached(
+            "UPDATE batches SET lease_owner = ?1, lease_expires_at = ?2, lease_token = lease_token + 1,
+                    next_action_at = CASE WHEN next_action_at > ?3 THEN ?3 ELSE next_action_at END
+             WHERE lease_owner IS NULL AND results_applied_at IS NULL AND state <> 'failed'",
+        )?
+        .execute(params![holder.id, holder.expiry(now), now])?;
+    if taken > 0 {
+        tracing::info!(batches = taken, "took over batches no daemon holds");
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id
+         WHERE b.results_applied_at IS NULL AND b.state <> 'failed' AND b.lease_owner = ?1
+         ORDER BY b.next_action_at, b.id"
+    ))?;
+    let rows = stmt.query_map([&holder.id], from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
+}
+
 pub fn by_job(conn: &Conn, job_id: i64) -> Result<Vec<BatchRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM batches b JOIN jobs j ON j.id = b.job_id WHERE b.job_id = ?1 ORDER BY b.id"
@@ -354,8 +378,11 @@ pub fn pack_candidates(
     limit: i64,
     now: i64,
 ) -> Result<Vec<PackCandidate>> {
-    let mut stmt =
-        conn.prepare_cached(&PACK_CANDIDATES.replace("{json_each}", &conn.json_each(7)))?;
+    // Locked until the packing transaction ends (PostgreSQL): another daemon packing the same
+    // job skips these items rather than putting them in a second batch.
+    let sql =
+        PACK_CANDIDATES.replace("{json_each}", &conn.json_each(7)) + conn.dialect().skip_locked();
+    let mut stmt = conn.prepare_cached(&sql)?;
     let tenants = route.tenants_json();
     let rows = stmt.query_map(
         params![job_id, limit, now, after.0, rank, after.1, tenants],
@@ -389,25 +416,42 @@ pub fn create_intent(
     route: &str,
     items: &[i64],
     bytes: i64,
+    holder: &super::leases::Holder,
     now: i64,
 ) -> Result<i64> {
     conn.execute(
-        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, route)
-         VALUES (?1, 'submitting', ?2, ?3, ?4, ?4, ?5)",
-        params![job_id, items.len() as i64, bytes, now, route],
+        "INSERT INTO batches (job_id, state, request_count, bytes, intent_at, next_action_at, route,
+                              lease_owner, lease_expires_at, lease_token)
+         VALUES (?1, 'submitting', ?2, ?3, ?4, ?4, ?5, ?6, ?7, 1)",
+        params![
+            job_id,
+            items.len() as i64,
+            bytes,
+            now,
+            route,
+            holder.id,
+            holder.expiry(now)
+        ],
     )?;
     let batch_id = conn.last_insert_rowid()?;
+    // Pending items only (packing locked them, see `pack_candidates`; this holds regardless).
     let mut mark = conn.prepare_cached(
         "UPDATE items SET state = 'in_flight', batch_id = ?2, attempts = attempts + 1, updated_at = ?3
-         WHERE id = ?1",
+         WHERE id = ?1 AND state = 'pending'",
     )?;
     let mut attempt = conn.prepare_cached(
         "INSERT INTO attempts (item_id, attempt, lane, model, started_at, route)
          SELECT id, attempts, 'batch', model, ?2, ?3 FROM items WHERE id = ?1",
     )?;
+    let mut marked = 0;
     for id in items {
-        mark.execute(params![id, batch_id, now])?;
-        attempt.execute(params![id, now, route])?;
+        if mark.execute(params![id, batch_id, now])? == 1 {
+            attempt.execute(params![id, now, route])?;
+            marked += 1;
+        }
+    }
+    if marked < items.len() {
+        recount(conn, batch_id)?;
     }
     Ok(batch_id)
 }
@@ -827,7 +871,16 @@ mod tests {
             .iter()
             .map(|c| c.id)
             .collect();
-        let batch = create_intent(&conn, job, "b", &items, 100, 5).expect("intent");
+        let batch = create_intent(
+            &conn,
+            job,
+            "b",
+            &items,
+            100,
+            &crate::store::leases::test_holder(),
+            5,
+        )
+        .expect("intent");
         let row = open(&conn)
             .expect("open")
             .into_iter()

@@ -234,7 +234,7 @@ mod tests {
             .expect("a");
         let send = |conn: &Conn| {
             conn.execute(
-                "UPDATE items SET parked = 0, state = 'in_flight' WHERE id = ?1",
+                "UPDATE items SET parked = 0, state = 'in_flight', lease_token = 7 WHERE id = ?1",
                 [a],
             )
             .expect("send");
@@ -243,8 +243,11 @@ mod tests {
         crate::store::items::record_outcome(
             &conn,
             &crate::policy::prices::PriceTable::default(),
-            a,
-            0,
+            &crate::store::items::Claim {
+                item_id: a,
+                attempt_id: 0,
+                lease_token: 7,
+            },
             &crate::policy::outcome::AttemptRecord::default(),
             &crate::policy::outcome::ItemUpdate::Retry {
                 not_before: 0,
@@ -255,7 +258,12 @@ mod tests {
         .expect("retry");
         assert_eq!(parked(&conn)[0], 2, "a failed call");
         send(&conn);
-        crate::store::items::requeue_in_flight(&conn, 9).expect("requeue");
+        crate::store::items::requeue_in_flight(
+            &conn,
+            crate::store::items::Requeue::StartOf("test"),
+            9,
+        )
+        .expect("requeue");
         assert_eq!(parked(&conn)[0], 2, "the start's requeue");
         send(&conn);
         crate::store::batches::replan_item(

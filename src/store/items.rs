@@ -242,6 +242,8 @@ pub fn next_ready_at(conn: &Conn, now: i64) -> Result<Option<i64>> {
 pub struct Dispatch {
     pub item_id: i64,
     pub attempt_id: i64,
+    /// The fencing token of its lease: its outcome is recorded only while the lease is this one.
+    pub lease_token: i64,
     pub attempt: i64,
     pub failures: i64,
     pub job_name: String,
@@ -415,21 +417,46 @@ pub fn is_pending(conn: &Conn, item_id: i64) -> Result<bool> {
         .unwrap_or(false))
 }
 
+/// Whether an item is pending and this transaction may claim it. On PostgreSQL the row is locked
+/// until the transaction ends, and an item another daemon is claiming at this moment is skipped
+/// (`FOR UPDATE SKIP LOCKED`): two daemons never both admit it.
+pub fn claimable(conn: &Conn, item_id: i64) -> Result<bool> {
+    let sql = format!(
+        "SELECT state = 'pending' AND parked = 0 FROM items WHERE id = ?1{}",
+        conn.dialect().skip_locked()
+    );
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([item_id], |r| r.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
 /// Marks a pending item in flight in `lane` and opens its attempt row, before anything is sent
 /// (its budget is checked first, by the lane). `sent_with`: the class's concurrency and the
 /// input estimate at admission, kept for diagnosis.
+/// The item is leased to `holder` (a new fencing token); a pending item only ([`StoreError::NotPending`] otherwise).
 pub fn mark_in_flight(
     conn: &Conn,
     item_id: i64,
     lane: Lane,
     sent_with: (i64, i64),
     route: Option<&str>,
+    holder: &super::leases::Holder,
     now: i64,
 ) -> Result<Dispatch> {
-    conn.prepare_cached(
-        "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
-    )?
-    .execute(params![item_id, now])?;
+    let lease_token: i64 = conn
+        .prepare_cached(
+            "UPDATE items SET state = 'in_flight', attempts = attempts + 1, updated_at = ?2,
+                    lease_owner = ?3, lease_expires_at = ?4, lease_token = lease_token + 1
+             WHERE id = ?1 AND state = 'pending'
+             RETURNING lease_token",
+        )?
+        .query_row(params![item_id, now, holder.id, holder.expiry(now)], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .ok_or(super::StoreError::NotPending(item_id))?;
     let item = item(conn, item_id)?;
     conn.execute(
         "INSERT INTO attempts (item_id, attempt, lane, model, started_at, concurrency, input_estimate, route)
@@ -445,6 +472,7 @@ pub fn mark_in_flight(
     Ok(Dispatch {
         item_id,
         attempt_id,
+        lease_token,
         attempt: item.attempts,
         failures: item.failures,
         job_name: item.job_name,
@@ -456,17 +484,56 @@ pub fn mark_in_flight(
     })
 }
 
+/// What a daemon holds while an item is in flight: its attempt, under the lease's fencing token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub item_id: i64,
+    pub attempt_id: i64,
+    pub lease_token: i64,
+}
+
+impl Dispatch {
+    pub fn claim(&self) -> Claim {
+        Claim {
+            item_id: self.item_id,
+            attempt_id: self.attempt_id,
+            lease_token: self.lease_token,
+        }
+    }
+}
+
+/// Fails with [`StoreError::LeaseLost`] unless the item is still in flight under the claim's
+/// lease: a daemon whose lease expired (another took the item back) records nothing. Ends the
+/// lease (and, on PostgreSQL, locks the row until the transaction ends).
+pub fn check_lease(conn: &Conn, claim: &Claim) -> Result<()> {
+    let held = conn
+        .prepare_cached(
+            "UPDATE items SET lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'in_flight'",
+        )?
+        .execute(params![claim.item_id, claim.lease_token])?;
+    if held == 0 {
+        return Err(super::StoreError::LeaseLost);
+    }
+    Ok(())
+}
+
 /// Closes an attempt and moves its item on, in one transaction; a billed call gets its ledger row
 /// (which settles the item's budget reservation with the real cost).
 pub fn record_outcome(
     conn: &Conn,
     prices: &PriceTable,
-    item_id: i64,
-    attempt_id: i64,
+    claim: &Claim,
     record: &AttemptRecord,
     update: &ItemUpdate,
     now: i64,
 ) -> Result<()> {
+    let Claim {
+        item_id,
+        attempt_id,
+        ..
+    } = *claim;
+    check_lease(conn, claim)?;
     conn.execute(
         "UPDATE attempts SET finished_at = ?2, outcome = ?3, http_status = ?4, request_id = ?5,
                 retry_after_ms = ?6, error = ?7, input_tokens = ?8, output_tokens = ?9
@@ -536,25 +603,54 @@ pub fn record_outcome(
     Ok(())
 }
 
-/// At start: real-time items left in flight by a crash go back to pending, and their open attempts
-/// are recorded as `unknown` (the request may have reached the API); like any unknown outcome this
-/// counts toward `max_attempts`. Batch items stay in flight: their batch is polled again.
-/// Returns how many items.
-pub fn requeue_in_flight(conn: &Conn, now: i64) -> Result<usize> {
-    conn.execute(
+/// Whose in-flight real-time items [`requeue_in_flight`] takes back.
+#[derive(Debug, Clone, Copy)]
+pub enum Requeue<'a> {
+    /// At a daemon's start: its own (it was killed, or stopped before their answers), those held
+    /// by no one (made before leases) and those whose lease expired.
+    StartOf(&'a str),
+    /// Those whose lease expired: their daemon died, or stopped beating (paused, cut off).
+    Expired,
+}
+
+/// Real-time items left in flight by a daemon that stopped go back to pending, and their open
+/// attempts are recorded as `unknown` (the request may have reached the API); like any unknown
+/// outcome this counts toward `max_attempts`. Their fencing token is raised, so the daemon that
+/// held them can no longer record an outcome. Batch items stay in flight: their batch is polled
+/// again. Returns how many items.
+pub fn requeue_in_flight(conn: &Conn, whose: Requeue<'_>, now: i64) -> Result<usize> {
+    // The items first, as recording an outcome does: each waits on the other's row locks in the
+    // same order.
+    let (whose_sql, owner) = match whose {
+        Requeue::StartOf(owner) => (
+            "(lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at < ?1)",
+            Some(owner),
+        ),
+        Requeue::Expired => ("lease_expires_at < ?1", None),
+    };
+    let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&now];
+    if let Some(owner) = &owner {
+        values.push(owner);
+    }
+    let ids: Vec<i64> = conn
+        .prepare(&format!(
+            "UPDATE items SET state = 'pending', failures = failures + 1, updated_at = ?1,
+                    lease_owner = NULL, lease_expires_at = NULL, lease_token = lease_token + 1,
+                    {PARK_IF_HELD}
+             WHERE state = 'in_flight' AND batch_id IS NULL AND {whose_sql}
+             RETURNING id"
+        ))?
+        .query_map(crate::store::sql::params_from_iter(values), |r| r.get(0))?
+        .collect::<Result<_>>()?;
+    let mut unknown = conn.prepare_cached(
         "UPDATE attempts SET outcome = 'unknown', finished_at = ?1,
                 error = 'nightshift stopped while this call was in flight; its outcome is unknown, so the item is sent again'
-         WHERE outcome IS NULL AND lane = 'realtime'",
-        [now],
+         WHERE item_id = ?2 AND outcome IS NULL AND lane = 'realtime'",
     )?;
-    let n = conn.execute(
-        &format!(
-            "UPDATE items SET state = 'pending', failures = failures + 1, updated_at = ?1, {PARK_IF_HELD}
-             WHERE state = 'in_flight' AND batch_id IS NULL"
-        ),
-        [now],
-    )?;
-    // Jobs canceled before the crash: what went back to pending ends canceled.
+    for id in &ids {
+        unknown.execute(params![now, id])?;
+    }
+    // Jobs canceled meanwhile: what went back to pending ends canceled.
     let mut canceled =
         conn.prepare("SELECT id FROM jobs WHERE canceled_at IS NOT NULL AND finished_at IS NULL")?;
     let jobs = canceled
@@ -563,7 +659,7 @@ pub fn requeue_in_flight(conn: &Conn, now: i64) -> Result<usize> {
     for job_id in jobs {
         cancel_pending(conn, job_id, now)?;
     }
-    Ok(n)
+    Ok(ids.len())
 }
 
 /// Items of a job by state.
@@ -624,6 +720,7 @@ pub fn errored(conn: &Conn, job_id: i64, limit: i64) -> Result<Vec<(i64, Option<
 mod tests {
     use super::*;
 
+    use crate::store::leases::test_holder;
     use crate::store::{test_connection, test_empty_job, test_insert};
 
     fn line(id: &str) -> String {
@@ -653,7 +750,7 @@ mod tests {
         assert_eq!(errors[0].1, None);
         assert!(errors[0].2.contains("repeats line 1"), "{}", errors[0].2);
         assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
-        let unwritten = super::super::results::unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        let unwritten = super::super::results::unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 2);
         assert!(
             unwritten[0]
@@ -689,7 +786,16 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 10).expect("mark");
+        let d = mark_in_flight(
+            &conn,
+            ready[0].id,
+            Lane::Realtime,
+            (1, 1),
+            None,
+            &test_holder(),
+            10,
+        )
+        .expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
         assert!(
             !is_pending(&conn, d.item_id).expect("pending"),
@@ -703,8 +809,7 @@ mod tests {
         record_outcome(
             &conn,
             &PriceTable::default(),
-            d.item_id,
-            d.attempt_id,
+            &d.claim(),
             &record,
             &ItemUpdate::Retry {
                 not_before: 50,
@@ -719,7 +824,16 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = mark_in_flight(&conn, d.item_id, Lane::Realtime, (1, 1), None, 60).expect("mark");
+        let d = mark_in_flight(
+            &conn,
+            d.item_id,
+            Lane::Realtime,
+            (1, 1),
+            None,
+            &test_holder(),
+            60,
+        )
+        .expect("mark");
         assert_eq!((d.attempt, d.failures), (2, 1));
         let update = ItemUpdate::Final {
             state: ItemState::Succeeded,
@@ -729,8 +843,7 @@ mod tests {
         record_outcome(
             &conn,
             &PriceTable::default(),
-            d.item_id,
-            d.attempt_id,
+            &d.claim(),
             &AttemptRecord {
                 outcome: crate::model::state::AttemptOutcome::Succeeded,
                 ..Default::default()
@@ -774,9 +887,30 @@ mod tests {
         let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
-        mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 10).expect("mark");
-        assert_eq!(requeue_in_flight(&conn, 20).expect("requeue"), 1);
-        let d = mark_in_flight(&conn, ready[0].id, Lane::Realtime, (1, 1), None, 30).expect("mark");
+        mark_in_flight(
+            &conn,
+            ready[0].id,
+            Lane::Realtime,
+            (1, 1),
+            None,
+            &test_holder(),
+            10,
+        )
+        .expect("mark");
+        assert_eq!(
+            requeue_in_flight(&conn, Requeue::StartOf("test"), 20).expect("requeue"),
+            1
+        );
+        let d = mark_in_flight(
+            &conn,
+            ready[0].id,
+            Lane::Realtime,
+            (1, 1),
+            None,
+            &test_holder(),
+            30,
+        )
+        .expect("mark");
         assert_eq!(d.unknown_before, 1);
         assert_eq!(d.attempt, 2);
     }

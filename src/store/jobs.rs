@@ -22,6 +22,8 @@ pub struct JobRow {
     pub finished_at: Option<i64>,
     pub ingest_prefix_hash: Option<String>,
     pub canceled_at: Option<i64>,
+    /// The daemon (`leases::Holder::id`) taking the file in, then keeping its results file.
+    pub taken_in_by: Option<String>,
 }
 
 pub struct NewJob {
@@ -32,7 +34,7 @@ pub struct NewJob {
 }
 
 const COLUMNS: &str = "id, name, source_path, tenant, priority, mode, deadline, created_at, ingest_lines, \
-     ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at, cache";
+     ingested_at, content_hash, note, results_bytes, results_lines, finished_at, ingest_prefix_hash, canceled_at, cache, taken_in_by";
 
 fn from_row(row: &Row<'_>) -> crate::store::Result<JobRow> {
     let priority: String = row.get(4)?;
@@ -68,29 +70,61 @@ fn from_row(row: &Row<'_>) -> crate::store::Result<JobRow> {
         finished_at: row.get(14)?,
         ingest_prefix_hash: row.get(15)?,
         canceled_at: row.get(16)?,
+        taken_in_by: row.get(18)?,
     })
 }
 
-pub fn create(conn: &Conn, job: &NewJob) -> Result<JobRow> {
-    conn.execute(
-        "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at, cache)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            job.name,
-            job.source_path,
-            job.defaults.tenant,
-            job.defaults.priority.as_str(),
-            job.defaults.mode.as_str(),
-            job.defaults
-                .deadline
-                .as_ref()
-                .map(|(text, _)| text.as_str()),
-            job.created_at,
-            job.defaults.cache.map(|c| c.as_str()),
-        ],
+/// Creates the job, taken in by `taker`; None when a job of that name exists already (another
+/// daemon sharing the store created it meanwhile, from its own jobs folder).
+pub fn create(conn: &Conn, job: &NewJob, taker: &str) -> Result<Option<JobRow>> {
+    let id: Option<i64> = conn
+        .query_row(
+            "INSERT INTO jobs (name, source_path, tenant, priority, mode, deadline, created_at, cache,
+                               taken_in_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (name) DO NOTHING
+             RETURNING id",
+            params![
+                job.name,
+                job.source_path,
+                job.defaults.tenant,
+                job.defaults.priority.as_str(),
+                job.defaults.mode.as_str(),
+                job.defaults
+                    .deadline
+                    .as_ref()
+                    .map(|(text, _)| text.as_str()),
+                job.created_at,
+                job.defaults.cache.map(|c| c.as_str()),
+                taker,
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        None => Ok(None),
+        Some(id) => get(conn, id),
+    }
+}
+
+/// Takes over an unfinished intake for `holder`: its own, one made before leases, or one whose
+/// daemon has not beaten for a lease's length (it died mid-file). False while a live daemon is
+/// taking the file in (from its own jobs folder): this one leaves it alone.
+pub fn take_intake(
+    conn: &Conn,
+    job_id: i64,
+    holder: &super::leases::Holder,
+    now: i64,
+) -> Result<bool> {
+    let taken = conn.execute(
+        "UPDATE jobs SET taken_in_by = ?2
+         WHERE id = ?1 AND ingested_at IS NULL
+           AND (taken_in_by IS NULL OR taken_in_by = ?2
+                OR NOT EXISTS (SELECT 1 FROM daemons d
+                               WHERE d.id = jobs.taken_in_by AND d.heartbeat_at >= ?3))",
+        params![job_id, holder.id, now - holder.ttl_ms],
     )?;
-    let id = conn.last_insert_rowid()?;
-    Ok(get(conn, id)?.expect("the job row was just inserted"))
+    Ok(taken == 1)
 }
 
 pub fn get(conn: &Conn, id: i64) -> Result<Option<JobRow>> {
@@ -129,17 +163,36 @@ pub fn unfinished(conn: &Conn) -> Result<Vec<JobRow>> {
     rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
+/// [`unfinished`] jobs whose results file `keeper` keeps (or no daemon: made before leases).
+pub fn unfinished_kept_by(conn: &Conn, keeper: &str) -> Result<Vec<JobRow>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM jobs
+         WHERE finished_at IS NULL AND (taken_in_by IS NULL OR taken_in_by = ?1) ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([keeper], from_row)?;
+    rows.collect::<crate::store::Result<Vec<_>>>()
+}
+
+/// Records how far `taker` has taken the file in; fails (and the chunk's items with it) when
+/// another daemon has taken the intake over meanwhile.
 pub fn record_intake_progress(
     conn: &Conn,
     job_id: i64,
+    taker: &str,
     lines: i64,
     offset: i64,
     prefix_hash: &str,
 ) -> Result<()> {
-    conn.execute(
-        "UPDATE jobs SET ingest_lines = ?2, ingest_offset = ?3, ingest_prefix_hash = ?4 WHERE id = ?1",
-        params![job_id, lines, offset, prefix_hash],
+    let recorded = conn.execute(
+        "UPDATE jobs SET ingest_lines = ?2, ingest_offset = ?3, ingest_prefix_hash = ?4
+         WHERE id = ?1 AND taken_in_by IS NOT DISTINCT FROM ?5",
+        params![job_id, lines, offset, prefix_hash, taker],
     )?;
+    if recorded == 0 {
+        return Err(super::StoreError::Invalid(format!(
+            "job {job_id}: another daemon took this file's intake over; this one stops taking it in"
+        )));
+    }
     Ok(())
 }
 
@@ -198,7 +251,7 @@ pub fn finish_if_complete(conn: &Conn, job_id: i64, now: i64) -> Result<bool> {
         "UPDATE jobs SET finished_at = ?2
          WHERE id = ?1 AND finished_at IS NULL AND ingested_at IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM items WHERE job_id = ?1 AND state IN ('pending', 'in_flight'))
-           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = ?1 AND r.seq > jobs.results_seq)",
+           AND NOT EXISTS (SELECT 1 FROM results r WHERE r.job_id = ?1 AND r.written = 0)",
         params![job_id, now],
     )?;
     Ok(changed > 0)

@@ -17,6 +17,7 @@ pub mod holds;
 pub mod items;
 pub mod job_status;
 pub mod jobs;
+pub mod leases;
 pub mod ledger;
 pub mod pg;
 pub mod quota;
@@ -51,12 +52,13 @@ static MIGRATIONS: LazyLock<Migrations<'static>> = LazyLock::new(|| {
         M::up(include_str!("../../migrations/0012_pack_by_prefix.sql")),
         M::up(include_str!("../../migrations/0013_operator.sql")),
         M::up(include_str!("../../migrations/0014_routes.sql")),
+        M::up(include_str!("../../migrations/0015_leases.sql")),
     ])
 });
 
 /// The schema version this build writes and understands.
 pub fn schema_version() -> usize {
-    14
+    15
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,12 @@ pub enum StoreError {
     Postgres(#[from] pg::PgError),
     #[error("the query found no row")]
     NoRows,
+    #[error("item {0} is no longer pending")]
+    NotPending(i64),
+    #[error(
+        "this daemon's lease on the item expired and another daemon took it back; its outcome is not recorded (the item is sent again)"
+    )]
+    LeaseLost,
     #[error("column {column} of a row read from the database: {error}")]
     Type { column: usize, error: String },
     #[error("PostgreSQL: {message}")]
@@ -187,11 +195,14 @@ impl PgTarget {
 }
 
 impl PgTarget {
-    /// The writer's connection: the schema migrated, the store taken for this daemon.
+    /// The writer's connection, the schema migrated. Several daemons may share the store: each
+    /// holds what it works on under leases (`leases`).
     fn connect_writer(&self) -> Result<Conn> {
         let mut client = self.connect()?;
         pg::migrate(&mut client)?;
-        pg::take_the_store(&mut client, &pg::redact(&self.url))?;
+        client
+            .batch_execute(pg::IDLE_IN_TRANSACTION)
+            .map_err(StoreError::pg)?;
         Ok(Conn::from(client))
     }
 }
@@ -1097,8 +1108,10 @@ pub fn test_empty_job(conn: &Conn) -> i64 {
             defaults: crate::model::job::JobDefaults::default(),
             created_at: 0,
         },
+        "test",
     )
     .expect("job")
+    .expect("a new job")
     .id
 }
 
@@ -1236,7 +1249,7 @@ mod tests {
             })
             .expect("job");
         assert_eq!((seq, bytes), (1, 8), "the file holds the first line");
-        let unwritten = results::unwritten(&Conn::from(conn), 10, 1 << 20).expect("unwritten");
+        let unwritten = results::unwritten(&Conn::from(conn), "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 1);
         assert_eq!(unwritten[0].line, "{\"a\":1}");
     }

@@ -63,12 +63,6 @@ pub enum PgError {
     TooNew { found: i32, known: usize },
     #[error("PostgreSQL: {0}")]
     Db(String),
-    #[error(
-        "another nightshift daemon is working on the PostgreSQL store {url}: one daemon per \
-         store for now (several daemons sharing one are being built); stop the other, or give \
-         this one its own database"
-    )]
-    Taken { url: String },
 }
 
 impl From<postgres::Error> for PgError {
@@ -162,28 +156,10 @@ pub fn connect(url: &str, password: Option<&str>) -> Result<postgres::Client, Pg
     })
 }
 
-/// The key of the session-level advisory lock the daemon holds on its writer's connection while
-/// it runs: "nsdaemon" in ASCII.
-pub const DAEMON_LOCK_KEY: i64 = 0x6e73_6461_656d_6f6e;
-
-/// Takes the store for this daemon alone: until leases let several daemons share one database
-/// (issue 17, being built), a second daemon is refused while the first holds its connection (a
-/// daemon that dies loses it with its connection).
-pub fn take_the_store(client: &mut postgres::Client, shown: &str) -> Result<(), PgError> {
-    let taken: bool = client
-        .query_one(
-            &format!("SELECT pg_try_advisory_lock({DAEMON_LOCK_KEY})"),
-            &[],
-        )?
-        .get(0);
-    if taken {
-        Ok(())
-    } else {
-        Err(PgError::Taken {
-            url: shown.to_owned(),
-        })
-    }
-}
+/// Limits how long the writer's connection may sit in an open transaction: a daemon paused
+/// mid-transaction (SIGSTOP, a frozen VM) would hold its rows' locks and stall every other daemon;
+/// the server ends such a session after this, and the daemon connects again when it resumes.
+pub const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '10s'";
 
 /// Brings the schema to this build's version: each migration not yet in `schema_migrations` is
 /// applied in a transaction of its own, which first takes the advisory lock

@@ -1,6 +1,8 @@
 //! SQL for result lines (`results`): each item's line, appended once in the transaction that
-//! makes the item final, and the job's cursor (`jobs.results_seq`) up to which its results file
-//! holds them. The results writer (`lanes::results`) reads past the cursor and moves it.
+//! makes the item final, and which of them the job's results file holds (`written`). The results
+//! writer (`lanes::results`) of the daemon that keeps the job's file reads the lines not written
+//! yet and marks them written with the file's new length. (A flag, not a cursor: several daemons
+//! sharing a store commit lines out of `seq` order.)
 
 use crate::store::sql::{Conn, OptionalExtension, params};
 
@@ -68,10 +70,11 @@ pub struct Unwritten {
 }
 
 /// CROSS JOIN keeps the jobs outside in SQLite: each job's lines are then a range of the index
-/// past its cursor, never a scan of every line ever written. `{join}` is [`join_in_order`].
+/// of unwritten lines, never a scan of every line ever written. `{join}` is [`join_in_order`].
+/// The jobs whose file `?2` keeps (or no daemon: made before leases).
 const UNWRITTEN: &str = "SELECT r.job_id, j.name, r.seq, r.line, j.results_bytes, j.results_epoch
-     FROM jobs j {join} results r ON r.job_id = j.id AND r.seq > j.results_seq
-     WHERE j.finished_at IS NULL
+     FROM jobs j {join} results r ON r.job_id = j.id AND r.written = 0
+     WHERE j.finished_at IS NULL AND (j.taken_in_by IS NULL OR j.taken_in_by = ?2)
      ORDER BY j.id, r.seq LIMIT ?1";
 
 /// SQLite's `CROSS JOIN ... ON` (a join in the order written); PostgreSQL plans its own.
@@ -82,11 +85,16 @@ fn join_in_order(conn: &Conn) -> &'static str {
     }
 }
 
-/// Lines past their job's cursor, in job and file order: at most `max_lines`, and no more than
-/// `max_bytes` of them (but always at least one).
-pub fn unwritten(conn: &Conn, max_lines: i64, max_bytes: usize) -> Result<Vec<Unwritten>> {
+/// Lines not in their job's file yet, of the jobs whose file `keeper` keeps, in job and `seq`
+/// order: at most `max_lines`, and no more than `max_bytes` of them (but always at least one).
+pub fn unwritten(
+    conn: &Conn,
+    keeper: &str,
+    max_lines: i64,
+    max_bytes: usize,
+) -> Result<Vec<Unwritten>> {
     let mut stmt = conn.prepare_cached(&UNWRITTEN.replace("{join}", join_in_order(conn)))?;
-    let rows = stmt.query_map([max_lines], |r| {
+    let rows = stmt.query_map(params![max_lines, keeper], |r| {
         Ok(Unwritten {
             job_id: r.get(0)?,
             job_name: r.get(1)?,
@@ -109,25 +117,42 @@ pub fn unwritten(conn: &Conn, max_lines: i64, max_bytes: usize) -> Result<Vec<Un
     Ok(out)
 }
 
-/// The job's file now holds its lines up to `seq`: `lines` more lines, `bytes` more bytes than
-/// the `committed` bytes they were appended after, in results `epoch`. Recorded only if the job's
-/// file is still at that length and epoch in the store: a reset meanwhile (a retry) wins, and the
-/// next round cuts the file back and writes it again. Returns whether it was recorded.
+/// The job's file now holds the lines `seqs` too: `bytes` more bytes than the `committed` bytes
+/// they were appended after, in results `epoch`. Recorded only if the job's file is still at that
+/// length and epoch in the store: a reset meanwhile (a retry, or another daemon adopting the
+/// file) wins, and the next round cuts the file back and writes it again. Returns whether it was
+/// recorded.
 pub fn mark_written(
     conn: &Conn,
     job_id: i64,
-    seq: i64,
+    seqs: &[i64],
     (committed, epoch): (i64, i64),
     bytes: i64,
-    lines: i64,
 ) -> Result<bool> {
-    Ok(conn
+    let moved = conn
         .prepare_cached(
-            "UPDATE jobs SET results_seq = ?2, results_bytes = results_bytes + ?3, results_lines = results_lines + ?4
-             WHERE id = ?1 AND results_bytes = ?5 AND results_epoch = ?6",
+            "UPDATE jobs SET results_bytes = results_bytes + ?2, results_lines = results_lines + ?3
+             WHERE id = ?1 AND results_bytes = ?4 AND results_epoch = ?5",
         )?
-        .execute(params![job_id, seq, bytes, lines, committed, epoch])?
-        == 1)
+        .execute(params![job_id, bytes, seqs.len() as i64, committed, epoch])?;
+    if moved != 1 {
+        return Ok(false);
+    }
+    let sql = |n| {
+        let list = (0..n)
+            .map(|i| format!("?{}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("UPDATE results SET written = 1 WHERE job_id = ?1 AND seq IN ({list})")
+    };
+    super::in_groups(seqs, sql, |sql, group| {
+        let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&job_id];
+        values.extend(group.iter().map(|s| s as &dyn crate::store::sql::ToValue));
+        conn.prepare_cached(sql)?
+            .execute(crate::store::sql::params_from_iter(values))?;
+        Ok(())
+    })?;
+    Ok(true)
 }
 
 /// The results file is not what was recorded (a crash left it short, or it was deleted,
@@ -135,12 +160,42 @@ pub fn mark_written(
 /// the start, in a new epoch (what a writer appended from the old one is not recorded).
 pub fn reset(conn: &Conn, job_id: i64) -> Result<()> {
     conn.execute(
-        "UPDATE jobs SET results_seq = 0, results_bytes = 0, results_lines = 0,
-                results_epoch = results_epoch + 1
+        "UPDATE jobs SET results_bytes = 0, results_lines = 0, results_epoch = results_epoch + 1
          WHERE id = ?1",
         [job_id],
     )?;
+    conn.execute(
+        "UPDATE results SET written = 0 WHERE job_id = ?1 AND written = 1",
+        [job_id],
+    )?;
     Ok(())
+}
+
+/// Jobs taken in (and their files kept) by daemons that stopped beating a lease's length ago
+/// become `holder`'s: their results files are written again, in full, under this daemon's
+/// `data_dir`. Returns their names.
+pub fn adopt_orphans(
+    conn: &Conn,
+    holder: &super::leases::Holder,
+    now: i64,
+) -> Result<Vec<String>> {
+    let adopted: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "UPDATE jobs SET taken_in_by = ?1
+             WHERE finished_at IS NULL AND ingested_at IS NOT NULL
+               AND taken_in_by IS NOT NULL AND taken_in_by <> ?1
+               AND NOT EXISTS (SELECT 1 FROM daemons d
+                               WHERE d.id = jobs.taken_in_by AND d.heartbeat_at >= ?2)
+             RETURNING id, name",
+        )?
+        .query_map(params![holder.id, now - holder.ttl_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_>>()?;
+    for (id, _) in &adopted {
+        reset(conn, *id)?;
+    }
+    Ok(adopted.into_iter().map(|(_, name)| name).collect())
 }
 
 #[cfg(test)]
@@ -160,17 +215,23 @@ mod tests {
             .query_row("SELECT id FROM items", (), |r| r.get(0))
             .expect("item");
         append_to(&conn, job, item, "{\"line\":1}").expect("append");
-        let read = unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        let read = unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
         let (seq, committed, epoch) = (read[0].seq, read[0].committed_bytes, read[0].epoch);
         assert_eq!((committed, epoch), (0, 0));
         // A retry resets the file while the writer holds those lines: the length is still 0, but
         // the epoch moved, so what the writer appended is not recorded (it is cut and written
         // again).
         reset(&conn, job).expect("reset");
-        assert!(!mark_written(&conn, job, seq, (committed, epoch), 12, 1).expect("mark"));
-        let read = unwritten(&conn, 10, 1 << 20).expect("unwritten");
+        assert!(!mark_written(&conn, job, &[seq], (committed, epoch), 12).expect("mark"));
+        let read = unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(read[0].epoch, 1);
-        assert!(mark_written(&conn, job, seq, (0, 1), 12, 1).expect("mark"));
+        assert!(mark_written(&conn, job, &[seq], (0, 1), 12).expect("mark"));
+        assert!(unwritten(&conn, "test", 10, 1 << 20).expect("unwritten").is_empty());
+        // Another daemon's job is not this writer's to write.
+        assert!(unwritten(&conn, "other", 10, 1 << 20).expect("unwritten").is_empty());
+        reset(&conn, job).expect("reset");
+        assert_eq!(unwritten(&conn, "test", 10, 1 << 20).expect("unwritten").len(), 1);
+        assert!(unwritten(&conn, "other", 10, 1 << 20).expect("unwritten").is_empty());
     }
 
     #[test]
@@ -180,7 +241,7 @@ mod tests {
             crate::store::test_plan(&conn, &UNWRITTEN.replace("{join}", join_in_order(&conn)));
         assert!(
             plan.iter()
-                .any(|step| step.contains("SEARCH r USING INDEX results_job (job_id=? AND seq>?)")),
+                .any(|step| step.contains("SEARCH r USING INDEX results_unwritten (job_id=?)")),
             "{plan:?}"
         );
         assert!(

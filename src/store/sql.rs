@@ -22,6 +22,18 @@ pub enum Dialect {
     Postgres,
 }
 
+impl Dialect {
+    /// What ends a SELECT that claims rows several daemons may claim at once: on PostgreSQL the
+    /// rows are locked until the transaction ends, and rows another transaction holds are
+    /// skipped. SQLite has one writer at a time and no such clause.
+    pub fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
 /// One value in or out of the database.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

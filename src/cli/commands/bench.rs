@@ -68,6 +68,11 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
         api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
         // The default, as a daemon takes jobs in.
         cache_default: crate::model::job::CacheMode::Auto,
+        holder: crate::store::leases::Holder::new(
+            "bench",
+            dir.path(),
+            crate::config::DEFAULT_LEASE,
+        ),
     };
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;

@@ -27,7 +27,7 @@ pub struct Replan<'a> {
 }
 
 /// Packs up to `max_requests` waiting items of a job (and no more than `max_bytes` of request
-/// bodies) into a new batch in state `submitting` on `route`, of the tenants it allows: the
+/// bodies), held by `holder`, into a new batch in state `submitting` on `route`, of the tenants it allows: the
 /// intent, recorded before the create call.
 /// Each item is first checked against its tenant's budget (which reserves its worst case, or
 /// rejects, downgrades or defers it; see [`admission`]).
@@ -36,9 +36,9 @@ pub fn pack(
     conn: &Conn,
     job_id: i64,
     route: &batches::PackRoute<'_>,
-    max_requests: i64,
-    max_bytes: i64,
+    (max_requests, max_bytes): (i64, i64),
     rules: &Rules,
+    holder: &store::leases::Holder,
     now: i64,
 ) -> store::Result<Option<i64>> {
     let closed = rules.windows.closed_ranks(now);
@@ -88,7 +88,7 @@ pub fn pack(
     if chosen.is_empty() {
         return Ok(None);
     }
-    batches::create_intent(conn, job_id, route.name, &chosen, bytes, now).map(Some)
+    batches::create_intent(conn, job_id, route.name, &chosen, bytes, holder, now).map(Some)
 }
 
 /// Judges result lines of a batch (`lines`: each with the item its custom_id names, see
@@ -509,9 +509,17 @@ mod tests {
             3,
             "capped"
         );
-        let batch = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &rules, 5)
-            .expect("pack")
-            .expect("a batch");
+        let batch = pack(
+            &conn,
+            job_id,
+            &EVERYONE,
+            (100, 1 << 20),
+            &rules,
+            &store::leases::test_holder(),
+            5,
+        )
+        .expect("pack")
+        .expect("a batch");
         let ids: Vec<String> = batches::requests(&conn, batch)
             .expect("requests")
             .into_iter()
@@ -522,9 +530,17 @@ mod tests {
             vec!["h1", "h2"],
             "the nightly items wait for their window"
         );
-        let batch = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
-            .expect("pack")
-            .expect("a batch");
+        let batch = pack(
+            &conn,
+            job_id,
+            &EVERYONE,
+            (100, 1 << 20),
+            &Rules::default(),
+            &store::leases::test_holder(),
+            5,
+        )
+        .expect("pack")
+        .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 2);
     }
 
@@ -553,9 +569,9 @@ mod tests {
             &conn,
             job_id,
             &EVERYONE,
-            4,
-            1 << 20,
+            (4, 1 << 20),
             &Rules::default(),
+            &store::leases::test_holder(),
             i64::MAX,
         )
         .expect("pack")
@@ -612,9 +628,17 @@ mod tests {
             batches::waiting_jobs(&conn, i64::MAX, &[], 100_000).expect("waiting")[0].waiting,
             1
         );
-        let batch_id = pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
-            .expect("pack")
-            .expect("a batch");
+        let batch_id = pack(
+            &conn,
+            job_id,
+            &EVERYONE,
+            (100, 1 << 20),
+            &Rules::default(),
+            &store::leases::test_holder(),
+            5,
+        )
+        .expect("pack")
+        .expect("a batch");
         let open = batches::open(&conn).expect("open");
         assert_eq!(open.len(), 1);
         assert_eq!(
@@ -627,9 +651,17 @@ mod tests {
             1
         );
         assert!(
-            pack(&conn, job_id, &EVERYONE, 100, 1 << 20, &Rules::default(), 5)
-                .expect("pack")
-                .is_none(),
+            pack(
+                &conn,
+                job_id,
+                &EVERYONE,
+                (100, 1 << 20),
+                &Rules::default(),
+                &store::leases::test_holder(),
+                5
+            )
+            .expect("pack")
+            .is_none(),
             "nothing left"
         );
     }
@@ -724,9 +756,17 @@ mod tests {
     /// A job of `lines`, all packed into one batch: (job, batch).
     fn packed_batch(conn: &Conn, lines: &[&str]) -> (i64, i64) {
         let job_id = test_job(conn, lines);
-        let batch_id = pack(conn, job_id, &EVERYONE, 1000, 1 << 30, &Rules::default(), 5)
-            .expect("pack")
-            .expect("a batch");
+        let batch_id = pack(
+            conn,
+            job_id,
+            &EVERYONE,
+            (1000, 1 << 30),
+            &Rules::default(),
+            &store::leases::test_holder(),
+            5,
+        )
+        .expect("pack")
+        .expect("a batch");
         (job_id, batch_id)
     }
 

@@ -86,6 +86,8 @@ pub struct BatchLane {
     pub unserved: crate::lanes::routes::Unserved,
     /// Jobs whose waiting tenants were checked against the routes (once per job and start).
     pub tenants_checked: Arc<Mutex<std::collections::HashSet<i64>>>,
+    /// This daemon, as it holds the leases of the batches it follows.
+    pub holder: crate::store::leases::Holder,
 }
 
 /// Spaces calls to the batch endpoints under their RPM.
@@ -331,13 +333,15 @@ impl BatchLane {
             let mut packed = None;
             for (name, tenants) in &routes {
                 let (route, allowed) = (name.clone(), tenants.clone());
+                let holder = self.holder.clone();
                 let found = self
                     .replanning(move |c, r| {
                         let route = PackRoute {
                             name: &route,
                             tenants: allowed.as_deref(),
                         };
-                        apply::pack(c, job_id, &route, max_requests, max_bytes, r.rules, r.now)
+                        let size = (max_requests, max_bytes);
+                        apply::pack(c, job_id, &route, size, r.rules, &holder, r.now)
                     })
                     .await?;
                 // A budget may have ended items (rejected) while packing.
@@ -478,7 +482,11 @@ impl BatchLane {
         lane: &mut Lane,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<i64>> {
-        let open = self.store.call(batches::open).await?;
+        let holder = self.holder.clone();
+        let open = self
+            .store
+            .call(move |c| batches::claim_open(c, &holder, now_ms()))
+            .await?;
         // While a create call's outcome is unknown, no other create goes out on its route, nor on
         // one of its organization (see the module doc).
         let unresolved: Vec<&str> = open
