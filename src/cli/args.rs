@@ -155,6 +155,15 @@ pub enum Command {
     },
     /// Tokens and dollars per tenant, job, model or day, from the ledger of billed calls.
     Ledger(LedgerArgs),
+    /// Write a job's results (the batch-results format, each custom_id once) from the store, on
+    /// any host that shares it: exit 75 if the job is still running (what is there so far).
+    Results {
+        /// The job's name.
+        job: String,
+        /// Write them to FILE (replaced atomically, private) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write a consistent copy of the database to FILE, also while the daemon runs.
     Backup {
         /// Where the copy goes: a new file (a backup never overwrites one).

@@ -41,6 +41,8 @@ use crate::config::{Config, ConfigError, Env, Secret};
 pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_REFUSED: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// The job is still running: what `results` wrote is partial (sysexits' EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: u8 = 75;
 pub const EXIT_NOPERM: u8 = 77;
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -96,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume { on } => pause::resume(config, &on.on()),
         Command::Unschedule { name } => unschedule::run(config, &name),
         Command::Backup { file } => backup::run(config, &file),
+        Command::Results { job, out } => results::run(config, &job, out.as_deref()),
         Command::Submit { file, name } => submit::run(config, &file, name.as_deref()),
         Command::Completions { shell } => completions::run(shell),
         Command::Man { dir } => man::run(dir.as_deref()),

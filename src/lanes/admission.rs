@@ -2,7 +2,8 @@
 //! tenant's caps and the answer applied — reserve it, downgrade its model, move it to batches or
 //! hold it until the next period, or end it errored. Read, decide (`policy::budget::decide`) and
 //! write in the transaction that sends it: the store's single writer makes admissions one at a
-//! time, so two calls can never both take the last dollar of a cap.
+//! time (and, with several daemons on one PostgreSQL store, a lock on the tenant's reservations),
+//! so two calls can never both take the last dollar of a cap.
 
 use crate::store::sql::Conn;
 use serde_json::json;
@@ -90,6 +91,7 @@ pub fn admit(
         worst_in_batch: may_batch.then(|| worst(true)).flatten(),
     };
     let tenant = item.tenant.as_str();
+    store::budget::lock_tenant(conn, tenant)?;
     let spend = store::budget::spend(conn, tenant, now)?;
     match budget::decide(tenant, caps, spend, &call, now) {
         Decision::Admit { reserve } => {

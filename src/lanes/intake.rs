@@ -330,7 +330,10 @@ impl Intake {
         let open = block_on_store(&self.store, jobs::ingesting)?;
         for job in open {
             // Another daemon's file is in its own jobs folder, on its own host.
-            let mine = job.taken_in_by.as_ref().is_none_or(|t| *t == self.holder.id);
+            let mine = job
+                .taken_in_by
+                .as_ref()
+                .is_none_or(|t| *t == self.holder.id);
             if !mine || Path::new(&job.source_path).exists() {
                 continue;
             }

@@ -31,6 +31,24 @@ pub fn spend(conn: &Conn, tenant: &str, now: i64) -> Result<Spend> {
     })
 }
 
+/// Makes the tenant's admissions one at a time across daemons sharing the store: its
+/// reservations row is locked until the admitting transaction ends (PostgreSQL), so the spend
+/// read next includes every reservation another daemon committed before. (SQLite's single writer
+/// does this by itself.) Call before [`spend`] when admitting.
+pub fn lock_tenant(conn: &Conn, tenant: &str) -> Result<()> {
+    if conn.dialect() == crate::store::sql::Dialect::Sqlite {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO tenant_reserved (tenant, reserved_micro_usd) VALUES (?1, 0)
+         ON CONFLICT (tenant) DO NOTHING",
+    )?
+    .execute([tenant])?;
+    conn.prepare_cached("SELECT 1 FROM tenant_reserved WHERE tenant = ?1 FOR UPDATE")?
+        .query_row([tenant], |r| r.get::<_, i64>(0))?;
+    Ok(())
+}
+
 /// Admitted: the item's worst case is reserved against its tenant's caps.
 pub fn reserve(conn: &Conn, item_id: i64, micro_usd: i64) -> Result<()> {
     conn.prepare_cached("UPDATE items SET reserved_micro_usd = ?2 WHERE id = ?1")?

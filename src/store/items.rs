@@ -750,7 +750,8 @@ mod tests {
         assert_eq!(errors[0].1, None);
         assert!(errors[0].2.contains("repeats line 1"), "{}", errors[0].2);
         assert!(errors[1].2.starts_with("j.jsonl line 4"), "{}", errors[1].2);
-        let unwritten = super::super::results::unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
+        let unwritten =
+            super::super::results::unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 2);
         assert!(
             unwritten[0]

@@ -1249,7 +1249,8 @@ mod tests {
             })
             .expect("job");
         assert_eq!((seq, bytes), (1, 8), "the file holds the first line");
-        let unwritten = results::unwritten(&Conn::from(conn), "test", 10, 1 << 20).expect("unwritten");
+        let unwritten =
+            results::unwritten(&Conn::from(conn), "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(unwritten.len(), 1);
         assert_eq!(unwritten[0].line, "{\"a\":1}");
     }

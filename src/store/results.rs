@@ -56,6 +56,18 @@ pub fn retired_of(conn: &Conn, item_id: i64) -> Result<Vec<(String, i64)>> {
     rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
+/// A job's result lines in `seq` order after `after`, at most `limit`: (seq, line) each. What
+/// `nightshift results` writes, page by page, from any host.
+pub fn page(conn: &Conn, job_id: i64, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, line FROM results WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![job_id, after, limit], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    rows.collect()
+}
+
 /// A result line waiting to be appended to its job's file.
 #[derive(Debug, Clone)]
 pub struct Unwritten {
@@ -174,11 +186,7 @@ pub fn reset(conn: &Conn, job_id: i64) -> Result<()> {
 /// Jobs taken in (and their files kept) by daemons that stopped beating a lease's length ago
 /// become `holder`'s: their results files are written again, in full, under this daemon's
 /// `data_dir`. Returns their names.
-pub fn adopt_orphans(
-    conn: &Conn,
-    holder: &super::leases::Holder,
-    now: i64,
-) -> Result<Vec<String>> {
+pub fn adopt_orphans(conn: &Conn, holder: &super::leases::Holder, now: i64) -> Result<Vec<String>> {
     let adopted: Vec<(i64, String)> = conn
         .prepare_cached(
             "UPDATE jobs SET taken_in_by = ?1
@@ -226,12 +234,29 @@ mod tests {
         let read = unwritten(&conn, "test", 10, 1 << 20).expect("unwritten");
         assert_eq!(read[0].epoch, 1);
         assert!(mark_written(&conn, job, &[seq], (0, 1), 12).expect("mark"));
-        assert!(unwritten(&conn, "test", 10, 1 << 20).expect("unwritten").is_empty());
+        assert!(
+            unwritten(&conn, "test", 10, 1 << 20)
+                .expect("unwritten")
+                .is_empty()
+        );
         // Another daemon's job is not this writer's to write.
-        assert!(unwritten(&conn, "other", 10, 1 << 20).expect("unwritten").is_empty());
+        assert!(
+            unwritten(&conn, "other", 10, 1 << 20)
+                .expect("unwritten")
+                .is_empty()
+        );
         reset(&conn, job).expect("reset");
-        assert_eq!(unwritten(&conn, "test", 10, 1 << 20).expect("unwritten").len(), 1);
-        assert!(unwritten(&conn, "other", 10, 1 << 20).expect("unwritten").is_empty());
+        assert_eq!(
+            unwritten(&conn, "test", 10, 1 << 20)
+                .expect("unwritten")
+                .len(),
+            1
+        );
+        assert!(
+            unwritten(&conn, "other", 10, 1 << 20)
+                .expect("unwritten")
+                .is_empty()
+        );
     }
 
     #[test]

@@ -167,18 +167,26 @@ impl TestEnv {
         log_name: &str,
         env: &[(&str, &str)],
     ) -> Child {
-        let stderr = std::fs::File::create(self.dir.path().join(log_name)).expect("log file");
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("run")
-            .env("ANTHROPIC_API_KEY", key)
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("nightshift run starts")
+        spawn_daemon(&self.config_path, &self.dir.path().join(log_name), key, env)
+    }
+
+    /// Another host sharing this env's store (PostgreSQL) and fake API: a config of its own,
+    /// the same but for its jobs and data folders (under `<name>/`).
+    pub fn host(&self, name: &str) -> Host {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        let root = self.dir.path().join(name);
+        std::fs::create_dir_all(root.join("jobs")).expect("the host's jobs dir");
+        let config_path = self.dir.path().join(format!("{name}.toml"));
+        let text = text.replace(
+            "jobs_dir = \"jobs\"\ndata_dir = \"data\"",
+            &format!("jobs_dir = \"{name}/jobs\"\ndata_dir = \"{name}/data\""),
+        );
+        std::fs::write(&config_path, text).expect("the host's config");
+        Host {
+            name: name.to_owned(),
+            root,
+            config_path,
+        }
     }
 
     /// The health trouble of `part` that `status --json` shows, once it shows one (Null if none
@@ -309,6 +317,71 @@ impl TestEnv {
     /// The job's results file, parsed line by line.
     pub fn results(&self, job: &str) -> Vec<Value> {
         read_results(&self.results_file(job))
+    }
+}
+
+/// Starts the real binary's daemon (`nightshift run`) with `config`, logging to `log`.
+fn spawn_daemon(config: &Path, log: &Path, key: &str, env: &[(&str, &str)]) -> Child {
+    let stderr = std::fs::File::create(log).expect("log file");
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("ANTHROPIC_API_KEY", key)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("nightshift run starts")
+}
+
+/// A host of [`TestEnv::host`]: its own jobs and data folders, the env's store and fake API.
+pub struct Host {
+    pub name: String,
+    pub root: PathBuf,
+    pub config_path: PathBuf,
+}
+
+impl Host {
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+
+    pub fn results_file(&self, job: &str) -> PathBuf {
+        self.root.join("data/results").join(format!("{job}.jsonl"))
+    }
+
+    /// As [`TestEnv::write_job`], into this host's jobs folder.
+    pub fn write_job(&self, name: &str, content: &[u8]) {
+        let staging = self.root.join(format!("{name}.staging"));
+        std::fs::write(&staging, content).expect("write job");
+        std::fs::rename(&staging, self.jobs_dir().join(format!("{name}.jsonl")))
+            .expect("rename job in");
+    }
+
+    /// Its daemon, the real binary, logging to `<name>.log` beside its folders.
+    pub fn spawn(&self) -> Child {
+        spawn_daemon(&self.config_path, &self.log_path(), "sk-test", &[])
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.with_file_name(format!("{}.log", self.name))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A CLI command with this host's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env_remove("ANTHROPIC_API_KEY")
+            .output()
+            .expect("nightshift runs")
     }
 }
 

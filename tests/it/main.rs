@@ -27,5 +27,6 @@ mod schedules;
 mod sdk;
 mod secrets;
 mod service;
+mod several;
 mod trust;
 mod windows;

@@ -430,32 +430,6 @@ fn the_triggers_keep_the_sums() {
     );
 }
 
-/// One daemon per PostgreSQL store until leases let several share one: a second is refused,
-/// saying why, while the first runs; once it stops, the store can be taken again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_daemon_on_one_store_is_refused_until_the_first_stops() {
-    use nightshift::store::{Location, Store};
-    let server = tokio::task::spawn_blocking(TestPg::start)
-        .await
-        .expect("started");
-    let at = Location::new("unused.db".into(), Some(&server.url()), None, None);
-    let open = |at: Location| async move {
-        tokio::task::spawn_blocking(move || Store::open(at))
-            .await
-            .expect("joined")
-    };
-    let first = open(at.clone())
-        .await
-        .expect("the first daemon takes the store");
-    let refused = open(at.clone()).await.err().expect("a second is refused");
-    let text = refused.to_string();
-    assert!(text.contains("another nightshift daemon"), "{text}");
-    assert!(text.contains(&server.url()), "the store is named: {text}");
-    first.close().await;
-    let again = open(at).await.expect("free again once the first stopped");
-    again.close().await;
-}
-
 /// A job through the daemon on the PostgreSQL store, 429s and 529s injected: each item once in
 /// the results, one call per success, and the CLI (status, job) reads it from PostgreSQL.
 /// `NIGHTSHIFT_TEST_STORE=postgres cargo test --test it` runs every other test there too.

@@ -16,6 +16,7 @@ pub mod man;
 pub mod pause;
 pub mod plan;
 pub mod reload;
+pub mod results;
 pub mod retry;
 pub mod run;
 pub mod status;

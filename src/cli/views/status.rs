@@ -45,7 +45,29 @@ pub struct StatusReport {
     pub schedules: Vec<ScheduleStatus>,
     /// Time windows of priority classes, and whether each is open now.
     pub windows: Vec<WindowStatus>,
+    /// The daemons working on the store (several share a PostgreSQL one), most recent heartbeat
+    /// first, with what each holds.
+    pub daemons: Vec<DaemonEntry>,
 }
+
+/// A daemon working on the store.
+#[derive(Debug, Serialize)]
+pub struct DaemonEntry {
+    /// `host:data_dir`: what its leases name.
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    pub started: String,
+    pub last_heartbeat: String,
+    pub heartbeat_age_secs: i64,
+    /// Real-time items it holds in flight, and batches it follows.
+    pub items_held: i64,
+    pub batches_held: i64,
+}
+
+/// A daemon silent for longer than this is called out (it beats every 5 s at most).
+const DAEMON_SILENT_SECS: i64 = 15;
 
 #[derive(Debug, Serialize)]
 pub struct HoldStatus {
@@ -104,6 +126,35 @@ pub struct RejectedFile {
     pub file: String,
     pub reason: String,
     pub at: String,
+}
+
+/// The daemons sharing the store, one row each.
+fn daemons_table(daemons: &[DaemonEntry]) -> String {
+    let mut rows = vec![
+        ["DAEMON", "PID", "VERSION", "HEARTBEAT", "ITEMS", "BATCHES"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for d in daemons {
+        let beat = if d.heartbeat_age_secs > DAEMON_SILENT_SECS {
+            format!("{} s ago: stopped or cut off?", d.heartbeat_age_secs)
+        } else {
+            format!("{} s ago", d.heartbeat_age_secs)
+        };
+        rows.push(vec![
+            d.id.clone(),
+            d.pid.to_string(),
+            d.version.clone(),
+            beat,
+            d.items_held.to_string(),
+            d.batches_held.to_string(),
+        ]);
+    }
+    format!(
+        "daemons sharing the store ({}):\n{}",
+        daemons.len(),
+        table(&rows)
+    )
 }
 
 /// Where `job` stands now (see [`crate::store::job_status`]).
@@ -182,6 +233,20 @@ pub fn status(
                 runs: s.runs,
             })
             .collect(),
+        daemons: crate::store::leases::daemons(conn)?
+            .into_iter()
+            .map(|d| DaemonEntry {
+                heartbeat_age_secs: (now - d.heartbeat_at).max(0) / 1000,
+                started: format_time(d.started_at),
+                last_heartbeat: format_time(d.heartbeat_at),
+                id: d.id,
+                host: d.host,
+                pid: d.pid,
+                version: d.version,
+                items_held: d.items_held,
+                batches_held: d.batches_held,
+            })
+            .collect(),
     };
     for job in jobs::list(conn)? {
         report.jobs.push(job_status(conn, &job, results_dir, now)?);
@@ -209,6 +274,11 @@ impl StatusReport {
             out.push_str(&format!("{} (nightshift resume lets it go)\n", h.to_text()));
         }
         if !self.paused.is_empty() || !self.holds.is_empty() {
+            out.push('\n');
+        }
+        // One daemon is the section above; several share a store (PostgreSQL): list them.
+        if self.daemons.len() > 1 {
+            out.push_str(&daemons_table(&self.daemons));
             out.push('\n');
         }
         if self.jobs.is_empty() {

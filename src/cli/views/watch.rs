@@ -300,6 +300,7 @@ mod tests {
             daemon_config: None,
             schedules: vec![],
             windows: vec![],
+            daemons: vec![],
         }
     }
 
