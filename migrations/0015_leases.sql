@@ -10,7 +10,10 @@ CREATE TABLE daemons (
     pid             INTEGER NOT NULL,
     version         TEXT    NOT NULL,
     started_at      INTEGER NOT NULL,
-    heartbeat_at    INTEGER NOT NULL
+    heartbeat_at    INTEGER NOT NULL,
+    -- what its routes reach (a JSON array of organization keys and `route:<name>`s): each
+    -- daemon paces itself to 1/N of an organization N live daemons reach
+    reach           TEXT    NOT NULL DEFAULT '[]'
 );
 
 -- The daemon that took the job file in; it keeps the job's results file.

@@ -84,8 +84,15 @@ fn limit_malloc_arenas() {
 #[allow(clippy::disallowed_methods)] // NO_COLOR is read here, at the edge
 /// Sets up the logs; true when stderr is the journal.
 fn init_tracing(default_filter: &str) -> bool {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Never a prompt or an answer in the logs, whatever RUST_LOG asks: PostgreSQL's client logs
+    // each statement's parameters (the requests, the result lines) at debug.
+    for quiet in ["tokio_postgres=info", "postgres=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let journal = std::env::var("JOURNAL_STREAM").ok();
     if journal::is_journal(journal.as_deref(), journal::stderr_identity()) {
         // Under systemd: priorities the journal reads, and its timestamps instead of ours.

@@ -12,7 +12,10 @@ CREATE TABLE daemons (
     pid             BIGINT  NOT NULL,
     version         TEXT    NOT NULL,             -- nightshift's version (and commit)
     started_at      BIGINT  NOT NULL,
-    heartbeat_at    BIGINT  NOT NULL
+    heartbeat_at    BIGINT  NOT NULL,
+    -- what its routes reach (a JSON array of organization keys and `route:<name>`s): each
+    -- daemon paces itself to 1/N of an organization N live daemons reach
+    reach           TEXT    NOT NULL DEFAULT '[]'
 );
 
 -- One row per job file taken in, from any daemon's jobs_dir. A file is taken once across hosts:

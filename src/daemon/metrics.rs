@@ -346,7 +346,10 @@ impl Sources {
         let budgets = &self.rules.get().budgets;
         // A locked or unreadable database leaves the store's part out, and the page says why.
         let stored = crate::store::open_read_only(&self.store)
-            .and_then(|conn| page::read(&conn, &self.results_dir, budgets, &limits, now))
+            .and_then(|conn| {
+                let daemon = crate::store::leases::local_daemon_id(&self.data_dir);
+                page::read(&conn, &daemon, &self.results_dir, budgets, &limits, now)
+            })
             .map_err(|e| {
                 tracing::debug!(error = %e, "status page: the database cannot be read now");
                 e.to_string()

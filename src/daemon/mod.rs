@@ -38,6 +38,8 @@ pub struct Handle {
 /// Starts the daemon as a task of this process; [`Handle::stop`] shuts it down in order.
 /// The daemon's fact naming the config it runs with.
 pub const CONFIG_FACT: &str = "config";
+/// The `daemon_facts` key of the URL the daemon serves its metrics and page at.
+pub const METRICS_FACT: &str = "metrics_url";
 
 pub fn spawn(config: Config, keys: RouteKeys) -> Handle {
     let stop = CancellationToken::new();
@@ -222,13 +224,17 @@ pub async fn run(
         ),
     };
 
-    let holder =
-        crate::store::leases::Holder::new(&host_name(), &config.data_dir, config.store.lease);
+    let holder = crate::store::leases::Holder::new(
+        &crate::store::leases::this_host(),
+        &config.data_dir,
+        config.store.lease,
+    );
     let own = holder.id.clone();
     let requeued = store
         .call(move |c| {
             // What an earlier daemon found in the jobs folder is told afresh by the first scan.
-            crate::store::facts::clear(c, crate::lanes::intake::NOT_TAKEN_FACT)?;
+            let not_taken = crate::store::facts::scoped(crate::lanes::intake::NOT_TAKEN_FACT, &own);
+            crate::store::facts::clear(c, &not_taken)?;
             items::requeue_in_flight(c, items::Requeue::StartOf(&own), now_ms())
         })
         .await?;
@@ -283,6 +289,13 @@ pub async fn run(
         quota_settings,
     );
     restore_routing(&store, &mut routing, &clients).await;
+    // Daemons sharing the store: this one's part of each organization, before its first call
+    // (the heartbeat keeps it up to date as daemons come and go).
+    let (asking, started) = (holder.clone(), now_ms());
+    let others = store
+        .call(move |c| crate::store::leases::others_reach(c, &asking, started))
+        .await?;
+    tell_shares(&routing.set_shares(&others));
     let routing = Arc::new(Mutex::new(routing));
     let clients = Arc::new(clients);
     // Both lanes share the routes: a batch is created on a route its items may use and followed
@@ -367,10 +380,13 @@ pub async fn run(
     let stop_heartbeat = CancellationToken::new();
     let heartbeat_task = tokio::spawn(heartbeat_loop(
         store.clone(),
-        holder.clone(),
-        board.clone(),
+        Beating {
+            holder: holder.clone(),
+            routing: reloader.routing.clone(),
+            board: board.clone(),
+            work_wake: work_wake.clone(),
+        },
         stop_heartbeat.clone(),
-        work_wake.clone(),
     ));
     let health_task = tokio::spawn(health::run(
         config.data_dir.clone(),
@@ -385,17 +401,21 @@ pub async fn run(
     ));
     // Which config the daemon runs with, for `status` (a CLI run with another shows both).
     let config_fact = config.source_name();
+    let key = crate::store::facts::scoped(CONFIG_FACT, &holder.id);
     store
-        .call(move |c| crate::store::facts::set(c, CONFIG_FACT, &config_fact, now_ms()))
+        .call(move |c| crate::store::facts::set(c, &key, &config_fact, now_ms()))
         .await?;
     let metrics_task = match metrics_listener {
         None => None,
         Some(listener) => {
             let url = format!("http://{}/metrics", listener.local_addr()?);
             tracing::info!(%url, "serving metrics");
-            let fact = url.clone();
+            let (fact, key) = (
+                url.clone(),
+                crate::store::facts::scoped(METRICS_FACT, &holder.id),
+            );
             store
-                .call(move |c| crate::store::facts::set(c, "metrics_url", &fact, now_ms()))
+                .call(move |c| crate::store::facts::set(c, &key, &fact, now_ms()))
                 .await?;
             let sources = crate::daemon::metrics::Sources {
                 store: location.clone(),
@@ -471,7 +491,8 @@ pub async fn run(
     let _ = by_deadline(deadline, "the scheduler", schedule_task).await;
     if let Some(task) = metrics_task {
         let _ = by_deadline(deadline, "the metrics endpoint", task).await;
-        let cleared = store.call(|c| crate::store::facts::clear(c, "metrics_url"));
+        let key = crate::store::facts::scoped(METRICS_FACT, &holder.id);
+        let cleared = store.call(move |c| crate::store::facts::clear(c, &key));
         let _ = by_deadline(deadline, "clearing the metrics address", cleared).await;
     }
     let intake_result = by_deadline(deadline, "intake", intake_task).await;
@@ -486,8 +507,8 @@ pub async fn run(
     let leaving = holder.clone();
     let gone = store.call(move |c| {
         crate::store::leases::leave(c, &leaving)?;
-        crate::store::facts::clear(c, DAEMON_FACT)?;
-        crate::store::facts::clear(c, HEARTBEAT_FACT)
+        crate::store::facts::clear(c, &crate::store::facts::scoped(DAEMON_FACT, &leaving.id))?;
+        crate::store::facts::clear(c, &crate::store::facts::scoped(HEARTBEAT_FACT, &leaving.id))
     });
     let _ = by_deadline(deadline, "saying the daemon stops", gone).await;
     let closed = by_deadline(deadline, "the store", store.close()).await;
@@ -605,15 +626,26 @@ pub const DAEMON_FACT: &str = "daemon";
 pub const HEARTBEAT_FACT: &str = "heartbeat";
 pub const HEARTBEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Says who runs on this data dir and beats until `stop`: renews this daemon's leases, and takes
-/// back the work of daemons whose leases expired (woken lanes send it again).
-async fn heartbeat_loop(
-    store: Store,
+/// What the heartbeat needs besides the store.
+struct Beating {
     holder: crate::store::leases::Holder,
+    /// Whose organizations it publishes, and whose shares of them it sets.
+    routing: Arc<Mutex<Routing>>,
     board: crate::lanes::health::Board,
-    stop: CancellationToken,
+    /// Woken when work was taken back from a daemon that stopped.
     work_wake: Arc<Notify>,
-) {
+}
+
+/// Says who runs on this data dir and beats until `stop`: renews this daemon's leases, takes
+/// back the work of daemons whose leases expired (woken lanes send it again), and paces each
+/// organization to this daemon's part of it among the live daemons reaching it.
+async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken) {
+    let Beating {
+        holder,
+        routing,
+        board,
+        work_wake,
+    } = beating;
     let since = now_ms();
     let who = serde_json::json!({
         "pid": std::process::id(),
@@ -622,30 +654,34 @@ async fn heartbeat_loop(
     })
     .to_string();
     let daemon = crate::store::leases::Daemon {
-        host: host_name(),
+        host: crate::store::leases::this_host(),
         pid: i64::from(std::process::id()),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: since,
     };
+    let lease = std::time::Duration::from_millis(holder.ttl_ms.max(0) as u64);
     // Three beats per lease: one late beat never loses one.
-    let every = HEARTBEAT_EVERY.min(std::time::Duration::from_millis(
-        (holder.ttl_ms / 3).max(100) as u64,
-    ));
+    let every = HEARTBEAT_EVERY.min((lease / 3).max(std::time::Duration::from_millis(100)));
     loop {
         let now = now_ms();
         let (who, holder, daemon) = (who.clone(), holder.clone(), daemon.clone());
+        let reach = crate::lock(&routing).reach();
         // Who it is, every beat too: a first write that failed (a full disk) is made good.
         let beat = store
             .call(move |c| {
-                crate::store::facts::set(c, DAEMON_FACT, &who, since)?;
-                crate::store::facts::set(c, HEARTBEAT_FACT, &now.to_string(), now)?;
-                crate::store::leases::beat(c, &holder, &daemon, now)?;
-                crate::store::leases::sweep(c, now)
+                let key = |name| crate::store::facts::scoped(name, &holder.id);
+                crate::store::facts::set(c, &key(DAEMON_FACT), &who, since)?;
+                crate::store::facts::set(c, &key(HEARTBEAT_FACT), &now.to_string(), now)?;
+                crate::store::leases::beat(c, &holder, &daemon, &reach, now)?;
+                let swept = crate::store::leases::sweep(c, now)?;
+                Ok((swept, crate::store::leases::others_reach(c, &holder, now)?))
             })
             .await;
         match beat {
-            Ok(swept) => {
+            Ok((swept, others)) => {
                 board.clear(crate::lanes::health::STORE);
+                let changed = crate::lock(&routing).set_shares(&others);
+                tell_shares(&changed);
                 if swept != Default::default() {
                     tracing::warn!(
                         items = swept.items,
@@ -668,14 +704,16 @@ async fn heartbeat_loop(
     }
 }
 
-/// This machine's name, as leases and `status` name the daemon's host.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// Says which organizations this daemon now paces to a new part of (daemons came or went).
+fn tell_shares(changed: &[(String, f64)]) {
+    for (organization, share) in changed {
+        let daemons = (1.0 / share).round();
+        tracing::info!(
+            %organization,
+            share,
+            "{daemons} daemons sharing the store reach this organization: this one paces itself to 1/{daemons} of its limits"
+        );
+    }
 }
 
 /// Pings the systemd watchdog (when the unit sets `WatchdogSec=`) as long as the store's writer

@@ -94,18 +94,21 @@ pub fn window_start(now: i64) -> i64 {
 /// Reads the store's part of the page at `now`: the jobs (results files named under
 /// `results_dir`), pauses, where the tenants of `budgets` stand, and the last hour per minute.
 /// `limits` is the quota controller's snapshot, for the limits the charts are drawn against.
+/// `daemon`: its id (`leases`), whose facts it reads.
 pub fn read(
     conn: &Conn,
+    daemon: &str,
     results_dir: &Path,
     budgets: &Budgets,
     limits: &[ClassSnapshot],
     now: i64,
 ) -> crate::store::Result<Stored> {
     use crate::store::{facts, jobs, ledger};
-    let since = facts::get(conn, super::DAEMON_FACT)?
+    let fact = |name: &str| facts::get(conn, &facts::scoped(name, daemon));
+    let since = fact(super::DAEMON_FACT)?
         .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
         .and_then(|who| who["since"].as_i64());
-    let heartbeat_at = facts::get(conn, super::HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
+    let heartbeat_at = fact(super::HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
     let mut job_rows = Vec::new();
     for job in jobs::list(conn)? {
         job_rows.push(crate::store::job_status::job_status(

@@ -268,11 +268,12 @@ impl Intake {
             list
         };
         let json = serde_json::to_string(&list)?;
+        let key = crate::store::facts::scoped(NOT_TAKEN_FACT, &self.holder.id);
         let written = block_on_store(&self.store, move |c| {
             if list.is_empty() {
-                crate::store::facts::clear(c, NOT_TAKEN_FACT)
+                crate::store::facts::clear(c, &key)
             } else {
-                crate::store::facts::set(c, NOT_TAKEN_FACT, &json, now)
+                crate::store::facts::set(c, &key, &json, now)
             }
         });
         if written.is_err() {

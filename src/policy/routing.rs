@@ -248,6 +248,64 @@ impl Routing {
         id
     }
 
+    /// The names of a group's buckets as daemons sharing a store compare them: its
+    /// organization's key once an answer named it, and `route:<name>` of each of its routes
+    /// (daemons deployed with one config name their routes alike before any answer came).
+    fn reach_of(&self, id: GroupId) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .routes
+            .iter()
+            .filter(|r| r.group == id)
+            .map(|r| format!("route:{}", r.spec.name))
+            .collect();
+        if let Some(organization) = self.groups.get(&id).and_then(|g| g.organization.clone()) {
+            keys.push(organization);
+        }
+        keys
+    }
+
+    /// What this daemon's routes reach: every group's [`Routing::reach_of`], published for the
+    /// other daemons sharing the store.
+    pub fn reach(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .groups
+            .keys()
+            .flat_map(|id| self.reach_of(*id))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Paces each organization to this daemon's part of its limits. `others` are what the other
+    /// live daemons sharing the store reach (their [`Routing::reach`]): they all take work from
+    /// the same items, so an organization N others reach too is this daemon's for 1/(N+1), and
+    /// N+1 daemons together are paced as one.
+    /// Returns the groups whose share changed: (key, share).
+    pub fn set_shares(&mut self, others: &[Vec<String>]) -> Vec<(String, f64)> {
+        let mut changed = Vec::new();
+        let ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        for id in ids {
+            let mine = self.reach_of(id);
+            let reaching = others
+                .iter()
+                .filter(|theirs| theirs.iter().any(|k| mine.contains(k)))
+                .count();
+            let share = 1.0 / (reaching + 1) as f64;
+            let key = self.group_key(id);
+            if let Some(g) = self.groups.get_mut(&id) {
+                if (g.quota.share() - share).abs() > 1e-9 {
+                    changed.push((key, share));
+                }
+                g.quota.set_share(share);
+                for inner in g.inner.values_mut() {
+                    inner.set_share(share);
+                }
+            }
+        }
+        changed
+    }
+
     /// Whether any route allows `tenant` (paused or not).
     pub fn serves(&self, tenant: &str) -> bool {
         self.routes.iter().any(|r| r.spec.allows(tenant))
@@ -502,8 +560,9 @@ impl Routing {
             }
             let tight = g.tight(&workspace, &class);
             if tight && !g.inner.contains_key(&workspace) {
-                g.inner
-                    .insert(workspace.clone(), Quota::with(configured, settings));
+                let mut inner = Quota::with(configured, settings);
+                inner.set_share(g.quota.share());
+                g.inner.insert(workspace.clone(), inner);
             }
             let org_headers = if tight {
                 RateLimitHeaders::default()

@@ -6,7 +6,13 @@ use crate::store::sql::{Conn, OptionalExtension, params};
 use super::Result;
 use super::ledger::Sums;
 
-/// Records a fact of the running daemon (e.g. `metrics_url`).
+/// The key of fact `name` of the daemon `daemon` (its `leases` id): daemons sharing a store
+/// each keep their own.
+pub fn scoped(name: &str, daemon: &str) -> String {
+    format!("{name}@{daemon}")
+}
+
+/// Records a fact of the running daemon (e.g. `metrics_url`), under a [`scoped`] key.
 pub fn set(conn: &Conn, key: &str, value: &str, now: i64) -> Result<()> {
     conn.execute(
         "INSERT INTO daemon_facts (key, value, updated_at) VALUES (?1, ?2, ?3)

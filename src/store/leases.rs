@@ -21,10 +21,30 @@ pub struct Holder {
     pub ttl_ms: i64,
 }
 
+/// The id of the daemon of `data_dir` on `host`: what its leases and facts name it by.
+pub fn daemon_id(host: &str, data_dir: &std::path::Path) -> String {
+    format!("{host}:{}", data_dir.display())
+}
+
+/// This machine's name, as leases and `status` name a daemon's host.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The id of the daemon of `data_dir` on this host (what the CLI asks the store about).
+pub fn local_daemon_id(data_dir: &std::path::Path) -> String {
+    daemon_id(&this_host(), data_dir)
+}
+
 impl Holder {
     pub fn new(host: &str, data_dir: &std::path::Path, ttl: std::time::Duration) -> Holder {
         Holder {
-            id: format!("{host}:{}", data_dir.display()),
+            id: daemon_id(host, data_dir),
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }
@@ -53,14 +73,22 @@ pub struct Daemon {
     pub started_at: i64,
 }
 
-/// Beats: records the daemon as alive `now` and renews every lease it holds.
-pub fn beat(conn: &Conn, holder: &Holder, daemon: &Daemon, now: i64) -> Result<()> {
+/// Beats: records the daemon as alive `now`, reaching the organizations `reach` names (see
+/// `policy::routing::Routing::reach`), and renews every lease it holds.
+pub fn beat(
+    conn: &Conn,
+    holder: &Holder,
+    daemon: &Daemon,
+    reach: &[String],
+    now: i64,
+) -> Result<()> {
+    let reach = serde_json::to_string(reach).unwrap_or_else(|_| "[]".into());
     conn.prepare_cached(
-        "INSERT INTO daemons (id, host, pid, version, started_at, heartbeat_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO daemons (id, host, pid, version, started_at, heartbeat_at, reach)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,
              version = excluded.version, started_at = excluded.started_at,
-             heartbeat_at = excluded.heartbeat_at",
+             heartbeat_at = excluded.heartbeat_at, reach = excluded.reach",
     )?
     .execute(params![
         holder.id,
@@ -68,7 +96,8 @@ pub fn beat(conn: &Conn, holder: &Holder, daemon: &Daemon, now: i64) -> Result<(
         daemon.pid,
         daemon.version,
         daemon.started_at,
-        now
+        now,
+        reach
     ])?;
     let expiry = holder.expiry(now);
     conn.prepare_cached(
@@ -78,6 +107,22 @@ pub fn beat(conn: &Conn, holder: &Holder, daemon: &Daemon, now: i64) -> Result<(
     conn.prepare_cached("UPDATE batches SET lease_expires_at = ?2 WHERE lease_owner = ?1")?
         .execute(params![holder.id, expiry])?;
     Ok(())
+}
+
+/// What the other live daemons (beaten within a lease) reach: each one's keys.
+pub fn others_reach(conn: &Conn, holder: &Holder, now: i64) -> Result<Vec<Vec<String>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT reach FROM daemons WHERE id <> ?1 AND heartbeat_at >= ?2 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![holder.id, now - holder.ttl_ms], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut out = Vec::new();
+    for reach in rows {
+        // A row another version wrote oddly counts as reaching nothing.
+        out.push(serde_json::from_str(&reach?).unwrap_or_default());
+    }
+    Ok(out)
 }
 
 /// A daemon stopping in order: it is no longer listed. (What it still holds expires as usual; a
@@ -188,7 +233,13 @@ mod tests {
         let second = items::mark_in_flight(&conn, ready[1].id, Lane::Realtime, (1, 1), None, &b, 0)
             .expect("claim");
         // b beats, a does not: at 1.5 s only a's lease has expired.
-        beat(&conn, &b, &daemon(), 900).expect("beat");
+        beat(&conn, &b, &daemon(), &["org-1".into()], 900).expect("beat");
+        beat(&conn, &a, &daemon(), &["org-2".into()], 100).expect("beat");
+        // a's beat is more than a lease old at 1.5 s: only b counts.
+        assert_eq!(
+            others_reach(&conn, &holder("c"), 1_500).expect("wants"),
+            vec![vec!["org-1".to_owned()]]
+        );
         let swept = sweep(&conn, 1_500).expect("sweep");
         assert_eq!(
             swept,
@@ -200,8 +251,9 @@ mod tests {
         assert!(items::is_pending(&conn, first.item_id).expect("state"));
         assert!(!items::is_pending(&conn, second.item_id).expect("state"));
         let listed = daemons(&conn).expect("daemons");
-        assert_eq!(listed.len(), 1);
+        assert_eq!(listed.len(), 2);
         assert_eq!((listed[0].id.as_str(), listed[0].items_held), ("b", 1));
+        assert_eq!((listed[1].id.as_str(), listed[1].items_held), ("a", 0));
         // a comes back with its answer: refused, the item stays pending for whoever claims it.
         let lost = items::check_lease(&conn, &first.claim());
         assert!(

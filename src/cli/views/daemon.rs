@@ -46,9 +46,11 @@ pub fn daemon_status(
     data_dir: &std::path::Path,
     now: i64,
 ) -> anyhow::Result<DaemonStatus> {
-    let who: Option<Who> =
-        facts::get(conn, DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
-    let beat: Option<i64> = facts::get(conn, HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
+    // This host's daemon of `data_dir` (daemons sharing a store keep their own facts).
+    let id = crate::store::leases::local_daemon_id(data_dir);
+    let fact = |name: &str| facts::get(conn, &facts::scoped(name, &id));
+    let who: Option<Who> = fact(DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
+    let beat: Option<i64> = fact(HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
     let alive = lock_held(data_dir)
         // Where the lock cannot be asked, the process the daemon named.
         .unwrap_or_else(|| {

@@ -181,11 +181,14 @@ pub fn status(
 ) -> anyhow::Result<StatusReport> {
     let wall = jiff::Timestamp::from_millisecond(now).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let paused = pauses(conn)?;
+    // What this host's daemon of `data_dir` published (daemons sharing a store keep their own).
+    let id = crate::store::leases::local_daemon_id(data_dir);
+    let fact = |name: &str| crate::store::facts::get(conn, &crate::store::facts::scoped(name, &id));
     let mut report = StatusReport {
         daemon: daemon_status(conn, data_dir, now)?,
         jobs: Vec::new(),
         rejected_files: Vec::new(),
-        not_taken: crate::store::facts::get(conn, NOT_TAKEN_FACT)?
+        not_taken: fact(NOT_TAKEN_FACT)?
             .and_then(|json| serde_json::from_str::<Vec<NotTaken>>(&json).ok())
             .unwrap_or_default()
             .into_iter()
@@ -218,9 +221,9 @@ pub fn status(
                 when_idle: w.when_idle,
             })
             .collect(),
-        metrics_url: crate::store::facts::get(conn, "metrics_url")?,
+        metrics_url: fact(crate::daemon::METRICS_FACT)?,
         config: String::new(),
-        daemon_config: crate::store::facts::get(conn, crate::daemon::CONFIG_FACT)?,
+        daemon_config: fact(crate::daemon::CONFIG_FACT)?,
         schedules: crate::store::schedules::list(conn)?
             .into_iter()
             .map(|s| ScheduleStatus {

@@ -26,7 +26,16 @@ pub(super) struct Bucket {
     pub(super) updated: Instant,
     /// The last `remaining` an answer gave, and when.
     pub(super) last_remaining: Option<(u64, Instant)>,
+    /// The part of the learned burst the level may reach: 1 alone; [`SHARED_BURST`] when several
+    /// daemons share the bucket (see [`Bucket::rescale`]).
+    pub(super) burst: f64,
 }
+
+/// The part of its share of the burst a daemon may take when several share a bucket. Each one's
+/// capacity estimate runs high by up to a second's refill (`-reset` is given to the second);
+/// alone the next answer corrects it, but several daemons bursting at once after an idle spell
+/// would add their errors up. Only the burst is held back, not the refill rate.
+pub(super) const SHARED_BURST: f64 = 0.8;
 
 impl Bucket {
     /// `start`: the limit to start from; `cap`: whether it is a ceiling the headers may not
@@ -43,6 +52,7 @@ impl Bucket {
             level: probe,
             updated: now,
             last_remaining: None,
+            burst: 1.0,
         }
     }
 
@@ -82,6 +92,23 @@ impl Bucket {
             self.level = (learned.level + age * self.rate()).min(self.capacity_low());
         }
         self.updated = now;
+    }
+
+    /// Its share of the organization's bucket changed by `ratio` (another daemon came or went):
+    /// every figure, which counts only the share, is scaled with it. `shared`: the bucket is
+    /// shared now (the share is below 1).
+    pub(super) fn rescale(&mut self, ratio: f64, shared: bool) {
+        self.burst = if shared { SHARED_BURST } else { 1.0 };
+        let scale = |v: f64| v * ratio;
+        self.limit = self.limit.map(scale);
+        self.configured = self.configured.map(scale);
+        self.api_limit = self.api_limit.map(scale);
+        self.capacity_seen.iter_mut().for_each(|c| *c = scale(*c));
+        self.capacity_assumed = scale(self.capacity_assumed);
+        self.level = scale(self.level);
+        self.last_remaining = self
+            .last_remaining
+            .map(|(r, at)| (scale(r as f64).max(0.0) as u64, at));
     }
 
     pub(super) fn rate(&self) -> f64 {
@@ -124,13 +151,13 @@ impl Bucket {
     /// an idle spell cannot overshoot the real bucket.
     pub(super) fn capacity_low(&self) -> f64 {
         if self.capacity_seen.is_empty() {
-            return self.capacity_assumed;
+            return self.capacity_assumed * self.burst;
         }
         // A low quantile, not the minimum: one estimate spoilt by a clock off by a second must not
         // shrink the bucket for the next 32 answers.
         let mut sorted: Vec<f64> = self.capacity_seen.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 4]
+        sorted[sorted.len() / 4] * self.burst
     }
 
     pub(super) fn refill(&mut self, now: Instant) {
@@ -161,14 +188,17 @@ impl Bucket {
     /// Applies what an answer said: the limit, a capacity estimate, and the level less `uncounted`
     /// (our calls the answer may not include). Never panics on odd values.
     /// `tokens`: the dimension counts tokens, whose `remaining` the API rounds to thousands.
+    /// `share`: the part of the organization's bucket this daemon paces itself to (1 alone; see
+    /// [`super::Quota::set_share`]): the answer's limit and remaining count for that part.
     pub(super) fn correct(
         &mut self,
         header: &crate::model::answer::DimHeaders,
         uncounted: f64,
         tokens: bool,
+        share: f64,
         now: Instant,
     ) {
-        let api_limit = header.limit.filter(|l| *l > 0).map(|l| l as f64);
+        let api_limit = header.limit.filter(|l| *l > 0).map(|l| l as f64 * share);
         if api_limit.is_some() {
             self.api_limit = api_limit;
         }
@@ -185,13 +215,13 @@ impl Bucket {
         let Some(remaining) = header.remaining else {
             return;
         };
-        self.last_remaining = Some((remaining, now));
         // Token counts are rounded to the nearest thousand: the truth may be 500 lower.
         let remaining = if tokens && remaining >= 1000 && remaining % 1000 == 0 {
             remaining as f64 - 500.0
         } else {
             remaining as f64
-        };
+        } * share;
+        self.last_remaining = Some((remaining.max(0.0) as u64, now));
         // The API's own bucket refills at the API's limit, which may be above ours.
         let api_rate = api_limit.or(self.limit).unwrap_or(0.0) / 60.0;
         let plausible = api_limit.is_none_or(|l| remaining <= l);

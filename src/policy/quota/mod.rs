@@ -210,6 +210,9 @@ pub struct Quota {
     classes: HashMap<String, Controller>,
     next_seq: u64,
     cache_book: CacheBook,
+    /// The part of the organization's limits this daemon paces itself to: 1 alone, 1/N when N
+    /// daemons sharing a store draw on the organization (see [`Quota::set_share`]).
+    share: f64,
 }
 
 impl Quota {
@@ -229,7 +232,38 @@ impl Quota {
             classes: HashMap::new(),
             next_seq: 0,
             cache_book: CacheBook::default(),
+            share: 1.0,
         }
+    }
+
+    /// The configured (or tier) limits of `model`, for this daemon's share of them.
+    fn limits_of(&self, model: &str) -> ClassLimits {
+        limits_of(&self.configured, self.share, model)
+    }
+
+    /// Paces this daemon to `share` of the organization's limits (several daemons sharing a
+    /// store draw on one organization: each takes its part, so together they are paced as one).
+    /// What the classes learned is scaled at once, so a change causes neither a burst nor a dip.
+    pub fn set_share(&mut self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(0.01, 1.0)
+        } else {
+            1.0
+        };
+        if (share - self.share).abs() < 1e-9 {
+            return;
+        }
+        let ratio = share / self.share;
+        self.share = share;
+        for c in self.classes.values_mut() {
+            for b in &mut c.buckets {
+                b.rescale(ratio, share < 1.0);
+            }
+        }
+    }
+
+    pub fn share(&self) -> f64 {
+        self.share
     }
 
     /// A reloaded config: `configured` gives the new limits (explicit ones in force at once,
@@ -243,7 +277,7 @@ impl Quota {
             ..settings
         };
         for c in self.classes.values_mut() {
-            let limits = (self.configured)(&c.model);
+            let limits = limits_of(&self.configured, self.share, &c.model);
             let l = limits.limits;
             for (bucket, start) in c.buckets.iter_mut().zip([l.rpm, l.itpm, l.otpm]) {
                 bucket.reconfigure(start, limits.is_ceiling, now);
@@ -254,9 +288,15 @@ impl Quota {
     fn class(&mut self, model: &str, now: Instant) -> (String, &mut Controller) {
         let class = limit_class(model);
         if !self.classes.contains_key(&class) {
-            let limits = (self.configured)(model);
+            let limits = self.limits_of(model);
             let mut controller = Controller::new(limits, &self.settings, now);
             controller.model = model.to_owned();
+            if self.share < 1.0 {
+                // Already shared: its limits are the share's; its burst is held back too.
+                for b in &mut controller.buckets {
+                    b.rescale(1.0, true);
+                }
+            }
             self.classes.insert(class.clone(), controller);
         }
         let controller = self.classes.get_mut(&class).expect("inserted above");
@@ -384,6 +424,7 @@ impl Quota {
         headers: &RateLimitHeaders,
         now: Instant,
     ) -> [crate::policy::owner::DimBooks; 3] {
+        let share = self.share;
         let Some(c) = self.classes.get_mut(&ticket.class) else {
             return Default::default();
         };
@@ -418,7 +459,7 @@ impl Quota {
                 cost: ticket.reserved[i],
                 level: b.level,
                 tolerance: rounding + estimates,
-                remaining: header.remaining,
+                remaining: header.remaining.map(|r| (r as f64 * share) as u64),
             }
         })
     }
@@ -489,7 +530,7 @@ impl Quota {
             let header = &headers.dims[i];
             let b = &mut c.buckets[i];
             if header.remaining.is_some() || header.limit.is_some() {
-                b.correct(header, uncounted[i], dim != Dim::Requests, now);
+                b.correct(header, uncounted[i], dim != Dim::Requests, self.share, now);
                 if header.remaining.is_some() {
                     continue; // the answer's word replaces our books
                 }
@@ -647,6 +688,18 @@ impl Quota {
     pub fn concurrency(&mut self, model: &str, now: Instant) -> usize {
         self.class(model, now).1.concurrency
     }
+}
+
+/// `share` of the configured (or tier) limits of `model`.
+fn limits_of(configured: &Configured, share: f64, model: &str) -> ClassLimits {
+    let mut limits = configured(model);
+    let part = |l: Option<u64>| l.map(|l| ((l as f64 * share) as u64).max(1));
+    limits.limits = ModelLimits {
+        rpm: part(limits.limits.rpm),
+        itpm: part(limits.limits.itpm),
+        otpm: part(limits.limits.otpm),
+    };
+    limits
 }
 
 pub(super) fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, max: usize) {
