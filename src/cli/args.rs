@@ -355,6 +355,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// The store alone, as the lanes load it: claims/s and results/s on SQLite and, with
+    /// --postgres, on PostgreSQL beside it.
+    Store {
+        /// Real-time items claimed, then answered.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+        items: u64,
+        /// The URL of an empty PostgreSQL database to measure too (password from PGPASSWORD).
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Applying batch results: from the download's start to every line applied and synced.
     BatchResults {
         /// Lines of the generated batch job, and so of the results applied.

@@ -127,6 +127,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::BatchResults { lines } => {
                 runtime()?.block_on(bench::batch_results(lines))
             }
+            BenchCommand::Store { items, postgres } => {
+                runtime()?.block_on(bench_store::run(items, postgres.as_deref()))
+            }
             BenchCommand::Realtime { items, concurrency } => {
                 runtime()?.block_on(bench::realtime(items, concurrency))
             }

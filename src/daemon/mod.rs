@@ -295,7 +295,7 @@ pub async fn run(
     let others = store
         .call(move |c| crate::store::leases::others_reach(c, &asking, started))
         .await?;
-    tell_shares(&routing.set_shares(&others));
+    tell_shares(&routing.set_shares(&others, std::time::Instant::now()));
     let routing = Arc::new(Mutex::new(routing));
     let clients = Arc::new(clients);
     // Both lanes share the routes: a batch is created on a route its items may use and followed
@@ -680,7 +680,7 @@ async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken)
         match beat {
             Ok((swept, others)) => {
                 board.clear(crate::lanes::health::STORE);
-                let changed = crate::lock(&routing).set_shares(&others);
+                let changed = crate::lock(&routing).set_shares(&others, std::time::Instant::now());
                 tell_shares(&changed);
                 if swept != Default::default() {
                     tracing::warn!(

@@ -282,7 +282,7 @@ impl Routing {
     /// the same items, so an organization N others reach too is this daemon's for 1/(N+1), and
     /// N+1 daemons together are paced as one.
     /// Returns the groups whose share changed: (key, share).
-    pub fn set_shares(&mut self, others: &[Vec<String>]) -> Vec<(String, f64)> {
+    pub fn set_shares(&mut self, others: &[Vec<String>], now: Instant) -> Vec<(String, f64)> {
         let mut changed = Vec::new();
         let ids: Vec<GroupId> = self.groups.keys().copied().collect();
         for id in ids {
@@ -297,9 +297,9 @@ impl Routing {
                 if (g.quota.share() - share).abs() > 1e-9 {
                     changed.push((key, share));
                 }
-                g.quota.set_share(share);
+                g.quota.set_share(share, now);
                 for inner in g.inner.values_mut() {
-                    inner.set_share(share);
+                    inner.set_share(share, now);
                 }
             }
         }
@@ -561,7 +561,7 @@ impl Routing {
             let tight = g.tight(&workspace, &class);
             if tight && !g.inner.contains_key(&workspace) {
                 let mut inner = Quota::with(configured, settings);
-                inner.set_share(g.quota.share());
+                inner.set_share(g.quota.share(), now);
                 g.inner.insert(workspace.clone(), inner);
             }
             let org_headers = if tight {
@@ -1047,6 +1047,35 @@ mod tests {
             .filter(|_| r.choose("t", &request(), now).is_ok())
             .count();
         assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn an_organization_other_daemons_reach_is_shared_with_them() {
+        let mut r = routing(&[("a", None), ("b", None)]);
+        let now = Instant::now();
+        r.learn(1, Some("org-2"), None, true);
+        assert_eq!(r.reach(), vec!["org-2", "route:a", "route:b"]);
+        // Two others reach route a (by name: no answer named its organization yet), one org-2.
+        let others = vec![
+            vec!["route:a".to_owned()],
+            vec!["route:a".to_owned(), "org-2".to_owned()],
+            vec!["org-9".to_owned()],
+        ];
+        let mut changed = r.set_shares(&others, now);
+        changed.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            changed,
+            vec![("org-2".to_owned(), 0.5), ("route:a".to_owned(), 1.0 / 3.0)]
+        );
+        assert!(r.set_shares(&others, now).is_empty(), "unchanged");
+        let rpm: Vec<Option<f64>> = r
+            .groups(now)
+            .iter()
+            .map(|g| g.classes.first().and_then(|c| c.dims[0].limit_per_minute))
+            .collect();
+        assert!(rpm.iter().all(Option::is_none), "no class yet: {rpm:?}");
+        // Alone again.
+        assert_eq!(r.set_shares(&[], now).len(), 2);
     }
 
     #[test]

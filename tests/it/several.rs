@@ -405,7 +405,14 @@ async fn three_daemons_on_one_organization_are_paced_as_one() {
     let (alone, alone_429) = paced(&env, &hosts[0], "alone", 300).await;
     running.push(hosts[1].spawn());
     running.push(hosts[2].spawn());
-    wait_for(30, "three daemons beat", || daemons(&env).len() == 3).await;
+    // Each learns of the others at its next heartbeat (within a third of the lease here).
+    wait_for(30, "each daemon paces itself to a third", || {
+        hosts.iter().all(|h| {
+            h.log()
+                .contains("this one paces itself to 1/3 of its limits")
+        })
+    })
+    .await;
     let (three, three_429) = paced(&env, &hosts[0], "three", 600).await;
     for daemon in running {
         stop(daemon);

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod bench;
+pub mod bench_store;
 pub mod cancel;
 pub mod clean;
 pub mod completions;

@@ -97,15 +97,22 @@ impl Bucket {
     /// Its share of the organization's bucket changed by `ratio` (another daemon came or went):
     /// every figure, which counts only the share, is scaled with it. `shared`: the bucket is
     /// shared now (the share is below 1).
-    pub(super) fn rescale(&mut self, ratio: f64, shared: bool) {
+    pub(super) fn rescale(&mut self, ratio: f64, shared: bool, now: Instant) {
+        self.refill(now);
         self.burst = if shared { SHARED_BURST } else { 1.0 };
         let scale = |v: f64| v * ratio;
+        if ratio < 1.0 {
+            // Another daemon came: it takes its part from now on, while this one may have taken
+            // a whole share's burst since it came; start the smaller share empty, refilling at
+            // its rate (a burst's worth of throughput, once).
+            self.level = 0.0;
+        }
         self.limit = self.limit.map(scale);
         self.configured = self.configured.map(scale);
         self.api_limit = self.api_limit.map(scale);
         self.capacity_seen.iter_mut().for_each(|c| *c = scale(*c));
         self.capacity_assumed = scale(self.capacity_assumed);
-        self.level = scale(self.level);
+        self.level = scale(self.level).min(self.capacity_low());
         self.last_remaining = self
             .last_remaining
             .map(|(r, at)| (scale(r as f64).max(0.0) as u64, at));

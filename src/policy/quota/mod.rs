@@ -244,7 +244,7 @@ impl Quota {
     /// Paces this daemon to `share` of the organization's limits (several daemons sharing a
     /// store draw on one organization: each takes its part, so together they are paced as one).
     /// What the classes learned is scaled at once, so a change causes neither a burst nor a dip.
-    pub fn set_share(&mut self, share: f64) {
+    pub fn set_share(&mut self, share: f64, now: Instant) {
         let share = if share.is_finite() {
             share.clamp(0.01, 1.0)
         } else {
@@ -257,7 +257,7 @@ impl Quota {
         self.share = share;
         for c in self.classes.values_mut() {
             for b in &mut c.buckets {
-                b.rescale(ratio, share < 1.0);
+                b.rescale(ratio, share < 1.0, now);
             }
         }
     }
@@ -294,7 +294,7 @@ impl Quota {
             if self.share < 1.0 {
                 // Already shared: its limits are the share's; its burst is held back too.
                 for b in &mut controller.buckets {
-                    b.rescale(1.0, true);
+                    b.rescale(1.0, true, now);
                 }
             }
             self.classes.insert(class.clone(), controller);

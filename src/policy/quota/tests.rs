@@ -780,3 +780,79 @@ fn a_prefix_read_from_the_cache_is_not_charged_and_its_first_call_is_waited_for(
     assert_eq!(full.raw_input_estimate, 2_050, "{full:?}");
     assert!(full.reserved[1] > 1_000.0, "{:?}", full.reserved);
 }
+
+#[test]
+fn a_share_paces_to_its_part_of_the_limits_and_of_each_answer() {
+    let t0 = Instant::now();
+    let mut q = Quota::new(
+        |_| ClassLimits::ceiling(limits(600, 600_000, 600_000)),
+        settings(0.0),
+    );
+    // One of three daemons on the organization: a third of 600 rpm, before any answer too.
+    q.set_share(1.0 / 3.0, t0);
+    let first = q
+        .try_admit(&req(Priority::Nightly, 10, 10), t0)
+        .expect("a probe");
+    let rpm = |q: &mut Quota| q.snapshot(t0)[0].dims[0].limit_per_minute;
+    assert_eq!(rpm(&mut q), Some(200.0));
+    // The answer counts for a third: 300 requests remain of the organization's, so 100 of ours.
+    q.settle(
+        &first,
+        Answer::Ran,
+        Some(&ran(10, 10)),
+        &headers([
+            (600, 300, 30.0),
+            (600_000, 300_000, 30.0),
+            (600_000, 300_000, 30.0),
+        ]),
+        t0,
+    );
+    let snapshot = &q.snapshot(t0)[0].dims[0];
+    assert_eq!(snapshot.last_remaining, Some(100));
+    assert!(
+        (snapshot.level - 100.0).abs() < 1e-6,
+        "a third of what remains: {}",
+        snapshot.level
+    );
+    // Alone again: every figure back to the whole.
+    q.set_share(1.0, t0);
+    let snapshot = &q.snapshot(t0)[0].dims[0];
+    assert_eq!(snapshot.limit_per_minute, Some(600.0));
+    assert!((snapshot.level - 300.0).abs() < 1e-6, "{}", snapshot.level);
+    // Another daemon comes: the smaller share starts empty and refills at its rate (300 rpm).
+    q.set_share(0.5, t0);
+    assert_eq!(q.snapshot(t0)[0].dims[0].level, 0.0);
+    let later = t0 + Duration::from_secs(2);
+    assert!((q.snapshot(later)[0].dims[0].level - 10.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_shared_bucket_holds_back_part_of_its_burst() {
+    let t0 = Instant::now();
+    let full = |share: f64| {
+        let mut q = Quota::new(
+            |_| ClassLimits::ceiling(limits(600, 600_000, 600_000)),
+            settings(0.0),
+        );
+        q.set_share(share, t0);
+        let probe = q
+            .try_admit(&req(Priority::Nightly, 10, 10), t0)
+            .expect("a probe");
+        // A full bucket of 20 requests (2 s of 600 rpm): nothing to refill.
+        q.settle(
+            &probe,
+            Answer::Ran,
+            Some(&ran(10, 10)),
+            &headers([
+                (600, 20, 0.0),
+                (600_000, 20_000, 0.0),
+                (600_000, 20_000, 0.0),
+            ]),
+            t0,
+        );
+        q.snapshot(t0)[0].dims[0].level
+    };
+    assert!((full(1.0) - 20.0).abs() < 1e-6);
+    // Half the bucket, less a fifth of it.
+    assert!((full(0.5) - 8.0).abs() < 1e-6, "{}", full(0.5));
+}
