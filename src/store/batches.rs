@@ -197,6 +197,19 @@ pub fn by_job(conn: &Conn, job_id: i64) -> Result<Vec<BatchRow>> {
     rows.collect::<crate::store::Result<Vec<_>>>()
 }
 
+/// The routes of batches whose create call's outcome is unknown, of every daemon sharing the
+/// store.
+pub fn unresolved_routes(conn: &Conn) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT route FROM batches
+         WHERE api_id IS NULL AND create_unknown = 1 AND results_applied_at IS NULL
+           AND state <> 'failed'
+         ORDER BY route",
+    )?;
+    let rows = stmt.query_map((), |r| r.get(0))?;
+    rows.collect()
+}
+
 /// Makes every created batch still under way due now: after a start nobody knows what happened
 /// while the daemon was away, and results may be waiting. Returns how many.
 pub fn poll_all_now(conn: &Conn, now: i64) -> Result<usize> {

@@ -175,6 +175,43 @@ impl std::fmt::Debug for PgTarget {
 impl PgTarget {
     /// A new connection, with the password read now.
     fn connect(&self) -> Result<postgres::Client> {
+        Ok(pg::connect(&self.url, self.password()?.as_deref())?)
+    }
+
+    /// Writes a consistent copy of the database to `to` with `pg_dump --format=custom`
+    /// (restored with `pg_restore`), while daemons run; the password goes to it in its
+    /// environment, never on its command line.
+    fn dump(&self, to: &Path) -> Result<()> {
+        let mut command = std::process::Command::new("pg_dump");
+        command
+            .arg("--format=custom")
+            .arg("--no-password")
+            .arg("--file")
+            .arg(to)
+            .arg("--dbname")
+            .arg(&self.url)
+            .stdin(std::process::Stdio::null());
+        if let Some(password) = self.password()? {
+            command.env("PGPASSWORD", password);
+        }
+        let out = command.output().map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot run pg_dump ({e}): install PostgreSQL's client programs (Debian:                  postgresql-client) to back up a PostgreSQL store"
+            ))
+        })?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(to);
+            return Err(StoreError::Invalid(format!(
+                "pg_dump failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The password: `password_file`'s, read now, else PGPASSWORD's.
+    fn password(&self) -> Result<Option<String>> {
         let password = match &self.password_file {
             Some(file) => Some(
                 std::fs::read_to_string(file)
@@ -190,7 +227,7 @@ impl PgTarget {
             ),
             None => self.pgpassword.clone(),
         };
-        Ok(pg::connect(&self.url, password.as_deref())?)
+        Ok(password)
     }
 }
 
@@ -727,24 +764,20 @@ pub fn open_read_write(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Writes a consistent copy of the database at `db` to `to` (`VACUUM INTO` through a read-only
-/// connection: the daemon may keep running). Refuses to overwrite a file.
+/// Writes a consistent copy of the store to `to` while daemons run: SQLite's file with `VACUUM
+/// INTO` through a read-only connection, PostgreSQL's database with `pg_dump --format=custom`.
+/// Refuses to overwrite a file.
 pub fn backup(at: &Location, to: &Path) -> Result<()> {
-    let db = match at {
-        Location::Sqlite(db) => db,
-        Location::Postgres(_) => {
-            return Err(StoreError::Invalid(format!(
-                "the store is PostgreSQL ({at}): back it up with pg_dump (see \"Operations\" in \
-                 the README), not `nightshift backup`"
-            )));
-        }
-    };
     if to.exists() {
         return Err(StoreError::Invalid(format!(
             "{} exists; give a new file name (a backup never overwrites)",
             to.display()
         )));
     }
+    let db = match at {
+        Location::Sqlite(db) => db,
+        Location::Postgres(target) => return target.dump(to),
+    };
     let conn = open_read_only(db)?;
     conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
     Ok(())

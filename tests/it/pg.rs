@@ -473,6 +473,33 @@ async fn a_job_runs_on_the_postgres_store_each_item_once() {
     assert_eq!(status["jobs"][0]["name"], "pgjob");
     assert_eq!(status["jobs"][0]["counts"]["succeeded"], 120);
     assert_eq!(env.job_json("pgjob")["counts"]["succeeded"], 120);
+    // `nightshift results` writes the same lines from the store.
+    let out = env.cli(&["results", "pgjob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_each_once(&lines, &ids);
+    // `nightshift backup` is pg_dump's custom format on PostgreSQL, and never overwrites.
+    let dump = env.dir.path().join("store.dump");
+    let out = env.cli(&["backup", &dump.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read(&dump).expect("the dump");
+    assert!(head.starts_with(b"PGDMP"), "a pg_dump archive");
+    assert!(
+        !env.cli(&["backup", &dump.to_string_lossy()])
+            .status
+            .success()
+    );
 }
 
 /// Values cross the seam both ways on PostgreSQL as on SQLite: integers bound where the server

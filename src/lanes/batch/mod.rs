@@ -483,17 +483,17 @@ impl BatchLane {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<i64>> {
         let holder = self.holder.clone();
-        let open = self
+        let (open, unresolved) = self
             .store
-            .call(move |c| batches::claim_open(c, &holder, now_ms()))
+            .call(move |c| {
+                let open = batches::claim_open(c, &holder, now_ms())?;
+                Ok((open, batches::unresolved_routes(c)?))
+            })
             .await?;
-        // While a create call's outcome is unknown, no other create goes out on its route, nor on
-        // one of its organization (see the module doc).
-        let unresolved: Vec<&str> = open
-            .iter()
-            .filter(|b| b.api_id.is_none() && b.create_unknown)
-            .map(|b| b.route.as_str())
-            .collect();
+        // While a create call's outcome is unknown (whichever daemon sent it), no other create
+        // goes out on its route, nor on one of its organization (see the module doc): a search
+        // for the lost batch must not find another's.
+        let unresolved: Vec<&str> = unresolved.iter().map(String::as_str).collect();
         let held = held_routes(&crate::lock(&self.routing), &unresolved);
         let mut next: Option<i64> = None;
         for batch in &open {
