@@ -729,6 +729,19 @@ mod tests {
         )
     }
 
+    /// Claims `item_id` for the real-time lane at `now`, as the test daemon.
+    fn claim(conn: &Conn, item_id: i64, now: i64) -> Result<Dispatch> {
+        mark_in_flight(
+            conn,
+            item_id,
+            Lane::Realtime,
+            (1, 1),
+            None,
+            &test_holder(),
+            now,
+        )
+    }
+
     fn insert(conn: &Conn, job_id: i64, lines: &[String]) {
         let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
         test_insert(conn, job_id, &lines);
@@ -787,16 +800,7 @@ mod tests {
         insert(&conn, job_id, &[line("a")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
         assert_eq!(ready.len(), 1);
-        let d = mark_in_flight(
-            &conn,
-            ready[0].id,
-            Lane::Realtime,
-            (1, 1),
-            None,
-            &test_holder(),
-            10,
-        )
-        .expect("mark");
+        let d = claim(&conn, ready[0].id, 10).expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
         assert!(
             !is_pending(&conn, d.item_id).expect("pending"),
@@ -825,16 +829,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(next_ready_at(&conn, 20).expect("next"), Some(50));
-        let d = mark_in_flight(
-            &conn,
-            d.item_id,
-            Lane::Realtime,
-            (1, 1),
-            None,
-            &test_holder(),
-            60,
-        )
-        .expect("mark");
+        let d = claim(&conn, d.item_id, 60).expect("mark");
         assert_eq!((d.attempt, d.failures), (2, 1));
         let update = ItemUpdate::Final {
             state: ItemState::Succeeded,
@@ -888,30 +883,12 @@ mod tests {
         let job_id = test_empty_job(&conn);
         insert(&conn, job_id, &[line("a"), line("b")]);
         let ready = ready_realtime(&conn, 10, 10, &[], &[], &[]).expect("ready");
-        mark_in_flight(
-            &conn,
-            ready[0].id,
-            Lane::Realtime,
-            (1, 1),
-            None,
-            &test_holder(),
-            10,
-        )
-        .expect("mark");
+        claim(&conn, ready[0].id, 10).expect("mark");
         assert_eq!(
             requeue_in_flight(&conn, Requeue::StartOf("test"), 20).expect("requeue"),
             1
         );
-        let d = mark_in_flight(
-            &conn,
-            ready[0].id,
-            Lane::Realtime,
-            (1, 1),
-            None,
-            &test_holder(),
-            30,
-        )
-        .expect("mark");
+        let d = claim(&conn, ready[0].id, 30).expect("mark");
         assert_eq!(d.unknown_before, 1);
         assert_eq!(d.attempt, 2);
     }

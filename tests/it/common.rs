@@ -204,13 +204,7 @@ impl TestEnv {
 
     /// Runs a CLI command against this env's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .env_remove("ANTHROPIC_API_KEY")
-            .output()
-            .expect("nightshift runs")
+        cli_with(&self.config_path, args)
     }
 
     /// `status --json`, or Null while the daemon has not created its database yet.
@@ -320,6 +314,17 @@ impl TestEnv {
     }
 }
 
+/// A CLI command with `config`, without the API key.
+fn cli_with(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .expect("nightshift runs")
+}
+
 /// Starts the real binary's daemon (`nightshift run`) with `config`, logging to `log`.
 fn spawn_daemon(config: &Path, log: &Path, key: &str, env: &[(&str, &str)]) -> Child {
     let stderr = std::fs::File::create(log).expect("log file");
@@ -375,13 +380,7 @@ impl Host {
 
     /// A CLI command with this host's config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(args)
-            .env_remove("ANTHROPIC_API_KEY")
-            .output()
-            .expect("nightshift runs")
+        cli_with(&self.config_path, args)
     }
 }
 

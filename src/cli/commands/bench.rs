@@ -36,6 +36,28 @@ pub fn write_job_file(path: &Path, n: u64, mode: &str) -> std::io::Result<u64> {
     Ok(std::fs::metadata(path)?.len())
 }
 
+/// Intake as a daemon runs it, on `store`, for the benches: its files in `dir`.
+pub fn bench_intake(
+    store: &Store,
+    jobs_dir: std::path::PathBuf,
+    dir: &Path,
+    cache_default: crate::model::job::CacheMode,
+) -> Intake {
+    Intake {
+        store: store.clone(),
+        jobs_dir,
+        wakes: vec![Arc::new(Notify::new())],
+        cancel: CancellationToken::new(),
+        rpm_for: Arc::new(|_| None),
+        failures: Default::default(),
+        not_taken: Default::default(),
+        templates_dir: dir.join("templates"),
+        api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
+        cache_default,
+        holder: crate::store::leases::Holder::new("bench", dir, crate::config::DEFAULT_LEASE),
+    }
+}
+
 /// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -56,24 +78,13 @@ pub async fn ingest(lines: u64) -> anyhow::Result<()> {
 
     let db = dir.path().join("nightshift.db");
     let store = Store::open(&db)?;
-    let intake = Intake {
-        store: store.clone(),
+    // The default `cache`, as a daemon takes jobs in.
+    let intake = bench_intake(
+        &store,
         jobs_dir,
-        wakes: vec![Arc::new(Notify::new())],
-        cancel: CancellationToken::new(),
-        rpm_for: Arc::new(|_| None),
-        failures: Default::default(),
-        not_taken: Default::default(),
-        templates_dir: dir.path().join("templates"),
-        api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
-        // The default, as a daemon takes jobs in.
-        cache_default: crate::model::job::CacheMode::Auto,
-        holder: crate::store::leases::Holder::new(
-            "bench",
-            dir.path(),
-            crate::config::DEFAULT_LEASE,
-        ),
-    };
+        dir.path(),
+        crate::model::job::CacheMode::Auto,
+    );
     let started = Instant::now();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;
     let elapsed = started.elapsed();

@@ -8,14 +8,10 @@
 //!
 //! The job is taken in by intake from a generated file first (not timed).
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
-
-use crate::cli::commands::bench::write_job_file;
-use crate::lanes::intake::{Intake, IntakeOutcome};
+use crate::cli::commands::bench::{bench_intake, write_job_file};
+use crate::lanes::intake::IntakeOutcome;
 use crate::model::state::{AttemptOutcome, ItemState, Lane};
 use crate::policy::outcome::{AttemptRecord, ItemUpdate};
 use crate::store::leases::Holder;
@@ -68,20 +64,8 @@ async fn measure(
     let jobs_dir = dir.join(format!("jobs-{name}"));
     std::fs::create_dir_all(&jobs_dir)?;
     write_job_file(&jobs_dir.join("bench.jsonl"), items, "realtime")?;
-    let holder = Holder::new("bench", dir, crate::config::DEFAULT_LEASE);
-    let intake = Intake {
-        store: store.clone(),
-        jobs_dir,
-        wakes: vec![Arc::new(Notify::new())],
-        cancel: CancellationToken::new(),
-        rpm_for: Arc::new(|_| None),
-        failures: Default::default(),
-        not_taken: Default::default(),
-        templates_dir: dir.join("templates"),
-        api_version: crate::config::DEFAULT_ANTHROPIC_VERSION.to_owned(),
-        cache_default: crate::model::job::CacheMode::Off,
-        holder: holder.clone(),
-    };
+    let intake = bench_intake(&store, jobs_dir, dir, crate::model::job::CacheMode::Off);
+    let holder = intake.holder.clone();
     let outcomes = tokio::task::spawn_blocking(move || intake.scan()).await??;
     anyhow::ensure!(
         matches!(outcomes.as_slice(), [IntakeOutcome::Ingested { .. }]),

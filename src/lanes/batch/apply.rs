@@ -471,6 +471,25 @@ mod tests {
 
     const BATCH_LINE: &str = r#"{"custom_id":"a","deadline":"2026-11-24T06:00:00Z","params":{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"q"}]}}"#;
 
+    /// [`pack`] on the route for everyone, without budgets, as the test daemon.
+    fn pack_all(
+        conn: &Conn,
+        job_id: i64,
+        size: (i64, i64),
+        now: i64,
+    ) -> store::Result<Option<i64>> {
+        let holder = store::leases::test_holder();
+        pack(
+            conn,
+            job_id,
+            &EVERYONE,
+            size,
+            &Rules::default(),
+            &holder,
+            now,
+        )
+    }
+
     #[test]
     fn packing_goes_class_by_class_and_leaves_closed_classes_waiting() {
         let line = |id: &str, priority: &str| {
@@ -530,17 +549,9 @@ mod tests {
             vec!["h1", "h2"],
             "the nightly items wait for their window"
         );
-        let batch = pack(
-            &conn,
-            job_id,
-            &EVERYONE,
-            (100, 1 << 20),
-            &Rules::default(),
-            &store::leases::test_holder(),
-            5,
-        )
-        .expect("pack")
-        .expect("a batch");
+        let batch = pack_all(&conn, job_id, (100, 1 << 20), 5)
+            .expect("pack")
+            .expect("a batch");
         assert_eq!(batches::requests(&conn, batch).expect("requests").len(), 2);
     }
 
@@ -565,17 +576,7 @@ mod tests {
         let conn = test_connection();
         let job_id = test_job(&conn, &lines.iter().map(String::as_str).collect::<Vec<_>>());
         let mut packed: Vec<Vec<String>> = Vec::new();
-        while let Some(batch) = pack(
-            &conn,
-            job_id,
-            &EVERYONE,
-            (4, 1 << 20),
-            &Rules::default(),
-            &store::leases::test_holder(),
-            i64::MAX,
-        )
-        .expect("pack")
-        {
+        while let Some(batch) = pack_all(&conn, job_id, (4, 1 << 20), i64::MAX).expect("pack") {
             packed.push(
                 batches::requests(&conn, batch)
                     .expect("requests")
@@ -628,17 +629,9 @@ mod tests {
             batches::waiting_jobs(&conn, i64::MAX, &[], 100_000).expect("waiting")[0].waiting,
             1
         );
-        let batch_id = pack(
-            &conn,
-            job_id,
-            &EVERYONE,
-            (100, 1 << 20),
-            &Rules::default(),
-            &store::leases::test_holder(),
-            5,
-        )
-        .expect("pack")
-        .expect("a batch");
+        let batch_id = pack_all(&conn, job_id, (100, 1 << 20), 5)
+            .expect("pack")
+            .expect("a batch");
         let open = batches::open(&conn).expect("open");
         assert_eq!(open.len(), 1);
         assert_eq!(
@@ -651,17 +644,9 @@ mod tests {
             1
         );
         assert!(
-            pack(
-                &conn,
-                job_id,
-                &EVERYONE,
-                (100, 1 << 20),
-                &Rules::default(),
-                &store::leases::test_holder(),
-                5
-            )
-            .expect("pack")
-            .is_none(),
+            pack_all(&conn, job_id, (100, 1 << 20), 5)
+                .expect("pack")
+                .is_none(),
             "nothing left"
         );
     }
@@ -756,17 +741,9 @@ mod tests {
     /// A job of `lines`, all packed into one batch: (job, batch).
     fn packed_batch(conn: &Conn, lines: &[&str]) -> (i64, i64) {
         let job_id = test_job(conn, lines);
-        let batch_id = pack(
-            conn,
-            job_id,
-            &EVERYONE,
-            (1000, 1 << 30),
-            &Rules::default(),
-            &store::leases::test_holder(),
-            5,
-        )
-        .expect("pack")
-        .expect("a batch");
+        let batch_id = pack_all(conn, job_id, (1000, 1 << 30), 5)
+            .expect("pack")
+            .expect("a batch");
         (job_id, batch_id)
     }
 
