@@ -385,6 +385,7 @@ pub async fn run(
             routing: reloader.routing.clone(),
             board: board.clone(),
             work_wake: work_wake.clone(),
+            results_wake: results_wake.clone(),
         },
         stop_heartbeat.clone(),
     ));
@@ -634,10 +635,13 @@ struct Beating {
     board: crate::lanes::health::Board,
     /// Woken when work was taken back from a daemon that stopped.
     work_wake: Arc<Notify>,
+    /// Woken when a results file was adopted from a daemon that stopped.
+    results_wake: Arc<Notify>,
 }
 
 /// Says who runs on this data dir and beats until `stop`: renews this daemon's leases, takes
-/// back the work of daemons whose leases expired (woken lanes send it again), and paces each
+/// back the work of daemons whose leases expired (woken lanes send it again) and the results
+/// files of those that stopped beating, and paces each
 /// organization to this daemon's part of it among the live daemons reaching it.
 async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken) {
     let Beating {
@@ -645,6 +649,7 @@ async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken)
         routing,
         board,
         work_wake,
+        results_wake,
     } = beating;
     let since = now_ms();
     let who = serde_json::json!({
@@ -674,12 +679,20 @@ async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken)
                 crate::store::facts::set(c, &key(HEARTBEAT_FACT), &now.to_string(), now)?;
                 crate::store::leases::beat(c, &holder, &daemon, &reach, now)?;
                 let swept = crate::store::leases::sweep(c, now)?;
-                Ok((swept, crate::store::leases::others_reach(c, &holder, now)?))
+                let adopted = crate::store::results::adopt_orphans(c, &holder, now)?;
+                let others = crate::store::leases::others_reach(c, &holder, now)?;
+                Ok((swept, adopted, others))
             })
             .await;
         match beat {
-            Ok((swept, others)) => {
+            Ok((swept, adopted, others)) => {
                 board.clear(crate::lanes::health::STORE);
+                for job in &adopted {
+                    tracing::warn!(%job, "the daemon that kept this job's results file stopped; this one writes it now, in full");
+                }
+                if !adopted.is_empty() {
+                    results_wake.notify_one();
+                }
                 let changed = crate::lock(&routing).set_shares(&others, std::time::Instant::now());
                 tell_shares(&changed);
                 if swept != Default::default() {

@@ -42,7 +42,8 @@ pub struct ResultsWriter {
     health: health::Board,
     /// `[hooks] on_job_done`, run as each job ends.
     on_job_done: Option<Vec<String>>,
-    /// This daemon: it writes the files of the jobs it took in (or adopted).
+    /// This daemon: it writes the files of the jobs it took in (or adopted, see
+    /// `results::adopt_orphans`, at the heartbeat).
     keeper: crate::store::leases::Holder,
 }
 
@@ -223,14 +224,6 @@ impl ResultsWriter {
     /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many (a file
     /// written again from the start counts as work done).
     pub async fn write_round(&self) -> anyhow::Result<usize> {
-        let keeper = self.keeper.clone();
-        let adopted = self
-            .store
-            .call(move |c| results::adopt_orphans(c, &keeper, now_ms()))
-            .await?;
-        for job in adopted {
-            tracing::warn!(%job, "the daemon that kept this job's results file stopped; this one writes it now, in full");
-        }
         let keeper = self.keeper.id.clone();
         let lines = self
             .store
