@@ -25,13 +25,13 @@ ALTER TABLE jobs ADD COLUMN taken_in_by TEXT;
 ALTER TABLE items ADD COLUMN lease_owner TEXT;
 ALTER TABLE items ADD COLUMN lease_expires_at INTEGER;
 ALTER TABLE items ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX items_lease ON items(lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX items_lease ON items(lease_owner, lease_expires_at) WHERE lease_owner IS NOT NULL;
 
 -- A batch belongs to one daemon at a time, under the same kind of lease.
 ALTER TABLE batches ADD COLUMN lease_owner TEXT;
 ALTER TABLE batches ADD COLUMN lease_expires_at INTEGER;
 ALTER TABLE batches ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX batches_lease ON batches(lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX batches_lease ON batches(lease_owner, lease_expires_at) WHERE lease_owner IS NOT NULL;
 
 -- Which result lines the results file of their job holds (1), in place of the cursor
 -- `jobs.results_seq` (no longer kept): with several daemons writing lines at once, `seq` is not

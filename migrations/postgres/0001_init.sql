@@ -92,7 +92,7 @@ CREATE TABLE batches (
 );
 CREATE INDEX batches_open ON batches(next_action_at) WHERE results_applied_at IS NULL AND state <> 'failed';
 CREATE INDEX batches_job ON batches(job_id);
-CREATE INDEX batches_lease ON batches(lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX batches_lease ON batches(lease_owner, lease_expires_at) WHERE lease_owner IS NOT NULL;
 
 -- One row per line of a job file.
 CREATE TABLE items (
@@ -150,7 +150,7 @@ CREATE INDEX items_parked ON items(not_before) WHERE parked = 1;
 CREATE INDEX items_held ON items(job_id) WHERE parked = 2;
 CREATE INDEX items_finished ON items(job_id, updated_at)
     WHERE state <> 'pending' AND state <> 'in_flight';
-CREATE INDEX items_lease ON items(lease_expires_at) WHERE lease_owner IS NOT NULL;
+CREATE INDEX items_lease ON items(lease_owner, lease_expires_at) WHERE lease_owner IS NOT NULL;
 
 -- One row per call sent (or about to be sent) for an item.
 CREATE TABLE attempts (

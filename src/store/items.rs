@@ -626,7 +626,8 @@ pub fn requeue_in_flight(conn: &Conn, whose: Requeue<'_>, now: i64) -> Result<us
             "(lease_owner IS NULL OR lease_owner = ?2 OR lease_expires_at < ?1)",
             Some(owner),
         ),
-        Requeue::Expired => ("lease_expires_at < ?1", None),
+        // (`lease_owner IS NOT NULL`: the partial index `items_lease` holds just those rows.)
+        Requeue::Expired => ("lease_owner IS NOT NULL AND lease_expires_at < ?1", None),
     };
     let mut values: Vec<&dyn crate::store::sql::ToValue> = vec![&now];
     if let Some(owner) = &owner {
