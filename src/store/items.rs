@@ -434,8 +434,8 @@ pub fn claimable(conn: &Conn, item_id: i64) -> Result<bool> {
 
 /// Marks a pending item in flight in `lane` and opens its attempt row, before anything is sent
 /// (its budget is checked first, by the lane). `sent_with`: the class's concurrency and the
-/// input estimate at admission, kept for diagnosis.
-/// The item is leased to `holder` (a new fencing token); a pending item only ([`StoreError::NotPending`] otherwise).
+/// input estimate at admission, kept for diagnosis. The item is leased to `holder`, under a new
+/// fencing token; only a pending item is (else [`super::StoreError::NotPending`]).
 pub fn mark_in_flight(
     conn: &Conn,
     item_id: i64,
