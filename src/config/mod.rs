@@ -888,6 +888,9 @@ mod tests {
     #[test]
     fn the_store_is_sqlite_unless_a_postgres_url_without_a_password_is_given() {
         assert_eq!(parse("").expect("valid").store, StoreSettings::default());
+        assert_eq!(StoreSettings::default().lease, Duration::from_secs(30));
+        let leased = parse("[store]\nlease_secs = 10\n").expect("valid");
+        assert_eq!(leased.store.lease, Duration::from_secs(10));
         let config = parse(
             "[store]\nurl = \"postgres://ns@db:5432/nightshift\"\npassword_file = \"pg.secret\"\n",
         )
@@ -919,6 +922,7 @@ mod tests {
                 "without `[store] url`",
             ),
             ("[store]\nurl = \"postgres://ns@db/x\"\npool = 3\n", "pool"),
+            ("[store]\nlease_secs = 1\n", "store.lease_secs"),
         ] {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(says), "{text}: {err}");
