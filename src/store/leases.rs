@@ -21,9 +21,12 @@ pub struct Holder {
     pub ttl_ms: i64,
 }
 
-/// The id of the daemon of `data_dir` on `host`: what its leases and facts name it by.
+/// The id of the daemon of `data_dir` on `host`: what its leases and facts name it by. The
+/// folder's canonical path (when it exists), so a relative `data_dir` names the same daemon
+/// whatever the working directory of the daemon or the CLI.
 pub fn daemon_id(host: &str, data_dir: &std::path::Path) -> String {
-    format!("{host}:{}", data_dir.display())
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    format!("{host}:{}", dir.display())
 }
 
 /// This machine's name, as leases and `status` name a daemon's host.
@@ -213,6 +216,20 @@ mod tests {
             version: "v".into(),
             started_at: 0,
         }
+    }
+
+    #[test]
+    fn a_daemon_is_named_by_its_host_and_its_data_folders_canonical_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data");
+        let canonical = std::fs::canonicalize(&data).expect("canonical");
+        let roundabout = data.join("..").join("data");
+        assert_eq!(
+            daemon_id("h", &roundabout),
+            format!("h:{}", canonical.display())
+        );
+        assert_eq!(daemon_id("h", &data), daemon_id("h", &roundabout));
     }
 
     #[test]

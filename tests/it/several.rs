@@ -28,7 +28,9 @@ fn daemons(env: &TestEnv) -> Vec<nightshift::store::leases::DaemonRow> {
 
 /// The daemon of `host` on the store, once it beats.
 fn daemon_of(env: &TestEnv, host: &Host) -> Option<nightshift::store::leases::DaemonRow> {
-    let data = format!("{}/data", host.root.display());
+    // Daemons are named by their data folder's canonical path.
+    let data = std::fs::canonicalize(host.root.join("data")).ok()?;
+    let data = data.display().to_string();
     daemons(env).into_iter().find(|d| d.id.ends_with(&data))
 }
 
