@@ -60,6 +60,50 @@ fn results_from(host: &Host, job: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A log line cut to 300 characters, for a test's message.
+fn shortened(line: &str) -> String {
+    line.chars().take(300).collect()
+}
+
+/// Waits (at most `secs`) until the job is done; else fails with each host's warnings and
+/// errors, and the items by state and lease holder.
+async fn wait_done_or_tell(env: &TestEnv, hosts: &[Host], job: &str, secs: u64) {
+    let started = Instant::now();
+    while env.job_status(job).is_none_or(|j| j.state != "done") {
+        if started.elapsed() > Duration::from_secs(secs) {
+            let logs: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| {
+                    h.log()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                        .map(|l| format!("{}: {}", h.name, shortened(l)))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let items = env.read_store(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT state, lease_owner, COUNT(*) FROM items GROUP BY state, lease_owner",
+                )?;
+                let rows = stmt.query_map((), |r| {
+                    Ok(format!(
+                        "{} {:?} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, i64>(2)?
+                    ))
+                })?;
+                rows.collect::<nightshift::store::Result<Vec<_>>>()
+            });
+            panic!(
+                "{job} not done after {secs} s; items by state and holder: {items:?}\n{}",
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn stop(mut daemon: Child) {
     signal(&daemon, libc::SIGTERM);
     let status = daemon.wait().expect("reaped");
@@ -299,39 +343,7 @@ async fn a_budget_cap_holds_with_three_daemons_admitting_at_once() {
     let ids: Vec<String> = (0..300).map(|i| format!("cap-{i:03}")).collect();
     let body: String = ids.iter().map(|id| line(id) + "\n").collect();
     hosts[0].write_job("capped", body.as_bytes());
-    let started = Instant::now();
-    while env.job_status("capped").is_none_or(|j| j.state != "done") {
-        if started.elapsed() > Duration::from_secs(40) {
-            for h in &hosts {
-                for l in h
-                    .log()
-                    .lines()
-                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                {
-                    eprintln!("{}: {}", h.name, &l[..l.len().min(400)]);
-                }
-            }
-            let states = env.read_store(|c| {
-                let mut st = c.prepare(
-                    "SELECT state, lease_owner, COUNT(*) FROM items GROUP BY state, lease_owner",
-                )?;
-                let rows = st.query_map((), |r| {
-                    Ok(format!(
-                        "{:?} {:?} {:?}",
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, i64>(2)?
-                    ))
-                })?;
-                rows.collect::<nightshift::store::Result<Vec<_>>>()
-            });
-            panic!(
-                "stuck: {states:?} {:?}",
-                env.job_status("capped").map(|j| j.counts)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_done_or_tell(&env, &hosts, "capped", 90).await;
     for daemon in running {
         stop(daemon);
     }
@@ -441,7 +453,7 @@ async fn three_daemons_on_one_organization_are_paced_as_one() {
             h.log()
                 .lines()
                 .filter(|l| l.contains("paces itself") || l.contains("status=429"))
-                .map(|l| format!("{}: {}", h.name, &l[..l.len().min(300)]))
+                .map(|l| format!("{}: {}", h.name, shortened(l)))
                 .collect::<Vec<_>>()
         })
         .collect();
