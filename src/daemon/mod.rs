@@ -233,8 +233,7 @@ pub async fn run(
     let requeued = store
         .call(move |c| {
             // What an earlier daemon found in the jobs folder is told afresh by the first scan.
-            let not_taken = crate::store::facts::scoped(crate::lanes::intake::NOT_TAKEN_FACT, &own);
-            crate::store::facts::clear(c, &not_taken)?;
+            crate::store::facts::clear(c, &own, crate::lanes::intake::NOT_TAKEN_FACT)?;
             items::requeue_in_flight(c, items::Requeue::StartOf(&own), now_ms())
         })
         .await?;
@@ -252,7 +251,7 @@ pub async fn run(
         config.results_dir(),
         results_wake.clone(),
         board.clone(),
-        holder.clone(),
+        holder.id.clone(),
     )
     .with_hook(config.on_job_done.clone());
     writer.recover().await?;
@@ -402,21 +401,18 @@ pub async fn run(
     ));
     // Which config the daemon runs with, for `status` (a CLI run with another shows both).
     let config_fact = config.source_name();
-    let key = crate::store::facts::scoped(CONFIG_FACT, &holder.id);
+    let daemon = holder.id.clone();
     store
-        .call(move |c| crate::store::facts::set(c, &key, &config_fact, now_ms()))
+        .call(move |c| crate::store::facts::set(c, &daemon, CONFIG_FACT, &config_fact, now_ms()))
         .await?;
     let metrics_task = match metrics_listener {
         None => None,
         Some(listener) => {
             let url = format!("http://{}/metrics", listener.local_addr()?);
             tracing::info!(%url, "serving metrics");
-            let (fact, key) = (
-                url.clone(),
-                crate::store::facts::scoped(METRICS_FACT, &holder.id),
-            );
+            let (fact, daemon) = (url.clone(), holder.id.clone());
             store
-                .call(move |c| crate::store::facts::set(c, &key, &fact, now_ms()))
+                .call(move |c| crate::store::facts::set(c, &daemon, METRICS_FACT, &fact, now_ms()))
                 .await?;
             let sources = crate::daemon::metrics::Sources {
                 store: location.clone(),
@@ -492,8 +488,8 @@ pub async fn run(
     let _ = by_deadline(deadline, "the scheduler", schedule_task).await;
     if let Some(task) = metrics_task {
         let _ = by_deadline(deadline, "the metrics endpoint", task).await;
-        let key = crate::store::facts::scoped(METRICS_FACT, &holder.id);
-        let cleared = store.call(move |c| crate::store::facts::clear(c, &key));
+        let daemon = holder.id.clone();
+        let cleared = store.call(move |c| crate::store::facts::clear(c, &daemon, METRICS_FACT));
         let _ = by_deadline(deadline, "clearing the metrics address", cleared).await;
     }
     let intake_result = by_deadline(deadline, "intake", intake_task).await;
@@ -508,8 +504,8 @@ pub async fn run(
     let leaving = holder.clone();
     let gone = store.call(move |c| {
         crate::store::leases::leave(c, &leaving)?;
-        crate::store::facts::clear(c, &crate::store::facts::scoped(DAEMON_FACT, &leaving.id))?;
-        crate::store::facts::clear(c, &crate::store::facts::scoped(HEARTBEAT_FACT, &leaving.id))
+        crate::store::facts::clear(c, &leaving.id, DAEMON_FACT)?;
+        crate::store::facts::clear(c, &leaving.id, HEARTBEAT_FACT)
     });
     let _ = by_deadline(deadline, "saying the daemon stops", gone).await;
     let closed = by_deadline(deadline, "the store", store.close()).await;
@@ -674,9 +670,8 @@ async fn heartbeat_loop(store: Store, beating: Beating, stop: CancellationToken)
         // Who it is, every beat too: a first write that failed (a full disk) is made good.
         let beat = store
             .call(move |c| {
-                let key = |name| crate::store::facts::scoped(name, &holder.id);
-                crate::store::facts::set(c, &key(DAEMON_FACT), &who, since)?;
-                crate::store::facts::set(c, &key(HEARTBEAT_FACT), &now.to_string(), now)?;
+                crate::store::facts::set(c, &holder.id, DAEMON_FACT, &who, since)?;
+                crate::store::facts::set(c, &holder.id, HEARTBEAT_FACT, &now.to_string(), now)?;
                 crate::store::leases::beat(c, &holder, &daemon, &reach, now)?;
                 let swept = crate::store::leases::sweep(c, now)?;
                 let adopted = crate::store::results::adopt_orphans(c, &holder, now)?;

@@ -104,7 +104,7 @@ pub fn read(
     now: i64,
 ) -> crate::store::Result<Stored> {
     use crate::store::{facts, jobs, ledger};
-    let fact = |name: &str| facts::get(conn, &facts::scoped(name, daemon));
+    let fact = |name: &str| facts::get(conn, daemon, name);
     let since = fact(super::DAEMON_FACT)?
         .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
         .and_then(|who| who["since"].as_i64());

@@ -268,12 +268,12 @@ impl Intake {
             list
         };
         let json = serde_json::to_string(&list)?;
-        let key = crate::store::facts::scoped(NOT_TAKEN_FACT, &self.holder.id);
+        let daemon = self.holder.id.clone();
         let written = block_on_store(&self.store, move |c| {
             if list.is_empty() {
-                crate::store::facts::clear(c, &key)
+                crate::store::facts::clear(c, &daemon, NOT_TAKEN_FACT)
             } else {
-                crate::store::facts::set(c, &key, &json, now)
+                crate::store::facts::set(c, &daemon, NOT_TAKEN_FACT, &json, now)
             }
         });
         if written.is_err() {

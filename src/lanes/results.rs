@@ -42,9 +42,9 @@ pub struct ResultsWriter {
     health: health::Board,
     /// `[hooks] on_job_done`, run as each job ends.
     on_job_done: Option<Vec<String>>,
-    /// This daemon: it writes the files of the jobs it took in (or adopted, see
+    /// This daemon's id: it writes the files of the jobs it took in (or adopted, see
     /// `results::adopt_orphans`, at the heartbeat).
-    keeper: crate::store::leases::Holder,
+    keeper: String,
 }
 
 /// Which file a path names: a deleted and recreated (or swapped) file is another.
@@ -77,7 +77,7 @@ impl ResultsWriter {
         results_dir: PathBuf,
         wake: Arc<Notify>,
         health: health::Board,
-        keeper: crate::store::leases::Holder,
+        keeper: String,
     ) -> ResultsWriter {
         ResultsWriter {
             store,
@@ -92,7 +92,7 @@ impl ResultsWriter {
 
     /// The unfinished jobs whose files this writer keeps.
     async fn kept(&self) -> crate::store::Result<Vec<jobs::JobRow>> {
-        let keeper = self.keeper.id.clone();
+        let keeper = self.keeper.clone();
         self.store
             .call(move |c| jobs::unfinished_kept_by(c, &keeper))
             .await
@@ -224,7 +224,7 @@ impl ResultsWriter {
     /// One round: appends up to [`ROUND_LINES`] unwritten lines; returns how many (a file
     /// written again from the start counts as work done).
     pub async fn write_round(&self) -> anyhow::Result<usize> {
-        let keeper = self.keeper.id.clone();
+        let keeper = self.keeper.clone();
         let lines = self
             .store
             .read(move |c| results::unwritten(c, &keeper, ROUND_LINES, ROUND_BYTES))

@@ -8,12 +8,13 @@ use super::ledger::Sums;
 
 /// The key of fact `name` of the daemon `daemon` (its `leases` id): daemons sharing a store
 /// each keep their own.
-pub fn scoped(name: &str, daemon: &str) -> String {
+fn scoped(daemon: &str, name: &str) -> String {
     format!("{name}@{daemon}")
 }
 
-/// Records a fact of the running daemon (e.g. `metrics_url`), under a [`scoped`] key.
-pub fn set(conn: &Conn, key: &str, value: &str, now: i64) -> Result<()> {
+/// Records fact `name` of the running daemon `daemon` (e.g. `metrics_url`).
+pub fn set(conn: &Conn, daemon: &str, name: &str, value: &str, now: i64) -> Result<()> {
+    let key = scoped(daemon, name);
     conn.execute(
         "INSERT INTO daemon_facts (key, value, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -22,15 +23,18 @@ pub fn set(conn: &Conn, key: &str, value: &str, now: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn clear(conn: &Conn, key: &str) -> Result<()> {
-    conn.execute("DELETE FROM daemon_facts WHERE key = ?1", [key])?;
+pub fn clear(conn: &Conn, daemon: &str, name: &str) -> Result<()> {
+    conn.execute(
+        "DELETE FROM daemon_facts WHERE key = ?1",
+        [scoped(daemon, name)],
+    )?;
     Ok(())
 }
 
-pub fn get(conn: &Conn, key: &str) -> Result<Option<String>> {
+pub fn get(conn: &Conn, daemon: &str, name: &str) -> Result<Option<String>> {
     conn.query_row(
         "SELECT value FROM daemon_facts WHERE key = ?1",
-        [key],
+        [scoped(daemon, name)],
         |r| r.get(0),
     )
     .optional()

@@ -408,18 +408,10 @@ pub fn detail(conn: &Conn, item_id: i64) -> Result<ItemDetail> {
     )
 }
 
-/// Whether an item is still pending (not canceled, sent or ended meanwhile).
-pub fn is_pending(conn: &Conn, item_id: i64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT state = 'pending' AND parked = 0 FROM items WHERE id = ?1")?
-        .query_row([item_id], |r| r.get::<_, bool>(0))
-        .optional()?
-        .unwrap_or(false))
-}
-
-/// Whether an item is pending and this transaction may claim it. On PostgreSQL the row is locked
-/// until the transaction ends, and an item another daemon is claiming at this moment is skipped
-/// (`FOR UPDATE SKIP LOCKED`): two daemons never both admit it.
+/// Whether an item is still pending (not canceled, sent or ended meanwhile) and this transaction
+/// may claim it. On PostgreSQL the row is locked until the transaction ends, and an item another
+/// daemon is claiming at this moment is skipped (`FOR UPDATE SKIP LOCKED`): two daemons never
+/// both admit it.
 pub fn claimable(conn: &Conn, item_id: i64) -> Result<bool> {
     let sql = format!(
         "SELECT state = 'pending' AND parked = 0 FROM items WHERE id = ?1{}",
@@ -804,7 +796,7 @@ mod tests {
         let d = claim(&conn, ready[0].id, 10).expect("mark");
         assert_eq!((d.attempt, d.custom_id.as_str()), (1, "a"));
         assert!(
-            !is_pending(&conn, d.item_id).expect("pending"),
+            !claimable(&conn, d.item_id).expect("pending"),
             "in flight, not pending"
         );
         let record = AttemptRecord {

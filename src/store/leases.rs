@@ -265,8 +265,8 @@ mod tests {
                 batches: 0
             }
         );
-        assert!(items::is_pending(&conn, first.item_id).expect("state"));
-        assert!(!items::is_pending(&conn, second.item_id).expect("state"));
+        assert!(items::claimable(&conn, first.item_id).expect("state"));
+        assert!(!items::claimable(&conn, second.item_id).expect("state"));
         let listed = daemons(&conn).expect("daemons");
         assert_eq!(listed.len(), 2);
         assert_eq!((listed[0].id.as_str(), listed[0].items_held), ("b", 1));

@@ -60,9 +60,19 @@ fn results_from(host: &Host, job: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A log line cut to 300 characters, for a test's message.
-fn shortened(line: &str) -> String {
-    line.chars().take(300).collect()
+/// The lines of the hosts' logs `keep` keeps, each named by its host and cut to 300 characters,
+/// for a test's message.
+fn log_lines(hosts: &[Host], keep: impl Fn(&str) -> bool) -> Vec<String> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            h.log()
+                .lines()
+                .filter(|l| keep(l))
+                .map(|l| format!("{}: {}", h.name, l.chars().take(300).collect::<String>()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Waits (at most `secs`) until the job is done; else fails with each host's warnings and
@@ -71,16 +81,7 @@ async fn wait_done_or_tell(env: &TestEnv, hosts: &[Host], job: &str, secs: u64) 
     let started = Instant::now();
     while env.job_status(job).is_none_or(|j| j.state != "done") {
         if started.elapsed() > Duration::from_secs(secs) {
-            let logs: Vec<String> = hosts
-                .iter()
-                .flat_map(|h| {
-                    h.log()
-                        .lines()
-                        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-                        .map(|l| format!("{}: {}", h.name, shortened(l)))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let logs = log_lines(hosts, |l| l.contains("WARN") || l.contains("ERROR"));
             let items = env.read_store(|c| {
                 let mut stmt = c.prepare(
                     "SELECT state, lease_owner, COUNT(*) FROM items GROUP BY state, lease_owner",
@@ -112,14 +113,16 @@ fn stop(mut daemon: Child) {
 
 /// Calls whose outcome the store records as unknown.
 fn unknown_calls(env: &TestEnv) -> i64 {
-    env.read_store(|c| {
-        c.query_row(
-            "SELECT COUNT(*) FROM attempts WHERE outcome = 'unknown'",
-            (),
-            |r| r.get(0),
-        )
-    })
-    .expect("attempts")
+    count(
+        env,
+        "SELECT COUNT(*) FROM attempts WHERE outcome = 'unknown'",
+    )
+}
+
+/// A `COUNT(*)` of the store.
+fn count(env: &TestEnv, sql: &str) -> i64 {
+    env.read_store(|c| c.query_row(sql, (), |r| r.get(0)))
+        .expect(sql)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,15 +218,10 @@ async fn three_daemons_one_killed_mid_job_the_others_take_over_each_item_once() 
         stats.messages_accepted
     );
     // No batch created twice: every batch the fake made is one the store knows.
-    let batches: i64 = env
-        .read_store(|c| {
-            c.query_row(
-                "SELECT COUNT(*) FROM batches WHERE api_id IS NOT NULL",
-                (),
-                |r| r.get(0),
-            )
-        })
-        .expect("batches");
+    let batches = count(
+        &env,
+        "SELECT COUNT(*) FROM batches WHERE api_id IS NOT NULL",
+    );
     assert_eq!(
         stats.batches_created, batches as u64,
         "no batch created twice"
@@ -439,24 +437,9 @@ async fn three_daemons_on_one_organization_are_paced_as_one() {
         .filter(|h| h.log().contains("succeeded"))
         .count();
     assert_eq!(sending, 3, "all three daemons sent calls");
-    for host in &hosts[1..] {
-        assert!(
-            host.log()
-                .contains("this one paces itself to 1/3 of its limits"),
-            "{} paced itself to its third",
-            host.name
-        );
-    }
-    let told: Vec<String> = hosts
-        .iter()
-        .flat_map(|h| {
-            h.log()
-                .lines()
-                .filter(|l| l.contains("paces itself") || l.contains("status=429"))
-                .map(|l| format!("{}: {}", h.name, shortened(l)))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let told = log_lines(&hosts, |l| {
+        l.contains("paces itself") || l.contains("status=429")
+    });
     assert_eq!(
         three_429,
         0,

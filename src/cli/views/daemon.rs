@@ -48,7 +48,7 @@ pub fn daemon_status(
 ) -> anyhow::Result<DaemonStatus> {
     // This host's daemon of `data_dir` (daemons sharing a store keep their own facts).
     let id = crate::store::leases::local_daemon_id(data_dir);
-    let fact = |name: &str| facts::get(conn, &facts::scoped(name, &id));
+    let fact = |name: &str| facts::get(conn, &id, name);
     let who: Option<Who> = fact(DAEMON_FACT)?.and_then(|j| serde_json::from_str(&j).ok());
     let beat: Option<i64> = fact(HEARTBEAT_FACT)?.and_then(|t| t.parse().ok());
     let alive = lock_held(data_dir)

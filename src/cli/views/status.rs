@@ -183,7 +183,7 @@ pub fn status(
     let paused = pauses(conn)?;
     // What this host's daemon of `data_dir` published (daemons sharing a store keep their own).
     let id = crate::store::leases::local_daemon_id(data_dir);
-    let fact = |name: &str| crate::store::facts::get(conn, &crate::store::facts::scoped(name, &id));
+    let fact = |name: &str| crate::store::facts::get(conn, &id, name);
     let mut report = StatusReport {
         daemon: daemon_status(conn, data_dir, now)?,
         jobs: Vec::new(),
